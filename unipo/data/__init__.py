@@ -1,0 +1,1 @@
+"""Datasets, built-in tasks, prompt formatting and the rollout batch."""

@@ -1,0 +1,70 @@
+"""The rollout batch that flows through the on-policy loop, and prompt tokenisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Rollouts:
+    """N completions of P prompts. Prompts are left-padded, completions right-padded.
+
+    `group_ids[i]` is the prompt row of completion i, so prompt tensors are stored once per prompt.
+    `completion_mask` is 1 on generated tokens up to and including EOS.
+    """
+
+    prompt_ids: torch.Tensor  # (P, Lp)
+    prompt_mask: torch.Tensor  # (P, Lp)
+    completion_ids: torch.Tensor  # (N, T)
+    completion_mask: torch.Tensor  # (N, T)
+    group_ids: torch.Tensor  # (N,) long
+    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS
+    rollout_logp: torch.Tensor  # (N, T) log-probs of the sampler (after temperature)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the P dataset rows
+    texts: list[str] = field(default_factory=list)  # N decoded completions
+
+    @property
+    def num_completions(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def select(self, idx: torch.Tensor) -> Rollouts:
+        """The completions `idx` (prompt tensors are shared, not copied)."""
+        return Rollouts(
+            self.prompt_ids,
+            self.prompt_mask,
+            self.completion_ids[idx],
+            self.completion_mask[idx],
+            self.group_ids[idx],
+            self.truncated[idx],
+            self.rollout_logp[idx],
+            self.rows,
+            [self.texts[i] for i in idx.tolist()] if self.texts else [],
+        )
+
+
+def render_prompt(prompt: Any, tokenizer: Any) -> str:
+    """A row's prompt as text: chat messages go through the tokenizer's chat template (with the generation
+    prompt); a plain string is used as is."""
+    if isinstance(prompt, str):
+        return prompt
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in prompt) + "\n"
+
+
+def tokenize_prompts(prompts: list[Any], tokenizer: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (ids, mask) of shape (P, Lp) for a list of prompts (strings or chat messages)."""
+    texts = [render_prompt(p, tokenizer) for p in prompts]
+    # Chat templates already contain the special tokens; plain prompts get the tokenizer's usual ones.
+    add_special = not all(isinstance(p, list) for p in prompts) or not getattr(tokenizer, "chat_template", None)
+    encoded = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+    if any(len(e) == 0 for e in encoded):
+        raise ValueError("a prompt tokenised to zero tokens")
+    width = max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    return ids, mask

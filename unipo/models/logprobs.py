@@ -1,0 +1,74 @@
+"""Per-token log-probs of completions under a causal LM, computed on completion positions only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from unipo.data.batch import Rollouts
+from unipo.ops import entropy_from_logits, logprobs_from_logits
+from unipo.rollout.hf import prompt_positions
+
+
+def completion_logprobs(
+    model: Any,
+    batch: Rollouts,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    share_prompt: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(y_t | x, y_<t) for every completion token, with softmax(logits / temperature).
+
+    With `share_prompt`, each prompt of the batch runs once and its KV cache (with its autograd graph) is
+    gathered to its completions, so a group of G completions costs one prompt forward instead of G; the
+    LM head runs only on the T positions that predict completion tokens. Both paths agree to float tolerance
+    (tests/integration/test_logprobs.py).
+
+    Returns:
+        logp (N, T) and, if asked, the entropy of the same distribution (N, T), detached.
+    """
+    hidden = _share_prompt_hidden(model, batch) if share_prompt else _full_hidden(model, batch)
+    logits = model.get_output_embeddings()(hidden).float() / temperature  # (N, T, V)
+    logp = logprobs_from_logits(logits, batch.completion_ids)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits)
+    return logp, entropy
+
+
+def _backbone(model: Any) -> Any:
+    return getattr(model, model.base_model_prefix)
+
+
+def _share_prompt_hidden(model: Any, batch: Rollouts) -> torch.Tensor:
+    """Hidden states (N, T, H) at the positions that predict each completion token, prompts run once each."""
+    used, inverse = torch.unique(batch.group_ids, return_inverse=True)
+    prompt_ids, prompt_mask = batch.prompt_ids[used], batch.prompt_mask[used]
+    out = _backbone(model)(
+        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions(prompt_mask), use_cache=True
+    )
+    first = out.last_hidden_state[inverse, -1:]  # (N, 1, H): predicts completion token 0
+    if batch.completion_ids.shape[1] == 1:
+        return first
+    cache = out.past_key_values
+    cache.reorder_cache(inverse)
+    completion_in = batch.completion_ids[:, :-1]
+    attn = torch.cat([prompt_mask[inverse], batch.completion_mask[:, :-1]], dim=1)
+    positions = prompt_mask.sum(-1)[inverse, None] + torch.arange(completion_in.shape[1], device=attn.device)
+    rest = _backbone(model)(
+        input_ids=completion_in, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True
+    ).last_hidden_state
+    return torch.cat([first, rest], dim=1)
+
+
+def _full_hidden(model: Any, batch: Rollouts) -> torch.Tensor:
+    """Same as `_share_prompt_hidden`, by running prompt + completion for every row (works for any model)."""
+    prompt_ids, prompt_mask = batch.prompt_ids[batch.group_ids], batch.prompt_mask[batch.group_ids]
+    ids = torch.cat([prompt_ids, batch.completion_ids], dim=1)
+    attn = torch.cat([prompt_mask, batch.completion_mask], dim=1)
+    hidden = _backbone(model)(input_ids=ids, attention_mask=attn, position_ids=prompt_positions(attn)).last_hidden_state
+    width = prompt_ids.shape[1]
+    return hidden[:, width - 1 : -1]

@@ -1,0 +1,57 @@
+"""A tiny llama-type causal LM with a BPE tokenizer trained in-process (about a second): for tests and demos.
+
+No hub access: the tokenizer is trained on a small built-in corpus and the weights are random (seeded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_CORPUS = [
+    "What is 12+7? Reply with only the number. 19",
+    "pick say give write number digit now please : 7 77 7",
+    "the quick brown fox jumps over the lazy dog 0 1 2 3 4 5 6 7 8 9",
+    "user assistant system hello answer question reply only",
+]
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_model(path: str | Path, *, vocab_size: int = 256, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """Write a tiny LlamaForCausalLM and its tokenizer to `path` (loadable with `model.path=<path>`)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(path)
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token=None)
+    fast.chat_template = _CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path

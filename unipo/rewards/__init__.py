@@ -1,0 +1,30 @@
+"""Reward functions: plain callables `fn(prompts, completions, **dataset_columns) -> list[float | None]`.
+
+`None` means "this function does not apply to this completion": it is left out of the sum, and a completion
+that every function scores None gets a NaN reward (advantage 0).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+_INT = re.compile(r"-?\d+")
+
+
+def contains_answer(prompts: Sequence, completions: Sequence[str], answer: Sequence[str], **_: object) -> list[float]:
+    """1.0 when the reference integer `answer` appears as a whole number in the completion, else 0.0."""
+    return [1.0 if str(a) in _INT.findall(c) else 0.0 for c, a in zip(completions, answer, strict=True)]
+
+
+def share_of_target(prompts: Sequence, completions: Sequence[str], target: Sequence[str], **_: object) -> list[float]:
+    """Share of the completion's non-space characters equal to the one-character `target` (0 for an empty reply).
+
+    A dense toy reward: a tiny random model already emits the target now and then, so learning is visible within
+    a few steps (used by the `lucky7` task).
+    """
+    out = []
+    for c, t in zip(completions, target, strict=True):
+        chars = [ch for ch in c if not ch.isspace()]
+        out.append(sum(ch == t for ch in chars) / len(chars) if chars else 0.0)
+    return out

@@ -1,0 +1,188 @@
+"""Setup shared by the trainers: components from config, optimizer and schedule, rewards, run directory, logging."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unipo import algos
+from unipo.config import AXES, Config, component_kwargs, to_yaml
+
+log = logging.getLogger("unipo")
+
+
+def build_component(kind: str, name: str, kwargs: dict[str, Any]) -> Callable:
+    """The registered function with its hyperparameters bound (checked against its signature)."""
+    fn = algos.get(kind, name)
+    inspect.signature(fn).bind_partial(**kwargs)  # raises TypeError naming a bad keyword
+    return functools.partial(fn, **kwargs)
+
+
+def build_algo(cfg: Config) -> dict[str, Callable]:
+    """One bound callable per `algo` axis. `seq_sum_constant` without a constant is pinned to max_new_tokens,
+    so padding in a micro-batch never changes the normaliser (Dr. GRPO's L_max)."""
+    built = {}
+    for axis, kind in AXES.items():
+        node = getattr(cfg.algo, axis)
+        kwargs = component_kwargs(node)
+        if kind == "aggregation" and "constant" in algos.entry(kind, node.name).params:
+            kwargs.setdefault("constant", cfg.rollout.max_new_tokens)
+        built[axis] = build_component(kind, node.name, kwargs)
+    return built
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW plus a LambdaLR: linear warm-up, then constant, linear or cosine decay over all optimizer steps."""
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
+    total = max(1, t.max_steps * t.ppo_epochs)
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / (t.warmup_steps + 1)
+        progress = min(1.0, (step - t.warmup_steps) / max(1, total - t.warmup_steps))
+        if t.lr_schedule == "linear":
+            return 1.0 - progress
+        if t.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def import_object(dotted: str) -> Any:
+    """`package.module.name` -> the object."""
+    module, _, name = dotted.rpartition(".")
+    if not module:
+        raise ValueError(f"{dotted!r} is not a dotted path package.module.name")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import reward {dotted!r}: {e}") from None
+
+
+class RewardScorer:
+    """Calls reward functions on a batch; a crashing function scores None for that batch instead of
+    killing the run (the error is logged once per function, then counted)."""
+
+    def __init__(self, fns: list[Callable], weights: list[float]):
+        self.fns, self.weights = fns, weights
+        self.names = [getattr(f, "__name__", f"reward_{i}") for i, f in enumerate(fns)]
+        self.failures = {n: 0 for n in self.names}
+
+    def __call__(self, rows: list[dict[str, Any]], group_ids: list[int], completions: list[str]) -> torch.Tensor:
+        """Rewards (N, K), NaN where a function returned None or failed."""
+        per_completion = [rows[g] for g in group_ids]
+        prompts = [r["prompt"] for r in per_completion]
+        columns = {k: [r.get(k) for r in per_completion] for k in rows[0] if k != "prompt"}
+        out = torch.full((len(completions), len(self.fns)), float("nan"))
+        for k, (fn, name) in enumerate(zip(self.fns, self.names, strict=True)):
+            try:
+                values = list(fn(prompts, completions, **columns))
+                if len(values) != len(completions):
+                    raise ValueError(f"returned {len(values)} values for {len(completions)} completions")
+                out[:, k] = torch.tensor([math.nan if v is None else float(v) for v in values])
+            except Exception:  # a user's reward function may fail in any way; the run goes on
+                self.failures[name] += 1
+                if self.failures[name] == 1:
+                    log.warning("reward %s failed; scoring None this batch:\n%s", name, traceback.format_exc())
+        return out
+
+    def combine(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Weighted sum over functions ignoring NaN; NaN when every function gave None. (N, K) -> (N,)"""
+        w = torch.tensor(self.weights, dtype=rewards.dtype)
+        total = torch.nansum(rewards * w, dim=1)
+        return torch.where(torch.isnan(rewards).all(dim=1), torch.nan, total)
+
+
+def build_rewards(cfg: Config, task_reward: Callable) -> RewardScorer:
+    if not cfg.rewards:
+        return RewardScorer([task_reward], [1.0])
+    return RewardScorer([import_object(r.component) for r in cfg.rewards], [r.weight for r in cfg.rewards])
+
+
+class RunDir:
+    """The run directory: config.yaml, metrics.jsonl (appended one JSON object per row) and checkpoints/."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.metrics_path = self.path / "metrics.jsonl"
+
+    def prepare(self, cfg: Config) -> None:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "config.yaml", to_yaml(cfg))
+
+    def log(self, row: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop rows past `step` (written after the checkpoint a resumed run starts from)."""
+        kept = [r for r in self.rows() if r["step"] <= step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same directory, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def default_output_dir(cfg: Config) -> str:
+    return str(Path("runs") / f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+class Timer:
+    """Accumulates wall time per named phase: `with timer("generate"): ...`."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    def __call__(self, name: str) -> _Phase:
+        return _Phase(self, name)
+
+
+class _Phase:
+    def __init__(self, timer: Timer, name: str):
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.timer.totals[self.name] = self.timer.totals.get(self.name, 0.0) + time.perf_counter() - self.start

@@ -1,0 +1,263 @@
+"""On-policy RL (GRPO and every method composed from the pure layer): generate, score, advantage, update, log.
+
+One step: take `prompts_per_step` prompts, sample `group_size` completions each, score them with the reward
+functions, turn rewards into advantages, then run `ppo_epochs` optimizer steps over the batch. Each optimizer step
+accumulates gradients over micro-batches with the batch's global token and sequence counts, so the gradient does
+not depend on `micro_batch_size`. On the first pass the parameters are those that sampled the batch, so
+old log-probs are the detached current ones: no extra forward pass, and the ratio is exactly 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unipo.config import Config
+from unipo.data.batch import Rollouts
+from unipo.data.tasks import PromptStream, get_task
+from unipo.models.loading import load_model_and_tokenizer
+from unipo.models.logprobs import completion_logprobs
+from unipo.ops import masked_mean, masked_sum
+from unipo.rollout.hf import sample
+from unipo.trainers import checkpoint
+from unipo.trainers.common import RewardScorer, RunDir, Timer, build_algo, build_optimizer, build_rewards
+from unipo.trainers.common import default_output_dir, log, seed_everything
+from unipo.trainers.evaluate import evaluate
+
+
+def train(cfg: Config) -> Path:
+    """Train `cfg.model` with the recipe in `cfg`; returns the run directory. Resumes from its latest checkpoint."""
+    if cfg.output_dir is None:
+        cfg = cfg.model_copy(update={"output_dir": default_output_dir(cfg)})
+    run = RunDir(cfg.output_dir)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    task = get_task(cfg.task)
+    scorer = build_rewards(cfg, task.reward)
+    fns = build_algo(cfg)
+
+    found = checkpoint.list_checkpoints(run.checkpoints)
+    resume = found[-1] if found else None
+    state = checkpoint.load_state(resume) if resume else None  # verified before anything is loaded from it
+    model, tokenizer = load_model_and_tokenizer(
+        str(resume) if resume else cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype
+    )
+    model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
+    ref = None
+    if cfg.algo.kl.coef > 0:  # the reference is the initial policy, also when resuming
+        ref, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
+        ref.eval().requires_grad_(False)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(cfg.train.seed)
+    stream = PromptStream(task.train, cfg.train.seed)
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"], generator)
+        stream = PromptStream(task.train, cfg.train.seed, **state["data"])
+        start = state["step"]
+        run.truncate_metrics(start)
+        log.info("resuming %s from %s", run.path, resume)
+    run.prepare(cfg)
+
+    def run_eval(step: int) -> None:
+        if cfg.eval.num_problems:
+            rows = task.heldout[: cfg.eval.num_problems]
+            result = evaluate(
+                model, tokenizer, rows, task.reward, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size
+            )
+            run.log({"step": step, **result})
+            _say(f"step {step}: held-out greedy accuracy {result['eval/accuracy']:.3f} on {len(rows)} problems")
+
+    if start == 0:
+        run_eval(0)
+    before = next((r["eval/accuracy"] for r in run.rows() if r["step"] == 0 and "eval/accuracy" in r), None)
+    started = time.perf_counter()
+    progress = _Progress(start, cfg.train.max_steps)
+    for step in range(start + 1, cfg.train.max_steps + 1):
+        metrics = rl_step(cfg, model, ref, tokenizer, fns, scorer, stream, optimizer, scheduler, generator)
+        run.log({"step": step, **metrics})
+        progress.update(step, metrics)
+        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
+            trainer_state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": checkpoint.rng_state(generator),
+                "data": stream.state(),
+            }
+            checkpoint.save(run.checkpoints, step, model, tokenizer, trainer_state, keep=cfg.train.keep_checkpoints)
+        if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.max_steps:
+            run_eval(step)
+    progress.close()
+    if cfg.train.max_steps > start:
+        run_eval(cfg.train.max_steps)
+    after = next((r["eval/accuracy"] for r in reversed(run.rows()) if "eval/accuracy" in r), None)
+    _summary(run, cfg, start, time.perf_counter() - started, before, after, scorer)
+    return run.path
+
+
+def rl_step(
+    cfg: Config,
+    model: Any,
+    ref: Any | None,
+    tokenizer: Any,
+    fns: dict[str, Callable],
+    scorer: RewardScorer,
+    stream: PromptStream,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """One rollout batch and its `ppo_epochs` optimizer steps; returns the step's scalar metrics."""
+    timer = Timer()
+    t0 = time.perf_counter()
+    rows = stream.take(cfg.train.prompts_per_step)
+    with timer("generate"):
+        r = cfg.rollout
+        batch = sample(
+            model, tokenizer, rows, n=r.group_size, max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, generator=generator,
+        )  # fmt: skip
+    with timer("score"):
+        per_fn = scorer(rows, batch.group_ids.tolist(), batch.texts)  # (N, K)
+        rewards = scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
+    advantages = fns["advantage"](rewards, batch.group_ids, mask=batch.completion_mask)
+    # a completion no reward function could score carries no signal
+    advantages = torch.nan_to_num(advantages) * ~rewards.isnan().view(-1, *[1] * (advantages.dim() - 1))
+    with timer("update"):
+        stats = update(cfg, model, ref, batch, advantages, fns, optimizer, scheduler)
+    lengths = batch.completion_mask.sum(1).float()
+    metrics = {
+        "reward/mean": _nanmean(rewards),
+        "reward/std": float(rewards[~rewards.isnan()].std()) if (~rewards.isnan()).sum() > 1 else 0.0,
+        **({f"reward/{n}": _nanmean(per_fn[:, k]) for k, n in enumerate(scorer.names)} if len(scorer.names) > 1 else {}),
+        **stats,
+        "tokens/completion_mean": float(lengths.mean()),
+        "tokens/truncated_frac": float(batch.truncated.float().mean()),
+        "lr": scheduler.get_last_lr()[0],
+        "time/generate_s": timer.totals["generate"],
+        "time/score_s": timer.totals["score"],
+        "time/update_s": timer.totals["update"],
+        "time/step_s": time.perf_counter() - t0,
+    }
+    return metrics
+
+
+def update(
+    cfg: Config,
+    model: Any,
+    ref: Any | None,
+    batch: Rollouts,
+    advantages: torch.Tensor,
+    fns: dict[str, Callable],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> dict[str, float]:
+    """`ppo_epochs` optimizer steps on one batch, each accumulating gradients over micro-batches."""
+    n = batch.num_completions
+    num_tokens = batch.completion_mask.sum().float()  # global counts: micro-batching never changes the loss
+    temperature, share = cfg.rollout.temperature, cfg.model.share_prompt_forward
+    ref_logp = None
+    if ref is not None:
+        with torch.no_grad():
+            ref_logp, _ = completion_logprobs(ref, batch, temperature=temperature, share_prompt=share)
+    old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
+    sums: dict[str, torch.Tensor] = {}
+    losses, grad_norms = [], []
+    chunks = torch.arange(n, device=advantages.device).split(cfg.train.micro_batch_size)
+    for epoch in range(cfg.train.ppo_epochs):
+        optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros(())
+        for idx in chunks:
+            mb = batch.select(idx)
+            width = int(mb.completion_mask.sum(1).max())  # drop columns that are padding for every row
+            mb.completion_ids, mb.completion_mask = mb.completion_ids[:, :width], mb.completion_mask[:, :width]
+            mask = mb.completion_mask.float()
+            logp, entropy = completion_logprobs(
+                model, mb, temperature=temperature, with_entropy=epoch == 0, share_prompt=share
+            )
+            if epoch == 0:
+                old_logp[idx, :width] = logp.detach().float()
+            adv = advantages[idx] if advantages.dim() == 1 else advantages[idx, :width]
+            per_token, loss_metrics = fns["policy_loss"](logp, old_logp[idx, :width], adv, mask)
+            if ref_logp is not None:
+                kl = fns["kl"](logp, ref_logp[idx, :width])
+                per_token = per_token + cfg.algo.kl.coef * kl
+                loss_metrics = {**loss_metrics, "kl": kl.detach()}
+            if entropy is not None:
+                loss_metrics = {**loss_metrics, "entropy": entropy}
+            loss = fns["aggregation"](per_token, mask, num_tokens=num_tokens, num_seqs=n)
+            loss.backward()
+            total += loss.detach().float().cpu()
+            for key, value in loss_metrics.items():
+                sums[key] = sums.get(key, torch.zeros(2)) + torch.stack(
+                    [masked_sum(value.detach().float(), mask).cpu(), mask.sum().cpu()]
+                )
+        max_norm = cfg.train.max_grad_norm or float("inf")
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(total))
+    out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
+    out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in sums.items()})
+    return out
+
+
+def _metric_name(key: str) -> str:
+    return {"clip/frac": "clip_frac"}.get(key, key)
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    x = x[~x.isnan()]
+    return float(x.mean()) if x.numel() else float("nan")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """A tqdm bar with ETA and live metrics on a terminal; one plain line per step otherwise (logs, CI)."""
+
+    def __init__(self, start: int, total: int):
+        self.tty = sys.stderr.isatty()
+        self.total = total
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, m: dict[str, float]) -> None:
+        shown = {"reward": m["reward/mean"], "kl": m.get("kl"), "entropy": m.get("entropy")}
+        shown |= {"len": m["tokens/completion_mean"], "s/step": m["time/step_s"]}
+        text = {k: f"{v:.3g}" for k, v in shown.items() if v is not None}
+        if self.bar is not None:
+            self.bar.set_postfix(text, refresh=False)
+            self.bar.update(1)
+        else:
+            _say(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _summary(run, cfg, start, seconds, before, after, scorer) -> None:
+    steps = cfg.train.max_steps - start
+    lines = [f"done: {steps} steps in {seconds:.0f} s ({cfg.recipe}, model {cfg.model.path}, task {cfg.task})"]
+    if before is not None and after is not None:
+        lines.append(f"held-out greedy accuracy: {before:.3f} -> {after:.3f}")
+    failed = {k: v for k, v in scorer.failures.items() if v}
+    if failed:
+        lines.append(f"reward functions that failed (batches scored None): {failed}")
+    lines.append(f"run directory: {run.path}")
+    _say("\n".join(lines))
