@@ -34,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"unipo: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from unipo.trainers.checkpoint import CheckpointError
+
+        if isinstance(e, CheckpointError):
+            print(f"unipo: error: {e}. Delete that checkpoint directory to resume from an earlier one.", file=sys.stderr)
+            return 1
+        raise
 
 
 def _train(args: list[str]) -> int:

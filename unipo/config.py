@@ -208,8 +208,20 @@ def load(recipe: str | None = None, overrides: list[str] | None = None) -> Confi
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of config keys")
     data.setdefault("recipe", path.stem)
-    data = _merge(data, parse_overrides(overrides or []))
-    return from_dict(data)
+    extra = parse_overrides(overrides or [])
+    _drop_params_of_replaced_components(data, extra)
+    return from_dict(_merge(data, extra))
+
+
+def _drop_params_of_replaced_components(data: dict[str, Any], extra: dict[str, Any]) -> None:
+    """`algo.advantage.name=dr_grpo` on a recipe that sets `grpo` with `scale: group`: the recipe's hyperparameters
+    belonged to the old component, so they go (declared fields such as `kl.coef` stay)."""
+    recipe_algo, new_algo = data.get("algo") or {}, extra.get("algo") or {}
+    for axis, node in new_algo.items():
+        old = recipe_algo.get(axis)
+        if isinstance(node, dict) and isinstance(old, dict) and "name" in node and node["name"] != old.get("name"):
+            declared = AlgoConfig.model_fields[axis].annotation.model_fields if axis in AlgoConfig.model_fields else {}
+            recipe_algo[axis] = {k: v for k, v in old.items() if k in declared and k != "name"}
 
 
 def from_dict(data: dict[str, Any]) -> Config:

@@ -13,8 +13,8 @@ Counting conventions (the trainer must count global totals the same way):
 - num_seqs = number of rows with at least one valid token, ``mask.any(-1).sum()`` (verl excludes fully masked
   rows; TRL's ``.mean()`` would count them).
 
-Counts below 1 are raised to 1, so an empty (micro-)batch gives 0 rather than NaN. Masked tokens are dropped with ``torch.where``, so a NaN/inf loss on a padded token gives neither a NaN value nor
-a gradient.
+Counts below 1 are raised to 1, so an empty (micro-)batch gives 0 rather than NaN. Masked tokens are dropped
+with ``torch.where``, so a NaN/inf loss on a padded token gives neither a NaN value nor a gradient.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ KINDS = (
 )
 
 
+DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs"})
+"""Keyword arguments that carry data from the trainer, never hyperparameters from a recipe."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One registered component."""
@@ -40,12 +44,15 @@ class Entry:
 
     @property
     def params(self) -> dict[str, object]:
-        """Keyword hyperparameters with their defaults (keyword-only arguments of the function)."""
+        """Hyperparameters with their defaults: keyword-only arguments that are not data (tensors, global counts)."""
         sig = inspect.signature(self.fn)
         return {
             p.name: p.default
             for p in sig.parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+            and p.default is not inspect.Parameter.empty
+            and p.name not in DATA_ARGS
+            and "Tensor" not in str(p.annotation)
         }
 
 

@@ -46,6 +46,7 @@ def test_empty_batch_gives_zero_not_nan():
     mask = torch.zeros(2, 3)
     for name, fn in AGGS.items():
         torch.testing.assert_close(fn(LOSS[:2], mask), t(0.0), msg=name)
+        torch.testing.assert_close(fn(LOSS[:2], mask, num_tokens=0, num_seqs=torch.tensor(0)), t(0.0), msg=name)
 
 
 def test_per_micro_batch_token_mean_is_not_invariant():

@@ -46,18 +46,16 @@ def test_every_entry_documents_paper_tag_and_formula():
 
 def test_hyperparameter_defaults_are_the_contract():
     params = {(k, n): algos.entry(k, n).params for k, ids in EXPECTED.items() for n in ids}
-    assert params["advantage", "grpo"] == {
-        "mask": None,
-        "scale": "group",
-        "eps": 1e-4,
-        "std_mode": "sample",
-        "singleton": "zero",
-    }
+    # data arguments (mask, num_tokens, num_seqs) are not hyperparameters a recipe can set
+    assert params["advantage", "grpo"] == {"scale": "group", "eps": 1e-4, "std_mode": "sample", "singleton": "zero"}
+    assert params["advantage", "reinforce_pp_baseline"] == {"eps": 1e-8}
+    assert params["advantage", "dr_grpo"] == params["advantage", "rloo"] == {}
     assert params["policy_loss", "ppo_clip"] == {"clip_low": 0.2, "clip_high": 0.2}
     assert params["policy_loss", "dual_clip"] == {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0}
     assert params["policy_loss", "gspo"] == {"clip_low": 3e-4, "clip_high": 4e-4}
     assert params["policy_loss", "cispo"] == {"cap": 5.0, "cap_mode": "absolute", "clip_low": 0.2, "clip_high": 0.2}
-    assert params["aggregation", "seq_sum_constant"] == {"num_tokens": None, "num_seqs": None, "constant": None}
+    assert params["aggregation", "seq_sum_constant"] == {"constant": None}
+    assert params["aggregation", "token_mean"] == {}
 
 
 def test_family_signatures():

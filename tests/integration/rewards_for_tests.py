@@ -1,0 +1,2 @@
+def explodes(prompts, completions, **_):
+    raise RuntimeError("this reward function always fails")

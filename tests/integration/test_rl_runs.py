@@ -1,0 +1,130 @@
+"""Tiny-model runs through the CLI: the run-directory contract, learning on a toy task, resume, checkpoints."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from unipo import config
+from unipo.cli import main
+from unipo.trainers import checkpoint
+
+pytestmark = pytest.mark.slow
+
+STEP_KEYS = {
+    "step", "reward/mean", "loss", "time/step_s", "time/generate_s", "time/update_s", "tokens/completion_mean",
+    "entropy", "clip_frac",
+}  # fmt: skip
+
+
+def _rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(tiny_model_dir, run, *extra):
+    args = ["train", "grpo", f"model.path={tiny_model_dir}", "task=lucky7", f"output_dir={run}"]
+    args += ["rollout.max_new_tokens=8", "rollout.group_size=4", "eval.num_problems=4", *extra]
+    assert main(args) == 0
+
+
+def test_three_step_run_writes_the_run_directory_contract(tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    _train(tiny_model_dir, run, "train.max_steps=3", "algo.kl.coef=0.1")
+    cfg = config.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    assert cfg.train.max_steps == 3 and cfg.model.path == tiny_model_dir and cfg.algo.kl.coef == 0.1
+    rows = _rows(run)
+    evals = [r for r in rows if "eval/accuracy" in r]
+    steps = [r for r in rows if "eval/accuracy" not in r]
+    assert [r["step"] for r in evals] == [0, 3] and all(0 <= r["eval/accuracy"] <= 1 for r in evals)
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for r in steps:
+        assert STEP_KEYS | {"kl"} <= r.keys()
+        assert all(math.isfinite(v) for v in r.values())
+        assert 0.0 <= r["reward/mean"] <= 1.0 and 1 <= r["tokens/completion_mean"] <= 8
+        assert r["kl"] >= 0.0 and 0.0 <= r["clip_frac"] <= 1.0
+        # phases are disjoint parts of the step
+        assert r["time/generate_s"] + r["time/update_s"] <= r["time/step_s"]
+    # first step: the policy still equals the reference, so k3 is exactly 0 and no ratio is clipped
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6) and steps[0]["clip_frac"] == 0.0
+    (ckpt,) = checkpoint.list_checkpoints(run / "checkpoints")
+    assert ckpt.name == "step-000003" and checkpoint.verify(ckpt)["step"] == 3
+
+
+def test_grpo_learns_the_toy_task(tiny_model_dir, tmp_path):
+    # SB3's identity-environment check: the reward (share of "7" in the reply) starts near 0 for a random model
+    run = tmp_path / "run"
+    _train(tiny_model_dir, run, "train.max_steps=40", "train.lr=1e-2", "rollout.group_size=8")
+    steps = [r for r in _rows(run) if "eval/accuracy" not in r]
+    assert sum(r["reward/mean"] for r in steps[:3]) / 3 < 0.1
+    assert sum(r["reward/mean"] for r in steps[-5:]) / 5 > 0.8
+
+
+def _losses(run):
+    return [(r["step"], r["loss"], r["reward/mean"]) for r in _rows(run) if "loss" in r]
+
+
+def test_resume_reproduces_the_straight_run(tiny_model_dir, tmp_path):
+    common = ["train.save_every=2", "train.lr=1e-2", "algo.kl.coef=0.05", "eval.num_problems=0", "train.ppo_epochs=2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train(tiny_model_dir, straight, "train.max_steps=4", *common)
+    _train(tiny_model_dir, resumed, "train.max_steps=2", *common)
+    _train(tiny_model_dir, resumed, "train.max_steps=4", *common)
+    a, b = _losses(straight), _losses(resumed)
+    assert [s for s, _, _ in b] == [1, 2, 3, 4]
+    assert a == b  # bit for bit: same loss and reward at every step
+    sa = torch.load(straight / "checkpoints/step-000004/trainer_state.pt", weights_only=False)
+    sb = torch.load(resumed / "checkpoints/step-000004/trainer_state.pt", weights_only=False)
+    assert sa["data"] == sb["data"]
+
+
+def test_rows_past_the_checkpoint_are_dropped_on_resume(tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    _train(tiny_model_dir, run, "train.max_steps=3", "train.save_every=2", "train.keep_checkpoints=1")
+    assert [p.name for p in checkpoint.list_checkpoints(run / "checkpoints")] == ["step-000003"]
+    # simulate a crash after step 3 was logged but the only checkpoint is step 2's
+    (run / "checkpoints/step-000003").rename(run / "checkpoints/step-000002")
+    _train(tiny_model_dir, run, "train.max_steps=3", "train.save_every=2")
+    assert [r["step"] for r in _rows(run) if "loss" in r] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "no_manifest"])
+def test_corrupt_checkpoint_is_reported_not_used(tiny_model_dir, tmp_path, damage, capsys):
+    run = tmp_path / "run"
+    _train(tiny_model_dir, run, "train.max_steps=1", "eval.num_problems=0")
+    ckpt = run / "checkpoints/step-000001"
+    if damage == "flip_byte":
+        data = bytearray((ckpt / "model.safetensors").read_bytes())
+        data[-1] ^= 0xFF
+        (ckpt / "model.safetensors").write_bytes(bytes(data))
+        expected = "model.safetensors does not match its SHA-256"
+    else:
+        (ckpt / "manifest.json").unlink()
+        expected = "is incomplete: no manifest.json"
+    before = (run / "metrics.jsonl").read_text()
+    args = ["train", "grpo", f"model.path={tiny_model_dir}", "task=lucky7", f"output_dir={run}", "train.max_steps=2"]
+    assert main(args) == 1
+    assert expected in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == before  # nothing already saved is lost
+
+
+def test_crashing_reward_function_does_not_kill_the_run(tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    _train(
+        tiny_model_dir, run, "train.max_steps=2", "eval.num_problems=0",
+        "rewards=[{_component_: tests.integration.rewards_for_tests.explodes}, "
+        "{_component_: unipo.rewards.share_of_target}]",
+    )  # fmt: skip
+    steps = [r for r in _rows(run) if "loss" in r]
+    assert len(steps) == 2 and all(math.isfinite(r["reward/mean"]) for r in steps)
+    assert all(math.isnan(r["reward/explodes"]) for r in steps)
+
+
+def test_eval_and_list_commands(tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    _train(tiny_model_dir, run, "train.max_steps=1", "eval.num_problems=0")
+    capsys.readouterr()
+    assert main(["eval", str(run), "k=2", "num_problems=4", "max_new_tokens=4"]) == 0
+    out = capsys.readouterr().out
+    assert "eval/accuracy:" in out and "eval/pass@2:" in out and "task lucky7" in out

@@ -1,0 +1,101 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from unipo import config
+from unipo.cli import main
+from unipo.config import ConfigError
+
+
+def test_default_recipe_is_grpo_with_contract_keys():
+    cfg = config.load()
+    assert cfg.recipe == "grpo"
+    assert (cfg.algo.advantage.name, cfg.algo.policy_loss.name) == ("grpo", "ppo_clip")
+    assert cfg.algo.kl.coef == 0.0 and cfg.task == "arithmetic" and cfg.model.path == "default"
+
+
+def test_dotted_overrides_reach_every_contract_key():
+    cfg = config.load(
+        "grpo",
+        [
+            "model.path=/some/dir",
+            "task=lucky7",
+            "output_dir=out",
+            "train.max_steps=7",
+            "train.seed=3",
+            "train.prompts_per_step=4",
+            "train.lr=1e-5",
+            "train.save_every=2",
+            "rollout.group_size=4",
+            "rollout.max_new_tokens=16",
+            "rollout.temperature=0.7",
+            "algo.advantage.name=dr_grpo",
+            "algo.policy_loss.clip_high=0.28",
+            "algo.aggregation.name=token_mean",
+            "algo.kl.coef=0.04",
+        ],
+    )
+    assert cfg.model.path == "/some/dir" and cfg.task == "lucky7" and cfg.output_dir == "out"
+    assert (cfg.train.max_steps, cfg.train.seed, cfg.train.prompts_per_step, cfg.train.save_every) == (7, 3, 4, 2)
+    assert cfg.train.lr == 1e-5 and cfg.rollout.temperature == 0.7
+    assert (cfg.rollout.group_size, cfg.rollout.max_new_tokens) == (4, 16)
+    assert cfg.algo.advantage.name == "dr_grpo" and cfg.algo.aggregation.name == "token_mean"
+    assert cfg.algo.policy_loss.model_extra["clip_high"] == 0.28 and cfg.algo.kl.coef == 0.04
+
+
+def test_resolved_yaml_round_trips():
+    cfg = config.load("grpo", ["algo.policy_loss.clip_high=0.28", "train.lr=3e-6"])
+    again = config.from_dict(yaml.safe_load(config.to_yaml(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["train.lrr=1e-5"], "unknown key train.lrr; allowed here:"),
+        (["trian.lr=1e-5"], "unknown key trian; allowed here:"),
+        (["train.lr=abc"], "train.lr: Input should be a valid number"),
+        (["train.lr=-1"], "train.lr: Input should be greater than 0"),
+        (["rollout.group_size=0"], "rollout.group_size: Input should be greater than or equal to 1"),
+        (["algo.advantage.name=nope"], "algo.advantage.name: unknown advantage 'nope'; registered:"),
+        (["algo.policy_loss.clip_hihg=0.3"], "unknown key algo.policy_loss.clip_hihg for policy_loss 'ppo_clip'; allowed:"),
+        (["algo.policy_loss.clip_high=wide"], "algo.policy_loss.clip_high: expected float"),
+        (["task=chess"], "task: unknown task 'chess'; built-in tasks:"),
+        (["train.lr"], "override 'train.lr' is not of the form key=value"),
+        (["model.dtype=fp8"], "model.dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'"),
+    ],
+)
+def test_bad_config_names_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        config.load("grpo", overrides)
+    assert expected in str(e.value)
+
+
+def test_unknown_key_lists_what_is_allowed():
+    with pytest.raises(ConfigError) as e:
+        config.load("grpo", ["train.lrr=1"])
+    assert "max_steps" in str(e.value) and "prompts_per_step" in str(e.value)
+
+
+def test_unknown_recipe_lists_recipes():
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'; available: .*grpo"):
+        config.load("nope")
+
+
+def test_cli_bad_value_exits_2_with_one_line_and_no_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "unipo", "train", "train.max_steps=many"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "unipo: error: train.max_steps: Input should be a valid integer, unable to parse string as an integer "
+        "(got 'many')"
+    ]
+
+
+def test_cli_main_returns_2_on_bad_component(capsys):
+    assert main(["train", "grpo", "algo.kl.name=k9"]) == 2
+    assert "algo.kl.name: unknown kl 'k9'; registered: k1, k2, k3" in capsys.readouterr().err
