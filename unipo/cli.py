@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         from unipo.trainers.checkpoint import CheckpointError
 
         if isinstance(e, CheckpointError):
-            print(f"unipo: error: {e}. Delete that checkpoint directory to resume from an earlier one.", file=sys.stderr)
+            print(
+                f"unipo: error: {e}. Delete that checkpoint directory to resume from an earlier one.", file=sys.stderr
+            )
             return 1
         raise
 
@@ -104,7 +106,13 @@ def _eval(args: list[str]) -> int:
     import torch
 
     result = evaluate(
-        model, tokenizer, task.heldout[:n], task.reward, max_new_tokens=max_new, k=k, generator=torch.Generator().manual_seed(0)
+        model,
+        tokenizer,
+        task.heldout[:n],
+        task.reward,
+        max_new_tokens=max_new,
+        k=k,
+        generator=torch.Generator().manual_seed(0),
     )
     for key, value in result.items():
         print(f"{key}: {value:.3f}  ({model_path}, task {task_name}, {min(n, len(task.heldout))} problems)")

@@ -29,6 +29,9 @@ class ModelConfig(_Strict):
     """`auto` (cuda if available), `cpu`, `cuda`, `cuda:1`, ..."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype; `auto` is bfloat16 on CUDA and float32 on CPU."""
+    autocast: Literal["auto", "bf16", "off"] = "auto"
+    """Mixed precision for sampling and the update's forward (weights and optimizer stay in their dtype).
+    `auto`: bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX) and float32 weights, else off."""
     share_prompt_forward: bool = True
     """Run each prompt once and reuse its KV cache for its whole group (in sampling and in the update)."""
 
@@ -265,7 +268,9 @@ def check_components(cfg: Config) -> None:
     for axis, kind in AXES.items():
         node: ComponentConfig = getattr(cfg.algo, axis)
         if node.name not in algos.names(kind):
-            raise ConfigError(f"algo.{axis}.name: unknown {kind} {node.name!r}; registered: {', '.join(algos.names(kind))}")
+            raise ConfigError(
+                f"algo.{axis}.name: unknown {kind} {node.name!r}; registered: {', '.join(algos.names(kind))}"
+            )
         params = algos.entry(kind, node.name).params
         for key, value in (node.model_extra or {}).items():
             if key not in params:

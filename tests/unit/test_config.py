@@ -60,7 +60,10 @@ def test_resolved_yaml_round_trips():
         (["train.lr=-1"], "train.lr: Input should be greater than 0"),
         (["rollout.group_size=0"], "rollout.group_size: Input should be greater than or equal to 1"),
         (["algo.advantage.name=nope"], "algo.advantage.name: unknown advantage 'nope'; registered:"),
-        (["algo.policy_loss.clip_hihg=0.3"], "unknown key algo.policy_loss.clip_hihg for policy_loss 'ppo_clip'; allowed:"),
+        (
+            ["algo.policy_loss.clip_hihg=0.3"],
+            "unknown key algo.policy_loss.clip_hihg for policy_loss 'ppo_clip'; allowed:",
+        ),
         (["algo.policy_loss.clip_high=wide"], "algo.policy_loss.clip_high: expected float"),
         (["task=chess"], "task: unknown task 'chess'; built-in tasks:"),
         (["train.lr"], "override 'train.lr' is not of the form key=value"),

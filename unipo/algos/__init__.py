@@ -1,7 +1,7 @@
 """The pure layer: tensor math only (no models, no I/O, no config objects).
 
-    from unipo import algos
-    algos.get("advantage", "grpo")(rewards, group_ids)
+from unipo import algos
+algos.get("advantage", "grpo")(rewards, group_ids)
 """
 
 from unipo.algos import advantages, aggregation, kl, policy_losses  # noqa: F401  (registers components)

@@ -31,15 +31,16 @@ class Rollouts:
         return self.completion_ids.shape[0]
 
     def select(self, idx: torch.Tensor) -> Rollouts:
-        """The completions `idx` (prompt tensors are shared, not copied)."""
+        """The completions `idx`, cut to their longest completion (prompt tensors are shared, not copied)."""
+        width = int(self.completion_mask[idx].sum(1).max())
         return Rollouts(
             self.prompt_ids,
             self.prompt_mask,
-            self.completion_ids[idx],
-            self.completion_mask[idx],
+            self.completion_ids[idx, :width],
+            self.completion_mask[idx, :width],
             self.group_ids[idx],
             self.truncated[idx],
-            self.rollout_logp[idx],
+            self.rollout_logp[idx, :width],
             self.rows,
             [self.texts[i] for i in idx.tolist()] if self.texts else [],
         )

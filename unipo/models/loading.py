@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -35,7 +36,7 @@ def default_model_dir() -> Path:
     The conversion is written to a temporary directory and renamed, so an interrupted run never leaves half a model.
     """
     target = cache_dir() / "SmolLM2-135M-Instruct"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _is_converted(target):
         return target
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -49,7 +50,11 @@ def default_model_dir() -> Path:
     log.info("converting %s to safetensors in %s (once)", _GGUF_FILE, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    config = gguf_model.config
+    # the weights are de-quantized float32 now; a leftover gguf quantization_config would make the copy
+    # refuse save_pretrained again (and claim a quantization it no longer has)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
@@ -62,6 +67,15 @@ def default_model_dir() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _is_converted(target: Path) -> bool:
+    import json
+
+    config = target / "config.json"
+    if not (config.exists() and (target / "model.safetensors").exists()):
+        return False
+    return "quantization_config" not in json.loads(config.read_text())
 
 
 def resolve_model_path(path: str) -> str:
@@ -87,6 +101,26 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def autocast_context(model: Any, mode: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the forward passes of training and sampling (see `ModelConfig.autocast`).
+
+    On this project's CPUs (AVX512-BF16) it made the update's forward+backward about 35% faster and a decode step
+    about 30% faster than float32 on SmolLM2-135M; master weights and AdamW state stay float32.
+    """
+    import torch
+
+    param = next(model.parameters())
+    if mode == "off" or (mode == "auto" and not _cpu_autocast_pays(param)):
+        return contextlib.nullcontext()
+    return torch.autocast(param.device.type, dtype=torch.bfloat16)
+
+
+def _cpu_autocast_pays(param: torch.Tensor) -> bool:
+    import torch
+
+    return param.device.type == "cpu" and param.dtype == torch.float32 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def load_model_and_tokenizer(path: str, *, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:

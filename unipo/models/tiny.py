@@ -19,7 +19,9 @@ _CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(path: str | Path, *, vocab_size: int = 256, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_model(
+    path: str | Path, *, vocab_size: int = 256, hidden: int = 32, layers: int = 2, seed: int = 0
+) -> Path:
     """Write a tiny LlamaForCausalLM and its tokenizer to `path` (loadable with `model.path=<path>`)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

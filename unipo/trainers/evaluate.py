@@ -35,7 +35,9 @@ def evaluate(
     return out
 
 
-def _correct(model, tokenizer, rows, reward, n, max_new_tokens, batch_size, greedy, temperature, generator) -> list[bool]:
+def _correct(
+    model, tokenizer, rows, reward, n, max_new_tokens, batch_size, greedy, temperature, generator
+) -> list[bool]:
     results: list[bool] = []
     per_batch = max(1, batch_size // n)
     for start in range(0, len(rows), per_batch):

@@ -20,13 +20,22 @@ import torch
 from unipo.config import Config
 from unipo.data.batch import Rollouts
 from unipo.data.tasks import PromptStream, get_task
-from unipo.models.loading import load_model_and_tokenizer
+from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
-from unipo.ops import masked_mean, masked_sum
+from unipo.ops import masked_sum
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint
-from unipo.trainers.common import RewardScorer, RunDir, Timer, build_algo, build_optimizer, build_rewards
-from unipo.trainers.common import default_output_dir, log, seed_everything
+from unipo.trainers.common import (
+    RewardScorer,
+    RunDir,
+    Timer,
+    build_algo,
+    build_optimizer,
+    build_rewards,
+    default_output_dir,
+    log,
+    seed_everything,
+)
 from unipo.trainers.evaluate import evaluate
 
 
@@ -72,7 +81,12 @@ def train(cfg: Config) -> Path:
         if cfg.eval.num_problems:
             rows = task.heldout[: cfg.eval.num_problems]
             result = evaluate(
-                model, tokenizer, rows, task.reward, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size
+                model,
+                tokenizer,
+                rows,
+                task.reward,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                batch_size=cfg.eval.batch_size,
             )
             run.log({"step": step, **result})
             _say(f"step {step}: held-out greedy accuracy {result['eval/accuracy']:.3f} on {len(rows)} problems")
@@ -120,7 +134,7 @@ def rl_step(
     timer = Timer()
     t0 = time.perf_counter()
     rows = stream.take(cfg.train.prompts_per_step)
-    with timer("generate"):
+    with timer("generate"), autocast_context(model, cfg.model.autocast):
         r = cfg.rollout
         batch = sample(
             model, tokenizer, rows, n=r.group_size, max_new_tokens=r.max_new_tokens,
@@ -138,7 +152,9 @@ def rl_step(
     metrics = {
         "reward/mean": _nanmean(rewards),
         "reward/std": float(rewards[~rewards.isnan()].std()) if (~rewards.isnan()).sum() > 1 else 0.0,
-        **({f"reward/{n}": _nanmean(per_fn[:, k]) for k, n in enumerate(scorer.names)} if len(scorer.names) > 1 else {}),
+        **(
+            {f"reward/{n}": _nanmean(per_fn[:, k]) for k, n in enumerate(scorer.names)} if len(scorer.names) > 1 else {}
+        ),
         **stats,
         "tokens/completion_mean": float(lengths.mean()),
         "tokens/truncated_frac": float(batch.truncated.float().mean()),
@@ -161,30 +177,39 @@ def update(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
 ) -> dict[str, float]:
-    """`ppo_epochs` optimizer steps on one batch, each accumulating gradients over micro-batches."""
+    """`ppo_epochs` optimizer steps on one batch, each accumulating gradients over micro-batches.
+
+    Every surrogate's gradient is −W·A·∇logp (ALGORITHMS.md §0.4), so without a KL term a completion whose
+    advantage is 0 on every token adds nothing to the loss or its gradient: it is left out of the forward and
+    backward passes (its tokens still count in the global normalisers, so the loss is unchanged). Entropy and
+    clip metrics are therefore over the completions that carry gradient.
+    """
     n = batch.num_completions
     num_tokens = batch.completion_mask.sum().float()  # global counts: micro-batching never changes the loss
     temperature, share = cfg.rollout.temperature, cfg.model.share_prompt_forward
+    precision = autocast_context(model, cfg.model.autocast)
     ref_logp = None
     if ref is not None:
-        with torch.no_grad():
+        with torch.no_grad(), precision:
             ref_logp, _ = completion_logprobs(ref, batch, temperature=temperature, share_prompt=share)
+    active = torch.arange(n, device=advantages.device)
+    if ref is None:
+        active = active[(advantages != 0).reshape(n, -1).any(1)]
     old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
     sums: dict[str, torch.Tensor] = {}
     losses, grad_norms = [], []
-    chunks = torch.arange(n, device=advantages.device).split(cfg.train.micro_batch_size)
     for epoch in range(cfg.train.ppo_epochs):
-        optimizer.zero_grad(set_to_none=True)
+        for p in model.parameters():  # zeros, not None: AdamW then steps every parameter, as with a full batch
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
         total = torch.zeros(())
-        for idx in chunks:
+        for idx in active.split(cfg.train.micro_batch_size) if active.numel() else ():
             mb = batch.select(idx)
-            width = int(mb.completion_mask.sum(1).max())  # drop columns that are padding for every row
-            mb.completion_ids, mb.completion_mask = mb.completion_ids[:, :width], mb.completion_mask[:, :width]
-            mask = mb.completion_mask.float()
-            logp, entropy = completion_logprobs(
-                model, mb, temperature=temperature, with_entropy=epoch == 0, share_prompt=share
-            )
-            if epoch == 0:
+            width, mask = mb.completion_ids.shape[1], mb.completion_mask.float()
+            with precision:
+                logp, entropy = completion_logprobs(
+                    model, mb, temperature=temperature, with_entropy=epoch == 0, share_prompt=share
+                )
+            if epoch == 0:  # the parameters still are the sampling ones: old log-probs are these, detached
                 old_logp[idx, :width] = logp.detach().float()
             adv = advantages[idx] if advantages.dim() == 1 else advantages[idx, :width]
             per_token, loss_metrics = fns["policy_loss"](logp, old_logp[idx, :width], adv, mask)
@@ -198,9 +223,8 @@ def update(
             loss.backward()
             total += loss.detach().float().cpu()
             for key, value in loss_metrics.items():
-                sums[key] = sums.get(key, torch.zeros(2)) + torch.stack(
-                    [masked_sum(value.detach().float(), mask).cpu(), mask.sum().cpu()]
-                )
+                pair = torch.stack([masked_sum(value.detach().float(), mask).cpu(), mask.sum().cpu()])
+                sums[key] = sums.get(key, torch.zeros(2)) + pair
         max_norm = cfg.train.max_grad_norm or float("inf")
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
         optimizer.step()
@@ -208,6 +232,7 @@ def update(
         losses.append(float(total))
     out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
     out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in sums.items()})
+    out["tokens/trained_frac"] = float(batch.completion_mask[active].sum() / num_tokens)
     return out
 
 

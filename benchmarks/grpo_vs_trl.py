@@ -1,0 +1,175 @@
+"""GRPO side by side with TRL's GRPOTrainer on the same work: same model, task, batch, lengths, lr and loss.
+
+Each framework runs in its own subprocess (so peak memory is its own), from the same converted SmolLM2 weights,
+on the arithmetic task (a + b, a, b <= 50). Both are scored by the same held-out greedy evaluation before and
+after training. Prints the ratios and writes JSON to benchmarks/results/.
+
+    python benchmarks/grpo_vs_trl.py                  # 30 steps, 2 prompts x 8 completions x 32 tokens
+    python benchmarks/grpo_vs_trl.py --steps 2 --eval 8   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _common(args: argparse.Namespace) -> dict:
+    return {
+        "steps": args.steps, "prompts": args.prompts, "group": args.group, "max_new_tokens": args.max_new_tokens,
+        "lr": args.lr, "eval": args.eval, "seed": args.seed,
+    }  # fmt: skip
+
+
+def _heldout_accuracy(model, tokenizer, n: int) -> float:
+    from unipo.data.tasks import arithmetic
+    from unipo.trainers.evaluate import evaluate
+
+    task = arithmetic()
+    model.eval()
+    return evaluate(model, tokenizer, task.heldout[:n], task.reward, max_new_tokens=32)["eval/accuracy"]
+
+
+def run_trl(args: argparse.Namespace) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from unipo.data.tasks import arithmetic
+    from unipo.models.loading import default_model_dir
+    from unipo.rewards import contains_answer
+
+    torch.manual_seed(args.seed)
+    path = default_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    before = _heldout_accuracy(model, tokenizer, args.eval) if args.eval else None
+    task = arithmetic()
+    with tempfile.TemporaryDirectory() as out:
+        config = GRPOConfig(
+            output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
+            learning_rate=args.lr, max_steps=args.steps, per_device_train_batch_size=args.prompts * args.group,
+            num_generations=args.group, max_completion_length=args.max_new_tokens, beta=0.0, seed=args.seed,
+            lr_scheduler_type="constant", temperature=1.0,
+        )  # fmt: skip
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=contains_answer,
+            args=config,
+            train_dataset=Dataset.from_list(task.train),
+            processing_class=tokenizer,
+        )
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    after = _heldout_accuracy(trainer.model, tokenizer, args.eval) if args.eval else None
+    return {"train_s": seconds, "accuracy_before": before, "accuracy_after": after}
+
+
+def run_unipo(args: argparse.Namespace) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unipo import config
+    from unipo.trainers import checkpoint, rl
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = config.load(
+            "grpo",
+            [
+                f"output_dir={out}", f"train.max_steps={args.steps}", f"train.prompts_per_step={args.prompts}",
+                f"rollout.group_size={args.group}", f"rollout.max_new_tokens={args.max_new_tokens}",
+                f"train.lr={args.lr}", f"train.seed={args.seed}", "eval.num_problems=0",
+                # TRL 1.16's default loss_type="dapo" is a global token mean
+                "algo.aggregation.name=token_mean",
+            ],
+        )  # fmt: skip
+        from unipo.models.loading import default_model_dir
+
+        base = default_model_dir()
+        if args.eval:
+            tokenizer = AutoTokenizer.from_pretrained(base)
+            before = _heldout_accuracy(
+                AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), tokenizer, args.eval
+            )
+        start = time.perf_counter()
+        rl.train(cfg)
+        seconds = time.perf_counter() - start
+        final = checkpoint.list_checkpoints(Path(out) / "checkpoints")[-1]
+        rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        after = None
+        if args.eval:
+            model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
+            after = _heldout_accuracy(model, AutoTokenizer.from_pretrained(final), args.eval)
+    steps = [r for r in rows if "loss" in r]
+    return {
+        "train_s": seconds,
+        "accuracy_before": before if args.eval else None,
+        "accuracy_after": after,
+        "step_s_mean": sum(r["time/step_s"] for r in steps) / len(steps),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--prompts", type=int, default=2)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--eval", type=int, default=100, help="held-out problems scored before and after (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", choices=["unipo", "trl"], help="run one framework in this process (internal)")
+    p.add_argument("--out", default="benchmarks/results/grpo_vs_trl.json")
+    args = p.parse_args()
+    if args.only:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        result = (run_trl if args.only == "trl" else run_unipo)(args)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    results = {}
+    for name in ("trl", "unipo"):
+        cmd = [sys.executable, __file__, "--only", name] + sys.argv[1:]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            sys.exit(f"{name} failed:\n{proc.stderr[-4000:]}")
+        results[name] = json.loads(line.removeprefix("RESULT "))
+        print(f"{name}: {results[name]}", flush=True)
+    t, u = results["trl"], results["unipo"]
+    summary = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} CPU cores",
+        "settings": _common(args),
+        "results": results,
+        "speedup_train_time": t["train_s"] / u["train_s"],
+        "memory_ratio_trl_over_unipo": t["peak_rss_mb"] / u["peak_rss_mb"],
+    }
+    print(
+        f"train time: TRL {t['train_s']:.0f} s, unipo {u['train_s']:.0f} s -> unipo is {summary['speedup_train_time']:.2f}x faster"
+    )
+    print(
+        f"peak RSS: TRL {t['peak_rss_mb']:.0f} MB, unipo {u['peak_rss_mb']:.0f} MB -> ratio {summary['memory_ratio_trl_over_unipo']:.2f}"
+    )
+    if args.eval:
+        print(f"held-out accuracy: TRL {t['accuracy_before']:.2f} -> {t['accuracy_after']:.2f}, "
+              f"unipo {u['accuracy_before']:.2f} -> {u['accuracy_after']:.2f}")  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
