@@ -35,6 +35,11 @@ class ModelConfig(_Strict):
     share_prompt_forward: bool = True
     """Run each prompt once and reuse its KV cache for its whole group (in sampling and in the update)."""
 
+    @field_validator("autocast", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
 
 class TrainConfig(_Strict):
     max_steps: int = Field(30, ge=0)

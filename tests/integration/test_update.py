@@ -1,0 +1,112 @@
+"""The model-facing pieces on a tiny model: sampling, log-probs and the update's micro-batch invariance."""
+
+import pytest
+import torch
+
+from unipo import config
+from unipo.models.loading import load_model_and_tokenizer
+from unipo.models.logprobs import completion_logprobs
+from unipo.rollout.hf import sample
+from unipo.trainers.common import build_algo, build_optimizer
+from unipo.trainers.rl import update
+
+pytestmark = pytest.mark.slow
+
+ROWS = [{"prompt": [{"role": "user", "content": "say 7"}]}, {"prompt": "pick a number:"}, {"prompt": "now"}]
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir, device="cpu", dtype="float32")
+    return model.eval(), tokenizer
+
+
+def _batch(model, tokenizer, n=4, max_new_tokens=6, seed=0):
+    return sample(
+        model, tokenizer, ROWS, n=n, max_new_tokens=max_new_tokens, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def test_sampler_groups_masks_and_log_probs(tiny):
+    model, tokenizer = tiny
+    batch = _batch(model, tokenizer)
+    assert batch.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    # prompts of different lengths are left-padded
+    assert batch.prompt_mask[:, -1].all() and not batch.prompt_mask[:, 0].all()
+    eos = tokenizer.eos_token_id
+    for ids, m, trunc in zip(batch.completion_ids, batch.completion_mask, batch.truncated, strict=True):
+        length = int(m.sum())
+        assert m[:length].all() and not m[length:].any()  # one contiguous run from the start
+        assert trunc == (eos not in ids[:length].tolist())
+    # the sampler's log-probs are the model's own log-probs of the sampled tokens
+    logp, _ = completion_logprobs(model, batch)
+    m = batch.completion_mask.bool()
+    torch.testing.assert_close(logp[m], batch.rollout_logp[m], atol=1e-5, rtol=0)
+    assert (batch.rollout_logp[m] < 0).all()
+
+
+def test_shared_prompt_forward_equals_full_forward(tiny):
+    model, tokenizer = tiny
+    batch = _batch(model, tokenizer)
+    shared, ent_shared = completion_logprobs(model, batch, temperature=0.7, with_entropy=True)
+    full, ent_full = completion_logprobs(model, batch, temperature=0.7, with_entropy=True, share_prompt=False)
+    m = batch.completion_mask.bool()
+    torch.testing.assert_close(shared[m], full[m], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent_shared[m], ent_full[m], atol=1e-5, rtol=0)
+    g_shared = torch.autograd.grad(shared[m].sum(), list(model.parameters()))
+    g_full = torch.autograd.grad(full[m].sum(), list(model.parameters()))
+    for a, b in zip(g_shared, g_full, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_greedy_sampling_is_argmax(tiny):
+    model, tokenizer = tiny
+    batch = sample(model, tokenizer, ROWS[:1], n=2, max_new_tokens=5, greedy=True)
+    assert torch.equal(batch.completion_ids[0], batch.completion_ids[1])
+    logits = model(input_ids=batch.prompt_ids).logits[0, -1]
+    assert batch.completion_ids[0, 0] == logits.argmax()
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_sum_constant"])
+def test_update_does_not_depend_on_micro_batch_size(tiny_model_dir, aggregation):
+    # the same batch and advantages, one micro-batch of 12 vs micro-batches of 5 (5 + 5 + 2, unequal lengths)
+    results = []
+    for micro in (12, 5):
+        model, tokenizer = load_model_and_tokenizer(tiny_model_dir, device="cpu", dtype="float32")
+        model.eval()
+        cfg = config.load(
+            "grpo",
+            [f"train.micro_batch_size={micro}", f"algo.aggregation.name={aggregation}", "model.autocast=off",
+             "algo.kl.coef=0.1", "train.lr=1e-3"],
+        )  # fmt: skip
+        ref, _ = load_model_and_tokenizer(tiny_model_dir, device="cpu", dtype="float32")
+        batch = _batch(model, tokenizer)
+        advantages = torch.linspace(-1, 1, batch.num_completions)
+        optimizer, scheduler = build_optimizer(model, cfg)
+        stats = update(cfg, model, ref.eval(), batch, advantages, build_algo(cfg), optimizer, scheduler)
+        results.append((stats["loss"], [p.detach().clone() for p in model.parameters()]))
+    (loss_a, params_a), (loss_b, params_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-5, abs=1e-7)
+    for a, b in zip(params_a, params_b, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_zero_advantage_rows_are_skipped_without_changing_the_step(tiny_model_dir):
+    # rows with A = 0 carry no gradient: training on the full batch or only on the non-zero rows is the same step
+    params = []
+    for skip_nothing in (True, False):
+        model, tokenizer = load_model_and_tokenizer(tiny_model_dir, device="cpu", dtype="float32")
+        model.eval()
+        cfg = config.load("grpo", ["model.autocast=off", "train.lr=1e-3", "algo.aggregation.name=token_mean"])
+        batch = _batch(model, tokenizer)
+        advantages = torch.tensor([0.0, 1.0, -1.0, 0.0] * 3)
+        optimizer, scheduler = build_optimizer(model, cfg)
+        fns = build_algo(cfg)
+        if skip_nothing:  # a tiny non-zero advantage defeats the skip; its effect on the step is ~1e-12
+            advantages = advantages + (advantages == 0) * 1e-12
+        stats = update(cfg, model, None, batch, advantages, fns, optimizer, scheduler)
+        assert stats["tokens/trained_frac"] == (1.0 if skip_nothing else pytest.approx(
+            float(batch.completion_mask[advantages != 0].sum() / batch.completion_mask.sum())))  # fmt: skip
+        params.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*params, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

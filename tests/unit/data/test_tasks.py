@@ -1,0 +1,54 @@
+import pytest
+
+from unipo.data.tasks import PromptStream, arithmetic, get_task, jsonl_task, lucky7
+from unipo.rewards import contains_answer, share_of_target
+
+
+def test_arithmetic_split_is_fixed_disjoint_and_complete():
+    task = arithmetic()
+    assert len(task.heldout) == 100 and len(task.train) == 51 * 51 - 100
+    key = lambda r: r["prompt"][0]["content"]  # noqa: E731
+    assert not {key(r) for r in task.heldout} & {key(r) for r in task.train}
+    assert [key(r) for r in arithmetic().heldout] == [key(r) for r in task.heldout]
+    row = task.heldout[0]
+    a, b = map(int, key(row).removeprefix("What is ").split("?")[0].split("+"))
+    assert row["answer"] == str(a + b) and 0 <= a <= 50 and 0 <= b <= 50
+
+
+def test_contains_answer_matches_whole_numbers():
+    got = contains_answer(None, ["42", "The answer is 42.", "142", "4 2", "-42", ""], ["42"] * 6)
+    assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_share_of_target():
+    # "77 7" -> 3 of 3 non-space chars; "7a" -> 1/2; "" -> 0
+    assert share_of_target(None, ["77 7", "7a", "", "xyz"], ["7"] * 4) == [1.0, 0.5, 0.0, 0.0]
+    assert lucky7().reward is share_of_target
+
+
+def test_prompt_stream_is_reproducible_from_its_state():
+    rows = [{"prompt": str(i)} for i in range(5)]
+    a = PromptStream(rows, seed=3)
+    first = a.take(7)  # crosses an epoch boundary
+    assert sorted(r["prompt"] for r in first[:5]) == [str(i) for i in range(5)]
+    state = a.state()
+    assert state == {"epoch": 1, "index": 2}
+    rest = a.take(6)
+    b = PromptStream(rows, seed=3, **state)
+    assert b.take(6) == rest
+    assert PromptStream(rows, seed=3).take(7) == first
+
+
+def test_jsonl_task_reports_bad_rows(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt": "1+1?", "answer": "2"}\n{"prompt": "2+2?"}\n')
+    with pytest.raises(ValueError, match=r"t.jsonl:2: missing column\(s\) answer"):
+        jsonl_task(str(path))
+    path.write_text('{"prompt": "1+1?", "answer": "2", "split": "test"}\n{"prompt": "2+2?", "answer": "4"}\n')
+    task = get_task(str(path))
+    assert [r["answer"] for r in task.heldout] == ["2"] and [r["answer"] for r in task.train] == ["4"]
+
+
+def test_unknown_task():
+    with pytest.raises(KeyError, match="built-in tasks: arithmetic, lucky7"):
+        get_task("chess")
