@@ -28,10 +28,10 @@ class ModelConfig(_Strict):
     device: str = "auto"
     """`auto` (cuda if available), `cpu`, `cuda`, `cuda:1`, ..."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype; `auto` is bfloat16 on CUDA and float32 on CPU."""
+    """Weights (and optimizer state) dtype; `auto` is float32, with speed from `autocast`."""
     autocast: Literal["auto", "bf16", "off"] = "auto"
     """Mixed precision for sampling and the update's forward (weights and optimizer stay in their dtype).
-    `auto`: bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX) and float32 weights, else off."""
+    `auto`: bf16 autocast for float32 weights on CUDA with bf16, or on a CPU with native bf16 (AVX512-BF16/AMX)."""
     share_prompt_forward: bool = True
     """Run each prompt once and reuse its KV cache for its whole group (in sampling and in the update)."""
 

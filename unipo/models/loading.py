@@ -92,15 +92,13 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` -> bfloat16 on CUDA with bf16 support, float32 otherwise (CPU bf16 matmuls are slower here)."""
+def pick_dtype(dtype: str) -> torch.dtype:
+    """`auto` -> float32 master weights (speed comes from bf16 autocast, see `autocast_context`)."""
     import torch
 
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        dtype
+    ]
 
 
 def autocast_context(model: Any, mode: str) -> contextlib.AbstractContextManager:
@@ -132,7 +130,7 @@ def load_model_and_tokenizer(path: str, *, device: str = "auto", dtype: str = "a
     tokenizer = AutoTokenizer.from_pretrained(resolved)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=pick_dtype(dtype, dev))
+    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=pick_dtype(dtype))
     model.to(dev)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
