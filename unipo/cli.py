@@ -112,7 +112,7 @@ def _eval(args: list[str]) -> int:
         task.reward,
         max_new_tokens=max_new,
         k=k,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator(next(model.parameters()).device).manual_seed(0),
     )
     for key, value in result.items():
         print(f"{key}: {value:.3f}  ({model_path}, task {task_name}, {min(n, len(task.heldout))} problems)")
