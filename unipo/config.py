@@ -42,15 +42,15 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    max_steps: int = Field(30, ge=0)
+    max_steps: int = Field(40, ge=0)
     """Number of optimizer rounds (one rollout batch each)."""
     seed: int = 0
     """Seed for data order, sampling and initialisation."""
-    prompts_per_step: int = Field(2, ge=1)
+    prompts_per_step: int = Field(4, ge=1)
     """Prompts sampled per step; each gets `rollout.group_size` completions."""
-    lr: float = Field(2e-5, gt=0)
+    lr: float = Field(3e-5, gt=0)
     """AdamW learning rate."""
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
     """Schedule after warm-up: constant, linear decay to 0, or cosine decay to 0 at `max_steps`."""
     warmup_steps: int = Field(0, ge=0)
     """Linear warm-up from 0 over this many optimizer steps."""
@@ -62,7 +62,7 @@ class TrainConfig(_Strict):
     """Clip the global gradient norm to this value (0 turns clipping off)."""
     ppo_epochs: int = Field(1, ge=1)
     """Passes over each rollout batch; each pass is one optimizer step (gradient accumulated over micro-batches)."""
-    micro_batch_size: int = Field(16, ge=1)
+    micro_batch_size: int = Field(32, ge=1)
     """Completions per forward/backward; the loss uses global counts, so this never changes the gradient."""
     save_every: int = Field(0, ge=0)
     """Write a checkpoint every N steps (0: only at the end of the run)."""
@@ -98,6 +98,11 @@ class KLConfig(ComponentConfig):
     """KL coefficient β in the loss; 0 means no reference model is loaded."""
 
 
+class RegularizerConfig(ComponentConfig):
+    coef: float = 1.0
+    """Weight of this regularizer's per-token term."""
+
+
 class AlgoConfig(_Strict):
     advantage: ComponentConfig = ComponentConfig(name="grpo")
     """Advantage estimator (kind `advantage`)."""
@@ -107,6 +112,10 @@ class AlgoConfig(_Strict):
     """Loss aggregation (kind `aggregation`)."""
     kl: KLConfig = KLConfig()
     """KL estimator to the reference policy (kind `kl`) and its coefficient."""
+    token_weights: list[ComponentConfig] = []
+    """Token masks/weights (kind `token_weight`) multiplied into the per-token loss before aggregation."""
+    regularizers: list[RegularizerConfig] = []
+    """Per-token terms (kind `regularizer`) added, times `coef`, to the per-token loss before aggregation."""
 
 
 class RewardConfig(_Strict):
@@ -156,6 +165,8 @@ class Config(_Strict):
 
 AXES = {"advantage": "advantage", "policy_loss": "policy_loss", "aggregation": "aggregation", "kl": "kl"}
 """Config node under `algo` -> registry kind."""
+LIST_AXES = {"token_weights": "token_weight", "regularizers": "regularizer"}
+"""List nodes under `algo` -> registry kind of each entry."""
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -270,21 +281,21 @@ def check_components(cfg: Config) -> None:
     """Each `algo.<axis>.name` must be registered and every extra key must be one of its hyperparameters."""
     from unipo import algos
 
-    for axis, kind in AXES.items():
-        node: ComponentConfig = getattr(cfg.algo, axis)
+    nodes = [(f"algo.{axis}", kind, getattr(cfg.algo, axis)) for axis, kind in AXES.items()]
+    for axis, kind in LIST_AXES.items():
+        nodes += [(f"algo.{axis}[{i}]", kind, node) for i, node in enumerate(getattr(cfg.algo, axis))]
+    for where, kind, node in nodes:
         if node.name not in algos.names(kind):
-            raise ConfigError(
-                f"algo.{axis}.name: unknown {kind} {node.name!r}; registered: {', '.join(algos.names(kind))}"
-            )
+            raise ConfigError(f"{where}.name: unknown {kind} {node.name!r}; registered: {', '.join(algos.names(kind))}")
         params = algos.entry(kind, node.name).params
         for key, value in (node.model_extra or {}).items():
             if key not in params:
                 allowed = ", ".join(sorted(params)) or "(none)"
-                raise ConfigError(f"unknown key algo.{axis}.{key} for {kind} {node.name!r}; allowed: {allowed}")
+                raise ConfigError(f"unknown key {where}.{key} for {kind} {node.name!r}; allowed: {allowed}")
             default = params[key]
             if not _same_kind(default, value):
                 raise ConfigError(
-                    f"algo.{axis}.{key}: expected {type(default).__name__} like the default {default!r}, got {value!r}"
+                    f"{where}.{key}: expected {type(default).__name__} like the default {default!r}, got {value!r}"
                 )
 
 
@@ -299,9 +310,8 @@ def _same_kind(default: object, value: object) -> bool:
 
 
 def component_kwargs(node: ComponentConfig) -> dict[str, Any]:
-    """The hyperparameters set on an `algo.<axis>` node (everything except `name`, and `coef` for KL)."""
-    extra = dict(node.model_extra or {})
-    return extra
+    """The hyperparameters set on an `algo.<axis>` node (its undeclared keys: not `name`, not `coef`)."""
+    return dict(node.model_extra or {})
 
 
 def to_yaml(cfg: Config) -> str:

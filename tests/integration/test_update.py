@@ -8,7 +8,7 @@ from unipo.models.loading import load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
 from unipo.rollout.hf import sample
 from unipo.trainers.common import build_algo, build_optimizer
-from unipo.trainers.rl import update
+from unipo.trainers.rl import RLState, update
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +67,13 @@ def test_greedy_sampling_is_argmax(tiny):
     assert batch.completion_ids[0, 0] == logits.argmax()
 
 
+def _update(cfg, model, ref, tokenizer, batch, advantages):
+    optimizer, scheduler = build_optimizer(model, cfg)
+    state = RLState(cfg, model, ref, tokenizer, build_algo(cfg), None, None, optimizer, scheduler, None, step=1)
+    rewards = torch.zeros(batch.num_completions)
+    return update(state, batch, advantages, {"rewards": rewards, "progress": 0.0, "truncated": batch.truncated})
+
+
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_sum_constant"])
 def test_update_does_not_depend_on_micro_batch_size(tiny_model_dir, aggregation):
     # the same batch and advantages, one micro-batch of 12 vs micro-batches of 5 (5 + 5 + 2, unequal lengths)
@@ -82,8 +89,7 @@ def test_update_does_not_depend_on_micro_batch_size(tiny_model_dir, aggregation)
         ref, _ = load_model_and_tokenizer(tiny_model_dir, device="cpu", dtype="float32")
         batch = _batch(model, tokenizer)
         advantages = torch.linspace(-1, 1, batch.num_completions)
-        optimizer, scheduler = build_optimizer(model, cfg)
-        stats = update(cfg, model, ref.eval(), batch, advantages, build_algo(cfg), optimizer, scheduler)
+        stats = _update(cfg, model, ref.eval(), tokenizer, batch, advantages)
         results.append((stats["loss"], [p.detach().clone() for p in model.parameters()]))
     (loss_a, params_a), (loss_b, params_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-5, abs=1e-7)
@@ -100,11 +106,9 @@ def test_zero_advantage_rows_are_skipped_without_changing_the_step(tiny_model_di
         cfg = config.load("grpo", ["model.autocast=off", "train.lr=1e-3", "algo.aggregation.name=token_mean"])
         batch = _batch(model, tokenizer)
         advantages = torch.tensor([0.0, 1.0, -1.0, 0.0] * 3)
-        optimizer, scheduler = build_optimizer(model, cfg)
-        fns = build_algo(cfg)
         if skip_nothing:  # a tiny non-zero advantage defeats the skip; its effect on the step is ~1e-12
             advantages = advantages + (advantages == 0) * 1e-12
-        stats = update(cfg, model, None, batch, advantages, fns, optimizer, scheduler)
+        stats = _update(cfg, model, None, tokenizer, batch, advantages)
         assert stats["tokens/trained_frac"] == (1.0 if skip_nothing else pytest.approx(
             float(batch.completion_mask[advantages != 0].sum() / batch.completion_mask.sum())))  # fmt: skip
         params.append([p.detach().clone() for p in model.parameters()])

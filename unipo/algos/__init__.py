@@ -4,7 +4,14 @@ from unipo import algos
 algos.get("advantage", "grpo")(rewards, group_ids)
 """
 
-from unipo.algos import advantages, aggregation, kl, policy_losses  # noqa: F401  (registers components)
+from unipo.algos import (  # noqa: F401  (registers components)
+    advantages,
+    aggregation,
+    kl,
+    policy_losses,
+    regularizers,
+    token_weights,
+)
 from unipo.algos.registry import KINDS, entries, entry, get, names, register
 
 __all__ = ["KINDS", "entries", "entry", "get", "names", "register"]

@@ -204,3 +204,113 @@ def seq_sum_constant(
         raise ValueError(f"constant must be > 0; got {length}")
     denom = _denominator(num_seqs, _local_num_seqs(mask), per_token_loss) * length
     return masked_sum(per_token_loss, mask) / denom
+
+
+@register(
+    "aggregation",
+    "token_mean_local",
+    paper="von Werra et al. 2020, TRL (GRPOTrainer loss_type='bnpo'), https://github.com/huggingface/trl",
+    tag="checked: TRL",
+)
+def token_mean_local(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    num_tokens: Count = None,
+    num_seqs: Count = None,
+    grad_accum: int = 1,
+) -> torch.Tensor:
+    """Per-micro-batch token mean ÷ accumulation steps (TRL ``loss_type="bnpo"``, https://github.com/huggingface/trl).
+
+    L_k = (Σ_{i,t∈k} m·ℓ / Σ_{i,t∈k} m) / grad_accum for each micro-batch k; the update sums the L_k.
+
+    Args:
+        per_token_loss: [N, T].
+        mask: [N, T] loss mask.
+        num_tokens: ignored on purpose: the normaliser is this call's own Σ mask.
+        num_seqs: unused; accepted for the family signature.
+        grad_accum: number of micro-batches whose losses are summed into one update (accumulation steps, times
+            data-parallel ranks when their gradients are summed rather than averaged).
+
+    Returns:
+        Scalar loss.
+
+    Note:
+        Not invariant to the split (ALGORITHMS.md §13 A1): a token in a short micro-batch weighs more than one in
+        a long micro-batch. It equals ``token_mean`` only when every micro-batch holds the same number of tokens.
+        Kept for parity with TRL; prefer ``token_mean`` with global counts.
+    """
+    _check(per_token_loss, mask)
+    if grad_accum < 1:
+        raise ValueError(f"grad_accum must be >= 1; got {grad_accum}")
+    return masked_sum(per_token_loss, mask) / _denominator(None, mask.sum(), per_token_loss) / grad_accum
+
+
+@register(
+    "aggregation",
+    "seq_len_scaled",
+    paper="LUSPO: Length-Unbiased Sequence Policy Optimization, 2026, arXiv:2602.05261",
+    tag="checked: TRL",
+)
+def seq_len_scaled(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    num_tokens: Count = None,
+    num_seqs: Count = None,
+) -> torch.Tensor:
+    """Length-scaled sequence mean (LUSPO, arXiv:2602.05261; TRL ``loss_type="luspo"``).
+
+    L = (1/num_seqs)·Σ_i |y_i|·ℓ_i, where ℓ_i = (1/|y_i|)·Σ_t m·ℓ_{i,t} is the sequence loss carried by the
+    per-token form (GSPO puts ℓ_i on every token). Algebraically this is ``seq_mean_token_sum``; it has its own id
+    so that the LUSPO recipe names the paper's rule.
+
+    Args:
+        per_token_loss: [N, T].
+        mask: [N, T] loss mask.
+        num_tokens: unused; accepted for the family signature.
+        num_seqs: global number of sequences with at least one valid token; None counts this call's rows.
+
+    Returns:
+        Scalar loss.
+    """
+    _check(per_token_loss, mask)
+    lengths = mask.to(per_token_loss.dtype).sum(-1)
+    per_seq = masked_sum(per_token_loss, mask, dim=-1) / lengths.clamp(min=1)  # ℓ_i: (N, T) -> (N,)
+    return (lengths * per_seq).sum() / _denominator(num_seqs, _local_num_seqs(mask), per_token_loss)
+
+
+@register(
+    "aggregation",
+    "const_norm",
+    paper="Chen et al. 2025, NFT: Bridging Supervised Learning and RL in Math Reasoning, arXiv:2505.18116",
+    tag="checked: NFT code",
+)
+def const_norm(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    num_tokens: Count = None,
+    num_seqs: Count = None,
+    divisor: float = 1000.0,
+) -> torch.Tensor:
+    """Token sum over a fixed constant (Chen et al. 2025, NFT, arXiv:2505.18116; official NFT code, C = 1000).
+
+    L = Σ_{i,t} m·ℓ / C. No count enters the normaliser, so any micro-batch split sums to the same loss; like
+    ``token_sum`` its scale grows with the batch.
+
+    Args:
+        per_token_loss: [N, T].
+        mask: [N, T] loss mask.
+        num_tokens: unused; accepted for the family signature.
+        num_seqs: unused; accepted for the family signature.
+        divisor: C > 0 (NFT 1000). Not named ``constant``: the trainer pins an aggregation's ``constant`` to
+            ``max_new_tokens`` for ``seq_sum_constant``.
+
+    Returns:
+        Scalar loss.
+    """
+    _check(per_token_loss, mask)
+    if divisor <= 0:
+        raise ValueError(f"divisor must be > 0; got {divisor}")
+    return masked_sum(per_token_loss, mask) / divisor

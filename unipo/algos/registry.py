@@ -26,7 +26,7 @@ KINDS = (
 )
 
 
-DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs"})
+DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs", "progress", "generator"})
 """Keyword arguments that carry data from the trainer, never hyperparameters from a recipe."""
 
 

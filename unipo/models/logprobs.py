@@ -17,6 +17,7 @@ def completion_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
     share_prompt: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(y_t | x, y_<t) for every completion token, with softmax(logits / temperature).
@@ -27,14 +28,15 @@ def completion_logprobs(
     (tests/integration/test_logprobs.py).
 
     Returns:
-        logp (N, T) and, if asked, the entropy of the same distribution (N, T), detached.
+        logp (N, T) and, if asked, the entropy of the same distribution (N, T), detached unless `entropy_grad`
+        (for entropy regularizers).
     """
     hidden = _share_prompt_hidden(model, batch) if share_prompt else _full_hidden(model, batch)
     logits = model.get_output_embeddings()(hidden).float() / temperature  # (N, T, V)
     logp = logprobs_from_logits(logits, batch.completion_ids)
     entropy = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = entropy_from_logits(logits)
     return logp, entropy
 

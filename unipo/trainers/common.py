@@ -13,6 +13,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,55 @@ def build_component(kind: str, name: str, kwargs: dict[str, Any]) -> Callable:
     return functools.partial(fn, **kwargs)
 
 
-def build_algo(cfg: Config) -> dict[str, Callable]:
-    """One bound callable per `algo` axis. `seq_sum_constant` without a constant is pinned to max_new_tokens,
+TRAINER_INPUTS = frozenset(
+    {"old_logp", "ref_logp", "rollout_logp", "advantages", "rewards", "group_ids", "entropy", "completion_ids",
+     "truncated", "progress", "generator"}
+)  # fmt: skip
+"""Keyword inputs the on-policy trainer supplies to any component whose signature asks for them by name."""
+
+
+@dataclass
+class Algo:
+    """The components of a recipe, bound to their hyperparameters, and the trainer inputs they ask for."""
+
+    advantage: Callable
+    policy_loss: Callable
+    aggregation: Callable
+    kl: Callable
+    token_weights: list[Callable]
+    regularizers: list[tuple[float, Callable]]
+    multi_reward: bool = False
+    """The advantage estimator takes rewards (N, K), one column per reward function, and `reward_weights`."""
+
+    def all(self) -> list[Callable]:
+        return [self.advantage, self.policy_loss, self.aggregation, self.kl, *self.token_weights] + [
+            fn for _, fn in self.regularizers
+        ]
+
+    @property
+    def needs(self) -> set[str]:
+        return set().union(*(wanted_inputs(fn) for fn in self.all()))
+
+
+def wanted_inputs(fn: Callable) -> set[str]:
+    """The trainer inputs `fn` takes as keywords (not already bound by its recipe)."""
+    bound = fn.keywords if isinstance(fn, functools.partial) else {}
+    inner = fn.func if isinstance(fn, functools.partial) else fn
+    params = inspect.signature(inner).parameters.values()
+    return {
+        p.name
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name in TRAINER_INPUTS and p.name not in bound
+    }
+
+
+def call(fn: Callable, *args: Any, inputs: dict[str, Any], **kwargs: Any) -> Any:
+    """Call `fn` with `args`, `kwargs` and the trainer inputs it asks for."""
+    return fn(*args, **kwargs, **{k: inputs[k] for k in wanted_inputs(fn) if k in inputs and k not in kwargs})
+
+
+def build_algo(cfg: Config) -> Algo:
+    """Bind every component of `cfg.algo`. `seq_sum_constant` without a constant is pinned to max_new_tokens,
     so padding in a micro-batch never changes the normaliser (Dr. GRPO's L_max)."""
     built = {}
     for axis, kind in AXES.items():
@@ -41,7 +89,10 @@ def build_algo(cfg: Config) -> dict[str, Callable]:
         if kind == "aggregation" and "constant" in algos.entry(kind, node.name).params:
             kwargs.setdefault("constant", cfg.rollout.max_new_tokens)
         built[axis] = build_component(kind, node.name, kwargs)
-    return built
+    weights = [build_component("token_weight", n.name, component_kwargs(n)) for n in cfg.algo.token_weights]
+    regs = [(n.coef, build_component("regularizer", n.name, component_kwargs(n))) for n in cfg.algo.regularizers]
+    multi = "reward_weights" in algos.entry("advantage", cfg.algo.advantage.name).params
+    return Algo(**built, token_weights=weights, regularizers=regs, multi_reward=multi)
 
 
 def seed_everything(seed: int) -> None:

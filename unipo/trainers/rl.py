@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,14 @@ from unipo.ops import masked_sum
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint
 from unipo.trainers.common import (
+    Algo,
     RewardScorer,
     RunDir,
     Timer,
     build_algo,
     build_optimizer,
     build_rewards,
+    call,
     default_output_dir,
     log,
     seed_everything,
@@ -49,17 +51,17 @@ def train(cfg: Config) -> Path:
     seed_everything(cfg.train.seed)
     task = get_task(cfg.task)
     scorer = build_rewards(cfg, task.reward)
-    fns = build_algo(cfg)
+    algo = build_algo(cfg)
 
     found = checkpoint.list_checkpoints(run.checkpoints)
     resume = found[-1] if found else None
-    state = checkpoint.load_state(resume) if resume else None  # verified before anything is loaded from it
+    saved = checkpoint.load_state(resume) if resume else None  # verified before anything is loaded from it
     model, tokenizer = load_model_and_tokenizer(
         str(resume) if resume else cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype
     )
     model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
     ref = None
-    if cfg.algo.kl.coef > 0:  # the reference is the initial policy, also when resuming
+    if cfg.algo.kl.coef > 0 or "ref_logp" in algo.needs:  # the reference is the initial policy, also on resume
         ref, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
         ref.eval().requires_grad_(False)
     optimizer, scheduler = build_optimizer(model, cfg)
@@ -67,12 +69,12 @@ def train(cfg: Config) -> Path:
     generator = torch.Generator(device).manual_seed(cfg.train.seed)
     stream = PromptStream(task.train, cfg.train.seed)
     start = 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"], generator)
-        stream = PromptStream(task.train, cfg.train.seed, **state["data"])
-        start = state["step"]
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        checkpoint.set_rng_state(saved["rng"], generator)
+        stream = PromptStream(task.train, cfg.train.seed, **saved["data"])
+        start = saved["step"]
         run.truncate_metrics(start)
         log.info("resuming %s from %s", run.path, resume)
     run.prepare(cfg)
@@ -80,6 +82,7 @@ def train(cfg: Config) -> Path:
     def run_eval(step: int) -> None:
         if cfg.eval.num_problems:
             rows = task.heldout[: cfg.eval.num_problems]
+            t0 = time.perf_counter()
             result = evaluate(
                 model,
                 tokenizer,
@@ -88,7 +91,7 @@ def train(cfg: Config) -> Path:
                 max_new_tokens=cfg.eval.max_new_tokens,
                 batch_size=cfg.eval.batch_size,
             )
-            run.log({"step": step, **result})
+            run.log({"step": step, **result, "time/eval_s": time.perf_counter() - t0})
             _say(f"step {step}: held-out greedy accuracy {result['eval/accuracy']:.3f} on {len(rows)} problems")
 
     if start == 0:
@@ -96,18 +99,16 @@ def train(cfg: Config) -> Path:
     before = next((r["eval/accuracy"] for r in run.rows() if r["step"] == 0 and "eval/accuracy" in r), None)
     started = time.perf_counter()
     progress = _Progress(start, cfg.train.max_steps)
+    state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator)
     for step in range(start + 1, cfg.train.max_steps + 1):
-        metrics = rl_step(cfg, model, ref, tokenizer, fns, scorer, stream, optimizer, scheduler, generator)
+        state.step = step
+        metrics = rl_step(state)
         run.log({"step": step, **metrics})
         progress.update(step, metrics)
         if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
-            trainer_state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": checkpoint.rng_state(generator),
-                "data": stream.state(),
-            }
-            checkpoint.save(run.checkpoints, step, model, tokenizer, trainer_state, keep=cfg.train.keep_checkpoints)
+            checkpoint.save(
+                run.checkpoints, step, model, tokenizer, state.checkpoint_state(), keep=cfg.train.keep_checkpoints
+            )
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.max_steps:
             run_eval(step)
     progress.close()
@@ -118,83 +119,98 @@ def train(cfg: Config) -> Path:
     return run.path
 
 
-def rl_step(
-    cfg: Config,
-    model: Any,
-    ref: Any | None,
-    tokenizer: Any,
-    fns: dict[str, Callable],
-    scorer: RewardScorer,
-    stream: PromptStream,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    generator: torch.Generator,
-) -> dict[str, float]:
+@dataclass
+class RLState:
+    """Everything one step touches; what must survive a restart is saved by `checkpoint_state`."""
+
+    cfg: Config
+    model: Any
+    ref: Any | None
+    tokenizer: Any
+    algo: Algo
+    scorer: RewardScorer
+    stream: PromptStream
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    step: int = 0
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": checkpoint.rng_state(self.generator),
+            "data": self.stream.state(),
+        }
+
+
+def rl_step(s: RLState) -> dict[str, float]:
     """One rollout batch and its `ppo_epochs` optimizer steps; returns the step's scalar metrics."""
-    timer = Timer()
-    t0 = time.perf_counter()
-    rows = stream.take(cfg.train.prompts_per_step)
-    with timer("generate"), autocast_context(model, cfg.model.autocast):
+    cfg, timer, t0 = s.cfg, Timer(), time.perf_counter()
+    rows = s.stream.take(cfg.train.prompts_per_step)
+    with timer("generate"), autocast_context(s.model, cfg.model.autocast):
         r = cfg.rollout
         batch = sample(
-            model, tokenizer, rows, n=r.group_size, max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, generator=generator,
+            s.model, s.tokenizer, rows, n=r.group_size, max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, generator=s.generator,
         )  # fmt: skip
     with timer("score"):
-        per_fn = scorer(rows, batch.group_ids.tolist(), batch.texts)  # (N, K)
-        rewards = scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
-    advantages = fns["advantage"](rewards, batch.group_ids, mask=batch.completion_mask)
+        per_fn = s.scorer(rows, batch.group_ids.tolist(), batch.texts)  # (N, K)
+        rewards = s.scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
+    inputs = {
+        "old_logp": batch.rollout_logp,  # the sampling policy's log-probs (the parameters have not moved yet)
+        "rollout_logp": batch.rollout_logp,
+        "truncated": batch.truncated,
+        "progress": (s.step - 1) / max(1, cfg.train.max_steps),
+        "generator": s.generator,
+    }
+    if s.algo.multi_reward:  # e.g. GDPO normalises each reward function separately
+        advantages = call(s.algo.advantage, per_fn.to(rewards.device), batch.group_ids, inputs=inputs,
+                          mask=batch.completion_mask, reward_weights=s.scorer.weights)  # fmt: skip
+    else:
+        advantages = call(s.algo.advantage, rewards, batch.group_ids, inputs=inputs, mask=batch.completion_mask)
     # a completion no reward function could score carries no signal
     advantages = torch.nan_to_num(advantages) * ~rewards.isnan().view(-1, *[1] * (advantages.dim() - 1))
     with timer("update"):
-        stats = update(cfg, model, ref, batch, advantages, fns, optimizer, scheduler)
+        stats = update(s, batch, advantages, {**inputs, "rewards": torch.nan_to_num(rewards)})
     lengths = batch.completion_mask.sum(1).float()
-    metrics = {
+    per_fn_means = {f"reward/{n}": _nanmean(per_fn[:, k]) for k, n in enumerate(s.scorer.names)}
+    return {
         "reward/mean": _nanmean(rewards),
         "reward/std": float(rewards[~rewards.isnan()].std()) if (~rewards.isnan()).sum() > 1 else 0.0,
-        **(
-            {f"reward/{n}": _nanmean(per_fn[:, k]) for k, n in enumerate(scorer.names)} if len(scorer.names) > 1 else {}
-        ),
+        **(per_fn_means if len(s.scorer.names) > 1 else {}),
         **stats,
         "tokens/completion_mean": float(lengths.mean()),
         "tokens/truncated_frac": float(batch.truncated.float().mean()),
-        "lr": scheduler.get_last_lr()[0],
+        "lr": s.scheduler.get_last_lr()[0],
         "time/generate_s": timer.totals["generate"],
         "time/score_s": timer.totals["score"],
         "time/update_s": timer.totals["update"],
         "time/step_s": time.perf_counter() - t0,
     }
-    return metrics
 
 
-def update(
-    cfg: Config,
-    model: Any,
-    ref: Any | None,
-    batch: Rollouts,
-    advantages: torch.Tensor,
-    fns: dict[str, Callable],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-) -> dict[str, float]:
+def update(s: RLState, batch: Rollouts, advantages: torch.Tensor, inputs: dict[str, Any]) -> dict[str, float]:
     """`ppo_epochs` optimizer steps on one batch, each accumulating gradients over micro-batches.
 
-    Every surrogate's gradient is −W·A·∇logp (ALGORITHMS.md §0.4), so without a KL term a completion whose
-    advantage is 0 on every token adds nothing to the loss or its gradient: it is left out of the forward and
-    backward passes (its tokens still count in the global normalisers, so the loss is unchanged). Entropy and
-    clip metrics are therefore over the completions that carry gradient.
+    Every surrogate's gradient is −W·A·∇logp (ALGORITHMS.md §0.4), so when nothing but the surrogate is in the
+    loss, a completion whose advantage is 0 on every token adds nothing to the loss or its gradient: it is left out
+    of the forward and backward passes (its tokens still count in the global normalisers, so the loss is
+    unchanged). Entropy and clip metrics are then over the completions that carry gradient.
     """
+    cfg, model, algo = s.cfg, s.model, s.algo
     n = batch.num_completions
     num_tokens = batch.completion_mask.sum().float()  # global counts: micro-batching never changes the loss
     temperature, share = cfg.rollout.temperature, cfg.model.share_prompt_forward
     precision = autocast_context(model, cfg.model.autocast)
     ref_logp = None
-    if ref is not None:
+    if s.ref is not None:
         with torch.no_grad(), precision:
-            ref_logp, _ = completion_logprobs(ref, batch, temperature=temperature, share_prompt=share)
+            ref_logp, _ = completion_logprobs(s.ref, batch, temperature=temperature, share_prompt=share)
     active = torch.arange(n, device=advantages.device)
-    if ref is None:
+    if s.ref is None and not algo.token_weights and not algo.regularizers:
         active = active[(advantages != 0).reshape(n, -1).any(1)]
+    entropy_grad = "entropy" in algo.needs
     old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
     sums: dict[str, torch.Tensor] = {}
     losses, grad_norms = [], []
@@ -207,33 +223,61 @@ def update(
             width, mask = mb.completion_ids.shape[1], mb.completion_mask.float()
             with precision:
                 logp, entropy = completion_logprobs(
-                    model, mb, temperature=temperature, with_entropy=epoch == 0, share_prompt=share
-                )
+                    model, mb, temperature=temperature, with_entropy=epoch == 0 or entropy_grad,
+                    entropy_grad=entropy_grad, share_prompt=share,
+                )  # fmt: skip
             if epoch == 0:  # the parameters still are the sampling ones: old log-probs are these, detached
                 old_logp[idx, :width] = logp.detach().float()
             adv = advantages[idx] if advantages.dim() == 1 else advantages[idx, :width]
-            per_token, loss_metrics = fns["policy_loss"](logp, old_logp[idx, :width], adv, mask)
-            if ref_logp is not None:
-                kl = fns["kl"](logp, ref_logp[idx, :width])
-                per_token = per_token + cfg.algo.kl.coef * kl
-                loss_metrics = {**loss_metrics, "kl": kl.detach()}
+            mb_inputs = {
+                **inputs,
+                "old_logp": old_logp[idx, :width],
+                "rollout_logp": mb.rollout_logp,
+                "ref_logp": None if ref_logp is None else ref_logp[idx, :width],
+                "advantages": adv,
+                "rewards": inputs["rewards"][idx],
+                "group_ids": mb.group_ids,
+                "entropy": entropy,
+                "completion_ids": mb.completion_ids,
+                "truncated": mb.truncated,
+            }
+            per_token, metrics = call(algo.policy_loss, logp, old_logp[idx, :width], adv, mask, inputs=mb_inputs)
+            per_token, metrics = _add_terms(s, per_token, metrics, logp, mask, mb_inputs)
             if entropy is not None:
-                loss_metrics = {**loss_metrics, "entropy": entropy}
-            loss = fns["aggregation"](per_token, mask, num_tokens=num_tokens, num_seqs=n)
+                metrics["entropy"] = entropy.detach()
+            loss = algo.aggregation(per_token, mask, num_tokens=num_tokens, num_seqs=n)
             loss.backward()
             total += loss.detach().float().cpu()
-            for key, value in loss_metrics.items():
+            for key, value in metrics.items():
                 pair = torch.stack([masked_sum(value.detach().float(), mask).cpu(), mask.sum().cpu()])
                 sums[key] = sums.get(key, torch.zeros(2)) + pair
         max_norm = cfg.train.max_grad_norm or float("inf")
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
-        optimizer.step()
-        scheduler.step()
+        s.optimizer.step()
+        s.scheduler.step()
         losses.append(float(total))
     out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
     out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in sums.items()})
     out["tokens/trained_frac"] = float(batch.completion_mask[active].sum() / num_tokens)
     return out
+
+
+def _add_terms(
+    s: RLState, per_token: torch.Tensor, metrics: dict, logp: torch.Tensor, mask: torch.Tensor, inputs: dict
+) -> tuple[torch.Tensor, dict]:
+    """KL to the reference, regularizers and token weights, all per token (so they share the normaliser)."""
+    metrics = dict(metrics)
+    if inputs["ref_logp"] is not None and s.cfg.algo.kl.coef > 0:
+        kl = call(s.algo.kl, logp, inputs["ref_logp"], inputs=inputs)
+        per_token = per_token + s.cfg.algo.kl.coef * kl
+        metrics["kl"] = kl.detach()
+    for coef, reg in s.algo.regularizers:
+        term, reg_metrics = call(reg, logp, inputs["old_logp"], mask, inputs=inputs)
+        per_token = per_token + coef * term
+        metrics.update(reg_metrics)
+    for weight_fn in s.algo.token_weights:
+        per_token = per_token * call(weight_fn, mask, inputs=inputs).detach()
+    return per_token, metrics
 
 
 def _metric_name(key: str) -> str:

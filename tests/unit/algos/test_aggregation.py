@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,11 +11,23 @@ from hypothesis import strategies as st
 from unipo import algos
 
 F64 = torch.float64
-GLOBAL = ("token_mean", "token_sum", "seq_mean_token_mean", "seq_mean_token_sum", "seq_sum_constant")
+GLOBAL = (
+    "token_mean",
+    "token_sum",
+    "seq_mean_token_mean",
+    "seq_mean_token_sum",
+    "seq_sum_constant",
+    "seq_len_scaled",
+    "const_norm",
+)
 AGGS = {name: algos.get("aggregation", name) for name in GLOBAL}
 token_mean = algos.get("aggregation", "token_mean")
 seq_mean_token_mean = algos.get("aggregation", "seq_mean_token_mean")
 seq_sum_constant = algos.get("aggregation", "seq_sum_constant")
+token_mean_local = algos.get("aggregation", "token_mean_local")
+seq_len_scaled = algos.get("aggregation", "seq_len_scaled")
+seq_mean_token_sum = algos.get("aggregation", "seq_mean_token_sum")
+const_norm = algos.get("aggregation", "const_norm")
 
 # Σ m·ℓ = 1 + 2 + 4 = 7 over 3 tokens in 2 sequences (lengths 2 and 1); the third row is fully masked and
 # holds NaN on a masked position, which must not reach the value.
@@ -120,3 +133,74 @@ def test_micro_batches_with_global_counts_reproduce_full_batch(n, t_, seed, data
         (g_micro,) = torch.autograd.grad(total, y)
         torch.testing.assert_close(total, full, msg=name)
         torch.testing.assert_close(g_micro, g_full, msg=name)
+
+
+def test_new_aggregations_by_hand():
+    # same LOSS/MASK: Σ m·ℓ = 7, 3 tokens, 2 non-empty rows with lengths 2 and 1
+    torch.testing.assert_close(token_mean_local(LOSS, MASK), t(7 / 3))  # one micro-batch, grad_accum 1
+    torch.testing.assert_close(token_mean_local(LOSS, MASK, grad_accum=4), t(7 / 12))  # 7/3 ÷ 4
+    torch.testing.assert_close(token_mean_local(LOSS, MASK, num_tokens=100), t(7 / 3))  # global count ignored
+    # ℓ_1 = 1.5, ℓ_2 = 4: (2·1.5 + 1·4) / 2 seqs = 3.5
+    torch.testing.assert_close(seq_len_scaled(LOSS, MASK), t(3.5))
+    torch.testing.assert_close(seq_len_scaled(LOSS, MASK, num_seqs=7), t(1.0))  # 7 / 7
+    torch.testing.assert_close(const_norm(LOSS, MASK), t(0.007))  # 7 / 1000
+    torch.testing.assert_close(const_norm(LOSS, MASK, divisor=7.0), t(1.0))
+
+
+def test_token_mean_local_is_not_invariant():
+    # §13 A1, the expected mismatch, with the registered id: micro-batch 1 = row 0 (tokens 1, 2), micro-batch 2 =
+    # row 1 (token 4), grad_accum = 2: (1.5 + 4) / 2 = 2.75, not the full-batch 7/3.
+    split = token_mean_local(LOSS[:1], MASK[:1], grad_accum=2) + token_mean_local(LOSS[1:2], MASK[1:2], grad_accum=2)
+    torch.testing.assert_close(split, t(2.75))
+    assert not torch.isclose(split, token_mean(LOSS, MASK))
+    # equal token counts per micro-batch make it agree: rows 0 and 1 both with 2 tokens -> (1.5 + 4.5) / 2 = 3
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    even = token_mean_local(LOSS[:1], mask[:1], grad_accum=2) + token_mean_local(LOSS[1:2], mask[1:2], grad_accum=2)
+    torch.testing.assert_close(even, token_mean(LOSS[:2], mask))
+
+
+def test_equal_lengths_relations():
+    # §13 A2 for the length-aware rules: every |y_i| = L = 2, Σ m·ℓ = 1 + 2 + 4 + 5 = 12 over 4 tokens, 2 seqs.
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    torch.testing.assert_close(seq_sum_constant(LOSS[:2], mask, constant=2.0), token_mean(LOSS[:2], mask))  # 12/4
+    torch.testing.assert_close(seq_len_scaled(LOSS[:2], mask), 2 * token_mean(LOSS[:2], mask))  # 12/2 = 2·3
+    torch.testing.assert_close(token_mean_local(LOSS[:2], mask), t(3.0))
+
+
+def test_invalid_hyperparameters_raise():
+    with pytest.raises(ValueError, match="grad_accum"):
+        token_mean_local(LOSS, MASK, grad_accum=0)
+    with pytest.raises(ValueError, match="divisor"):
+        const_norm(LOSS, MASK, divisor=0.0)
+
+
+def test_registered_defaults():
+    assert algos.entry("aggregation", "token_mean_local").params == {"grad_accum": 1}
+    assert algos.entry("aggregation", "const_norm").params == {"divisor": 1000.0}
+    assert algos.entry("aggregation", "seq_len_scaled").params == {}
+
+
+@PROPS
+@given(st.integers(1, 6), st.integers(1, 5), st.integers(0, 2**16))
+def test_seq_len_scaled_equals_seq_mean_token_sum(n, t_, seed):
+    loss, mask, _ = _random_batch(n, t_, seed)
+    x = loss.clone().requires_grad_(True)
+    y = loss.clone().requires_grad_(True)
+    a, b = seq_len_scaled(x, mask), seq_mean_token_sum(y, mask)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, y)[0])
+
+
+@PROPS
+@given(st.integers(2, 8), st.integers(1, 5), st.integers(0, 2**16), st.data())
+def test_token_mean_local_matches_mean_of_micro_batch_means(n, t_, seed, data):
+    # reference loop: the update is Σ_k mean_k / K; it equals token_mean iff every micro-batch has the same count
+    loss, mask, _ = _random_batch(n, t_, seed)
+    cuts = sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=3), label="cuts"))
+    bounds = list(itertools.pairwise([0, *cuts, n]))
+    total = sum(token_mean_local(loss[a:b], mask[a:b], grad_accum=len(bounds)) for a, b in bounds)
+    ref = 0.0
+    for a, b in bounds:
+        count = int(mask[a:b].sum())
+        ref += (float(loss[a:b][mask[a:b]].sum()) / count if count else 0.0) / len(bounds)
+    torch.testing.assert_close(total, t(ref))
