@@ -158,12 +158,9 @@ def main() -> None:
         "speedup_train_time": t["train_s"] / u["train_s"],
         "memory_ratio_trl_over_unipo": t["peak_rss_mb"] / u["peak_rss_mb"],
     }
-    print(
-        f"train time: TRL {t['train_s']:.0f} s, unipo {u['train_s']:.0f} s -> unipo is {summary['speedup_train_time']:.2f}x faster"
-    )
-    print(
-        f"peak RSS: TRL {t['peak_rss_mb']:.0f} MB, unipo {u['peak_rss_mb']:.0f} MB -> ratio {summary['memory_ratio_trl_over_unipo']:.2f}"
-    )
+    speed, mem = summary["speedup_train_time"], summary["memory_ratio_trl_over_unipo"]
+    print(f"train time: TRL {t['train_s']:.0f} s, unipo {u['train_s']:.0f} s -> unipo is {speed:.2f}x faster")
+    print(f"peak RSS: TRL {t['peak_rss_mb']:.0f} MB, unipo {u['peak_rss_mb']:.0f} MB -> TRL/unipo {mem:.2f}")
     if args.eval:
         print(f"held-out accuracy: TRL {t['accuracy_before']:.2f} -> {t['accuracy_after']:.2f}, "
               f"unipo {u['accuracy_before']:.2f} -> {u['accuracy_after']:.2f}")  # fmt: skip

@@ -98,11 +98,6 @@ class KLConfig(ComponentConfig):
     """KL coefficient β in the loss; 0 means no reference model is loaded."""
 
 
-class RegularizerConfig(ComponentConfig):
-    coef: float = 1.0
-    """Weight of this regularizer's per-token term."""
-
-
 class AlgoConfig(_Strict):
     advantage: ComponentConfig = ComponentConfig(name="grpo")
     """Advantage estimator (kind `advantage`)."""
@@ -114,8 +109,9 @@ class AlgoConfig(_Strict):
     """KL estimator to the reference policy (kind `kl`) and its coefficient."""
     token_weights: list[ComponentConfig] = []
     """Token masks/weights (kind `token_weight`) multiplied into the per-token loss before aggregation."""
-    regularizers: list[RegularizerConfig] = []
-    """Per-token terms (kind `regularizer`) added, times `coef`, to the per-token loss before aggregation."""
+    regularizers: list[ComponentConfig] = []
+    """Per-token terms (kind `regularizer`) added to the per-token loss before aggregation; each carries its
+    own weight as a hyperparameter (usually `coef`)."""
 
 
 class RewardConfig(_Strict):

@@ -68,7 +68,14 @@ def _losses(run):
 
 def test_resume_reproduces_the_straight_run(tiny_model_dir, tmp_path):
     # a decaying schedule depends on max_steps, so only a constant one can match across different max_steps
-    common = ["train.save_every=2", "train.lr=1e-2", "train.lr_schedule=constant", "algo.kl.coef=0.05", "eval.num_problems=0", "train.ppo_epochs=2"]
+    common = [
+        "train.save_every=2",
+        "train.lr=1e-2",
+        "train.lr_schedule=constant",
+        "algo.kl.coef=0.05",
+        "eval.num_problems=0",
+        "train.ppo_epochs=2",
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     _train(tiny_model_dir, straight, "train.max_steps=4", *common)
     _train(tiny_model_dir, resumed, "train.max_steps=2", *common)

@@ -101,4 +101,4 @@ def test_cli_bad_value_exits_2_with_one_line_and_no_traceback():
 
 def test_cli_main_returns_2_on_bad_component(capsys):
     assert main(["train", "grpo", "algo.kl.name=k9"]) == 2
-    assert "algo.kl.name: unknown kl 'k9'; registered: k1, k1_st, k2, k3," in capsys.readouterr().err
+    assert "algo.kl.name: unknown kl 'k9'; registered: k1, k1+, k2, k3, k3+," in capsys.readouterr().err

@@ -143,7 +143,7 @@ def _straight_through(value: torch.Tensor, logp: torch.Tensor, ref_logp: torch.T
     return surrogate - surrogate.detach() + value.detach()
 
 
-@register("kl", "k1_st", paper=_PAPER, tag="checked: verl")
+@register("kl", "k1+", paper=_PAPER, tag="checked: verl")  # verl's name; ALGORITHMS.md calls it k1_st
 def k1_st(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Straight-through k1 (verl "k1+"; estimators of Schulman 2020, http://joschu.net/blog/kl-approx.html).
 
@@ -160,7 +160,7 @@ def k1_st(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return _straight_through(k1(logp, ref_logp), logp, ref_logp)
 
 
-@register("kl", "k3_st", paper=_PAPER, tag="checked: verl")
+@register("kl", "k3+", paper=_PAPER, tag="checked: verl")  # verl's name; ALGORITHMS.md calls it k3_st
 def k3_st(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Straight-through k3 (verl "k3+"; estimators of Schulman 2020, http://joschu.net/blog/kl-approx.html).
 

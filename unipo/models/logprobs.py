@@ -19,7 +19,8 @@ def completion_logprobs(
     with_entropy: bool = False,
     entropy_grad: bool = False,
     share_prompt: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    keep_logits: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """log π(y_t | x, y_<t) for every completion token, with softmax(logits / temperature).
 
     With `share_prompt`, each prompt of the batch runs once and its KV cache (with its autograd graph) is
@@ -29,7 +30,7 @@ def completion_logprobs(
 
     Returns:
         logp (N, T) and, if asked, the entropy of the same distribution (N, T), detached unless `entropy_grad`
-        (for entropy regularizers).
+        (for entropy regularizers); with `keep_logits`, also the temperature-scaled logits (N, T, V).
     """
     hidden = _share_prompt_hidden(model, batch) if share_prompt else _full_hidden(model, batch)
     logits = model.get_output_embeddings()(hidden).float() / temperature  # (N, T, V)
@@ -38,7 +39,7 @@ def completion_logprobs(
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = entropy_from_logits(logits)
-    return logp, entropy
+    return (logp, entropy, logits) if keep_logits else (logp, entropy)
 
 
 def _backbone(model: Any) -> Any:

@@ -17,6 +17,14 @@ def contains_answer(prompts: Sequence, completions: Sequence[str], answer: Seque
     return [1.0 if str(a) in _INT.findall(c) else 0.0 for c, a in zip(completions, answer, strict=True)]
 
 
+def only_number(prompts: Sequence, completions: Sequence[str], **_: object) -> list[float]:
+    """1.0 when the completion is a bare integer (surrounding spaces and a final period allowed), else 0.0.
+
+    A format reward, used as the second reward of the `gdpo` recipe.
+    """
+    return [1.0 if re.fullmatch(r"\s*-?\d+\.?\s*", c) else 0.0 for c in completions]
+
+
 def share_of_target(prompts: Sequence, completions: Sequence[str], target: Sequence[str], **_: object) -> list[float]:
     """Share of the completion's non-space characters equal to the one-character `target` (0 for an empty reply).
 

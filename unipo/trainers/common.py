@@ -13,7 +13,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ def build_component(kind: str, name: str, kwargs: dict[str, Any]) -> Callable:
 
 TRAINER_INPUTS = frozenset(
     {"old_logp", "ref_logp", "rollout_logp", "advantages", "rewards", "group_ids", "entropy", "completion_ids",
-     "truncated", "progress", "generator"}
+     "truncated", "progress", "generator", "logp", *{"proxy_logp", "tempered_old_logp"}}
 )  # fmt: skip
 """Keyword inputs the on-policy trainer supplies to any component whose signature asks for them by name."""
 
@@ -48,14 +48,15 @@ class Algo:
     aggregation: Callable
     kl: Callable
     token_weights: list[Callable]
-    regularizers: list[tuple[float, Callable]]
+    regularizers: list[Callable]
     multi_reward: bool = False
     """The advantage estimator takes rewards (N, K), one column per reward function, and `reward_weights`."""
+    settings: dict[str, float] = field(default_factory=dict)
+    """Hyperparameters the trainer itself reads to build derived inputs: `min_p` (Lp-Reg's proxy policy),
+    `target_temperature` (DCPO's tempered old policy)."""
 
     def all(self) -> list[Callable]:
-        return [self.advantage, self.policy_loss, self.aggregation, self.kl, *self.token_weights] + [
-            fn for _, fn in self.regularizers
-        ]
+        return [self.advantage, self.policy_loss, self.aggregation, self.kl, *self.token_weights, *self.regularizers]
 
     @property
     def needs(self) -> set[str]:
@@ -90,9 +91,12 @@ def build_algo(cfg: Config) -> Algo:
             kwargs.setdefault("constant", cfg.rollout.max_new_tokens)
         built[axis] = build_component(kind, node.name, kwargs)
     weights = [build_component("token_weight", n.name, component_kwargs(n)) for n in cfg.algo.token_weights]
-    regs = [(n.coef, build_component("regularizer", n.name, component_kwargs(n))) for n in cfg.algo.regularizers]
+    regs = [build_component("regularizer", n.name, component_kwargs(n)) for n in cfg.algo.regularizers]
     multi = "reward_weights" in algos.entry("advantage", cfg.algo.advantage.name).params
-    return Algo(**built, token_weights=weights, regularizers=regs, multi_reward=multi)
+    settings = {"min_p": 0.02, "target_temperature": 1.5}
+    for fn in [*built.values(), *weights, *regs]:
+        settings |= {k: v for k, v in fn.keywords.items() if k in settings}
+    return Algo(**built, token_weights=weights, regularizers=regs, multi_reward=multi, settings=settings)
 
 
 def seed_everything(seed: int) -> None:

@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
+from unipo.algos.regularizers import lp_reg_proxy_logp
 from unipo.config import Config
 from unipo.data.batch import Rollouts
 from unipo.data.tasks import PromptStream, get_task
 from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
-from unipo.ops import masked_sum
+from unipo.ops import logprobs_from_logits, masked_sum
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint
 from unipo.trainers.common import (
@@ -212,6 +213,7 @@ def update(s: RLState, batch: Rollouts, advantages: torch.Tensor, inputs: dict[s
         active = active[(advantages != 0).reshape(n, -1).any(1)]
     entropy_grad = "entropy" in algo.needs
     old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
+    derived = {name: torch.zeros_like(old_logp) for name in ("proxy_logp", "tempered_old_logp") if name in algo.needs}
     sums: dict[str, torch.Tensor] = {}
     losses, grad_norms = [], []
     for epoch in range(cfg.train.ppo_epochs):
@@ -222,9 +224,9 @@ def update(s: RLState, batch: Rollouts, advantages: torch.Tensor, inputs: dict[s
             mb = batch.select(idx)
             width, mask = mb.completion_ids.shape[1], mb.completion_mask.float()
             with precision:
-                logp, entropy = completion_logprobs(
+                logp, entropy, logits = completion_logprobs(
                     model, mb, temperature=temperature, with_entropy=epoch == 0 or entropy_grad,
-                    entropy_grad=entropy_grad, share_prompt=share,
+                    entropy_grad=entropy_grad, share_prompt=share, keep_logits=True,
                 )  # fmt: skip
             if epoch == 0:  # the parameters still are the sampling ones: old log-probs are these, detached
                 old_logp[idx, :width] = logp.detach().float()
@@ -235,12 +237,18 @@ def update(s: RLState, batch: Rollouts, advantages: torch.Tensor, inputs: dict[s
                 "rollout_logp": mb.rollout_logp,
                 "ref_logp": None if ref_logp is None else ref_logp[idx, :width],
                 "advantages": adv,
+                "logp": logp,
                 "rewards": inputs["rewards"][idx],
                 "group_ids": mb.group_ids,
                 "entropy": entropy,
                 "completion_ids": mb.completion_ids,
                 "truncated": mb.truncated,
             }
+            for name, values in derived.items():  # functions of the sampling policy (= the current one on pass 1)
+                if epoch == 0:
+                    values[idx, :width] = _derive(name, logits.detach(), mb.completion_ids, cfg, algo)
+                mb_inputs[name] = values[idx, :width]
+            del logits
             per_token, metrics = call(algo.policy_loss, logp, old_logp[idx, :width], adv, mask, inputs=mb_inputs)
             per_token, metrics = _add_terms(s, per_token, metrics, logp, mask, mb_inputs)
             if entropy is not None:
@@ -262,6 +270,15 @@ def update(s: RLState, batch: Rollouts, advantages: torch.Tensor, inputs: dict[s
     return out
 
 
+def _derive(name: str, logits: torch.Tensor, ids: torch.Tensor, cfg: Config, algo: Algo) -> torch.Tensor:
+    """Inputs computed from the sampling policy's logits (temperature-scaled): Lp-Reg's min-p proxy log-probs and
+    DCPO's log-probs at a higher temperature."""
+    if name == "proxy_logp":
+        return lp_reg_proxy_logp(logits, ids, min_p=algo.settings["min_p"])
+    scale = cfg.rollout.temperature / algo.settings["target_temperature"]
+    return logprobs_from_logits(logits * scale, ids)
+
+
 def _add_terms(
     s: RLState, per_token: torch.Tensor, metrics: dict, logp: torch.Tensor, mask: torch.Tensor, inputs: dict
 ) -> tuple[torch.Tensor, dict]:
@@ -271,9 +288,9 @@ def _add_terms(
         kl = call(s.algo.kl, logp, inputs["ref_logp"], inputs=inputs)
         per_token = per_token + s.cfg.algo.kl.coef * kl
         metrics["kl"] = kl.detach()
-    for coef, reg in s.algo.regularizers:
+    for reg in s.algo.regularizers:
         term, reg_metrics = call(reg, logp, inputs["old_logp"], mask, inputs=inputs)
-        per_token = per_token + coef * term
+        per_token = per_token + term
         metrics.update(reg_metrics)
     for weight_fn in s.algo.token_weights:
         per_token = per_token * call(weight_fn, mask, inputs=inputs).detach()

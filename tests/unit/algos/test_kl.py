@@ -73,10 +73,10 @@ def test_k1_k3_unbiased_and_k2_gradient_by_enumeration(v, seed):
 
 kl_abs = algos.get("kl", "kl_abs")
 kl_full = algos.get("kl", "kl_full")
-k1_st = algos.get("kl", "k1_st")
-k3_st = algos.get("kl", "k3_st")
+k1_st = algos.get("kl", "k1+")
+k3_st = algos.get("kl", "k3+")
 kl_bias_corrected = algos.get("kl", "kl_bias_corrected")
-ST = {"k1_st": (k1_st, KLS["k1"]), "k3_st": (k3_st, KLS["k3"])}
+ST = {"k1+": (k1_st, KLS["k1"]), "k3+": (k3_st, KLS["k3"])}
 
 
 def test_kl_abs_and_straight_through_by_hand():

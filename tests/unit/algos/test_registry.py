@@ -25,7 +25,7 @@ def test_expected_ids_are_registered():
 def test_duplicate_registration_raises():
     with pytest.raises(ValueError, match="already registered"):
         register("advantage", "grpo", paper="x", tag="y")(lambda rewards, group_ids: rewards)
-    assert algos.get("advantage", "grpo").__module__ == "unipo.algos.advantages"
+    assert algos.get("advantage", "grpo").__module__.startswith("unipo.algos.advantages")
 
 
 def test_unknown_name_lists_known_ones():
@@ -39,7 +39,10 @@ def test_every_entry_documents_paper_tag_and_formula():
     for e in algos.entries():
         doc = e.fn.__doc__ or ""
         first_line = doc.strip().splitlines()[0] if doc.strip() else ""
-        assert CITATION.search(first_line), f"{e.kind}/{e.name}: first docstring line needs a citation"
+        if e.name.endswith("_recon"):  # R2: the first line must say it is a reconstruction; the paper is in `paper`
+            assert first_line.startswith("Reconstruction of"), f"{e.kind}/{e.name}: R2 first line"
+        else:
+            assert CITATION.search(first_line), f"{e.kind}/{e.name}: first docstring line needs a citation"
         assert "Args:" in doc and "Returns:" in doc, f"{e.kind}/{e.name}"
         assert e.paper.strip() and e.tag.strip(), f"{e.kind}/{e.name}"
 

@@ -36,7 +36,6 @@ def test_registered_ids_and_defaults():
     params = {name: algos.entry("token_weight", name).params for name in W}
     assert params["top_entropy_tokens"] == {"keep_frac": 0.2}
     assert params["clip_cov"] == {
-        "generator": None,
         "select_frac": 2e-4,
         "cov_low": 1.0,
         "cov_high": 5.0,
@@ -46,7 +45,7 @@ def test_registered_ids_and_defaults():
     assert params["gtpo"] == {"conflict_weight": 2.0, "divide_by_conflicts": True}
     assert params["steer"] == {"w_min": 0.8, "w_max": 1.2, "mapping": "linear"}
     assert params["igpo_hint_mask"] == {"keep_frac": 0.2}
-    assert params["d3s_token_recon"] == {"progress": 0.0, "keep_frac_start": 0.2, "keep_frac_end": 1.0}
+    assert params["d3s_token_recon"] == {"keep_frac_start": 0.2, "keep_frac_end": 1.0}
     doc = W["d3s_token_recon"].__doc__
     assert doc.startswith("Reconstruction of D³S") and "from its abstract; not the published rule" in doc
 
