@@ -60,7 +60,7 @@ def run_trl(args: argparse.Namespace) -> dict:
             output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
             learning_rate=args.lr, max_steps=args.steps, per_device_train_batch_size=args.prompts * args.group,
             num_generations=args.group, max_completion_length=args.max_new_tokens, beta=0.0, seed=args.seed,
-            lr_scheduler_type="constant", temperature=1.0,
+            lr_scheduler_type="linear", temperature=1.0,
         )  # fmt: skip
         trainer = GRPOTrainer(
             model=model,
@@ -89,7 +89,7 @@ def run_unipo(args: argparse.Namespace) -> dict:
             [
                 f"output_dir={out}", f"train.max_steps={args.steps}", f"train.prompts_per_step={args.prompts}",
                 f"rollout.group_size={args.group}", f"rollout.max_new_tokens={args.max_new_tokens}",
-                f"train.lr={args.lr}", f"train.seed={args.seed}", "eval.num_problems=0",
+                f"train.lr={args.lr}", f"train.seed={args.seed}", "eval.num_problems=0", "train.lr_schedule=linear",
                 # TRL 1.16's default loss_type="dapo" is a global token mean
                 "algo.aggregation.name=token_mean",
             ],

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("args", nargs="*", help="task=NAME model=PATH k=N (pass@k) num_problems=N max_new_tokens=N")
     p_list = sub.add_parser("list", help="every registered component with its paper")
     p_list.add_argument("kind", nargs="?", help="only this kind (advantage, policy_loss, ...), or recipes, tasks")
+    p_list.add_argument("--markdown", nargs="?", const="docs/algorithms.md", metavar="PATH",
+                        help="write the whole catalogue as Markdown (default docs/algorithms.md)")  # fmt: skip
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "transformers", "huggingface_hub"):
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             return _train(ns.args)
         if ns.command == "eval":
             return _eval(([ns.target] if ns.target else []) + ns.args)
-        return _list(ns.kind)
+        return _write_markdown(ns.markdown) if ns.markdown else _list(ns.kind)
     except ConfigError as e:
         print(f"unipo: error: {e}", file=sys.stderr)
         return 2
@@ -116,6 +118,17 @@ def _eval(args: list[str]) -> int:
     )
     for key, value in result.items():
         print(f"{key}: {value:.3f}  ({model_path}, task {task_name}, {min(n, len(task.heldout))} problems)")
+    return 0
+
+
+def _write_markdown(path: str) -> int:
+    from pathlib import Path
+
+    from unipo.catalogue import markdown
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(markdown())
+    print(f"wrote {path}")
     return 0
 
 

@@ -12,9 +12,19 @@ from collections.abc import Sequence
 _INT = re.compile(r"-?\d+")
 
 
+def text_of(completion: object) -> str:
+    """A completion as text: a string as is, or the content of the last message of a chat completion (the form
+    TRL passes for conversational datasets)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
+
+
 def contains_answer(prompts: Sequence, completions: Sequence[str], answer: Sequence[str], **_: object) -> list[float]:
     """1.0 when the reference integer `answer` appears as a whole number in the completion, else 0.0."""
-    return [1.0 if str(a) in _INT.findall(c) else 0.0 for c, a in zip(completions, answer, strict=True)]
+    return [1.0 if str(a) in _INT.findall(text_of(c)) else 0.0 for c, a in zip(completions, answer, strict=True)]
 
 
 def only_number(prompts: Sequence, completions: Sequence[str], **_: object) -> list[float]:
@@ -22,7 +32,7 @@ def only_number(prompts: Sequence, completions: Sequence[str], **_: object) -> l
 
     A format reward, used as the second reward of the `gdpo` recipe.
     """
-    return [1.0 if re.fullmatch(r"\s*-?\d+\.?\s*", c) else 0.0 for c in completions]
+    return [1.0 if re.fullmatch(r"\s*-?\d+\.?\s*", text_of(c)) else 0.0 for c in completions]
 
 
 def share_of_target(prompts: Sequence, completions: Sequence[str], target: Sequence[str], **_: object) -> list[float]:
@@ -33,6 +43,6 @@ def share_of_target(prompts: Sequence, completions: Sequence[str], target: Seque
     """
     out = []
     for c, t in zip(completions, target, strict=True):
-        chars = [ch for ch in c if not ch.isspace()]
+        chars = [ch for ch in text_of(c) if not ch.isspace()]
         out.append(sum(ch == t for ch in chars) / len(chars) if chars else 0.0)
     return out

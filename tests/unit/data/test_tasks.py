@@ -1,7 +1,7 @@
 import pytest
 
 from unipo.data.tasks import PromptStream, arithmetic, get_task, jsonl_task, lucky7
-from unipo.rewards import contains_answer, share_of_target
+from unipo.rewards import contains_answer, only_number, share_of_target
 
 
 def test_arithmetic_split_is_fixed_disjoint_and_complete():
@@ -18,6 +18,18 @@ def test_arithmetic_split_is_fixed_disjoint_and_complete():
 def test_contains_answer_matches_whole_numbers():
     got = contains_answer(None, ["42", "The answer is 42.", "142", "4 2", "-42", ""], ["42"] * 6)
     assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_rewards_accept_chat_completions_as_trl_passes_them():
+    chat = [[{"role": "assistant", "content": "It is 42."}], [{"role": "assistant", "content": "41"}]]
+    assert contains_answer(None, chat, ["42", "42"]) == [1.0, 0.0]
+    assert only_number(None, chat) == [0.0, 1.0]
+    with pytest.raises(TypeError, match="string or a list of chat messages"):
+        contains_answer(None, [42], ["42"])
+
+
+def test_only_number():
+    assert only_number(None, ["42", " 42. ", "42 apples", "-3", ""]) == [1.0, 1.0, 0.0, 1.0, 0.0]
 
 
 def test_share_of_target():
