@@ -27,7 +27,11 @@ def markdown() -> str:
         entries = [e for e in algos.entries() if e.kind == kind]
         if not entries:
             continue
-        lines += [f"\n## {kind} ({len(entries)})\n", "| id | paper | provenance | hyperparameters |", "|---|---|---|---|"]
+        lines += [
+            f"\n## {kind} ({len(entries)})\n",
+            "| id | paper | provenance | hyperparameters |",
+            "|---|---|---|---|",
+        ]
         for e in entries:
             params = ", ".join(f"`{k}={v!r}`" for k, v in e.params.items())
             lines.append(f"| `{e.name}` | {_cell(e.paper)} | {_cell(e.tag)} | {_cell(params)} |")

@@ -109,15 +109,18 @@ def _eval(args: list[str]) -> int:
     model.eval()
     import torch
 
-    result = evaluate(
-        model,
-        tokenizer,
-        task.heldout[:n],
-        task.reward,
-        max_new_tokens=max_new,
-        k=k,
-        generator=torch.Generator(next(model.parameters()).device).manual_seed(0),
-    )
+    from unipo.models.loading import autocast_context
+
+    with autocast_context(model, "auto"):  # as in training: bf16 autocast where the hardware has it
+        result = evaluate(
+            model,
+            tokenizer,
+            task.heldout[:n],
+            task.reward,
+            max_new_tokens=max_new,
+            k=k,
+            generator=torch.Generator(next(model.parameters()).device).manual_seed(0),
+        )
     for key, value in result.items():
         print(f"{key}: {value:.3f}  ({model_path}, task {task_name}, {min(n, len(task.heldout))} problems)")
     return 0

@@ -42,7 +42,7 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    max_steps: int = Field(40, ge=0)
+    max_steps: int = Field(50, ge=0)
     """Number of optimizer rounds (one rollout batch each)."""
     seed: int = 0
     """Seed for data order, sampling and initialisation."""

@@ -102,3 +102,18 @@ def test_cli_bad_value_exits_2_with_one_line_and_no_traceback():
 def test_cli_main_returns_2_on_bad_component(capsys):
     assert main(["train", "grpo", "algo.kl.name=k9"]) == 2
     assert "algo.kl.name: unknown kl 'k9'; registered: k1, k1+, k2, k3, k3+," in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("algo.advantage.name=remax", "algo.advantage: cannot run in the on-policy trainer: remax needs baseline_rewards"),
+        ("algo.policy_loss.dual_clip=0.5", "algo.policy_loss: cannot run in the on-policy trainer:"),
+        ("model.path=/no/such/dir", "model.path: /no/such/dir is not a directory"),
+    ],
+)
+def test_what_the_trainer_cannot_run_is_reported_before_training(override, expected, capsys, tmp_path):
+    extra = ["algo.policy_loss.name=dual_clip"] if "dual_clip" in override else []
+    assert main(["train", "grpo", override, *extra, f"output_dir={tmp_path / 'run'}"]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -125,9 +125,16 @@ def load_model_and_tokenizer(path: str, *, device: str = "auto", dtype: str = "a
     """Load a causal LM and its tokenizer; sets a pad token (EOS) when the tokenizer has none."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from unipo.config import ConfigError
+
     resolved = resolve_model_path(path)
+    if path.startswith(("/", ".", "~")) and not Path(resolved).expanduser().is_dir():
+        raise ConfigError(f"model.path: {path} is not a directory (give a local model directory or a hub id)")
     dev = pick_device(device)
-    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+    except OSError as e:  # a hub id without network, or a directory without a tokenizer
+        raise ConfigError(f"model.path: cannot load a tokenizer from {path!r}: {e}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(resolved, dtype=pick_dtype(dtype))

@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,45 @@ def build_algo(cfg: Config) -> Algo:
     for fn in [*built.values(), *weights, *regs]:
         settings |= {k: v for k, v in fn.keywords.items() if k in settings}
     return Algo(**built, token_weights=weights, regularizers=regs, multi_reward=multi, settings=settings)
+
+
+def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
+    """Run every component once on a tiny synthetic batch with exactly the inputs this trainer supplies.
+
+    A component that needs an input the trainer does not provide (e.g. `remax`'s greedy baseline rewards), or a
+    hyperparameter value a component rejects, stops the run here with a ConfigError, before any model loads.
+    """
+    from unipo.config import ConfigError
+
+    g = torch.Generator().manual_seed(0)
+    n, t = 4, 3
+    logp, mask = -torch.rand(n, t, generator=g) - 0.1, torch.ones(n, t)
+    inputs: dict[str, Any] = {
+        "old_logp": logp - 0.05, "rollout_logp": logp - 0.05, "ref_logp": logp + 0.1, "logp": logp,
+        "advantages": torch.tensor([1.0, -1.0, 0.5, -0.5]), "rewards": torch.tensor([1.0, 0.0, 1.0, 0.0]),
+        "group_ids": torch.tensor([0, 0, 1, 1]), "entropy": torch.rand(n, t, generator=g),
+        "completion_ids": torch.randint(0, 5, (n, t), generator=g), "truncated": torch.zeros(n, dtype=torch.bool),
+        "progress": 0.5, "generator": g, "proxy_logp": logp - 0.2, "tempered_old_logp": logp - 0.1,
+    }  # fmt: skip
+    rewards = inputs["rewards"][:, None].repeat(1, num_rewards) if algo.multi_reward else inputs["rewards"]
+    extra = {"reward_weights": [1.0] * num_rewards} if algo.multi_reward else {}
+    checks: list[tuple[str, Callable[[], Any]]] = [
+        ("advantage", lambda: call(algo.advantage, rewards, inputs["group_ids"], inputs=inputs, mask=mask, **extra)),
+        ("policy_loss", lambda: call(algo.policy_loss, logp, inputs["old_logp"], inputs["advantages"], mask,
+                                     inputs=inputs)),
+        ("kl", lambda: call(algo.kl, logp, inputs["ref_logp"], inputs=inputs)),
+    ]  # fmt: skip
+    checks += [(f"token_weights[{i}]", functools.partial(call, fn, mask, inputs=inputs))
+               for i, fn in enumerate(algo.token_weights)]  # fmt: skip
+    checks += [(f"regularizers[{i}]", functools.partial(call, fn, logp, inputs["old_logp"], mask, inputs=inputs))
+               for i, fn in enumerate(algo.regularizers)]  # fmt: skip
+    for where, check in checks:
+        try:
+            with warnings.catch_warnings():  # the one-time "_recon" warnings belong to the real run
+                warnings.simplefilter("ignore")
+                check()
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"algo.{where}: cannot run in the on-policy trainer: {e}") from None
 
 
 def seed_everything(seed: int) -> None:

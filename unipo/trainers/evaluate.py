@@ -24,7 +24,8 @@ def evaluate(
 ) -> dict[str, float]:
     """`eval/accuracy` (greedy) and, when k > 1, `eval/pass@k` (k samples at `temperature`, any correct).
 
-    A reply counts as correct when the reward is >= 1 (the built-in tasks use 0/1 rewards).
+    A reply counts as correct when the reward is >= 1 (the built-in tasks use 0/1 rewards). Runs in the caller's
+    precision context: the trainer evaluates with the same (autocast) forward pass it samples and trains with.
     """
     greedy = _correct(model, tokenizer, rows, reward, 1, max_new_tokens, batch_size, True, temperature, generator)
     out = {"eval/accuracy": sum(greedy) / max(1, len(greedy))}

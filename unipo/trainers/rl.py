@@ -35,6 +35,7 @@ from unipo.trainers.common import (
     build_optimizer,
     build_rewards,
     call,
+    check_runnable,
     default_output_dir,
     log,
     seed_everything,
@@ -53,6 +54,7 @@ def train(cfg: Config) -> Path:
     task = get_task(cfg.task)
     scorer = build_rewards(cfg, task.reward)
     algo = build_algo(cfg)
+    check_runnable(algo, len(scorer.names))
 
     found = checkpoint.list_checkpoints(run.checkpoints)
     resume = found[-1] if found else None
@@ -84,14 +86,15 @@ def train(cfg: Config) -> Path:
         if cfg.eval.num_problems:
             rows = task.heldout[: cfg.eval.num_problems]
             t0 = time.perf_counter()
-            result = evaluate(
-                model,
-                tokenizer,
-                rows,
-                task.reward,
-                max_new_tokens=cfg.eval.max_new_tokens,
-                batch_size=cfg.eval.batch_size,
-            )
+            with autocast_context(model, cfg.model.autocast):  # the same forward pass that samples and trains
+                result = evaluate(
+                    model,
+                    tokenizer,
+                    rows,
+                    task.reward,
+                    max_new_tokens=cfg.eval.max_new_tokens,
+                    batch_size=cfg.eval.batch_size,
+                )
             run.log({"step": step, **result, "time/eval_s": time.perf_counter() - t0})
             _say(f"step {step}: held-out greedy accuracy {result['eval/accuracy']:.3f} on {len(rows)} problems")
 
