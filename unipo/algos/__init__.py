@@ -8,7 +8,9 @@ from unipo.algos import (  # noqa: F401  (registers components)
     advantages,
     aggregation,
     kl,
+    nash,
     policy_losses,
+    preference,
     regularizers,
     token_weights,
 )

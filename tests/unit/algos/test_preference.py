@@ -1,0 +1,388 @@
+"""Preference losses (ALGORITHMS.md §7): hand-computed values, policy = reference, and the §13 rows P1–P6."""
+
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unipo import algos
+from unipo.algos.preference import _common
+
+SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
+LOG2 = math.log(2.0)
+D = torch.float64
+
+
+def pref(name):
+    return algos.get("preference", name)
+
+
+def t(*values):
+    return torch.tensor(values, dtype=D)
+
+
+# One pair used by the hand-computed tests: h_w = −1 − (−2) = 1, h_l = −3 − (−2) = −1, Δ = 2.
+# |y_w| = 2, |y_l| = 4, so mean token log-probs are ℓ̄_w = −0.5, ℓ̄_l = −0.75.
+C, R, RC, RR = t(-1.0), t(-3.0), t(-2.0), t(-2.0)
+LEN_W, LEN_L = t(2.0), t(4.0)
+NLS = lambda z: -F.logsigmoid(torch.as_tensor(z, dtype=D))  # noqa: E731  (−log σ(z))
+
+
+def close(actual, expected):
+    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=D).reshape(actual.shape))
+
+
+# --------------------------------------------------------------------------------------------- hand-computed values
+
+
+def test_dpo_family_hand_values():
+    # β = 0.5, βΔ = 1. −log σ(1) = log(1 + e^{−1}) = 0.3132617; −log σ(−1) = 1 + 0.3132617 = 1.3132617.
+    close(pref("dpo")(C, R, RC, RR, beta=0.5), 0.3132617)
+    # cdpo, ε = 0.1: 0.9·0.3132617 + 0.1·1.3132617 = 0.4132617
+    close(pref("cdpo")(C, R, RC, RR, beta=0.5, label_smoothing=0.1), 0.4132617)
+    # rdpo, ε = 0.1: (0.9·0.3132617 − 0.1·1.3132617)/0.8 = 0.1506094/0.8 = 0.1882617
+    close(pref("rdpo")(C, R, RC, RR, beta=0.5, flip_rate=0.1), 0.1882617)
+    close(pref("robust")(C, R, RC, RR, beta=0.5, flip_rate=0.1), 0.1882617)
+    # hinge: max(0, 1 − 0.5·2) = 0 (on the margin); β = 0.25: 1 − 0.5 = 0.5
+    close(pref("hinge")(C, R, RC, RR, beta=0.5), 0.0)
+    close(pref("hinge")(C, R, RC, RR, beta=0.25), 0.5)
+    # rpo: dpo + 1·NLL, NLL = −(−1)/2 = 0.5 → 0.8132617
+    close(pref("rpo")(C, R, RC, RR, chosen_len=LEN_W, beta=0.5, nll_coef=1.0), 0.8132617)
+    # discopop, τ = 1: μ = σ(1) = 0.7310586; (1−μ)·0.3132617 + μ·e^{−1} = 0.0842490 + 0.2689414 = 0.3531904
+    close(pref("discopop")(C, R, RC, RR, beta=0.5, tau=1.0), 0.3531904)
+    # exo, ε = 0.1: q_w = σ(1) = 0.7310586, q_l = 0.2689414;
+    # 0.7310586·(−0.3132617 − log 0.9) + 0.2689414·(−1.3132617 − log 0.1) = −0.1519879 + 0.2660700 = 0.1140821
+    close(pref("exo_pair")(C, R, RC, RR, beta=0.5, label_smoothing=0.1), 0.1140821)
+
+
+def test_squared_and_anchored_hand_values():
+    # ipo, summed: β = 0.5 → (2 − 1)² = 1; β = 1 → (2 − 0.5)² = 2.25
+    close(pref("ipo")(C, R, RC, RR, beta=0.5, length_norm=False), 1.0)
+    close(pref("ipo")(C, R, RC, RR, beta=1.0, length_norm=False), 2.25)
+    # ipo, TRL length-normalised: Δ̄ = 1/2 − (−1/4) = 0.75; β = 1 → (0.75 − 0.5)² = 0.0625
+    close(pref("ipo")(C, R, RC, RR, chosen_len=LEN_W, rejected_len=LEN_L, beta=1.0), 0.0625)
+    # sppo_hard: β = 0.5 → target 1: (1 − 1)² + (−1 + 1)² = 0; β = 1 → (0.5)² + (−0.5)² = 0.5
+    close(pref("sppo_hard")(C, R, RC, RR, beta=0.5), 0.0)
+    close(pref("sppo_hard")(C, R, RC, RR, beta=1.0), 0.5)
+    # apo_zero: (1 − σ(0.5)) + σ(−0.5) = 2·0.3775407 = 0.7550813
+    close(pref("apo_zero")(C, R, RC, RR, beta=0.5), 0.7550813)
+    # apo_down: σ(0.5) + 1 − σ(1) = 0.6224593 + 1 − 0.7310586 = 0.8914007
+    close(pref("apo_down")(C, R, RC, RR, beta=0.5), 0.8914007)
+    # nca: −log σ(0.5) − ½ log σ(−0.5) − ½ log σ(0.5) = 1.5·0.4740770 + 0.5·0.9740770 = 1.1981540
+    close(pref("nca_pair")(C, R, RC, RR, beta=0.5), 1.1981540)
+    # bco: −log σ(0.5) − log σ(0.5) = 0.9481540; with δ = 0.5: −log σ(0) − log σ(1) = 0.6931472 + 0.3132617
+    close(pref("bco_pair")(C, R, RC, RR, beta=0.5), 0.9481540)
+    close(pref("bco_pair")(C, R, RC, RR, beta=0.5, reward_shift=t(0.5)), 1.0064089)
+
+
+def test_reference_free_hand_values():
+    kw = {"chosen_len": LEN_W, "rejected_len": LEN_L}
+    # simpo: ℓ̄_w − ℓ̄_l = 0.25; β = 2, γ = 0.5 → z = 0 → log 2; γ = 0 → −log σ(0.5) = 0.4740770
+    close(pref("simpo")(C, R, RC, RR, **kw, beta=2.0, gamma=0.5), LOG2)
+    close(pref("simpo")(C, R, RC, RR, **kw, beta=2.0, gamma=0.0), 0.4740770)
+    # cpo: −log σ(0.5·(−1 + 3)) + NLL 0.5 = 0.8132617; length_norm: −log σ(0.5·0.25) + 0.5 = 0.6325990 + 0.5
+    close(pref("cpo")(C, R, RC, RR, **kw, beta=0.5), 0.8132617)
+    close(pref("cpo")(C, R, RC, RR, **kw, beta=0.5, length_norm=True), 1.1325990)
+    # orpo: lo_w = −0.5 − log(1 − e^{−0.5}) = 0.4327521; lo_l = −0.75 − log(1 − e^{−0.75}) = −0.1106501;
+    # −log σ(0.5434022) = 0.4579120; L = 0.5 + 0.1·0.4579120 = 0.5457912
+    close(pref("orpo")(C, R, RC, RR, **kw, beta=0.1), 0.5457912)
+    # cpl, β = 1, λ = 0.5: −log σ(−1 − 0.5·(−3)) = −log σ(0.5) = 0.4740770 (reference ignored)
+    close(pref("cpl")(C, R, RC + 5, RR - 5, beta=1.0, conservative_bias=0.5), 0.4740770)
+
+
+def test_kto_hand_values():
+    # desirable h = 1, undesirable h = −1, β = 0.5, z₀ = 0: 1 − σ(0.5) = 0.3775407 for both
+    close(pref("kto")(C, R, RC, RR, beta=0.5), [0.3775407, 0.3775407])
+    # mismatched h(y′) = [0.2, 0.6] → z₀ = 0.4: 1 − σ(0.5·0.6) = 0.4255575; 1 − σ(0.5·1.4) = 0.3318122;
+    # λ_D = 2 doubles the desirable term
+    kl = {"kl_logp": t(-1.8, -1.4), "ref_kl_logp": t(-2.0, -2.0)}
+    close(pref("kto")(C, R, RC, RR, **kl, beta=0.5, desirable_weight=2.0), [0.8511150, 0.3318122])
+    # a negative mean KL is clamped to z₀ = 0; counts may differ (2 desirable, 1 undesirable)
+    kl = {"kl_logp": t(-3.0), "ref_kl_logp": t(-2.0)}
+    out = pref("kto")(t(-1.0, -2.0), R, t(-2.0, -2.0), RR, **kl, beta=0.5)
+    close(out, [0.3775407, 0.5, 0.3775407])
+
+
+def test_aot_hand_values():
+    # policy log-ratios logp_w − logp_l = [2, −1], reference [0, 1]; sorted: [−1, 2] − [0, 1] = [−1, 1]
+    c, r, rc, rr = t(-1.0, -2.0), t(-3.0, -1.0), t(-2.0, -2.0), t(-2.0, -3.0)
+    close(pref("aot")(c, r, rc, rr, beta=1.0), [1.3132617, 0.3132617])
+    # unpaired: h_w = [1, 0], h_l = [−1, 2]; sorted: [0, 1] − [−1, 2] = [1, −1]
+    close(pref("aot_unpaired")(c, r, rc, rr, beta=1.0), [0.3132617, 1.3132617])
+
+
+def test_reward_aware_hand_values():
+    # copg: R_w − R_l = 1, βΔ = 0.5·2 = 1 → residual 0; R_w = 2 → (2 − 1)²/(2·0.5) = 1
+    close(pref("copg")(C, R, RC, RR, chosen_rewards=t(1.0), rejected_rewards=t(0.0), beta=0.5), 0.0)
+    close(pref("copg")(C, R, RC, RR, chosen_rewards=t(2.0), rejected_rewards=t(0.0), beta=0.5), 1.0)
+    # hypo: dpo 0.3132617 + 0.1·h(y), h(y) = −1.5 − (−2) = 0.5 → 0.3632617; ∂/∂ sample_logp = 0.1·0.5 = 0.05
+    sample = t(-1.5).requires_grad_()
+    loss = pref("hypo")(C, R, RC, RR, sample_logp=sample, ref_sample_logp=t(-2.0), beta=0.5, kl_coef=0.1)
+    close(loss, 0.3632617)
+    loss.sum().backward()
+    close(sample.grad, 0.05)
+    # lipo: ψ = [2, 1, 0], s all 0 → ranks by position [1, 2, 3]; G = [3, 1, 0]; 1/D = [1, 1/log₂3, 1/2].
+    # weights: 2·(1 − 0.6309298) + 3·(1 − 0.5) + 1·(0.6309298 − 0.5) = 0.7381405 + 1.5 + 0.1309298 = 2.3690702;
+    # every pair loss is log 2 → 2.3690702·0.6931472 = 1.6421145
+    logp = t(-1.0, -2.0, -3.0).reshape(1, 3)
+    close(pref("lipo_lambda")(logp, logp, scores=t(2.0, 1.0, 0.0).reshape(1, 3)), 1.6421145)
+
+
+def test_tgdpo_recon_weights_tokens_and_warns_once(caplog):
+    # chosen token log-ratios [0.5, 0.5], r̂ = [0, 2] → clipped [0, 0.5] → β_t = [1, 1.5];
+    # rejected [−1, pad], r̂ = [−2] → −0.5 → β_t = 0.5; margin = 0.5 + 0.75 − 0.5·(−1) = 1.75 → −log σ(1.75) = 0.1602242
+    c, rc = t(-1.0, -1.0).reshape(1, 2), t(-1.5, -1.5).reshape(1, 2)
+    r, rr = t(-2.0, -9.0).reshape(1, 2), t(-1.0, 0.0).reshape(1, 2)
+    kw = {
+        "chosen_mask": t(1, 1).reshape(1, 2),
+        "rejected_mask": t(1, 0).reshape(1, 2),
+        "chosen_token_rewards": t(0.0, 2.0).reshape(1, 2),
+        "rejected_token_rewards": t(-2.0, 5.0).reshape(1, 2),
+    }
+    _common._WARNED.discard("tgdpo_recon")
+    with caplog.at_level(logging.WARNING, logger="unipo.algos.preference"):
+        close(pref("tgdpo_recon")(c, r, rc, rr, **kw, beta=1.0, reward_clip=0.5), 0.1602242)
+        pref("tgdpo_recon")(c, r, rc, rr, **kw)
+    assert sum("reconstruction" in rec.getMessage() for rec in caplog.records) == 1
+    assert algos.entry("preference", "tgdpo_recon").tag == "reconstructed"
+    assert "tgdpo" not in algos.names("preference")  # R3: the unknown rule is not registered under its plain id
+
+
+def test_bad_hyperparameters_and_missing_inputs_raise():
+    with pytest.raises(ValueError, match="chosen_len"):
+        pref("ipo")(C, R, RC, RR)
+    with pytest.raises(ValueError, match="flip_rate"):
+        pref("rdpo")(C, R, RC, RR, flip_rate=0.5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        pref("exo_pair")(C, R, RC, RR, label_smoothing=0.0)
+    with pytest.raises(ValueError, match="same shape|one shape"):
+        pref("dpo")(t(1.0, 2.0), R, RC, RR)
+
+
+def test_reference_is_a_constant():
+    c, r = C.clone().requires_grad_(), R.clone().requires_grad_()
+    rc, rr = RC.clone().requires_grad_(), RR.clone().requires_grad_()
+    # ∂(−log σ(βΔ))/∂logp_w = −β·σ(−βΔ) = −0.5·0.2689414; the reference gets no gradient
+    pref("dpo")(c, r, rc, rr, beta=0.5).sum().backward()
+    close(c.grad, -0.5 * 0.2689414)
+    close(r.grad, 0.5 * 0.2689414)
+    assert rc.grad is None and rr.grad is None
+
+
+# ---------------------------------------------------------------------------------------- policy = reference
+
+
+def _zero_margin_values(beta):
+    # Value of each loss at h_w = h_l = 0 (policy = reference).
+    return {
+        "dpo": LOG2,
+        "cdpo": LOG2,
+        "rdpo": LOG2,  # ((1−ε) − ε)·log 2 / (1 − 2ε)
+        "robust": LOG2,
+        "aot": LOG2,
+        "aot_unpaired": LOG2,
+        "hinge": 1.0,
+        "ipo": 1.0 / (4 * beta**2),
+        "sppo_hard": 2.0 / (4 * beta**2),
+        "apo_zero": 1.0,
+        "apo_down": 1.0,
+        "nca_pair": 2 * LOG2,
+        "bco_pair": 2 * LOG2,
+        "discopop": 0.5 * LOG2 + 0.5,  # μ = ½, exp(0) = 1
+        # q = (½, ½) against (1 − 1e-3, 1e-3): ½·log(½/0.999) + ½·log(½/0.001)
+        "exo_pair": 0.5 * math.log(0.5 / 0.999) + 0.5 * math.log(0.5 / 0.001),
+    }
+
+
+@SETTINGS
+@given(
+    logp=st.lists(st.floats(-30.0, -0.1), min_size=2, max_size=6),
+    beta=st.sampled_from([0.05, 0.1, 0.5, 2.0]),
+)
+def test_policy_equal_reference_gives_zero_margin_value(logp, beta):
+    n = len(logp) // 2
+    c, r = t(*logp[:n]), t(*logp[n : 2 * n])
+    for name, value in _zero_margin_values(beta).items():
+        kw = {"length_norm": False} if name == "ipo" else {}
+        out = pref(name)(c, r, c.clone(), r.clone(), beta=beta, **kw)
+        close(out, torch.full((n,), value, dtype=D))
+    lens = {"chosen_len": torch.full((n,), 3.0, dtype=D), "rejected_len": torch.full((n,), 5.0, dtype=D)}
+    close(pref("ipo")(c, r, c, r, **lens, beta=beta), torch.full((n,), 1.0 / (4 * beta**2), dtype=D))
+    # kto: each term is λ·(1 − σ(0)) = λ/2
+    close(pref("kto")(c, r, c, r, beta=beta, desirable_weight=3.0), torch.tensor([1.5] * n + [0.5] * n, dtype=D))
+    # copg with equal rewards is 0; hypo with the sample at the reference is dpo = log 2
+    zeros = torch.zeros(n, dtype=D)
+    close(pref("copg")(c, r, c, r, chosen_rewards=zeros, rejected_rewards=zeros, beta=beta), zeros)
+    close(pref("hypo")(c, r, c, r, sample_logp=c, ref_sample_logp=c, beta=beta), torch.full((n,), LOG2, dtype=D))
+
+
+# --------------------------------------------------------------------------------------------------- §13 P1–P6
+
+
+def _pair_indices(k):
+    i, j = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
+    off = i != j
+    return i[off], j[off]
+
+
+def _minimise(objective, k, steps=200):
+    theta = torch.zeros(k, dtype=D, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [theta], lr=1.0, max_iter=steps, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = objective(torch.log_softmax(theta, -1))
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return torch.log_softmax(theta.detach(), -1)
+
+
+def _target(ref_logp, r, beta):
+    return torch.log_softmax(ref_logp + r / beta, -1)
+
+
+def test_p1_dpo_tabular_bandit_reaches_kl_regularised_optimum():
+    # K = 4 single-token responses; every ordered pair (i, j) labelled i ≻ j with soft BT probability σ(r_i − r_j).
+    # The population DPO minimiser has β·(h_i − h_j) = r_i − r_j, i.e. π ∝ π_ref·exp(r/β).
+    k, beta = 4, 0.5
+    ref_logp = torch.log_softmax(t(0.3, -0.2, 0.5, -0.6), -1)
+    r = t(0.4, -0.3, 0.1, 0.25)
+    i, j = _pair_indices(k)
+    label = torch.sigmoid(r[i] - r[j])
+
+    def objective(logp):
+        return (label * pref("dpo")(logp[i], logp[j], ref_logp[i], ref_logp[j], beta=beta)).sum()
+
+    # at init (π_θ = π_ref) every pair's loss is log 2
+    close(pref("dpo")(ref_logp[i], ref_logp[j], ref_logp[i], ref_logp[j], beta=beta), torch.full_like(label, LOG2))
+    torch.testing.assert_close(_minimise(objective, k), _target(ref_logp, r, beta), atol=1e-3, rtol=0)
+
+
+def test_p2_ipo_minimiser_matches_closed_form():
+    # Pairs ~ μ×μ with the RPS-like P; IPO minimiser: h_i − h_j = (P(i≻μ) − P(j≻μ))/β (Azar et al. 2023, Prop. 4).
+    beta = 0.5
+    p = t(0.5, 0.1, 0.7, 0.9, 0.5, 0.4, 0.3, 0.6, 0.5).reshape(3, 3)
+    mu = t(0.5, 0.3, 0.2)
+    ref_logp = torch.log_softmax(t(0.2, -0.1, 0.4), -1)
+    i, j = _pair_indices(3)
+    weight = mu[i] * mu[j] * p[i, j]  # pair (i, j) sampled from μ×μ and labelled i ≻ j
+
+    def objective(logp):
+        return (weight * pref("ipo")(logp[i], logp[j], ref_logp[i], ref_logp[j], beta=beta, length_norm=False)).sum()
+
+    close(pref("ipo")(ref_logp[i], ref_logp[j], ref_logp[i], ref_logp[j], beta=beta, length_norm=False)[0], 1.0)
+    win_vs_mu = p @ mu  # P(i ≻ μ)
+    torch.testing.assert_close(_minimise(objective, 3), _target(ref_logp, win_vs_mu, beta), atol=1e-3, rtol=0)
+
+
+@SETTINGS
+@given(
+    h=st.lists(st.floats(-20.0, 20.0), min_size=2, max_size=2),
+    eps=st.floats(0.0, 0.45),
+    beta=st.sampled_from([0.1, 1.0]),
+)
+def test_p3_rdpo_cdpo_identities(h, eps, beta):
+    c, r, ref = t(h[0]), t(h[1]), t(0.0)
+    clean, flipped = pref("dpo")(c, r, ref, ref, beta=beta), pref("dpo")(r, c, ref, ref, beta=beta)
+    # E over a label flip with probability ε of the rdpo loss is the clean dpo loss, exactly
+    expected = (1 - eps) * pref("rdpo")(c, r, ref, ref, beta=beta, flip_rate=eps) + eps * pref("rdpo")(
+        r, c, ref, ref, beta=beta, flip_rate=eps
+    )
+    close(expected, clean)
+    # cdpo is dpo against the soft label (1 − ε, ε)
+    close(pref("cdpo")(c, r, ref, ref, beta=beta, label_smoothing=eps), (1 - eps) * clean + eps * flipped)
+    # ε = 0: rdpo = cdpo = dpo; aot with batch size 1 = dpo
+    close(pref("rdpo")(c, r, ref, ref, beta=beta, flip_rate=0.0), clean)
+    close(pref("cdpo")(c, r, ref, ref, beta=beta, label_smoothing=0.0), clean)
+    close(pref("aot")(c, r, ref, ref, beta=beta), clean)
+
+
+def test_p4_sppo_hard_minimiser():
+    # minimise over free log-ratios: h_w → 1/(2β) = 2.5, h_l → −2.5 (β = 0.2)
+    h = torch.zeros(2, dtype=D, requires_grad=True)
+    opt = torch.optim.LBFGS([h], max_iter=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = pref("sppo_hard")(h[:1], h[1:], t(0.0), t(0.0), beta=0.2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    torch.testing.assert_close(h.detach(), t(2.5, -2.5))
+
+
+@SETTINGS
+@given(
+    logp=st.lists(st.floats(-40.0, -0.05), min_size=4, max_size=4),
+    lens=st.lists(st.integers(1, 50), min_size=2, max_size=2),
+    beta=st.sampled_from([0.1, 1.0, 2.5]),
+    lam=st.floats(0.0, 3.0),
+)
+def test_p5_identities(logp, lens, beta, lam):
+    c, r, rc, rr = (t(x) for x in logp)
+    kw = {"chosen_len": t(float(lens[0])), "rejected_len": t(float(lens[1]))}
+    # each kto term lies in [0, λ]
+    out = pref("kto")(c, r, rc, rr, beta=beta, desirable_weight=lam, undesirable_weight=lam)
+    assert bool(((out >= 0) & (out <= lam)).all())
+    # simpo(γ = 0, ε = 0) = cpo(sigmoid, mean token log-prob, α_cpo = 0)
+    close(
+        pref("simpo")(c, r, rc, rr, **kw, beta=beta, gamma=0.0),
+        pref("cpo")(c, r, rc, rr, **kw, beta=beta, nll_coef=0.0, length_norm=True),
+    )
+    # orpo with β = 0 is SFT: mean-token NLL of y_w
+    close(pref("orpo")(c, r, rc, rr, **kw, beta=0.0), -c / lens[0])
+    # lipo_lambda with K = 2 and ψ = (1, 0) = dpo × |G₁ − G₂|·(1 − 1/log₂3) = dpo × 0.3690702
+    lipo = pref("lipo_lambda")(torch.stack([c, r], -1), torch.stack([rc, rr], -1), scores=t(1.0, 0.0)[None], beta=beta)
+    close(lipo, pref("dpo")(c, r, rc, rr, beta=beta) * (1 - 1 / math.log2(3)))
+
+
+def test_p6_copg_off_policy_minimiser():
+    # arbitrary full-support pair distribution μ over ordered pairs (not π_θ): minimiser π ∝ π_ref·exp(R/β)
+    k, beta = 4, 0.5
+    ref_logp = torch.log_softmax(t(-0.4, 0.1, 0.3, 0.0), -1)
+    rewards = t(1.0, 0.0, 0.5, -0.2)
+    i, j = _pair_indices(k)
+    mu = torch.linspace(0.2, 1.0, i.numel(), dtype=D)
+
+    def objective(logp):
+        loss = pref("copg")(
+            logp[i],
+            logp[j],
+            ref_logp[i],
+            ref_logp[j],
+            chosen_rewards=rewards[i],
+            rejected_rewards=rewards[j],
+            beta=beta,
+        )
+        return (mu * loss).sum()
+
+    torch.testing.assert_close(_minimise(objective, k), _target(ref_logp, rewards, beta), atol=1e-3, rtol=0)
+
+
+def test_every_pairwise_loss_returns_one_value_per_pair():
+    b = 3
+    g = torch.Generator().manual_seed(0)
+    c, r, rc, rr = (-torch.rand(b, generator=g, dtype=D) * 5 - 0.1 for _ in range(4))
+    lens = {"chosen_len": t(2.0, 3.0, 4.0), "rejected_len": t(5.0, 1.0, 2.0)}
+    extra = {
+        "rpo": {"chosen_len": lens["chosen_len"]},
+        "ipo": lens,
+        "simpo": lens,
+        "cpo": lens,
+        "orpo": lens,
+        "copg": {"chosen_rewards": t(1.0, 0.0, 1.0), "rejected_rewards": t(0.0, 0.0, 1.0)},
+        "hypo": {"sample_logp": c, "ref_sample_logp": rc},
+    }
+    skip = {"lipo_lambda", "tgdpo_recon", "kto"}  # listwise / per-token / unpaired: tested above
+    for name in sorted(set(algos.names("preference")) - skip):
+        out = pref(name)(c, r, rc, rr, **extra.get(name, {}))
+        assert out.shape == (b,) and bool(torch.isfinite(out).all()), name

@@ -1,0 +1,276 @@
+"""Online, iterative and Nash / general-preference losses (ALGORITHMS.md §8), registered under kind ``online``.
+
+Each function is the per-sample loss of one outer iteration, computed from sequence log-probs (a token sum; a 2-D
+``[B, T]`` input with an optional ``mask`` is summed over T where the method's estimator is token-wise). Layouts:
+
+- single sample: ``logp``, ``prev_logp`` (π_t, the previous iterate), ``ref_logp`` (π_ref) of shape [B];
+- judged pair: shape [B, 2], column 0 is the winner y_w and column 1 the loser y_l;
+- keyword tensors the trainer supplies when asked: ``win_rate`` [B] (P̂(y ≻ opponent)), ``explore_logp`` /
+  ``explore_ref_logp`` [B] (a response sampled for exploration, see ``xpo`` and ``selm``).
+
+Every function returns the unreduced per-sample loss [B]. ``prev_logp``, ``ref_logp``, ``win_rate`` and the
+explore reference log-probs are constants (detached). ``spo_selfplay`` is the exception: it turns a within-group
+preference matrix into rewards for any §1 estimator, so it returns [..., K] rewards.
+
+The exact tabular update each loss implies (used by the preference-game testbed) is in ``unipo.testbeds.games``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from unipo.algos.registry import register
+
+_log = logging.getLogger(__name__)
+_WARNED: set[str] = set()
+
+_SPPO = "Wu et al. 2024, Self-Play Preference Optimization for Language Model Alignment, arXiv:2405.00675"
+_INPO = "Zhang et al. 2024, Iterative Nash Policy Optimization, arXiv:2407.00617"
+_DNO = "Rosset et al. 2024, Direct Nash Optimization, arXiv:2404.03715"
+_NASH_MD = "Munos et al. 2023, Nash Learning from Human Feedback, arXiv:2312.00886"
+_NASH_MP = "Tiapkin et al. 2025, Accelerating Nash Learning from Human Feedback via Mirror Prox, arXiv:2505.19731"
+_SPO = "Swamy et al. 2024, A Minimaximalist Approach to RLHF, arXiv:2401.04056"
+_XPO = "Xie et al. 2024, Exploratory Preference Optimization, arXiv:2405.21046"
+_SELM = "Zhang et al. 2024, Self-Exploring Language Models, arXiv:2405.19332"
+
+
+def _warn_reconstruction(name: str, paper: str) -> None:
+    """Log once per process that `name` is a reconstruction (ALGORITHMS.md §0.2, R2)."""
+    if name in _WARNED:
+        return
+    _WARNED.add(name)
+    _log.warning("online %r is a reconstruction of %s, not the published rule (ALGORITHMS.md R2)", name, paper)
+
+
+def _seq(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Sequence log-prob: [B] stays, [B, T] is summed over the masked tokens."""
+    if x.dim() == 1:
+        return x
+    return (x * mask.to(x.dtype)).sum(-1) if mask is not None else x.sum(-1)
+
+
+def _pair(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.dim() != 2 or x.shape[-1] != 2:
+        raise ValueError(f"{name} must be [B, 2] (winner, loser); got {tuple(x.shape)}")
+    return x
+
+
+def _margin(logp: torch.Tensor, base_logp: torch.Tensor) -> torch.Tensor:
+    """Δ = (logp_w − base_w) − (logp_l − base_l) for [B, 2] pairs -> [B]."""
+    h = _pair(logp, "logp") - _pair(base_logp, "reference log-probs").detach()
+    return h[:, 0] - h[:, 1]
+
+
+@register("online", "sppo", paper=_SPPO, tag="memory")
+def sppo(logp: torch.Tensor, prev_logp: torch.Tensor, *, win_rate: torch.Tensor, eta: float) -> torch.Tensor:
+    """SPPO square loss (Wu et al. 2024, arXiv:2405.00675, eq. 4.6).
+
+    ℓ = (log(π_θ(y)/π_t(y)) − η·(P̂(y ≻ π_t) − ½))², with y ∼ π_t. Tabular minimiser (MWU):
+    π_{t+1} ∝ π_t·exp(η·(P(y ≻ π_t) − ½)).
+
+    Args:
+        logp: [B] log π_θ(y∣x).
+        prev_logp: [B] log π_t(y∣x) of the previous iterate.
+        win_rate: [B] P̂(y ≻ π_t), the mean judge preference over K other samples of π_t.
+        eta: η, the step size (paper value unknown, ALGORITHMS.md §8; required).
+
+    Returns:
+        [B] per-sample loss.
+    """
+    target = eta * (win_rate.detach() - 0.5)
+    return (logp - prev_logp.detach() - target) ** 2
+
+
+@register("online", "inpo", paper=_INPO, tag="memory; loss partly reconstructed")
+def inpo(
+    logp: torch.Tensor, prev_logp: torch.Tensor, ref_logp: torch.Tensor, *, eta: float, tau: float
+) -> torch.Tensor:
+    """INPO pairwise square loss (Zhang et al. 2024, arXiv:2407.00617, eq. 10).
+
+    h = log(π_θ(y_w)/π_θ(y_l)) − (1−ητ)·log(π_t(y_w)/π_t(y_l)) − ητ·log(π_ref(y_w)/π_ref(y_l)); ℓ = (h − η/2)².
+    Tabular OMD minimiser: π_{t+1} ∝ π_t^{1−ητ}·π_ref^{ητ}·exp(η·P(y ≻ π_t)).
+
+    Args:
+        logp: [B, 2] log π_θ of (y_w, y_l), both sampled from π_t.
+        prev_logp: [B, 2] log π_t of the pair.
+        ref_logp: [B, 2] log π_ref of the pair.
+        eta: η, the OMD step size (required; whether the official code scales by η or 1/η is unchecked, §8).
+        tau: τ, the KL-to-reference regularisation of the game.
+
+    Returns:
+        [B] per-pair loss.
+    """
+    lp, prev, ref = _pair(logp, "logp"), _pair(prev_logp, "prev_logp").detach(), _pair(ref_logp, "ref_logp").detach()
+    h = (lp[:, 0] - lp[:, 1]) - (1 - eta * tau) * (prev[:, 0] - prev[:, 1]) - eta * tau * (ref[:, 0] - ref[:, 1])
+    return (h - eta / 2) ** 2
+
+
+@register("online", "dno", paper=_DNO, tag="memory")
+def dno(logp: torch.Tensor, prev_logp: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """DNO-Prct contrastive loss against the previous iterate (Rosset et al. 2024, arXiv:2404.03715, Alg. 2).
+
+    ℓ = −log σ(β·[log(π_θ/π_t)(y_w) − log(π_θ/π_t)(y_l)]), pairs from π_t kept when their win-rate margin is large
+    (the filter is the trainer's job). The theory version's tabular step is π_{t+1} ∝ π_t·exp(P(y ≻ π_t)/β).
+
+    Args:
+        logp: [B, 2] log π_θ of (y_w, y_l).
+        prev_logp: [B, 2] log π_t of the pair (the reference of iteration t).
+        beta: β, the KL coefficient to π_t (required; paper value not recorded in §8).
+
+    Returns:
+        [B] per-pair loss.
+    """
+    return -F.logsigmoid(beta * _margin(logp, prev_logp))
+
+
+@register("online", "nash_md", paper=_NASH_MD, tag="checked: TRL experimental nash_md")
+def nash_md(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    *,
+    win_rate: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """Nash-MD policy-gradient loss as in TRL (Munos et al. 2023, arXiv:2312.00886, §7; TRL ``NashMDTrainer``).
+
+    ℓ = β·Σ_t sg(log π_θ − log π_ref)_t·log π_θ(y_t) − (p − ½)·Σ_t log π_θ(y_t), with y ∼ π_θ and p = P(y ≻ y′)
+    against an opponent y′ from the mixture softmax(α·z_ref + (1−α)·z_θ) (sampling is the trainer's job).
+    Tabular: π^μ ∝ π_t^{1−ητ}·π_ref^{ητ}, π_{t+1} ∝ π^μ·exp(η·P(y ≻ π^μ)).
+
+    Args:
+        logp: [B] or [B, T] log π_θ of the sampled response (tokens).
+        ref_logp: same shape, log π_ref.
+        win_rate: [B] p = P(y ≻ y′) from the judge.
+        mask: optional [B, T] loss mask when the inputs are per token.
+        beta: β, the KL coefficient (TRL default 0.1).
+
+    Returns:
+        [B] per-sample loss.
+    """
+    kl_term = _seq((logp - ref_logp).detach() * logp, mask)
+    return beta * kl_term - (win_rate.detach() - 0.5) * _seq(logp, mask)
+
+
+@register("online", "nash_mp_recon", paper=f"{_NASH_MP} (seeds_003_004.md 003-02)", tag="reconstructed")
+def nash_mp_recon(
+    logp: torch.Tensor,
+    prev_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    *,
+    win_rate: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    beta: float,
+    eta: float,
+) -> torch.Tensor:
+    """Reconstruction of Nash Mirror Prox (Tiapkin et al. 2025) from its abstract; not the published rule.
+
+    One prox step as a policy-gradient loss on y ∼ π_θ: maximise η·[E p − β·KL(π_θ‖π_ref)] − KL(π_θ‖π_k), i.e.
+    ℓ = −(p − ½)·log π_θ(y) + β·sg(log π_θ − log π_ref)·log π_θ(y) + (1/η)·sg(log π_θ − log π_k)·log π_θ(y).
+    Run it twice per iteration: the half step with the opponent y′ ∼ π_k, then the full step from the same anchor
+    π_k with y′ ∼ π_{k+½}. Tabular closed form: π ∝ π_k^{1/(1+ηβ)}·π_ref^{ηβ/(1+ηβ)}·exp(η·g/(1+ηβ)).
+
+    Args:
+        logp: [B] or [B, T] log π_θ of the sampled response (tokens).
+        prev_logp: same shape, log π_k of the anchor (the iterate both prox steps start from).
+        ref_logp: same shape, log π_ref.
+        win_rate: [B] p = P(y ≻ y′) against the step's opponent.
+        mask: optional [B, T] loss mask when the inputs are per token.
+        beta: β, the KL-to-reference coefficient of the regularised game (required).
+        eta: η, the prox step size (required).
+
+    Returns:
+        [B] per-sample loss.
+    """
+    _warn_reconstruction("nash_mp_recon", _NASH_MP)
+    # both KL terms use the score-function form E[(log π − log q)·∇log π] = ∇KL(π‖q) on y ∼ π
+    pull = beta * (logp - ref_logp).detach() + (logp - prev_logp).detach() / eta
+    return _seq(pull * logp, mask) - (win_rate.detach() - 0.5) * _seq(logp, mask)
+
+
+@register("online", "spo_selfplay", paper=_SPO, tag="checked: abstract; details memory")
+def spo_selfplay(preference: torch.Tensor) -> torch.Tensor:
+    """SPO self-play win-rate reward (Swamy et al. 2024, arXiv:2401.04056, Alg. 1).
+
+    r(y_i) = (1/(K−1))·Σ_{j≠i} P(y_i ≻ y_j) within the group; feed it to any §1 estimator and §2 loss. With
+    P(a ≻ b) + P(b ≻ a) = 1 the K rewards of a group sum to K/2.
+
+    Args:
+        preference: [..., K, K] judge probabilities P(y_i ≻ y_j) within each group (K ≥ 2; the diagonal is ignored).
+
+    Returns:
+        [..., K] rewards.
+    """
+    k = preference.shape[-1]
+    if preference.shape[-2] != k or k < 2:
+        raise ValueError(f"preference must be [..., K, K] with K >= 2; got {tuple(preference.shape)}")
+    off_diag = 1.0 - torch.eye(k, dtype=preference.dtype, device=preference.device)
+    return (preference * off_diag).sum(-1) / (k - 1)
+
+
+@register("online", "xpo", paper=_XPO, tag="checked: TRL")
+def xpo(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    *,
+    explore_logp: torch.Tensor,
+    beta: float = 0.1,
+    alpha: float = 1e-5,
+    loss_type: str = "sigmoid",
+) -> torch.Tensor:
+    """XPO loss (Xie et al. 2024, arXiv:2405.21046, Alg. 1; TRL ``XPOTrainer``).
+
+    ℓ = −log σ(β·Δ) + α·log π_θ(ỹ), Δ = h_θ(y⁺) − h_θ(y⁻), with the judged pair from y ∼ π_θ, ỹ ∼ π_ref;
+    ``loss_type="ipo"`` uses (Δ − 1/(2β))². α = 0 is online DPO / IPO.
+
+    Args:
+        logp: [B, 2] log π_θ of (y⁺, y⁻).
+        ref_logp: [B, 2] log π_ref of the pair.
+        explore_logp: [B] log π_θ(ỹ∣x) of the reference sample ỹ ∼ π_ref.
+        beta: β (TRL default 0.1).
+        alpha: α, the exploration coefficient (TRL default 1e-5).
+        loss_type: "sigmoid" or "ipo".
+
+    Returns:
+        [B] per-pair loss.
+    """
+    delta = _margin(logp, ref_logp)
+    if loss_type == "sigmoid":
+        pref = -F.logsigmoid(beta * delta)
+    elif loss_type == "ipo":
+        pref = (delta - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"loss_type must be 'sigmoid' or 'ipo'; got {loss_type!r}")
+    return pref + alpha * explore_logp
+
+
+@register("online", "selm", paper=_SELM, tag="checked: official code optimistic_dpo_loss")
+def selm(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    *,
+    explore_logp: torch.Tensor,
+    explore_ref_logp: torch.Tensor,
+    beta: float = 0.01,
+    alpha: float = 0.001,
+) -> torch.Tensor:
+    """SELM optimistic DPO loss (Zhang et al. 2024, arXiv:2405.19332, eq. 9; official ``optimistic_dpo_loss``).
+
+    ℓ = −log σ(β·[(log π_θ(y_w) − log π_θ(y_l)) − (log π_ref(y_w) − log π_ref(y_l))])
+        + α·β·(log π_θ(y) − log π_ref(y)), with y a fresh response of the iteration's starting model.
+
+    Args:
+        logp: [B, 2] log π_θ of (y_w, y_l).
+        ref_logp: [B, 2] log π_ref of the pair.
+        explore_logp: [B] log π_θ(y∣x) of the fresh response.
+        explore_ref_logp: [B] log π_ref(y∣x) of the fresh response.
+        beta: β (Zephyr config 0.01).
+        alpha: α, the optimism coefficient (Zephyr config 0.001).
+
+    Returns:
+        [B] per-pair loss.
+    """
+    return -F.logsigmoid(beta * _margin(logp, ref_logp)) + alpha * beta * (explore_logp - explore_ref_logp.detach())

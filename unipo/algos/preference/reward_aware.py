@@ -1,0 +1,201 @@
+"""Listwise, reward-aware and auxiliary preference losses (ALGORITHMS.md §7.3).
+
+``lipo_lambda`` is listwise: ``(logp, ref_logp, *, scores)`` with [B, L] lists of L responses per prompt.
+``copg`` regresses on scalar rewards; ``hypo`` adds a KL term on fresh samples; ``tgdpo_recon`` weights tokens and
+takes per-token [B, T] log-probs. TGDPO's map from token reward to token weight is unknown (ALGORITHMS.md §7.3),
+so only the reconstruction ``tgdpo_recon`` is registered (rule R2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unipo.algos.preference._common import check_positive, log_ratios, warn_reconstruction
+from unipo.algos.registry import register
+
+_TGDPO = "TGDPO: Harnessing Token-Level Reward Guidance for Enhancing Direct Preference Optimization (Zhu et al. 2025)"
+
+
+@register(
+    "preference",
+    "lipo_lambda",
+    paper="Liu et al. 2024, LiPO: Listwise Preference Optimization through Learning-to-Rank, arXiv:2402.01878",
+    tag="memory",
+)
+def lipo_lambda(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    *,
+    scores: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """LiPO-λ listwise loss with LambdaLoss weights (Liu et al. 2024, arXiv:2402.01878, eq. 9–10).
+
+    L = −Σ_{ψ_i > ψ_j} Δ_ij·log σ(s_i − s_j), s = β·h, Δ_ij = |G_i − G_j|·|1/D(τ_i) − 1/D(τ_j)|, G = 2^ψ − 1,
+    D(τ) = log₂(1 + τ), τ_i = rank of y_i under sg(s) (1 = best; ties broken by list position). K = 2 reduces to
+    DPO × |G₁ − G₂|·(1 − 1/log₂3).
+
+    Args:
+        logp: [B, L] summed log π_θ of each of the L listed responses.
+        ref_logp: [B, L] summed log π_ref of the same responses.
+        scores: [B, L] labels ψ (e.g. reward scores or graded preferences); larger is better.
+        beta: β.
+
+    Returns:
+        [B] per-list loss (summed over ordered pairs, not averaged).
+    """
+    if not (logp.dim() == 2 and logp.shape == ref_logp.shape == scores.shape):
+        raise ValueError(
+            "lipo_lambda needs [B, L] logp, ref_logp and scores; got "
+            f"{[tuple(t.shape) for t in (logp, ref_logp, scores)]}"
+        )
+    s = beta * (logp - ref_logp.detach())  # [B, L]
+    with torch.no_grad():
+        # Rank 1 = highest s; the LambdaLoss weights are constants of the step.
+        order = torch.argsort(s, dim=-1, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        positions = torch.arange(1, s.shape[-1] + 1, device=s.device).expand_as(order)
+        rank.scatter_(-1, order, positions)
+        inv_discount = 1.0 / torch.log2(1.0 + rank.to(s.dtype))  # [B, L]
+        gain = torch.pow(2.0, scores.to(s.dtype)) - 1.0
+        weight = (gain[:, :, None] - gain[:, None, :]).abs() * (
+            inv_discount[:, :, None] - inv_discount[:, None, :]
+        ).abs()
+        better = scores[:, :, None] > scores[:, None, :]  # [B, L, L]: pair (i, j) with ψ_i > ψ_j
+        weight = torch.where(better, weight, torch.zeros_like(weight))
+    pair_loss = -F.logsigmoid(s[:, :, None] - s[:, None, :])  # [B, L, L]
+    return (weight * pair_loss).sum(dim=(-2, -1))
+
+
+@register(
+    "preference",
+    "copg",
+    paper="Flet-Berliac et al. 2024, Contrastive Policy Gradient: Aligning LLMs on sequence-level scores in a "
+    "supervised-friendly way, arXiv:2406.19185",
+    tag="memory",
+)
+def copg(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    *,
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """Contrastive Policy Gradient as a loss (Flet-Berliac et al. 2024, arXiv:2406.19185; gradient of eq. 9).
+
+    L = (R(y) − R(y′) − β·(h(y) − h(y′)))² / (2β); ∇L = −(R^β(y) − R^β(y′))·∇(log π(y) − log π(y′)), R^β = R − β·h.
+    Any full-support pair distribution gives the minimiser π ∝ π_ref·exp(R/β), without importance sampling.
+
+    Args:
+        chosen_logp: [B] summed log π_θ(y∣x) of the first response (need not be preferred).
+        rejected_logp: [B] summed log π_θ(y′∣x) of the second response.
+        ref_chosen_logp: [B] summed log π_ref(y∣x).
+        ref_rejected_logp: [B] summed log π_ref(y′∣x).
+        chosen_rewards: [B] scalar reward R(y).
+        rejected_rewards: [B] scalar reward R(y′).
+        beta: β > 0, KL coefficient.
+
+    Returns:
+        [B] per-pair loss.
+    """
+    check_positive(beta, "beta")
+    h_w, h_l = log_ratios(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp)
+    residual = (chosen_rewards - rejected_rewards).to(h_w.dtype) - beta * (h_w - h_l)
+    return residual**2 / (2.0 * beta)
+
+
+@register(
+    "preference",
+    "hypo",
+    paper="Song et al. 2024, The Importance of Online Data: Understanding Preference Fine-tuning via Coverage, "
+    "arXiv:2406.01462",
+    tag="memory",
+)
+def hypo(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    *,
+    sample_logp: torch.Tensor,
+    ref_sample_logp: torch.Tensor,
+    beta: float = 0.1,
+    kl_coef: float = 0.1,
+) -> torch.Tensor:
+    """Hybrid Preference Optimisation, HyPO (Song et al. 2024, arXiv:2406.01462, Algorithm 1).
+
+    L = −log σ(βΔ) + λ·KL̂, KL̂ = h(y) for a fresh y ~ π_θ, written so that ∇KL̂ = sg(h(y))·∇log π_θ(y) (the
+    score-function gradient of the sequence reverse KL). Offline DPO pairs plus on-policy samples; no reward model.
+
+    Args:
+        chosen_logp: [B] summed log π_θ(y_w∣x).
+        rejected_logp: [B] summed log π_θ(y_l∣x).
+        ref_chosen_logp: [B] summed log π_ref(y_w∣x).
+        ref_rejected_logp: [B] summed log π_ref(y_l∣x).
+        sample_logp: [B] summed log π_θ(y∣x) of one fresh sample y ~ π_θ per prompt (with gradient).
+        ref_sample_logp: [B] summed log π_ref(y∣x) of the same sample.
+        beta: β.
+        kl_coef: λ ≥ 0, weight of the KL term (the paper's value is not recorded here; 0.1 is unipo's default).
+
+    Returns:
+        [B] per-pair loss.
+    """
+    h_w, h_l = log_ratios(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp)
+    h_sample = (sample_logp - ref_sample_logp.detach()).detach()
+    # Value h (the k1 estimate), gradient sg(h)·∇logp: E_y~π[∇logπ] = 0, so this is ∇KL(π_θ‖π_ref) in expectation.
+    kl = h_sample + h_sample * (sample_logp - sample_logp.detach())
+    return -F.logsigmoid(beta * (h_w - h_l)) + kl_coef * kl
+
+
+@register("preference", "tgdpo_recon", paper=_TGDPO + ", arXiv:2506.14574", tag="reconstructed")
+def tgdpo_recon(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    *,
+    chosen_mask: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    chosen_token_rewards: torch.Tensor,
+    rejected_token_rewards: torch.Tensor,
+    beta: float = 0.1,
+    reward_clip: float = 0.5,
+) -> torch.Tensor:
+    """Reconstruction of TGDPO (Zhu et al. 2025, arXiv:2506.14574) from its abstract; not the published rule.
+
+    L = −log σ(Σ_t β_t^w·h(y^w_t) − Σ_t β_t^l·h(y^l_t)), β_t = β·(1 + clip(r̂_t, −c, c)), h(y_t) = token log-ratio;
+    r̂_t = log π_dpo(y_t)/π_ref(y_t) from a pre-trained DPO model. The map r̂ → β_t is unipo's guess (§7.3).
+
+    Args:
+        chosen_logp: [B, T] per-token log π_θ of y_w.
+        rejected_logp: [B, T'] per-token log π_θ of y_l.
+        ref_chosen_logp: [B, T] per-token log π_ref of y_w.
+        ref_rejected_logp: [B, T'] per-token log π_ref of y_l.
+        chosen_mask: [B, T] 1 for completion tokens of y_w.
+        rejected_mask: [B, T'] 1 for completion tokens of y_l.
+        chosen_token_rewards: [B, T] token rewards r̂_t of y_w (treated as constants).
+        rejected_token_rewards: [B, T'] token rewards r̂_t of y_l.
+        beta: β, the base coefficient.
+        reward_clip: c ∈ [0, 1), so every token weight β_t stays positive.
+
+    Returns:
+        [B] per-pair loss.
+    """
+    warn_reconstruction("tgdpo_recon", _TGDPO)
+    if not 0.0 <= reward_clip < 1.0:
+        raise ValueError(f"reward_clip must lie in [0, 1); got {reward_clip}")
+
+    def weighted_sum(logp: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        if not logp.shape == ref.shape == mask.shape == rewards.shape:
+            raise ValueError("tgdpo_recon: token log-probs, reference, mask and token rewards must share one shape")
+        coef = beta * (1.0 + rewards.detach().to(logp.dtype).clamp(-reward_clip, reward_clip))
+        return (coef * (logp - ref.detach()) * mask.to(logp.dtype)).sum(-1)  # [B, T] -> [B]
+
+    margin = weighted_sum(chosen_logp, ref_chosen_logp, chosen_mask, chosen_token_rewards) - weighted_sum(
+        rejected_logp, ref_rejected_logp, rejected_mask, rejected_token_rewards
+    )
+    return -F.logsigmoid(margin)

@@ -1,0 +1,1 @@
+"""Small exact testbeds for checking algorithms against closed-form facts (ALGORITHMS.md §13)."""
