@@ -55,9 +55,14 @@ def _train(args: list[str]) -> int:
     recipe = args[0] if args and "=" not in args[0] else None
     overrides = args[1:] if recipe else args
     cfg = config.load(recipe, overrides)
-    from unipo.trainers import rl
+    if cfg.trainer == "preference":
+        from unipo.trainers import preference
 
-    rl.train(cfg)
+        preference.train(cfg)
+    else:
+        from unipo.trainers import rl
+
+        rl.train(cfg)
     return 0
 
 

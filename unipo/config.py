@@ -109,6 +109,8 @@ class AlgoConfig(_Strict):
     """KL estimator to the reference policy (kind `kl`) and its coefficient."""
     token_weights: list[ComponentConfig] = []
     """Token masks/weights (kind `token_weight`) multiplied into the per-token loss before aggregation."""
+    preference: ComponentConfig = ComponentConfig(name="dpo")
+    """Pairwise preference loss (kind `preference`) for `trainer: preference`."""
     regularizers: list[ComponentConfig] = []
     """Per-token terms (kind `regularizer`) added to the per-token loss before aggregation; each carries its
     own weight as a hyperparameter (usually `coef`)."""
@@ -119,6 +121,16 @@ class RewardConfig(_Strict):
     """Dotted path `package.module.function` of a reward callable fn(prompts, completions, **columns)."""
     weight: float = 1.0
     """Weight of this reward in the sum."""
+
+
+class DataConfig(_Strict):
+    path: str | None = None
+    """Preference pairs (`prompt`, `chosen`, `rejected`): a .jsonl or .parquet file or a `datasets` directory.
+    None: the built-in arithmetic pairs."""
+    max_bad_frac: float = Field(0.05, ge=0, le=1)
+    """Stop before training when more than this fraction of rows is bad (bad rows are reported by number)."""
+    max_response_tokens: int = Field(64, ge=1)
+    """Responses are cut to this many tokens (EOS included)."""
 
 
 class EvalConfig(_Strict):
@@ -137,6 +149,8 @@ class Config(_Strict):
     """Name of the recipe this config came from (informational)."""
     paper: str = ""
     """The paper the recipe follows."""
+    trainer: Literal["rl", "preference"] = "rl"
+    """`rl`: on-policy RL (trainers/rl.py); `preference`: offline pairs (trainers/preference.py)."""
     model: ModelConfig = ModelConfig()
     task: str = "arithmetic"
     """Built-in task name (see `unipo list tasks`) or a JSONL file with `prompt` and `answer` columns."""
@@ -145,6 +159,7 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
+    data: DataConfig = DataConfig()
     rewards: list[RewardConfig] = []
     """Extra reward callables; when empty, the task's own reward is used."""
     eval: EvalConfig = EvalConfig()
@@ -278,6 +293,7 @@ def check_components(cfg: Config) -> None:
     from unipo import algos
 
     nodes = [(f"algo.{axis}", kind, getattr(cfg.algo, axis)) for axis, kind in AXES.items()]
+    nodes.append(("algo.preference", "preference", cfg.algo.preference))
     for axis, kind in LIST_AXES.items():
         nodes += [(f"algo.{axis}[{i}]", kind, node) for i, node in enumerate(getattr(cfg.algo, axis))]
     for where, kind, node in nodes:

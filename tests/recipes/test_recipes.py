@@ -33,6 +33,13 @@ def test_recipe_loads_and_cites_its_paper(name):
 @pytest.mark.parametrize("name", config.list_recipes())
 def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path):
     run = tmp_path / "run"
+    if config.load(name).trainer == "preference":
+        args = ["train", name, f"model.path={tiny_model_dir}", f"output_dir={run}", "train.max_steps=2"]
+        assert main([*args, "train.prompts_per_step=4", "eval.num_problems=4", "eval.max_new_tokens=4"]) == 0
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [0, 1, 2, 2]
+        assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+        return
     args = ["train", name, f"model.path={tiny_model_dir}", "task=lucky7", f"output_dir={run}", "train.max_steps=2"]
     args += ["train.prompts_per_step=2", "rollout.max_new_tokens=6", "eval.num_problems=0", "train.lr=1e-3"]
     # a dense reward that differs between completions, so no advantage is all zero and every component runs

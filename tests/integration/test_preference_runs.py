@@ -1,0 +1,84 @@
+"""The offline preference trainer on a tiny model: run directory, learning, bad rows, reference computed once."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from unipo.cli import main
+from unipo.trainers import preference
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _pairs(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+GOOD = [{"prompt": f"say {i}:", "chosen": "7 7 7", "rejected": f"no {i}"} for i in range(40)]
+
+
+def test_dpo_learns_the_preference_and_computes_the_reference_once(tiny_model_dir, tmp_path, monkeypatch):
+    calls = []
+    original = preference._reference_logps
+    monkeypatch.setattr(preference, "_reference_logps", lambda *a: calls.append(1) or original(*a))
+    data = _pairs(tmp_path / "pairs.jsonl", GOOD)
+    run = tmp_path / "run"
+    args = ["train", "dpo", f"model.path={tiny_model_dir}", f"data.path={data}", f"output_dir={run}"]
+    assert main([*args, "train.max_steps=15", "train.lr=1e-2", "train.prompts_per_step=8", "eval.num_problems=2"]) == 0
+    rows = _rows(run)
+    steps = [r for r in rows if "loss" in r]
+    assert len(calls) == 1 and (run / "ref_logps.pt").exists()
+    # policy = reference at the start: every margin is 0 and the DPO loss is log 2
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert steps[0]["rewards/margin"] == pytest.approx(0.0, abs=1e-4)
+    assert steps[-1]["rewards/accuracy"] == 1.0 and steps[-1]["loss"] < 0.3
+    evals = [r for r in rows if "eval/pref_accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 15] and evals[-1]["eval/pref_accuracy"] == 1.0
+
+
+def test_bad_rows_are_reported_with_their_numbers(tiny_model_dir, tmp_path, capsys):
+    bad = [{"prompt": "a", "chosen": "x", "rejected": "x"}, {"prompt": "b", "chosen": ""}, *GOOD[:3]]
+    data = _pairs(tmp_path / "pairs.jsonl", bad)
+    args = ["train", "dpo", f"model.path={tiny_model_dir}", f"data.path={data}", f"output_dir={tmp_path / 'run'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        "2 of 5 rows are bad" in err and "row 1: chosen == rejected" in err and "row 2: missing chosen, rejected" in err
+    )
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_chat_form_pairs_and_a_tolerated_bad_row(tiny_model_dir, tmp_path):
+    chat = [{"prompt": [{"role": "user", "content": f"hi {i}"}],
+             "chosen": [{"role": "assistant", "content": "7"}],
+             "rejected": [{"role": "assistant", "content": "no"}]} for i in range(30)]  # fmt: skip
+    data = _pairs(tmp_path / "pairs.jsonl", [*chat, {"prompt": "x", "chosen": "same", "rejected": "same"}])
+    run = tmp_path / "run"
+    args = ["train", "ipo", f"model.path={tiny_model_dir}", f"data.path={data}", f"output_dir={run}"]
+    assert main([*args, "train.max_steps=2", "train.prompts_per_step=4", "eval.num_problems=0"]) == 0
+    assert [r["step"] for r in _rows(run)] == [1, 2]
+
+
+def test_shared_prompt_sequence_logps_match_separate_forwards(tiny_model_dir):
+    from unipo import config
+    from unipo.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(tiny_model_dir, device="cpu")
+    cfg = config.load("dpo", ["model.autocast=off"])
+    pairs = GOOD[:3]
+    chosen, rejected, clen, rlen = preference._sequence_logps(cfg, model.eval(), tok, pairs)
+    for i, p in enumerate(pairs):
+        for text, value, length in ((p["chosen"], chosen[i], clen[i]), (p["rejected"], rejected[i], rlen[i])):
+            prompt = tok(p["prompt"])["input_ids"]
+            resp = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            logits = model(input_ids=torch.tensor([prompt + resp])).logits[0, len(prompt) - 1 : -1]
+            expected = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(resp)[:, None]).sum()
+            torch.testing.assert_close(value, expected, atol=1e-4, rtol=1e-4)
+            assert length == len(resp)
