@@ -18,6 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("eval", help="score a model or run directory on a task's held-out split")
     p_eval.add_argument("target", nargs="?", help="a run directory (its latest checkpoint) or model=PATH")
     p_eval.add_argument("args", nargs="*", help="task=NAME model=PATH k=N (pass@k) num_problems=N max_new_tokens=N")
+    p_verify = sub.add_parser("verify", help="run a closed-form testbed (nash: the RPS-like preference game)")
+    p_verify.add_argument("testbed", choices=["nash"])
+    p_verify.add_argument("--iterations", type=int, default=200)
+    p_verify.add_argument("--eta", type=float, default=0.2)
+    p_verify.add_argument("--tau", type=float, default=0.2)
+    p_verify.add_argument("--plot", metavar="PNG", help="also draw Nash-MD vs Nash-MP curves (needs matplotlib)")
     p_list = sub.add_parser("list", help="every registered component with its paper")
     p_list.add_argument("kind", nargs="?", help="only this kind (advantage, policy_loss, ...), or recipes, tasks")
     p_list.add_argument("--markdown", nargs="?", const="docs/algorithms.md", metavar="PATH",
@@ -34,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(ns.args)
         if ns.command == "eval":
             return _eval(([ns.target] if ns.target else []) + ns.args)
+        if ns.command == "verify":
+            return _verify(ns)
         return _write_markdown(ns.markdown) if ns.markdown else _list(ns.kind)
     except ConfigError as e:
         print(f"unipo: error: {e}", file=sys.stderr)
@@ -128,6 +136,35 @@ def _eval(args: list[str]) -> int:
         )
     for key, value in result.items():
         print(f"{key}: {value:.3f}  ({model_path}, task {task_name}, {min(n, len(task.heldout))} problems)")
+    return 0
+
+
+def _verify(ns: argparse.Namespace) -> int:
+    """Exploitability per iteration of each online method on the RPS-like preference game (ALGORITHMS.md §13 N1)."""
+    import torch
+
+    from unipo.testbeds import games
+
+    ref = torch.full((3,), 1 / 3, dtype=torch.float64)
+    star = games.regularized_nash(games.RPS_LIKE, ref, tau=ns.tau)
+    nash = games.nash_equilibrium(games.RPS_LIKE)
+    gap = float(games.exploitability(star, games.RPS_LIKE))
+    print(f"Nash equilibrium {[round(x, 4) for x in nash.tolist()]}; tau={ns.tau}-regularised equilibrium "
+          f"{[round(x, 4) for x in star.tolist()]} (its exploitability {gap:.4f}: the regularised methods' last "
+          "iterates should reach it; SPPO's average iterate should go to 0)")  # fmt: skip
+    rows = {
+        "sppo (average iterate)": games.run("sppo", ns.iterations, eta=ns.eta, average=True),
+        "inpo (last)": games.run("inpo", ns.iterations, eta=ns.eta, tau=ns.tau),
+        "nash_md (last)": games.run("nash_md", ns.iterations, eta=ns.eta, tau=ns.tau),
+        "nash_mp_recon (last)": games.run("nash_mp_recon", ns.iterations, eta=ns.eta, tau=ns.tau),
+        "online_dpo (last)": games.run("online_dpo", ns.iterations, eta=ns.eta),
+    }
+    marks = sorted({1, 10, ns.iterations // 4, ns.iterations // 2, ns.iterations} - {0})
+    print(f"exploitability (max_y P(y > pi) - 1/2) at iterations {marks}:")
+    for name, curve in rows.items():
+        print(f"  {name:24s} " + "  ".join(f"{curve[m - 1]:.4f}" for m in marks))
+    if ns.plot:
+        print(f"wrote {games.plot_nash_curves(ns.plot, iterations=ns.iterations, eta=ns.eta, tau=ns.tau)}")
     return 0
 
 

@@ -28,3 +28,12 @@ def test_list_markdown_writes_a_file(tmp_path):
     target = tmp_path / "cat.md"
     assert main(["list", "--markdown", str(target)]) == 0
     assert target.read_text() == markdown()
+
+
+def test_verify_nash_prints_the_equilibria_and_the_curves(capsys):
+    assert main(["verify", "nash", "--iterations", "40"]) == 0
+    out = capsys.readouterr().out
+    # the exact Nash equilibrium of the RPS-like matrix is (1/7, 2/7, 4/7)
+    assert "Nash equilibrium [0.1429, 0.2857, 0.5714]" in out
+    lines = {line.split("  ")[1].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    assert {"sppo (average iterate)", "inpo (last)", "nash_md (last)", "nash_mp_recon (last)"} <= set(lines)
