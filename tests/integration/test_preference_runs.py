@@ -41,6 +41,24 @@ def test_dpo_learns_the_preference_and_computes_the_reference_once(tiny_model_di
     assert steps[-1]["rewards/accuracy"] == 1.0 and steps[-1]["loss"] < 0.3
     evals = [r for r in rows if "eval/pref_accuracy" in r]
     assert [r["step"] for r in evals] == [0, 15] and evals[-1]["eval/pref_accuracy"] == 1.0
+    # the cache is reused for the same model and pairs, and recomputed (the reference loaded) when the pairs change
+    from unipo import config
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.trainers.common import RunDir
+
+    cfg = config.load("dpo", [f"model.path={tiny_model_dir}", f"data.path={data}"])
+    _, tok = load_model_and_tokenizer(tiny_model_dir)
+    pairs = preference.validate_pairs(preference.load_pairs(str(data)), 0.05)
+    cached = torch.load(run / "ref_logps.pt")["values"]
+
+    def no_reference(*_, **__):
+        raise AssertionError("reference model loaded again")
+
+    monkeypatch.setattr(preference, "load_model_and_tokenizer", no_reference)
+    # the trainer computed train pairs then held-out ones: pairs[2:] + pairs[:2] with a held-out cut of 40 // 20 = 2
+    assert torch.equal(original(cfg, RunDir(run), tok, pairs[2:] + pairs[:2]), cached)
+    with pytest.raises(AssertionError, match="reference model loaded again"):
+        original(cfg, RunDir(run), tok, pairs[3:])
 
 
 def test_bad_rows_are_reported_with_their_numbers(tiny_model_dir, tmp_path, capsys):

@@ -6,7 +6,9 @@ epoch. Chosen and rejected responses of a pair share one prompt forward (the sam
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -130,10 +132,11 @@ def _sequence_logps(cfg: Config, model: Any, tokenizer: Any, pairs: list[dict[st
 def _reference_logps(cfg: Config, run: RunDir, tokenizer: Any, pairs: list[dict[str, Any]]) -> torch.Tensor:
     """[P, 2] reference log-probs of (chosen, rejected), computed once from `model.path` and cached in the run dir."""
     cache = run.path / "ref_logps.pt"
+    key = hashlib.sha256(json.dumps([cfg.model.path, cfg.data.max_response_tokens, pairs], default=str).encode())
     if cache.exists():
         cached = torch.load(cache)
-        if cached.shape[0] == len(pairs):
-            return cached
+        if cached.get("key") == key.hexdigest():  # same reference model, same pairs: reuse
+            return cached["values"]
     ref, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
     ref.eval()
     out = []
@@ -141,7 +144,7 @@ def _reference_logps(cfg: Config, run: RunDir, tokenizer: Any, pairs: list[dict[
         chosen, rejected, _, _ = _sequence_logps(cfg, ref, tokenizer, pairs[start : start + 64])
         out.append(torch.stack([chosen, rejected], 1).float().cpu())
     values = torch.cat(out)
-    torch.save(values, cache)
+    torch.save({"key": key.hexdigest(), "values": values}, cache)
     del ref
     return values
 
