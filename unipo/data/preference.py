@@ -6,23 +6,22 @@ convention); chat-form responses use the content of their last message.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from unipo.config import ConfigError
-from unipo.data.tasks import arithmetic
+from unipo.data.tasks import arithmetic, read_jsonl
+from unipo.rewards import text_of
 
 Pair = dict[str, Any]
 
 
-def response_text(value: Any) -> str:
-    """A response as text: a string, or the content of the last message of a chat list."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value and isinstance(value[-1], dict):
-        return str(value[-1].get("content", ""))
-    return ""
+def _response(value: Any) -> str:
+    """`text_of`, with "" for a missing or malformed response (validation reports it)."""
+    try:
+        return text_of(value)
+    except TypeError:
+        return ""
 
 
 def load_pairs(path: str) -> list[Pair]:
@@ -31,14 +30,10 @@ def load_pairs(path: str) -> list[Pair]:
     if not p.exists():
         raise ConfigError(f"data.path: {path} does not exist")
     if p.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(p.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"data.path: {path}:{i} is not valid JSON: {e}") from None
-        return rows
+        try:
+            return [row for _, row in read_jsonl(p)]
+        except ValueError as e:
+            raise ConfigError(f"data.path: {e}") from None
     try:
         import datasets
     except ImportError:
@@ -55,7 +50,7 @@ def validate_pairs(rows: list[Pair], max_bad_frac: float) -> list[Pair]:
     good, bad = [], []
     for i, row in enumerate(rows, 1):
         missing = [k for k in ("prompt", "chosen", "rejected") if k not in row or row[k] in (None, "", [])]
-        chosen, rejected = response_text(row.get("chosen")), response_text(row.get("rejected"))
+        chosen, rejected = _response(row.get("chosen")), _response(row.get("rejected"))
         if missing:
             bad.append(f"row {i}: missing {', '.join(missing)}")
         elif not chosen.strip() or not rejected.strip():

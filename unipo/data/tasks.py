@@ -62,16 +62,22 @@ def lucky7(seed: int = 1234, n_train: int = 64, n_heldout: int = 16) -> Task:
     return Task("lucky7", rows[n_heldout:], rows[:n_heldout], share_of_target, "reward = share of 7s in the reply")
 
 
+def read_jsonl(path: str | Path) -> list[tuple[int, Row]]:
+    """(line number, object) for every non-blank line; ValueError naming the line that is not valid JSON."""
+    rows = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((i, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not valid JSON: {e}") from None
+    return rows
+
+
 def jsonl_task(path: str) -> Task:
     """Rows from a JSONL file with `prompt` and `answer` (and optional `split`: train|test; else 10% held out)."""
     rows: list[Row] = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not valid JSON: {e}") from None
+    for i, item in read_jsonl(path):
         missing = [k for k in ("prompt", "answer") if k not in item]
         if missing:
             raise ValueError(f"{path}:{i}: missing column(s) {', '.join(missing)}")

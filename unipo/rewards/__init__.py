@@ -22,6 +22,13 @@ def text_of(completion: object) -> str:
     raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
 
 
+def reward_inputs(rows: Sequence[dict], group_ids: Sequence[int]) -> tuple[list, dict[str, list]]:
+    """The prompts and dataset columns of each completion (row `group_ids[i]`), as reward functions take them."""
+    per_completion = [rows[g] for g in group_ids]
+    columns = {k: [r.get(k) for r in per_completion] for k in rows[0] if k != "prompt"}
+    return [r["prompt"] for r in per_completion], columns
+
+
 def contains_answer(prompts: Sequence, completions: Sequence[str], answer: Sequence[str], **_: object) -> list[float]:
     """1.0 when the reference integer `answer` appears as a whole number in the completion, else 0.0."""
     return [1.0 if str(a) in _INT.findall(text_of(c)) else 0.0 for c, a in zip(completions, answer, strict=True)]

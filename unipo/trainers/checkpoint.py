@@ -42,6 +42,30 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def trainer_state(optimizer: Any, scheduler: Any, generator: torch.Generator, data: dict[str, int]) -> dict[str, Any]:
+    """What a trainer saves besides the model: optimizer, scheduler, every RNG state and the data position."""
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(generator),
+        "data": data,
+    }
+
+
+def restore(saved: dict[str, Any], optimizer: Any, scheduler: Any, generator: torch.Generator) -> tuple[int, dict]:
+    """Load a `trainer_state` back; returns (step, data position)."""
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"], generator)
+    return saved["step"], saved["data"]
+
+
+def latest(folder: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest checkpoint and its verified trainer state, or (None, None) for a fresh run."""
+    found = list_checkpoints(folder)
+    return (found[-1], load_state(found[-1])) if found else (None, None)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

@@ -22,6 +22,7 @@ import torch
 
 from unipo import algos
 from unipo.config import AXES, Config, component_kwargs, to_yaml
+from unipo.rewards import reward_inputs
 
 log = logging.getLogger("unipo")
 
@@ -64,16 +65,18 @@ class Algo:
         return set().union(*(wanted_inputs(fn) for fn in self.all()))
 
 
-def wanted_inputs(fn: Callable) -> set[str]:
-    """The trainer inputs `fn` takes as keywords (not already bound by its recipe)."""
+@functools.cache
+def wanted_inputs(fn: Callable) -> frozenset[str]:
+    """The trainer inputs `fn` takes as keywords (not already bound by its recipe); cached, as it runs per
+    micro-batch."""
     bound = fn.keywords if isinstance(fn, functools.partial) else {}
     inner = fn.func if isinstance(fn, functools.partial) else fn
     params = inspect.signature(inner).parameters.values()
-    return {
+    return frozenset(
         p.name
         for p in params
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name in TRAINER_INPUTS and p.name not in bound
-    }
+    )
 
 
 def call(fn: Callable, *args: Any, inputs: dict[str, Any], **kwargs: Any) -> Any:
@@ -188,9 +191,7 @@ class RewardScorer:
 
     def __call__(self, rows: list[dict[str, Any]], group_ids: list[int], completions: list[str]) -> torch.Tensor:
         """Rewards (N, K), NaN where a function returned None or failed."""
-        per_completion = [rows[g] for g in group_ids]
-        prompts = [r["prompt"] for r in per_completion]
-        columns = {k: [r.get(k) for r in per_completion] for k in rows[0] if k != "prompt"}
+        prompts, columns = reward_inputs(rows, group_ids)
         out = torch.full((len(completions), len(self.fns)), float("nan"))
         for k, (fn, name) in enumerate(zip(self.fns, self.names, strict=True)):
             try:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from unipo.rewards import reward_inputs
 from unipo.rollout.hf import sample
 
 
@@ -53,8 +54,7 @@ def _correct(
             greedy=greedy,
             generator=generator,
         )
-        expanded = [chunk[g] for g in batch.group_ids.tolist()]
-        columns = {key: [r.get(key) for r in expanded] for key in chunk[0] if key != "prompt"}
-        scores = reward([r["prompt"] for r in expanded], batch.texts, **columns)
+        prompts, columns = reward_inputs(chunk, batch.group_ids.tolist())
+        scores = reward(prompts, batch.texts, **columns)
         results += [s is not None and s >= 1.0 for s in scores]
     return results

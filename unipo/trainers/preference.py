@@ -18,10 +18,11 @@ import torch
 from unipo import algos
 from unipo.config import Config, ConfigError, component_kwargs
 from unipo.data.batch import Rollouts, tokenize_prompts
-from unipo.data.preference import arithmetic_pairs, load_pairs, response_text, validate_pairs
+from unipo.data.preference import arithmetic_pairs, load_pairs, validate_pairs
 from unipo.data.tasks import PromptStream, arithmetic
 from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
+from unipo.rewards import text_of
 from unipo.trainers import checkpoint
 from unipo.trainers.common import RunDir, build_component, build_optimizer, default_output_dir, log, seed_everything
 from unipo.trainers.evaluate import evaluate
@@ -43,9 +44,7 @@ def train(cfg: Config) -> Path:
         pairs = validate_pairs(load_pairs(cfg.data.path), cfg.data.max_bad_frac)
         cut = max(1, len(pairs) // 20)
         train_pairs, heldout = pairs[cut:], pairs[:cut]
-    found = checkpoint.list_checkpoints(run.checkpoints)
-    resume = found[-1] if found else None
-    saved = checkpoint.load_state(resume) if resume else None
+    resume, saved = checkpoint.latest(run.checkpoints)
     model, tokenizer = load_model_and_tokenizer(
         str(resume) if resume else cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype
     )
@@ -53,15 +52,12 @@ def train(cfg: Config) -> Path:
     run.prepare(cfg)
     ref_logps = _reference_logps(cfg, run, tokenizer, train_pairs + heldout)  # once, before training
     optimizer, scheduler = build_optimizer(model, cfg)
+    generator = torch.Generator()  # nothing is sampled here; kept so checkpoints have one layout
     stream = PromptStream(list(range(len(train_pairs))), cfg.train.seed)
     start = 0
     if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator = torch.Generator()
-        checkpoint.set_rng_state(saved["rng"], generator)
-        stream = PromptStream(list(range(len(train_pairs))), cfg.train.seed, **saved["data"])
-        start = saved["step"]
+        start, position = checkpoint.restore(saved, optimizer, scheduler, generator)
+        stream = PromptStream(list(range(len(train_pairs))), cfg.train.seed, **position)
         run.truncate_metrics(start)
     heldout_ref = ref_logps[len(train_pairs) :]
     if start == 0 and (result := _evaluate(cfg, model, tokenizer, heldout, heldout_ref)):
@@ -76,8 +72,7 @@ def train(cfg: Config) -> Path:
             "step %d/%d loss=%.4f margin=%.3f", step, cfg.train.max_steps, metrics["loss"], metrics["rewards/margin"]
         )
         if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": checkpoint.rng_state(torch.Generator()), "data": stream.state()}  # fmt: skip
+            state = checkpoint.trainer_state(optimizer, scheduler, generator, stream.state())
             checkpoint.save(run.checkpoints, step, model, tokenizer, state, keep=cfg.train.keep_checkpoints)
     if cfg.train.max_steps > start and (result := _evaluate(cfg, model, tokenizer, heldout, heldout_ref)):
         run.log({"step": cfg.train.max_steps, **result})
@@ -104,7 +99,7 @@ _OPTIONAL_INPUTS = {"bco_pair", "kto"}
 def _pair_batch(tokenizer: Any, pairs: list[dict[str, Any]], device: torch.device, max_tokens: int) -> Rollouts:
     """Chosen responses (rows 0..B-1) then rejected ones (B..2B-1), sharing each pair's prompt."""
     prompt_ids, prompt_mask = tokenize_prompts([p["prompt"] for p in pairs], tokenizer, device)
-    texts = [response_text(p["chosen"]) for p in pairs] + [response_text(p["rejected"]) for p in pairs]
+    texts = [text_of(p["chosen"]) for p in pairs] + [text_of(p["rejected"]) for p in pairs]
     eos = tokenizer.eos_token_id
     encoded = [(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])[:max_tokens] for t in texts]
     width = max(len(e) for e in encoded)

@@ -56,9 +56,7 @@ def train(cfg: Config) -> Path:
     algo = build_algo(cfg)
     check_runnable(algo, len(scorer.names))
 
-    found = checkpoint.list_checkpoints(run.checkpoints)
-    resume = found[-1] if found else None
-    saved = checkpoint.load_state(resume) if resume else None  # verified before anything is loaded from it
+    resume, saved = checkpoint.latest(run.checkpoints)  # verified before anything is loaded from it
     model, tokenizer = load_model_and_tokenizer(
         str(resume) if resume else cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype
     )
@@ -73,11 +71,8 @@ def train(cfg: Config) -> Path:
     stream = PromptStream(task.train, cfg.train.seed)
     start = 0
     if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        checkpoint.set_rng_state(saved["rng"], generator)
-        stream = PromptStream(task.train, cfg.train.seed, **saved["data"])
-        start = saved["step"]
+        start, position = checkpoint.restore(saved, optimizer, scheduler, generator)
+        stream = PromptStream(task.train, cfg.train.seed, **position)
         run.truncate_metrics(start)
         log.info("resuming %s from %s", run.path, resume)
     run.prepare(cfg)
@@ -140,12 +135,7 @@ class RLState:
     step: int = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": checkpoint.rng_state(self.generator),
-            "data": self.stream.state(),
-        }
+        return checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, self.stream.state())
 
 
 def rl_step(s: RLState) -> dict[str, float]:
