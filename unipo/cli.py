@@ -18,12 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("eval", help="score a model or run directory on a task's held-out split")
     p_eval.add_argument("target", nargs="?", help="a run directory (its latest checkpoint) or model=PATH")
     p_eval.add_argument("args", nargs="*", help="task=NAME model=PATH k=N (pass@k) num_problems=N max_new_tokens=N")
-    p_verify = sub.add_parser("verify", help="run a closed-form testbed (nash: the RPS-like preference game)")
-    p_verify.add_argument("testbed", choices=["nash"])
+    p_verify = sub.add_parser(
+        "verify", help="run a closed-form testbed (nash: the RPS-like preference game; preference: DPO-type losses)"
+    )
+    p_verify.add_argument("testbed", choices=["nash", "preference"])
     p_verify.add_argument("--iterations", type=int, default=200)
     p_verify.add_argument("--eta", type=float, default=0.2)
     p_verify.add_argument("--tau", type=float, default=0.2)
     p_verify.add_argument("--plot", metavar="PNG", help="also draw Nash-MD vs Nash-MP curves (needs matplotlib)")
+    p_verify.add_argument("--beta", type=float, default=0.5, help="preference: the losses' beta")
     p_list = sub.add_parser("list", help="every registered component with its paper")
     p_list.add_argument("kind", nargs="?", help="only this kind (advantage, policy_loss, ...), or recipes, tasks")
     p_list.add_argument("--markdown", nargs="?", const="docs/algorithms.md", metavar="PATH",
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "eval":
             return _eval(([ns.target] if ns.target else []) + ns.args)
         if ns.command == "verify":
-            return _verify(ns)
+            return _verify_preference(ns) if ns.testbed == "preference" else _verify(ns)
         return _write_markdown(ns.markdown) if ns.markdown else _list(ns.kind)
     except ConfigError as e:
         print(f"unipo: error: {e}", file=sys.stderr)
@@ -67,6 +70,10 @@ def _train(args: list[str]) -> int:
         from unipo.trainers import preference
 
         preference.train(cfg)
+    elif cfg.trainer == "online_preference":
+        from unipo.trainers import online_preference
+
+        online_preference.train(cfg)
     else:
         from unipo.trainers import rl
 
@@ -165,6 +172,32 @@ def _verify(ns: argparse.Namespace) -> int:
         print(f"  {name:24s} " + "  ".join(f"{curve[m - 1]:.4f}" for m in marks))
     if ns.plot:
         print(f"wrote {games.plot_nash_curves(ns.plot, iterations=ns.iterations, eta=ns.eta, tau=ns.tau)}")
+    return 0
+
+
+def _verify_preference(ns: argparse.Namespace) -> int:
+    """Offline preference losses fitted exactly on a tabular bandit vs their closed forms (ALGORITHMS.md §13 P1–P3)."""
+    import math
+
+    import torch
+
+    from unipo.testbeds import bandit
+
+    beta = ns.beta
+    print(f"DPO-type losses minimised on the exact pair population of a tabular bandit (beta={beta}); "
+          "distance = max_y |log pi(y) - log pi*(y)|")  # fmt: skip
+    print("clean Bradley-Terry labels, 4 responses, distance to the closed form:")
+    for row in bandit.verify_closed_forms(bandit.DEMO_REWARD, bandit.DEMO_REF, beta=beta):
+        print(f"  {row['method']:5s} vs {row['target']:26s} {row['error']:.2e}")
+    two_reward = torch.tensor([math.log(3.0), 0.0], dtype=torch.float64)
+    two_ref = torch.tensor([0.6, 0.4], dtype=torch.float64)
+    rows4 = bandit.verify_label_noise(bandit.DEMO_REWARD, bandit.DEMO_REF, beta=beta)
+    rows2 = bandit.verify_label_noise(two_reward, two_ref, beta=beta)
+    print("labels flipped with probability eps (cdpo: label_smoothing=eps, rdpo: flip_rate=eps); distance to the clean")
+    print("DPO optimum, and for 2 responses to the predicted minimiser (rdpo: clean; dpo/cdpo: logit q'):")
+    print(f"  {'eps':5s} {'method':6s} {'clean(n=4)':>11s} {'clean(n=2)':>11s} {'theory(n=2)':>12s}")
+    for r4, r2 in zip(rows4, rows2, strict=True):
+        print(f"  {r4['noise']:<5.1f} {r4['method']:6s} {r4['clean']:11.2e} {r2['clean']:11.2e} {r2['theory']:12.2e}")
     return 0
 
 

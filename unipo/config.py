@@ -111,6 +111,8 @@ class AlgoConfig(_Strict):
     """Token masks/weights (kind `token_weight`) multiplied into the per-token loss before aggregation."""
     preference: ComponentConfig = ComponentConfig(name="dpo")
     """Pairwise preference loss (kind `preference`) for `trainer: preference`."""
+    online: ComponentConfig = ComponentConfig(name="sppo", eta=1.0)
+    """Online / Nash loss (kind `online`) for `trainer: online_preference`."""
     regularizers: list[ComponentConfig] = []
     """Per-token terms (kind `regularizer`) added to the per-token loss before aggregation; each carries its
     own weight as a hyperparameter (usually `coef`)."""
@@ -133,6 +135,35 @@ class DataConfig(_Strict):
     """Responses are cut to this many tokens (EOS included)."""
 
 
+class OnlineConfig(_Strict):
+    """The preference oracle and iteration schedule of `trainer: online_preference`."""
+
+    oracle: Literal["task", "reward_model", "judge", "matrix"] = "task"
+    """Who says P(a ≻ b): `task` (Bradley-Terry on the task's rewards or `rewards`), `reward_model` (a Bradley-Terry
+    HF sequence-classification model at `reward_model`), `judge` (the callable at `judge`), or `matrix` (an exact
+    preference matrix over a fixed list of responses, JSON at `matrix`)."""
+    reward_model: str | None = None
+    """Directory or hub id of an HF sequence-classification model with one output (oracle `reward_model`)."""
+    judge: str | None = None
+    """Dotted path `package.module.function` of `judge(prompt, a, b) -> P(a ≻ b)` in [0, 1] (oracle `judge`)."""
+    matrix: str | None = None
+    """JSON file `{"responses": [...], "matrix": [[P(r_i ≻ r_j)]]}` (oracle `matrix`); a response not in the list
+    loses to every listed one and ties with other unlisted ones."""
+    temperature: float | None = Field(None, gt=0)
+    """Bradley-Terry temperature of score oracles: P(a ≻ b) = σ((r_a − r_b)/temperature). None: 1 for a reward
+    model (its own scale), 0.1 for task rewards (a correct answer then beats a wrong one with P ≈ 1)."""
+    anchor_every: int = Field(1, ge=1)
+    """Steps per iteration: the previous iterate π_t (`prev_logp`) is the policy at the start of the iteration. 1:
+    every step is an iteration and π_t is the sampling policy; Nash-MP uses 2 (half step, then full step)."""
+    ref_refresh_every: int = Field(0, ge=0)
+    """Replace the reference π_ref by the current policy every N steps (0: π_ref stays the initial model)."""
+    mixture_coef: float = Field(0.5, ge=0, le=1)
+    """Nash-MD's opponent is sampled from softmax(α·z_ref + (1 − α)·z_θ); this is α."""
+    min_margin: float = Field(0.0, ge=0, le=1)
+    """Pair methods take the best and worst response of each group by win rate and keep the pair only when their
+    win rates differ by more than this (DNO's margin filter; 0 drops exact ties)."""
+
+
 class EvalConfig(_Strict):
     num_problems: int = Field(100, ge=0)
     """Held-out problems scored before and after training (0: no evaluation)."""
@@ -149,8 +180,9 @@ class Config(_Strict):
     """Name of the recipe this config came from (informational)."""
     paper: str = ""
     """The paper the recipe follows."""
-    trainer: Literal["rl", "preference"] = "rl"
-    """`rl`: on-policy RL (trainers/rl.py); `preference`: offline pairs (trainers/preference.py)."""
+    trainer: Literal["rl", "preference", "online_preference"] = "rl"
+    """`rl`: on-policy RL (trainers/rl.py); `preference`: offline pairs (trainers/preference.py);
+    `online_preference`: sampled responses judged by a preference oracle (trainers/online_preference.py)."""
     model: ModelConfig = ModelConfig()
     task: str = "arithmetic"
     """Built-in task name (see `unipo list tasks`) or a JSONL file with `prompt` and `answer` columns."""
@@ -160,6 +192,7 @@ class Config(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
     data: DataConfig = DataConfig()
+    online: OnlineConfig = OnlineConfig()
     rewards: list[RewardConfig] = []
     """Extra reward callables; when empty, the task's own reward is used."""
     eval: EvalConfig = EvalConfig()
@@ -294,6 +327,7 @@ def check_components(cfg: Config) -> None:
 
     nodes = [(f"algo.{axis}", kind, getattr(cfg.algo, axis)) for axis, kind in AXES.items()]
     nodes.append(("algo.preference", "preference", cfg.algo.preference))
+    nodes.append(("algo.online", "online", cfg.algo.online))
     for axis, kind in LIST_AXES.items():
         nodes += [(f"algo.{axis}[{i}]", kind, node) for i, node in enumerate(getattr(cfg.algo, axis))]
     for where, kind, node in nodes:
@@ -312,7 +346,9 @@ def check_components(cfg: Config) -> None:
 
 
 def _same_kind(default: object, value: object) -> bool:
-    if default is None:
+    from unipo.algos.registry import REQUIRED
+
+    if default is None or default is REQUIRED:
         return True
     if isinstance(default, bool):
         return isinstance(value, bool)

@@ -26,6 +26,15 @@ KINDS = (
 )
 
 
+class _Required:
+    """Marks a hyperparameter with no default: a recipe must set it."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED = _Required()
+
 DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs", "progress", "generator"})
 """Keyword arguments that carry data from the trainer, never hyperparameters from a recipe."""
 
@@ -44,13 +53,13 @@ class Entry:
 
     @property
     def params(self) -> dict[str, object]:
-        """Hyperparameters with their defaults: keyword-only arguments that are not data (tensors, global counts)."""
+        """Hyperparameters with their defaults (`REQUIRED` where there is none): keyword-only arguments that are not
+        data (tensors, global counts)."""
         sig = inspect.signature(self.fn)
         return {
-            p.name: p.default
+            p.name: REQUIRED if p.default is inspect.Parameter.empty else p.default
             for p in sig.parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY
-            and p.default is not inspect.Parameter.empty
             and p.name not in DATA_ARGS
             and "Tensor" not in str(p.annotation)
         }

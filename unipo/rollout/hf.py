@@ -128,3 +128,37 @@ def _mask_through_eos(completion_ids: torch.Tensor, eos_ids: torch.Tensor) -> to
     is_eos = torch.isin(completion_ids, eos_ids).long()
     after_eos = (is_eos.cumsum(1) - is_eos) > 0
     return (~after_eos).long()
+
+
+class GeometricMixture:
+    """A sampler-facing model whose next-token logits are α·z_ref + (1 − α)·z_θ: the geometric mixture
+    π^α ∝ π_ref^α·π_θ^(1−α) that Nash-MD samples its opponent from (Munos et al. 2023, arXiv:2312.00886, §7;
+    TRL's `GeometricMixtureWrapper` mixes logits the same way). Works with `sample` (each model keeps its own cache).
+    """
+
+    def __init__(self, policy: Any, ref: Any, alpha: float):
+        self.policy, self.ref, self.alpha = policy, ref, alpha
+        self.generation_config = policy.generation_config
+
+    def parameters(self) -> Any:
+        return self.policy.parameters()
+
+    def __call__(self, past_key_values: Any = None, **kwargs: Any) -> Any:
+        from types import SimpleNamespace
+
+        caches = past_key_values.caches if past_key_values is not None else (None, None)
+        a = self.policy(past_key_values=caches[0], **kwargs)
+        b = self.ref(past_key_values=caches[1], **kwargs)
+        logits = self.alpha * b.logits.float() + (1 - self.alpha) * a.logits.float()
+        return SimpleNamespace(logits=logits, past_key_values=_CachePair((a.past_key_values, b.past_key_values)))
+
+
+class _CachePair:
+    """The two KV caches of a `GeometricMixture`, reordered together."""
+
+    def __init__(self, caches: tuple[Any, Any]):
+        self.caches = caches
+
+    def reorder_cache(self, idx: torch.Tensor) -> None:
+        for cache in self.caches:
+            cache.reorder_cache(idx)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from unipo.models.loading import autocast_context
 from unipo.rewards import reward_inputs
 from unipo.rollout.hf import sample
 
@@ -58,3 +61,19 @@ def _correct(
         scores = reward(prompts, batch.texts, **columns)
         results += [s is not None and s >= 1.0 for s in scores]
     return results
+
+
+def heldout_eval(cfg: Any, run: Any, model: Any, tokenizer: Any, task: Any, step: int) -> dict[str, float] | None:
+    """Greedy accuracy on the task's first `eval.num_problems` held-out problems, logged at `step` in the run
+    directory, with the same (autocast) forward pass the run samples and trains with. None when evaluation is off."""
+    if not cfg.eval.num_problems:
+        return None
+    rows = task.heldout[: cfg.eval.num_problems]
+    t0 = time.perf_counter()
+    with autocast_context(model, cfg.model.autocast):
+        result = evaluate(model, tokenizer, rows, task.reward,
+                          max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)  # fmt: skip
+    run.log({"step": step, **result, "time/eval_s": time.perf_counter() - t0})
+    print(f"step {step}: held-out greedy accuracy {result['eval/accuracy']:.3f} on {len(rows)} problems",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return result

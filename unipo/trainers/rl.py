@@ -40,7 +40,7 @@ from unipo.trainers.common import (
     log,
     seed_everything,
 )
-from unipo.trainers.evaluate import evaluate
+from unipo.trainers.evaluate import heldout_eval
 
 
 def train(cfg: Config) -> Path:
@@ -77,27 +77,11 @@ def train(cfg: Config) -> Path:
         log.info("resuming %s from %s", run.path, resume)
     run.prepare(cfg)
 
-    def run_eval(step: int) -> None:
-        if cfg.eval.num_problems:
-            rows = task.heldout[: cfg.eval.num_problems]
-            t0 = time.perf_counter()
-            with autocast_context(model, cfg.model.autocast):  # the same forward pass that samples and trains
-                result = evaluate(
-                    model,
-                    tokenizer,
-                    rows,
-                    task.reward,
-                    max_new_tokens=cfg.eval.max_new_tokens,
-                    batch_size=cfg.eval.batch_size,
-                )
-            run.log({"step": step, **result, "time/eval_s": time.perf_counter() - t0})
-            _say(f"step {step}: held-out greedy accuracy {result['eval/accuracy']:.3f} on {len(rows)} problems")
-
     if start == 0:
-        run_eval(0)
+        heldout_eval(cfg, run, model, tokenizer, task, 0)
     before = next((r["eval/accuracy"] for r in run.rows() if r["step"] == 0 and "eval/accuracy" in r), None)
     started = time.perf_counter()
-    progress = _Progress(start, cfg.train.max_steps)
+    progress = Progress(start, cfg.train.max_steps, SHOWN)
     state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator)
     for step in range(start + 1, cfg.train.max_steps + 1):
         state.step = step
@@ -109,13 +93,18 @@ def train(cfg: Config) -> Path:
                 run.checkpoints, step, model, tokenizer, state.checkpoint_state(), keep=cfg.train.keep_checkpoints
             )
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.max_steps:
-            run_eval(step)
+            heldout_eval(cfg, run, model, tokenizer, task, step)
     progress.close()
     if cfg.train.max_steps > start:
-        run_eval(cfg.train.max_steps)
+        heldout_eval(cfg, run, model, tokenizer, task, cfg.train.max_steps)
     after = next((r["eval/accuracy"] for r in reversed(run.rows()) if "eval/accuracy" in r), None)
-    _summary(run, cfg, start, time.perf_counter() - started, before, after, scorer)
+    summary(run, cfg, start, time.perf_counter() - started, before, after, scorer.failures)
     return run.path
+
+
+SHOWN = {"reward": "reward/mean", "kl": "kl", "entropy": "entropy", "len": "tokens/completion_mean",
+         "s/step": "time/step_s"}  # fmt: skip
+"""What the progress line shows for an RL run."""
 
 
 @dataclass
@@ -303,12 +292,13 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-class _Progress:
-    """A tqdm bar with ETA and live metrics on a terminal; one plain line per step otherwise (logs, CI)."""
+class Progress:
+    """A tqdm bar with ETA and live metrics on a terminal; one plain line per step otherwise (logs, CI).
+    `shown` maps a short label to the metric it shows (metrics a step did not log are left out)."""
 
-    def __init__(self, start: int, total: int):
+    def __init__(self, start: int, total: int, shown: dict[str, str]):
         self.tty = sys.stderr.isatty()
-        self.total = total
+        self.total, self.shown = total, shown
         self.bar = None
         if self.tty:
             from tqdm import tqdm
@@ -316,9 +306,7 @@ class _Progress:
             self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
     def update(self, step: int, m: dict[str, float]) -> None:
-        shown = {"reward": m["reward/mean"], "kl": m.get("kl"), "entropy": m.get("entropy")}
-        shown |= {"len": m["tokens/completion_mean"], "s/step": m["time/step_s"]}
-        text = {k: f"{v:.3g}" for k, v in shown.items() if v is not None}
+        text = {label: f"{m[key]:.3g}" for label, key in self.shown.items() if m.get(key) is not None}
         if self.bar is not None:
             self.bar.set_postfix(text, refresh=False)
             self.bar.update(1)
@@ -330,13 +318,14 @@ class _Progress:
             self.bar.close()
 
 
-def _summary(run, cfg, start, seconds, before, after, scorer) -> None:
+def summary(run, cfg, start, seconds, before, after, failures: dict[str, int]) -> None:
+    """The closing lines of a run: steps and time, held-out accuracy before -> after, what failed on the way."""
     steps = cfg.train.max_steps - start
     lines = [f"done: {steps} steps in {seconds:.0f} s ({cfg.recipe}, model {cfg.model.path}, task {cfg.task})"]
     if before is not None and after is not None:
         lines.append(f"held-out greedy accuracy: {before:.3f} -> {after:.3f}")
-    failed = {k: v for k, v in scorer.failures.items() if v}
+    failed = {k: v for k, v in failures.items() if v}
     if failed:
-        lines.append(f"reward functions that failed (batches scored None): {failed}")
+        lines.append(f"failures (reward functions: batches scored None; judges: comparisons taken as ties): {failed}")
     lines.append(f"run directory: {run.path}")
     _say("\n".join(lines))

@@ -1,0 +1,422 @@
+"""Online and iterative preference optimisation (SPPO, INPO, DNO, Nash-MD, Nash-MP, SPO, XPO, SELM): sample, judge,
+update.
+
+One step: take `prompts_per_step` prompts, sample `group_size` responses each from the current policy, ask the
+preference oracle (`online.oracle`) for the within-group matrix P(y_i ≻ y_j), and build what the `algo.online`
+loss takes (ALGORITHMS.md §8; the loss's signature decides):
+
+- a loss with a `win_rate` input (`sppo`, `nash_md`, `nash_mp_recon`) trains on every response with its win rate
+  against the rest of its group, P̂(y ≻ π_t) — except `nash_md`, whose opponent (one per response) is sampled from
+  the geometric mixture softmax(α·z_ref + (1 − α)·z_θ), α = `online.mixture_coef`;
+- any other loss (`inpo`, `dno`, `xpo`, `selm`) takes judged pairs: per group, the response with the highest win
+  rate is y_w and the lowest y_l, kept when their win rates differ by more than `online.min_margin`. `xpo` adds an
+  exploration response per prompt sampled from π_ref, `selm` one sampled from the current policy;
+- `spo_selfplay` turns the group win rates into rewards for the RL update (`algo.advantage`, `algo.policy_loss`,
+  `algo.aggregation`, as in trainers/rl.py).
+
+Each step then runs `train.ppo_epochs` optimizer steps on its batch. The previous iterate π_t (`prev_logp`) is the
+policy at the start of the iteration, which lasts `online.anchor_every` steps: with one step per iteration it is
+the sampling policy, whose log-probs are the first pass's, detached (no extra forward); Nash-MP's half and full prox
+steps are two steps from one anchor. π_ref is the initial model, replaced by the current policy every
+`online.ref_refresh_every` steps (0: never). Sequence log-probs are token sums; a loss with a `mask` input gets
+per-token log-probs instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unipo import algos
+from unipo.algos.nash import spo_selfplay
+from unipo.config import Config, ConfigError, component_kwargs
+from unipo.data.batch import Rollouts
+from unipo.data.tasks import PromptStream, get_task
+from unipo.models.loading import autocast_context, load_model_and_tokenizer
+from unipo.models.logprobs import completion_logprobs
+from unipo.rewards import oracles
+from unipo.rollout.hf import GeometricMixture, sample
+from unipo.trainers import checkpoint, rl
+from unipo.trainers.common import (
+    RunDir,
+    Timer,
+    build_algo,
+    build_component,
+    build_optimizer,
+    build_rewards,
+    call,
+    check_runnable,
+    default_output_dir,
+    import_object,
+    seed_everything,
+)
+from unipo.trainers.evaluate import heldout_eval
+
+MIXTURE_OPPONENT = {"nash_md"}
+"""Losses whose opponent is sampled from the geometric mixture of policy and reference (not the group)."""
+EXPLORE_FROM_REF = {"xpo"}
+"""Losses whose exploration response comes from π_ref (others that take one sample it from the current policy)."""
+SHOWN = {"loss": "loss", "task_reward": "reward/task_mean", "pairs": "pairs/kept_frac", "len": "tokens/completion_mean",
+         "s/step": "time/step_s"}  # fmt: skip
+
+
+@dataclass
+class OnlineLoss:
+    """The `algo.online` loss bound to its hyperparameters, and how the trainer must feed it."""
+
+    name: str
+    fn: Any
+    inputs: frozenset[str]
+    """Every argument name it takes (positional log-probs and keyword data)."""
+    pairs: bool = False
+    """Takes judged pairs [B, 2] (no `win_rate`)."""
+    per_token: bool = False
+    """Takes per-token log-probs with a `mask`."""
+    rewards: bool = False
+    """Turns win rates into rewards for the RL update (`spo_selfplay`)."""
+
+    @property
+    def explore(self) -> str | None:
+        """Where its exploration response comes from (`ref`, `policy`), or None."""
+        if "explore_logp" not in self.inputs:
+            return None
+        return "ref" if self.name in EXPLORE_FROM_REF else "policy"
+
+    @property
+    def needs_ref(self) -> bool:
+        return bool({"ref_logp", "explore_ref_logp"} & self.inputs) or self.explore == "ref" or self.mixture
+
+    @property
+    def mixture(self) -> bool:
+        return self.name in MIXTURE_OPPONENT
+
+
+def build_loss(cfg: Config) -> OnlineLoss:
+    """Bind `algo.online` and run it once on a synthetic batch, so a missing hyperparameter (e.g. SPPO's `eta`)
+    stops the run here with a ConfigError, before any model loads."""
+    node = cfg.algo.online
+    fn = build_component("online", node.name, component_kwargs(node))
+    names = frozenset(inspect.signature(algos.get("online", node.name)).parameters)
+    if node.name == "spo_selfplay":
+        return OnlineLoss(node.name, fn, names, rewards=True)
+    loss = OnlineLoss(node.name, fn, names, pairs="win_rate" not in names, per_token="mask" in names)
+    b = 3
+    shape = (b, 2) if loss.pairs else (b, 4) if loss.per_token else (b,)
+    fake = {"logp": -torch.rand(shape) - 1, "prev_logp": -torch.rand(shape) - 1, "ref_logp": -torch.rand(shape) - 1,
+            "win_rate": torch.rand(b), "explore_logp": -torch.rand(b), "explore_ref_logp": -torch.rand(b),
+            "mask": torch.ones(b, 4)}  # fmt: skip
+    try:
+        out = fn(**{k: v for k, v in fake.items() if k in names})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"algo.online: {node.name!r} cannot run: {e}") from None
+    if out.shape != (b,):
+        raise ConfigError(f"algo.online: {node.name!r} returned shape {tuple(out.shape)}, not one loss per sample")
+    return loss
+
+
+def build_oracle(cfg: Config, scorer: Any, device: Any = "cpu") -> oracles.Oracle:
+    """The preference oracle `online.oracle` names (see `OnlineConfig`)."""
+    o = cfg.online
+    temperature = oracles.default_temperature(o.oracle, o.temperature)
+    if o.oracle == "task":
+        return oracles.ScoreOracle(oracles.task_scores(scorer), temperature)
+    if o.oracle == "reward_model":
+        if not o.reward_model:
+            raise ConfigError(
+                "online.reward_model: set the path of a sequence-classification model (oracle reward_model)"
+            )
+        return oracles.ScoreOracle(oracles.RewardModelScores(o.reward_model, device), temperature)
+    if o.oracle == "judge":
+        if not o.judge:
+            raise ConfigError("online.judge: set the dotted path of judge(prompt, a, b) -> P(a ≻ b) (oracle judge)")
+        try:
+            return oracles.JudgeOracle(import_object(o.judge))
+        except ValueError as e:
+            raise ConfigError(f"online.judge: {e}") from None
+    if not o.matrix:
+        raise ConfigError("online.matrix: set a JSON file with `responses` and `matrix` (oracle matrix)")
+    return oracles.MatrixOracle.from_json(o.matrix)
+
+
+@dataclass
+class OnlineState:
+    """Everything one step touches; `checkpoint_state` is what must survive a restart."""
+
+    cfg: Config
+    model: Any
+    tokenizer: Any
+    loss: OnlineLoss
+    oracle: oracles.Oracle
+    scorer: Any
+    stream: PromptStream
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    ref: Any | None = None
+    anchor: Any | None = None
+    """A frozen copy of π_t when an iteration lasts more than one step."""
+    ref_refreshed: bool = False
+    rl_algo: Any | None = None
+    step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        state = checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, self.stream.state())
+        models = {"anchor": self.anchor, "ref": self.ref if self.ref_refreshed else None}
+        state["online_models"] = {k: m.state_dict() for k, m in models.items() if m is not None}
+        return state
+
+
+def train(cfg: Config) -> Path:
+    """Train with `algo.online` against `online.oracle`; returns the run directory. Resumes like the RL trainer."""
+    if cfg.output_dir is None:
+        cfg = cfg.model_copy(update={"output_dir": default_output_dir(cfg)})
+    run = RunDir(cfg.output_dir)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    task = get_task(cfg.task)
+    scorer = build_rewards(cfg, task.reward)
+    loss = build_loss(cfg)
+    rl_algo = None
+    if loss.rewards:
+        rl_algo = build_algo(cfg)
+        check_runnable(rl_algo)
+    resume, saved = checkpoint.latest(run.checkpoints)
+    model, tokenizer = load_model_and_tokenizer(
+        str(resume) if resume else cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype
+    )
+    model.eval()
+    device = next(model.parameters()).device
+    oracle = build_oracle(cfg, scorer, device)
+    ref = None
+    if loss.needs_ref or (loss.rewards and cfg.algo.kl.coef > 0):
+        ref, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
+        ref.eval().requires_grad_(False)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    generator = torch.Generator(device).manual_seed(cfg.train.seed)
+    stream = PromptStream(task.train, cfg.train.seed)
+    s = OnlineState(cfg, model, tokenizer, loss, oracle, scorer, stream, optimizer, scheduler, generator, ref=ref,
+                    rl_algo=rl_algo)  # fmt: skip
+    start = 0
+    if saved is not None:
+        start, position = checkpoint.restore(saved, optimizer, scheduler, generator)
+        s.stream = PromptStream(task.train, cfg.train.seed, **position)
+        _restore_models(s, saved.get("online_models", {}))
+        run.truncate_metrics(start)
+    run.prepare(cfg)
+    if start == 0:
+        heldout_eval(cfg, run, model, tokenizer, task, 0)
+    before = next((r["eval/accuracy"] for r in run.rows() if r["step"] == 0 and "eval/accuracy" in r), None)
+    started, progress = time.perf_counter(), rl.Progress(start, cfg.train.max_steps, SHOWN)
+    for step in range(start + 1, cfg.train.max_steps + 1):
+        s.step = step
+        metrics = online_step(s)
+        run.log({"step": step, **metrics})
+        progress.update(step, metrics)
+        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
+            checkpoint.save(run.checkpoints, step, model, tokenizer, s.checkpoint_state(),
+                            keep=cfg.train.keep_checkpoints)  # fmt: skip
+        if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.max_steps:
+            heldout_eval(cfg, run, model, tokenizer, task, step)
+    progress.close()
+    if cfg.train.max_steps > start:
+        heldout_eval(cfg, run, model, tokenizer, task, cfg.train.max_steps)
+    after = next((r["eval/accuracy"] for r in reversed(run.rows()) if "eval/accuracy" in r), None)
+    failures = {"oracle": oracle.failures, **scorer.failures}
+    rl.summary(run, cfg, start, time.perf_counter() - started, before, after, failures)
+    return run.path
+
+
+def _restore_models(s: OnlineState, saved: dict[str, Any]) -> None:
+    """Anchor and refreshed reference from a checkpoint (they differ from both the initial and the current model)."""
+    if "anchor" in saved:
+        s.anchor = _frozen_copy(s.model)
+        s.anchor.load_state_dict(saved["anchor"])
+    if "ref" in saved and s.ref is not None:
+        s.ref.load_state_dict(saved["ref"])
+        s.ref_refreshed = True
+
+
+def _frozen_copy(model: Any) -> Any:
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def _new_iteration(s: OnlineState) -> None:
+    """At an iteration boundary π_t becomes the current policy; every `ref_refresh_every` steps so does π_ref."""
+    o, t = s.cfg.online, s.step - 1
+    if o.anchor_every > 1 and t % o.anchor_every == 0:
+        if s.anchor is None:
+            s.anchor = _frozen_copy(s.model)
+        else:
+            s.anchor.load_state_dict(s.model.state_dict())
+    if o.ref_refresh_every and s.ref is not None and t > 0 and t % o.ref_refresh_every == 0:
+        s.ref.load_state_dict(s.model.state_dict())
+        s.ref_refreshed = True
+
+
+def online_step(s: OnlineState) -> dict[str, float]:
+    """Sample, judge, build pairs or win rates, and run `ppo_epochs` optimizer steps; returns scalar metrics."""
+    cfg, timer, t0 = s.cfg, Timer(), time.perf_counter()
+    _new_iteration(s)
+    rows = s.stream.take(cfg.train.prompts_per_step)
+    r, k = cfg.rollout, cfg.rollout.group_size
+    opts = dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                generator=s.generator)  # fmt: skip
+    failures_before = s.oracle.failures
+    with timer("generate"), autocast_context(s.model, cfg.model.autocast):
+        batch = sample(s.model, s.tokenizer, rows, n=k, **opts)
+        explore = opponents = None
+        if s.loss.explore:
+            explore = sample(s.ref if s.loss.explore == "ref" else s.model, s.tokenizer, rows, n=1, **opts)
+        if s.loss.mixture:
+            mixture = GeometricMixture(s.model, s.ref, cfg.online.mixture_coef)
+            opponents = sample(mixture, s.tokenizer, rows, n=k, **opts)
+    with timer("judge"):
+        groups = [batch.texts[p * k : (p + 1) * k] for p in range(len(rows))]
+        win = spo_selfplay(s.oracle.matrix(rows, groups)).reshape(-1).float() if k > 1 else torch.full((k,), 0.5)
+        if opponents is not None:
+            per_response = [rows[g] for g in batch.group_ids.tolist()]
+            win = s.oracle.compare(per_response, batch.texts, opponents.texts).float()
+        win = win.to(batch.group_ids.device)
+        task_reward = s.scorer.combine(s.scorer(rows, batch.group_ids.tolist(), batch.texts))
+    with timer("update"):
+        if s.loss.rewards:
+            stats = _rl_update(s, batch, win)
+        else:
+            units, unit_win = _units(s, batch, win, explore is not None)
+            stats = _update(s, _concat(batch, explore) if explore is not None else batch, units, unit_win)
+    lengths = batch.completion_mask.sum(1).float()
+    return {
+        **stats,
+        "win_rate/std": float(win.std()) if win.numel() > 1 else 0.0,
+        "oracle/failures": s.oracle.failures - failures_before,
+        "reward/task_mean": float(task_reward[~task_reward.isnan()].mean()) if (~task_reward.isnan()).any() else 0.0,
+        "tokens/completion_mean": float(lengths.mean()),
+        "lr": s.scheduler.get_last_lr()[0],
+        "time/generate_s": timer.totals["generate"],
+        "time/judge_s": timer.totals["judge"],
+        "time/update_s": timer.totals["update"],
+        "time/step_s": time.perf_counter() - t0,
+    }
+
+
+def _units(s: OnlineState, batch: Rollouts, win: torch.Tensor, explore: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the (batch + exploration) table each loss term uses: [U, 1] single responses, or [U, 2|3] pairs
+    (winner, loser[, exploration response]); and the win rate of each unit's first response."""
+    n, k = batch.num_completions, s.cfg.rollout.group_size
+    if not s.loss.pairs:
+        return torch.arange(n, device=win.device)[:, None], win
+    grouped = win.view(-1, k)
+    best, worst = grouped.argmax(1), grouped.argmin(1)
+    offset = torch.arange(grouped.shape[0], device=win.device) * k
+    keep = (grouped.max(1).values - grouped.min(1).values) > s.cfg.online.min_margin
+    cols = [offset + best, offset + worst] + (
+        [n + torch.arange(grouped.shape[0], device=win.device)] if explore else []
+    )
+    return torch.stack(cols, 1)[keep], grouped.max(1).values[keep]
+
+
+def _concat(a: Rollouts, b: Rollouts) -> Rollouts:
+    """Completions of `a` then `b` for the same prompts (right-padded to one width)."""
+    width = max(a.completion_ids.shape[1], b.completion_ids.shape[1])
+
+    def pad(x: torch.Tensor, value: int = 0) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+    return Rollouts(
+        a.prompt_ids, a.prompt_mask,
+        torch.cat([pad(a.completion_ids), pad(b.completion_ids)]),
+        torch.cat([pad(a.completion_mask), pad(b.completion_mask)]),
+        torch.cat([a.group_ids, b.group_ids]), torch.cat([a.truncated, b.truncated]),
+        torch.cat([pad(a.rollout_logp), pad(b.rollout_logp)]), a.rows, a.texts + b.texts,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def _fixed_logps(s: OnlineState, model: Any, batch: Rollouts, rows: torch.Tensor) -> torch.Tensor:
+    """[R, T] log-probs of `rows` under a frozen model (reference or anchor), zeros elsewhere."""
+    out = torch.zeros(batch.completion_mask.shape, device=rows.device)
+    for idx in rows.split(s.cfg.train.micro_batch_size) if rows.numel() else ():
+        mb = batch.select(idx)
+        with autocast_context(model, s.cfg.model.autocast):
+            logp, _ = completion_logprobs(model, mb, temperature=s.cfg.rollout.temperature,
+                                          share_prompt=s.cfg.model.share_prompt_forward)  # fmt: skip
+        out[idx, : logp.shape[1]] = logp.float()
+    return out
+
+
+def _update(s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Tensor) -> dict[str, float]:
+    """`ppo_epochs` optimizer steps on the loss averaged over `units`, accumulated over micro-batches of units."""
+    cfg, model, loss = s.cfg, s.model, s.loss
+    num_units = units.shape[0]
+    used = units.flatten()
+    frozen = {}
+    if {"ref_logp", "explore_ref_logp"} & loss.inputs:
+        frozen["ref_logp"] = _fixed_logps(s, s.ref, batch, used)
+    if "prev_logp" in loss.inputs and s.anchor is not None:
+        frozen["prev_logp"] = _fixed_logps(s, s.anchor, batch, used)
+    first_pass = torch.zeros(batch.completion_mask.shape, device=used.device)  # π_t = the sampling policy
+    per_chunk = max(1, cfg.train.micro_batch_size // units.shape[1])
+    losses, grad_norms = [], []
+    for epoch in range(cfg.train.ppo_epochs):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
+        total = 0.0
+        for chunk in torch.arange(num_units, device=used.device).split(per_chunk) if num_units else ():
+            idx = units[chunk].flatten()
+            mb = batch.select(idx)
+            with autocast_context(model, cfg.model.autocast):
+                logp, _ = completion_logprobs(model, mb, temperature=cfg.rollout.temperature,
+                                              share_prompt=cfg.model.share_prompt_forward)  # fmt: skip
+            width = logp.shape[1]
+            if epoch == 0:
+                first_pass[idx, :width] = logp.detach().float()
+            tokens = {"logp": logp, "prev_logp": frozen.get("prev_logp", first_pass)[idx, :width]}
+            if "ref_logp" in frozen:
+                tokens["ref_logp"] = frozen["ref_logp"][idx, :width]
+            args = _loss_args(loss, tokens, mb.completion_mask.float(), win[chunk], units.shape[1])
+            value = loss.fn(**{k: v for k, v in args.items() if k in loss.inputs}).sum() / num_units
+            value.backward()
+            total += float(value.detach())
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or 1e30)))
+        s.optimizer.step()
+        s.scheduler.step()
+        losses.append(total)
+    out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
+    if loss.pairs:
+        out["pairs/kept_frac"] = num_units / cfg.train.prompts_per_step
+    return out
+
+
+def _loss_args(loss: OnlineLoss, tokens: dict, mask: torch.Tensor, win: torch.Tensor, width: int) -> dict:
+    """Token log-probs of a micro-batch of units -> the loss's arguments: [b] or [b, T] (single), [b, 2] (pairs),
+    [b] exploration log-probs."""
+    if loss.per_token:
+        return {**tokens, "mask": mask, "win_rate": win}
+    seq = {k: (v * mask).sum(-1).view(-1, width) for k, v in tokens.items()}
+    if not loss.pairs:
+        return {k: v[:, 0] for k, v in seq.items()} | {"win_rate": win}
+    out = {k: v[:, :2] for k, v in seq.items()}
+    if width == 3:
+        out["explore_logp"] = seq["logp"][:, 2]
+        if "ref_logp" in seq:
+            out["explore_ref_logp"] = seq["ref_logp"][:, 2]
+    return out
+
+
+def _rl_update(s: OnlineState, batch: Rollouts, win: torch.Tensor) -> dict[str, float]:
+    """SPO: the group win rates are rewards; advantages and the update are the RL trainer's."""
+    cfg, rewards = s.cfg, win.float()
+    inputs = {"old_logp": batch.rollout_logp, "rollout_logp": batch.rollout_logp, "truncated": batch.truncated,
+              "progress": (s.step - 1) / max(1, cfg.train.max_steps), "generator": s.generator}  # fmt: skip
+    advantages = call(s.rl_algo.advantage, rewards, batch.group_ids, inputs=inputs, mask=batch.completion_mask)
+    state = rl.RLState(cfg, s.model, s.ref if cfg.algo.kl.coef > 0 else None, s.tokenizer, s.rl_algo, s.scorer,
+                       s.stream, s.optimizer, s.scheduler, s.generator, s.step)  # fmt: skip
+    return rl.update(state, batch, advantages, {**inputs, "rewards": rewards})
