@@ -5,3 +5,16 @@ def explodes(prompts, completions, **_):
 def reply_length(prompts, completions, **_):
     """Dense toy reward in [0, 1) that almost never ties between two replies, so every component sees A != 0."""
     return [(sum(map(ord, c)) % 997) / 997 for c in completions]
+
+
+def lexical_judge(prompt, a, b):
+    """A deterministic judge with a strict order on distinct replies: the lexicographically larger one wins."""
+    return 0.5 if a == b else float(a > b)
+
+
+def flaky_judge(prompt, a, b):
+    """Fails on every other call (and answers out of range on some others): the run must go on."""
+    flaky_judge.calls = getattr(flaky_judge, "calls", 0) + 1
+    if flaky_judge.calls % 2:
+        raise RuntimeError("judge timed out")
+    return 1.5 if flaky_judge.calls % 3 == 0 else float(a > b)

@@ -29,8 +29,12 @@ def test_recipe_loads_and_cites_its_paper(name):
     assert not uses_recon or "RECONSTRUCTION" in text or "Reconstruction" in cfg.paper
 
 
+OFFLINE_AND_RL = [n for n in config.list_recipes() if config.load(n).trainer != "online_preference"]
+"""Online recipes train in tests/integration/test_online_preference_runs.py (with a judge and exact values)."""
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", config.list_recipes())
+@pytest.mark.parametrize("name", OFFLINE_AND_RL)
 def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path):
     run = tmp_path / "run"
     if config.load(name).trainer == "preference":

@@ -71,19 +71,19 @@ class ScoreOracle(Oracle):
 
     def compare(self, rows: Sequence[Row], a: Sequence[str], b: Sequence[str]) -> torch.Tensor:
         r = self.score(list(rows) * 2, list(a) + list(b)).double()
-        return self._bt(r[: len(a)], r[len(a) :])
+        p = torch.sigmoid((r[: len(a)] - r[len(a) :]) / self.temperature)
+        self.failures += int(p.isnan().sum())
+        return p.nan_to_num(0.5)
 
     def matrix(self, rows: Sequence[Row], groups: Sequence[Sequence[str]]) -> torch.Tensor:
         k = len(groups[0])
         r = self.score([row for row in rows for _ in range(k)], [y for g in groups for y in g]).double()
         r = r.view(len(groups), k)
-        return self._bt(r[:, :, None], r[:, None, :])
-
-    def _bt(self, ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid((ra - rb) / self.temperature)
-        bad = p.isnan()
-        self.failures += int(bad.sum())
-        return p.masked_fill(bad, 0.5)
+        p = torch.sigmoid((r[:, :, None] - r[:, None, :]) / self.temperature)
+        self.failures += int(p.isnan().triu(1).sum())  # one failure per unordered comparison
+        p = p.nan_to_num(0.5)
+        p.diagonal(dim1=1, dim2=2).fill_(0.5)
+        return p
 
 
 class RewardModelScores:
