@@ -90,8 +90,8 @@ def test_matrix_oracle_from_json_reports_bad_files(tmp_path):
 
 
 def _tiny_reward_model(path, num_labels=1):
-    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
