@@ -31,7 +31,7 @@ _SPPO = "Wu et al. 2024, Self-Play Preference Optimization for Language Model Al
 _INPO = "Zhang et al. 2024, Iterative Nash Policy Optimization, arXiv:2407.00617"
 _DNO = "Rosset et al. 2024, Direct Nash Optimization, arXiv:2404.03715"
 _NASH_MD = "Munos et al. 2023, Nash Learning from Human Feedback, arXiv:2312.00886"
-_NASH_MP = "Tiapkin et al. 2025, Accelerating Nash Learning from Human Feedback via Mirror Prox, arXiv:2505.19731"
+_NASH_MP = "Tiapkin et al. 2025, Accelerating Nash Learning from Human Feedback via Mirror Prox, arXiv:2505.19731v1"
 _SPO = "Swamy et al. 2024, A Minimaximalist Approach to RLHF, arXiv:2401.04056"
 _XPO = "Xie et al. 2024, Exploratory Preference Optimization, arXiv:2405.21046"
 _SELM = "Zhang et al. 2024, Self-Exploring Language Models, arXiv:2405.19332"
@@ -66,7 +66,7 @@ def _margin(logp: torch.Tensor, base_logp: torch.Tensor) -> torch.Tensor:
 
 @register("online", "sppo", paper=_SPPO, tag="memory")
 def sppo(logp: torch.Tensor, prev_logp: torch.Tensor, *, win_rate: torch.Tensor, eta: float) -> torch.Tensor:
-    """SPPO square loss (Wu et al. 2024, arXiv:2405.00675, eq. 4.6).
+    """SPPO square loss (Wu et al. 2024, arXiv:2405.00675, Alg. 1).
 
     ℓ = (log(π_θ(y)/π_t(y)) − η·(P̂(y ≻ π_t) − ½))², with y ∼ π_t. Tabular minimiser (MWU):
     π_{t+1} ∝ π_t·exp(η·(P(y ≻ π_t) − ½)).
@@ -88,7 +88,7 @@ def sppo(logp: torch.Tensor, prev_logp: torch.Tensor, *, win_rate: torch.Tensor,
 def inpo(
     logp: torch.Tensor, prev_logp: torch.Tensor, ref_logp: torch.Tensor, *, eta: float, tau: float
 ) -> torch.Tensor:
-    """INPO pairwise square loss (Zhang et al. 2024, arXiv:2407.00617, eq. 10).
+    """INPO pairwise square loss (Zhang et al. 2024, arXiv:2407.00617; equation number and η scaling unchecked).
 
     h = log(π_θ(y_w)/π_θ(y_l)) − (1−ητ)·log(π_t(y_w)/π_t(y_l)) − ητ·log(π_ref(y_w)/π_ref(y_l)); ℓ = (h − η/2)².
     Tabular OMD minimiser: π_{t+1} ∝ π_t^{1−ητ}·π_ref^{ητ}·exp(η·P(y ≻ π_t)).
@@ -166,12 +166,15 @@ def nash_mp_recon(
     beta: float,
     eta: float,
 ) -> torch.Tensor:
-    """Reconstruction of Nash Mirror Prox (Tiapkin et al. 2025) from its abstract; not the published rule.
+    """Reconstruction of Nash Mirror Prox (Tiapkin et al. 2025, arXiv:2505.19731v1); the LLM loss is not the
+    published one (not checked: no official code found, the paper body was not reachable).
 
     One prox step as a policy-gradient loss on y ∼ π_θ: maximise η·[E p − β·KL(π_θ‖π_ref)] − KL(π_θ‖π_k), i.e.
     ℓ = −(p − ½)·log π_θ(y) + β·sg(log π_θ − log π_ref)·log π_θ(y) + (1/η)·sg(log π_θ − log π_k)·log π_θ(y).
     Run it twice per iteration: the half step with the opponent y′ ∼ π_k, then the full step from the same anchor
-    π_k with y′ ∼ π_{k+½}. Tabular closed form: π ∝ π_k^{1/(1+ηβ)}·π_ref^{ηβ/(1+ηβ)}·exp(η·g/(1+ηβ)).
+    π_k with y′ ∼ π_{k+½}. Tabular closed form: π ∝ π_k^{1/(1+ηβ)}·π_ref^{ηβ/(1+ηβ)}·exp(η·g/(1+ηβ)). This
+    tabular update matches the paper's two prox steps as a review of v1 reproduces them, with our η = the paper's
+    η / β (the paper divides the preference term by β); v2 of the same arXiv id is a different algorithm.
 
     Args:
         logp: [B] or [B, T] log π_θ of the sampled response (tokens).

@@ -1,6 +1,5 @@
 """Preference losses (ALGORITHMS.md §7): hand-computed values, policy = reference, and the §13 rows P1–P6."""
 
-import logging
 import math
 
 import pytest
@@ -10,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unipo import algos
-from unipo.algos.preference import _common
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
 LOG2 = math.log(2.0)
@@ -132,24 +130,18 @@ def test_reward_aware_hand_values():
     close(pref("lipo_lambda")(logp, logp, scores=t(2.0, 1.0, 0.0).reshape(1, 3)), 1.6421145)
 
 
-def test_tgdpo_recon_weights_tokens_and_warns_once(caplog):
-    # chosen token log-ratios [0.5, 0.5], r̂ = [0, 2] → clipped [0, 0.5] → β_t = [1, 1.5];
-    # rejected [−1, pad], r̂ = [−2] → −0.5 → β_t = 0.5; margin = 0.5 + 0.75 − 0.5·(−1) = 1.75 → −log σ(1.75) = 0.1602242
-    c, rc = t(-1.0, -1.0).reshape(1, 2), t(-1.5, -1.5).reshape(1, 2)
+def test_tgdpo_weights_tokens_by_the_guides_rewards():
+    # β = 1, α = 0.5. chosen: h = [0.5, 0.5], r̂ = guide − ref = [0.5, −1] → weights 1 + α·r̂ = [1.25, 0.5] → 0.875;
+    # rejected: h = [−1, pad], r̂ = [−2] → weight 1 − α·r̂ = 2 → −2; margin 2.875 → −log σ(2.875) = log(1 + e^−2.875)
+    c, rc = t(-1.0, -2.0).reshape(1, 2), t(-1.5, -2.5).reshape(1, 2)
     r, rr = t(-2.0, -9.0).reshape(1, 2), t(-1.0, 0.0).reshape(1, 2)
-    kw = {
-        "chosen_mask": t(1, 1).reshape(1, 2),
-        "rejected_mask": t(1, 0).reshape(1, 2),
-        "chosen_token_rewards": t(0.0, 2.0).reshape(1, 2),
-        "rejected_token_rewards": t(-2.0, 5.0).reshape(1, 2),
-    }
-    _common._WARNED.discard("tgdpo_recon")
-    with caplog.at_level(logging.WARNING, logger="unipo.algos.preference"):
-        close(pref("tgdpo_recon")(c, r, rc, rr, **kw, beta=1.0, reward_clip=0.5), 0.1602242)
-        pref("tgdpo_recon")(c, r, rc, rr, **kw)
-    assert sum("reconstruction" in rec.getMessage() for rec in caplog.records) == 1
-    assert algos.entry("preference", "tgdpo_recon").tag == "reconstructed"
-    assert "tgdpo" not in algos.names("preference")  # R3: the unknown rule is not registered under its plain id
+    kw = {"chosen_mask": t(1, 1).reshape(1, 2), "rejected_mask": t(1, 0).reshape(1, 2),
+          "guide_chosen_logp": t(-1.0, -3.5).reshape(1, 2),
+          "guide_rejected_logp": t(-3.0, 7.0).reshape(1, 2)}  # fmt: skip
+    close(pref("tgdpo")(c, r, rc, rr, **kw, beta=1.0, alpha=0.5), math.log1p(math.exp(-2.875)))
+    # α = 0 is DPO on the summed log-ratios: margin β·(1 − (−1)) = 2 at β = 1
+    close(pref("tgdpo")(c, r, rc, rr, **kw, beta=1.0, alpha=0.0), math.log1p(math.exp(-2.0)))
+    assert "tgdpo_recon" not in algos.names("preference")  # superseded by the published rule
 
 
 def test_bad_hyperparameters_and_missing_inputs_raise():
@@ -382,7 +374,7 @@ def test_every_pairwise_loss_returns_one_value_per_pair():
         "copg": {"chosen_rewards": t(1.0, 0.0, 1.0), "rejected_rewards": t(0.0, 0.0, 1.0)},
         "hypo": {"sample_logp": c, "ref_sample_logp": rc},
     }
-    skip = {"lipo_lambda", "tgdpo_recon", "kto"}  # listwise / per-token / unpaired: tested above
+    skip = {"lipo_lambda", "tgdpo", "kto"}  # listwise / per-token / unpaired: tested above
     for name in sorted(set(algos.names("preference")) - skip):
         out = pref(name)(c, r, rc, rr, **extra.get(name, {}))
         assert out.shape == (b,) and bool(torch.isfinite(out).all()), name

@@ -13,7 +13,7 @@ Extra inputs are keyword tensors the trainer supplies only when the signature as
 - ``chosen_len``, ``rejected_len`` [B]: numbers of completion tokens (length-normalised scores, NLL terms);
 - ``kto``: unpaired, see its docstring; ``lipo_lambda``: listwise, ``(logp, ref_logp, *, scores)`` with [B, L]
   lists; ``copg``: ``chosen_rewards``/``rejected_rewards``; ``hypo``: fresh on-policy samples;
-  ``tgdpo_recon``: per-token [B, T] log-probs with masks and token rewards.
+  ``tgdpo``: per-token [B, T] log-probs with masks and a guide model's token log-probs.
 """
 
 from unipo.algos.preference import anchored, reference_free, reward_aware, sigmoid  # noqa: F401

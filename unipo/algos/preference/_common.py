@@ -1,14 +1,9 @@
-"""Shared helpers of the preference family: implicit rewards, length normalisation, the R2 warning."""
+"""Shared helpers of the preference family: implicit rewards, length normalisation, argument checks."""
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
-
-_log = logging.getLogger("unipo.algos.preference")
-_WARNED: set[str] = set()
 
 
 def log_ratios(
@@ -47,15 +42,3 @@ def check_unit(value: float, name: str, *, upper: float = 1.0) -> None:
 def check_positive(value: float, name: str) -> None:
     if not value > 0.0:
         raise ValueError(f"{name} must be > 0; got {value}")
-
-
-def warn_reconstruction(name: str, paper: str) -> None:
-    """Log once per process that `name` is a reconstruction (ALGORITHMS.md §0.2, R2)."""
-    if name in _WARNED:
-        return
-    _WARNED.add(name)
-    _log.warning(
-        "preference loss %r is a reconstruction of %s from its abstract, not the published rule (ALGORITHMS.md R2)",
-        name,
-        paper,
-    )

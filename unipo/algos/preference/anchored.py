@@ -105,7 +105,7 @@ def sppo_hard(
     *,
     beta: float = 0.1,
 ) -> torch.Tensor:
-    """SPPO with hard labels P ∈ {1, 0} (Wu et al. 2024, arXiv:2405.00675, eq. 3.6; TRL ``sppo_hard``).
+    """SPPO with hard labels P ∈ {1, 0} (Wu et al. 2024, arXiv:2405.00675, Alg. 1; TRL ``sppo_hard``).
 
     L = (h_w − 1/(2β))² + (h_l + 1/(2β))²; minimised at h_w = 1/(2β), h_l = −1/(2β). Here π_ref plays π_t.
 

@@ -1,9 +1,9 @@
 """Listwise, reward-aware and auxiliary preference losses (ALGORITHMS.md §7.3).
 
 ``lipo_lambda`` is listwise: ``(logp, ref_logp, *, scores)`` with [B, L] lists of L responses per prompt.
-``copg`` regresses on scalar rewards; ``hypo`` adds a KL term on fresh samples; ``tgdpo_recon`` weights tokens and
-takes per-token [B, T] log-probs. TGDPO's map from token reward to token weight is unknown (ALGORITHMS.md §7.3),
-so only the reconstruction ``tgdpo_recon`` is registered (rule R2).
+``copg`` regresses on scalar rewards; ``hypo`` adds a KL term on fresh samples; ``tgdpo`` weights tokens by a
+frozen DPO model's token rewards and takes per-token [B, T] log-probs. ALGORITHMS.md §7.3 marks TGDPO's weighting
+unknown; it is read here from the official code (dvlab-research/TGDPO), so the plain id is registered.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unipo.algos.preference._common import check_positive, log_ratios, warn_reconstruction
+from unipo.algos.preference._common import check_positive, log_ratios
 from unipo.algos.registry import register
 
 _TGDPO = "TGDPO: Harnessing Token-Level Reward Guidance for Enhancing Direct Preference Optimization (Zhu et al. 2025)"
@@ -71,8 +71,8 @@ def lipo_lambda(
 @register(
     "preference",
     "copg",
-    paper="Flet-Berliac et al. 2024, Contrastive Policy Gradient: Aligning LLMs on sequence-level scores in a "
-    "supervised-friendly way, arXiv:2406.19185",
+    paper="Flet-Berliac et al. 2024, Contrastive Policy Gradient: Aligning LLMs on Sequence-Level Scores in a "
+    "Supervised-Friendly Fashion, arXiv:2406.19185",
     tag="memory",
 )
 def copg(
@@ -151,8 +151,13 @@ def hypo(
     return -F.logsigmoid(beta * (h_w - h_l)) + kl_coef * kl
 
 
-@register("preference", "tgdpo_recon", paper=_TGDPO + ", arXiv:2506.14574", tag="reconstructed")
-def tgdpo_recon(
+@register(
+    "preference",
+    "tgdpo",
+    paper=_TGDPO + ", arXiv:2506.14574",
+    tag="checked: official code dvlab-research/TGDPO src/llamafactory/train/tgdpo/trainer.py (sigmoid loss)",
+)
+def tgdpo(
     chosen_logp: torch.Tensor,
     rejected_logp: torch.Tensor,
     ref_chosen_logp: torch.Tensor,
@@ -160,15 +165,17 @@ def tgdpo_recon(
     *,
     chosen_mask: torch.Tensor,
     rejected_mask: torch.Tensor,
-    chosen_token_rewards: torch.Tensor,
-    rejected_token_rewards: torch.Tensor,
+    guide_chosen_logp: torch.Tensor,
+    guide_rejected_logp: torch.Tensor,
     beta: float = 0.1,
-    reward_clip: float = 0.5,
+    alpha: float = 0.5,
 ) -> torch.Tensor:
-    """Reconstruction of TGDPO (Zhu et al. 2025, arXiv:2506.14574) from its abstract; not the published rule.
+    """TGDPO, token-level reward guidance (Zhu et al. 2025, arXiv:2506.14574; weighting as in the official code).
 
-    L = −log σ(Σ_t β_t^w·h(y^w_t) − Σ_t β_t^l·h(y^l_t)), β_t = β·(1 + clip(r̂_t, −c, c)), h(y_t) = token log-ratio;
-    r̂_t = log π_dpo(y_t)/π_ref(y_t) from a pre-trained DPO model. The map r̂ → β_t is unipo's guess (§7.3).
+    L = −log σ(Σ_t β·(1 + α·r̂^w_t)·h(y^w_t) − Σ_t β·(1 − α·r̂^l_t)·h(y^l_t)), h(y_t) = log π_θ(y_t) − log π_ref(y_t),
+    r̂_t = β·(log π_dpo(y_t) − log π_ref(y_t)): token rewards of a frozen, separately trained DPO model π_dpo (the
+    guide). The sign flips on the rejected response: a token the guide rewards counts more in a chosen response and
+    less in a rejected one. α = 0 is DPO. Defaults β = 0.1, α = 0.5: the official example config.
 
     Args:
         chosen_logp: [B, T] per-token log π_θ of y_w.
@@ -177,25 +184,23 @@ def tgdpo_recon(
         ref_rejected_logp: [B, T'] per-token log π_ref of y_l.
         chosen_mask: [B, T] 1 for completion tokens of y_w.
         rejected_mask: [B, T'] 1 for completion tokens of y_l.
-        chosen_token_rewards: [B, T] token rewards r̂_t of y_w (treated as constants).
-        rejected_token_rewards: [B, T'] token rewards r̂_t of y_l.
-        beta: β, the base coefficient.
-        reward_clip: c ∈ [0, 1), so every token weight β_t stays positive.
+        guide_chosen_logp: [B, T] per-token log π_dpo of y_w (constants).
+        guide_rejected_logp: [B, T'] per-token log π_dpo of y_l (constants).
+        beta: β, the DPO coefficient (also scales the guide's token rewards).
+        alpha: α, the strength of the token guidance.
 
     Returns:
         [B] per-pair loss.
     """
-    warn_reconstruction("tgdpo_recon", _TGDPO)
-    if not 0.0 <= reward_clip < 1.0:
-        raise ValueError(f"reward_clip must lie in [0, 1); got {reward_clip}")
 
-    def weighted_sum(logp: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
-        if not logp.shape == ref.shape == mask.shape == rewards.shape:
-            raise ValueError("tgdpo_recon: token log-probs, reference, mask and token rewards must share one shape")
-        coef = beta * (1.0 + rewards.detach().to(logp.dtype).clamp(-reward_clip, reward_clip))
-        return (coef * (logp - ref.detach()) * mask.to(logp.dtype)).sum(-1)  # [B, T] -> [B]
+    def weighted_sum(logp, ref, mask, guide, sign: float) -> torch.Tensor:
+        if not logp.shape == ref.shape == mask.shape == guide.shape:
+            raise ValueError("tgdpo: token log-probs, reference, mask and guide log-probs must share one shape")
+        reward = beta * (guide.detach() - ref.detach()).to(logp.dtype)
+        weight = beta * (1.0 + sign * alpha * reward)
+        return (weight * (logp - ref.detach()) * mask.to(logp.dtype)).sum(-1)  # [B, T] -> [B]
 
-    margin = weighted_sum(chosen_logp, ref_chosen_logp, chosen_mask, chosen_token_rewards) - weighted_sum(
-        rejected_logp, ref_rejected_logp, rejected_mask, rejected_token_rewards
+    margin = weighted_sum(chosen_logp, ref_chosen_logp, chosen_mask, guide_chosen_logp, 1.0) - weighted_sum(
+        rejected_logp, ref_rejected_logp, rejected_mask, guide_rejected_logp, -1.0
     )
     return -F.logsigmoid(margin)
