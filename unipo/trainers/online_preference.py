@@ -355,7 +355,12 @@ def _fixed_logps(s: OnlineState, model: Any, batch: Rollouts, rows: torch.Tensor
 def _update(s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Tensor) -> dict[str, float]:
     """`ppo_epochs` optimizer steps on the loss averaged over `units`, accumulated over micro-batches of units."""
     cfg, model, loss = s.cfg, s.model, s.loss
-    num_units = units.shape[0]
+    num_units = normaliser = units.shape[0]
+    if loss.name == "sppo" and s.anchor is None and cfg.train.ppo_epochs == 1:
+        # at π_θ = π_t the SPPO loss (η·(P̂ − ½))² and its gradient vanish for a response with P̂ = ½ (e.g. a group
+        # the oracle cannot tell apart): leave it out of the forward and backward, keep it in the mean
+        units, win = units[win != 0.5], win[win != 0.5]
+        num_units = units.shape[0]
     used = units.flatten()
     frozen = {}
     if {"ref_logp", "explore_ref_logp"} & loss.inputs:
@@ -382,7 +387,7 @@ def _update(s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Ten
             if "ref_logp" in frozen:
                 tokens["ref_logp"] = frozen["ref_logp"][idx, :width]
             args = _loss_args(loss, tokens, mb.completion_mask.float(), win[chunk], units.shape[1])
-            value = loss.fn(**{k: v for k, v in args.items() if k in loss.inputs}).sum() / num_units
+            value = loss.fn(**{k: v for k, v in args.items() if k in loss.inputs}).sum() / normaliser
             value.backward()
             total += float(value.detach())
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or 1e30)))
@@ -391,7 +396,7 @@ def _update(s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Ten
         losses.append(total)
     out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
     if loss.pairs:
-        out["pairs/kept_frac"] = num_units / cfg.train.prompts_per_step
+        out["pairs/kept_frac"] = normaliser / cfg.train.prompts_per_step
     return out
 
 
