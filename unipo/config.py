@@ -32,6 +32,9 @@ class ModelConfig(_Strict):
     autocast: Literal["auto", "bf16", "off"] = "auto"
     """Mixed precision for sampling and the update's forward (weights and optimizer stay in their dtype).
     `auto`: bf16 autocast for float32 weights on CUDA with bf16, or on a CPU with native bf16 (AVX512-BF16/AMX)."""
+    guide_path: str | None = None
+    """TGDPO's guide: a frozen DPO-trained model whose per-token log-ratios to the reference weight the tokens
+    (`trainer: preference` with `algo.preference.name: tgdpo`)."""
     share_prompt_forward: bool = True
     """Run each prompt once and reuse its KV cache for its whole group (in sampling and in the update)."""
 

@@ -100,3 +100,62 @@ def test_shared_prompt_sequence_logps_match_separate_forwards(tiny_model_dir):
             expected = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(resp)[:, None]).sum()
             torch.testing.assert_close(value, expected, atol=1e-4, rtol=1e-4)
             assert length == len(resp)
+
+
+LISTS = [{"prompt": f"say {i}:", "responses": ["7 7 7", f"no {i}", "x"], "scores": [2, 1, 0]} for i in range(40)]
+
+
+def _run(tiny_model_dir, tmp_path, recipe, rows, *extra, name="run"):
+    data = _pairs(tmp_path / f"{name}.jsonl", rows)
+    run = tmp_path / name
+    args = ["train", recipe, f"model.path={tiny_model_dir}", f"data.path={data}", f"output_dir={run}"]
+    assert main([*args, "train.prompts_per_step=4", "eval.num_problems=2", *extra]) == 0
+    return [r for r in _rows(run) if "loss" in r]
+
+
+def test_listwise_lipo_on_lists_and_pairwise_dpo_on_their_best_and_worst(tiny_model_dir, tmp_path):
+    rows = _run(tiny_model_dir, tmp_path, "dpo", LISTS, "train.max_steps=1", "algo.preference.name=lipo_lambda",
+                name="lipo")  # fmt: skip
+    # policy = reference: all s = 0, so each of the 3 ordered pairs costs log 2 with its LambdaLoss weight;
+    # scores (2, 1, 0) in list order give Σ weights = 2.3690702 (tests/unit/algos/test_preference.py)
+    assert rows[0]["loss"] == pytest.approx(2.3690702 * math.log(2), rel=1e-4)
+    dpo = _run(tiny_model_dir, tmp_path, "dpo", LISTS, "train.max_steps=1", name="dpo_on_lists")
+    assert dpo[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_listwise_loss_without_lists_and_copg_without_scores_are_config_errors(tiny_model_dir, tmp_path, capsys):
+    data = _pairs(tmp_path / "pairs.jsonl", GOOD)
+    base = ["train", "dpo", f"model.path={tiny_model_dir}", f"data.path={data}", f"output_dir={tmp_path / 'r'}"]
+    assert main([*base, "algo.preference.name=lipo_lambda"]) == 2
+    assert "listwise and needs rows with `responses` and `scores`" in capsys.readouterr().err
+    assert main([*base, "algo.preference.name=copg"]) == 2
+    assert "needs `score_chosen` and `score_rejected`" in capsys.readouterr().err
+    assert main([*base, "algo.preference.name=tgdpo"]) == 2
+    assert "model.guide_path" in capsys.readouterr().err
+
+
+def test_copg_regresses_on_the_score_columns(tiny_model_dir, tmp_path):
+    scored = [{**p, "score_chosen": 1.0 + i, "score_rejected": 0.4 + i} for i, p in enumerate(GOOD)]
+    rows = _run(tiny_model_dir, tmp_path, "dpo", scored, "train.max_steps=1", "algo.preference.name=copg",
+                "algo.preference.beta=0.5", "train.prompts_per_step=8")  # fmt: skip
+    # h = 0 at the start: (R − R′)² / (2β) with R − R′ = 0.6 in every pair → 0.36
+    assert rows[0]["loss"] == pytest.approx(0.36, rel=1e-5)
+
+
+def test_tgdpo_with_the_reference_as_guide_is_dpo(tiny_model_dir, tmp_path):
+    # r̂ = β·(log π_dpo − log π_ref) = 0 when the guide is the reference, so every token weight is β: DPO exactly
+    common = ["train.max_steps=3", "train.lr=1e-2"]
+    dpo = _run(tiny_model_dir, tmp_path, "dpo", GOOD, *common, name="dpo")
+    tg = _run(tiny_model_dir, tmp_path, "dpo", GOOD, *common, "algo.preference.name=tgdpo",
+              f"model.guide_path={tiny_model_dir}", name="tgdpo")  # fmt: skip
+    assert [r["loss"] for r in tg] == pytest.approx([r["loss"] for r in dpo], rel=1e-4)
+    assert dpo[-1]["loss"] < dpo[0]["loss"]
+
+
+def test_hypo_and_kto_run_with_their_inputs(tiny_model_dir, tmp_path):
+    hypo = _run(tiny_model_dir, tmp_path, "dpo", GOOD, "train.max_steps=1", "algo.preference.name=hypo",
+                "rollout.max_new_tokens=6", name="hypo")  # fmt: skip
+    # policy = reference: DPO term log 2, and the fresh sample's log-ratio (the KL term's value) is 0
+    assert hypo[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    kto = _run(tiny_model_dir, tmp_path, "dpo", GOOD, "train.max_steps=1", "algo.preference.name=kto", name="kto")
+    assert kto[0]["loss"] == pytest.approx(0.5, abs=1e-5)  # each term λ·(1 − σ(0)), averaged over 2 per pair

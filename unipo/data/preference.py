@@ -1,7 +1,9 @@
-"""Preference pairs: loading (JSONL, Parquet, a `datasets` directory), validation with row numbers, a built-in task.
+"""Preference data: loading (JSONL, Parquet, a `datasets` directory), validation with row numbers, a built-in task.
 
 A pair is `{"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}` (TRL's explicit-prompt
-convention); chat-form responses use the content of their last message.
+convention), optionally with `score_chosen` / `score_rejected` (UltraFeedback's columns; CoPG needs them). A list is
+`{"prompt": ..., "responses": [...], "scores": [...]}` (larger is better); every list of a dataset has the same
+length. Chat-form responses use the content of their last message.
 """
 
 from __future__ import annotations
@@ -44,21 +46,51 @@ def load_pairs(path: str) -> list[Pair]:
     return [dict(r) for r in ds]
 
 
+def _pair_problem(row: Pair) -> str | None:
+    missing = [k for k in ("prompt", "chosen", "rejected") if k not in row or row[k] in (None, "", [])]
+    chosen, rejected = _response(row.get("chosen")), _response(row.get("rejected"))
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if not chosen.strip() or not rejected.strip():
+        return f"empty {'chosen' if not chosen.strip() else 'rejected'} response"
+    return "chosen == rejected" if chosen == rejected else None
+
+
+def _list_problem(row: Pair, width: int | None) -> str | None:
+    missing = [k for k in ("prompt", "responses", "scores") if k not in row or row[k] in (None, "", [])]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    responses, scores = row["responses"], row["scores"]
+    if not isinstance(responses, list) or not isinstance(scores, list) or len(responses) != len(scores):
+        return "responses and scores must be lists of the same length"
+    if len(responses) < 2 or (width is not None and len(responses) != width):
+        return f"{len(responses)} responses; every list needs {width or 'at least 2'}"
+    if any(not _response(r).strip() for r in responses):
+        return "empty response"
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):
+        return "scores must be numbers"
+    return "all scores are equal" if len(set(scores)) == 1 else None
+
+
+def is_listwise(rows: list[Pair]) -> bool:
+    """Rows in the list format (`responses` + `scores`) rather than pairs."""
+    return bool(rows) and "responses" in rows[0]
+
+
 def validate_pairs(rows: list[Pair], max_bad_frac: float) -> list[Pair]:
-    """Drop bad rows (missing field, empty response, chosen == rejected), reporting each by its 1-based row number;
-    stop before training when more than `max_bad_frac` of the rows are bad."""
+    """Drop bad rows, reporting each by its 1-based row number, and stop before training when more than
+    `max_bad_frac` of the rows are bad. Pairs: missing field, empty response, chosen == rejected. Lists: missing
+    field, lengths that differ, fewer than two responses, an empty response, non-numeric or all-equal scores."""
     good, bad = [], []
+    listwise = is_listwise(rows)
+    width = None
     for i, row in enumerate(rows, 1):
-        missing = [k for k in ("prompt", "chosen", "rejected") if k not in row or row[k] in (None, "", [])]
-        chosen, rejected = _response(row.get("chosen")), _response(row.get("rejected"))
-        if missing:
-            bad.append(f"row {i}: missing {', '.join(missing)}")
-        elif not chosen.strip() or not rejected.strip():
-            bad.append(f"row {i}: empty {'chosen' if not chosen.strip() else 'rejected'} response")
-        elif chosen == rejected:
-            bad.append(f"row {i}: chosen == rejected")
+        problem = _list_problem(row, width) if listwise else _pair_problem(row)
+        if problem:
+            bad.append(f"row {i}: {problem}")
         else:
             good.append(row)
+            width = len(row["responses"]) if listwise else None
     if not rows:
         raise ConfigError("data: no rows")
     if bad:
@@ -71,6 +103,20 @@ def validate_pairs(rows: list[Pair], max_bad_frac: float) -> list[Pair]:
 
         logging.getLogger("unipo").warning("skipping %d bad preference rows: %s", len(bad), shown)
     return good
+
+
+def lists_to_pairs(rows: list[Pair]) -> list[Pair]:
+    """Each list -> the pair (highest-scored response, lowest-scored one) with `score_chosen` / `score_rejected`,
+    as UltraFeedback is binarised; the first response wins a tie for best, the last for worst."""
+    out = []
+    for row in rows:
+        scores = row["scores"]
+        best = max(range(len(scores)), key=lambda j: (scores[j], -j))
+        worst = min(range(len(scores)), key=lambda j: (scores[j], -j))
+        pair = {k: v for k, v in row.items() if k not in ("responses", "scores")}
+        pair |= {"chosen": row["responses"][best], "rejected": row["responses"][worst]}
+        out.append(pair | {"score_chosen": scores[best], "score_rejected": scores[worst]})
+    return out
 
 
 def arithmetic_pairs(n_train: int = 512) -> tuple[list[Pair], list[Pair]]:

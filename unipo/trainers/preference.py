@@ -1,7 +1,15 @@
-"""Offline preference optimisation (DPO and its family): pairs in, a pairwise loss from the pure layer, AdamW out.
+"""Offline preference optimisation (DPO and its family): pairs or lists in, a loss from the pure layer, AdamW out.
 
-Reference log-probs are computed once for every pair before training (and kept in the run directory), never per
-epoch. Chosen and rejected responses of a pair share one prompt forward (the same KV-cache sharing as the RL loop).
+An example is a prompt with W responses: a pair (W = 2: chosen, rejected) or a list (W = L, with scores). Reference
+log-probs are computed once, per token, for every response before training (and kept in the run directory), never
+per epoch; so are the guide model's for TGDPO. The responses of an example share one prompt forward (the same
+KV-cache sharing as the RL loop). A pairwise loss given list data trains on each list's best and worst response.
+
+The loss's signature decides what it is fed (ALGORITHMS.md §7): `chosen_len`/`rejected_len` (token counts),
+`chosen_rewards`/`rejected_rewards` (the `score_chosen`/`score_rejected` columns), `sample_logp`/`ref_sample_logp`
+(one fresh sample of the current policy per prompt, HyPO), per-token log-probs with masks and `guide_*_logp`
+(TGDPO, guide model `model.guide_path`), and `scores` with [B, L] log-probs (listwise LiPO). KTO trains on the
+pairs' chosen responses as desirable and rejected ones as undesirable, with z₀ = 0 (no mismatched-pair KL term).
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import hashlib
 import inspect
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,54 +27,122 @@ import torch
 from unipo import algos
 from unipo.config import Config, ConfigError, component_kwargs
 from unipo.data.batch import Rollouts, tokenize_prompts
-from unipo.data.preference import arithmetic_pairs, load_pairs, validate_pairs
+from unipo.data.preference import arithmetic_pairs, is_listwise, lists_to_pairs, load_pairs, validate_pairs
 from unipo.data.tasks import PromptStream, arithmetic
 from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import text_of
+from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint
 from unipo.trainers.common import RunDir, build_component, build_optimizer, default_output_dir, log, seed_everything
 from unipo.trainers.evaluate import evaluate
 
-SUPPLIED = {"chosen_len", "rejected_len"}
-"""Keyword tensors this trainer gives a preference loss (response lengths in tokens)."""
+SUPPLIED = {
+    "chosen_len", "rejected_len", "chosen_rewards", "rejected_rewards", "sample_logp", "ref_sample_logp",
+    "chosen_mask", "rejected_mask", "guide_chosen_logp", "guide_rejected_logp", "scores",
+    "kl_logp", "ref_kl_logp", "reward_shift",
+}  # fmt: skip
+"""Keyword tensors this trainer can give a preference loss."""
+OPTIONAL = {"kl_logp", "ref_kl_logp", "reward_shift"}
+"""Optional ones it leaves at None: KTO's mismatched-pair KL (z₀ = 0), BCO's reward shift."""
+
+
+@dataclass
+class Loss:
+    """`algo.preference` bound to its hyperparameters, and what it must be fed."""
+
+    fn: Any
+    inputs: frozenset[str]
+    """The keyword tensors it asks for."""
+    listwise: bool
+    """(logp [B, L], ref_logp [B, L], *, scores): lists, not pairs."""
+
+    @property
+    def per_token(self) -> bool:
+        return "chosen_mask" in self.inputs
+
+
+def build_loss(cfg: Config) -> Loss:
+    node = cfg.algo.preference
+    fn = build_component("preference", node.name, component_kwargs(node))
+    params = inspect.signature(algos.get("preference", node.name)).parameters.values()
+    wanted = frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY and "Tensor" in str(p.annotation))
+    if wanted - SUPPLIED:
+        raise ConfigError(f"algo.preference: {node.name!r} needs {', '.join(sorted(wanted - SUPPLIED))}, which the "
+                          "offline preference trainer does not supply")  # fmt: skip
+    if "guide_chosen_logp" in wanted and not cfg.model.guide_path:
+        raise ConfigError(f"model.guide_path: {node.name!r} needs a guide model (a DPO-trained model whose token "
+                          "log-ratios to the reference weight the tokens)")  # fmt: skip
+    return Loss(fn, wanted - OPTIONAL, listwise="scores" in wanted)
+
+
+def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, held-out) rows: the built-in arithmetic pairs, or `data.path` validated (lists become pairs for a
+    pairwise loss); the first 5% (at least one row) are held out."""
+    if cfg.data.path is None:
+        if loss.listwise or "chosen_rewards" in loss.inputs:
+            raise ConfigError(f"data.path: {cfg.algo.preference.name!r} needs scored data (lists with `scores`, or "
+                              "pairs with `score_chosen`/`score_rejected`); the built-in pairs have none")  # fmt: skip
+        return arithmetic_pairs()
+    rows = validate_pairs(load_pairs(cfg.data.path), cfg.data.max_bad_frac)
+    if loss.listwise and not is_listwise(rows):
+        raise ConfigError(f"data.path: {cfg.algo.preference.name!r} is listwise and needs rows with `responses` and "
+                          "`scores`")  # fmt: skip
+    if not loss.listwise and is_listwise(rows):
+        rows = lists_to_pairs(rows)
+    if "chosen_rewards" in loss.inputs and any("score_chosen" not in r or "score_rejected" not in r for r in rows):
+        raise ConfigError(f"data.path: {cfg.algo.preference.name!r} needs `score_chosen` and `score_rejected` in "
+                          "every pair (or lists with `scores`)")  # fmt: skip
+    cut = max(1, len(rows) // 20)
+    return rows[cut:], rows[:cut]
+
+
+def responses(row: dict[str, Any]) -> list[str]:
+    """An example's W responses: [chosen, rejected] for a pair, the list otherwise."""
+    return [text_of(r) for r in row["responses"]] if "responses" in row else [text_of(row["chosen"]),
+                                                                             text_of(row["rejected"])]  # fmt: skip
 
 
 def train(cfg: Config) -> Path:
-    """Train on preference pairs with `algo.preference`; returns the run directory. Resumes like the RL trainer."""
+    """Train on preference data with `algo.preference`; returns the run directory. Resumes like the RL trainer."""
     if cfg.output_dir is None:
         cfg = cfg.model_copy(update={"output_dir": default_output_dir(cfg)})
     run = RunDir(cfg.output_dir)
     seed_everything(cfg.train.seed)
-    loss_fn = _build_loss(cfg)
-    if cfg.data.path is None:
-        train_pairs, heldout = arithmetic_pairs()
-    else:
-        pairs = validate_pairs(load_pairs(cfg.data.path), cfg.data.max_bad_frac)
-        cut = max(1, len(pairs) // 20)
-        train_pairs, heldout = pairs[cut:], pairs[:cut]
+    loss = build_loss(cfg)
+    train_rows, heldout = load_examples(cfg, loss)
     resume, saved = checkpoint.latest(run.checkpoints)
     model, tokenizer = load_model_and_tokenizer(
         str(resume) if resume else cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype
     )
     model.eval()
     run.prepare(cfg)
-    ref_logps = _reference_logps(cfg, run, tokenizer, train_pairs + heldout)  # once, before training
+    everything = train_rows + heldout
+    ref_logps = _reference_logps(cfg, run, tokenizer, everything)  # once, before training
+    fixed = {"ref": ref_logps}
+    if loss.per_token:
+        fixed["guide"] = _reference_logps(cfg, run, tokenizer, everything, model_path=cfg.model.guide_path)
+    ref_model = None
+    if "ref_sample_logp" in loss.inputs:  # HyPO scores fresh samples under the reference during training
+        ref_model, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
+        ref_model.eval().requires_grad_(False)
     optimizer, scheduler = build_optimizer(model, cfg)
-    generator = torch.Generator()  # nothing is sampled here; kept so checkpoints have one layout
-    stream = PromptStream(list(range(len(train_pairs))), cfg.train.seed)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.train.seed)
+    stream = PromptStream(list(range(len(train_rows))), cfg.train.seed)
     start = 0
     if saved is not None:
         start, position = checkpoint.restore(saved, optimizer, scheduler, generator)
-        stream = PromptStream(list(range(len(train_pairs))), cfg.train.seed, **position)
+        stream = PromptStream(list(range(len(train_rows))), cfg.train.seed, **position)
         run.truncate_metrics(start)
-    heldout_ref = ref_logps[len(train_pairs) :]
-    if start == 0 and (result := _evaluate(cfg, model, tokenizer, heldout, heldout_ref)):
+    n_train = len(train_rows)
+    if start == 0 and (result := _evaluate(cfg, model, tokenizer, heldout, ref_logps[n_train:])):
         run.log({"step": 0, **result})
     for step in range(start + 1, cfg.train.max_steps + 1):
         t0 = time.perf_counter()
         idx = stream.take(cfg.train.prompts_per_step)
-        metrics = _update(cfg, model, tokenizer, [train_pairs[i] for i in idx], ref_logps[idx], loss_fn, optimizer)
+        batch_fixed = {k: v[idx] for k, v in fixed.items()}
+        rows = [train_rows[i] for i in idx]
+        metrics = _update(cfg, model, tokenizer, rows, batch_fixed, loss, optimizer, ref_model, generator)
         scheduler.step()
         run.log({"step": step, **metrics, "lr": scheduler.get_last_lr()[0], "time/step_s": time.perf_counter() - t0})
         log.info(
@@ -74,93 +151,87 @@ def train(cfg: Config) -> Path:
         if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
             state = checkpoint.trainer_state(optimizer, scheduler, generator, stream.state())
             checkpoint.save(run.checkpoints, step, model, tokenizer, state, keep=cfg.train.keep_checkpoints)
-    if cfg.train.max_steps > start and (result := _evaluate(cfg, model, tokenizer, heldout, heldout_ref)):
+    if cfg.train.max_steps > start and (result := _evaluate(cfg, model, tokenizer, heldout, ref_logps[n_train:])):
         run.log({"step": cfg.train.max_steps, **result})
     return run.path
 
 
-def _build_loss(cfg: Config) -> Any:
-    node = cfg.algo.preference
-    fn = build_component("preference", node.name, component_kwargs(node))
-    params = inspect.signature(algos.get("preference", node.name)).parameters.values()
-    needed = {p.name for p in params if p.kind is p.KEYWORD_ONLY and "Tensor" in str(p.annotation)}
-    if needed - SUPPLIED and node.name not in _OPTIONAL_INPUTS:
-        raise ConfigError(
-            f"algo.preference: {node.name!r} needs {', '.join(sorted(needed - SUPPLIED))}, which the offline "
-            f"preference trainer does not supply (it gives {', '.join(sorted(SUPPLIED))})"
-        )
-    return fn, needed & SUPPLIED
-
-
-_OPTIONAL_INPUTS = {"bco_pair", "kto"}
-"""Losses whose extra keyword tensors are optional."""
-
-
-def _pair_batch(tokenizer: Any, pairs: list[dict[str, Any]], device: torch.device, max_tokens: int) -> Rollouts:
-    """Chosen responses (rows 0..B-1) then rejected ones (B..2B-1), sharing each pair's prompt."""
-    prompt_ids, prompt_mask = tokenize_prompts([p["prompt"] for p in pairs], tokenizer, device)
-    texts = [text_of(p["chosen"]) for p in pairs] + [text_of(p["rejected"]) for p in pairs]
+def _response_batch(tokenizer: Any, rows: list[dict[str, Any]], device: torch.device, max_tokens: int) -> Rollouts:
+    """The W responses of B examples as B·W completions, response-major (response w of example b is row w·B + b),
+    sharing each example's prompt."""
+    prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], tokenizer, device)
+    per_row = [responses(r) for r in rows]
+    width_w = len(per_row[0])
+    texts = [per_row[b][w] for w in range(width_w) for b in range(len(rows))]
     eos = tokenizer.eos_token_id
     encoded = [(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])[:max_tokens] for t in texts]
     width = max(len(e) for e in encoded)
     ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in encoded], device=device)
     mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded], device=device)
-    group = torch.arange(len(pairs), device=device).repeat(2)
+    group = torch.arange(len(rows), device=device).repeat(width_w)
     return Rollouts(prompt_ids, prompt_mask, ids, mask, group, torch.zeros_like(group, dtype=torch.bool),
                     torch.zeros(ids.shape, device=device))  # fmt: skip
 
 
-def _sequence_logps(cfg: Config, model: Any, tokenizer: Any, pairs: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
-    """(chosen_logp, rejected_logp, chosen_len, rejected_len), each [B]: summed response log-probs and lengths."""
+def _token_logps(cfg: Config, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
+    """(logp, mask), each [B, W, T]: per-token log-probs of every response of each example, and its token mask."""
     device = next(model.parameters()).device
-    batch = _pair_batch(tokenizer, pairs, device, cfg.data.max_response_tokens)
+    batch = _response_batch(tokenizer, rows, device, cfg.data.max_response_tokens)
     with autocast_context(model, cfg.model.autocast):
         logp, _ = completion_logprobs(model, batch, share_prompt=cfg.model.share_prompt_forward)
     mask = batch.completion_mask.float()
-    seq = (logp * mask).sum(1)  # (2B,)
-    lengths = mask.sum(1)
-    b = len(pairs)
-    return seq[:b], seq[b:], lengths[:b], lengths[b:]
+    b, t = len(rows), logp.shape[-1]
+    return (logp * mask).view(-1, b, t).transpose(0, 1), mask.view(-1, b, t).transpose(0, 1)
+
+
+def _sequence_logps(cfg: Config, model: Any, tokenizer: Any, pairs: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
+    """(chosen_logp, rejected_logp, chosen_len, rejected_len), each [B]: summed response log-probs and lengths."""
+    logp, mask = _token_logps(cfg, model, tokenizer, pairs)
+    seq, lengths = logp.sum(-1), mask.sum(-1)
+    return seq[:, 0], seq[:, 1], lengths[:, 0], lengths[:, 1]
 
 
 @torch.no_grad()
-def _reference_logps(cfg: Config, run: RunDir, tokenizer: Any, pairs: list[dict[str, Any]]) -> torch.Tensor:
-    """[P, 2] reference log-probs of (chosen, rejected), computed once from `model.path` and cached in the run dir."""
-    cache = run.path / "ref_logps.pt"
-    key = hashlib.sha256(json.dumps([cfg.model.path, cfg.data.max_response_tokens, pairs], default=str).encode())
+def _reference_logps(
+    cfg: Config, run: RunDir, tokenizer: Any, rows: list[dict[str, Any]], model_path: str | None = None
+) -> torch.Tensor:
+    """[P, W, T] per-token log-probs of every response under a frozen model (the reference `model.path`, or
+    `model_path`), T = `data.max_response_tokens`; computed once and cached in the run directory."""
+    model_path = model_path or cfg.model.path
+    cache = run.path / ("ref_logps.pt" if model_path == cfg.model.path else "guide_logps.pt")
+    key = hashlib.sha256(json.dumps([model_path, cfg.data.max_response_tokens, rows], default=str).encode())
     if cache.exists():
         cached = torch.load(cache)
-        if cached.get("key") == key.hexdigest():  # same reference model, same pairs: reuse
+        if cached.get("key") == key.hexdigest():  # same model, same data: reuse
             return cached["values"]
-    ref, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
-    ref.eval()
-    out = []
-    for start in range(0, len(pairs), 64):
-        chosen, rejected, _, _ = _sequence_logps(cfg, ref, tokenizer, pairs[start : start + 64])
-        out.append(torch.stack([chosen, rejected], 1).float().cpu())
-    values = torch.cat(out)
-    torch.save({"key": key.hexdigest(), "values": values}, cache)
-    del ref
-    return values
+    frozen, _ = load_model_and_tokenizer(model_path, device=cfg.model.device, dtype=cfg.model.dtype)
+    frozen.eval()
+    out = torch.zeros(len(rows), len(responses(rows[0])), cfg.data.max_response_tokens)
+    for start in range(0, len(rows), 64):
+        logp, _ = _token_logps(cfg, frozen, tokenizer, rows[start : start + 64])
+        out[start : start + logp.shape[0], :, : logp.shape[-1]] = logp.float().cpu()
+    torch.save({"key": key.hexdigest(), "values": out}, cache)
+    del frozen
+    return out
 
 
-def _update(cfg, model, tokenizer, pairs, ref, loss_fn, optimizer) -> dict[str, float]:
-    """One optimizer step over `pairs`, accumulated over micro-batches (the loss is the mean over all pairs)."""
-    fn, wanted = loss_fn
+def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model, generator) -> dict[str, float]:
+    """One optimizer step over `rows`, accumulated over micro-batches (the loss is the mean over all examples)."""
     optimizer.zero_grad(set_to_none=True)
-    n, total, margins = len(pairs), 0.0, []
+    n, total, margins = len(rows), 0.0, []
     for start in range(0, n, cfg.train.micro_batch_size):
-        chunk, ref_chunk = (
-            pairs[start : start + cfg.train.micro_batch_size],
-            ref[start : start + cfg.train.micro_batch_size],
-        )
-        chosen, rejected, chosen_len, rejected_len = _sequence_logps(cfg, model, tokenizer, chunk)
-        extra = {k: v for k, v in {"chosen_len": chosen_len, "rejected_len": rejected_len}.items() if k in wanted}
-        ref_c, ref_r = ref_chunk[:, 0].to(chosen.device), ref_chunk[:, 1].to(chosen.device)
-        loss = fn(chosen, rejected, ref_c, ref_r, **extra).sum() / n
-        loss.backward()
-        total += float(loss.detach())
-        margins.append(((chosen - ref_c) - (rejected - ref_r)).detach().float().cpu())
+        chunk = rows[start : start + cfg.train.micro_batch_size]
+        logp, mask = _token_logps(cfg, model, tokenizer, chunk)  # [b, W, T]
+        t = logp.shape[-1]
+        part = {k: v[start : start + len(chunk), :, :t].to(logp.device) for k, v in fixed.items()}
+        args, extra = _loss_args(cfg, loss, chunk, logp, mask, part, model, tokenizer, ref_model, generator)
+        out = loss.fn(*args, **extra)
+        value = out.sum() / (n * (out.shape[0] // len(chunk)))  # mean over loss terms (KTO: 2 per pair)
+        value.backward()
+        total += float(value.detach())
+        h = (logp.detach() - part["ref"]).sum(-1)  # [b, W] implicit rewards / β
+        best, worst = _best_worst(chunk, h.device)
+        margins.append((h.gather(1, best) - h.gather(1, worst)).squeeze(1).float().cpu())
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf")))
     optimizer.step()
     margin = torch.cat(margins)
@@ -168,15 +239,68 @@ def _update(cfg, model, tokenizer, pairs, ref, loss_fn, optimizer) -> dict[str, 
     return {"loss": total, "rewards/margin": float(margin.mean()), "rewards/accuracy": accuracy, "grad_norm": grad_norm}
 
 
+def _best_worst(rows: list[dict[str, Any]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """[b, 1] column of the preferred and of the least preferred response: (0, 1) for pairs."""
+    if "scores" not in rows[0]:
+        return torch.zeros(len(rows), 1, dtype=torch.long, device=device), torch.ones(
+            len(rows), 1, dtype=torch.long, device=device
+        )
+    pairs = [(max(range(len(s)), key=lambda j: (s[j], -j)), min(range(len(s)), key=lambda j: (s[j], -j)))
+             for s in (r["scores"] for r in rows)]  # fmt: skip
+    best, worst = torch.tensor(pairs, device=device).T
+    return best[:, None], worst[:, None]
+
+
+def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, ref_model, generator) -> tuple:
+    """Positional and keyword arguments of the loss for one micro-batch ([b, W, T] token log-probs in)."""
+    ref = fixed["ref"]
+    if loss.listwise:
+        scores = torch.tensor([r["scores"] for r in rows], dtype=torch.float32, device=logp.device)
+        return (logp.sum(-1), ref.sum(-1)), {"scores": scores}
+    if loss.per_token:
+        args = (logp[:, 0], logp[:, 1], ref[:, 0], ref[:, 1])
+        extra = {"chosen_mask": mask[:, 0], "rejected_mask": mask[:, 1]}
+        extra |= {"guide_chosen_logp": fixed["guide"][:, 0], "guide_rejected_logp": fixed["guide"][:, 1]}
+    else:
+        seq, ref_seq = logp.sum(-1), ref.sum(-1)
+        args, extra = (seq[:, 0], seq[:, 1], ref_seq[:, 0], ref_seq[:, 1]), {}
+    lengths = mask.sum(-1)
+    supplied = {"chosen_len": lambda: lengths[:, 0], "rejected_len": lambda: lengths[:, 1]}
+    supplied["chosen_rewards"] = lambda: torch.tensor([float(r["score_chosen"]) for r in rows], device=logp.device)
+    supplied["rejected_rewards"] = lambda: torch.tensor([float(r["score_rejected"]) for r in rows], device=logp.device)
+    if "sample_logp" in loss.inputs:
+        sample_logp, ref_sample_logp = _fresh_samples(cfg, model, ref_model, tokenizer, rows, generator)
+        supplied |= {"sample_logp": lambda: sample_logp, "ref_sample_logp": lambda: ref_sample_logp}
+    extra |= {k: supplied[k]() for k in loss.inputs if k in supplied and k not in extra}
+    return args, extra
+
+
+def _fresh_samples(cfg, model, ref_model, tokenizer, rows, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """HyPO's on-policy term: one response per prompt sampled from the current policy, its summed log-prob (with
+    gradient) and its reference log-prob."""
+    r = cfg.rollout
+    with autocast_context(model, cfg.model.autocast):
+        batch = sample(model, tokenizer, [{"prompt": row["prompt"]} for row in rows], n=1,
+                       max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                       generator=generator)  # fmt: skip
+        logp, _ = completion_logprobs(model, batch, temperature=r.temperature)
+        with torch.no_grad():
+            ref_logp, _ = completion_logprobs(ref_model, batch, temperature=r.temperature)
+    mask = batch.completion_mask.float()
+    return (logp * mask).sum(-1), (ref_logp.float() * mask).sum(-1)
+
+
 @torch.no_grad()
 def _evaluate(cfg, model, tokenizer, heldout, heldout_ref) -> dict[str, float]:
-    """Held-out preference accuracy (implicit reward ranks chosen first); plus greedy accuracy for built-in pairs."""
+    """Held-out preference accuracy (the implicit reward ranks the preferred response above the least preferred);
+    plus greedy accuracy for the built-in pairs."""
     if not cfg.eval.num_problems or not heldout:
         return {}
     rows, ref = heldout[: cfg.eval.num_problems], heldout_ref[: cfg.eval.num_problems]
-    chosen, rejected, _, _ = _sequence_logps(cfg, model, tokenizer, rows)
-    margin = (chosen.float().cpu() - ref[:, 0]) - (rejected.float().cpu() - ref[:, 1])
-    out = {"eval/pref_accuracy": float((margin > 0).float().mean())}
+    logp, _ = _token_logps(cfg, model, tokenizer, rows)
+    h = logp.float().cpu().sum(-1) - ref.sum(-1)
+    best, worst = _best_worst(rows, "cpu")
+    out = {"eval/pref_accuracy": float((h.gather(1, best) > h.gather(1, worst)).float().mean())}
     if cfg.data.path is None:  # built-in pairs come from the arithmetic task: also score generation
         task = arithmetic()
         with autocast_context(model, cfg.model.autocast):

@@ -1,0 +1,32 @@
+"""Preference data: list rows validated by row number, lists binarised to (best, worst) pairs."""
+
+import pytest
+
+from unipo.config import ConfigError
+from unipo.data.preference import is_listwise, lists_to_pairs, validate_pairs
+
+
+def test_list_rows_are_validated_with_row_numbers():
+    rows = [
+        {"prompt": "p", "responses": ["a", "b", "c"], "scores": [1, 3, 0]},
+        {"prompt": "q", "responses": ["a", "b"], "scores": [1, 2]},
+        {"prompt": "r", "responses": ["a", "b", "c"], "scores": [2, 2, 2]},
+        {"prompt": "s", "responses": ["a", "", "c"], "scores": [1, 2, 3]},
+        {"prompt": "t", "responses": ["a", "b", "c"], "scores": [1, "x", 3]},
+        {"prompt": "u", "responses": ["a", "b", "c"]},
+    ]
+    assert is_listwise(rows)
+    with pytest.raises(ConfigError) as e:
+        validate_pairs(rows, 0.5)
+    msg = str(e.value)
+    assert "5 of 6 rows are bad" in msg and "row 2: 2 responses; every list needs 3" in msg
+    assert "row 3: all scores are equal" in msg and "row 4: empty response" in msg
+    assert "row 5: scores must be numbers" in msg and "row 6: missing scores" in msg
+    assert validate_pairs(rows, 1.0) == rows[:1]
+
+
+def test_lists_become_best_worst_pairs_with_their_scores():
+    rows = [{"prompt": "p", "responses": ["a", "b", "c", "d"], "scores": [1, 3, 0, 3], "id": 7}]
+    assert lists_to_pairs(rows) == [
+        {"prompt": "p", "id": 7, "chosen": "b", "rejected": "c", "score_chosen": 3, "score_rejected": 0}
+    ]
