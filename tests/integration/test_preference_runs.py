@@ -157,5 +157,8 @@ def test_hypo_and_kto_run_with_their_inputs(tiny_model_dir, tmp_path):
                 "rollout.max_new_tokens=6", name="hypo")  # fmt: skip
     # policy = reference: DPO term log 2, and the fresh sample's log-ratio (the KL term's value) is 0
     assert hypo[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
-    kto = _run(tiny_model_dir, tmp_path, "dpo", GOOD, "train.max_steps=1", "algo.preference.name=kto", name="kto")
-    assert kto[0]["loss"] == pytest.approx(0.5, abs=1e-5)  # each term λ·(1 − σ(0)), averaged over 2 per pair
+    kto = _run(tiny_model_dir, tmp_path, "dpo", GOOD, "train.max_steps=4", "algo.preference.name=kto",
+               "train.lr=1e-2", name="kto")  # fmt: skip
+    # policy = reference: z₀ = 0 and each term is λ·(1 − σ(0)) = ½ (two terms per pair, averaged)
+    assert kto[0]["loss"] == pytest.approx(0.5, abs=1e-5) and kto[0]["kto/z0"] == pytest.approx(0.0, abs=1e-4)
+    assert max(r["kto/z0"] for r in kto[1:]) > 0  # the mismatched pairs' KL estimate moves once the policy does

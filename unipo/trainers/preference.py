@@ -9,7 +9,8 @@ The loss's signature decides what it is fed (ALGORITHMS.md §7): `chosen_len`/`r
 `chosen_rewards`/`rejected_rewards` (the `score_chosen`/`score_rejected` columns), `sample_logp`/`ref_sample_logp`
 (one fresh sample of the current policy per prompt, HyPO), per-token log-probs with masks and `guide_*_logp`
 (TGDPO, guide model `model.guide_path`), and `scores` with [B, L] log-probs (listwise LiPO). KTO trains on the
-pairs' chosen responses as desirable and rejected ones as undesirable, with z₀ = 0 (no mismatched-pair KL term).
+pairs' chosen responses as desirable and rejected ones as undesirable; its reference point z₀ is estimated, as in
+TRL, from mismatched pairs (each prompt with the next example's chosen response).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ SUPPLIED = {
 }  # fmt: skip
 """Keyword tensors this trainer can give a preference loss."""
 OPTIONAL = {"kl_logp", "ref_kl_logp", "reward_shift"}
-"""Optional ones it leaves at None: KTO's mismatched-pair KL (z₀ = 0), BCO's reward shift."""
+"""Optional ones, not in `Loss.inputs`: KTO's mismatched-pair KL (supplied when asked for, `Loss.kl`); BCO's reward
+shift (left at None)."""
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Loss:
     """The keyword tensors it asks for."""
     listwise: bool
     """(logp [B, L], ref_logp [B, L], *, scores): lists, not pairs."""
+    kl: bool = False
+    """Takes KTO's `kl_logp`/`ref_kl_logp`: each prompt with another example's chosen response."""
 
     @property
     def per_token(self) -> bool:
@@ -73,7 +77,7 @@ def build_loss(cfg: Config) -> Loss:
     if "guide_chosen_logp" in wanted and not cfg.model.guide_path:
         raise ConfigError(f"model.guide_path: {node.name!r} needs a guide model (a DPO-trained model whose token "
                           "log-ratios to the reference weight the tokens)")  # fmt: skip
-    return Loss(fn, wanted - OPTIONAL, listwise="scores" in wanted)
+    return Loss(fn, wanted - OPTIONAL, listwise="scores" in wanted, kl="kl_logp" in wanted)
 
 
 def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -121,7 +125,12 @@ def train(cfg: Config) -> Path:
     ref_logps = _reference_logps(cfg, run, tokenizer, everything)  # once, before training
     fixed = {"ref": ref_logps}
     if loss.per_token:
-        fixed["guide"] = _reference_logps(cfg, run, tokenizer, everything, model_path=cfg.model.guide_path)
+        fixed["guide"] = _reference_logps(cfg, run, tokenizer, everything, cfg.model.guide_path, name="guide")
+    mismatched = []
+    if loss.kl:  # KTO's z₀: prompt i with the chosen response of example i + 1
+        mismatched = [{"prompt": r["prompt"], "responses": [responses(everything[(i + 1) % len(everything)])[0]]}
+                      for i, r in enumerate(everything)]  # fmt: skip
+        fixed["kl_ref"] = _reference_logps(cfg, run, tokenizer, mismatched, name="kl_ref")
     ref_model = None
     if "ref_sample_logp" in loss.inputs:  # HyPO scores fresh samples under the reference during training
         ref_model, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
@@ -142,7 +151,8 @@ def train(cfg: Config) -> Path:
         idx = stream.take(cfg.train.prompts_per_step)
         batch_fixed = {k: v[idx] for k, v in fixed.items()}
         rows = [train_rows[i] for i in idx]
-        metrics = _update(cfg, model, tokenizer, rows, batch_fixed, loss, optimizer, ref_model, generator)
+        extra_rows = {"kl": [mismatched[i] for i in idx]} if loss.kl else {}
+        metrics = _update(cfg, model, tokenizer, rows, batch_fixed, loss, optimizer, ref_model, generator, extra_rows)
         scheduler.step()
         run.log({"step": step, **metrics, "lr": scheduler.get_last_lr()[0], "time/step_s": time.perf_counter() - t0})
         log.info(
@@ -193,12 +203,18 @@ def _sequence_logps(cfg: Config, model: Any, tokenizer: Any, pairs: list[dict[st
 
 @torch.no_grad()
 def _reference_logps(
-    cfg: Config, run: RunDir, tokenizer: Any, rows: list[dict[str, Any]], model_path: str | None = None
+    cfg: Config,
+    run: RunDir,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    model_path: str | None = None,
+    name: str = "ref",
 ) -> torch.Tensor:
     """[P, W, T] per-token log-probs of every response under a frozen model (the reference `model.path`, or
-    `model_path`), T = `data.max_response_tokens`; computed once and cached in the run directory."""
+    `model_path`), T = `data.max_response_tokens`; computed once and cached in the run directory as
+    `<name>_logps.pt`."""
     model_path = model_path or cfg.model.path
-    cache = run.path / ("ref_logps.pt" if model_path == cfg.model.path else "guide_logps.pt")
+    cache = run.path / f"{name}_logps.pt"
     key = hashlib.sha256(json.dumps([model_path, cfg.data.max_response_tokens, rows], default=str).encode())
     if cache.exists():
         cached = torch.load(cache)
@@ -215,16 +231,22 @@ def _reference_logps(
     return out
 
 
-def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model, generator) -> dict[str, float]:
+def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model, generator, extra_rows) -> dict:
     """One optimizer step over `rows`, accumulated over micro-batches (the loss is the mean over all examples)."""
     optimizer.zero_grad(set_to_none=True)
-    n, total, margins = len(rows), 0.0, []
+    n, total, margins, z0 = len(rows), 0.0, [], []
     for start in range(0, n, cfg.train.micro_batch_size):
         chunk = rows[start : start + cfg.train.micro_batch_size]
         logp, mask = _token_logps(cfg, model, tokenizer, chunk)  # [b, W, T]
         t = logp.shape[-1]
         part = {k: v[start : start + len(chunk), :, :t].to(logp.device) for k, v in fixed.items()}
         args, extra = _loss_args(cfg, loss, chunk, logp, mask, part, model, tokenizer, ref_model, generator)
+        if loss.kl:  # z₀ is a detached estimate: no gradient through the mismatched pairs
+            with torch.no_grad():
+                kl_chunk = extra_rows["kl"][start : start + len(chunk)]
+                extra["kl_logp"] = _token_logps(cfg, model, tokenizer, kl_chunk)[0].sum(-1)[:, 0]
+            extra["ref_kl_logp"] = part["kl_ref"].sum(-1)[:, 0]
+            z0.append(float((extra["kl_logp"] - extra["ref_kl_logp"]).mean().clamp(min=0)))
         out = loss.fn(*args, **extra)
         value = out.sum() / (n * (out.shape[0] // len(chunk)))  # mean over loss terms (KTO: 2 per pair)
         value.backward()
@@ -236,7 +258,8 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model
     optimizer.step()
     margin = torch.cat(margins)
     accuracy = float((margin > 0).float().mean())
-    return {"loss": total, "rewards/margin": float(margin.mean()), "rewards/accuracy": accuracy, "grad_norm": grad_norm}
+    out = {"loss": total, "rewards/margin": float(margin.mean()), "rewards/accuracy": accuracy, "grad_norm": grad_norm}
+    return out | ({"kto/z0": sum(z0) / len(z0)} if z0 else {})
 
 
 def _best_worst(rows: list[dict[str, Any]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
