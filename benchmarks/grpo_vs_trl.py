@@ -6,6 +6,9 @@ after training. Prints the ratios and writes JSON to benchmarks/results/.
 
     python benchmarks/grpo_vs_trl.py                  # 30 steps, 2 prompts x 8 completions x 32 tokens
     python benchmarks/grpo_vs_trl.py --steps 2 --eval 8   # a quick check
+
+TRL 1.16's GRPOConfig turns gradient checkpointing on by default; here it is off (`--trl-gradient-checkpointing`
+turns it back on), since unipo does not checkpoint and the comparison is of the same work.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def _common(args: argparse.Namespace) -> dict:
     return {
         "steps": args.steps, "prompts": args.prompts, "group": args.group, "max_new_tokens": args.max_new_tokens,
         "lr": args.lr, "eval": args.eval, "seed": args.seed,
+        "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
     }  # fmt: skip
 
 
@@ -60,7 +64,7 @@ def run_trl(args: argparse.Namespace) -> dict:
             output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
             learning_rate=args.lr, max_steps=args.steps, per_device_train_batch_size=args.prompts * args.group,
             num_generations=args.group, max_completion_length=args.max_new_tokens, beta=0.0, seed=args.seed,
-            lr_scheduler_type="linear", temperature=1.0,
+            lr_scheduler_type="linear", temperature=1.0, gradient_checkpointing=args.trl_gradient_checkpointing,
         )  # fmt: skip
         trainer = GRPOTrainer(
             model=model,
@@ -129,6 +133,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--eval", type=int, default=100, help="held-out problems scored before and after (0: none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trl-gradient-checkpointing", action="store_true",
+                   help="TRL's own default (recomputes activations in backward); off by default, as unipo does not "
+                   "checkpoint, so both do the same work")  # fmt: skip
     p.add_argument("--only", choices=["unipo", "trl"], help="run one framework in this process (internal)")
     p.add_argument("--out", default="benchmarks/results/grpo_vs_trl.json")
     args = p.parse_args()

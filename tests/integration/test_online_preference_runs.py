@@ -12,7 +12,7 @@ from unipo.trainers import online_preference
 
 pytestmark = pytest.mark.slow
 JUDGE = "tests.integration.rewards_for_tests.lexical_judge"
-ONLINE_RECIPES = ["sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm"]
+ONLINE_RECIPES = ["sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm", "online_dpo"]
 
 
 def _rows(run):
@@ -31,7 +31,8 @@ def test_every_online_recipe_loads_and_names_a_paper():
     assert set(ONLINE_RECIPES) <= set(config.list_recipes())
     for name in ONLINE_RECIPES:
         cfg = config.load(name)
-        assert cfg.trainer == "online_preference" and cfg.algo.online.name == name and "arXiv" in cfg.paper
+        loss = "xpo" if name == "online_dpo" else name  # online DPO is XPO with alpha = 0
+        assert cfg.trainer == "online_preference" and cfg.algo.online.name == loss and "arXiv" in cfg.paper
 
 
 @pytest.mark.parametrize("recipe", ONLINE_RECIPES)
@@ -62,7 +63,7 @@ def test_first_pass_losses_match_their_values_at_the_anchor(tiny_model_dir, tmp_
     assert sppo["loss"] == pytest.approx(4.0 * sppo["win_rate/std"] ** 2 * (n - 1) / n, rel=1e-5)
     inpo = _first_step(tiny_model_dir, tmp_path, "inpo", "algo.online.eta=0.6")
     assert inpo["loss"] == pytest.approx((0.6 / 2) ** 2, rel=1e-5)  # h = 0: (η/2)²
-    for recipe in ("dno", "selm"):
+    for recipe in ("dno", "selm", "online_dpo"):  # online_dpo: XPO at α = 0, no exploration sample drawn
         alpha = ["algo.online.alpha=0.0"] if recipe == "selm" else []
         assert _first_step(tiny_model_dir, tmp_path, recipe, *alpha)["loss"] == pytest.approx(math.log(2), rel=1e-5)
     spo = _first_step(tiny_model_dir, tmp_path, "spo_selfplay")
@@ -118,3 +119,14 @@ def test_resume_in_the_middle_of_a_nash_mp_iteration_reproduces_the_straight_run
     _train(tiny_model_dir, tmp_path / "b", "nash_mp_recon", "train.max_steps=1", *common)
     resumed = _train(tiny_model_dir, tmp_path / "b", "nash_mp_recon", "train.max_steps=4", *common)
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], rel=1e-6)
+
+
+def test_xpo_samples_its_exploration_response_only_when_alpha_is_not_zero(tiny_model_dir, tmp_path, monkeypatch):
+    calls = []
+    real = online_preference.sample
+    monkeypatch.setattr(online_preference, "sample", lambda *a, **k: calls.append(k["n"]) or real(*a, **k))
+    _first_step(tiny_model_dir, tmp_path, "online_dpo")
+    assert calls == [4]  # the group only
+    calls.clear()
+    _first_step(tiny_model_dir, tmp_path, "xpo")
+    assert calls == [4, 1]  # the group, then one response per prompt from π_ref

@@ -17,15 +17,10 @@ The exact tabular update each loss implies (used by the preference-game testbed)
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 
-from unipo.algos.registry import register
-
-_log = logging.getLogger(__name__)
-_WARNED: set[str] = set()
+from unipo.algos.registry import register, warn_reconstruction
 
 _SPPO = "Wu et al. 2024, Self-Play Preference Optimization for Language Model Alignment, arXiv:2405.00675"
 _INPO = "Zhang et al. 2024, Iterative Nash Policy Optimization, arXiv:2407.00617"
@@ -35,14 +30,6 @@ _NASH_MP = "Tiapkin et al. 2025, Accelerating Nash Learning from Human Feedback 
 _SPO = "Swamy et al. 2024, A Minimaximalist Approach to RLHF, arXiv:2401.04056"
 _XPO = "Xie et al. 2024, Exploratory Preference Optimization, arXiv:2405.21046"
 _SELM = "Zhang et al. 2024, Self-Exploring Language Models, arXiv:2405.19332"
-
-
-def _warn_reconstruction(name: str, paper: str) -> None:
-    """Log once per process that `name` is a reconstruction (ALGORITHMS.md §0.2, R2)."""
-    if name in _WARNED:
-        return
-    _WARNED.add(name)
-    _log.warning("online %r is a reconstruction of %s, not the published rule (ALGORITHMS.md R2)", name, paper)
 
 
 def _seq(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -188,7 +175,7 @@ def nash_mp_recon(
     Returns:
         [B] per-sample loss.
     """
-    _warn_reconstruction("nash_mp_recon", _NASH_MP)
+    warn_reconstruction("nash_mp_recon", _NASH_MP)
     # both KL terms use the score-function form E[(log π − log q)·∇log π] = ∇KL(π‖q) on y ∼ π
     pull = beta * (logp - ref_logp).detach() + (logp - prev_logp).detach() / eta
     return _seq(pull * logp, mask) - (win_rate.detach() - 0.5) * _seq(logp, mask)

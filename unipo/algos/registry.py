@@ -7,6 +7,7 @@ Every registered component records the paper it comes from and a provenance tag 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,19 @@ KINDS = (
     "credit",
     "classic",
 )
+
+
+_WARNED: set[str] = set()
+
+
+def warn_reconstruction(name: str, paper: str) -> None:
+    """Log once per process that component `name` is a reconstruction, not the published rule (ALGORITHMS.md R2)."""
+    if name in _WARNED:
+        return
+    _WARNED.add(name)
+    logging.getLogger("unipo.algos").warning(
+        "%r is a reconstruction of %s, not the published rule (ALGORITHMS.md R2)", name, paper
+    )
 
 
 class _Required:

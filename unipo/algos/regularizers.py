@@ -23,13 +23,12 @@ import math
 import torch
 
 from unipo.algos.kl import k3
-from unipo.algos.registry import register
+from unipo.algos.registry import register, warn_reconstruction
 from unipo.algos.token_weights import (
     expand_advantages,
     require_inputs,
     select_top_k,
     token_covariance,
-    warn_reconstruction,
 )
 from unipo.ops import masked_mean
 

@@ -19,26 +19,11 @@ tokens by rank on the device, without a host sync.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
-from unipo.algos.registry import register
+from unipo.algos.registry import register, warn_reconstruction
 from unipo.ops import masked_mean
-
-_WARNED: set[str] = set()
-
-
-def warn_reconstruction(name: str, paper: str) -> None:
-    """Warn once per process that `name` is a reconstruction, not the published rule (ALGORITHMS.md R2)."""
-    if name in _WARNED:
-        return
-    _WARNED.add(name)
-    warnings.warn(
-        f"{name} is a reconstruction of {paper} from its abstract; not the published rule (ALGORITHMS.md R2)",
-        UserWarning,
-        stacklevel=3,
-    )
 
 
 def expand_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

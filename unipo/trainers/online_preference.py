@@ -83,8 +83,9 @@ class OnlineLoss:
 
     @property
     def explore(self) -> str | None:
-        """Where its exploration response comes from (`ref`, `policy`), or None."""
-        if "explore_logp" not in self.inputs:
+        """Where its exploration response comes from (`ref`, `policy`), or None (also when its coefficient `alpha`
+        is 0: the term then weighs nothing, so nothing is sampled and it gets zeros; XPO at α = 0 is online DPO)."""
+        if "explore_logp" not in self.inputs or self.fn.keywords.get("alpha", 1.0) == 0:
             return None
         return "ref" if self.name in EXPLORE_FROM_REF else "policy"
 
@@ -413,6 +414,9 @@ def _loss_args(loss: OnlineLoss, tokens: dict, mask: torch.Tensor, win: torch.Te
         out["explore_logp"] = seq["logp"][:, 2]
         if "ref_logp" in seq:
             out["explore_ref_logp"] = seq["ref_logp"][:, 2]
+    elif "explore_logp" in loss.inputs:  # α = 0: the exploration term is 0·(anything)
+        zeros = torch.zeros_like(out["logp"][:, 0]).detach()
+        out |= {"explore_logp": zeros, "explore_ref_logp": zeros}
     return out
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unipo import algos
-from unipo.algos.advantages import _group
+from unipo.algos import registry
 
 grpo = algos.get("advantage", "grpo")
 g2rpo = algos.get("advantage", "g2rpo_recon")
@@ -28,7 +28,7 @@ def t(values):
 
 @pytest.mark.parametrize("name", ["g2rpo_recon", "a_grae_recon", "copo_recon"])
 def test_reconstructions_warn_once(name, monkeypatch, caplog):
-    monkeypatch.setattr(_group, "_WARNED", set())
+    monkeypatch.setattr(registry, "_WARNED", set())
     fn = algos.get("advantage", name)
     with caplog.at_level(logging.WARNING, logger="unipo.algos"):
         fn(t([1.0, 0.0]), torch.tensor([0, 0]))

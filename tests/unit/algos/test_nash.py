@@ -70,11 +70,11 @@ def test_nash_md_token_form_sums_masked_tokens():
 
 
 def test_nash_mp_recon_by_hand_and_warns_once(caplog):
-    nash._WARNED.discard("nash_mp_recon")
+    registry._WARNED.discard("nash_mp_recon")
     # β = .1, η = .5, p = .75, logp = −1, ref = −2, prev = −1.5:
     # pull = .1·1 + .5/.5 = 1.1 ; ℓ = 1.1·(−1) − .25·(−1) = −.85 ; gradient = 1.1 − .25 = .85
     logp = T([-1.0], requires_grad=True)
-    with caplog.at_level(logging.WARNING, logger="unipo.algos.nash"):
+    with caplog.at_level(logging.WARNING, logger="unipo.algos"):
         out = nash.nash_mp_recon(logp, T([-1.5]), T([-2.0]), win_rate=T([0.75]), beta=0.1, eta=0.5)
         nash.nash_mp_recon(logp, T([-1.5]), T([-2.0]), win_rate=T([0.75]), beta=0.1, eta=0.5)
     torch.testing.assert_close(out, T([-0.85]))

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unipo import algos
-from unipo.algos.policy_losses import _common, bapo_candidates
+from unipo.algos import registry
+from unipo.algos.policy_losses import bapo_candidates
 
 F64 = torch.float64
 PROPS = settings(max_examples=30, deadline=None, derandomize=True)
@@ -463,8 +464,8 @@ def test_reconstructions_warn_once_and_say_so():
     assert recon == ["dcpo_dist_recon", "dispo_recon", "etr_recon", "r2vpo_recon"]
     for plain in ("etr", "dispo", "r2vpo", "dcpo_dist", "dppo_kl"):
         assert plain not in algos.names("policy_loss")  # R3: never a stub under the plain id
-    _common._WARNED.clear()
-    logger = logging.getLogger("unipo.algos.policy_losses")
+    registry._WARNED.clear()
+    logger = logging.getLogger("unipo.algos")
     records = []
     handler = logging.Handler()
     handler.emit = records.append

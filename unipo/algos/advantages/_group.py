@@ -7,7 +7,6 @@ A NaN reward means "no reward": it is left out of every statistic, and the estim
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -16,9 +15,6 @@ from unipo.ops import masked_sum
 
 STD_MODES = ("sample", "population")
 SINGLETONS = ("zero", "raw")
-
-_log = logging.getLogger("unipo.algos")
-_WARNED: set[str] = set()
 
 
 def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -185,15 +181,3 @@ def tie_counts(x: torch.Tensor, inverse: torch.Tensor, valid: torch.Tensor) -> t
 def row_lengths(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """|y_i| = number of loss-bearing tokens: [N, T] -> [N]."""
     return mask.to(dtype).sum(-1)
-
-
-def warn_reconstruction(name: str, paper: str) -> None:
-    """Log once per process that `name` is a reconstruction (ALGORITHMS.md §0.2, R2)."""
-    if name in _WARNED:
-        return
-    _WARNED.add(name)
-    _log.warning(
-        "advantage %r is a reconstruction of %s from its abstract, not the published rule (ALGORITHMS.md R2)",
-        name,
-        paper,
-    )

@@ -21,9 +21,8 @@ from unipo.algos.advantages._group import (
     group_sum,
     safe_div,
     tie_counts,
-    warn_reconstruction,
 )
-from unipo.algos.registry import register
+from unipo.algos.registry import register, warn_reconstruction
 
 _G2RPO = "OpenVLThinkerV2 / G²RPO (Gaussian GRPO)"
 _A_GRAE = "A-GRAE (asymmetric group-relative advantage estimation; implicit advantage symmetry in GRPO)"

@@ -5,7 +5,6 @@ Nothing here is registered; see the package docstring for the conventions every 
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -20,9 +19,6 @@ GSPO_LOG_RATIO_MAX = 10.0
 """Upper clamp on a sequence log-ratio in its per-token form (verl gspo; NFT uses the same bound on log R)."""
 LOG_EPS = math.log(1e-8)
 """Lower clamp on log-weights (TRL vespo)."""
-
-_logger = logging.getLogger("unipo.algos.policy_losses")
-_WARNED: set[str] = set()
 
 
 def zero_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -142,15 +138,6 @@ def clipped_surrogate(
     lo = (adv < 0) & (r < low)
     hi = (adv > 0) & (r > high)
     return loss, clip_metrics(lo, hi, r, loss)
-
-
-def warn_reconstruction(name: str, paper: str) -> None:
-    """Log, once per process and id, that a registered loss is a reconstruction (ALGORITHMS.md §0.2 R2)."""
-    if name not in _WARNED:
-        _WARNED.add(name)
-        _logger.warning(
-            "policy_loss %r is a reconstruction of %s from its abstract; not the published rule", name, paper
-        )
 
 
 def straight_through_floor(x: torch.Tensor, floor: float) -> torch.Tensor:

@@ -22,11 +22,10 @@ from unipo.algos.policy_losses._common import (
     no_clip_metrics,
     require,
     token_advantages,
-    warn_reconstruction,
     zero_masked,
 )
 from unipo.algos.policy_losses.clipped import ppo_clip
-from unipo.algos.registry import register
+from unipo.algos.registry import register, warn_reconstruction
 
 _OUT_OF_RANGE = ("mask", "cap")
 
