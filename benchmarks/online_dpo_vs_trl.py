@@ -6,10 +6,9 @@ prompt, sample 2 completions from the current policy, let the judge pick y_w and
 
 - TRL 1.16: `trl.experimental.online_dpo.OnlineDPOTrainer` with `reward_funcs=contains_answer`; the completion with
   the higher reward is y_w.
-- unipo: the `xpo` recipe with `algo.online.alpha=0` (XPO without its exploration bonus is online DPO) and
+- unipo: the `online_dpo` recipe (XPO with its exploration coefficient α = 0, which samples nothing extra) with
   `rollout.group_size=2`, judged by `online.oracle=task`: the same `contains_answer` as a Bradley-Terry judge,
-  P(a ≻ b) = σ((r_a − r_b)/0.1). `--unipo-recipe dno` runs the same loss as DNO with its anchor π_t frozen at the
-  initial model (`online.anchor_every` > steps), which samples no exploration response (see below).
+  P(a ≻ b) = σ((r_a − r_b)/0.1).
 
 Both load the same float32 weights, take the same prompts in the same order (unipo's shuffled stream of the
 arithmetic task; TRL reads them with a sequential sampler), train with AdamW, lr with linear decay to 0, gradient
@@ -22,9 +21,6 @@ Where the two sides' work still differs, and the choices made:
   unipo drops it (`online.min_margin=0` keeps only pairs whose win rates differ) and averages over the kept pairs,
   so it skips their forward and backward passes and its kept pairs weigh more. Both fractions are in the JSON
   (`tied_pairs_frac` for TRL, `pairs_kept_frac` for unipo).
-- unipo's `xpo` still samples its exploration response ỹ ∼ π_ref (one more completion per prompt, a second
-  `generate` call) and runs it through the policy and reference forward passes; with α = 0 it adds nothing to the
-  gradient, so this is extra work on unipo's side only. `--unipo-recipe dno` removes it.
 - precision: TRL runs float32 (`bf16=False`); unipo runs its default bf16 autocast over float32 weights on CPUs
   with native bf16, as in grpo_vs_trl.py. `--autocast off` runs unipo in float32 too.
 - gradient checkpointing is off on TRL's side, although TRL 1.16 turns it on by default: unipo does not recompute
@@ -33,7 +29,7 @@ Where the two sides' work still differs, and the choices made:
 - sampling: each framework draws its completions from its own random stream, so the pairs themselves differ.
 - timing: `loop_s` sums the training steps only (TRL: a callback around each step; unipo: its `time/step_s`);
   `train_s` is the whole call: `trainer.train()` for TRL, and `train(cfg)` for unipo, which also loads the policy
-  (and, for `xpo`, the reference) from disk and writes the final checkpoint (for `dno`, with the anchor's weights).
+  and the reference from disk and writes the final checkpoint.
 
     python benchmarks/online_dpo_vs_trl.py                  # 30 steps, 8 prompts x 2 completions x 32 tokens
     python benchmarks/online_dpo_vs_trl.py --tiny           # smoke run: tiny random model, 2 steps, 8 tokens
@@ -139,10 +135,7 @@ def _unipo_overrides(args: argparse.Namespace, out: str) -> list[str]:
         "rollout.temperature=1.0", "rollout.top_k=0", "rollout.top_p=1.0", "eval.num_problems=0",
         "online.oracle=task", "online.min_margin=0", "algo.online.beta=0.1",
     ]  # fmt: skip
-    if args.unipo_recipe == "xpo":
-        return common + ["algo.online.alpha=0.0", "algo.online.loss_type=sigmoid"]
-    # DNO's loss is DPO's with π_t as the reference; an anchor never refreshed stays the initial model, i.e. π_ref
-    return common + [f"online.anchor_every={args.steps + 1}"]
+    return common
 
 
 def run_unipo(args: argparse.Namespace) -> dict:
@@ -153,7 +146,7 @@ def run_unipo(args: argparse.Namespace) -> dict:
     from unipo.trainers import checkpoint, online_preference
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = config.load(args.unipo_recipe, _unipo_overrides(args, out))
+        cfg = config.load("online_dpo", _unipo_overrides(args, out))
         before = None
         if args.eval:
             model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -192,7 +185,7 @@ def _report(args: argparse.Namespace, results: dict) -> dict:
         "memory_ratio_trl_over_unipo": t["peak_rss_mb"] / u["peak_rss_mb"],
     }
     table = [
-        ("", "TRL 1.16", f"unipo ({args.unipo_recipe})", "TRL / unipo"),
+        ("", "TRL 1.16", "unipo (online_dpo)", "TRL / unipo"),
         (f"training loop, {args.steps} steps", f"{t['loop_s']:.1f} s", f"{u['loop_s']:.1f} s",
          f"{summary['speedup_loop']:.2f}"),
         ("steps/s", f"{args.steps / t['loop_s']:.3f}", f"{args.steps / u['loop_s']:.3f}",
@@ -222,7 +215,6 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", help="model directory (default: the converted SmolLM2-135M-Instruct)")
     p.add_argument("--tiny", action="store_true", help=f"smoke run: a tiny random model and {TINY}")
-    p.add_argument("--unipo-recipe", choices=["xpo", "dno"], default="xpo", help="online DPO as xpo (alpha 0) or dno")
     p.add_argument("--autocast", choices=["auto", "off"], default="auto", help="unipo's bf16 autocast (TRL: float32)")
     p.add_argument(
         "--trl-gradient-checkpointing", action="store_true", help="TRL's default; off here, as unipo does not recompute"
