@@ -130,3 +130,9 @@ def test_xpo_samples_its_exploration_response_only_when_alpha_is_not_zero(tiny_m
     calls.clear()
     _first_step(tiny_model_dir, tmp_path, "xpo")
     assert calls == [4, 1]  # the group, then one response per prompt from π_ref
+
+
+def test_group_methods_need_two_responses_per_prompt(tiny_model_dir, tmp_path, capsys):
+    args = ["train", "sppo", f"model.path={tiny_model_dir}", f"output_dir={tmp_path / 'r'}", "rollout.group_size=1"]
+    assert main(args) == 2
+    assert "rollout.group_size: 'sppo' compares responses within a group" in capsys.readouterr().err

@@ -185,6 +185,8 @@ def train(cfg: Config) -> Path:
     task = get_task(cfg.task)
     scorer = build_rewards(cfg, task.reward)
     loss = build_loss(cfg)
+    if cfg.rollout.group_size < 2 and not loss.mixture:
+        raise ConfigError(f"rollout.group_size: {loss.name!r} compares responses within a group; it needs at least 2")
     rl_algo = None
     if loss.rewards:
         rl_algo = build_algo(cfg)
@@ -280,9 +282,10 @@ def online_step(s: OnlineState) -> dict[str, float]:
             mixture = GeometricMixture(s.model, s.ref, cfg.online.mixture_coef)
             opponents = sample(mixture, s.tokenizer, rows, n=k, **opts)
     with timer("judge"):
-        groups = [batch.texts[p * k : (p + 1) * k] for p in range(len(rows))]
-        win = spo_selfplay(s.oracle.matrix(rows, groups)).reshape(-1).float() if k > 1 else torch.full((k,), 0.5)
-        if opponents is not None:
+        if opponents is None:
+            groups = [batch.texts[p * k : (p + 1) * k] for p in range(len(rows))]
+            win = spo_selfplay(s.oracle.matrix(rows, groups)).reshape(-1).float()
+        else:
             per_response = [rows[g] for g in batch.group_ids.tolist()]
             win = s.oracle.compare(per_response, batch.texts, opponents.texts).float()
         win = win.to(batch.group_ids.device)
