@@ -105,14 +105,19 @@ def validate_pairs(rows: list[Pair], max_bad_frac: float) -> list[Pair]:
     return good
 
 
+def best_and_worst(scores: list[float]) -> tuple[int, int]:
+    """Positions of the highest and the lowest score; the first one wins a tie for best, the last for worst."""
+    order = range(len(scores))
+    return max(order, key=lambda j: (scores[j], -j)), min(order, key=lambda j: (scores[j], -j))
+
+
 def lists_to_pairs(rows: list[Pair]) -> list[Pair]:
     """Each list -> the pair (highest-scored response, lowest-scored one) with `score_chosen` / `score_rejected`,
-    as UltraFeedback is binarised; the first response wins a tie for best, the last for worst."""
+    as UltraFeedback is binarised (`best_and_worst`)."""
     out = []
     for row in rows:
         scores = row["scores"]
-        best = max(range(len(scores)), key=lambda j: (scores[j], -j))
-        worst = min(range(len(scores)), key=lambda j: (scores[j], -j))
+        best, worst = best_and_worst(scores)
         pair = {k: v for k, v in row.items() if k not in ("responses", "scores")}
         pair |= {"chosen": row["responses"][best], "rejected": row["responses"][worst]}
         out.append(pair | {"score_chosen": scores[best], "score_rejected": scores[worst]})

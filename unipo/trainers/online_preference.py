@@ -56,7 +56,7 @@ from unipo.trainers.common import (
     import_object,
     seed_everything,
 )
-from unipo.trainers.evaluate import heldout_eval
+from unipo.trainers.loop import run_steps
 
 MIXTURE_OPPONENT = {"nash_md"}
 """Losses whose opponent is sampled from the geometric mixture of policy and reference (not the group)."""
@@ -214,26 +214,15 @@ def train(cfg: Config) -> Path:
         _restore_models(s, saved.get("online_models", {}))
         run.truncate_metrics(start)
     run.prepare(cfg)
-    if start == 0:
-        heldout_eval(cfg, run, model, tokenizer, task, 0)
-    before = next((r["eval/accuracy"] for r in run.rows() if r["step"] == 0 and "eval/accuracy" in r), None)
-    started, progress = time.perf_counter(), rl.Progress(start, cfg.train.max_steps, SHOWN)
-    for step in range(start + 1, cfg.train.max_steps + 1):
+
+    def step_fn(step: int) -> dict[str, float]:
         s.step = step
-        metrics = online_step(s)
-        run.log({"step": step, **metrics})
-        progress.update(step, metrics)
-        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
-            checkpoint.save(run.checkpoints, step, model, tokenizer, s.checkpoint_state(),
-                            keep=cfg.train.keep_checkpoints)  # fmt: skip
-        if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.max_steps:
-            heldout_eval(cfg, run, model, tokenizer, task, step)
-    progress.close()
-    if cfg.train.max_steps > start:
-        heldout_eval(cfg, run, model, tokenizer, task, cfg.train.max_steps)
-    after = next((r["eval/accuracy"] for r in reversed(run.rows()) if "eval/accuracy" in r), None)
-    failures = {"oracle": oracle.failures, **scorer.failures}
-    rl.summary(run, cfg, start, time.perf_counter() - started, before, after, failures)
+        return online_step(s)
+
+    def failures() -> dict[str, int]:
+        return {"oracle": oracle.failures, **scorer.failures}
+
+    run_steps(cfg, run, model, tokenizer, task, start, step_fn, s.checkpoint_state, SHOWN, failures)
     return run.path
 
 

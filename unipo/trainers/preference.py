@@ -28,7 +28,14 @@ import torch
 from unipo import algos
 from unipo.config import Config, ConfigError, component_kwargs
 from unipo.data.batch import Rollouts, tokenize_prompts
-from unipo.data.preference import arithmetic_pairs, is_listwise, lists_to_pairs, load_pairs, validate_pairs
+from unipo.data.preference import (
+    arithmetic_pairs,
+    best_and_worst,
+    is_listwise,
+    lists_to_pairs,
+    load_pairs,
+    validate_pairs,
+)
 from unipo.data.tasks import PromptStream, arithmetic
 from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
@@ -103,8 +110,9 @@ def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[d
 
 def responses(row: dict[str, Any]) -> list[str]:
     """An example's W responses: [chosen, rejected] for a pair, the list otherwise."""
-    return [text_of(r) for r in row["responses"]] if "responses" in row else [text_of(row["chosen"]),
-                                                                             text_of(row["rejected"])]  # fmt: skip
+    if "responses" in row:
+        return [text_of(r) for r in row["responses"]]
+    return [text_of(row["chosen"]), text_of(row["rejected"])]
 
 
 def train(cfg: Config) -> Path:
@@ -239,7 +247,9 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model
         chunk = rows[start : start + cfg.train.micro_batch_size]
         logp, mask = _token_logps(cfg, model, tokenizer, chunk)  # [b, W, T]
         t = logp.shape[-1]
-        part = {k: v[start : start + len(chunk), :, :t].to(logp.device) for k, v in fixed.items()}
+        # the chunk's own responses end by t (zeros after); KTO's mismatched responses may be longer: kept whole
+        part = {k: v[start : start + len(chunk), :, : None if k == "kl_ref" else t].to(logp.device)
+                for k, v in fixed.items()}  # fmt: skip
         args, extra = _loss_args(cfg, loss, chunk, logp, mask, part, model, tokenizer, ref_model, generator)
         if loss.kl:  # z₀ is a detached estimate: no gradient through the mismatched pairs
             with torch.no_grad():
@@ -263,13 +273,8 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model
 
 
 def _best_worst(rows: list[dict[str, Any]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """[b, 1] column of the preferred and of the least preferred response: (0, 1) for pairs."""
-    if "scores" not in rows[0]:
-        return torch.zeros(len(rows), 1, dtype=torch.long, device=device), torch.ones(
-            len(rows), 1, dtype=torch.long, device=device
-        )
-    pairs = [(max(range(len(s)), key=lambda j: (s[j], -j)), min(range(len(s)), key=lambda j: (s[j], -j)))
-             for s in (r["scores"] for r in rows)]  # fmt: skip
+    """[b, 1] columns of the preferred and of the least preferred response: (0, 1) for pairs."""
+    pairs = [best_and_worst(r["scores"]) if "scores" in r else (0, 1) for r in rows]
     best, worst = torch.tensor(pairs, device=device).T
     return best[:, None], worst[:, None]
 

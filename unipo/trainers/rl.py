@@ -9,7 +9,6 @@ old log-probs are the detached current ones: no extra forward pass, and the rati
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from unipo.trainers.common import (
     log,
     seed_everything,
 )
-from unipo.trainers.evaluate import heldout_eval
+from unipo.trainers.loop import run_steps
 
 
 def train(cfg: Config) -> Path:
@@ -77,28 +76,13 @@ def train(cfg: Config) -> Path:
         log.info("resuming %s from %s", run.path, resume)
     run.prepare(cfg)
 
-    if start == 0:
-        heldout_eval(cfg, run, model, tokenizer, task, 0)
-    before = next((r["eval/accuracy"] for r in run.rows() if r["step"] == 0 and "eval/accuracy" in r), None)
-    started = time.perf_counter()
-    progress = Progress(start, cfg.train.max_steps, SHOWN)
     state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator)
-    for step in range(start + 1, cfg.train.max_steps + 1):
+
+    def step_fn(step: int) -> dict[str, float]:
         state.step = step
-        metrics = rl_step(state)
-        run.log({"step": step, **metrics})
-        progress.update(step, metrics)
-        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
-            checkpoint.save(
-                run.checkpoints, step, model, tokenizer, state.checkpoint_state(), keep=cfg.train.keep_checkpoints
-            )
-        if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.max_steps:
-            heldout_eval(cfg, run, model, tokenizer, task, step)
-    progress.close()
-    if cfg.train.max_steps > start:
-        heldout_eval(cfg, run, model, tokenizer, task, cfg.train.max_steps)
-    after = next((r["eval/accuracy"] for r in reversed(run.rows()) if "eval/accuracy" in r), None)
-    summary(run, cfg, start, time.perf_counter() - started, before, after, scorer.failures)
+        return rl_step(state)
+
+    run_steps(cfg, run, model, tokenizer, task, start, step_fn, state.checkpoint_state, SHOWN, lambda: scorer.failures)
     return run.path
 
 
@@ -286,46 +270,3 @@ def _metric_name(key: str) -> str:
 def _nanmean(x: torch.Tensor) -> float:
     x = x[~x.isnan()]
     return float(x.mean()) if x.numel() else float("nan")
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-class Progress:
-    """A tqdm bar with ETA and live metrics on a terminal; one plain line per step otherwise (logs, CI).
-    `shown` maps a short label to the metric it shows (metrics a step did not log are left out)."""
-
-    def __init__(self, start: int, total: int, shown: dict[str, str]):
-        self.tty = sys.stderr.isatty()
-        self.total, self.shown = total, shown
-        self.bar = None
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-
-    def update(self, step: int, m: dict[str, float]) -> None:
-        text = {label: f"{m[key]:.3g}" for label, key in self.shown.items() if m.get(key) is not None}
-        if self.bar is not None:
-            self.bar.set_postfix(text, refresh=False)
-            self.bar.update(1)
-        else:
-            _say(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def summary(run, cfg, start, seconds, before, after, failures: dict[str, int]) -> None:
-    """The closing lines of a run: steps and time, held-out accuracy before -> after, what failed on the way."""
-    steps = cfg.train.max_steps - start
-    lines = [f"done: {steps} steps in {seconds:.0f} s ({cfg.recipe}, model {cfg.model.path}, task {cfg.task})"]
-    if before is not None and after is not None:
-        lines.append(f"held-out greedy accuracy: {before:.3f} -> {after:.3f}")
-    failed = {k: v for k, v in failures.items() if v}
-    if failed:
-        lines.append(f"failures (reward functions: batches scored None; judges: comparisons taken as ties): {failed}")
-    lines.append(f"run directory: {run.path}")
-    _say("\n".join(lines))

@@ -1,0 +1,91 @@
+"""The outer loop the on-policy trainers share: evaluate, step, log, checkpoint, evaluate, summarise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from unipo.config import Config
+from unipo.trainers import checkpoint
+from unipo.trainers.common import RunDir
+from unipo.trainers.evaluate import heldout_eval
+
+
+def run_steps(
+    cfg: Config,
+    run: RunDir,
+    model: Any,
+    tokenizer: Any,
+    task: Any,
+    start: int,
+    step_fn: Callable[[int], dict[str, float]],
+    checkpoint_state: Callable[[], dict[str, Any]],
+    shown: dict[str, str],
+    failures: Callable[[], dict[str, int]],
+) -> None:
+    """Steps `start + 1 .. train.max_steps` of `step_fn`, each logged to the run directory and the progress line;
+    checkpoints every `train.save_every` steps and at the end; held-out evaluation before (on a fresh run), every
+    `eval.every` steps and after; then the closing summary."""
+    if start == 0:
+        heldout_eval(cfg, run, model, tokenizer, task, 0)
+    before = next((r["eval/accuracy"] for r in run.rows() if r["step"] == 0 and "eval/accuracy" in r), None)
+    started, progress = time.perf_counter(), Progress(start, cfg.train.max_steps, shown)
+    for step in range(start + 1, cfg.train.max_steps + 1):
+        metrics = step_fn(step)
+        run.log({"step": step, **metrics})
+        progress.update(step, metrics)
+        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
+            checkpoint.save(run.checkpoints, step, model, tokenizer, checkpoint_state(),
+                            keep=cfg.train.keep_checkpoints)  # fmt: skip
+        if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.max_steps:
+            heldout_eval(cfg, run, model, tokenizer, task, step)
+    progress.close()
+    if cfg.train.max_steps > start:
+        heldout_eval(cfg, run, model, tokenizer, task, cfg.train.max_steps)
+    after = next((r["eval/accuracy"] for r in reversed(run.rows()) if "eval/accuracy" in r), None)
+    summary(run, cfg, start, time.perf_counter() - started, before, after, failures())
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A tqdm bar with ETA and live metrics on a terminal; one plain line per step otherwise (logs, CI).
+    `shown` maps a short label to the metric it shows (metrics a step did not log are left out)."""
+
+    def __init__(self, start: int, total: int, shown: dict[str, str]):
+        self.tty = sys.stderr.isatty()
+        self.total, self.shown = total, shown
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, m: dict[str, float]) -> None:
+        text = {label: f"{m[key]:.3g}" for label, key in self.shown.items() if m.get(key) is not None}
+        if self.bar is not None:
+            self.bar.set_postfix(text, refresh=False)
+            self.bar.update(1)
+        else:
+            _say(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def summary(run, cfg, start, seconds, before, after, failures: dict[str, int]) -> None:
+    """The closing lines of a run: steps and time, held-out accuracy before -> after, what failed on the way."""
+    steps = cfg.train.max_steps - start
+    lines = [f"done: {steps} steps in {seconds:.0f} s ({cfg.recipe}, model {cfg.model.path}, task {cfg.task})"]
+    if before is not None and after is not None:
+        lines.append(f"held-out greedy accuracy: {before:.3f} -> {after:.3f}")
+    failed = {k: v for k, v in failures.items() if v}
+    if failed:
+        lines.append(f"failures (reward functions: batches scored None; judges: comparisons taken as ties): {failed}")
+    lines.append(f"run directory: {run.path}")
+    _say("\n".join(lines))
