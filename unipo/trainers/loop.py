@@ -10,7 +10,6 @@ from typing import Any
 from unipo.config import Config
 from unipo.trainers import checkpoint
 from unipo.trainers.common import RunDir
-from unipo.trainers.evaluate import heldout_eval
 
 
 def run_steps(
@@ -18,18 +17,18 @@ def run_steps(
     run: RunDir,
     model: Any,
     tokenizer: Any,
-    task: Any,
     start: int,
     step_fn: Callable[[int], dict[str, float]],
+    evaluate: Callable[[int], Any],
     checkpoint_state: Callable[[], dict[str, Any]],
     shown: dict[str, str],
-    failures: Callable[[], dict[str, int]],
+    failures: Callable[[], dict[str, int]] = dict,
 ) -> None:
     """Steps `start + 1 .. train.max_steps` of `step_fn`, each logged to the run directory and the progress line;
-    checkpoints every `train.save_every` steps and at the end; held-out evaluation before (on a fresh run), every
-    `eval.every` steps and after; then the closing summary."""
+    checkpoints every `train.save_every` steps and at the end; `evaluate(step)` (which logs its own row) before (on a
+    fresh run), every `eval.every` steps and after; then the closing summary."""
     if start == 0:
-        heldout_eval(cfg, run, model, tokenizer, task, 0)
+        evaluate(0)
     before = next((r["eval/accuracy"] for r in run.rows() if r["step"] == 0 and "eval/accuracy" in r), None)
     started, progress = time.perf_counter(), Progress(start, cfg.train.max_steps, shown)
     for step in range(start + 1, cfg.train.max_steps + 1):
@@ -40,10 +39,10 @@ def run_steps(
             checkpoint.save(run.checkpoints, step, model, tokenizer, checkpoint_state(),
                             keep=cfg.train.keep_checkpoints)  # fmt: skip
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.max_steps:
-            heldout_eval(cfg, run, model, tokenizer, task, step)
+            evaluate(step)
     progress.close()
     if cfg.train.max_steps > start:
-        heldout_eval(cfg, run, model, tokenizer, task, cfg.train.max_steps)
+        evaluate(cfg.train.max_steps)
     after = next((r["eval/accuracy"] for r in reversed(run.rows()) if "eval/accuracy" in r), None)
     summary(run, cfg, start, time.perf_counter() - started, before, after, failures())
 

@@ -56,6 +56,7 @@ from unipo.trainers.common import (
     import_object,
     seed_everything,
 )
+from unipo.trainers.evaluate import heldout_eval
 from unipo.trainers.loop import run_steps
 
 MIXTURE_OPPONENT = {"nash_md"}
@@ -222,7 +223,10 @@ def train(cfg: Config) -> Path:
     def failures() -> dict[str, int]:
         return {"oracle": oracle.failures, **scorer.failures}
 
-    run_steps(cfg, run, model, tokenizer, task, start, step_fn, s.checkpoint_state, SHOWN, failures)
+    def evaluate(step: int) -> Any:
+        return heldout_eval(cfg, run, model, tokenizer, task, step)
+
+    run_steps(cfg, run, model, tokenizer, start, step_fn, evaluate, s.checkpoint_state, SHOWN, failures)
     return run.path
 
 

@@ -42,8 +42,9 @@ from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import text_of
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint
-from unipo.trainers.common import RunDir, build_component, build_optimizer, default_output_dir, log, seed_everything
+from unipo.trainers.common import RunDir, build_component, build_optimizer, default_output_dir, seed_everything
 from unipo.trainers.evaluate import evaluate
+from unipo.trainers.loop import run_steps
 
 SUPPLIED = {
     "chosen_len", "rejected_len", "chosen_rewards", "rejected_rewards", "sample_logp", "ref_sample_logp",
@@ -51,6 +52,8 @@ SUPPLIED = {
     "kl_logp", "ref_kl_logp", "reward_shift",
 }  # fmt: skip
 """Keyword tensors this trainer can give a preference loss."""
+SHOWN = {"loss": "loss", "margin": "rewards/margin", "acc": "rewards/accuracy", "s/step": "time/step_s"}
+"""What the progress line shows for a preference run."""
 OPTIONAL = {"kl_logp", "ref_kl_logp", "reward_shift"}
 """Optional ones, not in `Loss.inputs`: KTO's mismatched-pair KL (supplied when asked for, `Loss.kl`); BCO's reward
 shift (left at None)."""
@@ -151,26 +154,26 @@ def train(cfg: Config) -> Path:
         start, position = checkpoint.restore(saved, optimizer, scheduler, generator)
         stream = PromptStream(list(range(len(train_rows))), cfg.train.seed, **position)
         run.truncate_metrics(start)
-    n_train = len(train_rows)
-    if start == 0 and (result := _evaluate(cfg, model, tokenizer, heldout, ref_logps[n_train:])):
-        run.log({"step": 0, **result})
-    for step in range(start + 1, cfg.train.max_steps + 1):
+    heldout_ref = ref_logps[len(train_rows) :]
+
+    def step_fn(step: int) -> dict[str, float]:
         t0 = time.perf_counter()
         idx = stream.take(cfg.train.prompts_per_step)
-        batch_fixed = {k: v[idx] for k, v in fixed.items()}
-        rows = [train_rows[i] for i in idx]
+        rows, batch_fixed = [train_rows[i] for i in idx], {k: v[idx] for k, v in fixed.items()}
         extra_rows = {"kl": [mismatched[i] for i in idx]} if loss.kl else {}
         metrics = _update(cfg, model, tokenizer, rows, batch_fixed, loss, optimizer, ref_model, generator, extra_rows)
         scheduler.step()
-        run.log({"step": step, **metrics, "lr": scheduler.get_last_lr()[0], "time/step_s": time.perf_counter() - t0})
-        log.info(
-            "step %d/%d loss=%.4f margin=%.3f", step, cfg.train.max_steps, metrics["loss"], metrics["rewards/margin"]
-        )
-        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
-            state = checkpoint.trainer_state(optimizer, scheduler, generator, stream.state())
-            checkpoint.save(run.checkpoints, step, model, tokenizer, state, keep=cfg.train.keep_checkpoints)
-    if cfg.train.max_steps > start and (result := _evaluate(cfg, model, tokenizer, heldout, ref_logps[n_train:])):
-        run.log({"step": cfg.train.max_steps, **result})
+        return {**metrics, "lr": scheduler.get_last_lr()[0], "time/step_s": time.perf_counter() - t0}
+
+    def evaluate(step: int) -> dict[str, float]:
+        if result := _evaluate(cfg, model, tokenizer, heldout, heldout_ref):
+            run.log({"step": step, **result})
+        return result
+
+    def state() -> dict[str, Any]:
+        return checkpoint.trainer_state(optimizer, scheduler, generator, stream.state())
+
+    run_steps(cfg, run, model, tokenizer, start, step_fn, evaluate, state, SHOWN)
     return run.path
 
 

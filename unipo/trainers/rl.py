@@ -39,6 +39,7 @@ from unipo.trainers.common import (
     log,
     seed_everything,
 )
+from unipo.trainers.evaluate import heldout_eval
 from unipo.trainers.loop import run_steps
 
 
@@ -82,7 +83,12 @@ def train(cfg: Config) -> Path:
         state.step = step
         return rl_step(state)
 
-    run_steps(cfg, run, model, tokenizer, task, start, step_fn, state.checkpoint_state, SHOWN, lambda: scorer.failures)
+    def evaluate(step: int) -> Any:
+        return heldout_eval(cfg, run, model, tokenizer, task, step)
+
+    run_steps(
+        cfg, run, model, tokenizer, start, step_fn, evaluate, state.checkpoint_state, SHOWN, lambda: scorer.failures
+    )
     return run.path
 
 
