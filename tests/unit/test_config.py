@@ -117,3 +117,12 @@ def test_what_the_trainer_cannot_run_is_reported_before_training(override, expec
     assert main(["train", "grpo", override, *extra, f"output_dir={tmp_path / 'run'}"]) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_multi_reward_estimators_get_one_reward_column_per_function():
+    # GDPO normalises each reward function separately; its `reward_weights` input is a tensor, so the trainer must
+    # find it in the signature (it is not a hyperparameter of the registry entry)
+    from unipo.trainers.common import build_algo
+
+    assert build_algo(config.load("gdpo")).multi_reward
+    assert not build_algo(config.load("grpo")).multi_reward

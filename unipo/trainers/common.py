@@ -95,7 +95,8 @@ def build_algo(cfg: Config) -> Algo:
         built[axis] = build_component(kind, node.name, kwargs)
     weights = [build_component("token_weight", n.name, component_kwargs(n)) for n in cfg.algo.token_weights]
     regs = [build_component("regularizer", n.name, component_kwargs(n)) for n in cfg.algo.regularizers]
-    multi = "reward_weights" in algos.entry("advantage", cfg.algo.advantage.name).params
+    # `reward_weights` is data (a tensor), so it is not among the entry's hyperparameters: ask the signature
+    multi = "reward_weights" in inspect.signature(algos.get("advantage", cfg.algo.advantage.name)).parameters
     settings = {"min_p": 0.02, "target_temperature": 1.5}
     for fn in [*built.values(), *weights, *regs]:
         settings |= {k: v for k, v in fn.keywords.items() if k in settings}
@@ -121,7 +122,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
         "progress": 0.5, "generator": g, "proxy_logp": logp - 0.2, "tempered_old_logp": logp - 0.1,
     }  # fmt: skip
     rewards = inputs["rewards"][:, None].repeat(1, num_rewards) if algo.multi_reward else inputs["rewards"]
-    extra = {"reward_weights": [1.0] * num_rewards} if algo.multi_reward else {}
+    extra = {"reward_weights": torch.ones(num_rewards)} if algo.multi_reward else {}
     checks: list[tuple[str, Callable[[], Any]]] = [
         ("advantage", lambda: call(algo.advantage, rewards, inputs["group_ids"], inputs=inputs, mask=mask, **extra)),
         ("policy_loss", lambda: call(algo.policy_loss, logp, inputs["old_logp"], inputs["advantages"], mask,
@@ -174,7 +175,7 @@ def import_object(dotted: str) -> Any:
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import reward {dotted!r}: {e}") from None
+        raise ValueError(f"cannot import {dotted!r}: {e}") from None
 
 
 class RewardScorer:

@@ -139,7 +139,7 @@ def rl_step(s: RLState) -> dict[str, float]:
     }
     if s.algo.multi_reward:  # e.g. GDPO normalises each reward function separately
         advantages = call(s.algo.advantage, per_fn.to(rewards.device), batch.group_ids, inputs=inputs,
-                          mask=batch.completion_mask, reward_weights=s.scorer.weights)  # fmt: skip
+                          mask=batch.completion_mask, reward_weights=torch.tensor(s.scorer.weights))  # fmt: skip
     else:
         advantages = call(s.algo.advantage, rewards, batch.group_ids, inputs=inputs, mask=batch.completion_mask)
     # a completion no reward function could score carries no signal
