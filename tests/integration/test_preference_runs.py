@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ GOOD = [{"prompt": f"say {i}:", "chosen": "7 7 7", "rejected": f"no {i}"} for i 
 def test_dpo_learns_the_preference_and_computes_the_reference_once(tiny_model_dir, tmp_path, monkeypatch):
     calls = []
     original = preference._reference_logps
-    monkeypatch.setattr(preference, "_reference_logps", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(preference, "_reference_logps", lambda *a, **k: calls.append(1) or original(*a, **k))
     data = _pairs(tmp_path / "pairs.jsonl", GOOD)
     run = tmp_path / "run"
     args = ["train", "dpo", f"model.path={tiny_model_dir}", f"data.path={data}", f"output_dir={run}"]
@@ -132,6 +133,8 @@ def test_listwise_loss_without_lists_and_copg_without_scores_are_config_errors(t
     assert "needs `score_chosen` and `score_rejected`" in capsys.readouterr().err
     assert main([*base, "algo.preference.name=tgdpo"]) == 2
     assert "model.guide_path" in capsys.readouterr().err
+    assert main([*base, "train.ppo_epochs=2"]) == 2
+    assert "train.ppo_epochs: the offline preference trainer takes one optimizer step" in capsys.readouterr().err
 
 
 def test_copg_regresses_on_the_score_columns(tiny_model_dir, tmp_path):
@@ -162,3 +165,40 @@ def test_hypo_and_kto_run_with_their_inputs(tiny_model_dir, tmp_path):
     # policy = reference: z₀ = 0 and each term is λ·(1 − σ(0)) = ½ (two terms per pair, averaged)
     assert kto[0]["loss"] == pytest.approx(0.5, abs=1e-5) and kto[0]["kto/z0"] == pytest.approx(0.0, abs=1e-4)
     assert max(r["kto/z0"] for r in kto[1:]) > 0  # the mismatched pairs' KL estimate moves once the policy does
+
+
+def test_kto_loss_does_not_depend_on_micro_batching(tiny_model_dir, tmp_path):
+    # z₀ comes from the whole step's mismatched pairs, so splitting the step into micro-batches changes nothing
+    common = ["train.max_steps=3", "algo.preference.name=kto", "train.lr=1e-2", "model.autocast=off",
+              "train.prompts_per_step=8"]  # fmt: skip
+    whole = _run(tiny_model_dir, tmp_path, "dpo", GOOD, *common, "train.micro_batch_size=16", name="whole")
+    split = _run(tiny_model_dir, tmp_path, "dpo", GOOD, *common, "train.micro_batch_size=2", name="split")
+    assert [r["loss"] for r in split] == pytest.approx([r["loss"] for r in whole], rel=1e-4)
+    assert [r["kto/z0"] for r in split] == pytest.approx([r["kto/z0"] for r in whole], rel=1e-4, abs=1e-6)
+
+
+def test_reference_cache_is_recomputed_when_precision_or_the_model_files_change(tiny_model_dir, tmp_path):
+    from unipo import config
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.trainers.common import RunDir
+
+    _, tok = load_model_and_tokenizer(tiny_model_dir)
+    loads = []
+    real = preference.load_model_and_tokenizer
+
+    def counting(*a, **k):
+        loads.append(1)
+        return real(*a, **k)
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    pairs = GOOD[:4]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(preference, "load_model_and_tokenizer", counting)
+        for overrides in (["model.autocast=off"], ["model.autocast=off"], ["model.autocast=bf16"]):
+            cfg = config.load("dpo", [f"model.path={tiny_model_dir}", *overrides])
+            preference._reference_logps(cfg, run, tok, pairs)
+        assert len(loads) == 2  # the second call reused the cache; bf16 log-probs are not float32 ones
+        (Path(tiny_model_dir) / "config.json").touch()  # e.g. the model retrained in place
+        preference._reference_logps(cfg, run, tok, pairs)
+        assert len(loads) == 3

@@ -8,6 +8,7 @@ length. Chat-form responses use the content of their last message.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,15 @@ def _list_problem(row: Pair, width: int | None) -> str | None:
         return "responses and scores must be lists of the same length"
     if len(responses) < 2 or (width is not None and len(responses) != width):
         return f"{len(responses)} responses; every list needs {width or 'at least 2'}"
-    if any(not _response(r).strip() for r in responses):
+    texts = [_response(r) for r in responses]
+    if any(not t.strip() for t in texts):
         return "empty response"
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):
-        return "scores must be numbers"
-    return "all scores are equal" if len(set(scores)) == 1 else None
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scores):
+        return "scores must be finite numbers"
+    if len(set(scores)) == 1:
+        return "all scores are equal"
+    best, worst = best_and_worst(scores)  # what a pairwise loss trains on
+    return "the best and the worst response are the same text" if texts[best] == texts[worst] else None
 
 
 def is_listwise(rows: list[Pair]) -> bool:

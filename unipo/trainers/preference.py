@@ -37,7 +37,7 @@ from unipo.data.preference import (
     validate_pairs,
 )
 from unipo.data.tasks import PromptStream, arithmetic
-from unipo.models.loading import autocast_context, load_model_and_tokenizer
+from unipo.models.loading import autocast_context, default_model_dir, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import text_of
 from unipo.rollout.hf import sample
@@ -84,6 +84,9 @@ def build_loss(cfg: Config) -> Loss:
     if wanted - SUPPLIED:
         raise ConfigError(f"algo.preference: {node.name!r} needs {', '.join(sorted(wanted - SUPPLIED))}, which the "
                           "offline preference trainer does not supply")  # fmt: skip
+    if cfg.train.ppo_epochs != 1:
+        raise ConfigError("train.ppo_epochs: the offline preference trainer takes one optimizer step per batch; use 1 "
+                          "(more data per step: train.prompts_per_step)")  # fmt: skip
     if "guide_chosen_logp" in wanted and not cfg.model.guide_path:
         raise ConfigError(f"model.guide_path: {node.name!r} needs a guide model (a DPO-trained model whose token "
                           "log-ratios to the reference weight the tokens)")  # fmt: skip
@@ -133,10 +136,10 @@ def train(cfg: Config) -> Path:
     model.eval()
     run.prepare(cfg)
     everything = train_rows + heldout
-    ref_logps = _reference_logps(cfg, run, tokenizer, everything)  # once, before training
+    ref_logps = _reference_logps(cfg, run, tokenizer, everything, per_token=loss.per_token)  # once, before training
     fixed = {"ref": ref_logps}
-    if loss.per_token:
-        fixed["guide"] = _reference_logps(cfg, run, tokenizer, everything, cfg.model.guide_path, name="guide")
+    if "guide_chosen_logp" in loss.inputs:
+        fixed["guide"] = _reference_logps(cfg, run, tokenizer, everything, cfg.model.guide_path, "guide", True)
     mismatched = []
     if loss.kl:  # KTO's z₀: prompt i with the chosen response of example i + 1
         mismatched = [{"prompt": r["prompt"], "responses": [responses(everything[(i + 1) % len(everything)])[0]]}
@@ -220,51 +223,64 @@ def _reference_logps(
     rows: list[dict[str, Any]],
     model_path: str | None = None,
     name: str = "ref",
+    per_token: bool = False,
 ) -> torch.Tensor:
-    """[P, W, T] per-token log-probs of every response under a frozen model (the reference `model.path`, or
-    `model_path`), T = `data.max_response_tokens`; computed once and cached in the run directory as
-    `<name>_logps.pt`."""
+    """Log-probs of every response under a frozen model (the reference `model.path`, or `model_path`): [P, W, T]
+    per token (T = `data.max_response_tokens`) or [P, W, 1] summed; computed once and cached in the run directory
+    as `<name>_logps.pt`, keyed by everything that changes them (the model's files, precision, data, lengths)."""
     model_path = model_path or cfg.model.path
     cache = run.path / f"{name}_logps.pt"
-    key = hashlib.sha256(json.dumps([model_path, cfg.data.max_response_tokens, rows], default=str).encode())
+    m = cfg.model
+    settings = [_fingerprint(model_path), m.dtype, m.autocast, m.share_prompt_forward, cfg.data.max_response_tokens]
+    key = hashlib.sha256(json.dumps([*settings, per_token, rows], default=str).encode())
     if cache.exists():
         cached = torch.load(cache)
         if cached.get("key") == key.hexdigest():  # same model, same data: reuse
             return cached["values"]
-    frozen, _ = load_model_and_tokenizer(model_path, device=cfg.model.device, dtype=cfg.model.dtype)
+    frozen, _ = load_model_and_tokenizer(model_path, device=m.device, dtype=m.dtype)
     frozen.eval()
-    out = torch.zeros(len(rows), len(responses(rows[0])), cfg.data.max_response_tokens)
+    out = torch.zeros(len(rows), len(responses(rows[0])), cfg.data.max_response_tokens if per_token else 1)
     for start in range(0, len(rows), 64):
         logp, _ = _token_logps(cfg, frozen, tokenizer, rows[start : start + 64])
+        logp = logp if per_token else logp.sum(-1, keepdim=True)
         out[start : start + logp.shape[0], :, : logp.shape[-1]] = logp.float().cpu()
     torch.save({"key": key.hexdigest(), "values": out}, cache)
     del frozen
     return out
 
 
+def _fingerprint(path: str) -> object:
+    """What identifies a model's weights: its files' names, sizes and modification times for a local directory (a
+    retrained model at the same path gets new reference log-probs), else the name."""
+    folder = default_model_dir() if path == "default" else Path(path)
+    if not folder.is_dir():
+        return path
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file()]
+
+
 def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model, generator, extra_rows) -> dict:
     """One optimizer step over `rows`, accumulated over micro-batches (the loss is the mean over all examples)."""
     optimizer.zero_grad(set_to_none=True)
-    n, total, margins, z0 = len(rows), 0.0, [], []
-    for start in range(0, n, cfg.train.micro_batch_size):
-        chunk = rows[start : start + cfg.train.micro_batch_size]
+    n, total, margins = len(rows), 0.0, []
+    per_chunk = max(1, cfg.train.micro_batch_size // len(responses(rows[0])))  # micro_batch_size counts responses
+    kl = {}
+    if loss.kl:  # KTO's z₀ from the whole step's mismatched pairs (a detached estimate, as micro-batching must not
+        with torch.no_grad():  # change it): policy log-probs now, reference ones from the cache
+            kl_rows = extra_rows["kl"]
+            kl_logp = [_token_logps(cfg, model, tokenizer, kl_rows[i : i + per_chunk])[0].sum(-1)[:, 0]
+                       for i in range(0, n, per_chunk)]  # fmt: skip
+        kl = {"kl_logp": torch.cat(kl_logp), "ref_kl_logp": fixed["kl_ref"].sum(-1)[:, 0].to(kl_logp[0].device)}
+    for start in range(0, n, per_chunk):
+        chunk = rows[start : start + per_chunk]
         logp, mask = _token_logps(cfg, model, tokenizer, chunk)  # [b, W, T]
-        t = logp.shape[-1]
-        # the chunk's own responses end by t (zeros after); KTO's mismatched responses may be longer: kept whole
-        part = {k: v[start : start + len(chunk), :, : None if k == "kl_ref" else t].to(logp.device)
-                for k, v in fixed.items()}  # fmt: skip
+        t = logp.shape[-1]  # per-token caches: the chunk's responses end by t (zeros after); sums have width 1
+        part = {k: v[start : start + len(chunk), :, :t].to(logp.device) for k, v in fixed.items() if k != "kl_ref"}
         args, extra = _loss_args(cfg, loss, chunk, logp, mask, part, model, tokenizer, ref_model, generator)
-        if loss.kl:  # z₀ is a detached estimate: no gradient through the mismatched pairs
-            with torch.no_grad():
-                kl_chunk = extra_rows["kl"][start : start + len(chunk)]
-                extra["kl_logp"] = _token_logps(cfg, model, tokenizer, kl_chunk)[0].sum(-1)[:, 0]
-            extra["ref_kl_logp"] = part["kl_ref"].sum(-1)[:, 0]
-            z0.append(float((extra["kl_logp"] - extra["ref_kl_logp"]).mean().clamp(min=0)))
-        out = loss.fn(*args, **extra)
+        out = loss.fn(*args, **extra, **kl)
         value = out.sum() / (n * (out.shape[0] // len(chunk)))  # mean over loss terms (KTO: 2 per pair)
         value.backward()
         total += float(value.detach())
-        h = (logp.detach() - part["ref"]).sum(-1)  # [b, W] implicit rewards / β
+        h = logp.detach().sum(-1) - part["ref"].sum(-1)  # [b, W] implicit rewards / β
         best, worst = _best_worst(chunk, h.device)
         margins.append((h.gather(1, best) - h.gather(1, worst)).squeeze(1).float().cpu())
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf")))
@@ -272,7 +288,9 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model
     margin = torch.cat(margins)
     accuracy = float((margin > 0).float().mean())
     out = {"loss": total, "rewards/margin": float(margin.mean()), "rewards/accuracy": accuracy, "grad_norm": grad_norm}
-    return out | ({"kto/z0": sum(z0) / len(z0)} if z0 else {})
+    if kl:
+        out["kto/z0"] = float((kl["kl_logp"] - kl["ref_kl_logp"]).mean().clamp(min=0))
+    return out
 
 
 def _best_worst(rows: list[dict[str, Any]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,7 +309,8 @@ def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, ref_m
     if loss.per_token:
         args = (logp[:, 0], logp[:, 1], ref[:, 0], ref[:, 1])
         extra = {"chosen_mask": mask[:, 0], "rejected_mask": mask[:, 1]}
-        extra |= {"guide_chosen_logp": fixed["guide"][:, 0], "guide_rejected_logp": fixed["guide"][:, 1]}
+        if "guide_chosen_logp" in loss.inputs:
+            extra |= {"guide_chosen_logp": fixed["guide"][:, 0], "guide_rejected_logp": fixed["guide"][:, 1]}
     else:
         seq, ref_seq = logp.sum(-1), ref.sum(-1)
         args, extra = (seq[:, 0], seq[:, 1], ref_seq[:, 0], ref_seq[:, 1]), {}

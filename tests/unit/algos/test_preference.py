@@ -139,6 +139,9 @@ def test_tgdpo_weights_tokens_by_the_guides_rewards():
           "guide_chosen_logp": t(-1.0, -3.5).reshape(1, 2),
           "guide_rejected_logp": t(-3.0, 7.0).reshape(1, 2)}  # fmt: skip
     close(pref("tgdpo")(c, r, rc, rr, **kw, beta=1.0, alpha=0.5), math.log1p(math.exp(-2.875)))
+    # β = 0.5 scales the guide's rewards too: r̂ = 0.5·[0.5, −1] = [0.25, −0.5] → chosen weights 0.5·[1.125, 0.75],
+    # Σ = 0.46875; rejected r̂ = −1 → weight 0.5·1.5 = 0.75, Σ = −0.75; margin 1.21875 (without β in r̂: 1.4375)
+    close(pref("tgdpo")(c, r, rc, rr, **kw, beta=0.5, alpha=0.5), math.log1p(math.exp(-1.21875)))
     # α = 0 is DPO on the summed log-ratios: margin β·(1 − (−1)) = 2 at β = 1
     close(pref("tgdpo")(c, r, rc, rr, **kw, beta=1.0, alpha=0.0), math.log1p(math.exp(-2.0)))
     assert "tgdpo_recon" not in algos.names("preference")  # superseded by the published rule

@@ -14,14 +14,18 @@ def test_list_rows_are_validated_with_row_numbers():
         {"prompt": "s", "responses": ["a", "", "c"], "scores": [1, 2, 3]},
         {"prompt": "t", "responses": ["a", "b", "c"], "scores": [1, "x", 3]},
         {"prompt": "u", "responses": ["a", "b", "c"]},
+        {"prompt": "v", "responses": ["a", "b", "c"], "scores": [1, float("nan"), 3]},
+        {"prompt": "w", "responses": ["a", "b", "a"], "scores": [1, 2, 3]},
     ]
     assert is_listwise(rows)
     with pytest.raises(ConfigError) as e:
         validate_pairs(rows, 0.5)
     msg = str(e.value)
-    assert "5 of 6 rows are bad" in msg and "row 2: 2 responses; every list needs 3" in msg
+    assert "7 of 8 rows are bad" in msg and "row 2: 2 responses; every list needs 3" in msg
     assert "row 3: all scores are equal" in msg and "row 4: empty response" in msg
-    assert "row 5: scores must be numbers" in msg and "row 6: missing scores" in msg
+    assert "row 5: scores must be finite numbers" in msg and "row 6: missing scores" in msg
+    assert "row 7: scores must be finite numbers" in msg
+    assert "row 8: the best and the worst response are the same text" in msg
     assert validate_pairs(rows, 1.0) == rows[:1]
 
 
