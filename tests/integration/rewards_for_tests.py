@@ -18,3 +18,8 @@ def flaky_judge(prompt, a, b):
     if flaky_judge.calls % 2:
         raise RuntimeError("judge timed out")
     return 1.5 if flaky_judge.calls % 3 == 0 else float(a > b)
+
+
+def tie_judge(prompt, a, b):
+    """No preference ever."""
+    return 0.5

@@ -113,10 +113,11 @@ def test_sppo_learns_the_toy_task_with_the_task_reward_as_oracle(tiny_model_dir,
 
 
 def test_resume_in_the_middle_of_a_nash_mp_iteration_reproduces_the_straight_run(tiny_model_dir, tmp_path):
-    # anchor_every=2: a checkpoint at step 1 holds the anchor π_k, which the resumed step 2 needs
+    # anchor_every=2: a checkpoint at step 3 holds the anchor π_k (taken at step 3) and the reference refreshed at
+    # step 3, both of which the resumed step 4 needs
     common = ["online.oracle=judge", f"online.judge={JUDGE}", "online.ref_refresh_every=2", "train.lr=1e-3"]
     straight = _train(tiny_model_dir, tmp_path / "a", "nash_mp_recon", "train.max_steps=4", *common)
-    _train(tiny_model_dir, tmp_path / "b", "nash_mp_recon", "train.max_steps=1", *common)
+    _train(tiny_model_dir, tmp_path / "b", "nash_mp_recon", "train.max_steps=3", *common)
     resumed = _train(tiny_model_dir, tmp_path / "b", "nash_mp_recon", "train.max_steps=4", *common)
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], rel=1e-6)
 
@@ -176,3 +177,16 @@ def test_nash_mp_on_a_language_model_reaches_the_regularised_equilibrium_of_an_e
     end = _game_mass(str(run / "checkpoints" / "step-000150"), "pick:")
     assert 0.5 * float((start - target).abs().sum()) > 0.5  # the initial model is far from it (TV ≈ 0.6)
     assert 0.5 * float((end - target).abs().sum()) < 0.15  # measured 0.04-0.09 over three seeds
+
+
+def test_a_step_with_nothing_to_learn_leaves_the_weights_alone(tiny_model_dir, tmp_path):
+    # every pair tied: no pair is kept, and AdamW must not move the weights on zero gradients (momentum, decay)
+    import torch
+    from safetensors.torch import load_file
+
+    rows = _train(tiny_model_dir, tmp_path / "run", "dno", "train.max_steps=2", "online.oracle=judge",
+                  "online.judge=tests.integration.rewards_for_tests.tie_judge", "train.weight_decay=0.1")  # fmt: skip
+    assert [r["pairs/kept_frac"] for r in rows] == [0.0, 0.0]
+    before = load_file(f"{tiny_model_dir}/model.safetensors")
+    after = load_file(str(tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)

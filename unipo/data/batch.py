@@ -45,6 +45,20 @@ class Rollouts:
             [self.texts[i] for i in idx.tolist()] if self.texts else [],
         )
 
+    def concat(self, other: Rollouts) -> Rollouts:
+        """These completions, then `other`'s for the same prompts (right-padded to one width)."""
+        width = max(self.completion_ids.shape[1], other.completion_ids.shape[1])
+
+        def both(name: str) -> torch.Tensor:
+            a, b = getattr(self, name), getattr(other, name)
+            if a.dim() == 2:
+                a, b = (torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in (a, b))
+            return torch.cat([a, b])
+
+        fields = ("completion_ids", "completion_mask", "group_ids", "truncated", "rollout_logp")
+        return Rollouts(self.prompt_ids, self.prompt_mask, *(both(f) for f in fields), self.rows,
+                        self.texts + other.texts)  # fmt: skip
+
 
 def render_prompt(prompt: Any, tokenizer: Any) -> str:
     """A row's prompt as text: chat messages go through the tokenizer's chat template (with the generation

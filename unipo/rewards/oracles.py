@@ -77,8 +77,12 @@ class ScoreOracle(Oracle):
 
     def matrix(self, rows: Sequence[Row], groups: Sequence[Sequence[str]]) -> torch.Tensor:
         k = len(groups[0])
-        r = self.score([row for row in rows for _ in range(k)], [y for g in groups for y in g]).double()
-        r = r.view(len(groups), k)
+        r = self.score([row for row in rows for _ in range(k)], [y for g in groups for y in g])
+        return self.matrix_from_scores(r.view(len(groups), k))
+
+    def matrix_from_scores(self, r: torch.Tensor) -> torch.Tensor:
+        """[P, K] scores (NaN: unscorable) -> the [P, K, K] Bradley-Terry matrix."""
+        r = r.double()
         p = torch.sigmoid((r[:, :, None] - r[:, None, :]) / self.temperature)
         self.failures += int(p.isnan().triu(1).sum())  # one failure per unordered comparison
         p = p.nan_to_num(0.5)
@@ -127,9 +131,12 @@ class RewardModelScores:
     def __call__(self, rows: Sequence[Row], responses: Sequence[str]) -> torch.Tensor:
         texts = [self._text(row["prompt"], r) for row, r in zip(rows, responses, strict=True)]
         device = next(self.model.parameters()).device
+        templated = bool(getattr(self.tokenizer, "chat_template", None))  # the template holds the special tokens
         out = []
         for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True).to(device)
+            chunk = texts[start : start + self.batch_size]
+            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=not templated)
+            enc = enc.to(device)
             out.append(self.model(**enc).logits[:, 0].float().cpu())
         return torch.cat(out)
 
@@ -199,6 +206,30 @@ def task_scores(scorer: Any) -> Callable[[Sequence[Row], Sequence[str]], torch.T
         return scorer.combine(scorer(list(rows), list(range(len(rows))), [text_of(r) for r in responses]))
 
     return score
+
+
+def from_config(online: Any, scorer: Any, device: Any = "cpu") -> Oracle:
+    """The oracle an `OnlineConfig` names; `scorer` (a `RewardScorer`) serves the `task` oracle."""
+    from unipo.config import ConfigError
+    from unipo.trainers.common import import_object
+
+    temperature = default_temperature(online.oracle, online.temperature)
+    if online.oracle == "task":
+        return ScoreOracle(task_scores(scorer), temperature)
+    if online.oracle == "reward_model":
+        if not online.reward_model:
+            raise ConfigError("online.reward_model: set the path of a sequence-classification model")
+        return ScoreOracle(RewardModelScores(online.reward_model, device), temperature)
+    if online.oracle == "judge":
+        if not online.judge:
+            raise ConfigError("online.judge: set the dotted path of judge(prompt, a, b) -> P(a ≻ b) (oracle judge)")
+        try:
+            return JudgeOracle(import_object(online.judge))
+        except ValueError as e:
+            raise ConfigError(f"online.judge: {e}") from None
+    if not online.matrix:
+        raise ConfigError("online.matrix: set a JSON file with `responses` and `matrix` (oracle matrix)")
+    return MatrixOracle.from_json(online.matrix)
 
 
 def default_temperature(oracle: str, temperature: float | None) -> float:

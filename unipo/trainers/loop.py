@@ -77,7 +77,15 @@ class Progress:
             self.bar.close()
 
 
-def summary(run, cfg, start, seconds, before, after, failures: dict[str, int]) -> None:
+def summary(
+    run: RunDir,
+    cfg: Config,
+    start: int,
+    seconds: float,
+    before: float | None,
+    after: float | None,
+    failures: dict[str, int],
+) -> None:
     """The closing lines of a run: steps and time, held-out accuracy before -> after, what failed on the way."""
     steps = cfg.train.max_steps - start
     lines = [f"done: {steps} steps in {seconds:.0f} s ({cfg.recipe}, model {cfg.model.path}, task {cfg.task})"]

@@ -14,7 +14,8 @@ loss takes (ALGORITHMS.md §8; the loss's signature decides):
 - `spo_selfplay` turns the group win rates into rewards for the RL update (`algo.advantage`, `algo.policy_loss`,
   `algo.aggregation`, as in trainers/rl.py).
 
-Each step then runs `train.ppo_epochs` optimizer steps on its batch. The previous iterate π_t (`prev_logp`) is the
+Each step then runs `train.ppo_epochs` optimizer steps on its batch (none when nothing is left to learn from, e.g.
+every pair tied; the schedule still advances). The previous iterate π_t (`prev_logp`) is the
 policy at the start of the iteration, which lasts `online.anchor_every` steps: with one step per iteration it is
 the sampling policy, whose log-probs are the first pass's, detached (no extra forward); Nash-MP's half and full prox
 steps are two steps from one anchor. π_ref is the initial model, replaced by the current policy every
@@ -27,7 +28,8 @@ from __future__ import annotations
 import copy
 import inspect
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,6 @@ from unipo.trainers.common import (
     call,
     check_runnable,
     default_output_dir,
-    import_object,
     seed_everything,
 )
 from unipo.trainers.evaluate import heldout_eval
@@ -86,7 +87,8 @@ class OnlineLoss:
     def explore(self) -> str | None:
         """Where its exploration response comes from (`ref`, `policy`), or None (also when its coefficient `alpha`
         is 0: the term then weighs nothing, so nothing is sampled and it gets zeros; XPO at α = 0 is online DPO)."""
-        if "explore_logp" not in self.inputs or self.fn.keywords.get("alpha", 1.0) == 0:
+        alpha = self.fn.keywords.get("alpha", algos.entry("online", self.name).params.get("alpha"))
+        if "explore_logp" not in self.inputs or alpha == 0:
             return None
         return "ref" if self.name in EXPLORE_FROM_REF else "policy"
 
@@ -122,30 +124,6 @@ def build_loss(cfg: Config) -> OnlineLoss:
     return loss
 
 
-def build_oracle(cfg: Config, scorer: Any, device: Any = "cpu") -> oracles.Oracle:
-    """The preference oracle `online.oracle` names (see `OnlineConfig`)."""
-    o = cfg.online
-    temperature = oracles.default_temperature(o.oracle, o.temperature)
-    if o.oracle == "task":
-        return oracles.ScoreOracle(oracles.task_scores(scorer), temperature)
-    if o.oracle == "reward_model":
-        if not o.reward_model:
-            raise ConfigError(
-                "online.reward_model: set the path of a sequence-classification model (oracle reward_model)"
-            )
-        return oracles.ScoreOracle(oracles.RewardModelScores(o.reward_model, device), temperature)
-    if o.oracle == "judge":
-        if not o.judge:
-            raise ConfigError("online.judge: set the dotted path of judge(prompt, a, b) -> P(a ≻ b) (oracle judge)")
-        try:
-            return oracles.JudgeOracle(import_object(o.judge))
-        except ValueError as e:
-            raise ConfigError(f"online.judge: {e}") from None
-    if not o.matrix:
-        raise ConfigError("online.matrix: set a JSON file with `responses` and `matrix` (oracle matrix)")
-    return oracles.MatrixOracle.from_json(o.matrix)
-
-
 @dataclass
 class OnlineState:
     """Everything one step touches; `checkpoint_state` is what must survive a restart."""
@@ -166,7 +144,6 @@ class OnlineState:
     ref_refreshed: bool = False
     rl_algo: Any | None = None
     step: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def checkpoint_state(self) -> dict[str, Any]:
         state = checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, self.stream.state())
@@ -198,7 +175,7 @@ def train(cfg: Config) -> Path:
     )
     model.eval()
     device = next(model.parameters()).device
-    oracle = build_oracle(cfg, scorer, device)
+    oracle = oracles.from_config(cfg.online, scorer, device)
     ref = None
     if loss.needs_ref or (loss.rewards and cfg.algo.kl.coef > 0):
         ref, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
@@ -275,20 +252,22 @@ def online_step(s: OnlineState) -> dict[str, float]:
             mixture = GeometricMixture(s.model, s.ref, cfg.online.mixture_coef)
             opponents = sample(mixture, s.tokenizer, rows, n=k, **opts)
     with timer("judge"):
-        if opponents is None:
-            groups = [batch.texts[p * k : (p + 1) * k] for p in range(len(rows))]
-            win = spo_selfplay(s.oracle.matrix(rows, groups)).reshape(-1).float()
-        else:
+        task_reward = s.scorer.combine(s.scorer(rows, batch.group_ids.tolist(), batch.texts))
+        if opponents is not None:
             per_response = [rows[g] for g in batch.group_ids.tolist()]
             win = s.oracle.compare(per_response, batch.texts, opponents.texts).float()
+        elif cfg.online.oracle == "task":  # the task rewards just computed are the oracle's scores: not twice
+            win = spo_selfplay(s.oracle.matrix_from_scores(task_reward.view(len(rows), k))).reshape(-1).float()
+        else:
+            groups = [batch.texts[p * k : (p + 1) * k] for p in range(len(rows))]
+            win = spo_selfplay(s.oracle.matrix(rows, groups)).reshape(-1).float()
         win = win.to(batch.group_ids.device)
-        task_reward = s.scorer.combine(s.scorer(rows, batch.group_ids.tolist(), batch.texts))
     with timer("update"):
         if s.loss.rewards:
             stats = _rl_update(s, batch, win)
         else:
             units, unit_win = _units(s, batch, win, explore is not None)
-            stats = _update(s, _concat(batch, explore) if explore is not None else batch, units, unit_win)
+            stats = _update(s, batch.concat(explore) if explore is not None else batch, units, unit_win)
     lengths = batch.completion_mask.sum(1).float()
     return {
         **stats,
@@ -320,22 +299,6 @@ def _units(s: OnlineState, batch: Rollouts, win: torch.Tensor, explore: bool) ->
     return torch.stack(cols, 1)[keep], grouped.max(1).values[keep]
 
 
-def _concat(a: Rollouts, b: Rollouts) -> Rollouts:
-    """Completions of `a` then `b` for the same prompts (right-padded to one width)."""
-    width = max(a.completion_ids.shape[1], b.completion_ids.shape[1])
-
-    def pad(x: torch.Tensor, value: int = 0) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
-
-    return Rollouts(
-        a.prompt_ids, a.prompt_mask,
-        torch.cat([pad(a.completion_ids), pad(b.completion_ids)]),
-        torch.cat([pad(a.completion_mask), pad(b.completion_mask)]),
-        torch.cat([a.group_ids, b.group_ids]), torch.cat([a.truncated, b.truncated]),
-        torch.cat([pad(a.rollout_logp), pad(b.rollout_logp)]), a.rows, a.texts + b.texts,
-    )  # fmt: skip
-
-
 @torch.no_grad()
 def _fixed_logps(s: OnlineState, model: Any, batch: Rollouts, rows: torch.Tensor) -> torch.Tensor:
     """[R, T] log-probs of `rows` under a frozen model (reference or anchor), zeros elsewhere."""
@@ -360,8 +323,9 @@ def _update(s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Ten
         num_units = units.shape[0]
     used = units.flatten()
     frozen = {}
-    if {"ref_logp", "explore_ref_logp"} & loss.inputs:
-        frozen["ref_logp"] = _fixed_logps(s, s.ref, batch, used)
+    if {"ref_logp", "explore_ref_logp"} & loss.inputs:  # XPO needs no reference log-probs of its exploration rows
+        ref_rows = used if "explore_ref_logp" in loss.inputs else units[:, :2].flatten()
+        frozen["ref_logp"] = _fixed_logps(s, s.ref, batch, ref_rows)
     if "prev_logp" in loss.inputs and s.anchor is not None:
         frozen["prev_logp"] = _fixed_logps(s, s.anchor, batch, used)
     first_pass = torch.zeros(batch.completion_mask.shape, device=used.device)  # π_t = the sampling policy
@@ -388,8 +352,11 @@ def _update(s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Ten
             value.backward()
             total += float(value.detach())
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or 1e30)))
-        s.optimizer.step()
-        s.scheduler.step()
+        if num_units:  # nothing to learn (every pair tied): AdamW's momentum alone must not move the weights
+            s.optimizer.step()
+        with warnings.catch_warnings():  # torch warns when a schedule advances before the first optimizer step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            s.scheduler.step()
         losses.append(total)
     out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
     if loss.pairs:
