@@ -140,6 +140,16 @@ def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
             raise ConfigError(f"algo.{where}: cannot run in the on-policy trainer: {e}") from None
 
 
+def start_run(cfg: Config) -> tuple[Config, RunDir]:
+    """The run directory (`runs/<recipe>-<time>` unless `output_dir` is set), CPU threads and seeds of a run."""
+    if cfg.output_dir is None:
+        cfg = cfg.model_copy(update={"output_dir": default_output_dir(cfg)})
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    return cfg, RunDir(cfg.output_dir)
+
+
 def seed_everything(seed: int) -> None:
     import random
 

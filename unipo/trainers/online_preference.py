@@ -46,7 +46,6 @@ from unipo.rewards import oracles
 from unipo.rollout.hf import GeometricMixture, sample
 from unipo.trainers import checkpoint, rl
 from unipo.trainers.common import (
-    RunDir,
     Timer,
     build_algo,
     build_component,
@@ -54,8 +53,7 @@ from unipo.trainers.common import (
     build_rewards,
     call,
     check_runnable,
-    default_output_dir,
-    seed_everything,
+    start_run,
 )
 from unipo.trainers.evaluate import heldout_eval
 from unipo.trainers.loop import run_steps
@@ -154,12 +152,7 @@ class OnlineState:
 
 def train(cfg: Config) -> Path:
     """Train with `algo.online` against `online.oracle`; returns the run directory. Resumes like the RL trainer."""
-    if cfg.output_dir is None:
-        cfg = cfg.model_copy(update={"output_dir": default_output_dir(cfg)})
-    run = RunDir(cfg.output_dir)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
+    cfg, run = start_run(cfg)
     task = get_task(cfg.task)
     scorer = build_rewards(cfg, task.reward)
     loss = build_loss(cfg)

@@ -42,7 +42,7 @@ from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import text_of
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint
-from unipo.trainers.common import RunDir, build_component, build_optimizer, default_output_dir, seed_everything
+from unipo.trainers.common import RunDir, build_component, build_optimizer, start_run
 from unipo.trainers.evaluate import evaluate
 from unipo.trainers.loop import run_steps
 
@@ -123,10 +123,7 @@ def responses(row: dict[str, Any]) -> list[str]:
 
 def train(cfg: Config) -> Path:
     """Train on preference data with `algo.preference`; returns the run directory. Resumes like the RL trainer."""
-    if cfg.output_dir is None:
-        cfg = cfg.model_copy(update={"output_dir": default_output_dir(cfg)})
-    run = RunDir(cfg.output_dir)
-    seed_everything(cfg.train.seed)
+    cfg, run = start_run(cfg)
     loss = build_loss(cfg)
     train_rows, heldout = load_examples(cfg, loss)
     resume, saved = checkpoint.latest(run.checkpoints)

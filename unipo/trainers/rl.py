@@ -28,16 +28,14 @@ from unipo.trainers import checkpoint
 from unipo.trainers.common import (
     Algo,
     RewardScorer,
-    RunDir,
     Timer,
     build_algo,
     build_optimizer,
     build_rewards,
     call,
     check_runnable,
-    default_output_dir,
     log,
-    seed_everything,
+    start_run,
 )
 from unipo.trainers.evaluate import heldout_eval
 from unipo.trainers.loop import run_steps
@@ -45,12 +43,7 @@ from unipo.trainers.loop import run_steps
 
 def train(cfg: Config) -> Path:
     """Train `cfg.model` with the recipe in `cfg`; returns the run directory. Resumes from its latest checkpoint."""
-    if cfg.output_dir is None:
-        cfg = cfg.model_copy(update={"output_dir": default_output_dir(cfg)})
-    run = RunDir(cfg.output_dir)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
+    cfg, run = start_run(cfg)
     task = get_task(cfg.task)
     scorer = build_rewards(cfg, task.reward)
     algo = build_algo(cfg)
