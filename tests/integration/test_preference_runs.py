@@ -202,3 +202,20 @@ def test_reference_cache_is_recomputed_when_precision_or_the_model_files_change(
         (Path(tiny_model_dir) / "config.json").touch()  # e.g. the model retrained in place
         preference._reference_logps(cfg, run, tok, pairs)
         assert len(loads) == 3
+
+
+UNPAIRED = [{"prompt": f"say {i}:", "completion": "7 7 7" if i % 3 else f"no {i}", "label": bool(i % 3)}
+            for i in range(40)]  # fmt: skip
+
+
+def test_kto_on_unpaired_rows_and_pairwise_losses_refuse_them(tiny_model_dir, tmp_path, capsys):
+    rows = _run(tiny_model_dir, tmp_path, "kto", UNPAIRED, "train.max_steps=6", "train.lr=1e-2", name="kto")
+    # policy = reference: every term is λ·(1 − σ(0)) = ½ and z₀ = 0
+    assert rows[0]["loss"] == pytest.approx(0.5, abs=1e-5) and rows[0]["kto/z0"] == pytest.approx(0.0, abs=1e-4)
+    # then desirable completions rise above undesirable ones (margins over the batch's desirable x undesirable pairs)
+    later = [r["rewards/accuracy"] for r in rows[1:] if "rewards/accuracy" in r]
+    assert later and min(later) > 0.5 and rows[-1]["loss"] < rows[0]["loss"]
+    data = _pairs(tmp_path / "unpaired.jsonl", UNPAIRED)
+    args = ["train", "dpo", f"model.path={tiny_model_dir}", f"data.path={data}", f"output_dir={tmp_path / 'r'}"]
+    assert main(args) == 2
+    assert "unpaired rows (`completion` + `label`) need an unpaired loss (kto)" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 A pair is `{"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}` (TRL's explicit-prompt
 convention), optionally with `score_chosen` / `score_rejected` (UltraFeedback's columns; CoPG needs them). A list is
 `{"prompt": ..., "responses": [...], "scores": [...]}` (larger is better); every list of a dataset has the same
-length. Chat-form responses use the content of their last message.
+length. An unpaired example (TRL's KTO format) is `{"prompt": ..., "completion": ..., "label": true|false}`.
+Chat-form responses use the content of their last message.
 """
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ def _list_problem(row: Pair, width: int | None) -> str | None:
     return "the best and the worst response are the same text" if texts[best] == texts[worst] else None
 
 
+def _unpaired_problem(row: Pair) -> str | None:
+    missing = [k for k in ("prompt", "completion", "label") if k not in row or row[k] in (None, "", [])]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if not _response(row["completion"]).strip():
+        return "empty completion"
+    return None if isinstance(row["label"], bool) else f"label must be true or false, got {row['label']!r}"
+
+
+def is_unpaired(rows: list[Pair]) -> bool:
+    """Rows in the unpaired format (`completion` + `label`, as TRL's KTO datasets)."""
+    return bool(rows) and "completion" in rows[0] and "label" in rows[0]
+
+
 def is_listwise(rows: list[Pair]) -> bool:
     """Rows in the list format (`responses` + `scores`) rather than pairs."""
     return bool(rows) and "responses" in rows[0]
@@ -85,12 +100,13 @@ def is_listwise(rows: list[Pair]) -> bool:
 def validate_pairs(rows: list[Pair], max_bad_frac: float) -> list[Pair]:
     """Drop bad rows, reporting each by its 1-based row number, and stop before training when more than
     `max_bad_frac` of the rows are bad. Pairs: missing field, empty response, chosen == rejected. Lists: missing
-    field, lengths that differ, fewer than two responses, an empty response, non-numeric or all-equal scores."""
+    field, lengths that differ, fewer than two responses, an empty response, non-finite or all-equal scores, the
+    same text best and worst. Unpaired rows: missing field, empty completion, a label that is not a boolean."""
     good, bad = [], []
-    listwise = is_listwise(rows)
+    listwise, unpaired = is_listwise(rows), is_unpaired(rows)
     width = None
     for i, row in enumerate(rows, 1):
-        problem = _list_problem(row, width) if listwise else _pair_problem(row)
+        problem = _list_problem(row, width) if listwise else _unpaired_problem(row) if unpaired else _pair_problem(row)
         if problem:
             bad.append(f"row {i}: {problem}")
         else:

@@ -32,6 +32,7 @@ from unipo.data.preference import (
     arithmetic_pairs,
     best_and_worst,
     is_listwise,
+    is_unpaired,
     lists_to_pairs,
     load_pairs,
     validate_pairs,
@@ -102,6 +103,9 @@ def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[d
                               "pairs with `score_chosen`/`score_rejected`); the built-in pairs have none")  # fmt: skip
         return arithmetic_pairs()
     rows = validate_pairs(load_pairs(cfg.data.path), cfg.data.max_bad_frac)
+    if is_unpaired(rows) and not loss.kl:
+        raise ConfigError(f"data.path: unpaired rows (`completion` + `label`) need an unpaired loss (kto), not "
+                          f"{cfg.algo.preference.name!r}")  # fmt: skip
     if loss.listwise and not is_listwise(rows):
         raise ConfigError(f"data.path: {cfg.algo.preference.name!r} is listwise and needs rows with `responses` and "
                           "`scores`")  # fmt: skip
@@ -115,9 +119,11 @@ def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[d
 
 
 def responses(row: dict[str, Any]) -> list[str]:
-    """An example's W responses: [chosen, rejected] for a pair, the list otherwise."""
+    """An example's W responses: [chosen, rejected] for a pair, [completion] for an unpaired example, the list."""
     if "responses" in row:
         return [text_of(r) for r in row["responses"]]
+    if "completion" in row:
+        return [text_of(row["completion"])]
     return [text_of(row["chosen"]), text_of(row["rejected"])]
 
 
@@ -277,24 +283,27 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model
         value = out.sum() / (n * (out.shape[0] // len(chunk)))  # mean over loss terms (KTO: 2 per pair)
         value.backward()
         total += float(value.detach())
-        h = logp.detach().sum(-1) - part["ref"].sum(-1)  # [b, W] implicit rewards / β
-        best, worst = _best_worst(chunk, h.device)
-        margins.append((h.gather(1, best) - h.gather(1, worst)).squeeze(1).float().cpu())
+        margins.append(_margins(chunk, logp.detach().sum(-1) - part["ref"].sum(-1)).float().cpu())
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf")))
     optimizer.step()
+    out = {"loss": total, "grad_norm": grad_norm}
     margin = torch.cat(margins)
-    accuracy = float((margin > 0).float().mean())
-    out = {"loss": total, "rewards/margin": float(margin.mean()), "rewards/accuracy": accuracy, "grad_norm": grad_norm}
+    if margin.numel():  # none for an unpaired batch with one label only
+        out |= {"rewards/margin": float(margin.mean()), "rewards/accuracy": float((margin > 0).float().mean())}
     if kl:
         out["kto/z0"] = float((kl["kl_logp"] - kl["ref_kl_logp"]).mean().clamp(min=0))
     return out
 
 
-def _best_worst(rows: list[dict[str, Any]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """[b, 1] columns of the preferred and of the least preferred response: (0, 1) for pairs."""
-    pairs = [best_and_worst(r["scores"]) if "scores" in r else (0, 1) for r in rows]
-    best, worst = torch.tensor(pairs, device=device).T
-    return best[:, None], worst[:, None]
+def _margins(rows: list[dict[str, Any]], h: torch.Tensor) -> torch.Tensor:
+    """Implicit-reward margins from h = log π − log π_ref [b, W], positive where the policy ranks as the data does:
+    preferred minus least preferred response of each example (pairs, lists: [b]), or every desirable example minus
+    every undesirable one of the batch (unpaired: [b_D·b_U])."""
+    if "completion" in rows[0]:
+        label = torch.tensor([r["label"] for r in rows], device=h.device)
+        return (h[label, 0][:, None] - h[~label, 0][None, :]).flatten()
+    best, worst = torch.tensor([best_and_worst(r["scores"]) if "scores" in r else (0, 1) for r in rows]).T
+    return h[torch.arange(len(rows)), best.to(h.device)] - h[torch.arange(len(rows)), worst.to(h.device)]
 
 
 def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, ref_model, generator) -> tuple:
@@ -303,6 +312,10 @@ def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, ref_m
     if loss.listwise:
         scores = torch.tensor([r["scores"] for r in rows], dtype=torch.float32, device=logp.device)
         return (logp.sum(-1), ref.sum(-1)), {"scores": scores}
+    if "completion" in rows[0]:  # unpaired (KTO): desirable and undesirable examples, each with its own count
+        label = torch.tensor([r["label"] for r in rows], device=logp.device)
+        seq, ref_seq = logp.sum(-1)[:, 0], ref.sum(-1)[:, 0]
+        return (seq[label], seq[~label], ref_seq[label], ref_seq[~label]), {}
     if loss.per_token:
         args = (logp[:, 0], logp[:, 1], ref[:, 0], ref[:, 1])
         extra = {"chosen_mask": mask[:, 0], "rejected_mask": mask[:, 1]}
@@ -339,15 +352,14 @@ def _fresh_samples(cfg, model, ref_model, tokenizer, rows, generator) -> tuple[t
 
 @torch.no_grad()
 def _evaluate(cfg, model, tokenizer, heldout, heldout_ref) -> dict[str, float]:
-    """Held-out preference accuracy (the implicit reward ranks the preferred response above the least preferred);
-    plus greedy accuracy for the built-in pairs."""
+    """Held-out preference accuracy (the implicit reward ranks as the data does, `_margins`); plus greedy accuracy
+    for the built-in pairs."""
     if not cfg.eval.num_problems or not heldout:
         return {}
     rows, ref = heldout[: cfg.eval.num_problems], heldout_ref[: cfg.eval.num_problems]
     logp, _ = _token_logps(cfg, model, tokenizer, rows)
-    h = logp.float().cpu().sum(-1) - ref.sum(-1)
-    best, worst = _best_worst(rows, "cpu")
-    out = {"eval/pref_accuracy": float((h.gather(1, best) > h.gather(1, worst)).float().mean())}
+    margin = _margins(rows, logp.float().cpu().sum(-1) - ref.sum(-1))
+    out = {"eval/pref_accuracy": float((margin > 0).float().mean())} if margin.numel() else {}
     if cfg.data.path is None:  # built-in pairs come from the arithmetic task: also score generation
         task = arithmetic()
         with autocast_context(model, cfg.model.autocast):

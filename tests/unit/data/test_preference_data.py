@@ -34,3 +34,20 @@ def test_lists_become_best_worst_pairs_with_their_scores():
     assert lists_to_pairs(rows) == [
         {"prompt": "p", "id": 7, "chosen": "b", "rejected": "c", "score_chosen": 3, "score_rejected": 0}
     ]
+
+
+def test_unpaired_rows_are_validated_with_row_numbers():
+    from unipo.data.preference import is_unpaired
+
+    rows = [
+        {"prompt": "p", "completion": "a", "label": True},
+        {"prompt": "q", "completion": " ", "label": False},
+        {"prompt": "r", "completion": "b", "label": "yes"},
+        {"prompt": "s", "completion": "c"},
+    ]
+    assert is_unpaired(rows)
+    with pytest.raises(ConfigError) as e:
+        validate_pairs(rows, 0.5)
+    msg = str(e.value)
+    assert "row 2: empty completion" in msg and "row 3: label must be true or false, got 'yes'" in msg
+    assert "row 4: missing label" in msg
