@@ -213,6 +213,12 @@ def test_policy_equal_reference_gives_zero_margin_value(logp, beta):
     zeros = torch.zeros(n, dtype=D)
     close(pref("copg")(c, r, c, r, chosen_rewards=zeros, rejected_rewards=zeros, beta=beta), zeros)
     close(pref("hypo")(c, r, c, r, sample_logp=c, ref_sample_logp=c, beta=beta), torch.full((n,), LOG2, dtype=D))
+    # tgdpo per token: every token's log-ratio is 0, whatever the guide says
+    tok_c, tok_r = c[:, None].repeat(1, 3), r[:, None].repeat(1, 3)
+    ones, guide = torch.ones(n, 3, dtype=D), torch.full((n, 3), -0.5, dtype=D)
+    tg = pref("tgdpo")(tok_c, tok_r, tok_c, tok_r, chosen_mask=ones, rejected_mask=ones, guide_chosen_logp=guide,
+                       guide_rejected_logp=guide, beta=beta)  # fmt: skip
+    close(tg, torch.full((n,), LOG2, dtype=D))
 
 
 # --------------------------------------------------------------------------------------------------- §13 P1–P6
