@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,6 +79,29 @@ def run_trl(args: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - start
     after = _heldout_accuracy(trainer.model, tokenizer, args.eval) if args.eval else None
     return {"train_s": seconds, "accuracy_before": before, "accuracy_after": after}
+
+
+def run_child(fn: Callable[[argparse.Namespace], dict], args: argparse.Namespace) -> None:
+    """In a framework's own process: run it on every core, add its peak RSS, print the result for the parent."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    result = fn(args)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_children(script: str, argv: list[str]) -> dict[str, dict]:
+    """Run `script argv --only NAME` for TRL, then unipo, each in its own process (so peak memory is its own)."""
+    results = {}
+    for name in ("trl", "unipo"):
+        proc = subprocess.run([sys.executable, script, *argv, "--only", name], capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            sys.exit(f"{name} failed:\n{proc.stderr[-4000:]}")
+        results[name] = json.loads(line.removeprefix("RESULT "))
+        print(f"{name}: {results[name]}", flush=True)
+    return results
 
 
 def run_unipo(args: argparse.Namespace) -> dict:
@@ -140,22 +164,9 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/grpo_vs_trl.json")
     args = p.parse_args()
     if args.only:
-        import torch
-
-        torch.set_num_threads(os.cpu_count() or 1)
-        result = (run_trl if args.only == "trl" else run_unipo)(args)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps(result), flush=True)
+        run_child(run_trl if args.only == "trl" else run_unipo, args)
         return
-    results = {}
-    for name in ("trl", "unipo"):
-        cmd = [sys.executable, __file__, "--only", name] + sys.argv[1:]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            sys.exit(f"{name} failed:\n{proc.stderr[-4000:]}")
-        results[name] = json.loads(line.removeprefix("RESULT "))
-        print(f"{name}: {results[name]}", flush=True)
+    results = run_children(__file__, sys.argv[1:])
     t, u = results["trl"], results["unipo"]
     summary = {
         "date": time.strftime("%Y-%m-%d"),

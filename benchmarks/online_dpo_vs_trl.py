@@ -40,8 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -231,13 +229,10 @@ def _parse() -> argparse.Namespace:
 
 def main() -> None:
     args = _parse()
-    if args.only:
-        import torch
+    from grpo_vs_trl import run_child, run_children
 
-        torch.set_num_threads(os.cpu_count() or 1)
-        result = (run_trl if args.only == "trl" else run_unipo)(args)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps(result), flush=True)
+    if args.only:
+        run_child(run_trl if args.only == "trl" else run_unipo, args)
         return
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
@@ -249,15 +244,7 @@ def main() -> None:
                 from unipo.models.loading import default_model_dir
 
                 args.model = str(default_model_dir())
-        results = {}
-        for name in ("trl", "unipo"):
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--only", name, "--model", args.model]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                sys.exit(f"{name} failed:\n{proc.stderr[-4000:]}")
-            results[name] = json.loads(line.removeprefix("RESULT "))
-            print(f"{name}: {results[name]}", flush=True)
+        results = run_children(__file__, [*sys.argv[1:], "--model", args.model])
         summary = _report(args, results)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=1))
