@@ -24,20 +24,10 @@ def build_tiny_model(
 ) -> Path:
     """Write a tiny LlamaForCausalLM and its tokenizer to `path` (loadable with `model.path=<path>`)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
-    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token=None)
-    fast.chat_template = _CHAT_TEMPLATE
+    fast = _tokenizer(vocab_size)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast),
@@ -57,3 +47,39 @@ def build_tiny_model(
     model.save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+def build_tiny_reward_model(path: str | Path, *, hidden: int = 16, seed: int = 0, num_labels: int = 1) -> Path:
+    """Write a tiny LlamaForSequenceClassification (one output: a Bradley-Terry reward model) with the tiny
+    tokenizer and chat template to `path`, for tests of the reward-model oracle."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    path = Path(path)
+    fast = _tokenizer(256)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=fast.pad_token_id,
+                         bos_token_id=None, eos_token_id=fast.eos_token_id, num_labels=num_labels)  # fmt: skip
+    path.mkdir(parents=True, exist_ok=True)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def _tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer trained on the built-in corpus, with ChatML-like specials and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token=None)
+    fast.chat_template = _CHAT_TEMPLATE
+    return fast

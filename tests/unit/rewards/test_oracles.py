@@ -89,37 +89,36 @@ def test_matrix_oracle_from_json_reports_bad_files(tmp_path):
         oracles.MatrixOracle.from_json(str(bad))
 
 
-def _tiny_reward_model(path, num_labels=1):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(["p0 p1 a b c 1 2"] * 5, trainer=trainers.BpeTrainer(
-        vocab_size=280, special_tokens=["<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<pad>")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, num_labels=num_labels)  # fmt: skip
-    LlamaForSequenceClassification(cfg).save_pretrained(path)
-    fast.save_pretrained(path)
-    return str(path)
-
-
 def test_reward_model_oracle_is_bradley_terry_on_the_model_scores(tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = _tiny_reward_model(tmp_path / "rm")
+    from unipo.models.tiny import build_tiny_reward_model
+
+    path = str(build_tiny_reward_model(tmp_path / "rm"))
     scores = oracles.RewardModelScores(path, batch_size=2)
     model, tok = AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    with torch.no_grad():  # scored one at a time here: padding in the oracle's batches must not change a score
-        direct = [model(**tok(t, return_tensors="pt")).logits[0, 0].item() for t in ("p0a", "p0bb", "p1c")]
-    got = scores([ROWS[0], ROWS[0], ROWS[1]], ["a", "bb", "c"])
-    assert got.tolist() == pytest.approx(direct, abs=1e-5)
+    cases = [(ROWS[0], "a"), (ROWS[0], "bb"), (ROWS[1], "c")]
+
+    def direct(text_of_case, special):  # scored one at a time: padding in the oracle's batches must not matter
+        with torch.no_grad():
+            encoded = [tok(text_of_case(r, y), return_tensors="pt", add_special_tokens=special) for r, y in cases]
+            return [model(**e).logits[0, 0].item() for e in encoded]
+
+    def chat(row, y):  # the template holds the special tokens, so none are added again
+        return tok.apply_chat_template([{"role": "user", "content": row["prompt"]},
+                                        {"role": "assistant", "content": y}], tokenize=False)  # fmt: skip
+
+    expected = direct(chat, False)
+    got = scores([r for r, _ in cases], [y for _, y in cases])
+    assert got.tolist() == pytest.approx(expected, abs=1e-5)
     p = oracles.ScoreOracle(scores).compare([ROWS[0]], ["a"], ["bb"]).item()
-    assert p == pytest.approx(1 / (1 + math.exp(-(direct[0] - direct[1]))), abs=1e-5)
+    assert p == pytest.approx(1 / (1 + math.exp(-(expected[0] - expected[1]))), abs=1e-5)
+    scores.tokenizer.chat_template = None  # a reward model without a template scores prompt + response
+    assert scores([r for r, _ in cases], [y for _, y in cases]).tolist() == pytest.approx(
+        direct(lambda r, y: r["prompt"] + y, True), abs=1e-5
+    )
     with pytest.raises(ConfigError, match="2 outputs"):
-        oracles.RewardModelScores(_tiny_reward_model(tmp_path / "rm2", num_labels=2))
+        oracles.RewardModelScores(str(build_tiny_reward_model(tmp_path / "rm2", num_labels=2)))
     with pytest.raises(ConfigError, match="cannot load"):
         oracles.RewardModelScores(str(tmp_path / "missing"))
 
