@@ -26,6 +26,7 @@ per-token log-probs instead.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import time
 import warnings
@@ -60,6 +61,9 @@ from unipo.trainers.loop import run_steps
 
 MIXTURE_OPPONENT = {"nash_md"}
 """Losses whose opponent is sampled from the geometric mixture of policy and reference (not the group)."""
+ZERO_AT_TIE = {"sppo"}
+"""Losses whose value and gradient are exactly 0 for a response with win rate ½ while π_θ = π_t (first pass, anchor =
+sampling policy): such responses skip the forward and backward (they stay in the mean)."""
 EXPLORE_FROM_REF = {"xpo"}
 """Losses whose exploration response comes from π_ref (others that take one sample it from the current policy)."""
 SHOWN = {"loss": "loss", "task_reward": "reward/task_mean", "pairs": "pairs/kept_frac", "len": "tokens/completion_mean",
@@ -81,7 +85,7 @@ class OnlineLoss:
     rewards: bool = False
     """Turns win rates into rewards for the RL update (`spo_selfplay`)."""
 
-    @property
+    @functools.cached_property
     def explore(self) -> str | None:
         """Where its exploration response comes from (`ref`, `policy`), or None (also when its coefficient `alpha`
         is 0: the term then weighs nothing, so nothing is sampled and it gets zeros; XPO at α = 0 is online DPO)."""
@@ -90,7 +94,7 @@ class OnlineLoss:
             return None
         return "ref" if self.name in EXPLORE_FROM_REF else "policy"
 
-    @property
+    @functools.cached_property
     def needs_ref(self) -> bool:
         return bool({"ref_logp", "explore_ref_logp"} & self.inputs) or self.explore == "ref" or self.mixture
 
@@ -309,9 +313,9 @@ def _update(s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Ten
     """`ppo_epochs` optimizer steps on the loss averaged over `units`, accumulated over micro-batches of units."""
     cfg, model, loss = s.cfg, s.model, s.loss
     num_units = normaliser = units.shape[0]
-    if loss.name == "sppo" and s.anchor is None and cfg.train.ppo_epochs == 1:
-        # at π_θ = π_t the SPPO loss (η·(P̂ − ½))² and its gradient vanish for a response with P̂ = ½ (e.g. a group
-        # the oracle cannot tell apart): leave it out of the forward and backward, keep it in the mean
+    if loss.name in ZERO_AT_TIE and s.anchor is None and cfg.train.ppo_epochs == 1:
+        # SPPO: (log π_θ/π_t − η·(P̂ − ½))² and its gradient are 0 at π_θ = π_t when P̂ = ½ (e.g. a group the oracle
+        # cannot tell apart)
         units, win = units[win != 0.5], win[win != 0.5]
         num_units = units.shape[0]
     used = units.flatten()
