@@ -140,6 +140,7 @@ def _eval(args: list[str]) -> int:
             max_new_tokens=max_new,
             k=k,
             generator=torch.Generator(next(model.parameters()).device).manual_seed(0),
+            also=task.other_rewards(),
         )
     for key, value in result.items():
         print(f"{key}: {value:.3f}  ({model_path}, task {task_name}, {min(n, len(task.heldout))} problems)")

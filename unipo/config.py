@@ -176,6 +176,9 @@ class EvalConfig(_Strict):
     """Also evaluate every N steps (0: only before and after)."""
     batch_size: int = Field(128, ge=1)
     """Prompts per generation batch during evaluation."""
+    show_replies: int = Field(3, ge=0)
+    """Held-out replies printed with each evaluation (before and after training), so a person sees what was
+    learned."""
 
 
 class Config(_Strict):

@@ -20,11 +20,15 @@ def test_default_model_trains_one_step_and_scores_the_heldout_split(tmp_path, ca
     assert main(args) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 1]
+    # the strict metric and the format reward are both reported at each evaluation
+    assert {"eval/accuracy", "eval/only_number"} <= rows[0].keys() and {"reward/final_answer"} <= rows[1].keys()
     assert rows[1]["tokens/completion_mean"] <= 8 and rows[1]["reward/mean"] in (0.0, 0.5, 1.0)
     config = (run / "config.yaml").read_text()
     assert "path: default" in config and "task: arithmetic" in config and "recipe: grpo" in config
     err = capsys.readouterr().err
     assert "held-out greedy accuracy" in err and f"run directory: {run}" in err
+    # a person sees replies before and after: the first held-out prompt printed twice, each with its verdict
+    assert err.count("> What is ") == 2 * 3 and err.count("   [") >= 2 * 3
     # the converted model is a plain HF checkpoint: no GGUF quantization left in its config
     saved = json.loads((run / "checkpoints/step-000001/config.json").read_text())
     assert saved["model_type"] == "llama" and "quantization_config" not in saved

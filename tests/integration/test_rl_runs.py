@@ -137,3 +137,37 @@ def test_eval_and_list_commands(tiny_model_dir, tmp_path, capsys):
     assert main(["eval", str(run), "k=2", "num_problems=4", "max_new_tokens=4"]) == 0
     out = capsys.readouterr().out
     assert "eval/accuracy:" in out and "eval/pass@2:" in out and "task lucky7" in out
+
+
+def test_rewards_and_evaluation_see_each_replys_truncation_and_tokens(tiny_model_dir):
+    # the scorer and the held-out evaluation pass `truncated` and `completion_ids` of the very sampled batch
+    from unipo.data.tasks import lucky7
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.rollout.hf import sample
+    from unipo.trainers.common import RewardScorer
+    from unipo.trainers.evaluate import evaluate
+
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    rows = lucky7().heldout[:6]
+
+    def finished(prompts, completions, truncated, completion_ids):
+        return [0.0 if t else float(len(ids)) for t, ids in zip(truncated, completion_ids, strict=True)]
+
+    def draw():
+        return sample(model, tok, rows, n=3, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
+
+    # a random tiny model almost never ends within 4 tokens: declare the first token it samples an EOS too, so
+    # that the same draw has finished and truncated replies
+    model.generation_config.eos_token_id = [tok.eos_token_id, int(draw().completion_ids[0, 0])]
+    batch = draw()
+    got = RewardScorer([finished], [1.0]).score(batch)[:, 0]
+    lengths = batch.completion_mask.sum(1).float()
+    torch.testing.assert_close(got, torch.where(batch.truncated, 0.0, lengths))
+    assert 0 < int(batch.truncated.sum()) < len(got)  # both kinds occur, so the check can fail
+
+    replies = []
+    out = evaluate(model, tok, rows, lambda p, c, truncated, **_: [0.0 if t else 1.0 for t in truncated],
+                   max_new_tokens=4, replies=replies)  # fmt: skip
+    assert len(replies) == 6
+    assert out["eval/accuracy"] == pytest.approx(sum(not r["truncated"] for r in replies) / 6)
+    assert all(r["correct"] == (not r["truncated"]) for r in replies)

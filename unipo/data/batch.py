@@ -30,6 +30,11 @@ class Rollouts:
     def num_completions(self) -> int:
         return self.completion_ids.shape[0]
 
+    def token_lists(self) -> list[list[int]]:
+        """Each completion's sampled token ids through its EOS (padding dropped), as reward functions get them."""
+        lengths = self.completion_mask.sum(1).tolist()
+        return [ids[:n] for ids, n in zip(self.completion_ids.tolist(), lengths, strict=True)]
+
     def select(self, idx: torch.Tensor) -> Rollouts:
         """The completions `idx`, cut to their longest completion (prompt tensors are shared, not copied)."""
         width = int(self.completion_mask[idx].sum(1).max())

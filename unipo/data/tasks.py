@@ -9,29 +9,45 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from unipo.rewards import contains_answer, share_of_target
+from unipo.rewards import contains_answer, final_answer, only_number, share_of_target
 
 Row = dict[str, object]
 
 
 @dataclass
 class Task:
-    """A training pool, a held-out split and the reward that defines success."""
+    """A training pool, a held-out split, the reward that defines success and the rewards that train it."""
 
     name: str
     train: list[Row]
     heldout: list[Row]
     reward: Callable[..., list[float | None]]
+    """The metric: a reply is correct when this scores >= 1 (held-out accuracy)."""
     description: str
+    rewards: list[tuple[Callable[..., list[float | None]], float]] = field(default_factory=list)
+    """(function, weight) pairs trained on when the config names no `rewards`; empty: `reward` alone."""
+
+    def __post_init__(self) -> None:
+        if not self.rewards:
+            self.rewards = [(self.reward, 1.0)]
+
+    def other_rewards(self) -> dict[str, Callable[..., list[float | None]]]:
+        """The task's reward functions other than its metric, by name (evaluation reports their means too)."""
+        return {getattr(fn, "__name__", f"reward_{i}"): fn for i, (fn, _) in enumerate(self.rewards)
+                if fn is not self.reward}  # fmt: skip
 
 
 def arithmetic(seed: int = 1234, n_heldout: int = 100, max_operand: int = 50) -> Task:
-    """a + b with 0 <= a, b <= 50, "Reply with only the number"; reward 1 when a+b appears in the reply.
+    """a + b with 0 <= a, b <= 50, "Reply with only the number".
 
-    The held-out split is a fixed sample of 100 pairs (independent of the training seed); training uses the rest.
+    Scored for what the prompt asks: a reply is correct when it finished within the token budget and its final
+    answer is the sum (`final_answer`: at most three numbers, so "a + b = c" counts and hedging or a repeated
+    equation does not); that is the held-out metric and the main reward (weight 1). A format reward (weight 0.2)
+    adds credit for a reply that is only the number (`only_number`). The held-out split is a fixed sample of
+    100 pairs (independent of the training seed); training uses the rest.
     """
     pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
     random.Random(seed).shuffle(pairs)
@@ -44,8 +60,10 @@ def arithmetic(seed: int = 1234, n_heldout: int = 100, max_operand: int = 50) ->
         name="arithmetic",
         train=[row(a, b) for a, b in pairs[n_heldout:]],
         heldout=[row(a, b) for a, b in pairs[:n_heldout]],
-        reward=contains_answer,
-        description="a+b with a, b <= 50; reward 1 when the sum appears in the reply",
+        reward=final_answer,
+        description="a+b with a, b <= 50; correct: a finished reply whose final number is the sum "
+        "(+0.2 for only the number)",
+        rewards=[(final_answer, 1.0), (only_number, 0.2)],
     )
 
 

@@ -1,13 +1,17 @@
-"""Reward functions: plain callables `fn(prompts, completions, **dataset_columns) -> list[float | None]`.
+"""Reward functions: plain callables `fn(prompts, completions, **columns) -> list[float | None]`.
 
-`None` means "this function does not apply to this completion": it is left out of the sum, and a completion
-that every function scores None gets a NaN reward (advantage 0).
+The TRL convention: completions as text, every dataset column as a keyword list, plus `completion_ids` (the sampled
+token ids of each completion, through its EOS) and `truncated` (True where the completion hit the token budget
+without finishing). A function that takes `**kwargs` receives all of them; one that does not receives the keywords
+it names. `None` means "this function does not apply to this completion": it is left out of the sum, and a
+completion that every function scores None gets a NaN reward (advantage 0).
 """
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _INT = re.compile(r"-?\d+")
 
@@ -22,11 +26,72 @@ def text_of(completion: object) -> str:
     raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
 
 
-def reward_inputs(rows: Sequence[dict], group_ids: Sequence[int]) -> tuple[list, dict[str, list]]:
-    """The prompts and dataset columns of each completion (row `group_ids[i]`), as reward functions take them."""
+def reward_inputs(
+    rows: Sequence[dict],
+    group_ids: Sequence[int],
+    truncated: Sequence[bool] | None = None,
+    completion_ids: Sequence[Sequence[int]] | None = None,
+) -> tuple[list, dict[str, list]]:
+    """The prompts and keyword columns of each completion (row `group_ids[i]`), as reward functions take them:
+    every dataset column, plus `truncated` and `completion_ids` when the caller knows them."""
     per_completion = [rows[g] for g in group_ids]
     columns = {k: [r.get(k) for r in per_completion] for k in rows[0] if k != "prompt"}
+    if truncated is not None:
+        columns["truncated"] = [bool(t) for t in truncated]
+    if completion_ids is not None:
+        columns["completion_ids"] = [list(ids) for ids in completion_ids]
     return [r["prompt"] for r in per_completion], columns
+
+
+def final_number(text: str) -> str | None:
+    """The last integer written in `text` (None when there is none)."""
+    found = _INT.findall(text)
+    return found[-1] if found else None
+
+
+def final_answer(
+    prompts: Sequence,
+    completions: Sequence[str],
+    answer: Sequence[str],
+    truncated: Sequence[bool] | None = None,
+    max_numbers: int | None = 3,
+    **_: object,
+) -> list[float]:
+    """1.0 for a finished reply whose final answer is right, else 0.0: scored as a person reads the reply.
+
+    A reply earns credit only when (1) it ended within the token budget (`truncated` False: a reply cut off
+    mid-sentence has no final answer), (2) its last integer equals `answer`, and (3) it writes at most
+    `max_numbers` integers (None: no limit). The default 3 admits "a + b = c" and rejects hedging such as
+    "0 + 31 = 31 ... So 0 + 31 = 32" and an equation repeated until the budget. `truncated=None` (a caller that
+    does not know) counts every reply as finished. The default task's metric and main reward.
+    """
+    ends = [False] * len(completions) if truncated is None else list(truncated)
+    out = []
+    for c, a, cut in zip(completions, answer, ends, strict=True):
+        numbers = _INT.findall(text_of(c))
+        ok = not cut and bool(numbers) and _same_number(numbers[-1], a)
+        out.append(1.0 if ok and (max_numbers is None or len(numbers) <= max_numbers) else 0.0)
+    return out
+
+
+def _same_number(written: str, answer: object) -> bool:
+    try:
+        return int(written) == int(str(answer).strip())
+    except ValueError:
+        return written == str(answer).strip()
+
+
+def call_reward(fn: Callable, prompts: list, completions: list, columns: dict[str, list]) -> list:
+    """`fn(prompts, completions, **columns)`, passing only the columns `fn` names unless it takes `**kwargs`
+    (so a plain `def f(prompts, completions, answer)` works beside TRL-style functions)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # some builtins and C callables have no signature: give them everything
+        return fn(prompts, completions, **columns)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        names = {p.name for p in params}
+        columns = {k: v for k, v in columns.items() if k in names}
+    return fn(prompts, completions, **columns)
 
 
 def contains_answer(prompts: Sequence, completions: Sequence[str], answer: Sequence[str], **_: object) -> list[float]:

@@ -21,7 +21,7 @@ import torch
 
 from unipo import algos
 from unipo.config import AXES, Config, component_kwargs, to_yaml
-from unipo.rewards import reward_inputs
+from unipo.rewards import call_reward, reward_inputs
 
 log = logging.getLogger("unipo")
 
@@ -197,13 +197,20 @@ class RewardScorer:
         self.names = [getattr(f, "__name__", f"reward_{i}") for i, f in enumerate(fns)]
         self.failures = {n: 0 for n in self.names}
 
-    def __call__(self, rows: list[dict[str, Any]], group_ids: list[int], completions: list[str]) -> torch.Tensor:
+    def __call__(
+        self,
+        rows: list[dict[str, Any]],
+        group_ids: list[int],
+        completions: list[str],
+        truncated: list[bool] | None = None,
+        completion_ids: list[list[int]] | None = None,
+    ) -> torch.Tensor:
         """Rewards (N, K), NaN where a function returned None or failed."""
-        prompts, columns = reward_inputs(rows, group_ids)
+        prompts, columns = reward_inputs(rows, group_ids, truncated, completion_ids)
         out = torch.full((len(completions), len(self.fns)), float("nan"))
         for k, (fn, name) in enumerate(zip(self.fns, self.names, strict=True)):
             try:
-                values = list(fn(prompts, completions, **columns))
+                values = list(call_reward(fn, prompts, completions, columns))
                 if len(values) != len(completions):
                     raise ValueError(f"returned {len(values)} values for {len(completions)} completions")
                 out[:, k] = torch.tensor([math.nan if v is None else float(v) for v in values])
@@ -213,6 +220,10 @@ class RewardScorer:
                     log.warning("reward %s failed; scoring None this batch:\n%s", name, traceback.format_exc())
         return out
 
+    def score(self, batch: Any) -> torch.Tensor:
+        """Rewards (N, K) of a sampled batch (`Rollouts`): its texts, token ids and truncation flags."""
+        return self(batch.rows, batch.group_ids.tolist(), batch.texts, batch.truncated.tolist(), batch.token_lists())
+
     def combine(self, rewards: torch.Tensor) -> torch.Tensor:
         """Weighted sum over functions ignoring NaN; NaN when every function gave None. (N, K) -> (N,)"""
         w = torch.tensor(self.weights, dtype=rewards.dtype)
@@ -220,9 +231,10 @@ class RewardScorer:
         return torch.where(torch.isnan(rewards).all(dim=1), torch.nan, total)
 
 
-def build_rewards(cfg: Config, task_reward: Callable) -> RewardScorer:
+def build_rewards(cfg: Config, task_rewards: list[tuple[Callable, float]]) -> RewardScorer:
+    """The config's `rewards` when given, else the task's own reward functions and weights."""
     if not cfg.rewards:
-        return RewardScorer([task_reward], [1.0])
+        return RewardScorer([fn for fn, _ in task_rewards], [w for _, w in task_rewards])
     return RewardScorer([import_object(r.component) for r in cfg.rewards], [r.weight for r in cfg.rewards])
 
 

@@ -1,4 +1,9 @@
-"""Held-out evaluation: greedy accuracy and pass@k with sampling, scored by the task's reward (1 = correct)."""
+"""Held-out evaluation: greedy accuracy and pass@k with sampling, scored by the task's metric (1 = correct).
+
+Replies are scored with their truncation flags and token ids, as in training, so a reply cut off by the token budget
+is never counted as right. `unipo train` prints a few held-out replies before and after training, so that a person
+sees what was learned and not only the number.
+"""
 
 from __future__ import annotations
 
@@ -10,70 +15,101 @@ from typing import Any
 import torch
 
 from unipo.models.loading import autocast_context
-from unipo.rewards import reward_inputs
+from unipo.rewards import call_reward, reward_inputs, text_of
 from unipo.rollout.hf import sample
+
+Reward = Callable[..., list[float | None]]
 
 
 def evaluate(
     model: Any,
     tokenizer: Any,
     rows: list[dict[str, Any]],
-    reward: Callable[..., list[float | None]],
+    reward: Reward,
     *,
     max_new_tokens: int = 32,
     batch_size: int = 128,
     k: int = 1,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    also: dict[str, Reward] | None = None,
+    replies: list[dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """`eval/accuracy` (greedy) and, when k > 1, `eval/pass@k` (k samples at `temperature`, any correct).
 
-    A reply counts as correct when the reward is >= 1 (the built-in tasks use 0/1 rewards). Runs in the caller's
-    precision context: the trainer evaluates with the same (autocast) forward pass it samples and trains with.
+    A reply counts as correct when `reward` is >= 1 (the built-in tasks' metrics are 0/1). `also` adds the mean
+    greedy score of other reward functions as `eval/<name>` (e.g. the format reward); `replies`, when given, is
+    filled with every greedy reply (`prompt`, `reply`, `correct`, `truncated`). Runs in the caller's precision
+    context: the trainer evaluates with the same (autocast) forward pass it samples and trains with.
     """
-    greedy = _correct(model, tokenizer, rows, reward, 1, max_new_tokens, batch_size, True, temperature, generator)
-    out = {"eval/accuracy": sum(greedy) / max(1, len(greedy))}
+    also = also or {}
+    fns = [reward, *also.values()]
+    greedy = _scores(model, tokenizer, rows, fns, 1, max_new_tokens, batch_size, True, temperature, generator, replies)
+    out = {"eval/accuracy": _mean([s[0] >= 1.0 for s in greedy])}
+    out |= {f"eval/{name}": _mean([s[i] for s in greedy]) for i, name in enumerate(also, 1)}
     if k > 1:
-        sampled = _correct(model, tokenizer, rows, reward, k, max_new_tokens, batch_size, False, temperature, generator)
-        hits = [any(sampled[i * k : (i + 1) * k]) for i in range(len(rows))]
-        out[f"eval/pass@{k}"] = sum(hits) / max(1, len(hits))
+        sampled = _scores(model, tokenizer, rows, [reward], k, max_new_tokens, batch_size, False, temperature,
+                          generator, None)  # fmt: skip
+        hits = [any(s[0] >= 1.0 for s in sampled[i * k : (i + 1) * k]) for i in range(len(rows))]
+        out[f"eval/pass@{k}"] = _mean(hits)
     return out
 
 
-def _correct(
-    model, tokenizer, rows, reward, n, max_new_tokens, batch_size, greedy, temperature, generator
-) -> list[bool]:
-    results: list[bool] = []
+def _mean(values: list) -> float:
+    return sum(values) / max(1, len(values))
+
+
+def _scores(
+    model, tokenizer, rows, fns, n, max_new_tokens, batch_size, greedy, temperature, generator, replies
+) -> list[list[float]]:
+    """Per completion, the score of each function in `fns` (None counts as 0)."""
+    results: list[list[float]] = []
     per_batch = max(1, batch_size // n)
     for start in range(0, len(rows), per_batch):
         chunk = rows[start : start + per_batch]
-        batch = sample(
-            model,
-            tokenizer,
-            chunk,
-            n=n,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            greedy=greedy,
-            generator=generator,
-        )
-        prompts, columns = reward_inputs(chunk, batch.group_ids.tolist())
-        scores = reward(prompts, batch.texts, **columns)
-        results += [s is not None and s >= 1.0 for s in scores]
+        batch = sample(model, tokenizer, chunk, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                       greedy=greedy, generator=generator)  # fmt: skip
+        gids = batch.group_ids.tolist()
+        prompts, columns = reward_inputs(chunk, gids, batch.truncated.tolist(), batch.token_lists())
+        per_fn = [call_reward(fn, prompts, batch.texts, columns) for fn in fns]
+        scores = [[float(s[i] or 0.0) for s in per_fn] for i in range(len(batch.texts))]
+        results += scores
+        if replies is not None:
+            replies += [
+                {"prompt": _prompt_text(p), "reply": t, "correct": s[0] >= 1.0, "truncated": bool(c)}
+                for p, t, s, c in zip(prompts, batch.texts, scores, columns["truncated"], strict=True)
+            ]
     return results
+
+
+def _prompt_text(prompt: Any) -> str:
+    return prompt if isinstance(prompt, str) else text_of(prompt)
 
 
 def heldout_eval(cfg: Any, run: Any, model: Any, tokenizer: Any, task: Any, step: int) -> dict[str, float] | None:
     """Greedy accuracy on the task's first `eval.num_problems` held-out problems, logged at `step` in the run
-    directory, with the same (autocast) forward pass the run samples and trains with. None when evaluation is off."""
+    directory, with the same (autocast) forward pass the run samples and trains with; prints the first
+    `eval.show_replies` replies. None when evaluation is off."""
     if not cfg.eval.num_problems:
         return None
     rows = task.heldout[: cfg.eval.num_problems]
+    replies: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     with autocast_context(model, cfg.model.autocast):
-        result = evaluate(model, tokenizer, rows, task.reward,
-                          max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)  # fmt: skip
+        result = evaluate(model, tokenizer, rows, task.reward, max_new_tokens=cfg.eval.max_new_tokens,
+                          batch_size=cfg.eval.batch_size, also=task.other_rewards(), replies=replies)  # fmt: skip
     run.log({"step": step, **result, "time/eval_s": time.perf_counter() - t0})
     print(f"step {step}: held-out greedy accuracy {result['eval/accuracy']:.3f} on {len(rows)} problems",
           file=sys.stderr, flush=True)  # fmt: skip
+    print(format_replies(replies[: cfg.eval.show_replies]), file=sys.stderr, flush=True)
     return result
+
+
+def format_replies(replies: list[dict[str, Any]], width: int = 100) -> str:
+    """A few held-out replies, one block each: the prompt, then the reply marked right or wrong (and cut off)."""
+    lines = []
+    for r in replies:
+        mark = "right" if r["correct"] else "wrong" + (", cut off at the token budget" if r["truncated"] else "")
+        reply = r["reply"].replace("\n", "\\n")
+        lines.append(f"  > {r['prompt'][:width]}\n    {reply[:width]!s}   [{mark}]")
+    return "\n".join(lines)

@@ -158,7 +158,7 @@ def train(cfg: Config) -> Path:
     """Train with `algo.online` against `online.oracle`; returns the run directory. Resumes like the RL trainer."""
     cfg, run = start_run(cfg)
     task = get_task(cfg.task)
-    scorer = build_rewards(cfg, task.reward)
+    scorer = build_rewards(cfg, task.rewards)
     loss = build_loss(cfg)
     if cfg.rollout.group_size < 2 and not loss.mixture:
         raise ConfigError(f"rollout.group_size: {loss.name!r} compares responses within a group; it needs at least 2")
@@ -249,7 +249,7 @@ def online_step(s: OnlineState) -> dict[str, float]:
             mixture = GeometricMixture(s.model, s.ref, cfg.online.mixture_coef)
             opponents = sample(mixture, s.tokenizer, rows, n=k, **opts)
     with timer("judge"):
-        task_reward = s.scorer.combine(s.scorer(rows, batch.group_ids.tolist(), batch.texts))
+        task_reward = s.scorer.combine(s.scorer.score(batch))
         if opponents is not None:
             per_response = [rows[g] for g in batch.group_ids.tolist()]
             win = s.oracle.compare(per_response, batch.texts, opponents.texts).float()

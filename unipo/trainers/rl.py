@@ -45,7 +45,7 @@ def train(cfg: Config) -> Path:
     """Train `cfg.model` with the recipe in `cfg`; returns the run directory. Resumes from its latest checkpoint."""
     cfg, run = start_run(cfg)
     task = get_task(cfg.task)
-    scorer = build_rewards(cfg, task.reward)
+    scorer = build_rewards(cfg, task.rewards)
     algo = build_algo(cfg)
     check_runnable(algo, len(scorer.names))
 
@@ -121,7 +121,7 @@ def rl_step(s: RLState) -> dict[str, float]:
             temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, generator=s.generator,
         )  # fmt: skip
     with timer("score"):
-        per_fn = s.scorer(rows, batch.group_ids.tolist(), batch.texts)  # (N, K)
+        per_fn = s.scorer.score(batch)  # (N, K)
         rewards = s.scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
     inputs = {
         "old_logp": batch.rollout_logp,  # the sampling policy's log-probs (the parameters have not moved yet)

@@ -1,7 +1,7 @@
 import pytest
 
 from unipo.data.tasks import PromptStream, arithmetic, get_task, jsonl_task, lucky7
-from unipo.rewards import contains_answer, only_number, share_of_target
+from unipo.rewards import call_reward, contains_answer, final_answer, only_number, reward_inputs, share_of_target
 
 
 def test_arithmetic_split_is_fixed_disjoint_and_complete():
@@ -28,6 +28,46 @@ def test_rewards_accept_chat_completions_as_trl_passes_them():
         contains_answer(None, [42], ["42"])
 
 
+def test_final_answer_scores_what_the_prompt_asks():
+    # the replies the issue quotes: a repeated equation cut off at the budget, a hedge whose last number is wrong
+    replies = ["54", "9 + 45 = 54", "9 + 45 = 54\n9 + 45 = 54\n9 +", "0 + 31 = 31 ... So 0 + 31 = 32",
+               "9 + 45 = 54. 54", "The answer is 54.", "054", "54 or 55", "", "54"]  # fmt: skip
+    truncated = [False, False, True, False, False, False, False, False, False, True]
+    answers = ["54"] * 10
+    answers[3] = "31"
+    got = final_answer(None, replies, answers, truncated=truncated)
+    # right | a+b=c (3 numbers) | cut off | last number 32 != 31 | 4 numbers | right | 054 == 54 | last is 55 |
+    # no number | cut off (a bare right number still has no credit when the budget ended it)
+    assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    # unknown truncation counts as finished; max_numbers=None admits shown work
+    assert final_answer(None, ["9 + 45 = 54. 54"], ["54"], max_numbers=None) == [1.0]
+    assert final_answer(None, ["9 + 45 = 54\n9 + 45 = 54\n9 +"], ["54"]) == [0.0]  # last number 9
+
+
+def test_the_arithmetic_task_trains_on_correctness_and_format_and_measures_correctness():
+    task = arithmetic()
+    assert task.reward is final_answer
+    assert task.rewards == [(final_answer, 1.0), (only_number, 0.2)]
+    assert task.other_rewards() == {"only_number": only_number}
+
+
+def test_reward_functions_get_truncation_and_token_ids_as_columns():
+    rows = [{"prompt": "p0", "answer": "3"}, {"prompt": "p1", "answer": "4"}]
+    prompts, cols = reward_inputs(rows, [0, 0, 1], [False, True, False], [[5, 2], [7], [9]])
+    assert prompts == ["p0", "p0", "p1"]
+    assert cols == {"answer": ["3", "3", "4"], "truncated": [False, True, False], "completion_ids": [[5, 2], [7], [9]]}
+
+    def plain(prompts, completions, answer):  # names only what it uses: gets only that
+        return [float(c == a) for c, a in zip(completions, answer, strict=True)]
+
+    def trl_style(prompts, completions, **kwargs):  # takes **kwargs: gets every column
+        return [float(len(kwargs["completion_ids"][i])) for i in range(len(completions))]
+
+    assert call_reward(plain, prompts, ["3", "3", "5"], cols) == [1.0, 1.0, 0.0]
+    assert call_reward(trl_style, prompts, ["a", "b", "c"], cols) == [2.0, 1.0, 1.0]
+    assert call_reward(final_answer, prompts, ["3", "3", "4"], cols) == [1.0, 0.0, 1.0]
+
+
 def test_only_number():
     assert only_number(None, ["42", " 42. ", "42 apples", "-3", ""]) == [1.0, 1.0, 0.0, 1.0, 0.0]
 
@@ -35,7 +75,7 @@ def test_only_number():
 def test_share_of_target():
     # "77 7" -> 3 of 3 non-space chars; "7a" -> 1/2; "" -> 0
     assert share_of_target(None, ["77 7", "7a", "", "xyz"], ["7"] * 4) == [1.0, 0.5, 0.0, 0.0]
-    assert lucky7().reward is share_of_target
+    assert lucky7().reward is share_of_target and lucky7().rewards == [(share_of_target, 1.0)]
 
 
 def test_prompt_stream_is_reproducible_from_its_state():
