@@ -1,8 +1,11 @@
 """GRPO side by side with TRL's GRPOTrainer on the same work: same model, task, batch, lengths, lr and loss.
 
 Each framework runs in its own subprocess (so peak memory is its own), from the same converted SmolLM2 weights,
-on the arithmetic task (a + b, a, b <= 50). Both are scored by the same held-out greedy evaluation before and
-after training. Prints the ratios and writes JSON to benchmarks/results/.
+on the arithmetic task (a + b, a, b <= 50) with the task's own rewards on both sides: `final_answer` (a finished
+reply whose last number is the sum; TRL's side reads truncation off the completion ids it passes, as TRL itself
+does for its clipped ratio) with weight 1 and `only_number` with weight 0.2. Both are scored by the same held-out
+greedy evaluation (the strict `final_answer` metric) before and after training. Prints the ratios and writes JSON
+to benchmarks/results/.
 
     python benchmarks/grpo_vs_trl.py                  # 30 steps, 2 prompts x 8 completions x 32 tokens
     python benchmarks/grpo_vs_trl.py --steps 2 --eval 8   # a quick check
@@ -52,7 +55,6 @@ def run_trl(args: argparse.Namespace) -> dict:
 
     from unipo.data.tasks import arithmetic
     from unipo.models.loading import default_model_dir
-    from unipo.rewards import contains_answer
 
     torch.manual_seed(args.seed)
     path = default_model_dir()
@@ -60,16 +62,19 @@ def run_trl(args: argparse.Namespace) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     before = _heldout_accuracy(model, tokenizer, args.eval) if args.eval else None
     task = arithmetic()
+    eos = {tokenizer.eos_token_id, tokenizer.pad_token_id, *_as_list(model.generation_config.eos_token_id)}
+    funcs = [_with_truncation(fn, eos) for fn, _ in task.rewards]
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
             output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
             learning_rate=args.lr, max_steps=args.steps, per_device_train_batch_size=args.prompts * args.group,
             num_generations=args.group, max_completion_length=args.max_new_tokens, beta=0.0, seed=args.seed,
             lr_scheduler_type="linear", temperature=1.0, gradient_checkpointing=args.trl_gradient_checkpointing,
+            reward_weights=[w for _, w in task.rewards],
         )  # fmt: skip
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=contains_answer,
+            reward_funcs=funcs,
             args=config,
             train_dataset=Dataset.from_list(task.train),
             processing_class=tokenizer,
@@ -79,6 +84,22 @@ def run_trl(args: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - start
     after = _heldout_accuracy(trainer.model, tokenizer, args.eval) if args.eval else None
     return {"train_s": seconds, "accuracy_before": before, "accuracy_after": after}
+
+
+def _as_list(ids) -> list:
+    return [] if ids is None else ids if isinstance(ids, list) else [ids]
+
+
+def _with_truncation(fn: Callable, eos: set) -> Callable:
+    """A unipo task reward for TRL: TRL passes the completion ids (through EOS) but no truncation flag, so a
+    completion is truncated when its last id is no EOS or pad (TRL's own rule for `completions/clipped_ratio`)."""
+
+    def reward(prompts, completions, completion_ids, **kwargs):
+        kwargs["truncated"] = [not ids or ids[-1] not in eos for ids in completion_ids]
+        return fn(prompts, completions, completion_ids=completion_ids, **kwargs)
+
+    reward.__name__ = fn.__name__
+    return reward
 
 
 def run_child(fn: Callable[[argparse.Namespace], dict], args: argparse.Namespace) -> None:

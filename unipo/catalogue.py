@@ -21,20 +21,24 @@ def _cell(text: object) -> str:
 
 
 def markdown() -> str:
-    """Every registered component (kind, id, paper, provenance, hyperparameters) and every shipped recipe."""
+    """Every registered component (kind, id, paper, provenance, where it runs, hyperparameters), the kinds with no
+    component yet, and every shipped recipe."""
+    from unipo.trainers.inputs import where_it_runs
+
     lines = [_HEADER]
     for kind in algos.KINDS:
         entries = [e for e in algos.entries() if e.kind == kind]
+        lines.append(f"\n## {kind} ({len(entries)})\n")
         if not entries:
+            lines.append(f"None registered yet: {where_it_runs(kind, '')} runs this kind (a known gap).")
             continue
-        lines += [
-            f"\n## {kind} ({len(entries)})\n",
-            "| id | paper | provenance | hyperparameters |",
-            "|---|---|---|---|",
-        ]
+        lines += ["| id | paper | provenance | runs in | hyperparameters |", "|---|---|---|---|---|"]
         for e in entries:
             params = ", ".join(f"`{k}={v!r}`" for k, v in e.params.items())
-            lines.append(f"| `{e.name}` | {_cell(e.paper)} | {_cell(e.tag)} | {_cell(params)} |")
+            if e.state is not None:
+                params += f"; state `{e.state.param}`, moved by `{e.state.controller}` on `{e.state.statistic}`"
+            runs = _cell(where_it_runs(kind, e.name))
+            lines.append(f"| `{e.name}` | {_cell(e.paper)} | {_cell(e.tag)} | {runs} | {_cell(params)} |")
     names = list_recipes()
     lines += [f"\n## recipes ({len(names)})\n", "| recipe | paper | components |", "|---|---|---|"]
     for name in names:

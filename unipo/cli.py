@@ -228,6 +228,7 @@ def _list(kind: str | None) -> int:
             print(f"{name:12s} {make().description}")
         return 0
     from unipo import algos
+    from unipo.trainers.inputs import where_it_runs
 
     if kind is not None and kind not in algos.KINDS:
         raise ConfigError(f"unknown kind {kind!r}; kinds: {', '.join(algos.KINDS)}, recipes, tasks")
@@ -240,6 +241,11 @@ def _list(kind: str | None) -> int:
             print(f"\n[{current}]")
         params = ", ".join(f"{k}={v!r}" for k, v in e.params.items())
         print(f"  {e.name:24s} {e.paper}  [{e.tag}]" + (f"\n  {'':24s} params: {params}" if params else ""))
+        runs = where_it_runs(e.kind, e.name)
+        if runs.startswith("pure only"):
+            print(f"  {'':24s} {runs}")
+    for empty in [k for k in algos.KINDS if (kind is None or k == kind) and not algos.names(k)]:
+        print(f"\n[{empty}]\n  (none registered yet: a known gap)")
     return 0
 
 

@@ -99,6 +99,10 @@ class KLConfig(ComponentConfig):
     name: str = "k3"
     coef: float = Field(0.0, ge=0)
     """KL coefficient β in the loss; 0 means no reference model is loaded."""
+    ctrl: ComponentConfig | None = None
+    """A controller of β (kind `controller`): `{name: kl_adaptive_ctrl, target: 0.1, horizon: 10000}` moves β after
+    each step towards the target KL (Ziegler et al. 2019; verl `kl_ctrl.type=adaptive`), starting from `coef`.
+    None: β stays `coef`."""
 
 
 class AlgoConfig(_Strict):

@@ -21,7 +21,7 @@ def test_default_model_trains_one_step_and_scores_the_heldout_split(tmp_path, ca
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 1]
     # the strict metric and the format reward are both reported at each evaluation
-    assert {"eval/accuracy", "eval/only_number"} <= rows[0].keys() and {"reward/final_answer"} <= rows[1].keys()
+    assert {"eval/accuracy", "eval/bare_answer"} <= rows[0].keys() and {"reward/final_answer"} <= rows[1].keys()
     assert rows[1]["tokens/completion_mean"] <= 8 and rows[1]["reward/mean"] in (0.0, 0.5, 1.0)
     config = (run / "config.yaml").read_text()
     assert "path: default" in config and "task: arithmetic" in config and "recipe: grpo" in config

@@ -171,3 +171,17 @@ def test_rewards_and_evaluation_see_each_replys_truncation_and_tokens(tiny_model
     assert len(replies) == 6
     assert out["eval/accuracy"] == pytest.approx(sum(not r["truncated"] for r in replies) / 6)
     assert all(r["correct"] == (not r["truncated"]) for r in replies)
+
+
+def test_reinforce_pp_with_a_kl_penalty_gets_reference_log_probs_before_its_advantages(tiny_model_dir, tmp_path):
+    # used to pass the config check (fed a made-up ref_logp) and then fail at step 1: the advantage ran before the
+    # reference forward existed. Now the reference stage runs first, and the KL-penalised return is in the
+    # advantages: with a huge kl_coef the whitened advantages no longer equal the kl_coef = 0 ones.
+    run = tmp_path / "run"
+    _train(tiny_model_dir, run, "train.max_steps=2", "algo.advantage.name=reinforce_pp", "algo.advantage.kl_coef=0.5",
+           "train.lr=1e-2")  # fmt: skip
+    steps = [r for r in _rows(run) if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2] and all("time/reference_s" in r for r in steps)
+    plain = tmp_path / "plain"
+    _train(tiny_model_dir, plain, "train.max_steps=1", "algo.advantage.name=reinforce_pp")
+    assert "time/reference_s" not in _rows(plain)[1]  # kl_coef = 0: no reference forward

@@ -8,7 +8,7 @@ from unipo.models.loading import load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
 from unipo.rollout.hf import sample
 from unipo.trainers.common import build_algo, build_optimizer
-from unipo.trainers.rl import RLState, update
+from unipo.trainers.rl import reference_logps, update
 
 pytestmark = pytest.mark.slow
 
@@ -69,9 +69,11 @@ def test_greedy_sampling_is_argmax(tiny):
 
 def _update(cfg, model, ref, tokenizer, batch, advantages):
     optimizer, scheduler = build_optimizer(model, cfg)
-    state = RLState(cfg, model, ref, tokenizer, build_algo(cfg), None, None, optimizer, scheduler, None, step=1)
     rewards = torch.zeros(batch.num_completions)
-    return update(state, batch, advantages, {"rewards": rewards, "progress": 0.0, "truncated": batch.truncated})
+    inputs = {"rewards": rewards, "progress": 0.0, "truncated": batch.truncated}
+    if ref is not None:
+        inputs["ref_logp"] = reference_logps(ref, batch, cfg)
+    return update(cfg, model, optimizer, scheduler, build_algo(cfg), batch, advantages, inputs)
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_sum_constant"])

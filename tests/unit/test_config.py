@@ -107,7 +107,7 @@ def test_cli_main_returns_2_on_bad_component(capsys):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("algo.advantage.name=remax", "algo.advantage: cannot run in the on-policy trainer: remax needs baseline"),
+        ("algo.advantage.name=remax", "advantage 'remax' cannot run in the on-policy trainer yet: needs the reward"),
         ("algo.policy_loss.dual_clip=0.5", "algo.policy_loss: cannot run in the on-policy trainer:"),
         ("model.path=/no/such/dir", "model.path: /no/such/dir is not a directory"),
     ],
@@ -126,3 +126,62 @@ def test_multi_reward_estimators_get_one_reward_column_per_function():
 
     assert build_algo(config.load("gdpo")).multi_reward
     assert not build_algo(config.load("grpo")).multi_reward
+
+
+def test_declared_inputs_follow_the_bound_hyperparameters():
+    # REINFORCE++ reads the reference only for its KL-penalised rewards: with kl_coef = 0 (its recipe) the run
+    # loads no reference model, runs no reference forward and keeps the zero-advantage skip
+    from unipo import algos
+    from unipo.trainers.common import build_algo
+
+    entry = algos.entry("advantage", "reinforce_pp")
+    assert entry.needs({"kl_coef": 0.0}) == frozenset()
+    assert entry.needs({"kl_coef": 0.1}) == {"old_logp", "ref_logp"}
+    assert not build_algo(config.load("reinforce_pp")).needs_ref
+    assert build_algo(config.load("reinforce_pp", ["algo.advantage.kl_coef=0.1"])).needs_ref
+    # a KL estimator is needed only with a KL term; dro reads the reference only when anchored to it
+    assert not build_algo(config.load("grpo")).needs_ref
+    assert build_algo(config.load("grpo", ["algo.kl.coef=0.05"])).needs_ref
+    assert algos.entry("policy_loss", "dro").needs({"anchor": "old"}) == frozenset()
+    assert algos.entry("policy_loss", "dro").needs({"anchor": "ref"}) == {"ref_logp"}
+
+
+def test_an_input_produced_after_a_components_stage_is_a_config_error():
+    from unipo.trainers.inputs import PRODUCED_AT, Stage, unavailable
+
+    assert unavailable("advantage", frozenset({"ref_logp", "old_logp", "rewards"})) == []
+    assert unavailable("advantage", frozenset({"logp", "entropy", "rewards"})) == ["entropy", "logp"]
+    assert unavailable("policy_loss", frozenset(PRODUCED_AT)) == []
+    assert PRODUCED_AT["ref_logp"] < Stage.ADVANTAGE < PRODUCED_AT["logp"]
+
+
+def test_every_on_policy_component_runs_in_the_trainer_or_is_listed_pure_only():
+    # the registry walk: each id of an on-policy kind, put alone into the grpo recipe, passes the trainer's setup
+    # check (declared inputs produced in time, a dry run with exactly those inputs), unless it is listed as pure
+    # only, in which case setup refuses it with the listed reason
+    from unipo import algos
+    from unipo.algos.registry import REQUIRED
+    from unipo.trainers.common import build_algo, check_runnable
+    from unipo.trainers.inputs import PURE_ONLY, RUNS_IN
+
+    axes = {"advantage": "advantage", "policy_loss": "policy_loss", "aggregation": "aggregation", "kl": "kl",
+            "token_weight": "token_weights", "regularizer": "regularizers"}  # fmt: skip
+    checked = 0
+    for e in algos.entries():
+        if e.kind not in axes:
+            continue
+        assert RUNS_IN[e.kind] == "rl"
+        required = [k for k, v in e.params.items() if v is REQUIRED]
+        node = "{name: " + e.name + "".join(f", {k}: 1.0" for k in required) + "}"
+        axis = axes[e.kind]
+        listed = axis in ("token_weights", "regularizers")
+        override = f"algo.{axis}=[{node}]" if listed else f"algo.{axis}={node}"
+        extra = ["algo.kl.coef=0.1"] if e.kind == "kl" else []
+        algo = build_algo(config.load("grpo", [override, *extra]))
+        if (e.kind, e.name) in PURE_ONLY:
+            with pytest.raises(ConfigError, match="cannot run in the on-policy trainer yet"):
+                check_runnable(algo)
+        else:
+            check_runnable(algo)
+        checked += 1
+    assert checked >= 75  # every on-policy id (75 at the time of writing)

@@ -205,6 +205,12 @@ def kl_bias_corrected(
     return ratio * k3(logp, ref_logp)
 
 
+@register(
+    "controller",
+    "kl_adaptive_ctrl",
+    paper="Ziegler et al. 2019, Fine-Tuning Language Models from Human Preferences, arXiv:1909.08593",
+    tag="checked: verl",
+)
 def adaptive_kl_coef(
     coef: float, observed_kl: float | torch.Tensor, *, target: float, horizon: float, n_steps: int
 ) -> float | torch.Tensor:

@@ -20,6 +20,7 @@ KINDS = (
     "regularizer",
     "sampler",
     "critic",
+    "controller",
     "preference",
     "online",
     "credit",
@@ -49,8 +50,34 @@ class _Required:
 
 REQUIRED = _Required()
 
-DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs", "progress", "generator"})
+DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs", "progress", "generator", "n_steps"})
 """Keyword arguments that carry data from the trainer, never hyperparameters from a recipe."""
+
+TRAINER_INPUTS = frozenset(
+    {"old_logp", "ref_logp", "rollout_logp", "advantages", "rewards", "group_ids", "entropy", "completion_ids",
+     "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp"}
+)  # fmt: skip
+"""The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
+
+Inputs = Callable[[dict[str, object]], "frozenset[str] | set[str]"]
+"""Declared inputs: the component's hyperparameters (defaults overlaid with the bound values) -> the trainer
+inputs it uses with them."""
+
+
+@dataclass(frozen=True)
+class Controlled:
+    """A hyperparameter of a component that is training state, moved between steps by a registered controller:
+    after each step the trainer sets `param` to `controller(value, statistic, **{k: params[v] for k, v in args})`,
+    `statistic` being the step's mean of the metric of that name. The value is checkpointed with the run."""
+
+    param: str
+    """The keyword whose value is state (the recipe gives its initial value)."""
+    controller: str
+    """The id of the update rule (kind `controller`)."""
+    statistic: str
+    """The step metric the rule reads (e.g. `entropy/token`)."""
+    args: tuple[tuple[str, str], ...] = ()
+    """(controller keyword, component hyperparameter) pairs forwarded to the rule."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +91,28 @@ class Entry:
     """Citation: title, authors/year and arXiv id where known."""
     tag: str
     """Provenance tag of ALGORITHMS.md §0.1, e.g. "checked: TRL, verl", "memory", "reconstructed"."""
+    inputs: Inputs | None = None
+    """Declared trainer inputs as a function of the hyperparameters; None: every trainer input the signature takes
+    as a keyword (a component whose needs do not depend on its hyperparameters)."""
+    state: Controlled | None = None
+    """The hyperparameter that is training state, and the controller that moves it (None: stateless)."""
+
+    def needs(self, bound: dict[str, object] | None = None) -> frozenset[str]:
+        """The trainer inputs this component uses with hyperparameters `bound` (the rest at their defaults)."""
+        if self.inputs is None:
+            return self.signature_inputs
+        params = {**self.params, **(bound or {})}
+        needed = frozenset(self.inputs(params))
+        unknown = needed - TRAINER_INPUTS
+        if unknown:
+            raise ValueError(f"{self.kind} {self.name!r} declares unknown inputs {sorted(unknown)}")
+        return needed
+
+    @property
+    def signature_inputs(self) -> frozenset[str]:
+        """Every trainer input the function can take as a keyword."""
+        sig = inspect.signature(self.fn).parameters.values()
+        return frozenset(p.name for p in sig if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name in TRAINER_INPUTS)
 
     @property
     def params(self) -> dict[str, object]:
@@ -82,15 +131,22 @@ class Entry:
 _REGISTRY: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
 
 
-def register(kind: str, name: str, *, paper: str, tag: str) -> Callable[[Callable], Callable]:
-    """Decorator that registers `fn` as component `name` of `kind`. Registering a name twice is an error."""
+def register(
+    kind: str, name: str, *, paper: str, tag: str, inputs: Inputs | None = None, state: Controlled | None = None
+) -> Callable[[Callable], Callable]:
+    """Decorator that registers `fn` as component `name` of `kind`. Registering a name twice is an error.
+
+    `inputs` declares the trainer inputs the component uses as a function of its hyperparameters, for components
+    whose needs depend on them (`reinforce_pp` needs the reference log-probs only when its `kl_coef` > 0); by
+    default they are the trainer inputs its signature takes. `state` names a hyperparameter that a controller
+    moves during training (`adaptive_entropy`'s coefficient)."""
     if kind not in _REGISTRY:
         raise ValueError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
 
     def deco(fn: Callable) -> Callable:
         if name in _REGISTRY[kind]:
             raise ValueError(f"{kind} {name!r} is already registered (by {_REGISTRY[kind][name].fn.__module__})")
-        _REGISTRY[kind][name] = Entry(kind, name, fn, paper, tag)
+        _REGISTRY[kind][name] = Entry(kind, name, fn, paper, tag, inputs, state)
         return fn
 
     return deco

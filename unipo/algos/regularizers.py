@@ -23,7 +23,7 @@ import math
 import torch
 
 from unipo.algos.kl import k3
-from unipo.algos.registry import register, warn_reconstruction
+from unipo.algos.registry import Controlled, register, warn_reconstruction
 from unipo.algos.token_weights import (
     expand_advantages,
     require_inputs,
@@ -94,7 +94,9 @@ def entropy_bonus(
     "adaptive_entropy",
     paper="He et al. 2025, Skywork Open Reasoner 1 Technical Report, arXiv:2505.22312",
     tag="checked: TRL",
-)
+    state=Controlled("coef", "adaptive_entropy_coef", "entropy/token",
+                     (("target", "target"), ("delta", "delta"), ("min", "min"), ("max", "max"))),
+)  # fmt: skip
 def adaptive_entropy(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -137,6 +139,12 @@ def adaptive_entropy(
     return _masked(-applied * entropy, valid), metrics
 
 
+@register(
+    "controller",
+    "adaptive_entropy_coef",
+    paper="He et al. 2025, Skywork Open Reasoner 1 Technical Report, arXiv:2505.22312",
+    tag="checked: TRL",
+)
 def adaptive_entropy_coef(
     coef: Scalar,
     entropy: Scalar,
@@ -294,6 +302,7 @@ def lp_reg_proxy_logp(logits: torch.Tensor, labels: torch.Tensor, *, min_p: floa
     "epo_smooth_recon",
     paper="Xu et al. 2025, EPO: Entropy-regularized Policy Optimization for LLM Agents, arXiv:2509.22576",
     tag="reconstructed",
+    state=Controlled("entropy_hist", "epo_entropy_hist", "entropy/token", (("momentum", "hist_momentum"),)),
 )
 def epo_smooth_recon(
     logp: torch.Tensor,
@@ -301,7 +310,7 @@ def epo_smooth_recon(
     mask: torch.Tensor,
     *,
     entropy: torch.Tensor | None = None,
-    entropy_hist: float | torch.Tensor | None = None,
+    entropy_hist: float | None = None,
     progress: float = 0.0,
     coef_start: float = 1e-2,
     coef_end: float = 1e-3,
@@ -343,6 +352,12 @@ def epo_smooth_recon(
     return _masked(-lam * entropy + penalty, valid), metrics
 
 
+@register(
+    "controller",
+    "epo_entropy_hist",
+    paper="Xu et al. 2025, EPO: Entropy-regularized Policy Optimization for LLM Agents, arXiv:2509.22576",
+    tag="reconstructed",
+)
 def epo_entropy_hist(hist: Scalar | None, entropy: Scalar, *, momentum: float = 0.9) -> Scalar:
     """Running mean of the entropy for ``epo_smooth_recon`` (EPO, arXiv:2509.22576; reconstructed as an EMA).
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unipo.rewards import contains_answer, final_answer, only_number, share_of_target
+from unipo.rewards import bare_answer, contains_answer, final_answer, share_of_target
 
 Row = dict[str, object]
 
@@ -46,7 +46,7 @@ def arithmetic(seed: int = 1234, n_heldout: int = 100, max_operand: int = 50) ->
     Scored for what the prompt asks: a reply is correct when it finished within the token budget and its final
     answer is the sum (`final_answer`: at most three numbers, so "a + b = c" counts and hedging or a repeated
     equation does not); that is the held-out metric and the main reward (weight 1). A format reward (weight 0.2)
-    adds credit for a reply that is only the number (`only_number`). The held-out split is a fixed sample of
+    adds credit for a reply that is only the right number (`bare_answer`). The held-out split is a fixed sample of
     100 pairs (independent of the training seed); training uses the rest.
     """
     pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
@@ -62,8 +62,8 @@ def arithmetic(seed: int = 1234, n_heldout: int = 100, max_operand: int = 50) ->
         heldout=[row(a, b) for a, b in pairs[:n_heldout]],
         reward=final_answer,
         description="a+b with a, b <= 50; correct: a finished reply whose final number is the sum "
-        "(+0.2 for only the number)",
-        rewards=[(final_answer, 1.0), (only_number, 0.2)],
+        "(+0.2 when it is only the number)",
+        rewards=[(final_answer, 1.0), (bare_answer, 0.2)],
     )
 
 

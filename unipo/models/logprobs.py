@@ -56,13 +56,13 @@ def _share_prompt_hidden(model: Any, batch: Rollouts) -> torch.Tensor:
     first = out.last_hidden_state[inverse, -1:]  # (N, 1, H): predicts completion token 0
     if batch.completion_ids.shape[1] == 1:
         return first
-    cache = out.past_key_values
+    cache = out.cache
     cache.reorder_cache(inverse)
     completion_in = batch.completion_ids[:, :-1]
     attn = torch.cat([prompt_mask[inverse], batch.completion_mask[:, :-1]], dim=1)
     positions = prompt_mask.sum(-1)[inverse, None] + torch.arange(completion_in.shape[1], device=attn.device)
     rest = _backbone(model)(
-        input_ids=completion_in, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True
+        input_ids=completion_in, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True
     ).last_hidden_state
     return torch.cat([first, rest], dim=1)
 

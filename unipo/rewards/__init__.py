@@ -99,6 +99,23 @@ def contains_answer(prompts: Sequence, completions: Sequence[str], answer: Seque
     return [1.0 if str(a) in _INT.findall(text_of(c)) else 0.0 for c, a in zip(completions, answer, strict=True)]
 
 
+def bare_answer(
+    prompts: Sequence,
+    completions: Sequence[str],
+    answer: Sequence[str],
+    truncated: Sequence[bool] | None = None,
+    **_: object,
+) -> list[float]:
+    """1.0 when the reply is only the right number (a finished reply for which `only_number` and `final_answer`
+    both hold), else 0.0: the format component of the arithmetic task.
+
+    Gated on correctness on purpose: an ungated format reward (any bare number) was measured to teach SmolLM2-135M
+    to answer with a bare wrong number (held-out accuracy 0.20 -> 0.15 in the default run, 2026-12-01).
+    """
+    right = final_answer(prompts, completions, answer, truncated=truncated)
+    return [r * f for r, f in zip(right, only_number(prompts, completions), strict=True)]
+
+
 def only_number(prompts: Sequence, completions: Sequence[str], **_: object) -> list[float]:
     """1.0 when the completion is a bare integer (surrounding spaces and a final period allowed), else 0.0.
 

@@ -64,7 +64,7 @@ def sample(
         use_cache=True,
         logits_to_keep=1,
     )
-    cache = out.past_key_values
+    cache = out.cache
     cache.reorder_cache(group_ids)
     logits = out.logits[group_ids, -1]
     attn = prompt_mask[group_ids]
@@ -93,7 +93,7 @@ def sample(
             input_ids=tok[:, None],
             attention_mask=attn,
             position_ids=(next_pos + t)[:, None],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         logits = out.logits[:, -1]
@@ -143,14 +143,14 @@ class GeometricMixture:
     def parameters(self) -> Any:
         return self.policy.parameters()
 
-    def __call__(self, past_key_values: Any = None, **kwargs: Any) -> Any:
+    def __call__(self, cache: Any = None, **kwargs: Any) -> Any:
         from types import SimpleNamespace
 
-        caches = past_key_values.caches if past_key_values is not None else (None, None)
-        a = self.policy(past_key_values=caches[0], **kwargs)
-        b = self.ref(past_key_values=caches[1], **kwargs)
+        caches = cache.caches if cache is not None else (None, None)
+        a = self.policy(cache=caches[0], **kwargs)
+        b = self.ref(cache=caches[1], **kwargs)
         logits = self.alpha * b.logits.float() + (1 - self.alpha) * a.logits.float()
-        return SimpleNamespace(logits=logits, past_key_values=_CachePair((a.past_key_values, b.past_key_values)))
+        return SimpleNamespace(logits=logits, cache=_CachePair((a.cache, b.cache)))
 
 
 class _CachePair:

@@ -27,17 +27,13 @@ log = logging.getLogger("unipo")
 
 
 def build_component(kind: str, name: str, kwargs: dict[str, Any]) -> Callable:
-    """The registered function with its hyperparameters bound (checked against its signature)."""
-    fn = algos.get(kind, name)
-    inspect.signature(fn).bind_partial(**kwargs)  # raises TypeError naming a bad keyword
-    return functools.partial(fn, **kwargs)
-
-
-TRAINER_INPUTS = frozenset(
-    {"old_logp", "ref_logp", "rollout_logp", "advantages", "rewards", "group_ids", "entropy", "completion_ids",
-     "truncated", "progress", "generator", "logp", *{"proxy_logp", "tempered_old_logp"}}
-)  # fmt: skip
-"""Keyword inputs the on-policy trainer supplies to any component whose signature asks for them by name."""
+    """The registered function with its hyperparameters bound (checked against its signature); `.needs` holds the
+    trainer inputs it declares for these hyperparameters, `.kind` and `.id` where it came from."""
+    entry = algos.entry(kind, name)
+    inspect.signature(entry.fn).bind_partial(**kwargs)  # raises TypeError naming a bad keyword
+    bound = functools.partial(entry.fn, **kwargs)
+    bound.needs, bound.kind, bound.id = entry.needs(kwargs), kind, name  # type: ignore[attr-defined]
+    return bound
 
 
 @dataclass
@@ -50,6 +46,8 @@ class Algo:
     kl: Callable
     token_weights: list[Callable]
     regularizers: list[Callable]
+    kl_coef: float = 0.0
+    """β of the KL term in the loss (0: no KL term; the `kl` estimator then is not run)."""
     multi_reward: bool = False
     """The advantage estimator takes rewards (N, K), one column per reward function, and `reward_weights`."""
     settings: dict[str, float] = field(default_factory=dict)
@@ -57,30 +55,23 @@ class Algo:
     `target_temperature` (DCPO's tempered old policy)."""
 
     def all(self) -> list[Callable]:
-        return [self.advantage, self.policy_loss, self.aggregation, self.kl, *self.token_weights, *self.regularizers]
+        kl = [self.kl] if self.kl_coef > 0 else []
+        return [self.advantage, self.policy_loss, self.aggregation, *kl, *self.token_weights, *self.regularizers]
 
     @property
     def needs(self) -> set[str]:
-        return set().union(*(wanted_inputs(fn) for fn in self.all()))
+        """Every trainer input a component of this recipe uses (as declared for its bound hyperparameters)."""
+        return set().union(*(fn.needs for fn in self.all()))
 
-
-@functools.cache
-def wanted_inputs(fn: Callable) -> frozenset[str]:
-    """The trainer inputs `fn` takes as keywords (not already bound by its recipe); cached, as it runs per
-    micro-batch."""
-    bound = fn.keywords if isinstance(fn, functools.partial) else {}
-    inner = fn.func if isinstance(fn, functools.partial) else fn
-    params = inspect.signature(inner).parameters.values()
-    return frozenset(
-        p.name
-        for p in params
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name in TRAINER_INPUTS and p.name not in bound
-    )
+    @property
+    def needs_ref(self) -> bool:
+        """Whether the reference policy must be loaded and run (a KL term, or a component that reads it)."""
+        return self.kl_coef > 0 or "ref_logp" in self.needs
 
 
 def call(fn: Callable, *args: Any, inputs: dict[str, Any], **kwargs: Any) -> Any:
-    """Call `fn` with `args`, `kwargs` and the trainer inputs it asks for."""
-    return fn(*args, **kwargs, **{k: inputs[k] for k in wanted_inputs(fn) if k in inputs and k not in kwargs})
+    """Call `fn` with `args`, `kwargs` and the trainer inputs it declares."""
+    return fn(*args, **kwargs, **{k: inputs[k] for k in fn.needs if k in inputs and k not in kwargs})
 
 
 def build_algo(cfg: Config) -> Algo:
@@ -100,7 +91,8 @@ def build_algo(cfg: Config) -> Algo:
     settings = {"min_p": 0.02, "target_temperature": 1.5}
     for fn in [*built.values(), *weights, *regs]:
         settings |= {k: v for k, v in fn.keywords.items() if k in settings}
-    return Algo(**built, token_weights=weights, regularizers=regs, multi_reward=multi, settings=settings)
+    return Algo(**built, token_weights=weights, regularizers=regs, kl_coef=cfg.algo.kl.coef, multi_reward=multi,
+                settings=settings)  # fmt: skip
 
 
 def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
@@ -110,7 +102,16 @@ def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
     hyperparameter value a component rejects, stops the run here with a ConfigError, before any model loads.
     """
     from unipo.config import ConfigError
+    from unipo.trainers.inputs import PURE_ONLY, unavailable
 
+    for fn in [algo.advantage, algo.policy_loss, algo.aggregation, algo.kl, *algo.token_weights, *algo.regularizers]:
+        if (fn.kind, fn.id) in PURE_ONLY and (fn.kind != "kl" or algo.kl_coef > 0):
+            raise ConfigError(f"{fn.kind} {fn.id!r} cannot run in the on-policy trainer yet: "
+                              f"{PURE_ONLY[fn.kind, fn.id]}")  # fmt: skip
+        late = unavailable(fn.kind, fn.needs)
+        if late:
+            raise ConfigError(f"{fn.kind} {fn.id!r} needs {', '.join(late)}, which the on-policy trainer produces only "
+                              f"after the {fn.kind} stage")  # fmt: skip
     g = torch.Generator().manual_seed(0)
     n, t = 4, 3
     logp, mask = -torch.rand(n, t, generator=g) - 0.1, torch.ones(n, t)

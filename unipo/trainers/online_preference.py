@@ -52,7 +52,6 @@ from unipo.trainers.common import (
     build_component,
     build_optimizer,
     build_rewards,
-    call,
     check_runnable,
     start_run,
 )
@@ -174,7 +173,7 @@ def train(cfg: Config) -> Path:
     device = next(model.parameters()).device
     oracle = oracles.from_config(cfg.online, scorer, device)
     ref = None
-    if loss.needs_ref or (loss.rewards and cfg.algo.kl.coef > 0):
+    if loss.needs_ref or (rl_algo is not None and rl_algo.needs_ref):
         ref, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
         ref.eval().requires_grad_(False)
     optimizer, scheduler = build_optimizer(model, cfg)
@@ -384,8 +383,9 @@ def _rl_update(s: OnlineState, batch: Rollouts, win: torch.Tensor) -> dict[str, 
     """SPO: the group win rates are rewards; advantages and the update are the RL trainer's."""
     cfg, rewards = s.cfg, win.float()
     inputs = {"old_logp": batch.rollout_logp, "rollout_logp": batch.rollout_logp, "truncated": batch.truncated,
-              "progress": (s.step - 1) / max(1, cfg.train.max_steps), "generator": s.generator}  # fmt: skip
-    advantages = call(s.rl_algo.advantage, rewards, batch.group_ids, inputs=inputs, mask=batch.completion_mask)
-    state = rl.RLState(cfg, s.model, s.ref if cfg.algo.kl.coef > 0 else None, s.tokenizer, s.rl_algo, s.scorer,
-                       s.stream, s.optimizer, s.scheduler, s.generator, s.step)  # fmt: skip
-    return rl.update(state, batch, advantages, {**inputs, "rewards": rewards})
+              "progress": (s.step - 1) / max(1, cfg.train.max_steps), "generator": s.generator,
+              "rewards": rewards}  # fmt: skip
+    if s.rl_algo.needs_ref:
+        inputs["ref_logp"] = rl.reference_logps(s.ref, batch, cfg)
+    advantages = rl.advantages_of(s.rl_algo, rewards, rewards[:, None], batch, inputs, [1.0])
+    return rl.update(cfg, s.model, s.optimizer, s.scheduler, s.rl_algo, batch, advantages, inputs)

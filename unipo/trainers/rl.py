@@ -24,7 +24,7 @@ from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
 from unipo.ops import logprobs_from_logits, masked_sum
 from unipo.rollout.hf import sample
-from unipo.trainers import checkpoint
+from unipo.trainers import checkpoint, controllers
 from unipo.trainers.common import (
     Algo,
     RewardScorer,
@@ -55,22 +55,24 @@ def train(cfg: Config) -> Path:
     )
     model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
     ref = None
-    if cfg.algo.kl.coef > 0 or "ref_logp" in algo.needs:  # the reference is the initial policy, also on resume
+    if algo.needs_ref:  # the reference is the initial policy, also on resume
         ref, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
         ref.eval().requires_grad_(False)
     optimizer, scheduler = build_optimizer(model, cfg)
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(cfg.train.seed)
     stream = PromptStream(task.train, cfg.train.seed)
-    start = 0
+    start, found = 0, controllers.slots(cfg, algo)
+    values = controllers.initial(algo, found)
     if saved is not None:
         start, position = checkpoint.restore(saved, optimizer, scheduler, generator)
         stream = PromptStream(task.train, cfg.train.seed, **position)
+        values |= saved.get("components", {})
         run.truncate_metrics(start)
         log.info("resuming %s from %s", run.path, resume)
     run.prepare(cfg)
 
-    state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator)
+    state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator, found, values)
 
     def step_fn(step: int) -> dict[str, float]:
         state.step = step
@@ -104,15 +106,21 @@ class RLState:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     generator: torch.Generator
+    slots: list[controllers.Slot]
+    """Controlled hyperparameters (component state) of the recipe."""
+    values: dict[str, Any]
+    """Their current values (checkpointed)."""
     step: int = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, self.stream.state())
+        state = checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, self.stream.state())
+        return {**state, "components": dict(self.values)}
 
 
 def rl_step(s: RLState) -> dict[str, float]:
     """One rollout batch and its `ppo_epochs` optimizer steps; returns the step's scalar metrics."""
     cfg, timer, t0 = s.cfg, Timer(), time.perf_counter()
+    algo = controllers.bind(s.algo, s.slots, s.values)  # this step's controlled hyperparameters
     rows = s.stream.take(cfg.train.prompts_per_step)
     with timer("generate"), autocast_context(s.model, cfg.model.autocast):
         r = cfg.rollout
@@ -129,16 +137,15 @@ def rl_step(s: RLState) -> dict[str, float]:
         "truncated": batch.truncated,
         "progress": (s.step - 1) / max(1, cfg.train.max_steps),
         "generator": s.generator,
+        "rewards": torch.nan_to_num(rewards),
     }
-    if s.algo.multi_reward:  # e.g. GDPO normalises each reward function separately
-        advantages = call(s.algo.advantage, per_fn.to(rewards.device), batch.group_ids, inputs=inputs,
-                          mask=batch.completion_mask, reward_weights=torch.tensor(s.scorer.weights))  # fmt: skip
-    else:
-        advantages = call(s.algo.advantage, rewards, batch.group_ids, inputs=inputs, mask=batch.completion_mask)
-    # a completion no reward function could score carries no signal
-    advantages = torch.nan_to_num(advantages) * ~rewards.isnan().view(-1, *[1] * (advantages.dim() - 1))
+    if s.ref is not None:  # before the advantages, which may read it (REINFORCE++'s KL-penalised rewards)
+        with timer("reference"):
+            inputs["ref_logp"] = reference_logps(s.ref, batch, cfg)
+    advantages = advantages_of(algo, rewards, per_fn, batch, inputs, s.scorer.weights)
     with timer("update"):
-        stats = update(s, batch, advantages, {**inputs, "rewards": torch.nan_to_num(rewards)})
+        stats = update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs)
+    s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, batch.num_completions)
     lengths = batch.completion_mask.sum(1).float()
     per_fn_means = {f"reward/{n}": _nanmean(per_fn[:, k]) for k, n in enumerate(s.scorer.names)}
     return {
@@ -146,35 +153,65 @@ def rl_step(s: RLState) -> dict[str, float]:
         "reward/std": float(rewards[~rewards.isnan()].std()) if (~rewards.isnan()).sum() > 1 else 0.0,
         **(per_fn_means if len(s.scorer.names) > 1 else {}),
         **stats,
+        **ctrl_metrics,
         "tokens/completion_mean": float(lengths.mean()),
         "tokens/truncated_frac": float(batch.truncated.float().mean()),
         "lr": s.scheduler.get_last_lr()[0],
         "time/generate_s": timer.totals["generate"],
         "time/score_s": timer.totals["score"],
         "time/update_s": timer.totals["update"],
+        **({"time/reference_s": timer.totals["reference"]} if "reference" in timer.totals else {}),
         "time/step_s": time.perf_counter() - t0,
     }
 
 
-def update(s: RLState, batch: Rollouts, advantages: torch.Tensor, inputs: dict[str, Any]) -> dict[str, float]:
+def advantages_of(
+    algo: Algo, rewards: torch.Tensor, per_fn: torch.Tensor, batch: Rollouts, inputs: dict[str, Any], weights: list
+) -> torch.Tensor:
+    """The advantage stage: (N,) or (N, T) advantages; 0 for a completion no reward function could score."""
+    if algo.multi_reward:  # e.g. GDPO normalises each reward function separately
+        advantages = call(algo.advantage, per_fn.to(rewards.device), batch.group_ids, inputs=inputs,
+                          mask=batch.completion_mask, reward_weights=torch.tensor(weights))  # fmt: skip
+    else:
+        advantages = call(algo.advantage, rewards, batch.group_ids, inputs=inputs, mask=batch.completion_mask)
+    return torch.nan_to_num(advantages) * ~rewards.isnan().view(-1, *[1] * (advantages.dim() - 1))
+
+
+@torch.no_grad()
+def reference_logps(ref: Any, batch: Rollouts, cfg: Config) -> torch.Tensor:
+    """The reference stage: log π_ref of every sampled token (N, T), in the run's precision."""
+    with autocast_context(ref, cfg.model.autocast):
+        logp, _ = completion_logprobs(ref, batch, temperature=cfg.rollout.temperature,
+                                      share_prompt=cfg.model.share_prompt_forward)  # fmt: skip
+    return logp.float()
+
+
+def update(
+    cfg: Config,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    algo: Algo,
+    batch: Rollouts,
+    advantages: torch.Tensor,
+    inputs: dict[str, Any],
+) -> dict[str, float]:
     """`ppo_epochs` optimizer steps on one batch, each accumulating gradients over micro-batches.
 
     Every surrogate's gradient is −W·A·∇logp (ALGORITHMS.md §0.4), so when nothing but the surrogate is in the
     loss, a completion whose advantage is 0 on every token adds nothing to the loss or its gradient: it is left out
     of the forward and backward passes (its tokens still count in the global normalisers, so the loss is
-    unchanged). Entropy and clip metrics are then over the completions that carry gradient.
+    unchanged). Entropy and clip metrics are then over the completions that carry gradient. `inputs` holds the
+    step's inputs for components (`ref_logp` from the reference stage among them).
     """
-    cfg, model, algo = s.cfg, s.model, s.algo
     n = batch.num_completions
     num_tokens = batch.completion_mask.sum().float()  # global counts: micro-batching never changes the loss
     temperature, share = cfg.rollout.temperature, cfg.model.share_prompt_forward
     precision = autocast_context(model, cfg.model.autocast)
-    ref_logp = None
-    if s.ref is not None:
-        with torch.no_grad(), precision:
-            ref_logp, _ = completion_logprobs(s.ref, batch, temperature=temperature, share_prompt=share)
+    ref_logp = inputs.get("ref_logp")
     active = torch.arange(n, device=advantages.device)
-    if s.ref is None and not algo.token_weights and not algo.regularizers:
+    surrogate_only = not algo.kl_coef and not algo.token_weights and not algo.regularizers
+    if surrogate_only and "ref_logp" not in algo.policy_loss.needs:
         active = active[(advantages != 0).reshape(n, -1).any(1)]
     entropy_grad = "entropy" in algo.needs
     old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
@@ -215,7 +252,7 @@ def update(s: RLState, batch: Rollouts, advantages: torch.Tensor, inputs: dict[s
                 mb_inputs[name] = values[idx, :width]
             del logits
             per_token, metrics = call(algo.policy_loss, logp, old_logp[idx, :width], adv, mask, inputs=mb_inputs)
-            per_token, metrics = _add_terms(s, per_token, metrics, logp, mask, mb_inputs)
+            per_token, metrics = _add_terms(algo, per_token, metrics, logp, mask, mb_inputs)
             if entropy is not None:
                 metrics["entropy"] = entropy.detach()
             loss = algo.aggregation(per_token, mask, num_tokens=num_tokens, num_seqs=n)
@@ -226,8 +263,8 @@ def update(s: RLState, batch: Rollouts, advantages: torch.Tensor, inputs: dict[s
                 sums[key] = sums.get(key, torch.zeros(2)) + pair
         max_norm = cfg.train.max_grad_norm or float("inf")
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
-        s.optimizer.step()
-        s.scheduler.step()
+        optimizer.step()
+        scheduler.step()
         losses.append(float(total))
     out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
     out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in sums.items()})
@@ -245,19 +282,19 @@ def _derive(name: str, logits: torch.Tensor, ids: torch.Tensor, cfg: Config, alg
 
 
 def _add_terms(
-    s: RLState, per_token: torch.Tensor, metrics: dict, logp: torch.Tensor, mask: torch.Tensor, inputs: dict
+    algo: Algo, per_token: torch.Tensor, metrics: dict, logp: torch.Tensor, mask: torch.Tensor, inputs: dict
 ) -> tuple[torch.Tensor, dict]:
     """KL to the reference, regularizers and token weights, all per token (so they share the normaliser)."""
     metrics = dict(metrics)
-    if inputs["ref_logp"] is not None and s.cfg.algo.kl.coef > 0:
-        kl = call(s.algo.kl, logp, inputs["ref_logp"], inputs=inputs)
-        per_token = per_token + s.cfg.algo.kl.coef * kl
+    if algo.kl_coef > 0:
+        kl = call(algo.kl, logp, inputs["ref_logp"], inputs=inputs)
+        per_token = per_token + algo.kl_coef * kl
         metrics["kl"] = kl.detach()
-    for reg in s.algo.regularizers:
+    for reg in algo.regularizers:
         term, reg_metrics = call(reg, logp, inputs["old_logp"], mask, inputs=inputs)
         per_token = per_token + term
         metrics.update(reg_metrics)
-    for weight_fn in s.algo.token_weights:
+    for weight_fn in algo.token_weights:
         per_token = per_token * call(weight_fn, mask, inputs=inputs).detach()
     return per_token, metrics
 

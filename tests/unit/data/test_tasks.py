@@ -1,7 +1,15 @@
 import pytest
 
 from unipo.data.tasks import PromptStream, arithmetic, get_task, jsonl_task, lucky7
-from unipo.rewards import call_reward, contains_answer, final_answer, only_number, reward_inputs, share_of_target
+from unipo.rewards import (
+    bare_answer,
+    call_reward,
+    contains_answer,
+    final_answer,
+    only_number,
+    reward_inputs,
+    share_of_target,
+)
 
 
 def test_arithmetic_split_is_fixed_disjoint_and_complete():
@@ -47,8 +55,11 @@ def test_final_answer_scores_what_the_prompt_asks():
 def test_the_arithmetic_task_trains_on_correctness_and_format_and_measures_correctness():
     task = arithmetic()
     assert task.reward is final_answer
-    assert task.rewards == [(final_answer, 1.0), (only_number, 0.2)]
-    assert task.other_rewards() == {"only_number": only_number}
+    assert task.rewards == [(final_answer, 1.0), (bare_answer, 0.2)]
+    assert task.other_rewards() == {"bare_answer": bare_answer}
+    # the format credit goes only to the right bare number: a bare wrong number earns nothing
+    replies = ["54", "55", "9 + 45 = 54", " 54. ", "54"]
+    assert bare_answer(None, replies, ["54"] * 5, truncated=[False] * 4 + [True]) == [1.0, 0.0, 0.0, 1.0, 0.0]
 
 
 def test_reward_functions_get_truncation_and_token_ids_as_columns():

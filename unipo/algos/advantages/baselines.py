@@ -95,7 +95,13 @@ def _last_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return torch.zeros(mask.shape, dtype=rewards.dtype, device=rewards.device).scatter(1, last[:, None], r[:, None])
 
 
-@register("advantage", "reinforce_pp", paper=_REINFORCE_PP, tag="checked: verl; KL-in-reward part: memory")
+@register(
+    "advantage",
+    "reinforce_pp",
+    paper=_REINFORCE_PP,
+    tag="checked: verl; KL-in-reward part: memory",
+    inputs=lambda p: {"old_logp", "ref_logp"} if p["kl_coef"] > 0 else set(),
+)
 def reinforce_pp(
     rewards: torch.Tensor,
     group_ids: torch.Tensor,

@@ -25,7 +25,7 @@ from unipo.algos.policy_losses._common import (
     zero_masked,
 )
 from unipo.algos.policy_losses.clipped import ppo_clip
-from unipo.algos.registry import register, warn_reconstruction
+from unipo.algos.registry import Controlled, register, warn_reconstruction
 
 _OUT_OF_RANGE = ("mask", "cap")
 
@@ -167,6 +167,13 @@ def dispo_recon(
     return loss, clip_metrics(low, high, ratio, loss)
 
 
+@register(
+    "controller",
+    "r2vpo_dual_update",
+    paper="Luo et al. 2026, Ratio-Variance Regularized Policy Optimization for Efficient LLM Fine-tuning, "
+    "arXiv:2601.03320",
+    tag="reconstructed",
+)
 def r2vpo_dual_update(
     dual_coef: float | torch.Tensor,
     ratio_sq_dev: float | torch.Tensor,
@@ -174,7 +181,9 @@ def r2vpo_dual_update(
     var_target: float = 0.01,
     dual_lr: float = 0.1,
 ) -> float | torch.Tensor:
-    """The dual step of ``r2vpo_recon`` (reconstruction): λ ← max(0, λ + η_λ·(mean_t (ρ−1)² − δ)).
+    """The dual step of ``r2vpo_recon`` (reconstructed from Luo et al. 2026, arXiv:2601.03320).
+
+    λ ← max(0, λ + η_λ·(mean_t (ρ−1)² − δ)).
 
     Args:
         dual_coef: current λ.
@@ -195,7 +204,9 @@ def r2vpo_dual_update(
     paper="Luo et al. 2026, Ratio-Variance Regularized Policy Optimization for Efficient LLM Fine-tuning, "
     "arXiv:2601.03320",
     tag="reconstructed",
-)
+    state=Controlled("dual_coef", "r2vpo_dual_update", "ratio/sq_dev", (("var_target", "var_target"),
+                                                                         ("dual_lr", "dual_lr"))),
+)  # fmt: skip
 def r2vpo_recon(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -204,6 +215,7 @@ def r2vpo_recon(
     *,
     dual_coef: float = 0.1,
     var_target: float = 0.01,
+    dual_lr: float = 0.1,
 ) -> tuple[torch.Tensor, Metrics]:
     """Reconstruction of R²VPO (Luo et al. 2026, arXiv:2601.03320) from its abstract; not the published rule.
 
@@ -217,6 +229,7 @@ def r2vpo_recon(
         mask: [N, T] loss mask.
         dual_coef: λ ≥ 0, the current dual variable (initial value ours); the caller updates it between steps.
         var_target: δ, the target second moment of ρ − 1 (ours).
+        dual_lr: η_λ, read by ``r2vpo_dual_update`` (ours).
 
     Returns:
         (per-token loss [N, T], metrics: clip fractions 0, "ratio/mean" = ρ, "ratio/sq_dev" = (ρ − 1)²).

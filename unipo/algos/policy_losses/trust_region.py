@@ -180,6 +180,7 @@ def mdpo(
     "dro",
     paper="verl `dro` policy loss (Direct Reward Optimization style), https://github.com/volcengine/verl",
     tag="checked: anchors.md formula; anchor policy: unipo's reading (π_old, as verl docs/algo/dro.md)",
+    inputs=lambda p: {"ref_logp"} if p["anchor"] == "ref" else set(),
 )
 def dro(
     logp: torch.Tensor,

@@ -1,0 +1,101 @@
+"""Where each trainer input comes from: one table that the config-time check and the on-policy trainer both read.
+
+A component declares the inputs it uses (`algos.registry.register(..., inputs=...)`, as a function of its bound
+hyperparameters); this table says which stage of the on-policy step produces each one. A component may only use an
+input produced at or before its own stage: an advantage estimator cannot take the update's current log-probs, and
+one that takes `ref_logp` makes the reference forward run before the advantages. An input that no stage produces
+for a component is a config-time error naming both.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from unipo.algos.registry import TRAINER_INPUTS
+
+
+class Stage(IntEnum):
+    """The stages of one on-policy step, in order (a later stage sees what every earlier one produced)."""
+
+    COLLECT = 0
+    """generate -> score -> sampler: the batch, its rewards and the sampler's log-probs."""
+    REFERENCE = 1
+    """the reference policy's log-probs of the batch (run only when a bound component needs them)."""
+    ADVANTAGE = 2
+    """advantages from rewards (and, for some estimators, reference and old log-probs)."""
+    UPDATE = 3
+    """per micro-batch: current log-probs, entropy and the values derived from the current logits."""
+
+
+PRODUCED_AT: dict[str, Stage] = {
+    "rewards": Stage.COLLECT,
+    "group_ids": Stage.COLLECT,
+    "completion_ids": Stage.COLLECT,
+    "truncated": Stage.COLLECT,
+    "rollout_logp": Stage.COLLECT,
+    # on-policy, the parameters that sampled the batch are the update's first-pass parameters: before the update,
+    # old log-probs are the sampler's (identical up to the numerics of one forward); in the update, the first
+    # pass's detached log-probs
+    "old_logp": Stage.COLLECT,
+    "progress": Stage.COLLECT,
+    "generator": Stage.COLLECT,
+    "ref_logp": Stage.REFERENCE,
+    "advantages": Stage.ADVANTAGE,
+    "logp": Stage.UPDATE,
+    "entropy": Stage.UPDATE,
+    "proxy_logp": Stage.UPDATE,
+    "tempered_old_logp": Stage.UPDATE,
+}
+"""The stage that produces each trainer input."""
+
+USED_AT: dict[str, Stage] = {
+    "advantage": Stage.ADVANTAGE,
+    "policy_loss": Stage.UPDATE,
+    "aggregation": Stage.UPDATE,
+    "kl": Stage.UPDATE,
+    "token_weight": Stage.UPDATE,
+    "regularizer": Stage.UPDATE,
+}
+"""The stage at which components of each kind run in the on-policy trainer."""
+
+assert PRODUCED_AT.keys() == TRAINER_INPUTS, "every declared trainer input has exactly one producer"
+
+
+def unavailable(kind: str, needs: frozenset[str]) -> list[str]:
+    """The inputs in `needs` that no stage at or before a `kind` component's stage produces."""
+    stage = USED_AT[kind]
+    return sorted(n for n in needs if PRODUCED_AT[n] > stage)
+
+
+PURE_ONLY: dict[tuple[str, str], str] = {
+    ("advantage", "remax"): "needs the reward of a greedy decode of each prompt (`baseline_rewards`), which the "
+    "on-policy trainer does not sample yet",
+    ("advantage", "optimal_token_baseline"): "needs Σ_v π(v)² per token (`sum_pi_squared`) from the full logits, "
+    "which the update does not keep yet",
+    ("kl", "kl_full"): "needs the full-vocabulary logits of the policy and the reference (`logits`, `ref_logits`)",
+    ("token_weight", "igpo_hint_mask"): "needs hint-injected samples and their `hint_mask`; no hint sampler yet",
+    ("regularizer", "sft_nll"): "needs demonstration samples and their `demo_mask`; no demonstration sampler yet "
+    "(on the policy's own samples it would be plain likelihood maximisation, not SFT)",
+}
+"""Registered components that no trainer can run yet, with the reason: `unipo list` and docs/algorithms.md show
+them as "pure only", and the on-policy trainer refuses them at setup with this reason."""
+
+RUNS_IN: dict[str, str] = {
+    "advantage": "rl",
+    "policy_loss": "rl",
+    "aggregation": "rl",
+    "token_weight": "rl",
+    "kl": "rl",
+    "regularizer": "rl",
+    "controller": "rl (after-step stage, moving a component's state)",
+    "preference": "preference",
+    "online": "online_preference",
+}
+"""The trainer that runs the components of each kind; a kind not listed has no trainer yet."""
+
+
+def where_it_runs(kind: str, name: str) -> str:
+    """`rl`, ..., or `pure only: <reason>` (or `no trainer yet`) for `unipo list` and the catalogue."""
+    if (kind, name) in PURE_ONLY:
+        return f"pure only: {PURE_ONLY[kind, name]}"
+    return RUNS_IN.get(kind, "no trainer yet")
