@@ -120,6 +120,9 @@ class AlgoConfig(_Strict):
     """Pairwise preference loss (kind `preference`) for `trainer: preference`."""
     online: ComponentConfig = ComponentConfig(name="sppo", eta=1.0)
     """Online / Nash loss (kind `online`) for `trainer: online_preference`."""
+    sampler: ComponentConfig | None = None
+    """Group filter of the collect stage (kind `sampler`, e.g. `{name: dynamic_sampling}`): the step generates more
+    prompts until `train.prompts_per_step` groups pass it. None: every sampled group is trained on."""
     regularizers: list[ComponentConfig] = []
     """Per-token terms (kind `regularizer`) added to the per-token loss before aggregation; each carries its
     own weight as a hyperparameter (usually `coef`)."""
@@ -338,6 +341,8 @@ def check_components(cfg: Config) -> None:
     nodes = [(f"algo.{axis}", kind, getattr(cfg.algo, axis)) for axis, kind in AXES.items()]
     nodes.append(("algo.preference", "preference", cfg.algo.preference))
     nodes.append(("algo.online", "online", cfg.algo.online))
+    if cfg.algo.sampler is not None:
+        nodes.append(("algo.sampler", "sampler", cfg.algo.sampler))
     for axis, kind in LIST_AXES.items():
         nodes += [(f"algo.{axis}[{i}]", kind, node) for i, node in enumerate(getattr(cfg.algo, axis))]
     for where, kind, node in nodes:

@@ -23,3 +23,9 @@ def flaky_judge(prompt, a, b):
 def tie_judge(prompt, a, b):
     """No preference ever."""
     return 0.5
+
+
+def even_length(prompts, completions, **_):
+    """A coin-flip-like 0/1 reward (the reply has an even number of characters): a group of G replies is all-equal
+    with probability about 2^(1-G), so dynamic sampling has groups to drop."""
+    return [float(len(c) % 2 == 0) for c in completions]

@@ -185,3 +185,58 @@ def test_reinforce_pp_with_a_kl_penalty_gets_reference_log_probs_before_its_adva
     plain = tmp_path / "plain"
     _train(tiny_model_dir, plain, "train.max_steps=1", "algo.advantage.name=reinforce_pp")
     assert "time/reference_s" not in _rows(plain)[1]  # kl_coef = 0: no reference forward
+
+
+def test_controllers_move_in_a_run_and_resume_exactly(tiny_model_dir, tmp_path):
+    # the adaptive KL coefficient and the adaptive entropy coefficient are live (logged as ctrl/...), and a run
+    # resumed from a checkpoint continues from their saved values: 2 + 2 steps equal 4 straight steps
+    common = [
+        "train.save_every=2", "train.lr=1e-2", "train.lr_schedule=constant", "eval.num_problems=0",
+        "algo.kl.coef=0.05", "algo.kl.ctrl={name: kl_adaptive_ctrl, target: 0.001, horizon: 10}",
+        "algo.regularizers=[{name: adaptive_entropy, coef: 0.01, target: 100.0, delta: 0.01}]",
+    ]  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train(tiny_model_dir, straight, "train.max_steps=4", *common)
+    _train(tiny_model_dir, resumed, "train.max_steps=2", *common)
+    _train(tiny_model_dir, resumed, "train.max_steps=4", *common)
+    steps = [r for r in _rows(straight) if "loss" in r]
+    # entropy is always below the 100-nat target: +0.01 per step, from 0.01
+    assert [r["ctrl/regularizers[0].coef"] for r in steps] == pytest.approx([0.02, 0.03, 0.04, 0.05])
+    # KL_obs > 0 is far above the target after step 1 (e = +0.2): β grows by 1 + 0.2·n/10 with n = 8 completions;
+    # at step 1 the policy equals the reference (KL_obs = 0, e = -0.2) and β shrinks
+    betas = [0.05] + [r["ctrl/kl.coef"] for r in steps]
+    assert betas[1] == pytest.approx(0.05 * (1 - 0.2 * 8 / 10))
+    assert all(b1 > b0 for b0, b1 in zip(betas[1:], betas[2:], strict=False))
+    assert _losses(straight) == _losses(resumed)
+    assert [r["ctrl/kl.coef"] for r in _rows(resumed) if "loss" in r] == [r["ctrl/kl.coef"] for r in steps]
+
+
+def test_dynamic_sampling_fills_the_batch_with_groups_that_have_spread(tiny_model_dir):
+    # the collect stage: keep only groups whose rewards differ, generate more prompts until exactly
+    # prompts_per_step groups are kept; the carried rewards still belong to their completions after the merge
+    from tests.integration.rewards_for_tests import even_length
+    from unipo.data.tasks import PromptStream, lucky7
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.trainers.common import RewardScorer, Timer, build_algo
+    from unipo.trainers.rl import RLState, collect
+
+    cfg = config.load("dapo", [f"model.path={tiny_model_dir}", "task=lucky7", "train.prompts_per_step=3",
+                               "rollout.group_size=2", "rollout.max_new_tokens=6"])  # fmt: skip
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    algo, scorer = build_algo(cfg), RewardScorer([even_length], [1.0])
+    s = RLState(cfg, model, None, tok, algo, scorer, PromptStream(lucky7().train, 0), None, None,
+                torch.Generator().manual_seed(0), [], {})  # fmt: skip
+    dropped = 0
+    for _ in range(3):
+        batch, per_fn, stats = collect(s, algo, Timer())
+        assert batch.prompt_ids.shape[0] == 3 and batch.num_completions == 6 and stats["sampler/groups"] == 3
+        r = per_fn[:, 0].view(3, 2)
+        assert bool((r[:, 0] != r[:, 1]).all())  # every kept group has spread (§13 S1)
+        torch.testing.assert_close(scorer.score(batch), per_fn)  # rewards still aligned with their completions
+        dropped += stats["sampler/kept_frac"] < 1
+    assert dropped  # with G = 2 a coin-flip reward leaves about half the groups without spread
+
+    # a limit of one generation round: the step trains on what it kept, never more than the batch needs
+    short = build_algo(config.load("dapo", ["algo.sampler.max_gen_batches=1", "train.prompts_per_step=3"]))
+    batch, _, stats = collect(s, short, Timer())
+    assert stats["sampler/gen_batches"] == 1 and batch.prompt_ids.shape[0] == stats["sampler/groups"] <= 3

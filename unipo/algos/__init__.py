@@ -12,6 +12,7 @@ from unipo.algos import (  # noqa: F401  (registers components)
     policy_losses,
     preference,
     regularizers,
+    samplers,
     token_weights,
 )
 from unipo.algos.registry import KINDS, entries, entry, get, names, register

@@ -65,6 +65,48 @@ class Rollouts:
                         self.texts + other.texts)  # fmt: skip
 
 
+def keep_groups(batch: Rollouts, keep: torch.Tensor) -> Rollouts:
+    """The completions with `keep` [N] True and only their prompts (group ids renumbered 0..P'-1, in order)."""
+    idx = keep.nonzero().squeeze(-1)
+    used = torch.unique(batch.group_ids[idx])  # sorted prompt indices that keep a completion
+    remap = torch.full((batch.prompt_ids.shape[0],), -1, dtype=torch.long, device=batch.group_ids.device)
+    remap[used] = torch.arange(used.numel(), device=remap.device)
+    width = int(batch.completion_mask[idx].sum(1).max()) if idx.numel() else 0
+    return Rollouts(
+        batch.prompt_ids[used], batch.prompt_mask[used], batch.completion_ids[idx, :width],
+        batch.completion_mask[idx, :width], remap[batch.group_ids[idx]], batch.truncated[idx],
+        batch.rollout_logp[idx, :width], [batch.rows[i] for i in used.tolist()],
+        [batch.texts[i] for i in idx.tolist()] if batch.texts else [],
+    )  # fmt: skip
+
+
+def cat(batches: list[Rollouts], pad_id: int) -> Rollouts:
+    """Completions of different prompts in one batch: prompts re-left-padded to one width (with `pad_id`),
+    completions right-padded, group ids offset so each batch's prompts stay distinct."""
+    lp = max(b.prompt_ids.shape[1] for b in batches)
+    t = max(b.completion_ids.shape[1] for b in batches)
+    F = torch.nn.functional
+
+    def left(x: torch.Tensor, value: int) -> torch.Tensor:
+        return F.pad(x, (lp - x.shape[1], 0), value=value)
+
+    def right(x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, t - x.shape[1]))
+
+    offsets = torch.tensor([0] + [b.prompt_ids.shape[0] for b in batches[:-1]]).cumsum(0).tolist()
+    return Rollouts(
+        torch.cat([left(b.prompt_ids, pad_id) for b in batches]),
+        torch.cat([left(b.prompt_mask, 0) for b in batches]),
+        torch.cat([right(b.completion_ids) for b in batches]),
+        torch.cat([right(b.completion_mask) for b in batches]),
+        torch.cat([b.group_ids + o for b, o in zip(batches, offsets, strict=True)]),
+        torch.cat([b.truncated for b in batches]),
+        torch.cat([right(b.rollout_logp) for b in batches]),
+        [r for b in batches for r in b.rows],
+        [x for b in batches for x in b.texts],
+    )
+
+
 def render_prompt(prompt: Any, tokenizer: Any) -> str:
     """A row's prompt as text: chat messages go through the tokenizer's chat template (with the generation
     prompt); a plain string is used as is."""

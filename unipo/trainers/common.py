@@ -46,6 +46,8 @@ class Algo:
     kl: Callable
     token_weights: list[Callable]
     regularizers: list[Callable]
+    sampler: Callable | None = None
+    """A group filter of the collect stage (kind `sampler`), or None: train on every sampled group."""
     kl_coef: float = 0.0
     """β of the KL term in the loss (0: no KL term; the `kl` estimator then is not run)."""
     multi_reward: bool = False
@@ -91,8 +93,10 @@ def build_algo(cfg: Config) -> Algo:
     settings = {"min_p": 0.02, "target_temperature": 1.5}
     for fn in [*built.values(), *weights, *regs]:
         settings |= {k: v for k, v in fn.keywords.items() if k in settings}
-    return Algo(**built, token_weights=weights, regularizers=regs, kl_coef=cfg.algo.kl.coef, multi_reward=multi,
-                settings=settings)  # fmt: skip
+    sampler = cfg.algo.sampler
+    sampler = build_component("sampler", sampler.name, component_kwargs(sampler)) if sampler else None
+    return Algo(**built, token_weights=weights, regularizers=regs, sampler=sampler, kl_coef=cfg.algo.kl.coef,
+                multi_reward=multi, settings=settings)  # fmt: skip
 
 
 def check_runnable(algo: Algo, num_rewards: int = 1) -> None:

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from unipo import algos
 from unipo.algos.regularizers import lp_reg_proxy_logp
 from unipo.config import Config
-from unipo.data.batch import Rollouts
+from unipo.data.batch import Rollouts, cat, keep_groups
 from unipo.data.tasks import PromptStream, get_task
 from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
@@ -121,16 +122,8 @@ def rl_step(s: RLState) -> dict[str, float]:
     """One rollout batch and its `ppo_epochs` optimizer steps; returns the step's scalar metrics."""
     cfg, timer, t0 = s.cfg, Timer(), time.perf_counter()
     algo = controllers.bind(s.algo, s.slots, s.values)  # this step's controlled hyperparameters
-    rows = s.stream.take(cfg.train.prompts_per_step)
-    with timer("generate"), autocast_context(s.model, cfg.model.autocast):
-        r = cfg.rollout
-        batch = sample(
-            s.model, s.tokenizer, rows, n=r.group_size, max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, generator=s.generator,
-        )  # fmt: skip
-    with timer("score"):
-        per_fn = s.scorer.score(batch)  # (N, K)
-        rewards = s.scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
+    batch, per_fn, sampler_stats = collect(s, algo, timer)
+    rewards = s.scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
     inputs = {
         "old_logp": batch.rollout_logp,  # the sampling policy's log-probs (the parameters have not moved yet)
         "rollout_logp": batch.rollout_logp,
@@ -153,6 +146,7 @@ def rl_step(s: RLState) -> dict[str, float]:
         "reward/std": float(rewards[~rewards.isnan()].std()) if (~rewards.isnan()).sum() > 1 else 0.0,
         **(per_fn_means if len(s.scorer.names) > 1 else {}),
         **stats,
+        **sampler_stats,
         **ctrl_metrics,
         "tokens/completion_mean": float(lengths.mean()),
         "tokens/truncated_frac": float(batch.truncated.float().mean()),
@@ -163,6 +157,47 @@ def rl_step(s: RLState) -> dict[str, float]:
         **({"time/reference_s": timer.totals["reference"]} if "reference" in timer.totals else {}),
         "time/step_s": time.perf_counter() - t0,
     }
+
+
+def collect(s: RLState, algo: Algo, timer: Timer) -> tuple[Rollouts, torch.Tensor, dict[str, float]]:
+    """The collect stage: generate and score `train.prompts_per_step` prompts; with a sampler, keep the groups it
+    keeps and generate more prompts until exactly that many groups are kept (or `max_gen_batches` rounds ran; the
+    step then trains on the groups kept so far). Returns the batch, its rewards (N, K) and the sampler's metrics."""
+    want = s.cfg.train.prompts_per_step
+    parts: list[tuple[Rollouts, torch.Tensor]] = []
+    kept = generated = rounds = 0
+    while True:
+        batch, per_fn = _generate_and_score(s, s.stream.take(want), timer)
+        rounds += 1
+        if algo.sampler is None:
+            return batch, per_fn, {}
+        keep = algo.sampler(s.scorer.combine(per_fn), batch.group_ids.cpu()).to(batch.group_ids.device)
+        generated += want
+        if bool(keep.any()):
+            groups = torch.unique(batch.group_ids[keep])[: want - kept]  # never more than the batch needs
+            keep &= torch.isin(batch.group_ids, groups)
+            parts.append((keep_groups(batch, keep), per_fn[keep.cpu()]))
+            kept += groups.numel()
+        limit = {**algos.entry("sampler", algo.sampler.id).params, **algo.sampler.keywords}["max_gen_batches"]
+        if kept == want or (limit > 0 and rounds >= limit):
+            break
+    stats = {"sampler/gen_batches": float(rounds), "sampler/kept_frac": kept / generated,
+             "sampler/groups": float(kept)}  # fmt: skip
+    if not parts:  # nothing kept within the limit: train on the last batch (its advantages are all 0)
+        return batch, per_fn, stats
+    merged = cat([b for b, _ in parts], s.tokenizer.pad_token_id) if len(parts) > 1 else parts[0][0]
+    return merged, torch.cat([p for _, p in parts]), stats
+
+
+def _generate_and_score(s: RLState, rows: list[dict], timer: Timer) -> tuple[Rollouts, torch.Tensor]:
+    cfg, r = s.cfg, s.cfg.rollout
+    with timer("generate"), autocast_context(s.model, cfg.model.autocast):
+        batch = sample(
+            s.model, s.tokenizer, rows, n=r.group_size, max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, generator=s.generator,
+        )  # fmt: skip
+    with timer("score"):
+        return batch, s.scorer.score(batch)  # (N, K)
 
 
 def advantages_of(
