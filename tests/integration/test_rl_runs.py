@@ -240,3 +240,16 @@ def test_dynamic_sampling_fills_the_batch_with_groups_that_have_spread(tiny_mode
     short = build_algo(config.load("dapo", ["algo.sampler.max_gen_batches=1", "train.prompts_per_step=3"]))
     batch, _, stats = collect(s, short, Timer())
     assert stats["sampler/gen_batches"] == 1 and batch.prompt_ids.shape[0] == stats["sampler/groups"] <= 3
+
+
+def test_remax_baseline_is_the_greedy_replys_reward(tiny_model_dir, tmp_path):
+    # §13 V4 in the trainer: when every sample is the greedy reply (temperature -> 0), A = r - r(greedy) = 0 for
+    # every completion, so nothing is trained; at temperature 1 the samples differ and some advantages do not vanish
+    run = tmp_path / "cold"
+    _train(tiny_model_dir, run, "train.max_steps=2", "algo.advantage.name=remax", "rollout.temperature=1e-4")
+    cold = [r for r in _rows(run) if "loss" in r]
+    assert all(r["tokens/trained_frac"] == 0.0 and r["loss"] == 0.0 and "time/baseline_s" in r for r in cold)
+    warm = tmp_path / "warm"
+    _train(tiny_model_dir, warm, "train.max_steps=1", "algo.advantage.name=remax",
+           "rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]")  # fmt: skip
+    assert _rows(warm)[1]["tokens/trained_frac"] > 0

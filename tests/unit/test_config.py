@@ -107,7 +107,7 @@ def test_cli_main_returns_2_on_bad_component(capsys):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("algo.advantage.name=remax", "advantage 'remax' cannot run in the on-policy trainer yet: needs the reward"),
+        ("algo.regularizers=[{name: sft_nll}]", "regularizer 'sft_nll' cannot run in the on-policy trainer yet: needs"),
         ("algo.policy_loss.dual_clip=0.5", "algo.policy_loss: cannot run in the on-policy trainer:"),
         ("model.path=/no/such/dir", "model.path: /no/such/dir is not a directory"),
     ],

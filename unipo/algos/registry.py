@@ -55,7 +55,7 @@ DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs", "progress", "generator"
 
 TRAINER_INPUTS = frozenset(
     {"old_logp", "ref_logp", "rollout_logp", "advantages", "rewards", "group_ids", "entropy", "completion_ids",
-     "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp"}
+     "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards"}
 )  # fmt: skip
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 

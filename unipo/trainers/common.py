@@ -125,6 +125,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
         "group_ids": torch.tensor([0, 0, 1, 1]), "entropy": torch.rand(n, t, generator=g),
         "completion_ids": torch.randint(0, 5, (n, t), generator=g), "truncated": torch.zeros(n, dtype=torch.bool),
         "progress": 0.5, "generator": g, "proxy_logp": logp - 0.2, "tempered_old_logp": logp - 0.1,
+        "baseline_rewards": torch.tensor([0.5, 0.5, 0.0, 1.0]),
     }  # fmt: skip
     rewards = inputs["rewards"][:, None].repeat(1, num_rewards) if algo.multi_reward else inputs["rewards"]
     extra = {"reward_weights": torch.ones(num_rewards)} if algo.multi_reward else {}

@@ -38,6 +38,7 @@ PRODUCED_AT: dict[str, Stage] = {
     # pass's detached log-probs
     "old_logp": Stage.COLLECT,
     "progress": Stage.COLLECT,
+    "baseline_rewards": Stage.COLLECT,  # the reward of a greedy decode of each prompt (ReMax), per completion
     "generator": Stage.COLLECT,
     "ref_logp": Stage.REFERENCE,
     "advantages": Stage.ADVANTAGE,
@@ -68,8 +69,6 @@ def unavailable(kind: str, needs: frozenset[str]) -> list[str]:
 
 
 PURE_ONLY: dict[tuple[str, str], str] = {
-    ("advantage", "remax"): "needs the reward of a greedy decode of each prompt (`baseline_rewards`), which the "
-    "on-policy trainer does not sample yet",
     ("advantage", "optimal_token_baseline"): "needs Σ_v π(v)² per token (`sum_pi_squared`) from the full logits, "
     "which the update does not keep yet",
     ("kl", "kl_full"): "needs the full-vocabulary logits of the policy and the reference (`logits`, `ref_logits`)",

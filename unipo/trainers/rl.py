@@ -132,6 +132,9 @@ def rl_step(s: RLState) -> dict[str, float]:
         "generator": s.generator,
         "rewards": torch.nan_to_num(rewards),
     }
+    if "baseline_rewards" in algo.advantage.needs:  # ReMax: each prompt's greedy reply, scored like the samples
+        with timer("baseline"):
+            inputs["baseline_rewards"] = greedy_rewards(s, batch)
     if s.ref is not None:  # before the advantages, which may read it (REINFORCE++'s KL-penalised rewards)
         with timer("reference"):
             inputs["ref_logp"] = reference_logps(s.ref, batch, cfg)
@@ -151,10 +154,7 @@ def rl_step(s: RLState) -> dict[str, float]:
         "tokens/completion_mean": float(lengths.mean()),
         "tokens/truncated_frac": float(batch.truncated.float().mean()),
         "lr": s.scheduler.get_last_lr()[0],
-        "time/generate_s": timer.totals["generate"],
-        "time/score_s": timer.totals["score"],
-        "time/update_s": timer.totals["update"],
-        **({"time/reference_s": timer.totals["reference"]} if "reference" in timer.totals else {}),
+        **{f"time/{phase}_s": seconds for phase, seconds in timer.totals.items()},  # generate, score, update, ...
         "time/step_s": time.perf_counter() - t0,
     }
 
@@ -198,6 +198,16 @@ def _generate_and_score(s: RLState, rows: list[dict], timer: Timer) -> tuple[Rol
         )  # fmt: skip
     with timer("score"):
         return batch, s.scorer.score(batch)  # (N, K)
+
+
+def greedy_rewards(s: RLState, batch: Rollouts) -> torch.Tensor:
+    """(N,) the reward of the greedy reply to each completion's prompt (ReMax's baseline; NaN when unscored)."""
+    cfg = s.cfg
+    with autocast_context(s.model, cfg.model.autocast):
+        greedy = sample(s.model, s.tokenizer, batch.rows, n=1, max_new_tokens=cfg.rollout.max_new_tokens,
+                        greedy=True)  # fmt: skip
+    per_prompt = s.scorer.combine(s.scorer.score(greedy)).to(batch.group_ids.device)  # (P,)
+    return per_prompt[batch.group_ids]
 
 
 def advantages_of(
