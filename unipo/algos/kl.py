@@ -9,9 +9,8 @@ keyword tensors that the trainer supplies only when the signature asks: ``old_lo
 ``ref_logp`` is a constant here (detached), so a caller that passes the same tensor twice gets a zero gradient
 rather than a silently doubled one. The estimators do not mask: the trainer aggregates them with the loss mask.
 
-The adaptive coefficient controller of Ziegler et al. (``adaptive_kl_coef``) lives here as a plain function: it
-updates β between optimiser steps from an observed batch KL, so it is neither a per-token estimator (kind ``kl``)
-nor a per-token loss term (kind ``regularizer``), and it is not registered.
+The adaptive coefficient controller of Ziegler et al. (``kl_adaptive_ctrl``) updates β between optimiser steps, so
+it lives in ``unipo.algos.controllers`` (kind ``controller``).
 """
 
 from __future__ import annotations
@@ -203,34 +202,3 @@ def kl_bias_corrected(
         raise ValueError(f"old_logp must have logp's shape {tuple(logp.shape)}; got {tuple(old.shape)}")
     ratio = torch.exp(torch.clamp(logp - old, -20.0, 20.0))
     return ratio * k3(logp, ref_logp)
-
-
-@register(
-    "controller",
-    "kl_adaptive_ctrl",
-    paper="Ziegler et al. 2019, Fine-Tuning Language Models from Human Preferences, arXiv:1909.08593",
-    tag="checked: verl",
-)
-def adaptive_kl_coef(
-    coef: float, observed_kl: float | torch.Tensor, *, target: float, horizon: float, n_steps: int
-) -> float | torch.Tensor:
-    """Adaptive KL controller (Ziegler et al. 2019, Fine-Tuning LMs from Human Preferences, arXiv:1909.08593, §2.2).
-
-    e = clip(KL_obs/KL_target − 1, −0.2, 0.2); β ← β·(1 + e·n_steps/horizon). verl ``kl_ctrl.type=adaptive``
-    (defaults target_kl 0.1, horizon 10000); OpenRLHF ``kl_target``.
-
-    Args:
-        coef: current β.
-        observed_kl: mean KL of the last batch (a float, or a 0-d tensor to stay on the device).
-        target: KL_target > 0.
-        horizon: steps over which β may change by about e (> 0).
-        n_steps: number of samples (or steps) since the last update, as in the paper.
-
-    Returns:
-        The new β (a tensor if ``observed_kl`` is one).
-    """
-    if target <= 0 or horizon <= 0:
-        raise ValueError(f"target and horizon must be > 0; got target={target}, horizon={horizon}")
-    error = observed_kl / target - 1.0
-    error = error.clamp(-0.2, 0.2) if isinstance(error, torch.Tensor) else min(max(error, -0.2), 0.2)
-    return coef * (1.0 + error * n_steps / horizon)

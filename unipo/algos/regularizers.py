@@ -7,9 +7,10 @@ term's mask and normaliser (under ``token_mean`` a term of −c·H_t becomes −
 0 on masked tokens; metrics are detached per-token [N, T] tensors, masked and averaged once by the trainer.
 
 Keyword tensors: ``entropy``, ``advantages``, ``proxy_logp``, ``demo_mask``. Trainer state kept between steps (the
-adaptive entropy coefficient, the entropy running mean) comes in as a keyword float, and the pure functions
-``adaptive_entropy_coef`` / ``epo_entropy_hist`` give its next value; hyperparameters that only those updates (or
-the trainer's extra pass) read are still declared in the regularizer's signature, so a recipe sets them once.
+adaptive entropy coefficient, the entropy running mean) comes in as a keyword float, and the controllers
+``adaptive_entropy_coef`` / ``epo_entropy_hist`` (``unipo.algos.controllers``) give its next value; hyperparameters
+that only those updates (or the trainer's extra pass) read are still declared in the regularizer's signature, so a
+recipe sets them once.
 
 ``kl_cov`` and ``lp_reg`` replace the loss on a few selected tokens in their papers. Here they are correction terms:
 ``ppo_clip(clip_low, clip_high)`` plus the term equals the published loss, in value and gradient, provided the
@@ -137,43 +138,6 @@ def adaptive_entropy(
     applied = torch.where(torch.as_tensor(h_obs, device=entropy.device) <= target, coef, 0.0).to(entropy.dtype)
     metrics = {"entropy/token": entropy.detach(), "entropy/coef_applied": applied.expand(entropy.shape)}
     return _masked(-applied * entropy, valid), metrics
-
-
-@register(
-    "controller",
-    "adaptive_entropy_coef",
-    paper="He et al. 2025, Skywork Open Reasoner 1 Technical Report, arXiv:2505.22312",
-    tag="checked: TRL",
-)
-def adaptive_entropy_coef(
-    coef: Scalar,
-    entropy: Scalar,
-    *,
-    target: float = 0.2,
-    delta: float = 0.005,
-    min: float = 0.0,
-    max: float = 1.0,
-) -> Scalar:
-    """Skywork-OR1 coefficient update (He et al. 2025, arXiv:2505.22312; TRL adaptive entropy control).
-
-    c_H ← clip(c_H + Δ, c_min, c_max) if H ≤ H*, else clip(c_H − Δ, c_min, c_max).
-
-    Args:
-        coef: current c_H.
-        entropy: global mean token entropy of the step just taken (float or 0-d tensor).
-        target: H*.
-        delta: Δ.
-        min: c_min.
-        max: c_max.
-
-    Returns:
-        The next c_H (a tensor if ``entropy`` is one).
-    """
-    if isinstance(entropy, torch.Tensor):
-        step = torch.where(entropy <= target, delta, -delta)
-        return torch.clamp(coef + step, min, max)
-    new = coef + delta if entropy <= target else coef - delta
-    return min if new < min else max if new > max else new
 
 
 @register(
@@ -350,28 +314,6 @@ def epo_smooth_recon(
         penalty = smooth_coef * torch.clamp(excess, min=0.0) ** 2
     metrics = {"entropy/token": entropy.detach(), "epo/band_penalty": penalty.detach().expand(entropy.shape)}
     return _masked(-lam * entropy + penalty, valid), metrics
-
-
-@register(
-    "controller",
-    "epo_entropy_hist",
-    paper="Xu et al. 2025, EPO: Entropy-regularized Policy Optimization for LLM Agents, arXiv:2509.22576",
-    tag="reconstructed",
-)
-def epo_entropy_hist(hist: Scalar | None, entropy: Scalar, *, momentum: float = 0.9) -> Scalar:
-    """Running mean of the entropy for ``epo_smooth_recon`` (EPO, arXiv:2509.22576; reconstructed as an EMA).
-
-    H̄_hist ← μ·H̄_hist + (1 − μ)·H̄; the first call returns H̄.
-
-    Args:
-        hist: current running mean, or None before the first step.
-        entropy: mean token entropy of the step just taken.
-        momentum: μ in [0, 1).
-
-    Returns:
-        The new running mean.
-    """
-    return entropy if hist is None else momentum * hist + (1.0 - momentum) * entropy
 
 
 @register(

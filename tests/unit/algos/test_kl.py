@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unipo import algos
-from unipo.algos.kl import adaptive_kl_coef
+from unipo.algos.controllers import adaptive_kl_coef
 
 F64 = torch.float64
 KLS = {name: algos.get("kl", name) for name in ("k1", "k2", "k3")}
@@ -123,7 +123,9 @@ def test_adaptive_kl_coef_by_hand():
     )
     with pytest.raises(ValueError):
         adaptive_kl_coef(0.1, 0.1, target=0.0, horizon=1.0, n_steps=1)
-    assert "adaptive_kl_coef" not in algos.names("kl")
+    assert (
+        "adaptive_kl_coef" not in algos.names("kl") and algos.get("controller", "kl_adaptive_ctrl") is adaptive_kl_coef
+    )
 
 
 @PROPS

@@ -360,7 +360,7 @@ def test_r2vpo_recon_by_hand():
     torch.testing.assert_close(g, t([[-1.35], [0.45]]))
     torch.testing.assert_close(metrics["ratio/sq_dev"], t([[0.25], [0.25]]))
     # dual step λ ← max(0, λ + η(v - δ)): .1 + .1·(.05 - .01) = .104; .001 + .1·(0 - .01) = 0 -> 0.
-    dual = algos.policy_losses.r2vpo_dual_update
+    dual = algos.controllers.r2vpo_dual_update
     assert math.isclose(dual(0.1, 0.05, var_target=0.01, dual_lr=0.1), 0.104)
     assert dual(0.001, 0.0, var_target=0.01, dual_lr=0.1) == 0.0
     torch.testing.assert_close(dual(t(0.0), t(0.0)), t(0.0))

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unipo import algos
+from unipo.algos import controllers as ctl
 from unipo.algos import registry
 from unipo.algos import regularizers as rg
 from unipo.ops import entropy_from_logits
@@ -89,7 +90,7 @@ def test_adaptive_entropy_by_hand():
 
 
 def test_adaptive_entropy_coef_by_hand():
-    update = rg.adaptive_entropy_coef
+    update = ctl.adaptive_entropy_coef
     assert update(0.0, 0.1) == pytest.approx(0.005)  # H <= H*: + Δ
     assert update(0.0, 0.5) == 0.0  # H > H*: 0 - Δ clamped to c_min
     assert update(1.0, 0.1) == 1.0  # 1 + Δ clamped to c_max
@@ -201,8 +202,8 @@ def test_epo_smooth_recon_by_hand(caplog):
     torch.testing.assert_close(torch.autograd.grad(value, entropy)[0], t([[0.975, 0.975]]))
     no_hist, _ = R["epo_smooth_recon"](z, z, m, entropy=entropy, **kw)  # first step: no band penalty
     torch.testing.assert_close(no_hist, t([[-0.05, -0.15]]))
-    assert rg.epo_entropy_hist(None, 2.0) == 2.0
-    assert rg.epo_entropy_hist(1.0, 2.0, momentum=0.9) == pytest.approx(1.1)
+    assert ctl.epo_entropy_hist(None, 2.0) == 2.0
+    assert ctl.epo_entropy_hist(1.0, 2.0, momentum=0.9) == pytest.approx(1.1)
 
 
 def _batch(n, t_, seed):
@@ -329,7 +330,7 @@ def test_k3_lp_reg_and_llds_add_nothing_when_nothing_is_displaced(n, t_, v, seed
 @PROPS
 @given(st.floats(0.0, 1.0), st.floats(0.0, 2.0), st.floats(1e-3, 0.2), st.floats(0.0, 1.0))
 def test_adaptive_entropy_coef_stays_in_bounds(coef, entropy, delta, target):
-    new = rg.adaptive_entropy_coef(coef, entropy, target=target, delta=delta, min=0.0, max=1.0)
+    new = ctl.adaptive_entropy_coef(coef, entropy, target=target, delta=delta, min=0.0, max=1.0)
     assert 0.0 <= new <= 1.0
     assert new == pytest.approx(min(coef + delta, 1.0) if entropy <= target else max(coef - delta, 0.0))
 

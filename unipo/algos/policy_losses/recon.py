@@ -168,37 +168,6 @@ def dispo_recon(
 
 
 @register(
-    "controller",
-    "r2vpo_dual_update",
-    paper="Luo et al. 2026, Ratio-Variance Regularized Policy Optimization for Efficient LLM Fine-tuning, "
-    "arXiv:2601.03320",
-    tag="reconstructed",
-)
-def r2vpo_dual_update(
-    dual_coef: float | torch.Tensor,
-    ratio_sq_dev: float | torch.Tensor,
-    *,
-    var_target: float = 0.01,
-    dual_lr: float = 0.1,
-) -> float | torch.Tensor:
-    """The dual step of ``r2vpo_recon`` (reconstructed from Luo et al. 2026, arXiv:2601.03320).
-
-    λ ← max(0, λ + η_λ·(mean_t (ρ−1)² − δ)).
-
-    Args:
-        dual_coef: current λ.
-        ratio_sq_dev: the masked mean of the "ratio/sq_dev" metric over the last update's tokens.
-        var_target: δ, the same value passed to the loss.
-        dual_lr: η_λ (ours).
-
-    Returns:
-        The next λ (a tensor if either input is one).
-    """
-    step = dual_coef + dual_lr * (ratio_sq_dev - var_target)
-    return torch.clamp(step, min=0.0) if isinstance(step, torch.Tensor) else max(0.0, step)
-
-
-@register(
     "policy_loss",
     "r2vpo_recon",
     paper="Luo et al. 2026, Ratio-Variance Regularized Policy Optimization for Efficient LLM Fine-tuning, "
