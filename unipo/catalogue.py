@@ -37,6 +37,8 @@ def markdown() -> str:
             params = ", ".join(f"`{k}={v!r}`" for k, v in e.params.items())
             if e.state is not None:
                 params += f"; state `{e.state.param}`, moved by `{e.state.controller}` on `{e.state.statistic}`"
+            if e.facts:
+                params += "; " + ", ".join(f"`{f}`" for f in sorted(e.facts))
             runs = _cell(where_it_runs(kind, e.name))
             lines.append(f"| `{e.name}` | {_cell(e.paper)} | {_cell(e.tag)} | {runs} | {_cell(params)} |")
     names = list_recipes()

@@ -51,7 +51,7 @@ def _margin(logp: torch.Tensor, base_logp: torch.Tensor) -> torch.Tensor:
     return h[:, 0] - h[:, 1]
 
 
-@register("online", "sppo", paper=_SPPO, tag="memory")
+@register("online", "sppo", paper=_SPPO, tag="memory", facts={"zero_at_tie"})
 def sppo(logp: torch.Tensor, prev_logp: torch.Tensor, *, win_rate: torch.Tensor, eta: float) -> torch.Tensor:
     """SPPO square loss (Wu et al. 2024, arXiv:2405.00675, Alg. 1).
 
@@ -113,7 +113,7 @@ def dno(logp: torch.Tensor, prev_logp: torch.Tensor, *, beta: float) -> torch.Te
     return -F.logsigmoid(beta * _margin(logp, prev_logp))
 
 
-@register("online", "nash_md", paper=_NASH_MD, tag="checked: TRL experimental nash_md")
+@register("online", "nash_md", paper=_NASH_MD, tag="checked: TRL experimental nash_md", facts={"mixture_opponent"})
 def nash_md(
     logp: torch.Tensor,
     ref_logp: torch.Tensor,
@@ -181,7 +181,7 @@ def nash_mp_recon(
     return _seq(pull * logp, mask) - (win_rate.detach() - 0.5) * _seq(logp, mask)
 
 
-@register("online", "spo_selfplay", paper=_SPO, tag="checked: abstract; details memory")
+@register("online", "spo_selfplay", paper=_SPO, tag="checked: abstract; details memory", facts={"rewards_for_rl"})
 def spo_selfplay(preference: torch.Tensor) -> torch.Tensor:
     """SPO self-play win-rate reward (Swamy et al. 2024, arXiv:2401.04056, Alg. 1).
 
@@ -201,7 +201,7 @@ def spo_selfplay(preference: torch.Tensor) -> torch.Tensor:
     return (preference * off_diag).sum(-1) / (k - 1)
 
 
-@register("online", "xpo", paper=_XPO, tag="checked: TRL")
+@register("online", "xpo", paper=_XPO, tag="checked: TRL", facts={"explore_from_ref"})
 def xpo(
     logp: torch.Tensor,
     ref_logp: torch.Tensor,

@@ -59,6 +59,16 @@ TRAINER_INPUTS = frozenset(
 )  # fmt: skip
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 
+FACTS = {
+    "mixture_opponent": "online: its opponent is sampled from the geometric mixture of policy and reference, not the "
+    "group (Nash-MD)",
+    "zero_at_tie": "online: value and gradient are exactly 0 for a response with win rate 1/2 while the policy is the "
+    "anchor, so such responses may skip the forward and backward (SPPO)",
+    "explore_from_ref": "online: its exploration response is sampled from the reference, not the policy (XPO)",
+    "rewards_for_rl": "online: turns the group's win rates into rewards for the RL update (SPO)",
+}
+"""Facts about a method that change how a trainer feeds it (declared at registration, never keyed on its id)."""
+
 Inputs = Callable[[dict[str, object]], "frozenset[str] | set[str]"]
 """Declared inputs: the component's hyperparameters (defaults overlaid with the bound values) -> the trainer
 inputs it uses with them."""
@@ -96,6 +106,8 @@ class Entry:
     as a keyword (a component whose needs do not depend on its hyperparameters)."""
     state: Controlled | None = None
     """The hyperparameter that is training state, and the controller that moves it (None: stateless)."""
+    facts: frozenset[str] = frozenset()
+    """Facts from `FACTS` that change how a trainer feeds the component."""
 
     def needs(self, bound: dict[str, object] | None = None) -> frozenset[str]:
         """The trainer inputs this component uses with hyperparameters `bound` (the rest at their defaults)."""
@@ -132,21 +144,31 @@ _REGISTRY: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
 
 
 def register(
-    kind: str, name: str, *, paper: str, tag: str, inputs: Inputs | None = None, state: Controlled | None = None
+    kind: str,
+    name: str,
+    *,
+    paper: str,
+    tag: str,
+    inputs: Inputs | None = None,
+    state: Controlled | None = None,
+    facts: frozenset[str] | set[str] = frozenset(),
 ) -> Callable[[Callable], Callable]:
     """Decorator that registers `fn` as component `name` of `kind`. Registering a name twice is an error.
 
     `inputs` declares the trainer inputs the component uses as a function of its hyperparameters, for components
     whose needs depend on them (`reinforce_pp` needs the reference log-probs only when its `kl_coef` > 0); by
     default they are the trainer inputs its signature takes. `state` names a hyperparameter that a controller
-    moves during training (`adaptive_entropy`'s coefficient)."""
+    moves during training (`adaptive_entropy`'s coefficient); `facts` (from `FACTS`) say how a trainer must feed it."""
+    unknown = set(facts) - FACTS.keys()
+    if unknown:
+        raise ValueError(f"{kind} {name!r}: unknown facts {sorted(unknown)}; known: {', '.join(sorted(FACTS))}")
     if kind not in _REGISTRY:
         raise ValueError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
 
     def deco(fn: Callable) -> Callable:
         if name in _REGISTRY[kind]:
             raise ValueError(f"{kind} {name!r} is already registered (by {_REGISTRY[kind][name].fn.__module__})")
-        _REGISTRY[kind][name] = Entry(kind, name, fn, paper, tag, inputs, state)
+        _REGISTRY[kind][name] = Entry(kind, name, fn, paper, tag, inputs, state, frozenset(facts))
         return fn
 
     return deco

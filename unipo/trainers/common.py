@@ -13,7 +13,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,6 @@ class Algo:
     """β of the KL term in the loss (0: no KL term; the `kl` estimator then is not run)."""
     multi_reward: bool = False
     """The advantage estimator takes rewards (N, K), one column per reward function, and `reward_weights`."""
-    settings: dict[str, float] = field(default_factory=dict)
-    """Hyperparameters the trainer itself reads to build derived inputs: `min_p` (Lp-Reg's proxy policy),
-    `target_temperature` (DCPO's tempered old policy)."""
 
     def all(self) -> list[Callable]:
         kl = [self.kl] if self.kl_coef > 0 else []
@@ -64,6 +61,12 @@ class Algo:
     def needs(self) -> set[str]:
         """Every trainer input a component of this recipe uses (as declared for its bound hyperparameters)."""
         return set().union(*(fn.needs for fn in self.all()))
+
+    def params_for(self, name: str) -> dict[str, Any]:
+        """The hyperparameters (defaults overlaid with the bound ones) of the first component that declares input
+        `name`: what the trainer reads to produce it (Lp-Reg's `min_p` for its proxy log-probs)."""
+        fn = next(fn for fn in self.all() if name in fn.needs)
+        return {**algos.entry(fn.kind, fn.id).params, **fn.keywords}
 
     @property
     def needs_ref(self) -> bool:
@@ -90,13 +93,10 @@ def build_algo(cfg: Config) -> Algo:
     regs = [build_component("regularizer", n.name, component_kwargs(n)) for n in cfg.algo.regularizers]
     # `reward_weights` is data (a tensor), so it is not among the entry's hyperparameters: ask the signature
     multi = "reward_weights" in inspect.signature(algos.get("advantage", cfg.algo.advantage.name)).parameters
-    settings = {"min_p": 0.02, "target_temperature": 1.5}
-    for fn in [*built.values(), *weights, *regs]:
-        settings |= {k: v for k, v in fn.keywords.items() if k in settings}
     sampler = cfg.algo.sampler
     sampler = build_component("sampler", sampler.name, component_kwargs(sampler)) if sampler else None
     return Algo(**built, token_weights=weights, regularizers=regs, sampler=sampler, kl_coef=cfg.algo.kl.coef,
-                multi_reward=multi, settings=settings)  # fmt: skip
+                multi_reward=multi)  # fmt: skip
 
 
 def check_runnable(algo: Algo, num_rewards: int = 1) -> None:

@@ -9,9 +9,14 @@ for a component is a config-time error naming both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
 
+import torch
+
 from unipo.algos.registry import TRAINER_INPUTS
+from unipo.algos.regularizers import lp_reg_proxy_logp
+from unipo.ops import logprobs_from_logits
 
 
 class Stage(IntEnum):
@@ -60,6 +65,19 @@ USED_AT: dict[str, Stage] = {
 """The stage at which components of each kind run in the on-policy trainer."""
 
 assert PRODUCED_AT.keys() == TRAINER_INPUTS, "every declared trainer input has exactly one producer"
+
+
+def _tempered_old_logp(logits: torch.Tensor, ids: torch.Tensor, params: dict, temperature: float) -> torch.Tensor:
+    return logprobs_from_logits(logits * (temperature / params["target_temperature"]), ids)
+
+
+FROM_LOGITS: dict[str, Callable[[torch.Tensor, torch.Tensor, dict, float], torch.Tensor]] = {
+    "proxy_logp": lambda logits, ids, params, _: lp_reg_proxy_logp(logits, ids, min_p=params["min_p"]),
+    "tempered_old_logp": _tempered_old_logp,
+}
+"""Update-stage inputs computed from the sampling policy's logits (scaled by the sampling temperature), each from
+(logits, token ids, the hyperparameters of the component that declares it, the sampling temperature): Lp-Reg's
+min-p proxy log-probs (its `min_p`) and DCPO's log-probs at its `target_temperature`."""
 
 
 def unavailable(kind: str, needs: frozenset[str]) -> list[str]:

@@ -58,13 +58,6 @@ from unipo.trainers.common import (
 from unipo.trainers.evaluate import heldout_eval
 from unipo.trainers.loop import run_steps
 
-MIXTURE_OPPONENT = {"nash_md"}
-"""Losses whose opponent is sampled from the geometric mixture of policy and reference (not the group)."""
-ZERO_AT_TIE = {"sppo"}
-"""Losses whose value and gradient are exactly 0 for a response with win rate ½ while π_θ = π_t (first pass, anchor =
-sampling policy): such responses skip the forward and backward (they stay in the mean)."""
-EXPLORE_FROM_REF = {"xpo"}
-"""Losses whose exploration response comes from π_ref (others that take one sample it from the current policy)."""
 SHOWN = {"loss": "loss", "task_reward": "reward/task_mean", "pairs": "pairs/kept_frac", "len": "tokens/completion_mean",
          "s/step": "time/step_s"}  # fmt: skip
 
@@ -91,15 +84,20 @@ class OnlineLoss:
         alpha = self.fn.keywords.get("alpha", algos.entry("online", self.name).params.get("alpha"))
         if "explore_logp" not in self.inputs or alpha == 0:
             return None
-        return "ref" if self.name in EXPLORE_FROM_REF else "policy"
+        return "ref" if "explore_from_ref" in self.facts else "policy"
 
     @functools.cached_property
     def needs_ref(self) -> bool:
         return bool({"ref_logp", "explore_ref_logp"} & self.inputs) or self.explore == "ref" or self.mixture
 
     @property
+    def facts(self) -> frozenset[str]:
+        """Registry facts (`algos.registry.FACTS`) about how to feed it."""
+        return algos.entry("online", self.name).facts
+
+    @property
     def mixture(self) -> bool:
-        return self.name in MIXTURE_OPPONENT
+        return "mixture_opponent" in self.facts
 
 
 def build_loss(cfg: Config) -> OnlineLoss:
@@ -108,7 +106,7 @@ def build_loss(cfg: Config) -> OnlineLoss:
     node = cfg.algo.online
     fn = build_component("online", node.name, component_kwargs(node))
     names = frozenset(inspect.signature(algos.get("online", node.name)).parameters)
-    if node.name == "spo_selfplay":
+    if "rewards_for_rl" in algos.entry("online", node.name).facts:
         return OnlineLoss(node.name, fn, names, rewards=True)
     loss = OnlineLoss(node.name, fn, names, pairs="win_rate" not in names, per_token="mask" in names)
     b = 3
@@ -312,7 +310,7 @@ def _update(s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Ten
     """`ppo_epochs` optimizer steps on the loss averaged over `units`, accumulated over micro-batches of units."""
     cfg, model, loss = s.cfg, s.model, s.loss
     num_units = normaliser = units.shape[0]
-    if loss.name in ZERO_AT_TIE and s.anchor is None and cfg.train.ppo_epochs == 1:
+    if "zero_at_tie" in loss.facts and s.anchor is None and cfg.train.ppo_epochs == 1:
         # SPPO: (log π_θ/π_t − η·(P̂ − ½))² and its gradient are 0 at π_θ = π_t when P̂ = ½ (e.g. a group the oracle
         # cannot tell apart)
         units, win = units[win != 0.5], win[win != 0.5]

@@ -17,13 +17,12 @@ from typing import Any
 import torch
 
 from unipo import algos
-from unipo.algos.regularizers import lp_reg_proxy_logp
 from unipo.config import Config
 from unipo.data.batch import Rollouts, cat, keep_groups
 from unipo.data.tasks import PromptStream, get_task
 from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
-from unipo.ops import logprobs_from_logits, masked_sum
+from unipo.ops import masked_sum
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint, controllers
 from unipo.trainers.common import (
@@ -39,6 +38,7 @@ from unipo.trainers.common import (
     start_run,
 )
 from unipo.trainers.evaluate import heldout_eval
+from unipo.trainers.inputs import FROM_LOGITS
 from unipo.trainers.loop import run_steps
 
 
@@ -260,7 +260,8 @@ def update(
         active = active[(advantages != 0).reshape(n, -1).any(1)]
     entropy_grad = "entropy" in algo.needs
     old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
-    derived = {name: torch.zeros_like(old_logp) for name in ("proxy_logp", "tempered_old_logp") if name in algo.needs}
+    derived = {name: (FROM_LOGITS[name], algo.params_for(name), torch.zeros_like(old_logp))
+               for name in FROM_LOGITS.keys() & algo.needs}  # fmt: skip
     sums: dict[str, torch.Tensor] = {}
     losses, grad_norms = [], []
     for epoch in range(cfg.train.ppo_epochs):
@@ -291,9 +292,9 @@ def update(
                 "completion_ids": mb.completion_ids,
                 "truncated": mb.truncated,
             }
-            for name, values in derived.items():  # functions of the sampling policy (= the current one on pass 1)
+            for name, (make, params, values) in derived.items():  # of the sampling policy (= the current one, pass 1)
                 if epoch == 0:
-                    values[idx, :width] = _derive(name, logits.detach(), mb.completion_ids, cfg, algo)
+                    values[idx, :width] = make(logits.detach(), mb.completion_ids, params, temperature)
                 mb_inputs[name] = values[idx, :width]
             del logits
             per_token, metrics = call(algo.policy_loss, logp, old_logp[idx, :width], adv, mask, inputs=mb_inputs)
@@ -315,15 +316,6 @@ def update(
     out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in sums.items()})
     out["tokens/trained_frac"] = float(batch.completion_mask[active].sum() / num_tokens)
     return out
-
-
-def _derive(name: str, logits: torch.Tensor, ids: torch.Tensor, cfg: Config, algo: Algo) -> torch.Tensor:
-    """Inputs computed from the sampling policy's logits (temperature-scaled): Lp-Reg's min-p proxy log-probs and
-    DCPO's log-probs at a higher temperature."""
-    if name == "proxy_logp":
-        return lp_reg_proxy_logp(logits, ids, min_p=algo.settings["min_p"])
-    scale = cfg.rollout.temperature / algo.settings["target_temperature"]
-    return logprobs_from_logits(logits * scale, ids)
 
 
 def _add_terms(

@@ -76,3 +76,15 @@ def test_family_signatures():
             assert value.shape == (), agg
     for name in EXPECTED["kl"]:
         assert algos.get("kl", name)(logp, logp).shape == (3, 2), name
+
+
+def test_method_facts_are_registry_metadata_from_a_fixed_vocabulary():
+    from unipo.algos.registry import FACTS
+
+    assert algos.entry("online", "xpo").facts == {"explore_from_ref"}
+    assert algos.entry("online", "nash_md").facts == {"mixture_opponent"}
+    assert algos.entry("online", "sppo").facts == {"zero_at_tie"}
+    assert algos.entry("online", "spo_selfplay").facts == {"rewards_for_rl"}
+    assert all(e.facts <= FACTS.keys() for e in algos.entries())
+    with pytest.raises(ValueError, match="unknown facts"):
+        register("online", "no_such_method", paper="x", tag="x", facts={"explores_a_lot"})
