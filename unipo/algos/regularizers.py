@@ -34,7 +34,6 @@ from unipo.algos.token_weights import (
 from unipo.ops import masked_mean
 
 Metrics = dict[str, torch.Tensor]
-Scalar = float | torch.Tensor
 
 
 def _check(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -450,3 +449,51 @@ def llds_recon(
         require_inputs("regularizer", "llds_recon", advantages=advantages)
         gate = gate & (expand_advantages(advantages, mask) >= 0)
     return coef * torch.where(gate, drop, torch.zeros_like(drop)), {"llds/gated": gate.to(logp.dtype)}
+
+
+@register(
+    "regularizer",
+    "gtpo_entropy_filter",
+    paper="Simoni et al. 2025, GTPO: Trajectory-Based Policy Optimization in LLMs, arXiv:2508.03772",
+    tag="rule checked: official code gtpo_training.py (ALGORITHMS.md §3.2); written as a loss term: ours",
+)
+def gtpo_entropy_filter(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    advantages: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    max_entropy: float = 0.7,
+    coef: float = 0.1,
+) -> tuple[torch.Tensor, Metrics]:
+    """GTPO's completion entropy filter (Simoni et al. 2025, arXiv:2508.03772), as a correction term.
+
+    A′_i = 0 if H̄_i > max_entropy, else A_i − coef·H̄_i, with H̄_i the mean token entropy of completion i (detached).
+    term_t = (A_i − A′_i)·ρ_t with ρ = exp(log π_θ − sg(log π_θ)) (value 1): added to an on-policy surrogate −A·ρ the
+    sum is −A′·ρ, whose gradient is −A′·∇log π_θ; token weights (GTPO's conflict δ) multiply the sum.
+
+    Args:
+        logp: [N, T] log π_θ.
+        old_logp: [N, T] (unused; family signature).
+        mask: [N, T] loss mask.
+        advantages: [N] (or [N, T], reduced to each row's masked mean) advantages A of the surrogate.
+        entropy: [N, T] token entropy of π_θ.
+        max_entropy: completions with H̄ above this get A′ = 0 (official 0.7).
+        coef: the entropy shift of kept completions (official 0.1).
+
+    Returns:
+        (term [N, T], {"gtpo/filtered": 1 on the tokens of completions whose advantage was zeroed}).
+    """
+    valid = _check(logp, old_logp, mask)
+    require_inputs("regularizer", "gtpo_entropy_filter", advantages=advantages, entropy=entropy)
+    adv = advantages.detach()
+    if adv.dim() == 2:
+        adv = masked_mean(adv, mask, dim=-1)  # (N, T) -> (N,)
+    h = masked_mean(_masked(entropy.detach(), valid), mask, dim=-1)  # (N,)
+    filtered = h > max_entropy
+    shifted = torch.where(filtered, torch.zeros_like(adv), adv - coef * h)
+    lp = _masked(logp, valid)
+    ratio = torch.exp(lp - lp.detach())
+    term = (adv - shifted)[:, None] * ratio
+    return _masked(term, valid), {"gtpo/filtered": filtered[:, None].float().expand_as(logp)}

@@ -252,7 +252,8 @@ def gtpo(
 
     Note:
         With an on-policy ratio and ``seq_mean_token_mean`` this reproduces the official loss. The completion
-        entropy filter (A ← 0 if H̄ > 0.7, else A − 0.1·H̄) changes advantages, not weights, and is not here.
+        entropy filter (A ← 0 if H̄ > 0.7, else A − 0.1·H̄) changes advantages, not weights: it is the regularizer
+        ``gtpo_entropy_filter``, which these weights then multiply.
     """
     require_inputs("token_weight", "gtpo", completion_ids=completion_ids, advantages=advantages)
     valid = mask.bool()

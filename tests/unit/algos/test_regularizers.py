@@ -38,6 +38,7 @@ def test_registered_ids_and_defaults():
         "asymre",
         "sft_nll",
         "llds_recon",
+        "gtpo_entropy_filter",
     }
     params = {name: algos.entry("regularizer", name).params for name in R}
     assert params["entropy_bonus"] == {"coef": 0.0}
@@ -233,6 +234,7 @@ def _run(name, b, logp, entropy):
         "asymre": {"coef": 0.5},
         "sft_nll": {},
         "llds_recon": {},
+        "gtpo_entropy_filter": {"advantages": b["adv"], "entropy": entropy, "max_entropy": 1.5},
     }[name]
     return R[name](logp, b["old"], b["mask"], **extra)
 
@@ -361,3 +363,20 @@ def test_lp_reg_plus_ppo_clip_matches_the_official_loop(n, t_, seed, frac):
     got = torch.autograd.grad(token_mean(composed, mask), x)[0]
     want = torch.autograd.grad(token_mean(ref, mask), y)[0]
     torch.testing.assert_close(got, want)
+
+
+def test_gtpo_entropy_filter_shifts_or_zeroes_each_completions_advantage():
+    # H̄ = [0.5, 1.0, 0.2] (second row: 1.0 > 0.7 is filtered); A = [1, -1, -0.5]
+    # A' = [1 - 0.1·0.5, 0, -0.5 - 0.1·0.2] = [0.95, 0, -0.52]; term = A - A' = [0.05, -1, 0.02] on valid tokens
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.3], [-1.5, -0.7]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    entropy = torch.tensor([[0.4, 0.6], [1.0, 1.0], [0.2, 9.0]])  # the masked 9.0 is left out of H̄
+    adv = torch.tensor([1.0, -1.0, -0.5])
+    fn = algos.get("regularizer", "gtpo_entropy_filter")
+    term, metrics = fn(logp, logp.detach(), mask, advantages=adv, entropy=entropy)
+    torch.testing.assert_close(term.detach(), torch.tensor([[0.05, 0.05], [-1.0, -1.0], [0.02, 0.0]]))
+    assert metrics["gtpo/filtered"][:, 0].tolist() == [0.0, 1.0, 0.0]
+    # with the on-policy surrogate -A·ρ, the summed gradient is -A'·∇logp on every valid token
+    surrogate = -adv[:, None] * torch.exp(logp - logp.detach())
+    (((surrogate + term) * mask).sum()).backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.95, -0.95], [0.0, 0.0], [0.52, 0.0]]))
