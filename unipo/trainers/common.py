@@ -108,8 +108,8 @@ def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
     from unipo.config import ConfigError
     from unipo.trainers.inputs import PURE_ONLY, unavailable
 
-    for fn in [algo.advantage, algo.policy_loss, algo.aggregation, algo.kl, *algo.token_weights, *algo.regularizers]:
-        if (fn.kind, fn.id) in PURE_ONLY and (fn.kind != "kl" or algo.kl_coef > 0):
+    for fn in algo.all():  # the KL estimator only when there is a KL term
+        if (fn.kind, fn.id) in PURE_ONLY:
             raise ConfigError(f"{fn.kind} {fn.id!r} cannot run in the on-policy trainer yet: "
                               f"{PURE_ONLY[fn.kind, fn.id]}")  # fmt: skip
         late = unavailable(fn.kind, fn.needs)

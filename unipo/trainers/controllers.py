@@ -10,7 +10,7 @@ it for the next step. The values are part of every checkpoint, so a resumed run 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +32,8 @@ class Slot:
     axis: str
     index: int | None
     param: str
+    per_sample: bool = False
+    """The rule also takes `n_steps`, the number of samples in the step (the adaptive KL controller)."""
 
 
 def slots(cfg: Config, algo: Algo) -> list[Slot]:
@@ -55,7 +57,8 @@ def slots(cfg: Config, algo: Algo) -> list[Slot]:
             rule = build_component("controller", ctrl.name, component_kwargs(ctrl))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"algo.kl.ctrl: {str(e).strip(chr(39))}") from None
-        found.append(Slot("kl.coef", rule, "kl", "kl_coef", None, "coef"))
+        per_sample = "n_steps" in inspect.signature(algos.get("controller", ctrl.name)).parameters
+        found.append(Slot("kl.coef", rule, "kl", "kl_coef", None, "coef", per_sample))
     return found
 
 
@@ -80,15 +83,9 @@ def after_step(
     for s in found:
         if s.statistic not in stats:
             continue
-        extra = {"n_steps": n_completions} if "n_steps" in _params(s.rule) else {}
+        extra = {"n_steps": n_completions} if s.per_sample else {}
         new[s.name] = s.rule(values[s.name], stats[s.statistic], **extra)
     return new, {f"ctrl/{name}": float(v) for name, v in new.items() if v is not None}
-
-
-def _params(fn: Callable) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(fn.func if isinstance(fn, functools.partial) else fn).parameters)
 
 
 def _get(algo: Algo, s: Slot) -> Any:
