@@ -123,9 +123,27 @@ class AlgoConfig(_Strict):
     sampler: ComponentConfig | None = None
     """Group filter of the collect stage (kind `sampler`, e.g. `{name: dynamic_sampling}`): the step generates more
     prompts until `train.prompts_per_step` groups pass it. None: every sampled group is trained on."""
+    critic: ComponentConfig | None = None
+    """Critic estimator (kind `critic`, e.g. `{name: ppo_gae, lam: 0.95}`): a value model is trained beside the policy
+    and the advantages come from GAE over its values, replacing `advantage` (which must then be left unset). Its
+    model and optimizer are set under the top-level `critic`. None: no value model."""
     regularizers: list[ComponentConfig] = []
     """Per-token terms (kind `regularizer`) added to the per-token loss before aggregation; each carries its
     own weight as a hyperparameter (usually `coef`)."""
+
+
+class CriticConfig(_Strict):
+    """The value model of a recipe with `algo.critic` (verl `critic.*`, OpenRLHF `critic_*`)."""
+
+    path: str | None = None
+    """Initial weights of the value model's backbone (a causal LM; its scalar head starts at 0, so V ≡ 0 on the first
+    step). None: the policy's initial weights (`model.path`)."""
+    lr: float = Field(1e-5, gt=0)
+    """AdamW learning rate of the value model (verl `critic.optim.lr` 1e-5), on the policy's schedule."""
+    value_clip: float = Field(0.2, ge=0)
+    """ε_v of the clipped value loss (verl `cliprange_value`; 0: unclipped)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Steps at the start that train only the critic, the policy frozen (OpenRLHF `critic.freezing_steps`)."""
 
 
 class RewardConfig(_Strict):
@@ -208,6 +226,7 @@ class Config(_Strict):
     online: OnlineConfig = OnlineConfig()
     rewards: list[RewardConfig] = []
     """Extra reward callables; when empty, the task's own reward is used."""
+    critic: CriticConfig = CriticConfig()
     eval: EvalConfig = EvalConfig()
 
     @field_validator("task")
@@ -341,8 +360,13 @@ def check_components(cfg: Config) -> None:
     nodes = [(f"algo.{axis}", kind, getattr(cfg.algo, axis)) for axis, kind in AXES.items()]
     nodes.append(("algo.preference", "preference", cfg.algo.preference))
     nodes.append(("algo.online", "online", cfg.algo.online))
-    if cfg.algo.sampler is not None:
-        nodes.append(("algo.sampler", "sampler", cfg.algo.sampler))
+    for axis in ("sampler", "critic"):
+        if getattr(cfg.algo, axis) is not None:
+            nodes.append((f"algo.{axis}", axis, getattr(cfg.algo, axis)))
+    if cfg.algo.critic is not None and "advantage" in cfg.algo.model_fields_set:
+        raise ConfigError(
+            "algo.advantage: a recipe with algo.critic gets its advantages from the critic; remove algo.advantage"
+        )
     for axis, kind in LIST_AXES.items():
         nodes += [(f"algo.{axis}[{i}]", kind, node) for i, node in enumerate(getattr(cfg.algo, axis))]
     for where, kind, node in nodes:

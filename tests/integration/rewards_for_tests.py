@@ -29,3 +29,9 @@ def even_length(prompts, completions, **_):
     """A coin-flip-like 0/1 reward (the reply has an even number of characters): a group of G replies is all-equal
     with probability about 2^(1-G), so dynamic sampling has groups to drop."""
     return [float(len(c) % 2 == 0) for c in completions]
+
+
+def first_token_even(prompts, completions, completion_ids, **_):
+    """1 when the reply's first token id is even: fixed once the first token is sampled, so a critic can learn the
+    exact value of every later state (and p(even) at the first)."""
+    return [float(bool(ids) and ids[0] % 2 == 0) for ids in completion_ids]

@@ -8,6 +8,7 @@ from unipo.algos import (  # noqa: F401  (registers components)
     advantages,
     aggregation,
     controllers,
+    critics,
     kl,
     nash,
     policy_losses,

@@ -32,7 +32,7 @@ def completion_logprobs(
         logp (N, T) and, if asked, the entropy of the same distribution (N, T), detached unless `entropy_grad`
         (for entropy regularizers); with `keep_logits`, also the temperature-scaled logits (N, T, V).
     """
-    hidden = _share_prompt_hidden(model, batch) if share_prompt else _full_hidden(model, batch)
+    hidden = completion_hidden(model, batch, share_prompt=share_prompt)
     logits = model.get_output_embeddings()(hidden).float() / temperature  # (N, T, V)
     logp = logprobs_from_logits(logits, batch.completion_ids)
     entropy = None
@@ -46,7 +46,16 @@ def _backbone(model: Any) -> Any:
     return getattr(model, model.base_model_prefix)
 
 
-def _share_prompt_hidden(model: Any, batch: Rollouts) -> torch.Tensor:
+def completion_hidden(model: Any, batch: Rollouts, *, share_prompt: bool = True, states: bool = False) -> torch.Tensor:
+    """Last hidden states of the backbone (N, T, H) at the positions that predict each completion token: h_t
+    summarises the state s_t = (x, y_<t). With `states`, also the state after the last token: (N, T+1, H), so that
+    row i's h[:, L_i] is s_{L_i} (a critic's bootstrap value)."""
+    if share_prompt:
+        return _share_prompt_hidden(model, batch, states)
+    return _full_hidden(model, batch, states)
+
+
+def _share_prompt_hidden(model: Any, batch: Rollouts, states: bool = False) -> torch.Tensor:
     """Hidden states (N, T, H) at the positions that predict each completion token, prompts run once each."""
     used, inverse = torch.unique(batch.group_ids, return_inverse=True)
     prompt_ids, prompt_mask = batch.prompt_ids[used], batch.prompt_mask[used]
@@ -54,12 +63,13 @@ def _share_prompt_hidden(model: Any, batch: Rollouts) -> torch.Tensor:
         input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions(prompt_mask), use_cache=True
     )
     first = out.last_hidden_state[inverse, -1:]  # (N, 1, H): predicts completion token 0
-    if batch.completion_ids.shape[1] == 1:
+    keep = batch.completion_ids.shape[1] - (0 if states else 1)  # completion tokens fed in
+    if keep == 0:
         return first
     cache = out.cache
     cache.reorder_cache(inverse)
-    completion_in = batch.completion_ids[:, :-1]
-    attn = torch.cat([prompt_mask[inverse], batch.completion_mask[:, :-1]], dim=1)
+    completion_in = batch.completion_ids[:, :keep]
+    attn = torch.cat([prompt_mask[inverse], batch.completion_mask[:, :keep]], dim=1)
     positions = prompt_mask.sum(-1)[inverse, None] + torch.arange(completion_in.shape[1], device=attn.device)
     rest = _backbone(model)(
         input_ids=completion_in, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True
@@ -67,11 +77,11 @@ def _share_prompt_hidden(model: Any, batch: Rollouts) -> torch.Tensor:
     return torch.cat([first, rest], dim=1)
 
 
-def _full_hidden(model: Any, batch: Rollouts) -> torch.Tensor:
+def _full_hidden(model: Any, batch: Rollouts, states: bool = False) -> torch.Tensor:
     """Same as `_share_prompt_hidden`, by running prompt + completion for every row (works for any model)."""
     prompt_ids, prompt_mask = batch.prompt_ids[batch.group_ids], batch.prompt_mask[batch.group_ids]
     ids = torch.cat([prompt_ids, batch.completion_ids], dim=1)
     attn = torch.cat([prompt_mask, batch.completion_mask], dim=1)
     hidden = _backbone(model)(input_ids=ids, attention_mask=attn, position_ids=prompt_positions(attn)).last_hidden_state
     width = prompt_ids.shape[1]
-    return hidden[:, width - 1 : -1]
+    return hidden[:, width - 1 :] if states else hidden[:, width - 1 : -1]

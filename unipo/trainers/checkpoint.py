@@ -74,13 +74,25 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save(folder: Path, step: int, model: Any, tokenizer: Any, trainer_state: dict[str, Any], keep: int = 2) -> Path:
-    """Write `folder/step-XXXXXX` atomically and prune all but the `keep` newest checkpoints."""
+def save(
+    folder: Path,
+    step: int,
+    model: Any,
+    tokenizer: Any,
+    trainer_state: dict[str, Any],
+    keep: int = 2,
+    extra_models: dict[str, Any] | None = None,
+) -> Path:
+    """Write `folder/step-XXXXXX` atomically and prune all but the `keep` newest checkpoints. Each of `extra_models`
+    (e.g. the value model as `critic`) is saved with its own `save_pretrained` and the tokenizer in a subdirectory."""
     final = folder / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=folder))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for name, extra in (extra_models or {}).items():
+            extra.save_pretrained(tmp / name)
+            tokenizer.save_pretrained(tmp / name)
         torch.save({"step": step, **trainer_state}, tmp / STATE)
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {"step": step, "files": {str(p.relative_to(tmp)): _sha256(p) for p in files}}

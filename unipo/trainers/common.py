@@ -48,14 +48,18 @@ class Algo:
     regularizers: list[Callable]
     sampler: Callable | None = None
     """A group filter of the collect stage (kind `sampler`), or None: train on every sampled group."""
+    critic: Callable | None = None
+    """A critic estimator (kind `critic`): the advantages come from it and a value model, not from `advantage`."""
     kl_coef: float = 0.0
     """β of the KL term in the loss (0: no KL term; the `kl` estimator then is not run)."""
     multi_reward: bool = False
     """The advantage estimator takes rewards (N, K), one column per reward function, and `reward_weights`."""
 
     def all(self) -> list[Callable]:
+        """The components a step runs (the KL estimator only with a KL term; the critic instead of `advantage`)."""
         kl = [self.kl] if self.kl_coef > 0 else []
-        return [self.advantage, self.policy_loss, self.aggregation, *kl, *self.token_weights, *self.regularizers]
+        estimator = self.critic or self.advantage
+        return [estimator, self.policy_loss, self.aggregation, *kl, *self.token_weights, *self.regularizers]
 
     @property
     def needs(self) -> set[str]:
@@ -93,10 +97,10 @@ def build_algo(cfg: Config) -> Algo:
     regs = [build_component("regularizer", n.name, component_kwargs(n)) for n in cfg.algo.regularizers]
     # `reward_weights` is data (a tensor), so it is not among the entry's hyperparameters: ask the signature
     multi = "reward_weights" in inspect.signature(algos.get("advantage", cfg.algo.advantage.name)).parameters
-    sampler = cfg.algo.sampler
-    sampler = build_component("sampler", sampler.name, component_kwargs(sampler)) if sampler else None
-    return Algo(**built, token_weights=weights, regularizers=regs, sampler=sampler, kl_coef=cfg.algo.kl.coef,
-                multi_reward=multi)  # fmt: skip
+    sampler, critic = (build_component(kind, node.name, component_kwargs(node)) if node else None
+                       for kind, node in (("sampler", cfg.algo.sampler), ("critic", cfg.algo.critic)))  # fmt: skip
+    return Algo(**built, token_weights=weights, regularizers=regs, sampler=sampler, critic=critic,
+                kl_coef=cfg.algo.kl.coef, multi_reward=multi and critic is None)  # fmt: skip
 
 
 def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
@@ -129,8 +133,14 @@ def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
     }  # fmt: skip
     rewards = inputs["rewards"][:, None].repeat(1, num_rewards) if algo.multi_reward else inputs["rewards"]
     extra = {"reward_weights": torch.ones(num_rewards)} if algo.multi_reward else {}
+    if algo.critic is None:
+        estimate = ("advantage", lambda: call(algo.advantage, rewards, inputs["group_ids"], inputs=inputs, mask=mask,
+                                              **extra))  # fmt: skip
+    else:
+        estimate = ("critic", lambda: call(algo.critic, rewards, torch.rand(n, t + 1, generator=g), mask.bool(),
+                                           inputs=inputs))  # fmt: skip
     checks: list[tuple[str, Callable[[], Any]]] = [
-        ("advantage", lambda: call(algo.advantage, rewards, inputs["group_ids"], inputs=inputs, mask=mask, **extra)),
+        estimate,
         ("policy_loss", lambda: call(algo.policy_loss, logp, inputs["old_logp"], inputs["advantages"], mask,
                                      inputs=inputs)),
         ("kl", lambda: call(algo.kl, logp, inputs["ref_logp"], inputs=inputs)),
@@ -163,11 +173,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW plus a LambdaLR: linear warm-up, then constant, linear or cosine decay over all optimizer steps."""
+def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float | None = None) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (at `lr`, default `train.lr`) plus a LambdaLR: linear warm-up, then constant, linear or cosine decay over
+    all optimizer steps."""
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr or t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
     total = max(1, t.max_steps * t.ppo_epochs)
 
     def factor(step: int) -> float:

@@ -56,6 +56,7 @@ PRODUCED_AT: dict[str, Stage] = {
 
 USED_AT: dict[str, Stage] = {
     "advantage": Stage.ADVANTAGE,
+    "critic": Stage.ADVANTAGE,
     "policy_loss": Stage.UPDATE,
     "aggregation": Stage.UPDATE,
     "kl": Stage.UPDATE,
@@ -104,6 +105,8 @@ RUNS_IN: dict[str, str] = {
     "token_weight": "rl",
     "kl": "rl",
     "regularizer": "rl",
+    "sampler": "rl (collect stage)",
+    "critic": "rl (advantage stage, with a value model trained beside the policy)",
     "controller": "rl (after-step stage, moving a component's state)",
     "preference": "preference",
     "online": "online_preference",

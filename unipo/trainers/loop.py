@@ -23,10 +23,12 @@ def run_steps(
     checkpoint_state: Callable[[], dict[str, Any]],
     shown: dict[str, str],
     failures: Callable[[], dict[str, int]] = dict,
+    extra_models: dict[str, Any] | None = None,
 ) -> None:
     """Steps `start + 1 .. train.max_steps` of `step_fn`, each logged to the run directory and the progress line;
-    checkpoints every `train.save_every` steps and at the end; `evaluate(step)` (which logs its own row) before (on a
-    fresh run), every `eval.every` steps and after; then the closing summary."""
+    checkpoints (with `extra_models`, e.g. the critic) every `train.save_every` steps and at the end;
+    `evaluate(step)` (which logs its own row) before (on a fresh run), every `eval.every` steps and after; then the
+    closing summary."""
     if start == 0:
         evaluate(0)
     before = next((r["eval/accuracy"] for r in run.rows() if r["step"] == 0 and "eval/accuracy" in r), None)
@@ -37,7 +39,7 @@ def run_steps(
         progress.update(step, metrics)
         if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
             checkpoint.save(run.checkpoints, step, model, tokenizer, checkpoint_state(),
-                            keep=cfg.train.keep_checkpoints)  # fmt: skip
+                            keep=cfg.train.keep_checkpoints, extra_models=extra_models)  # fmt: skip
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.max_steps:
             evaluate(step)
     progress.close()

@@ -25,6 +25,7 @@ from unipo.models.logprobs import completion_logprobs
 from unipo.ops import masked_sum
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint, controllers
+from unipo.trainers import critic as critics
 from unipo.trainers.common import (
     Algo,
     RewardScorer,
@@ -60,6 +61,7 @@ def train(cfg: Config) -> Path:
         ref, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
         ref.eval().requires_grad_(False)
     optimizer, scheduler = build_optimizer(model, cfg)
+    critic = critics.build(cfg, resume, saved) if algo.critic else None
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(cfg.train.seed)
     stream = PromptStream(task.train, cfg.train.seed)
@@ -73,7 +75,8 @@ def train(cfg: Config) -> Path:
         log.info("resuming %s from %s", run.path, resume)
     run.prepare(cfg)
 
-    state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator, found, values)
+    state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator, found, values,
+                    critic)  # fmt: skip
 
     def step_fn(step: int) -> dict[str, float]:
         state.step = step
@@ -83,7 +86,17 @@ def train(cfg: Config) -> Path:
         return heldout_eval(cfg, run, model, tokenizer, task, step)
 
     run_steps(
-        cfg, run, model, tokenizer, start, step_fn, evaluate, state.checkpoint_state, SHOWN, lambda: scorer.failures
+        cfg,
+        run,
+        model,
+        tokenizer,
+        start,
+        step_fn,
+        evaluate,
+        state.checkpoint_state,
+        SHOWN,
+        lambda: scorer.failures,
+        extra_models={critics.SUBDIR: critic.model} if critic else None,
     )
     return run.path
 
@@ -111,11 +124,16 @@ class RLState:
     """Controlled hyperparameters (component state) of the recipe."""
     values: dict[str, Any]
     """Their current values (checkpointed)."""
+    critic: critics.Critic | None = None
+    """The value model and its optimizer, with `algo.critic`."""
     step: int = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
         state = checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, self.stream.state())
-        return {**state, "components": dict(self.values)}
+        state["components"] = dict(self.values)
+        if self.critic is not None:
+            state["critic"] = self.critic.state()
+        return state
 
 
 def rl_step(s: RLState) -> dict[str, float]:
@@ -138,9 +156,19 @@ def rl_step(s: RLState) -> dict[str, float]:
     if s.ref is not None:  # before the advantages, which may read it (REINFORCE++'s KL-penalised rewards)
         with timer("reference"):
             inputs["ref_logp"] = reference_logps(s.ref, batch, cfg)
-    advantages = advantages_of(algo, rewards, per_fn, batch, inputs, s.scorer.weights)
+    critic_stats: dict[str, float] = {}
+    if s.critic is None:
+        advantages = advantages_of(algo, rewards, per_fn, batch, inputs, s.scorer.weights)
+    else:  # GAE over the value model's values; the critic then trains on the returns
+        with timer("values"):
+            old_values = critics.values(s.critic, batch, cfg)
+        targets = call(algo.critic, rewards, old_values, batch.completion_mask, inputs=inputs)
+        advantages = targets.advantages
+        with timer("critic_update"):
+            critic_stats = critics.update(s.critic, cfg, batch, old_values, targets)
+    frozen = s.step <= cfg.critic.warmup_steps and s.critic is not None  # critic warm-up: the policy waits
     with timer("update"):
-        stats = update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs)
+        stats = {} if frozen else update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs)
     s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, batch.num_completions)
     lengths = batch.completion_mask.sum(1).float()
     per_fn_means = {f"reward/{n}": _nanmean(per_fn[:, k]) for k, n in enumerate(s.scorer.names)}
@@ -149,6 +177,7 @@ def rl_step(s: RLState) -> dict[str, float]:
         "reward/std": float(rewards[~rewards.isnan()].std()) if (~rewards.isnan()).sum() > 1 else 0.0,
         **(per_fn_means if len(s.scorer.names) > 1 else {}),
         **stats,
+        **critic_stats,
         **sampler_stats,
         **ctrl_metrics,
         "tokens/completion_mean": float(lengths.mean()),

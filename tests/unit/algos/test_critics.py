@@ -1,0 +1,118 @@
+"""Critic estimators (ALGORITHMS.md §10): GAE on hand-worked values, §13 V6, T-PPO's bootstrap, the value loss."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unipo import algos
+from unipo.algos.critics import clipped_value_loss, explained_variance
+
+ppo_gae = algos.get("critic", "ppo_gae")
+t_ppo = algos.get("critic", "t_ppo_recon")
+
+
+def test_gae_on_a_hand_worked_row():
+    # one row of 3 tokens, outcome reward 1; V(s_0..s_3) = 0.5, 0.2, 0.4, (0.8: after the end, unused by ppo_gae)
+    # γ = 0.9, λ = 0.5: δ = [0.9·0.2 − 0.5, 0.9·0.4 − 0.2, 1 − 0.4] = [−0.32, 0.16, 0.6]; γλ = 0.45
+    # A_2 = 0.6, A_1 = 0.16 + 0.45·0.6 = 0.43, A_0 = −0.32 + 0.45·0.43 = −0.1265; R = A + V
+    values = torch.tensor([[0.5, 0.2, 0.4, 0.8]])
+    out = ppo_gae(torch.tensor([1.0]), values, torch.ones(1, 3), gamma=0.9, lam=0.5, whiten_advantages=False)
+    torch.testing.assert_close(out.advantages, torch.tensor([[-0.1265, 0.43, 0.6]]))
+    torch.testing.assert_close(out.returns, torch.tensor([[0.3735, 0.63, 1.0]]))
+    assert out.value_mask.tolist() == [[True, True, True]]
+
+
+def test_kl_in_the_reward_is_k1_per_token():
+    # β = 0.1, log π_old − log π_ref = [0.2, −0.1, 0.3]: token rewards [−0.02, 0.01, 1 − 0.03]; V ≡ 0, γ = λ = 1
+    old, ref = torch.tensor([[0.0, -0.1, 0.3]]), torch.tensor([[-0.2, 0.0, 0.0]])
+    out = ppo_gae(torch.tensor([1.0]), torch.zeros(1, 4), torch.ones(1, 3), old_logp=old, ref_logp=ref, kl_coef=0.1,
+                  lam=1.0, whiten_advantages=False)  # fmt: skip
+    torch.testing.assert_close(out.advantages, torch.tensor([[0.96, 0.98, 0.97]]))
+    with pytest.raises(ValueError, match="needs ref_logp"):
+        ppo_gae(torch.tensor([1.0]), torch.zeros(1, 4), torch.ones(1, 3), old_logp=old, kl_coef=0.1)
+    assert algos.entry("critic", "ppo_gae").needs({"kl_coef": 0.0}) == frozenset()
+    assert algos.entry("critic", "ppo_gae").needs({"kl_coef": 0.1}) == {"old_logp", "ref_logp"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 5), st.floats(-2, 2)), min_size=1, max_size=5), st.floats(0.5, 1.0))
+def test_v6_gae_limits(rows, gamma):
+    # §13 V6: λ = 1 ⇒ A_t = Σ_k γ^k r_{t+k} − V(s_t); λ = 0 ⇒ A_t = δ_t; V ≡ 0, γ = λ = 1 ⇒ A_t = r on every token
+    n, t = len(rows), max(length for length, _ in rows)
+    mask = torch.tensor([[j < length for j in range(t)] for length, _ in rows])
+    r = torch.tensor([reward for _, reward in rows])
+    values = torch.randn(n, t + 1, generator=torch.Generator().manual_seed(len(rows)))
+    lengths = mask.sum(1)
+    mc = torch.zeros(n, t)
+    delta = torch.zeros(n, t)
+    for i in range(n):
+        for j in range(int(lengths[i])):
+            mc[i, j] = gamma ** (int(lengths[i]) - 1 - j) * r[i]
+            nxt = values[i, j + 1] if j + 1 < lengths[i] else 0.0
+            delta[i, j] = (r[i] if j == lengths[i] - 1 else 0.0) + gamma * nxt - values[i, j]
+    v = torch.where(mask, values[:, :-1], torch.zeros(n, t))
+    mc_adv = ppo_gae(r, values, mask, gamma=gamma, lam=1.0, whiten_advantages=False).advantages
+    torch.testing.assert_close(mc_adv, mc - v, atol=1e-5, rtol=1e-5)
+    td = ppo_gae(r, values, mask, gamma=gamma, lam=0.0, whiten_advantages=False).advantages
+    torch.testing.assert_close(td, delta, atol=1e-5, rtol=1e-5)
+    flat = ppo_gae(r, torch.zeros(n, t + 1), mask, lam=1.0, whiten_advantages=False)
+    torch.testing.assert_close(flat.advantages, torch.where(mask, r[:, None].expand(n, t), torch.zeros(n, t)))
+    # (and with λ < 1 a zero critic discounts the outcome by (γλ)^(steps to the end))
+    short = ppo_gae(r, torch.zeros(n, t + 1), mask, gamma=gamma, lam=0.5, whiten_advantages=False).advantages
+    torch.testing.assert_close(short, mc * torch.where(mask, 0.5 ** (lengths[:, None] - 1 - torch.arange(t)), 0.0),
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+    # with no truncated reply, T-PPO's extended GAE is GAE
+    finished = torch.zeros(n, dtype=torch.bool)
+    a, b = ppo_gae(r, values, mask, lam=0.7), t_ppo(r, values, mask, truncated=finished, lam=0.7)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y)
+
+
+def test_t_ppo_bootstraps_a_cut_off_reply_and_keeps_it_out_of_the_critic():
+    # the same row, cut off at 3 tokens: no outcome reward, δ_2 = 0 + 0.9·V(s_3) − 0.4 = 0.32 with V(s_3) = 0.8
+    # A_2 = 0.32, A_1 = 0.16 + 0.45·0.32 = 0.304, A_0 = −0.32 + 0.45·0.304 = −0.1832
+    values = torch.tensor([[0.5, 0.2, 0.4, 0.8], [0.5, 0.2, 0.4, 0.8]])
+    out = t_ppo(torch.tensor([1.0, 1.0]), values, torch.ones(2, 3), truncated=torch.tensor([True, False]), gamma=0.9,
+                lam=0.5, whiten_advantages=False)  # fmt: skip
+    torch.testing.assert_close(out.advantages[0], torch.tensor([-0.1832, 0.304, 0.32]))
+    torch.testing.assert_close(out.advantages[1], torch.tensor([-0.1265, 0.43, 0.6]))  # finished: plain GAE
+    assert out.value_mask.tolist() == [[False] * 3, [True] * 3]
+    # ppo_gae ends every reply, cut off or not: V = 0 after the last token
+    plain = ppo_gae(torch.tensor([1.0, 1.0]), values, torch.ones(2, 3), gamma=0.9, lam=0.5, whiten_advantages=False)
+    torch.testing.assert_close(plain.advantages[0], plain.advantages[1])
+
+
+def test_whitening_clipping_and_unscored_rows():
+    values = torch.zeros(3, 3)
+    mask = torch.tensor([[1, 1], [1, 0], [1, 1]]).bool()
+    out = ppo_gae(torch.tensor([1.0, 0.0, float("nan")]), values, mask, lam=1.0)
+    # valid tokens of scored rows: A = [1, 1, 0] before whitening -> mean 2/3, std (Bessel) 1/sqrt(3)
+    expected = (torch.tensor([1.0, 1.0, 0.0]) - 2 / 3) / (1 / 3) ** 0.5
+    torch.testing.assert_close(out.advantages[mask & torch.tensor([[1], [1], [0]]).bool()], expected)
+    assert out.advantages[2].tolist() == [0.0, 0.0] and out.value_mask[2].tolist() == [False, False]
+    clipped = ppo_gae(torch.tensor([1.0, 0.0, float("nan")]), values, mask, lam=1.0, adv_clip=0.5)
+    assert float(clipped.advantages.abs().max()) == pytest.approx(0.5)
+
+
+def test_value_shape_and_mask_are_checked():
+    with pytest.raises(ValueError, match=r"values must be \[N, T\+1\]"):
+        ppo_gae(torch.tensor([1.0]), torch.zeros(1, 3), torch.ones(1, 3))
+    with pytest.raises(ValueError, match="contiguous prefix"):
+        ppo_gae(torch.tensor([1.0]), torch.zeros(1, 4), torch.tensor([[1, 0, 1]]))
+
+
+def test_clipped_value_loss_on_hand_worked_values():
+    # V_old = 0.5, R = 1.2, ε_v = 0.2. V = 1.0: ½·max((1.0 − 1.2)², (0.7 − 1.2)²) = 0.125, the clip binds.
+    # V = 0.6: inside the clip range, ½·(0.6 − 1.2)² = 0.18
+    loss, m = clipped_value_loss(torch.tensor([1.0, 0.6]), torch.tensor([0.5, 0.5]), torch.tensor([1.2, 1.2]))
+    torch.testing.assert_close(loss, torch.tensor([0.125, 0.18]))
+    assert m["critic/clip_frac"].tolist() == [1.0, 0.0]
+    plain, _ = clipped_value_loss(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([1.2]), value_clip=0.0)
+    torch.testing.assert_close(plain, torch.tensor([0.02]))
+
+
+def test_explained_variance():
+    r, mask = torch.tensor([[1.0, 2.0, 3.0]]), torch.ones(1, 3)
+    assert explained_variance(r, r, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.full((1, 3), 2.0), r, mask) == pytest.approx(0.0)

@@ -1,0 +1,95 @@
+"""The critic of the on-policy trainer (ALGORITHMS.md §10): its value model and optimizer, the values it gives the
+advantage stage, and its own update (epochs x micro-batches of the clipped value loss) after the policy's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from unipo.algos.critics import CriticTargets, clipped_value_loss, explained_variance
+from unipo.config import Config
+from unipo.data.batch import Rollouts
+from unipo.models.loading import autocast_context
+from unipo.models.value import ValueModel, load_value_model
+from unipo.ops import masked_sum
+from unipo.trainers.common import build_optimizer
+
+SUBDIR = "critic"
+"""Where a checkpoint keeps the value model."""
+
+
+@dataclass
+class Critic:
+    """The value model with its optimizer and schedule (the policy's schedule, at `critic.lr`)."""
+
+    model: ValueModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+    def state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+
+def build(cfg: Config, resume: Any, saved: dict[str, Any] | None) -> Critic:
+    """The critic of a run: from the checkpoint being resumed, else from `critic.path` (default: the policy's
+    initial weights) with its head at zero."""
+    path = str(resume / SUBDIR) if resume is not None else cfg.critic.path or cfg.model.path
+    model = load_value_model(path, device=cfg.model.device, dtype=cfg.model.dtype)
+    model.eval()  # no dropout: values and their update see the same function
+    optimizer, scheduler = build_optimizer(model, cfg, lr=cfg.critic.lr)
+    if saved is not None:
+        optimizer.load_state_dict(saved["critic"]["optimizer"])
+        scheduler.load_state_dict(saved["critic"]["scheduler"])
+    return Critic(model, optimizer, scheduler)
+
+
+@torch.no_grad()
+def values(critic: Critic, batch: Rollouts, cfg: Config) -> torch.Tensor:
+    """(N, T+1) V(s_t) of the batch under the critic before its update (the advantage stage's input)."""
+    with autocast_context(critic.model, cfg.model.autocast):
+        return critic.model(batch, share_prompt=cfg.model.share_prompt_forward).float()
+
+
+def update(
+    critic: Critic, cfg: Config, batch: Rollouts, old_values: torch.Tensor, t: CriticTargets
+) -> dict[str, float]:
+    """`ppo_epochs` optimizer steps of the clipped value loss towards the returns, each over micro-batches, averaged
+    over the value mask with its global token count (so micro-batching never changes it)."""
+    n, model = batch.num_completions, critic.model
+    value_mask = t.value_mask.float()
+    count = value_mask.sum().clamp(min=1)
+    rows = torch.arange(n, device=value_mask.device)[value_mask.sum(1) > 0]  # rows with a target (finished, scored)
+    sums: dict[str, torch.Tensor] = {}
+    losses, norms = [], []
+    for _ in range(cfg.train.ppo_epochs):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
+        total = torch.zeros(())
+        for idx in rows.split(cfg.train.micro_batch_size) if rows.numel() else ():  # all cut off (T-PPO): none
+            mb = batch.select(idx)
+            width, mask = mb.completion_ids.shape[1], value_mask[idx, : mb.completion_ids.shape[1]]
+            with autocast_context(model, cfg.model.autocast):
+                v = model(mb, share_prompt=cfg.model.share_prompt_forward).float()[:, :-1]
+            per_token, metrics = clipped_value_loss(v, old_values[idx, :width], t.returns[idx, :width],
+                                                    value_clip=cfg.critic.value_clip)  # fmt: skip
+            loss = masked_sum(per_token, mask) / count
+            loss.backward()
+            total += loss.detach().cpu()
+            for key, value in metrics.items():
+                pair = torch.stack([masked_sum(value, mask).cpu(), mask.sum().cpu()])
+                sums[key] = sums.get(key, torch.zeros(2)) + pair
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))))
+        critic.optimizer.step()
+        critic.scheduler.step()
+        losses.append(float(total))
+    old = old_values[:, :-1]
+    return {
+        "critic/value_loss": sum(losses) / len(losses),
+        "critic/grad_norm": sum(norms) / len(norms),
+        "critic/explained_var": explained_variance(old, t.returns, t.value_mask),
+        "critic/values_mean": float(masked_sum(old, value_mask) / count),
+        "critic/returns_mean": float(masked_sum(t.returns, value_mask) / count),
+        **{k: float(v[0] / v[1].clamp(min=1)) for k, v in sums.items()},
+    }
