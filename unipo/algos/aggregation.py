@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from unipo.algos.ops import masked_sum
 from unipo.algos.registry import register
-from unipo.ops import masked_sum
 
 Count = float | int | torch.Tensor | None
 

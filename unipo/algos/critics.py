@@ -15,8 +15,8 @@ import torch
 
 from unipo.algos.advantages._group import check_mask, check_range, check_token_tensor, whiten
 from unipo.algos.advantages.baselines import _last_token_rewards, discounted_returns
+from unipo.algos.ops import masked_sum
 from unipo.algos.registry import register, warn_reconstruction
-from unipo.ops import masked_sum
 
 
 class CriticTargets(NamedTuple):

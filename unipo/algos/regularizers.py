@@ -24,6 +24,7 @@ import math
 import torch
 
 from unipo.algos.kl import k3
+from unipo.algos.ops import masked_mean
 from unipo.algos.registry import Controlled, register, warn_reconstruction
 from unipo.algos.token_weights import (
     expand_advantages,
@@ -31,7 +32,6 @@ from unipo.algos.token_weights import (
     select_top_k,
     token_covariance,
 )
-from unipo.ops import masked_mean
 
 Metrics = dict[str, torch.Tensor]
 

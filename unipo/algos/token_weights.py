@@ -22,8 +22,8 @@ import math
 
 import torch
 
+from unipo.algos.ops import masked_mean
 from unipo.algos.registry import register, warn_reconstruction
-from unipo.ops import masked_mean
 
 
 def expand_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from unipo.data.batch import Rollouts
-from unipo.ops import entropy_from_logits, logprobs_from_logits
+from unipo.algos.ops import entropy_from_logits, logprobs_from_logits
+from unipo.rollout.batch import Rollouts
 from unipo.rollout.hf import prompt_positions
 
 

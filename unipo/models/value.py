@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from unipo.data.batch import Rollouts
 from unipo.models.logprobs import completion_hidden
+from unipo.rollout.batch import Rollouts
 
 HEAD_FILE = "value_head.pt"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from unipo.data.batch import Rollouts, tokenize_prompts
+from unipo.rollout.batch import Rollouts, tokenize_prompts
 
 
 def prompt_positions(prompt_mask: torch.Tensor) -> torch.Tensor:

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from unipo.algos.critics import CriticTargets, clipped_value_loss, explained_variance
+from unipo.algos.ops import masked_sum
 from unipo.config import Config
-from unipo.data.batch import Rollouts
 from unipo.models.loading import autocast_context
 from unipo.models.value import ValueModel, load_value_model
-from unipo.ops import masked_sum
+from unipo.rollout.batch import Rollouts
 from unipo.trainers.common import build_optimizer
 
 SUBDIR = "critic"

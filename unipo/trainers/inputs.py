@@ -14,9 +14,9 @@ from enum import IntEnum
 
 import torch
 
+from unipo.algos.ops import logprobs_from_logits
 from unipo.algos.registry import TRAINER_INPUTS
 from unipo.algos.regularizers import lp_reg_proxy_logp
-from unipo.ops import logprobs_from_logits
 
 
 class Stage(IntEnum):

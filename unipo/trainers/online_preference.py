@@ -39,11 +39,11 @@ import torch
 from unipo import algos
 from unipo.algos.nash import spo_selfplay
 from unipo.config import Config, ConfigError, component_kwargs
-from unipo.data.batch import Rollouts
 from unipo.data.tasks import PromptStream, get_task
 from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import oracles
+from unipo.rollout.batch import Rollouts
 from unipo.rollout.hf import GeometricMixture, sample
 from unipo.trainers import checkpoint, rl
 from unipo.trainers.common import (

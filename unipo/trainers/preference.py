@@ -27,7 +27,6 @@ import torch
 
 from unipo import algos
 from unipo.config import Config, ConfigError, component_kwargs
-from unipo.data.batch import Rollouts, tokenize_prompts
 from unipo.data.preference import (
     arithmetic_pairs,
     best_and_worst,
@@ -41,6 +40,7 @@ from unipo.data.tasks import PromptStream, arithmetic
 from unipo.models.loading import autocast_context, default_model_dir, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import text_of
+from unipo.rollout.batch import Rollouts, tokenize_prompts
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint
 from unipo.trainers.common import RunDir, build_component, build_optimizer, start_run

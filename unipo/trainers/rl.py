@@ -17,12 +17,12 @@ from typing import Any
 import torch
 
 from unipo import algos
+from unipo.algos.ops import masked_sum
 from unipo.config import Config
-from unipo.data.batch import Rollouts, cat, keep_groups
 from unipo.data.tasks import PromptStream, get_task
 from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
-from unipo.ops import masked_sum
+from unipo.rollout.batch import Rollouts, cat, keep_groups
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint, controllers
 from unipo.trainers import critic as critics
@@ -245,9 +245,9 @@ def advantages_of(
     """The advantage stage: (N,) or (N, T) advantages; 0 for a completion no reward function could score."""
     if algo.multi_reward:  # e.g. GDPO normalises each reward function separately
         advantages = call(algo.advantage, per_fn.to(rewards.device), batch.group_ids, inputs=inputs,
-                          mask=batch.completion_mask, reward_weights=torch.tensor(weights))  # fmt: skip
+                          mask=batch.loss_mask, reward_weights=torch.tensor(weights))  # fmt: skip
     else:
-        advantages = call(algo.advantage, rewards, batch.group_ids, inputs=inputs, mask=batch.completion_mask)
+        advantages = call(algo.advantage, rewards, batch.group_ids, inputs=inputs, mask=batch.loss_mask)
     return torch.nan_to_num(advantages) * ~rewards.isnan().view(-1, *[1] * (advantages.dim() - 1))
 
 
@@ -279,7 +279,7 @@ def update(
     step's inputs for components (`ref_logp` from the reference stage among them).
     """
     n = batch.num_completions
-    num_tokens = batch.completion_mask.sum().float()  # global counts: micro-batching never changes the loss
+    num_tokens = batch.loss_mask.sum().float()  # global counts of trained tokens: micro-batching never changes the loss
     temperature, share = cfg.rollout.temperature, cfg.model.share_prompt_forward
     precision = autocast_context(model, cfg.model.autocast)
     ref_logp = inputs.get("ref_logp")
@@ -299,7 +299,7 @@ def update(
         total = torch.zeros(())
         for idx in active.split(cfg.train.micro_batch_size) if active.numel() else ():
             mb = batch.select(idx)
-            width, mask = mb.completion_ids.shape[1], mb.completion_mask.float()
+            width, mask = mb.completion_ids.shape[1], mb.loss_mask.float()
             with precision:
                 logp, entropy, logits = completion_logprobs(
                     model, mb, temperature=temperature, with_entropy=epoch == 0 or entropy_grad,
@@ -343,7 +343,7 @@ def update(
         losses.append(float(total))
     out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
     out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in sums.items()})
-    out["tokens/trained_frac"] = float(batch.completion_mask[active].sum() / num_tokens)
+    out["tokens/trained_frac"] = float(batch.loss_mask[active].sum() / num_tokens)
     return out
 
 

@@ -55,7 +55,7 @@ def grad(name, b, old=None, agg="token_sum", **kw):
 
 
 def mmean(x, mask):
-    """(N, T) -> (N, 1) masked row mean, written out independently of unipo.ops."""
+    """(N, T) -> (N, 1) masked row mean, written out independently of unipo.algos.ops."""
     m = mask.to(x.dtype)
     return (x * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True)
 

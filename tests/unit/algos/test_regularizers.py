@@ -13,7 +13,7 @@ from unipo import algos
 from unipo.algos import controllers as ctl
 from unipo.algos import registry
 from unipo.algos import regularizers as rg
-from unipo.ops import entropy_from_logits
+from unipo.algos.ops import entropy_from_logits
 
 F64 = torch.float64
 R = {name: algos.get("regularizer", name) for name in algos.names("regularizer")}

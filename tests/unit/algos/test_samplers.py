@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unipo import algos
-from unipo.data.batch import Rollouts, cat, keep_groups
+from unipo.rollout.batch import Rollouts, cat, keep_groups
 
 
 def test_dynamic_sampling_keeps_groups_with_reward_spread():

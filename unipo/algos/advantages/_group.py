@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from unipo.ops import masked_sum
+from unipo.algos.ops import masked_sum
 
 STD_MODES = ("sample", "population")
 SINGLETONS = ("zero", "raw")
@@ -134,7 +134,7 @@ def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
     """(x − mean) / (std + eps) over the masked entries (Bessel-corrected std); 0 outside the mask.
 
-    Same as ``unipo.ops.masked_whiten`` except that a constant x with eps = 0 gives 0 instead of NaN.
+    Same as ``unipo.algos.ops.masked_whiten`` except that a constant x with eps = 0 gives 0 instead of NaN.
     """
     m = mask.bool()
     n = m.to(x.dtype).sum()

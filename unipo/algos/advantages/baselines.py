@@ -23,8 +23,8 @@ from unipo.algos.advantages._group import (
     safe_div,
     whiten,
 )
+from unipo.algos.ops import masked_sum
 from unipo.algos.registry import register
-from unipo.ops import masked_sum
 
 _REINFORCE_PP = "Hu 2025, REINFORCE++: Stabilizing Critic-Free Policy Optimization, arXiv:2501.03262"
 

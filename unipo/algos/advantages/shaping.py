@@ -19,8 +19,8 @@ from unipo.algos.advantages._group import (
     group_sum,
     safe_div,
 )
+from unipo.algos.ops import masked_mean
 from unipo.algos.registry import register
-from unipo.ops import masked_mean
 
 
 @register(

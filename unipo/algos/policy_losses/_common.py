@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from unipo.ops import masked_sum
+from unipo.algos.ops import masked_sum
 
 Metrics = dict[str, torch.Tensor]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from unipo.algos.ops import masked_mean, masked_sum
 from unipo.algos.policy_losses._common import (
     LOG_RATIO_BOUND,
     Metrics,
@@ -24,7 +25,6 @@ from unipo.algos.policy_losses._common import (
 )
 from unipo.algos.policy_losses.clipped import ppo_clip
 from unipo.algos.registry import register
-from unipo.ops import masked_mean, masked_sum
 
 _IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "geo_rs")
 

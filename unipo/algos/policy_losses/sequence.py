@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from unipo.algos.ops import masked_sum
 from unipo.algos.policy_losses._common import (
     LOG_EPS,
     LOG_RATIO_BOUND,
@@ -25,7 +26,6 @@ from unipo.algos.policy_losses._common import (
     zero_masked,
 )
 from unipo.algos.registry import register
-from unipo.ops import masked_sum
 
 
 @register(

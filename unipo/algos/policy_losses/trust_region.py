@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from unipo.algos.ops import masked_sum
 from unipo.algos.policy_losses._common import (
     Metrics,
     check_choice,
@@ -18,7 +19,6 @@ from unipo.algos.policy_losses._common import (
     zero_masked,
 )
 from unipo.algos.registry import register
-from unipo.ops import masked_sum
 
 _TOL = 1e-9
 _KL_ESTIMATORS = ("k2", "k3")

@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
 from typing import Any
 
 import torch
 
 
+class Origin(IntEnum):
+    """Where a completion came from (`Rollouts.origin`): samplers that inject samples mark them, so masks, losses and
+    metrics can tell them apart."""
+
+    POLICY = 0
+    """sampled from the policy on the dataset's prompt."""
+    HINT = 1
+    """sampled from the policy on a prompt with a hint (a prefix of the reference solution) added."""
+    REPLAY = 2
+    """a stored earlier sample, with the behaviour log-probs of the policy that produced it."""
+    DEMONSTRATION = 3
+    """the dataset's reference solution, not sampled (no behaviour log-probs: NaN)."""
+    ROLL_IN = 4
+    """a forced prefix of a reference solution continued by the policy (the forced tokens are out of the loss)."""
+
+
 @dataclass
 class Rollouts:
-    """N completions of P prompts. Prompts are left-padded, completions right-padded.
+    """N completions of P prompts: the typed batch of the on-policy loop. Prompts are left-padded, completions
+    right-padded; groups may differ in size.
 
     `group_ids[i]` is the prompt row of completion i, so prompt tensors are stored once per prompt.
-    `completion_mask` is 1 on generated tokens up to and including EOS.
+    `completion_mask` is the attention mask of the completion: 1 on its tokens up to and including EOS.
+    `loss_mask` marks the tokens that get a policy gradient: the completion's tokens except injected or forced ones
+    (a roll-in prefix, a tool's output), which are attended to but not trained unless a method says so.
+    `rollout_logp` are the behaviour log-probs (of the policy or engine that produced each token, after temperature),
+    distinct from the old (start of the update) and current log-probs the update computes.
     """
 
     prompt_ids: torch.Tensor  # (P, Lp)
@@ -22,32 +45,38 @@ class Rollouts:
     completion_mask: torch.Tensor  # (N, T)
     group_ids: torch.Tensor  # (N,) long
     truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS
-    rollout_logp: torch.Tensor  # (N, T) log-probs of the sampler (after temperature)
+    rollout_logp: torch.Tensor  # (N, T) behaviour log-probs
     rows: list[dict[str, Any]] = field(default_factory=list)  # the P dataset rows
     texts: list[str] = field(default_factory=list)  # N decoded completions
+    loss_mask: torch.Tensor | None = None  # (N, T); None: the completion mask
+    origin: torch.Tensor | None = None  # (N,) long `Origin`; None: all sampled from the policy
+
+    def __post_init__(self) -> None:
+        if self.loss_mask is None:
+            self.loss_mask = self.completion_mask
+        if self.origin is None:
+            self.origin = torch.full_like(self.group_ids, int(Origin.POLICY))
 
     @property
     def num_completions(self) -> int:
         return self.completion_ids.shape[0]
 
     def token_lists(self) -> list[list[int]]:
-        """Each completion's sampled token ids through its EOS (padding dropped), as reward functions get them."""
+        """Each completion's token ids through its EOS (padding dropped), as reward functions get them."""
         lengths = self.completion_mask.sum(1).tolist()
         return [ids[:n] for ids, n in zip(self.completion_ids.tolist(), lengths, strict=True)]
+
+    def per_completion(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`fn` applied to every per-completion tensor ([N] or [N, T]), by field name."""
+        return {name: fn(getattr(self, name)) for name in PER_COMPLETION}
 
     def select(self, idx: torch.Tensor) -> Rollouts:
         """The completions `idx`, cut to their longest completion (prompt tensors are shared, not copied)."""
         width = int(self.completion_mask[idx].sum(1).max())
-        return Rollouts(
-            self.prompt_ids,
-            self.prompt_mask,
-            self.completion_ids[idx, :width],
-            self.completion_mask[idx, :width],
-            self.group_ids[idx],
-            self.truncated[idx],
-            self.rollout_logp[idx, :width],
-            self.rows,
-            [self.texts[i] for i in idx.tolist()] if self.texts else [],
+        return replace(
+            self,
+            **self.per_completion(lambda x: x[idx, :width] if x.dim() == 2 else x[idx]),
+            texts=[self.texts[i] for i in idx.tolist()] if self.texts else [],
         )
 
     def concat(self, other: Rollouts) -> Rollouts:
@@ -60,9 +89,11 @@ class Rollouts:
                 a, b = (torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in (a, b))
             return torch.cat([a, b])
 
-        fields = ("completion_ids", "completion_mask", "group_ids", "truncated", "rollout_logp")
-        return Rollouts(self.prompt_ids, self.prompt_mask, *(both(f) for f in fields), self.rows,
-                        self.texts + other.texts)  # fmt: skip
+        return replace(self, **{name: both(name) for name in PER_COMPLETION}, texts=self.texts + other.texts)
+
+
+PER_COMPLETION = ("completion_ids", "completion_mask", "loss_mask", "group_ids", "truncated", "rollout_logp", "origin")
+"""The fields of `Rollouts` with one entry (or row) per completion."""
 
 
 def keep_groups(batch: Rollouts, keep: torch.Tensor) -> Rollouts:
@@ -72,12 +103,11 @@ def keep_groups(batch: Rollouts, keep: torch.Tensor) -> Rollouts:
     remap = torch.full((batch.prompt_ids.shape[0],), -1, dtype=torch.long, device=batch.group_ids.device)
     remap[used] = torch.arange(used.numel(), device=remap.device)
     width = int(batch.completion_mask[idx].sum(1).max()) if idx.numel() else 0
-    return Rollouts(
-        batch.prompt_ids[used], batch.prompt_mask[used], batch.completion_ids[idx, :width],
-        batch.completion_mask[idx, :width], remap[batch.group_ids[idx]], batch.truncated[idx],
-        batch.rollout_logp[idx, :width], [batch.rows[i] for i in used.tolist()],
-        [batch.texts[i] for i in idx.tolist()] if batch.texts else [],
-    )  # fmt: skip
+    kept = batch.per_completion(lambda x: x[idx, :width] if x.dim() == 2 else x[idx])
+    kept["group_ids"] = remap[kept["group_ids"]]
+    texts = [batch.texts[i] for i in idx.tolist()] if batch.texts else []
+    return replace(batch, prompt_ids=batch.prompt_ids[used], prompt_mask=batch.prompt_mask[used], **kept,
+                   rows=[batch.rows[i] for i in used.tolist()], texts=texts)  # fmt: skip
 
 
 def cat(batches: list[Rollouts], pad_id: int) -> Rollouts:
@@ -90,20 +120,16 @@ def cat(batches: list[Rollouts], pad_id: int) -> Rollouts:
     def left(x: torch.Tensor, value: int) -> torch.Tensor:
         return F.pad(x, (lp - x.shape[1], 0), value=value)
 
-    def right(x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, (0, t - x.shape[1]))
-
     offsets = torch.tensor([0] + [b.prompt_ids.shape[0] for b in batches[:-1]]).cumsum(0).tolist()
+    parts = [b.per_completion(lambda x: F.pad(x, (0, t - x.shape[1])) if x.dim() == 2 else x) for b in batches]
+    for part, o in zip(parts, offsets, strict=True):
+        part["group_ids"] = part["group_ids"] + o
     return Rollouts(
-        torch.cat([left(b.prompt_ids, pad_id) for b in batches]),
-        torch.cat([left(b.prompt_mask, 0) for b in batches]),
-        torch.cat([right(b.completion_ids) for b in batches]),
-        torch.cat([right(b.completion_mask) for b in batches]),
-        torch.cat([b.group_ids + o for b, o in zip(batches, offsets, strict=True)]),
-        torch.cat([b.truncated for b in batches]),
-        torch.cat([right(b.rollout_logp) for b in batches]),
-        [r for b in batches for r in b.rows],
-        [x for b in batches for x in b.texts],
+        prompt_ids=torch.cat([left(b.prompt_ids, pad_id) for b in batches]),
+        prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),
+        **{name: torch.cat([part[name] for part in parts]) for name in PER_COMPLETION},
+        rows=[r for b in batches for r in b.rows],
+        texts=[x for b in batches for x in b.texts],
     )
 
 
