@@ -315,7 +315,9 @@ def _drop_params_of_replaced_components(data: dict[str, Any], extra: dict[str, A
     for axis, node in new_algo.items():
         old = recipe_algo.get(axis)
         if isinstance(node, dict) and isinstance(old, dict) and "name" in node and node["name"] != old.get("name"):
-            declared = AlgoConfig.model_fields[axis].annotation.model_fields if axis in AlgoConfig.model_fields else {}
+            field = AlgoConfig.model_fields.get(axis)
+            model = field.annotation if field is not None else None  # `X | None` (sampler, critic): no extra fields
+            declared = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
             recipe_algo[axis] = {k: v for k, v in old.items() if k in declared and k != "name"}
 
 

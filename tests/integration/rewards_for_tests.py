@@ -35,3 +35,8 @@ def first_token_even(prompts, completions, completion_ids, **_):
     """1 when the reply's first token id is even: fixed once the first token is sampled, so a critic can learn the
     exact value of every later state (and p(even) at the first)."""
     return [float(bool(ids) and ids[0] % 2 == 0) for ids in completion_ids]
+
+
+def odd_prompt(prompts, completions, **_):
+    """1 for every reply to a prompt of odd length, 0 otherwise: some prompts are always solved, the others never."""
+    return [float(len(str(p)) % 2 == 1) for p in prompts]

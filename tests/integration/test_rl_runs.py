@@ -321,3 +321,83 @@ def test_critic_warmup_trains_only_the_critic_and_resume_is_exact(tiny_model_dir
 def test_a_critic_recipe_takes_no_advantage_estimator(tiny_model_dir):
     with pytest.raises(config.ConfigError, match="remove algo.advantage"):
         config.load("ppo", ["algo.advantage.name=grpo"])
+
+
+def test_hpt_trains_unsolved_prompts_on_their_demonstration(tiny_model_dir, tmp_path):
+    # the random tiny model never solves arithmetic, so every prompt switches to SFT on its demonstration (the bare
+    # sum + EOS): the step's loss is exactly the demonstrations' token-mean NLL (coefficient 1) minus 0.001 x entropy,
+    # and that NLL is the one computed here independently from the model and the tokenizer
+    from unipo.data.tasks import PromptStream, arithmetic
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.rollout.batch import tokenize_prompts
+
+    run = tmp_path / "run"
+    assert main(["train", "hpt", f"model.path={tiny_model_dir}", f"output_dir={run}", "train.max_steps=1",
+                 "train.prompts_per_step=2", "rollout.group_size=4", "rollout.max_new_tokens=8", "eval.num_problems=0",
+                 "model.autocast=off"]) == 0  # fmt: skip
+    (row,) = [r for r in _rows(run) if "loss" in r]
+    assert row["sampler/demo_frac"] == 1.0 and row["sampler/sampled_reward"] == 0.0
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    nll, count = 0.0, 0
+    for r in PromptStream(arithmetic().train, 0).take(2):
+        prompt_ids, _ = tokenize_prompts([r["prompt"]], tok, torch.device("cpu"))
+        answer = tok(r["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.cat([prompt_ids, torch.tensor([answer])], dim=1)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, prompt_ids.shape[1] - 1 : -1].float(), -1)
+        nll -= float(logp.gather(1, torch.tensor(answer)[:, None]).sum())
+        count += len(answer)
+    assert row["sft/nll"] == pytest.approx(nll / count, rel=1e-4)
+    assert row["loss"] == pytest.approx(nll / count - 0.001 * row["entropy"], rel=1e-4)
+
+
+def test_hpt_keeps_the_solved_prompts_rollouts_and_their_rewards(tiny_model_dir):
+    from tests.integration.rewards_for_tests import odd_prompt
+    from unipo.data.tasks import PromptStream, arithmetic
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.rollout.batch import Origin
+    from unipo.trainers.common import RewardScorer, Timer, build_algo
+    from unipo.trainers.rl import RLState, collect
+
+    cfg = config.load("hpt", [f"model.path={tiny_model_dir}", "train.prompts_per_step=8",
+                              "rollout.group_size=2", "rollout.max_new_tokens=6"])  # fmt: skip
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    algo, scorer = build_algo(cfg), RewardScorer([odd_prompt], [1.0])
+    s = RLState(cfg, model, None, tok, algo, scorer, PromptStream(arithmetic().train, 0), None, None,
+                torch.Generator().manual_seed(0), [], {})  # fmt: skip
+    batch, per_fn, stats = collect(s, algo, Timer())
+    demo = batch.origin == Origin.DEMONSTRATION
+    switched = round(stats["sampler/demo_frac"] * 8)
+    assert 0 < switched < 8 and int(demo.sum()) == switched  # one demonstration per switched prompt
+    assert batch.prompt_ids.shape[0] == 8 and batch.num_completions == 2 * (8 - switched) + switched
+    assert bool(per_fn[demo.cpu()].isnan().all())  # demonstrations are unscored: no policy gradient
+    rollouts = ~demo
+    torch.testing.assert_close(scorer.score(batch)[rollouts.cpu()], per_fn[rollouts.cpu()])  # aligned after the merge
+    kept = per_fn[rollouts.cpu(), 0].view(-1, 2)
+    assert bool((kept.sum(1) > 0).all())  # every kept prompt solved at least one rollout
+    for i in demo.nonzero().squeeze(-1).tolist():
+        answer = batch.rows[int(batch.group_ids[i])]["answer"]
+        assert batch.token_lists()[i] == tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def test_red_drop_balances_every_group_in_the_collect_stage(tiny_model_dir):
+    from tests.integration.rewards_for_tests import reply_length
+    from unipo.data.tasks import PromptStream, lucky7
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.trainers.common import RewardScorer, Timer, build_algo
+    from unipo.trainers.rl import RLState, advantages_of, collect
+
+    cfg = config.load("red", [f"model.path={tiny_model_dir}", "task=lucky7", "train.prompts_per_step=4",
+                              "rollout.group_size=6", "rollout.max_new_tokens=6"])  # fmt: skip
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    algo, scorer = build_algo(cfg), RewardScorer([reply_length], [1.0])
+    s = RLState(cfg, model, None, tok, algo, scorer, PromptStream(lucky7().train, 0), None, None,
+                torch.Generator().manual_seed(0), [], {})  # fmt: skip
+    batch, per_fn, _ = collect(s, algo, Timer())
+    torch.testing.assert_close(scorer.score(batch), per_fn)  # rewards still belong to their completions
+    sizes = torch.bincount(batch.group_ids).tolist()
+    assert len(sizes) == 4 and min(sizes) < 6  # unequal groups: some negatives were dropped
+    # the advantages are recomputed on the kept completions: group-mean REINFORCE sums to 0 within every unequal group
+    advantages = advantages_of(algo, per_fn[:, 0], per_fn, batch, {}, [1.0])
+    for g in range(4):
+        assert float(advantages[batch.group_ids == g].sum()) == pytest.approx(0.0, abs=1e-5)

@@ -107,7 +107,15 @@ def test_cli_main_returns_2_on_bad_component(capsys):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("algo.regularizers=[{name: sft_nll}]", "regularizer 'sft_nll' cannot run in the on-policy trainer yet: needs"),
+        (
+            "algo.regularizers=[{name: sft_nll}]",
+            "regularizer 'sft_nll' trains on demonstrations (`demo_mask`), and no "
+            "sampler of this recipe injects any: set algo.sampler to one of hpt",
+        ),
+        (
+            "algo.token_weights=[{name: igpo_hint_mask}]",
+            "token_weight 'igpo_hint_mask' cannot run in the on-policy trainer yet: needs",
+        ),
         ("algo.policy_loss.dual_clip=0.5", "algo.policy_loss: cannot run in the on-policy trainer:"),
         ("model.path=/no/such/dir", "model.path: /no/such/dir is not a directory"),
     ],
@@ -165,23 +173,35 @@ def test_every_on_policy_component_runs_in_the_trainer_or_is_listed_pure_only():
     from unipo.trainers.inputs import PURE_ONLY, RUNS_IN
 
     axes = {"advantage": "advantage", "policy_loss": "policy_loss", "aggregation": "aggregation", "kl": "kl",
-            "token_weight": "token_weights", "regularizer": "regularizers"}  # fmt: skip
+            "token_weight": "token_weights", "regularizer": "regularizers", "sampler": "sampler",
+            "critic": "critic"}  # fmt: skip
     checked = 0
     for e in algos.entries():
         if e.kind not in axes:
             continue
-        assert RUNS_IN[e.kind] == "rl"
+        assert RUNS_IN[e.kind].startswith("rl")
         required = [k for k, v in e.params.items() if v is REQUIRED]
         node = "{name: " + e.name + "".join(f", {k}: 1.0" for k in required) + "}"
         axis = axes[e.kind]
         listed = axis in ("token_weights", "regularizers")
         override = f"algo.{axis}=[{node}]" if listed else f"algo.{axis}={node}"
         extra = ["algo.kl.coef=0.1"] if e.kind == "kl" else []
-        algo = build_algo(config.load("grpo", [override, *extra]))
+        if "demo_mask" in e.needs():  # trains on demonstrations: only with a sampler that injects them
+            extra.append("algo.sampler={name: hpt}")
+            with pytest.raises(ConfigError, match="no sampler of this recipe injects any"):
+                check_runnable(build_algo(config.load("grpo", [override])))
+        algo = build_algo(config.load("ppo" if e.kind == "critic" else "grpo", [override, *extra]))
         if (e.kind, e.name) in PURE_ONLY:
             with pytest.raises(ConfigError, match="cannot run in the on-policy trainer yet"):
                 check_runnable(algo)
         else:
             check_runnable(algo)
         checked += 1
-    assert checked >= 75  # every on-policy id (75 at the time of writing)
+    assert checked >= 80  # every on-policy id (80 at the time of writing)
+
+
+def test_replacing_an_optional_component_drops_the_old_ones_hyperparameters():
+    # dapo's sampler is dynamic_sampling; naming another sampler keeps none of its keys (they would be unknown)
+    cfg = config.load("dapo", ["algo.sampler.name=red_drop"])
+    assert cfg.algo.sampler.name == "red_drop" and not cfg.algo.sampler.model_extra
+    assert config.load("ppo", ["algo.critic.name=t_ppo_recon"]).algo.critic.model_extra == {}

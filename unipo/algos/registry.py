@@ -55,7 +55,7 @@ DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs", "progress", "generator"
 
 TRAINER_INPUTS = frozenset(
     {"old_logp", "ref_logp", "rollout_logp", "advantages", "rewards", "group_ids", "entropy", "completion_ids",
-     "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards"}
+     "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards", "demo_mask"}
 )  # fmt: skip
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 
@@ -66,6 +66,8 @@ FACTS = {
     "anchor, so such responses may skip the forward and backward (SPPO)",
     "explore_from_ref": "online: its exploration response is sampled from the reference, not the policy (XPO)",
     "rewards_for_rl": "online: turns the group's win rates into rewards for the RL update (SPO)",
+    "demonstrations": "sampler: the completions it marks are replaced by their prompt's demonstration (the dataset's "
+    "`solution`, else `answer`), which carries no policy gradient and is trained on by `sft_nll` (HPT)",
 }
 """Facts about a method that change how a trainer feeds it (declared at registration, never keyed on its id)."""
 

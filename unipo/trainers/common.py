@@ -72,6 +72,11 @@ class Algo:
         fn = next(fn for fn in self.all() if name in fn.needs)
         return {**algos.entry(fn.kind, fn.id).params, **fn.keywords}
 
+    def has_fact(self, axis: str, fact: str) -> bool:
+        """Whether the component at `axis` (e.g. the sampler) is registered with `fact` (registry.FACTS)."""
+        fn = getattr(self, axis)
+        return fn is not None and fact in algos.entry(fn.kind, fn.id).facts
+
     @property
     def needs_ref(self) -> bool:
         """Whether the reference policy must be loaded and run (a KL term, or a component that reads it)."""
@@ -116,6 +121,10 @@ def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
         if (fn.kind, fn.id) in PURE_ONLY:
             raise ConfigError(f"{fn.kind} {fn.id!r} cannot run in the on-policy trainer yet: "
                               f"{PURE_ONLY[fn.kind, fn.id]}")  # fmt: skip
+        if "demo_mask" in fn.needs and not algo.has_fact("sampler", "demonstrations"):
+            demo_samplers = [n for n in algos.names("sampler") if "demonstrations" in algos.entry("sampler", n).facts]
+            raise ConfigError(f"{fn.kind} {fn.id!r} trains on demonstrations (`demo_mask`), and no sampler of this "
+                              f"recipe injects any: set algo.sampler to one of {', '.join(demo_samplers)}")  # fmt: skip
         late = unavailable(fn.kind, fn.needs)
         if late:
             raise ConfigError(f"{fn.kind} {fn.id!r} needs {', '.join(late)}, which the on-policy trainer produces only "
@@ -129,7 +138,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
         "group_ids": torch.tensor([0, 0, 1, 1]), "entropy": torch.rand(n, t, generator=g),
         "completion_ids": torch.randint(0, 5, (n, t), generator=g), "truncated": torch.zeros(n, dtype=torch.bool),
         "progress": 0.5, "generator": g, "proxy_logp": logp - 0.2, "tempered_old_logp": logp - 0.1,
-        "baseline_rewards": torch.tensor([0.5, 0.5, 0.0, 1.0]),
+        "baseline_rewards": torch.tensor([0.5, 0.5, 0.0, 1.0]), "demo_mask": torch.tensor([False, False, True, False]),
     }  # fmt: skip
     rewards = inputs["rewards"][:, None].repeat(1, num_rewards) if algo.multi_reward else inputs["rewards"]
     extra = {"reward_weights": torch.ones(num_rewards)} if algo.multi_reward else {}

@@ -45,6 +45,7 @@ PRODUCED_AT: dict[str, Stage] = {
     "progress": Stage.COLLECT,
     "baseline_rewards": Stage.COLLECT,  # the reward of a greedy decode of each prompt (ReMax), per completion
     "generator": Stage.COLLECT,
+    "demo_mask": Stage.COLLECT,  # [N] the completions that are demonstrations (a `demonstrations` sampler's)
     "ref_logp": Stage.REFERENCE,
     "advantages": Stage.ADVANTAGE,
     "logp": Stage.UPDATE,
@@ -92,8 +93,6 @@ PURE_ONLY: dict[tuple[str, str], str] = {
     "which the update does not keep yet",
     ("kl", "kl_full"): "needs the full-vocabulary logits of the policy and the reference (`logits`, `ref_logits`)",
     ("token_weight", "igpo_hint_mask"): "needs hint-injected samples and their `hint_mask`; no hint sampler yet",
-    ("regularizer", "sft_nll"): "needs demonstration samples and their `demo_mask`; no demonstration sampler yet "
-    "(on the policy's own samples it would be plain likelihood maximisation, not SFT)",
 }
 """Registered components that no trainer can run yet, with the reason: `unipo list` and docs/algorithms.md show
 them as "pure only", and the on-policy trainer refuses them at setup with this reason."""

@@ -18,12 +18,13 @@ import torch
 
 from unipo import algos
 from unipo.algos.ops import masked_sum
-from unipo.config import Config
+from unipo.config import Config, ConfigError
 from unipo.data.tasks import PromptStream, get_task
 from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
-from unipo.rollout.batch import Rollouts, cat, keep_groups
+from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups
 from unipo.rollout.hf import sample
+from unipo.rollout.inject import demonstrations, reference_text
 from unipo.trainers import checkpoint, controllers
 from unipo.trainers import critic as critics
 from unipo.trainers.common import (
@@ -50,6 +51,11 @@ def train(cfg: Config) -> Path:
     scorer = build_rewards(cfg, task.rewards)
     algo = build_algo(cfg)
     check_runnable(algo, len(scorer.names))
+    if algo.has_fact("sampler", "demonstrations") and task.train:
+        try:
+            reference_text(task.train[0])
+        except ValueError as e:
+            raise ConfigError(f"algo.sampler {algo.sampler.id!r} on task {task.name!r}: {e}") from None
 
     resume, saved = checkpoint.latest(run.checkpoints)  # verified before anything is loaded from it
     model, tokenizer = load_model_and_tokenizer(
@@ -149,6 +155,7 @@ def rl_step(s: RLState) -> dict[str, float]:
         "progress": (s.step - 1) / max(1, cfg.train.max_steps),
         "generator": s.generator,
         "rewards": torch.nan_to_num(rewards),
+        "demo_mask": batch.origin == Origin.DEMONSTRATION,
     }
     if "baseline_rewards" in algo.advantage.needs:  # ReMax: each prompt's greedy reply, scored like the samples
         with timer("baseline"):
@@ -189,33 +196,62 @@ def rl_step(s: RLState) -> dict[str, float]:
 
 
 def collect(s: RLState, algo: Algo, timer: Timer) -> tuple[Rollouts, torch.Tensor, dict[str, float]]:
-    """The collect stage: generate and score `train.prompts_per_step` prompts; with a sampler, keep the groups it
-    keeps and generate more prompts until exactly that many groups are kept (or `max_gen_batches` rounds ran; the
-    step then trains on the groups kept so far). Returns the batch, its rewards (N, K) and the sampler's metrics."""
+    """The collect stage: generate and score `train.prompts_per_step` prompts, then let the sampler act on them.
+    A group filter keeps the groups it keeps, and more prompts are generated until exactly that many groups are kept
+    (or `max_gen_batches` rounds ran; the step then trains on the groups kept so far). A demonstration sampler
+    (fact `demonstrations`) replaces the completions it marks by their prompt's demonstration, which is unscored
+    (NaN reward: no policy gradient) and trained on by `sft_nll`. Returns the batch, its rewards (N, K) and the
+    sampler's metrics."""
     want = s.cfg.train.prompts_per_step
+    batch, per_fn = _generate_and_score(s, s.stream.take(want), timer)
+    if algo.sampler is None:
+        return batch, per_fn, {}
+    if algo.has_fact("sampler", "demonstrations"):
+        return _with_demonstrations(s, algo, batch, per_fn)
+    entry = algos.entry("sampler", algo.sampler.id)
     parts: list[tuple[Rollouts, torch.Tensor]] = []
     kept = generated = rounds = 0
+    limit = {**entry.params, **algo.sampler.keywords}.get("max_gen_batches", 1)  # a filter with no regeneration: 1
     while True:
-        batch, per_fn = _generate_and_score(s, s.stream.take(want), timer)
         rounds += 1
-        if algo.sampler is None:
-            return batch, per_fn, {}
-        keep = algo.sampler(s.scorer.combine(per_fn), batch.group_ids.cpu()).to(batch.group_ids.device)
+        keep = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(), inputs=_sampler_inputs(s))
+        keep = keep.to(batch.group_ids.device)
         generated += want
         if bool(keep.any()):
             groups = torch.unique(batch.group_ids[keep])[: want - kept]  # never more than the batch needs
             keep &= torch.isin(batch.group_ids, groups)
             parts.append((keep_groups(batch, keep), per_fn[keep.cpu()]))
             kept += groups.numel()
-        limit = {**algos.entry("sampler", algo.sampler.id).params, **algo.sampler.keywords}["max_gen_batches"]
         if kept == want or (limit > 0 and rounds >= limit):
             break
+        batch, per_fn = _generate_and_score(s, s.stream.take(want), timer)
     stats = {"sampler/gen_batches": float(rounds), "sampler/kept_frac": kept / generated,
              "sampler/groups": float(kept)}  # fmt: skip
     if not parts:  # nothing kept within the limit: train on the last batch (its advantages are all 0)
         return batch, per_fn, stats
     merged = cat([b for b, _ in parts], s.tokenizer.pad_token_id) if len(parts) > 1 else parts[0][0]
     return merged, torch.cat([p for _, p in parts]), stats
+
+
+def _sampler_inputs(s: RLState) -> dict[str, Any]:
+    # a CPU generator seeded from the run's (which may live on the GPU), so the sampler's draws resume exactly
+    seed = torch.randint(0, 2**62, (1,), generator=s.generator, device=s.generator.device)
+    return {"generator": torch.Generator().manual_seed(int(seed))}
+
+
+def _with_demonstrations(
+    s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor
+) -> tuple[Rollouts, torch.Tensor, dict[str, float]]:
+    switch = algo.sampler(s.scorer.combine(per_fn), batch.group_ids.cpu()).to(batch.group_ids.device)
+    prompts = torch.unique(batch.group_ids[switch])
+    stats = {"sampler/demo_frac": prompts.numel() / batch.prompt_ids.shape[0],
+             "sampler/sampled_reward": _nanmean(s.scorer.combine(per_fn))}  # before the switch  # fmt: skip
+    if prompts.numel() == 0:
+        return batch, per_fn, stats
+    demos = demonstrations(batch, prompts, s.tokenizer, s.cfg.rollout.max_new_tokens)
+    parts = [demos] if bool(switch.all()) else [keep_groups(batch, ~switch), demos]
+    unscored = torch.full((demos.num_completions, per_fn.shape[1]), float("nan"))
+    return cat(parts, s.tokenizer.pad_token_id), torch.cat([per_fn[~switch.cpu()], unscored]), stats
 
 
 def _generate_and_score(s: RLState, rows: list[dict], timer: Timer) -> tuple[Rollouts, torch.Tensor]:
@@ -320,6 +356,7 @@ def update(
                 "entropy": entropy,
                 "completion_ids": mb.completion_ids,
                 "truncated": mb.truncated,
+                "demo_mask": mb.origin == Origin.DEMONSTRATION,
             }
             for name, (make, params, values) in derived.items():  # of the sampling policy (= the current one, pass 1)
                 if epoch == 0:

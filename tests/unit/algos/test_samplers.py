@@ -69,3 +69,46 @@ def test_keep_groups_and_cat_keep_each_completion_with_its_prompt():
     assert merged.group_ids.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert _pairs(merged) == _pairs(a)[2:] + _pairs(b)
     assert merged.prompt_ids.shape == (4, 4) and merged.completion_ids.shape == (8, 4)
+
+
+def test_hpt_switches_the_prompts_with_no_solved_rollout():
+    hpt = algos.get("sampler", "hpt")
+    # groups: 0 = {0, 0} none solved; 1 = {1, 0} one; 2 = {nan, 0}: unscored is not solved; 3 = {0.5, 0.2}
+    rewards = torch.tensor([0.0, 0.0, 1.0, 0.0, float("nan"), 0.0, 0.5, 0.2])
+    gids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert hpt(rewards, gids).tolist() == [True, True, False, False, True, True, False, False]
+    # a gate of 1 also switches group 1 (one solved) but not group 3 (two); solved only above 0.3: group 3 has one
+    assert hpt(rewards, gids, switch_gate=1).tolist() == [True] * 6 + [False] * 2
+    assert hpt(rewards, gids, solved_above=0.3).tolist() == [True] * 2 + [False] * 2 + [True] * 2 + [False] * 2
+    assert algos.entry("sampler", "hpt").facts == {"demonstrations"}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([0.0, 1.0, 0.5]), min_size=1, max_size=6), min_size=1, max_size=5),
+       st.integers(0, 1000))  # fmt: skip
+def test_red_drop_leaves_no_more_negatives_than_positives(groups, seed):
+    # §13 S1: after red_drop, #neg <= #pos in every group; positives and at-mean completions are all kept, and a
+    # group that had too many negatives keeps exactly #pos of them
+    red_drop = algos.get("sampler", "red_drop")
+    rewards = torch.tensor([r for g in groups for r in g])
+    gids = torch.tensor([i for i, g in enumerate(groups) for _ in g])
+    keep = red_drop(rewards, gids, generator=torch.Generator().manual_seed(seed))
+    for i, g in enumerate(groups):
+        r, k = torch.tensor(g), keep[gids == i]
+        neg, pos = r < r.mean(), r > r.mean()
+        assert bool(k[~neg].all())
+        assert int((k & neg).sum()) == min(int(neg.sum()), int(pos.sum()))
+
+
+def test_red_drop_on_a_hand_worked_batch():
+    red_drop = algos.get("sampler", "red_drop")
+    # group 0 = {1, 0, 0, 0}: 1 positive, keep 1 of the 3 negatives; group 1 = {1, 1, 0}: balanced already;
+    # group 2 = {nan, 1, 0, 0}: the unscored completion stays, one of the two negatives goes
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, float("nan"), 1, 0, 0])
+    gids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    seen = set()
+    for seed in range(20):
+        keep = red_drop(rewards, gids, generator=torch.Generator().manual_seed(seed))
+        assert keep[[0, 4, 5, 6, 7, 8]].all() and int(keep[1:4].sum()) == 1 and int(keep[9:].sum()) == 1
+        seen.add(tuple(keep[1:4].tolist()))
+    assert len(seen) == 3  # each negative can be the one kept

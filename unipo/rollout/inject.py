@@ -1,0 +1,42 @@
+"""Samples that a sampler puts into the batch instead of (or beside) the policy's: demonstrations from the dataset.
+
+Each is tokenised once, here, and carried as token ids from then on (never re-tokenised); its `origin` says what it
+is. No policy sampled a demonstration, so it has no behaviour log-probs: they are stored as 0 (probability 1), never
+NaN, so that a masked product can never turn into NaN; a method that must tell them apart reads `origin`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unipo.rollout.batch import Origin, Rollouts
+
+
+def reference_text(row: dict) -> str:
+    """A row's reference solution: its `solution` column, else its `answer`."""
+    for key in ("solution", "answer"):
+        if row.get(key) not in (None, ""):
+            return str(row[key])
+    raise ValueError(f"a demonstration needs a `solution` or `answer` column; the row has {sorted(row)}")
+
+
+def demonstrations(batch: Rollouts, prompts: torch.Tensor, tokenizer: object, max_tokens: int) -> Rollouts:
+    """One completion per prompt index in `prompts` (of `batch`): the row's reference solution plus EOS, cut to
+    `max_tokens`; the prompts' tensors are those of `batch`, so the demonstration is trained exactly on them."""
+    device = batch.prompt_ids.device
+    used = [int(p) for p in prompts.tolist()]
+    eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
+    encoded = [(tokenizer(reference_text(batch.rows[p]), add_special_tokens=False)["input_ids"] + [eos])[:max_tokens]
+               for p in used]  # type: ignore[operator]  # fmt: skip
+    width = max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id  # type: ignore[attr-defined]
+    ids = torch.tensor([e + [pad] * (width - len(e)) for e in encoded], device=device)
+    mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded], device=device)
+    n = len(used)
+    return Rollouts(
+        batch.prompt_ids[used], batch.prompt_mask[used], ids, mask, torch.arange(n, device=device),
+        truncated=torch.tensor([len(e) == max_tokens and e[-1] != eos for e in encoded], device=device),
+        rollout_logp=torch.zeros(ids.shape, device=device), rows=[batch.rows[p] for p in used],
+        texts=[reference_text(batch.rows[p]) for p in used],
+        origin=torch.full((n,), int(Origin.DEMONSTRATION), dtype=torch.long, device=device),
+    )  # fmt: skip
