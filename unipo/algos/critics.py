@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import torch
 
-from unipo.algos.advantages._group import check_mask, check_range, check_token_tensor, whiten
-from unipo.algos.advantages.baselines import _last_token_rewards, discounted_returns
+from unipo.algos.advantages._group import check_mask, check_range, whiten
+from unipo.algos.advantages.baselines import discounted_returns, kl_token_rewards
 from unipo.algos.ops import masked_sum
 from unipo.algos.registry import register, warn_reconstruction
 
@@ -52,42 +52,43 @@ def _gae(
     return adv, torch.where(m, adv + v, torch.zeros_like(v))
 
 
-def _check(values: torch.Tensor, mask: torch.Tensor | None, rewards: torch.Tensor, name: str) -> torch.Tensor:
+def _targets(
+    name: str,
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None,
+    cut: torch.Tensor | None,
+    old_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    gamma: float,
+    lam: float,
+    kl_coef: float,
+    whiten_adv: bool,
+    adv_clip: float,
+    eps: float,
+) -> CriticTargets:
+    """The estimators' shared body. `cut` [N] bool: rows cut off by the token budget that are bootstrapped with
+    V(s_L), get no outcome reward and do not train the critic (T-PPO); None: every reply ends the episode (PPO)."""
+    check_range("gamma", gamma, 0.0, 1.0)
+    check_range("lam", lam, 0.0, 1.0)
+    check_range("kl_coef", kl_coef, 0.0)
+    check_range("adv_clip", adv_clip, 0.0)
     m = check_mask(mask, rewards.shape[0], name)
     if values.shape != (m.shape[0], m.shape[1] + 1):
         raise ValueError(f"{name}: values must be [N, T+1] = {[m.shape[0], m.shape[1] + 1]}, got {list(values.shape)}")
     if bool((m[:, 1:] & ~m[:, :-1]).any()):
         raise ValueError(f"{name}: the mask must be a contiguous prefix of each row (one completion per row)")
-    return m
-
-
-def _token_rewards(
-    rewards: torch.Tensor,
-    m: torch.Tensor,
-    old_logp: torch.Tensor | None,
-    ref_logp: torch.Tensor | None,
-    kl_coef: float,
-    name: str,
-) -> torch.Tensor:
-    """r_{i,t} = −β·(log π_old − log π_ref)_{i,t} + 1[t = last]·r_i (KL in the reward, k1; ALGORITHMS.md §4.1)."""
-    token_rewards = _last_token_rewards(rewards, m)
-    if kl_coef > 0:
-        if old_logp is None or ref_logp is None:
-            missing = "old_logp" if old_logp is None else "ref_logp"
-            raise ValueError(f"{name} with kl_coef={kl_coef} > 0 needs {missing} [N, T] (keyword tensor)")
-        old = check_token_tensor(old_logp, "old_logp", m, rewards, name)
-        ref = check_token_tensor(ref_logp, "ref_logp", m, rewards, name)
-        token_rewards = token_rewards - kl_coef * torch.where(m, old - ref, torch.zeros_like(old))
-    return token_rewards
-
-
-def _finish(adv: torch.Tensor, returns: torch.Tensor, m: torch.Tensor, value_mask: torch.Tensor, whiten_adv: bool,
-            adv_clip: float, eps: float) -> CriticTargets:  # fmt: skip
+    m = m & ~torch.isnan(rewards)[:, None]  # an unscored row gets A = 0 and does not train the critic
+    cut = torch.zeros_like(m[:, 0]) if cut is None else cut.bool()
+    outcome = torch.where(cut, torch.zeros_like(rewards), rewards)
+    token_rewards = kl_token_rewards(outcome, m, old_logp, ref_logp, kl_coef, name)
+    at_cut = values.gather(1, m.sum(1, keepdim=True)).squeeze(1)  # V(s_L)
+    adv, returns = _gae(token_rewards, values, m, torch.where(cut, at_cut, torch.zeros_like(at_cut)), gamma, lam)
     if whiten_adv:
         adv = whiten(adv, m, eps=eps)
     if adv_clip > 0:
         adv = adv.clamp(-adv_clip, adv_clip)
-    return CriticTargets(adv, returns, value_mask)
+    return CriticTargets(adv, returns, m & ~cut[:, None])
 
 
 _KL_INPUTS = {"old_logp", "ref_logp"}
@@ -138,14 +139,8 @@ def ppo_gae(
     Returns:
         CriticTargets: advantages [N, T], returns [N, T] and the value mask (valid tokens of scored rows).
     """
-    check_range("gamma", gamma, 0.0, 1.0)
-    check_range("lam", lam, 0.0, 1.0)
-    check_range("kl_coef", kl_coef, 0.0)
-    check_range("adv_clip", adv_clip, 0.0)
-    m = _check(values, mask, rewards, "ppo_gae") & ~torch.isnan(rewards)[:, None]
-    token_rewards = _token_rewards(rewards, m, old_logp, ref_logp, kl_coef, "ppo_gae")
-    adv, returns = _gae(token_rewards, values, m, torch.zeros_like(values[:, 0]), gamma, lam)
-    return _finish(adv, returns, m, m, whiten_advantages, adv_clip, eps)
+    return _targets("ppo_gae", rewards, values, mask, None, old_logp, ref_logp, gamma, lam, kl_coef,
+                    whiten_advantages, adv_clip, eps)  # fmt: skip
 
 
 _T_PPO = "T-PPO: Truncated Proximal Policy Optimization, 2025 (ALGORITHMS.md seeds 001-08; citation not checked)"
@@ -187,20 +182,10 @@ def t_ppo_recon(
         CriticTargets with the value mask restricted to finished rows.
     """
     warn_reconstruction("t_ppo_recon", _T_PPO)
-    check_range("gamma", gamma, 0.0, 1.0)
-    check_range("lam", lam, 0.0, 1.0)
-    check_range("kl_coef", kl_coef, 0.0)
     if truncated is None or truncated.shape != rewards.shape:
         raise ValueError(f"t_ppo_recon needs truncated [N] = {list(rewards.shape)} (keyword tensor)")
-    m = _check(values, mask, rewards, "t_ppo_recon") & ~torch.isnan(rewards)[:, None]
-    cut = truncated.bool()
-    outcome = torch.where(cut, torch.zeros_like(rewards), rewards)
-    token_rewards = _token_rewards(outcome, m, old_logp, ref_logp, kl_coef, "t_ppo_recon")
-    length = m.sum(1)
-    at_cut = values.gather(1, length[:, None]).squeeze(1)  # V(s_L)
-    bootstrap = torch.where(cut, at_cut, torch.zeros_like(at_cut))
-    adv, returns = _gae(token_rewards, values, m, bootstrap, gamma, lam)
-    return _finish(adv, returns, m, m & ~cut[:, None], whiten_advantages, 0.0, eps)
+    return _targets("t_ppo_recon", rewards, values, mask, truncated, old_logp, ref_logp, gamma, lam, kl_coef,
+                    whiten_advantages, 0.0, eps)  # fmt: skip
 
 
 def clipped_value_loss(

@@ -214,7 +214,9 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> tuple[Rollouts, torch.Tenso
     limit = {**entry.params, **algo.sampler.keywords}.get("max_gen_batches", 1)  # a filter with no regeneration: 1
     while True:
         rounds += 1
-        keep = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(), inputs=_sampler_inputs(s))
+        keep = call(
+            algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(), inputs=_sampler_inputs(s, algo.sampler)
+        )
         keep = keep.to(batch.group_ids.device)
         generated += want
         if bool(keep.any()):
@@ -233,8 +235,11 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> tuple[Rollouts, torch.Tenso
     return merged, torch.cat([p for _, p in parts]), stats
 
 
-def _sampler_inputs(s: RLState) -> dict[str, Any]:
-    # a CPU generator seeded from the run's (which may live on the GPU), so the sampler's draws resume exactly
+def _sampler_inputs(s: RLState, sampler: Any) -> dict[str, Any]:
+    # a CPU generator seeded from the run's (which may live on the GPU), so the sampler's draws resume exactly;
+    # drawn only for a sampler that declares it
+    if "generator" not in sampler.needs:
+        return {}
     seed = torch.randint(0, 2**62, (1,), generator=s.generator, device=s.generator.device)
     return {"generator": torch.Generator().manual_seed(int(seed))}
 

@@ -95,6 +95,27 @@ def _last_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return torch.zeros(mask.shape, dtype=rewards.dtype, device=rewards.device).scatter(1, last[:, None], r[:, None])
 
 
+def kl_token_rewards(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    kl_coef: float,
+    name: str,
+) -> torch.Tensor:
+    """r_{i,t} = −β·(log π_old − log π_ref)_{i,t} + 1[t = last valid]·r_i: outcome reward on the last token plus the
+    k1 KL penalty in the reward (ALGORITHMS.md §4.1); 0 outside `mask`. `name` is the estimator, for errors."""
+    token_rewards = _last_token_rewards(rewards, mask)
+    if kl_coef > 0:
+        if old_logp is None or ref_logp is None:
+            missing = "old_logp" if old_logp is None else "ref_logp"
+            raise ValueError(f"{name} with kl_coef={kl_coef} > 0 needs {missing} [N, T] (keyword tensor)")
+        old = check_token_tensor(old_logp, "old_logp", mask, rewards, name)
+        ref = check_token_tensor(ref_logp, "ref_logp", mask, rewards, name)
+        token_rewards = token_rewards - kl_coef * torch.where(mask, old - ref, torch.zeros_like(old))
+    return token_rewards
+
+
 @register(
     "advantage",
     "reinforce_pp",
@@ -141,14 +162,7 @@ def reinforce_pp(
     rewards = check_rewards(rewards, group_ids)
     m = check_mask(mask, rewards.shape[0], "reinforce_pp")
     token_mask = m & ~torch.isnan(rewards)[:, None]
-    token_rewards = _last_token_rewards(rewards, token_mask)
-    if kl_coef > 0:
-        if old_logp is None or ref_logp is None:
-            missing = "old_logp" if old_logp is None else "ref_logp"
-            raise ValueError(f"reinforce_pp with kl_coef={kl_coef} > 0 needs {missing} [N, T] (keyword tensor)")
-        old = check_token_tensor(old_logp, "old_logp", m, rewards, "reinforce_pp")
-        ref = check_token_tensor(ref_logp, "ref_logp", m, rewards, "reinforce_pp")
-        token_rewards = token_rewards - kl_coef * torch.where(token_mask, old - ref, torch.zeros_like(old))
+    token_rewards = kl_token_rewards(rewards, token_mask, old_logp, ref_logp, kl_coef, "reinforce_pp")
     returns = discounted_returns(token_rewards, token_mask, gamma)
     return whiten(returns, token_mask, eps=eps)
 
