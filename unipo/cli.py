@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p_verify.add_argument("--plot", metavar="PNG", help="also draw Nash-MD vs Nash-MP curves (needs matplotlib)")
     p_verify.add_argument("--beta", type=float, default=0.5, help="preference: the losses' beta")
     p_list = sub.add_parser("list", help="every registered component with its paper")
-    p_list.add_argument("kind", nargs="?", help="only this kind (advantage, policy_loss, ...), or recipes, tasks")
+    p_list.add_argument(
+        "kind", nargs="?", help="only this kind (advantage, policy_loss, ...), or recipes, tasks, rewards"
+    )
     p_list.add_argument("--markdown", nargs="?", const="docs/algorithms.md", metavar="PATH",
                         help="write the whole catalogue as Markdown (default docs/algorithms.md)")  # fmt: skip
     ns = parser.parse_args(argv)
@@ -227,11 +229,17 @@ def _list(kind: str | None) -> int:
         for name, make in sorted(TASKS.items()):
             print(f"{name:12s} {make().description}")
         return 0
+    if kind == "rewards":
+        from unipo.rewards import BUILTIN
+
+        for name, fn in sorted(BUILTIN.items()):
+            print(f"{name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
     from unipo import algos
     from unipo.trainers.inputs import where_it_runs
 
     if kind is not None and kind not in algos.KINDS:
-        raise ConfigError(f"unknown kind {kind!r}; kinds: {', '.join(algos.KINDS)}, recipes, tasks")
+        raise ConfigError(f"unknown kind {kind!r}; kinds: {', '.join(algos.KINDS)}, recipes, tasks, rewards")
     current = None
     for e in algos.entries():
         if kind is not None and e.kind != kind:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -146,11 +146,34 @@ class CriticConfig(_Strict):
     """Steps at the start that train only the critic, the policy frozen (OpenRLHF `critic.freezing_steps`)."""
 
 
-class RewardConfig(_Strict):
-    component: str = Field(alias="_component_")
+class RewardConfig(BaseModel):
+    """One reward function: a built-in `name` (see `unipo list rewards`) or a dotted path `_component_`, its weight,
+    and any other keys as its keyword arguments (`{name: regex, pattern: "^\\d+$"}`)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str | None = None
+    """A built-in reward function (`unipo list rewards`)."""
+    component: str | None = Field(None, alias="_component_")
     """Dotted path `package.module.function` of a reward callable fn(prompts, completions, **columns)."""
     weight: float = 1.0
     """Weight of this reward in the sum."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardConfig:
+        if (self.name is None) == (self.component is None):
+            raise ValueError("a reward needs exactly one of `name` (built-in) or `_component_` (dotted path)")
+        return self
+
+
+class RewardSettings(_Strict):
+    """How reward functions are called (every call is isolated: rewards/scorer.py)."""
+
+    timeout_s: float = Field(60.0, gt=0)
+    """Seconds one reward call may take; past it the call's completions are unscored (advantage 0), the failure is
+    counted (`reward/errors/<name>`) and the run goes on."""
+    workers: int = Field(0, ge=0)
+    """Run reward functions in this many worker processes (0: in the trainer's process, each call in a thread). A
+    worker past its time limit is killed, and one that dies fails only its call: use workers for untrusted code."""
 
 
 class DataConfig(_Strict):
@@ -225,7 +248,8 @@ class Config(_Strict):
     data: DataConfig = DataConfig()
     online: OnlineConfig = OnlineConfig()
     rewards: list[RewardConfig] = []
-    """Extra reward callables; when empty, the task's own reward is used."""
+    """Reward functions with weights; when empty, the task's own rewards are used."""
+    reward: RewardSettings = RewardSettings()
     critic: CriticConfig = CriticConfig()
     eval: EvalConfig = EvalConfig()
 

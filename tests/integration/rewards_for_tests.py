@@ -1,3 +1,13 @@
+"""Reward functions and judges for the tests, at module level so worker processes can import them."""
+
+import os
+import threading
+import time
+
+RELEASE = threading.Event()
+"""Set by the tests' teardown so in-process calls of `blocks` end."""
+
+
 def explodes(prompts, completions, **_):
     raise RuntimeError("this reward function always fails")
 
@@ -40,3 +50,29 @@ def first_token_even(prompts, completions, completion_ids, **_):
 def odd_prompt(prompts, completions, **_):
     """1 for every reply to a prompt of odd length, 0 otherwise: some prompts are always solved, the others never."""
     return [float(len(str(p)) % 2 == 1) for p in prompts]
+
+
+def length(prompts, completions, **_):
+    return [float(len(c)) for c in completions]
+
+
+def blocks(prompts, completions, **_):
+    RELEASE.wait()
+    return [1.0] * len(completions)
+
+
+def sleeps(prompts, completions, **_):
+    time.sleep(3600)
+    return [1.0] * len(completions)
+
+
+def dies(prompts, completions, **_):
+    os._exit(3)
+
+
+def too_few(prompts, completions, **_):
+    return [1.0]
+
+
+def sometimes_none(prompts, completions, **_):
+    return [None if c == "skip" else 1.0 for c in completions]

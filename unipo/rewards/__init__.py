@@ -94,6 +94,36 @@ def call_reward(fn: Callable, prompts: list, completions: list, columns: dict[st
     return fn(prompts, completions, **columns)
 
 
+class RewardError(Exception):
+    """A reward call that did not give one number (or None) per completion in time."""
+
+
+def _checked(values: object, n: int) -> list[float | None]:
+    values = list(values)  # type: ignore[call-overload]
+    if len(values) != n:
+        raise RewardError(f"returned {len(values)} values for {n} completions")
+    return [None if v is None else float(v) for v in values]
+
+
+def run_call(fn: Callable, prompts: list, completions: list, columns: dict[str, list]) -> list[float | None]:
+    """One call of `fn` (an `async def` function run to completion in a fresh event loop), checked: one float or
+    None per completion. What a reward worker process runs (this module imports nothing heavy)."""
+    out = call_reward(fn, prompts, completions, columns)
+    if inspect.isawaitable(out):
+        import asyncio
+
+        async def wait() -> object:
+            return await out
+
+        out = asyncio.run(wait())
+    return _checked(out, len(completions))
+
+
+async def checked_coro(fn: Callable, prompts: list, completions: list, columns: dict[str, list]) -> list[float | None]:
+    """`run_call` for an `async def` function inside a running event loop."""
+    return _checked(await call_reward(fn, prompts, completions, columns), len(completions))
+
+
 def contains_answer(prompts: Sequence, completions: Sequence[str], answer: Sequence[str], **_: object) -> list[float]:
     """1.0 when the reference integer `answer` appears as a whole number in the completion, else 0.0."""
     return [1.0 if str(a) in _INT.findall(text_of(c)) else 0.0 for c, a in zip(completions, answer, strict=True)]
@@ -135,3 +165,113 @@ def share_of_target(prompts: Sequence, completions: Sequence[str], target: Seque
         chars = [ch for ch in text_of(c) if not ch.isspace()]
         out.append(sum(ch == t for ch in chars) / len(chars) if chars else 0.0)
     return out
+
+
+def _answer_text(answer: object) -> str:
+    return str(answer).strip()
+
+
+def exact_match(prompts: Sequence, completions: Sequence, answer: Sequence, **_: object) -> list[float]:
+    """1.0 when the completion, stripped of surrounding whitespace, equals `answer`, else 0.0."""
+    return [float(text_of(c).strip() == _answer_text(a)) for c, a in zip(completions, answer, strict=True)]
+
+
+def contains(prompts: Sequence, completions: Sequence, answer: Sequence, **_: object) -> list[float]:
+    """1.0 when `answer` occurs in the completion as a substring, else 0.0."""
+    return [float(_answer_text(a) in text_of(c)) for c, a in zip(completions, answer, strict=True)]
+
+
+def regex(prompts: Sequence, completions: Sequence, *, pattern: str, **_: object) -> list[float]:
+    """1.0 when the regular expression `pattern` matches the whole completion (`re.fullmatch`, DOTALL), else 0.0."""
+    compiled = re.compile(pattern, re.DOTALL)
+    return [float(compiled.fullmatch(text_of(c)) is not None) for c in completions]
+
+
+_THINK_ANSWER = re.compile(r"\s*<think>.+?</think>\s*<answer>.+?</answer>\s*", re.DOTALL)
+
+
+def think_answer_format(prompts: Sequence, completions: Sequence, **_: object) -> list[float]:
+    """1.0 when the completion is `<think>…</think><answer>…</answer>` (whitespace around the tags allowed, both
+    non-empty, nothing else), else 0.0: the R1-style format reward."""
+    return [float(_THINK_ANSWER.fullmatch(text_of(c)) is not None) for c in completions]
+
+
+def math_answer(
+    prompts: Sequence, completions: Sequence, answer: Sequence, truncated: Sequence[bool] | None = None, **_: object
+) -> list[float]:
+    """1.0 when the completion's final answer equals `answer` as a number or, failing that, as normalised text;
+    else 0.0. A truncated completion scores 0.
+
+    The final answer is the content of the last `\\boxed{…}`, else of the last `<answer>…</answer>`, else the last
+    number written. Numbers compare exactly as fractions: `0.5`, `1/2`, `\\frac{1}{2}`, `\\dfrac12`-free LaTeX such as
+    `\\frac{1}{2}`, `1,000` and `$3$` are the numbers they write. Text compares after removing spaces, `$`,
+    `\\left`/`\\right` and a trailing period. Ours, not math-verify (which the issue names; it is not in this
+    environment's package index): no symbolic equivalence (`2\\sqrt{2}` vs `\\sqrt{8}`), no units.
+    """
+    ends = [False] * len(completions) if truncated is None else list(truncated)
+    out = []
+    for c, a, cut in zip(completions, answer, ends, strict=True):
+        got = final_math_answer(text_of(c))
+        out.append(float(not cut and got is not None and same_math_answer(got, str(a))))
+    return out
+
+
+def final_math_answer(text: str) -> str | None:
+    """The last `\\boxed{…}` content (braces balanced), else the last `<answer>…</answer>`, else the last number."""
+    start = text.rfind("\\boxed{")
+    if start >= 0:
+        depth, i = 1, start + len("\\boxed{")
+        for j in range(i, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                return text[i:j]
+        return None
+    tagged = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    if tagged:
+        return tagged[-1]
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?", text)
+    return numbers[-1] if numbers else None
+
+
+def same_math_answer(got: str, want: str) -> bool:
+    """`got` and `want` write the same number (as exact fractions), or the same normalised text."""
+    a, b = _as_number(got), _as_number(want)
+    if a is not None and b is not None:
+        return a == b
+    return _normalise(got) == _normalise(want)
+
+
+def _normalise(text: str) -> str:
+    text = re.sub(r"\\left|\\right|\\!|\\,|\$|\s", "", text)
+    return text.rstrip(".")
+
+
+def _as_number(text: str):  # noqa: ANN202 (Fraction | None)
+    from fractions import Fraction
+
+    t = _normalise(text)
+    t = re.sub(r"\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}", r"(\1)/(\2)", t)
+    t = t.replace("{", "").replace("}", "")
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", t):
+        t = t.replace(",", "")
+    m = re.fullmatch(r"\(?(-?\d+(?:\.\d+)?)\)?(?:/\(?(-?\d+(?:\.\d+)?)\)?)?", t)
+    if not m:
+        return None
+    num = Fraction(m.group(1))
+    den = Fraction(m.group(2)) if m.group(2) else Fraction(1)
+    return None if den == 0 else num / den
+
+
+BUILTIN: dict[str, Callable[..., list]] = {
+    "final_answer": final_answer,
+    "bare_answer": bare_answer,
+    "contains_answer": contains_answer,
+    "only_number": only_number,
+    "share_of_target": share_of_target,
+    "exact_match": exact_match,
+    "contains": contains,
+    "regex": regex,
+    "format": think_answer_format,
+    "math": math_answer,
+}
+"""Reward functions configured by name (`rewards=[{name: math}]`); extra keys are their keyword arguments."""

@@ -11,7 +11,6 @@ import math
 import os
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Any
 import torch
 
 from unipo import algos
-from unipo.config import AXES, Config, component_kwargs, to_yaml
-from unipo.rewards import call_reward, reward_inputs
+from unipo.config import AXES, Config, ConfigError, component_kwargs, to_yaml
+from unipo.rewards import BUILTIN
+from unipo.rewards.scorer import RewardScorer
 
 log = logging.getLogger("unipo")
 
@@ -214,54 +214,43 @@ def import_object(dotted: str) -> Any:
         raise ValueError(f"cannot import {dotted!r}: {e}") from None
 
 
-class RewardScorer:
-    """Calls reward functions on a batch; a crashing function scores None for that batch instead of
-    killing the run (the error is logged once per function, then counted)."""
-
-    def __init__(self, fns: list[Callable], weights: list[float]):
-        self.fns, self.weights = fns, weights
-        self.names = [getattr(f, "__name__", f"reward_{i}") for i, f in enumerate(fns)]
-        self.failures = {n: 0 for n in self.names}
-
-    def __call__(
-        self,
-        rows: list[dict[str, Any]],
-        group_ids: list[int],
-        completions: list[str],
-        truncated: list[bool] | None = None,
-        completion_ids: list[list[int]] | None = None,
-    ) -> torch.Tensor:
-        """Rewards (N, K), NaN where a function returned None or failed."""
-        prompts, columns = reward_inputs(rows, group_ids, truncated, completion_ids)
-        out = torch.full((len(completions), len(self.fns)), float("nan"))
-        for k, (fn, name) in enumerate(zip(self.fns, self.names, strict=True)):
-            try:
-                values = list(call_reward(fn, prompts, completions, columns))
-                if len(values) != len(completions):
-                    raise ValueError(f"returned {len(values)} values for {len(completions)} completions")
-                out[:, k] = torch.tensor([math.nan if v is None else float(v) for v in values])
-            except Exception:  # a user's reward function may fail in any way; the run goes on
-                self.failures[name] += 1
-                if self.failures[name] == 1:
-                    log.warning("reward %s failed; scoring None this batch:\n%s", name, traceback.format_exc())
-        return out
-
-    def score(self, batch: Any) -> torch.Tensor:
-        """Rewards (N, K) of a sampled batch (`Rollouts`): its texts, token ids and truncation flags."""
-        return self(batch.rows, batch.group_ids.tolist(), batch.texts, batch.truncated.tolist(), batch.token_lists())
-
-    def combine(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Weighted sum over functions ignoring NaN; NaN when every function gave None. (N, K) -> (N,)"""
-        w = torch.tensor(self.weights, dtype=rewards.dtype)
-        total = torch.nansum(rewards * w, dim=1)
-        return torch.where(torch.isnan(rewards).all(dim=1), torch.nan, total)
-
-
 def build_rewards(cfg: Config, task_rewards: list[tuple[Callable, float]]) -> RewardScorer:
-    """The config's `rewards` when given, else the task's own reward functions and weights."""
+    """The config's `rewards` (built-in names or dotted paths, extra keys bound as keyword arguments) when given,
+    else the task's own reward functions and weights; called as `cfg.reward` says."""
+    settings = {"timeout_s": cfg.reward.timeout_s, "workers": cfg.reward.workers}
     if not cfg.rewards:
-        return RewardScorer([fn for fn, _ in task_rewards], [w for _, w in task_rewards])
-    return RewardScorer([import_object(r.component) for r in cfg.rewards], [r.weight for r in cfg.rewards])
+        return RewardScorer([fn for fn, _ in task_rewards], [w for _, w in task_rewards], **settings)
+    fns, names = [], []
+    for i, r in enumerate(cfg.rewards):
+        where = f"rewards[{i}]"
+        if r.name is not None and r.name not in BUILTIN:
+            raise ConfigError(f"{where}: unknown reward {r.name!r}; built-in: {', '.join(sorted(BUILTIN))}")
+        try:
+            fn = BUILTIN[r.name] if r.name is not None else import_object(r.component)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        kwargs = dict(r.model_extra or {})
+        if kwargs:
+            params = inspect.signature(fn).parameters
+            unknown = sorted(k for k in kwargs if k not in params or k in ("prompts", "completions"))
+            if unknown and (r.name is not None or not any(p.kind is p.VAR_KEYWORD for p in params.values())):
+                named = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
+                raise ConfigError(f"{where} ({r.name or r.component}): unknown keyword(s) {', '.join(unknown)}; "
+                                  f"it takes {', '.join(named) or 'none'}")  # fmt: skip
+            fn = functools.partial(fn, **kwargs)
+        fns.append(fn)
+        names.append(r.name or r.component.rpartition(".")[2])
+    return RewardScorer(fns, [r.weight for r in cfg.rewards], names=_unique(names), **settings)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """`names` with repeats numbered (`regex`, `regex_2`), so each reward has its own metrics."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return out
 
 
 class RunDir:

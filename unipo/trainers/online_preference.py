@@ -197,7 +197,10 @@ def train(cfg: Config) -> Path:
     def evaluate(step: int) -> Any:
         return heldout_eval(cfg, run, model, tokenizer, task, step)
 
-    run_steps(cfg, run, model, tokenizer, start, step_fn, evaluate, s.checkpoint_state, SHOWN, failures)
+    try:
+        run_steps(cfg, run, model, tokenizer, start, step_fn, evaluate, s.checkpoint_state, SHOWN, failures)
+    finally:
+        scorer.close()
     return run.path
 
 

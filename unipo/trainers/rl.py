@@ -91,19 +91,22 @@ def train(cfg: Config) -> Path:
     def evaluate(step: int) -> Any:
         return heldout_eval(cfg, run, model, tokenizer, task, step)
 
-    run_steps(
-        cfg,
-        run,
-        model,
-        tokenizer,
-        start,
-        step_fn,
-        evaluate,
-        state.checkpoint_state,
-        SHOWN,
-        lambda: scorer.failures,
-        extra_models={critics.SUBDIR: critic.model} if critic else None,
-    )
+    try:
+        run_steps(
+            cfg,
+            run,
+            model,
+            tokenizer,
+            start,
+            step_fn,
+            evaluate,
+            state.checkpoint_state,
+            SHOWN,
+            lambda: scorer.failures,
+            extra_models={critics.SUBDIR: critic.model} if critic else None,
+        )
+    finally:
+        scorer.close()
     return run.path
 
 
@@ -183,6 +186,7 @@ def rl_step(s: RLState) -> dict[str, float]:
         "reward/mean": _nanmean(rewards),
         "reward/std": float(rewards[~rewards.isnan()].std()) if (~rewards.isnan()).sum() > 1 else 0.0,
         **(per_fn_means if len(s.scorer.names) > 1 else {}),
+        **s.scorer.take_errors(),
         **stats,
         **critic_stats,
         **sampler_stats,

@@ -33,7 +33,7 @@ def test_score_oracle_unscorable_response_is_a_counted_tie():
 
 def test_task_scores_pass_each_response_its_own_row():
     from unipo.rewards import contains_answer
-    from unipo.trainers.common import RewardScorer
+    from unipo.rewards.scorer import RewardScorer
 
     score = oracles.task_scores(RewardScorer([contains_answer], [1.0]))
     assert score([ROWS[0], ROWS[1], ROWS[1]], ["1", "1", "2"]).tolist() == [1.0, 0.0, 1.0]

@@ -1,0 +1,233 @@
+"""Calling reward functions on a batch, isolated: a reward that throws, hangs or kills its process never stops a run.
+
+Every call has a time limit (`reward.timeout_s`). A function that raises, returns the wrong number of values or runs
+past its limit scores None for every completion of that call: those completions are unscored in full (NaN in every
+column, so the combined reward is NaN and the advantage 0; they are left out of group baselines, never scored 0),
+the failure is counted per function (`reward/errors/<name>`: completions left unscored) and logged once with the
+offending input, and the run goes on.
+
+Where a function runs:
+- `reward.workers = 0` (default): in the trainer's process, each call in a daemon thread; `async def` functions run
+  concurrently with each other in one event loop. A call past its limit is abandoned (Python cannot stop a thread:
+  one that never returns keeps its thread, and one that loops on the CPU keeps competing for it), so use workers
+  for functions that are not yours.
+- `reward.workers = N`: in N worker processes (spawned once and reused); each call's completions are split by
+  prompt group across them. A worker past its limit is killed and the pool started again; a worker that dies
+  (segfault, `os._exit`, out of memory) fails only that call. Functions must then be importable (defined at module
+  level), which is checked when the run starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import inspect
+import logging
+import math
+import multiprocessing
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from unipo.rewards import RewardError, checked_coro, reward_inputs, run_call, text_of
+
+log = logging.getLogger("unipo")
+
+
+def _in_thread(target: Callable[[], Any], timeout: float) -> Any:
+    """`target()` in a daemon thread; RewardError when it runs past `timeout` seconds (the thread is abandoned)."""
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            box["value"] = target()
+        except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
+            box["error"] = e
+
+    thread = threading.Thread(target=body, daemon=True, name="unipo-reward")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise RewardError(f"no result within reward.timeout_s={timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+async def _gather_async(calls: list[Callable[[], Any]], timeout: float) -> list[Any]:
+    async def one(make: Callable[[], Any]) -> Any:
+        try:
+            return await asyncio.wait_for(make(), timeout)
+        except asyncio.TimeoutError:
+            return RewardError(f"no result within reward.timeout_s={timeout:g} s")
+        except Exception as e:  # noqa: BLE001 (a user's reward may fail in any way)
+            return e
+
+    return await asyncio.gather(*(one(c) for c in calls))
+
+
+class RewardScorer:
+    """Scores completions with weighted reward functions, each call isolated (module docstring)."""
+
+    def __init__(
+        self,
+        fns: list[Callable],
+        weights: list[float],
+        names: list[str] | None = None,
+        timeout_s: float = 60.0,
+        workers: int = 0,
+    ):
+        self.fns, self.weights = fns, weights
+        self.names = names or [getattr(f, "__name__", f"reward_{i}") for i, f in enumerate(fns)]
+        self.timeout_s, self.workers = timeout_s, workers
+        self.failures = {n: 0 for n in self.names}
+        """Calls that failed, per function, over the run."""
+        self.unscored = {n: 0 for n in self.names}
+        """Completions left unscored by a failed call, per function, since the last `take_errors`."""
+        self._pool: cf.ProcessPoolExecutor | None = None
+        if workers:
+            for fn, name in zip(fns, self.names, strict=True):
+                try:
+                    pickle.dumps(fn)
+                except Exception as e:  # noqa: BLE001 (any pickling failure)
+                    raise ValueError(
+                        f"reward {name!r} cannot run in a worker process (reward.workers={workers}): define it at "
+                        f"module level and name it by dotted path ({type(e).__name__}: {e})"
+                    ) from None
+
+    def __call__(
+        self,
+        rows: list[dict[str, Any]],
+        group_ids: list[int],
+        completions: list,
+        truncated: list[bool] | None = None,
+        completion_ids: list[list[int]] | None = None,
+    ) -> torch.Tensor:
+        """Rewards (N, K): NaN where a function returned None, and in every column of a completion whose call
+        failed."""
+        prompts, columns = reward_inputs(rows, group_ids, truncated, completion_ids)
+        out = torch.full((len(completions), len(self.fns)), float("nan"))
+        failed = torch.zeros(len(completions), dtype=torch.bool)
+        results = self._run_all(prompts, completions, columns, group_ids)
+        for k, (name, result) in enumerate(zip(self.names, results, strict=True)):
+            if isinstance(result, BaseException):
+                self._failed(name, result, prompts, completions)
+                failed[:] = True
+            else:
+                out[:, k] = torch.tensor([math.nan if v is None else v for v in result])
+        out[failed] = float("nan")
+        return out
+
+    def score(self, batch: Any) -> torch.Tensor:
+        """Rewards (N, K) of a sampled batch (`Rollouts`): its texts, token ids and truncation flags."""
+        return self(batch.rows, batch.group_ids.tolist(), batch.texts, batch.truncated.tolist(), batch.token_lists())
+
+    def combine(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Weighted sum over functions leaving None out; NaN when every function gave None. (N, K) -> (N,)"""
+        w = torch.tensor(self.weights, dtype=rewards.dtype)
+        total = torch.nansum(rewards * w, dim=1)
+        return torch.where(torch.isnan(rewards).all(dim=1), torch.nan, total)
+
+    def take_errors(self) -> dict[str, float]:
+        """`reward/errors/<name>`: completions each function left unscored since the last call (then reset)."""
+        out = {f"reward/errors/{n}": float(c) for n, c in self.unscored.items()}
+        self.unscored = dict.fromkeys(self.names, 0)
+        return out
+
+    def close(self) -> None:
+        """Stop the worker processes (if any)."""
+        if self._pool is not None:
+            _kill(self._pool)
+            self._pool = None
+
+    # -- where the calls run ------------------------------------------------------------------------------------
+
+    def _run_all(self, prompts: list, completions: list, columns: dict, group_ids: Sequence[int]) -> list[Any]:
+        """One result (a list of values, or the exception) per function, in order."""
+        if self.workers:
+            return [self._in_workers(fn, prompts, completions, columns, group_ids) for fn in self.fns]
+        results: list[Any] = [None] * len(self.fns)
+        coros = [k for k, fn in enumerate(self.fns) if inspect.iscoroutinefunction(fn)]
+        for k, fn in enumerate(self.fns):
+            if k not in coros:
+                try:
+                    results[k] = _in_thread(lambda fn=fn: run_call(fn, prompts, completions, columns), self.timeout_s)
+                except Exception as e:  # noqa: BLE001 (a user's reward may fail in any way)
+                    results[k] = e
+        if coros:  # concurrently, in one event loop in one thread; a coroutine that blocks the loop fails them all
+            calls = [lambda fn=self.fns[k]: checked_coro(fn, prompts, completions, columns) for k in coros]
+            try:
+                got = _in_thread(lambda: asyncio.run(_gather_async(calls, self.timeout_s)), self.timeout_s + 1)
+            except Exception as e:  # noqa: BLE001
+                got = [e] * len(coros)
+            for k, value in zip(coros, got, strict=True):
+                results[k] = value
+        return results
+
+    def _in_workers(self, fn: Callable, prompts: list, completions: list, columns: dict, group_ids: Sequence[int]):
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        chunks = _group_chunks(group_ids, self.workers)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            futures = [
+                self._pool.submit(
+                    run_call,
+                    fn,
+                    [prompts[i] for i in idx],
+                    [completions[i] for i in idx],
+                    {k: [v[i] for i in idx] for k, v in columns.items()},
+                )  # fmt: skip
+                for idx in chunks
+            ]
+            values: list[Any] = [None] * len(completions)
+            for idx, future in zip(chunks, futures, strict=True):
+                for i, v in zip(idx, future.result(timeout=max(0.0, deadline - time.monotonic())), strict=True):
+                    values[i] = v
+            return values
+        except cf.TimeoutError:
+            self.close()  # the stuck worker is killed; the next call starts a fresh pool
+            return RewardError(f"no result within reward.timeout_s={self.timeout_s:g} s (worker killed)")
+        except cf.process.BrokenProcessPool:
+            self.close()
+            return RewardError("its worker process died (killed, crashed or out of memory)")
+        except Exception as e:  # noqa: BLE001 (raised by the function in the worker)
+            return e
+
+    def _failed(self, name: str, error: BaseException, prompts: list, completions: list) -> None:
+        self.failures[name] += 1
+        self.unscored[name] += len(completions)
+        if self.failures[name] == 1:
+            reason = (
+                str(error)
+                if isinstance(error, RewardError)
+                else "".join(traceback.format_exception(type(error), error, error.__traceback__)).strip()
+            )
+            first = text_of(completions[0]) if completions else ""
+            log.warning(
+                "reward %s failed on a batch of %d completions; they are unscored (advantage 0) and the run goes on. "
+                "First input: prompt %.200r, completion %.200r. Further failures are only counted.\n%s",
+                name, len(completions), prompts[0] if prompts else None, first, reason,
+            )  # fmt: skip
+
+
+def _group_chunks(group_ids: Sequence[int], n: int) -> list[list[int]]:
+    """Completion indices split into at most `n` chunks of whole prompt groups (contiguous groups together)."""
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        groups.setdefault(int(g), []).append(i)
+    members = list(groups.values())
+    per = max(1, math.ceil(len(members) / n))
+    return [sum(members[j : j + per], []) for j in range(0, len(members), per)]
+
+
+def _kill(pool: cf.ProcessPoolExecutor) -> None:
+    # the executor has no public way to stop a worker that is running a task; kill its processes, then let it go
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
