@@ -128,6 +128,10 @@ class AlgoConfig(_Strict):
     and the advantages come from GAE over its values, replacing `advantage` (which must then be left unset). Its
     model and optimizer are set under the top-level `critic`. None: no value model."""
     regularizers: list[ComponentConfig] = []
+    shaping: list[ComponentConfig] = []
+    """Reward shapers (kind `reward`, ALGORITHMS.md §5) applied in order to the combined rewards before the
+    advantages, e.g. `[{name: dapo_overlong}]` or `[{name: reward_scale_clip}]`; a stateful one's state is
+    checkpointed."""
     """Per-token terms (kind `regularizer`) added to the per-token loss before aggregation; each carries its
     own weight as a hyperparameter (usually `coef`)."""
 
@@ -265,7 +269,7 @@ class Config(_Strict):
 
 AXES = {"advantage": "advantage", "policy_loss": "policy_loss", "aggregation": "aggregation", "kl": "kl"}
 """Config node under `algo` -> registry kind."""
-LIST_AXES = {"token_weights": "token_weight", "regularizers": "regularizer"}
+LIST_AXES = {"token_weights": "token_weight", "regularizers": "regularizer", "shaping": "reward"}
 """List nodes under `algo` -> registry kind of each entry."""
 
 

@@ -413,3 +413,30 @@ def test_red_drop_balances_every_group_in_the_collect_stage(tiny_model_dir):
     advantages = advantages_of(algo, per_fn[:, 0], per_fn, batch, {}, [1.0])
     for g in range(4):
         assert float(advantages[batch.group_ids == g].sum()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_the_shape_stage_feeds_shaped_rewards_to_the_advantages(tiny_model_dir, tmp_path):
+    # dapo_overlong with L_buf = L_max is linear in length: every reply loses |y| / L_max, so the shaped mean is the
+    # raw mean minus the mean length over L_max, exactly
+    run = tmp_path / "run"
+    _train(tiny_model_dir, run, "train.max_steps=2", "eval.num_problems=0",
+           "algo.shaping=[{name: dapo_overlong, buffer_len: 8, penalty: 1.0}]")  # fmt: skip
+    for r in [r for r in _rows(run) if "loss" in r]:
+        want = r["reward/mean"] - r["tokens/completion_mean"] / 8
+        assert r["reward/shaped_mean"] == pytest.approx(want, abs=1e-6) and "time/shape_s" in r
+
+
+def test_stateful_reward_shapers_resume_exactly(tiny_model_dir, tmp_path):
+    # reward_scale_clip's running moments and hapo_recon's per-prompt memory are checkpointed: 2 + 2 steps = 4 steps
+    common = ["train.save_every=2", "train.lr=1e-2", "eval.num_problems=0", "train.prompts_per_step=4",
+              "algo.shaping=[{name: reward_scale_clip}, {name: hapo_recon}]"]  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train(tiny_model_dir, straight, "train.max_steps=4", *common)
+    _train(tiny_model_dir, resumed, "train.max_steps=2", *common)
+    _train(tiny_model_dir, resumed, "train.max_steps=4", *common)
+    assert _losses(straight) == _losses(resumed)
+    sa = torch.load(straight / "checkpoints/step-000004/trainer_state.pt", weights_only=False)["shaping"]
+    sb = torch.load(resumed / "checkpoints/step-000004/trainer_state.pt", weights_only=False)["shaping"]
+    assert sa == sb and sa[0]["count"] == 4 * 4 * 4  # 4 steps x 4 prompts x 4 replies seen by the running moments
+    shaped = [r["reward/shaped_mean"] for r in _rows(straight) if "loss" in r]
+    assert shaped != [r["reward/mean"] for r in _rows(straight) if "loss" in r]

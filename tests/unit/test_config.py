@@ -170,20 +170,20 @@ def test_every_on_policy_component_runs_in_the_trainer_or_is_listed_pure_only():
     from unipo import algos
     from unipo.algos.registry import REQUIRED
     from unipo.trainers.common import build_algo, check_runnable
-    from unipo.trainers.inputs import PURE_ONLY, RUNS_IN
+    from unipo.trainers.inputs import ALWAYS_RUN, PURE_ONLY, RUNS_IN
 
     axes = {"advantage": "advantage", "policy_loss": "policy_loss", "aggregation": "aggregation", "kl": "kl",
             "token_weight": "token_weights", "regularizer": "regularizers", "sampler": "sampler",
-            "critic": "critic"}  # fmt: skip
+            "critic": "critic", "reward": "shaping"}  # fmt: skip
     checked = 0
     for e in algos.entries():
-        if e.kind not in axes:
+        if e.kind not in axes or (e.kind, e.name) in ALWAYS_RUN:
             continue
         assert RUNS_IN[e.kind].startswith("rl")
         required = [k for k, v in e.params.items() if v is REQUIRED]
         node = "{name: " + e.name + "".join(f", {k}: 1.0" for k in required) + "}"
         axis = axes[e.kind]
-        listed = axis in ("token_weights", "regularizers")
+        listed = axis in ("token_weights", "regularizers", "shaping")
         override = f"algo.{axis}=[{node}]" if listed else f"algo.{axis}={node}"
         extra = ["algo.kl.coef=0.1"] if e.kind == "kl" else []
         if "demo_mask" in e.needs():  # trains on demonstrations: only with a sampler that injects them
@@ -194,10 +194,16 @@ def test_every_on_policy_component_runs_in_the_trainer_or_is_listed_pure_only():
         if (e.kind, e.name) in PURE_ONLY:
             with pytest.raises(ConfigError, match="cannot run in the on-policy trainer yet"):
                 check_runnable(algo)
+        elif e.name == "fapo":  # reads a second reward function (the GenRM's flaw flag)
+            with pytest.raises(ConfigError, match="list the correctness reward first"):
+                check_runnable(algo)
+            check_runnable(algo, num_rewards=2)
         else:
             check_runnable(algo)
         checked += 1
-    assert checked >= 80  # every on-policy id (80 at the time of writing)
+    assert checked >= 89  # every on-policy id (89 at the time of writing)
+    with pytest.raises(ConfigError, match="combines the reward functions' scores"):
+        check_runnable(build_algo(config.load("grpo", ["algo.shaping=[{name: weighted_sum}]"])))
 
 
 def test_replacing_an_optional_component_drops_the_old_ones_hyperparameters():

@@ -19,6 +19,7 @@ KINDS = (
     "kl",
     "regularizer",
     "sampler",
+    "reward",
     "critic",
     "controller",
     "preference",
@@ -50,12 +51,13 @@ class _Required:
 
 REQUIRED = _Required()
 
-DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs", "progress", "generator", "n_steps"})
+DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs", "progress", "generator", "n_steps", "state"})
 """Keyword arguments that carry data from the trainer, never hyperparameters from a recipe."""
 
 TRAINER_INPUTS = frozenset(
     {"old_logp", "ref_logp", "rollout_logp", "advantages", "rewards", "group_ids", "entropy", "completion_ids",
-     "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards", "demo_mask"}
+     "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards", "demo_mask",
+     "lengths", "max_len", "correct", "reward_components", "prompt_keys"}
 )  # fmt: skip
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 
@@ -129,6 +131,12 @@ class Entry:
         return frozenset(p.name for p in sig if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name in TRAINER_INPUTS)
 
     @property
+    def stateful(self) -> bool:
+        """Whether the component keeps its own state between steps (a `state` keyword; it then returns
+        `(value, new_state)` and the trainer checkpoints the state)."""
+        return "state" in inspect.signature(self.fn).parameters
+
+    @property
     def params(self) -> dict[str, object]:
         """Hyperparameters with their defaults (`REQUIRED` where there is none): keyword-only arguments that are not
         data (tensors, global counts)."""
@@ -138,6 +146,7 @@ class Entry:
             for p in sig.parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY
             and p.name not in DATA_ARGS
+            and p.name not in TRAINER_INPUTS
             and "Tensor" not in str(p.annotation)
         }
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from unipo.algos.reward_shaping import weighted_sum
 from unipo.rewards import RewardError, checked_coro, reward_inputs, run_call, text_of
 
 log = logging.getLogger("unipo")
@@ -128,10 +129,9 @@ class RewardScorer:
         return self(batch.rows, batch.group_ids.tolist(), batch.texts, batch.truncated.tolist(), batch.token_lists())
 
     def combine(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Weighted sum over functions leaving None out; NaN when every function gave None. (N, K) -> (N,)"""
-        w = torch.tensor(self.weights, dtype=rewards.dtype)
-        total = torch.nansum(rewards * w, dim=1)
-        return torch.where(torch.isnan(rewards).all(dim=1), torch.nan, total)
+        """The weighted sum (`weighted_sum`, kind `reward`): a None left out, NaN when every function gave None.
+        (N, K) -> (N,)"""
+        return weighted_sum(rewards, torch.tensor(self.weights, dtype=rewards.dtype))
 
     def take_errors(self) -> dict[str, float]:
         """`reward/errors/<name>`: completions each function left unscored since the last call (then reset)."""

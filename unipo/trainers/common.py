@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ class Algo:
     """A group filter of the collect stage (kind `sampler`), or None: train on every sampled group."""
     critic: Callable | None = None
     """A critic estimator (kind `critic`): the advantages come from it and a value model, not from `advantage`."""
+    shaping: list[Callable] = field(default_factory=list)
+    """Reward shapers (kind `reward`) of the shape stage, in order."""
     kl_coef: float = 0.0
     """β of the KL term in the loss (0: no KL term; the `kl` estimator then is not run)."""
     multi_reward: bool = False
@@ -59,7 +61,8 @@ class Algo:
         """The components a step runs (the KL estimator only with a KL term; the critic instead of `advantage`)."""
         kl = [self.kl] if self.kl_coef > 0 else []
         estimator = self.critic or self.advantage
-        return [estimator, self.policy_loss, self.aggregation, *kl, *self.token_weights, *self.regularizers]
+        return [*self.shaping, estimator, self.policy_loss, self.aggregation, *kl, *self.token_weights,
+                *self.regularizers]  # fmt: skip
 
     @property
     def needs(self) -> set[str]:
@@ -88,6 +91,19 @@ def call(fn: Callable, *args: Any, inputs: dict[str, Any], **kwargs: Any) -> Any
     return fn(*args, **kwargs, **{k: inputs[k] for k in fn.needs if k in inputs and k not in kwargs})
 
 
+def shape(shapers: list[Callable], rewards: torch.Tensor, states: list[Any], inputs: dict[str, Any]):  # noqa: ANN201
+    """The shape stage: each shaper in order on the previous one's rewards, a stateful one (registry
+    `Entry.stateful`) with its state. Returns (shaped rewards, the shapers' new states)."""
+    new_states = []
+    for fn, state in zip(shapers, states, strict=True):
+        if algos.entry(fn.kind, fn.id).stateful:
+            rewards, state = call(fn, rewards, inputs=inputs, state=state)
+        else:
+            rewards = call(fn, rewards, inputs=inputs)
+        new_states.append(state)
+    return rewards, new_states
+
+
 def build_algo(cfg: Config) -> Algo:
     """Bind every component of `cfg.algo`. `seq_sum_constant` without a constant is pinned to max_new_tokens,
     so padding in a micro-batch never changes the normaliser (Dr. GRPO's L_max)."""
@@ -100,24 +116,28 @@ def build_algo(cfg: Config) -> Algo:
         built[axis] = build_component(kind, node.name, kwargs)
     weights = [build_component("token_weight", n.name, component_kwargs(n)) for n in cfg.algo.token_weights]
     regs = [build_component("regularizer", n.name, component_kwargs(n)) for n in cfg.algo.regularizers]
+    shaping = [build_component("reward", n.name, component_kwargs(n)) for n in cfg.algo.shaping]
     # `reward_weights` is data (a tensor), so it is not among the entry's hyperparameters: ask the signature
     multi = "reward_weights" in inspect.signature(algos.get("advantage", cfg.algo.advantage.name)).parameters
     sampler, critic = (build_component(kind, node.name, component_kwargs(node)) if node else None
                        for kind, node in (("sampler", cfg.algo.sampler), ("critic", cfg.algo.critic)))  # fmt: skip
-    return Algo(**built, token_weights=weights, regularizers=regs, sampler=sampler, critic=critic,
+    return Algo(**built, token_weights=weights, regularizers=regs, sampler=sampler, critic=critic, shaping=shaping,
                 kl_coef=cfg.algo.kl.coef, multi_reward=multi and critic is None)  # fmt: skip
 
 
-def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
+def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
     """Run every component once on a tiny synthetic batch with exactly the inputs this trainer supplies.
 
     A component that needs an input the trainer does not provide (e.g. `remax`'s greedy baseline rewards), or a
     hyperparameter value a component rejects, stops the run here with a ConfigError, before any model loads.
+    `max_len` is the run's token budget (`rollout.max_new_tokens`), which shapers check their lengths against.
     """
     from unipo.config import ConfigError
-    from unipo.trainers.inputs import PURE_ONLY, unavailable
+    from unipo.trainers.inputs import ALWAYS_RUN, PURE_ONLY, unavailable
 
     for fn in algo.all():  # the KL estimator only when there is a KL term
+        if (fn.kind, fn.id) in ALWAYS_RUN:
+            raise ConfigError(f"{fn.kind} {fn.id!r} runs in {ALWAYS_RUN[fn.kind, fn.id]}")
         if (fn.kind, fn.id) in PURE_ONLY:
             raise ConfigError(f"{fn.kind} {fn.id!r} cannot run in the on-policy trainer yet: "
                               f"{PURE_ONLY[fn.kind, fn.id]}")  # fmt: skip
@@ -139,7 +159,11 @@ def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
         "completion_ids": torch.randint(0, 5, (n, t), generator=g), "truncated": torch.zeros(n, dtype=torch.bool),
         "progress": 0.5, "generator": g, "proxy_logp": logp - 0.2, "tempered_old_logp": logp - 0.1,
         "baseline_rewards": torch.tensor([0.5, 0.5, 0.0, 1.0]), "demo_mask": torch.tensor([False, False, True, False]),
+        "lengths": torch.tensor([3, 1, 2, 3]).clamp(max=max_len), "max_len": max_len,
+        "correct": torch.tensor([True, False, True, False]),
+        "prompt_keys": ["a", "a", "b", "b"],
     }  # fmt: skip
+    inputs["reward_components"] = inputs["rewards"][:, None].repeat(1, num_rewards)
     rewards = inputs["rewards"][:, None].repeat(1, num_rewards) if algo.multi_reward else inputs["rewards"]
     extra = {"reward_weights": torch.ones(num_rewards)} if algo.multi_reward else {}
     if algo.critic is None:
@@ -154,6 +178,8 @@ def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
                                      inputs=inputs)),
         ("kl", lambda: call(algo.kl, logp, inputs["ref_logp"], inputs=inputs)),
     ]  # fmt: skip
+    checks += [(f"shaping[{i}]", functools.partial(shape, [fn], inputs["rewards"], [None], inputs))
+               for i, fn in enumerate(algo.shaping)]  # fmt: skip
     checks += [(f"token_weights[{i}]", functools.partial(call, fn, mask, inputs=inputs))
                for i, fn in enumerate(algo.token_weights)]  # fmt: skip
     checks += [(f"regularizers[{i}]", functools.partial(call, fn, logp, inputs["old_logp"], mask, inputs=inputs))
@@ -161,7 +187,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1) -> None:
     for where, check in checks:
         try:
             check()  # a reconstruction logs its one-time R2 warning here, at setup
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, IndexError) as e:
             raise ConfigError(f"algo.{where}: cannot run in the on-policy trainer: {e}") from None
 
 

@@ -24,11 +24,13 @@ class Stage(IntEnum):
 
     COLLECT = 0
     """generate -> score -> sampler: the batch, its rewards and the sampler's log-probs."""
-    REFERENCE = 1
+    SHAPE = 1
+    """reward shapers (kind `reward`), in the recipe's order, on the combined rewards."""
+    REFERENCE = 2
     """the reference policy's log-probs of the batch (run only when a bound component needs them)."""
-    ADVANTAGE = 2
+    ADVANTAGE = 3
     """advantages from rewards (and, for some estimators, reference and old log-probs)."""
-    UPDATE = 3
+    UPDATE = 4
     """per micro-batch: current log-probs, entropy and the values derived from the current logits."""
 
 
@@ -46,6 +48,11 @@ PRODUCED_AT: dict[str, Stage] = {
     "baseline_rewards": Stage.COLLECT,  # the reward of a greedy decode of each prompt (ReMax), per completion
     "generator": Stage.COLLECT,
     "demo_mask": Stage.COLLECT,  # [N] the completions that are demonstrations (a `demonstrations` sampler's)
+    "lengths": Stage.COLLECT,  # [N] completion lengths in tokens
+    "max_len": Stage.COLLECT,  # the token budget, rollout.max_new_tokens
+    "correct": Stage.COLLECT,  # [N] the first reward function scored >= 1
+    "reward_components": Stage.COLLECT,  # [N, K] each reward function's score (NaN: None or failed)
+    "prompt_keys": Stage.COLLECT,  # N strings identifying each completion's prompt
     "ref_logp": Stage.REFERENCE,
     "advantages": Stage.ADVANTAGE,
     "logp": Stage.UPDATE,
@@ -56,6 +63,7 @@ PRODUCED_AT: dict[str, Stage] = {
 """The stage that produces each trainer input."""
 
 USED_AT: dict[str, Stage] = {
+    "reward": Stage.SHAPE,
     "advantage": Stage.ADVANTAGE,
     "critic": Stage.ADVANTAGE,
     "policy_loss": Stage.UPDATE,
@@ -105,6 +113,7 @@ RUNS_IN: dict[str, str] = {
     "kl": "rl",
     "regularizer": "rl",
     "sampler": "rl (collect stage)",
+    "reward": "rl (shape stage, `algo.shaping`)",
     "critic": "rl (advantage stage, with a value model trained beside the policy)",
     "controller": "rl (after-step stage, moving a component's state)",
     "preference": "preference",
@@ -113,8 +122,16 @@ RUNS_IN: dict[str, str] = {
 """The trainer that runs the components of each kind; a kind not listed has no trainer yet."""
 
 
+ALWAYS_RUN: dict[tuple[str, str], str] = {
+    ("reward", "weighted_sum"): "every trainer: it combines the reward functions' scores (not a shaper to list)",
+}
+"""Components every trainer runs on its own (a recipe does not list them)."""
+
+
 def where_it_runs(kind: str, name: str) -> str:
     """`rl`, ..., or `pure only: <reason>` (or `no trainer yet`) for `unipo list` and the catalogue."""
+    if (kind, name) in ALWAYS_RUN:
+        return ALWAYS_RUN[kind, name]
     if (kind, name) in PURE_ONLY:
         return f"pure only: {PURE_ONLY[kind, name]}"
     return RUNS_IN.get(kind, "no trainer yet")

@@ -9,8 +9,9 @@ old log-probs are the detached current ones: no extra forward pass, and the rati
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from unipo.trainers.common import (
     call,
     check_runnable,
     log,
+    shape,
     start_run,
 )
 from unipo.trainers.evaluate import heldout_eval
@@ -50,7 +52,10 @@ def train(cfg: Config) -> Path:
     task = get_task(cfg.task)
     scorer = build_rewards(cfg, task.rewards)
     algo = build_algo(cfg)
-    check_runnable(algo, len(scorer.names))
+    check_runnable(algo, len(scorer.names), cfg.rollout.max_new_tokens)
+    if any(fn.id == "noisy_verifier" for fn in algo.shaping) and algo.critic is None and algo.advantage.id in CENTRED:
+        log.warning("algo.shaping: noisy_verifier's correction is affine in the reward, so the %r advantage "
+                    "(group-centred) cancels or only rescales it (ALGORITHMS.md §5.3)", algo.advantage.id)  # fmt: skip
     if algo.has_fact("sampler", "demonstrations") and task.train:
         try:
             reference_text(task.train[0])
@@ -81,8 +86,9 @@ def train(cfg: Config) -> Path:
         log.info("resuming %s from %s", run.path, resume)
     run.prepare(cfg)
 
+    shaping_states = (saved or {}).get("shaping", [None] * len(algo.shaping))  # each reward shaper's state
     state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator, found, values,
-                    critic)  # fmt: skip
+                    critic, shaping_states)  # fmt: skip
 
     def step_fn(step: int) -> dict[str, float]:
         state.step = step
@@ -110,6 +116,9 @@ def train(cfg: Config) -> Path:
     return run.path
 
 
+CENTRED = {"grpo", "dr_grpo", "rloo", "group_mean_batch_std", "gdpo", "reinforce_pp_baseline", "opo", "bnpo"}
+"""Advantage estimators that subtract a group or batch mean of the rewards (an affine reward correction cancels)."""
+
 SHOWN = {"reward": "reward/mean", "kl": "kl", "entropy": "entropy", "len": "tokens/completion_mean",
          "s/step": "time/step_s"}  # fmt: skip
 """What the progress line shows for an RL run."""
@@ -135,6 +144,8 @@ class RLState:
     """Their current values (checkpointed)."""
     critic: critics.Critic | None = None
     """The value model and its optimizer, with `algo.critic`."""
+    shaping_states: list[Any] = field(default_factory=list)
+    """The state of each reward shaper (None for a stateless one; checkpointed)."""
     step: int = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -142,6 +153,7 @@ class RLState:
         state["components"] = dict(self.values)
         if self.critic is not None:
             state["critic"] = self.critic.state()
+        state["shaping"] = list(self.shaping_states)
         return state
 
 
@@ -150,7 +162,11 @@ def rl_step(s: RLState) -> dict[str, float]:
     cfg, timer, t0 = s.cfg, Timer(), time.perf_counter()
     algo = controllers.bind(s.algo, s.slots, s.values)  # this step's controlled hyperparameters
     batch, per_fn, sampler_stats = collect(s, algo, timer)
-    rewards = s.scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
+    raw = s.scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
+    rewards = raw
+    if algo.shaping:  # the shape stage
+        with timer("shape"):
+            rewards, s.shaping_states = shape(algo.shaping, raw, s.shaping_states, shape_inputs(s, batch, per_fn))
     inputs = {
         "old_logp": batch.rollout_logp,  # the sampling policy's log-probs (the parameters have not moved yet)
         "rollout_logp": batch.rollout_logp,
@@ -183,8 +199,9 @@ def rl_step(s: RLState) -> dict[str, float]:
     lengths = batch.completion_mask.sum(1).float()
     per_fn_means = {f"reward/{n}": _nanmean(per_fn[:, k]) for k, n in enumerate(s.scorer.names)}
     return {
-        "reward/mean": _nanmean(rewards),
-        "reward/std": float(rewards[~rewards.isnan()].std()) if (~rewards.isnan()).sum() > 1 else 0.0,
+        "reward/mean": _nanmean(raw),
+        "reward/std": float(raw[~raw.isnan()].std()) if (~raw.isnan()).sum() > 1 else 0.0,
+        **({"reward/shaped_mean": _nanmean(rewards)} if algo.shaping else {}),
         **(per_fn_means if len(s.scorer.names) > 1 else {}),
         **s.scorer.take_errors(),
         **stats,
@@ -196,6 +213,20 @@ def rl_step(s: RLState) -> dict[str, float]:
         "lr": s.scheduler.get_last_lr()[0],
         **{f"time/{phase}_s": seconds for phase, seconds in timer.totals.items()},  # generate, score, update, ...
         "time/step_s": time.perf_counter() - t0,
+    }
+
+
+def shape_inputs(s: RLState, batch: Rollouts, per_fn: torch.Tensor) -> dict[str, Any]:
+    """What the shape stage's components may take (reward_shaping.py's module docstring)."""
+    device = batch.group_ids.device
+    return {
+        "lengths": batch.completion_mask.sum(1),
+        "max_len": s.cfg.rollout.max_new_tokens,
+        "truncated": batch.truncated,
+        "group_ids": batch.group_ids,
+        "reward_components": per_fn.to(device),
+        "correct": torch.nan_to_num(per_fn[:, 0], nan=0.0).to(device) >= 1,
+        "prompt_keys": [json.dumps(batch.rows[g]["prompt"], sort_keys=True) for g in batch.group_ids.tolist()],
     }
 
 
