@@ -181,13 +181,26 @@ class RewardSettings(_Strict):
 
 
 class DataConfig(_Strict):
+    """Users' data, read the same way by every trainer (data/sources.py): the RL task file (`task=path`) and the
+    preference data (`data.path`)."""
+
     path: str | None = None
-    """Preference pairs (`prompt`, `chosen`, `rejected`): a .jsonl or .parquet file or a `datasets` directory.
-    None: the built-in arithmetic pairs."""
+    """Preference data (pairs `prompt`/`chosen`/`rejected`, lists, or unpaired rows): .jsonl, .csv or .parquet, or a
+    `datasets` directory. None: the built-in arithmetic pairs."""
+    prompt_field: str = "prompt"
+    """Column of an RL task file that holds the prompt (text, or a list of chat messages)."""
+    answer_field: str = "answer"
+    """Column of an RL task file that holds the reference answer (rewards receive it as `answer`)."""
+    eval_path: str | None = None
+    """A file of held-out rows of its own (same format); then nothing is held out of the training file."""
+    eval_frac: float = Field(0.05, ge=0, lt=1)
+    """Without `eval_path` (and without a `split: test` column in an RL task file): this seeded fraction of the rows
+    is held out for evaluation, and the split is logged. 0: train on every row (no held-out evaluation)."""
     max_bad_frac: float = Field(0.05, ge=0, le=1)
-    """Stop before training when more than this fraction of rows is bad (bad rows are reported by number)."""
+    """Stop before training when more than this fraction of rows is bad (each bad row is reported by file and line);
+    fewer are skipped with a warning."""
     max_response_tokens: int = Field(64, ge=1)
-    """Responses are cut to this many tokens (EOS included)."""
+    """Preference responses are cut to this many tokens (EOS included)."""
 
 
 class OnlineConfig(_Strict):
@@ -243,7 +256,8 @@ class Config(_Strict):
     `online_preference`: sampled responses judged by a preference oracle (trainers/online_preference.py)."""
     model: ModelConfig = ModelConfig()
     task: str = "arithmetic"
-    """Built-in task name (see `unipo list tasks`) or a JSONL file with `prompt` and `answer` columns."""
+    """Built-in task name (see `unipo list tasks`) or a data file (.jsonl, .csv, .parquet, a `datasets` directory) with
+    a prompt and an answer column (`data.prompt_field`, `data.answer_field`)."""
     output_dir: str | None = None
     """Run directory; running again with the same directory resumes from its latest checkpoint."""
     train: TrainConfig = TrainConfig()
@@ -260,10 +274,14 @@ class Config(_Strict):
     @field_validator("task")
     @classmethod
     def _task_exists(cls, v: str) -> str:
+        from unipo.data.sources import is_data_path
         from unipo.data.tasks import TASKS
 
-        if v not in TASKS and not v.endswith(".jsonl"):
-            raise ValueError(f"unknown task {v!r}; built-in tasks: {', '.join(sorted(TASKS))}, or a .jsonl file")
+        if v not in TASKS and not is_data_path(v):
+            raise ValueError(
+                f"unknown task {v!r}; built-in tasks: {', '.join(sorted(TASKS))}, or a data file "
+                "(.jsonl, .csv, .parquet) or `datasets` directory"
+            )
         return v
 
 

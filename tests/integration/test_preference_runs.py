@@ -49,15 +49,19 @@ def test_dpo_learns_the_preference_and_computes_the_reference_once(tiny_model_di
 
     cfg = config.load("dpo", [f"model.path={tiny_model_dir}", f"data.path={data}"])
     _, tok = load_model_and_tokenizer(tiny_model_dir)
-    pairs = preference.validate_pairs(preference.load_pairs(str(data)), 0.05)
+    pairs = preference.validate_pairs(preference.load_pairs(str(data)).rows, 0.05)
     cached = torch.load(run / "ref_logps.pt")["values"]
 
     def no_reference(*_, **__):
         raise AssertionError("reference model loaded again")
 
     monkeypatch.setattr(preference, "load_model_and_tokenizer", no_reference)
-    # the trainer computed train pairs then held-out ones: pairs[2:] + pairs[:2] with a held-out cut of 40 // 20 = 2
-    assert torch.equal(original(cfg, RunDir(run), tok, pairs[2:] + pairs[:2]), cached)
+    # the trainer computed train pairs then held-out ones: a seeded 5% of the 40 pairs (2) held out
+    from unipo.data.sources import split_heldout
+
+    train, heldout = split_heldout(pairs, 0.05, seed=0)
+    assert len(heldout) == 2
+    assert torch.equal(original(cfg, RunDir(run), tok, train + heldout), cached)
     with pytest.raises(AssertionError, match="reference model loaded again"):
         original(cfg, RunDir(run), tok, pairs[3:])
 
@@ -69,7 +73,9 @@ def test_bad_rows_are_reported_with_their_numbers(tiny_model_dir, tmp_path, caps
     assert main(args) == 2
     err = capsys.readouterr().err
     assert (
-        "2 of 5 rows are bad" in err and "row 1: chosen == rejected" in err and "row 2: missing chosen, rejected" in err
+        "data.path: 2 of 5 rows are bad" in err
+        and f"{data}:1: chosen == rejected" in err
+        and f"{data}:2: missing chosen, rejected" in err
     )
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 

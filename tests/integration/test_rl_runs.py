@@ -440,3 +440,23 @@ def test_stateful_reward_shapers_resume_exactly(tiny_model_dir, tmp_path):
     assert sa == sb and sa[0]["count"] == 4 * 4 * 4  # 4 steps x 4 prompts x 4 replies seen by the running moments
     shaped = [r["reward/shaped_mean"] for r in _rows(straight) if "loss" in r]
     assert shaped != [r["reward/mean"] for r in _rows(straight) if "loss" in r]
+
+
+def test_a_users_csv_file_with_mapped_columns_and_a_bad_row_trains(tiny_model_dir, tmp_path, capsys, caplog):
+    data = tmp_path / "mine.csv"
+    lines = ["question,solution"] + [f"say {i},{i}" for i in range(30)] + ["say nothing,"]  # the last row is bad
+    data.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    args = ["train", "grpo", f"model.path={tiny_model_dir}", f"task={data}", f"output_dir={run}", "train.max_steps=1",
+            "data.prompt_field=question", "data.answer_field=solution", "data.eval_frac=0.1", "eval.num_problems=8",
+            "rollout.max_new_tokens=4", "rollout.group_size=2", "train.prompts_per_step=2"]  # fmt: skip
+    with caplog.at_level("WARNING", logger="unipo"):
+        assert main(args) == 0
+    err = capsys.readouterr().err
+    bad = f"{data}:32: solution must be a non-empty text or number"  # reported by file and line, then skipped
+    assert any(bad in r.getMessage() for r in caplog.records)
+    evals = [r for r in _rows(run) if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 1] and "on 3 problems" in err  # 10% of the 30 good rows
+    data.write_text("question,solution\nsay 1,\nsay 2,\n")
+    assert main([*args[:4], f"output_dir={tmp_path / 'bad'}", *args[5:]]) == 2
+    assert "task: no usable rows" in capsys.readouterr().err

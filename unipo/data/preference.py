@@ -10,11 +10,10 @@ Chat-form responses use the content of their last message.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
-from unipo.config import ConfigError
-from unipo.data.tasks import arithmetic, read_jsonl
+from unipo.data.sources import Rows, read_rows, report_bad
+from unipo.data.tasks import arithmetic
 from unipo.rewards import text_of
 
 Pair = dict[str, Any]
@@ -28,24 +27,10 @@ def _response(value: Any) -> str:
         return ""
 
 
-def load_pairs(path: str) -> list[Pair]:
-    """Rows from a .jsonl file, a .parquet file or a directory saved with `datasets.Dataset.save_to_disk`."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"data.path: {path} does not exist")
-    if p.suffix == ".jsonl":
-        try:
-            return [row for _, row in read_jsonl(p)]
-        except ValueError as e:
-            raise ConfigError(f"data.path: {e}") from None
-    try:
-        import datasets
-    except ImportError:
-        raise ConfigError(
-            f"data.path: reading {p.suffix or 'a dataset directory'} needs `pip install datasets`"
-        ) from None
-    ds = datasets.Dataset.from_parquet(str(p)) if p.suffix == ".parquet" else datasets.load_from_disk(str(p))
-    return [dict(r) for r in ds]
+def load_pairs(path: str) -> Rows:
+    """The rows of a preference data file (data/sources.py: .jsonl, .csv, .parquet or a `datasets` directory), with
+    where each came from and the lines that could not be read."""
+    return read_rows(path, "data.path")
 
 
 def _pair_problem(row: Pair) -> str | None:
@@ -97,32 +82,25 @@ def is_listwise(rows: list[Pair]) -> bool:
     return bool(rows) and "responses" in rows[0]
 
 
-def validate_pairs(rows: list[Pair], max_bad_frac: float) -> list[Pair]:
-    """Drop bad rows, reporting each by its 1-based row number, and stop before training when more than
-    `max_bad_frac` of the rows are bad. Pairs: missing field, empty response, chosen == rejected. Lists: missing
-    field, lengths that differ, fewer than two responses, an empty response, non-finite or all-equal scores, the
-    same text best and worst. Unpaired rows: missing field, empty completion, a label that is not a boolean."""
-    good, bad = [], []
+def validate_pairs(
+    rows: list[Pair], max_bad_frac: float, where: list[str] | None = None, unreadable: list[str] | None = None
+) -> list[Pair]:
+    """Drop bad rows, reporting each by where it came from (`where[i]`, default `row i`), and stop before training
+    when more than `max_bad_frac` of the rows (`unreadable` lines included) are bad. Pairs: missing field, empty
+    response, chosen == rejected. Lists: missing field, lengths that differ, fewer than two responses, an empty
+    response, non-finite or all-equal scores, the same text best and worst. Unpaired rows: missing field, empty
+    completion, a label that is not a boolean."""
+    good, bad = [], list(unreadable or [])
     listwise, unpaired = is_listwise(rows), is_unpaired(rows)
     width = None
-    for i, row in enumerate(rows, 1):
+    for i, row in enumerate(rows):
         problem = _list_problem(row, width) if listwise else _unpaired_problem(row) if unpaired else _pair_problem(row)
         if problem:
-            bad.append(f"row {i}: {problem}")
+            bad.append(f"{where[i] if where else f'row {i + 1}'}: {problem}")
         else:
             good.append(row)
             width = len(row["responses"]) if listwise else None
-    if not rows:
-        raise ConfigError("data: no rows")
-    if bad:
-        shown = "; ".join(bad[:10]) + (f"; ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
-        if len(bad) / len(rows) > max_bad_frac:
-            raise ConfigError(
-                f"data: {len(bad)} of {len(rows)} rows are bad (more than data.max_bad_frac={max_bad_frac}): {shown}"
-            )
-        import logging
-
-        logging.getLogger("unipo").warning("skipping %d bad preference rows: %s", len(bad), shown)
+    report_bad(bad, len(rows) + len(unreadable or []), max_bad_frac, "data.path")
     return good
 
 

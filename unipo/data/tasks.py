@@ -6,13 +6,18 @@ as keyword lists (the TRL convention). The held-out split never overlaps the tra
 
 from __future__ import annotations
 
-import json
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from unipo.rewards import bare_answer, contains_answer, final_answer, share_of_target
+from unipo.config import ConfigError
+from unipo.data.sources import is_data_path, read_rows, report_bad, split_heldout
+from unipo.rewards import bare_answer, final_answer, math_answer, share_of_target
+
+log = logging.getLogger("unipo")
 
 Row = dict[str, object]
 
@@ -80,43 +85,70 @@ def lucky7(seed: int = 1234, n_train: int = 64, n_heldout: int = 16) -> Task:
     return Task("lucky7", rows[n_heldout:], rows[:n_heldout], share_of_target, "reward = share of 7s in the reply")
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, Row]]:
-    """(line number, object) for every non-blank line; ValueError naming the line that is not valid JSON."""
-    rows = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((i, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON: {e}") from None
+def _task_row(row: Row, prompt_field: str, answer_field: str) -> tuple[Row | None, str | None]:
+    """The row with its prompt and answer under `prompt` / `answer` (other columns kept), or the problem."""
+    missing = [k for k in (prompt_field, answer_field) if k not in row or row[k] is None]
+    if missing:
+        return None, f"missing column(s) {', '.join(missing)}"
+    prompt, answer = row[prompt_field], row[answer_field]
+    chat = isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt)
+    if not isinstance(prompt, str) and not chat:
+        return None, f"{prompt_field} must be text or a list of chat messages, got {type(prompt).__name__}"
+    if isinstance(prompt, str) and not prompt.strip():
+        return None, f"empty {prompt_field}"
+    if isinstance(answer, (list, dict)) or not str(answer).strip():
+        return None, f"{answer_field} must be a non-empty text or number"
+    out = {k: v for k, v in row.items() if k not in (prompt_field, answer_field)}
+    return {"prompt": prompt, "answer": str(answer).strip(), **out}, None
+
+
+def _task_rows(path: str, data: Any, key: str) -> list[Row]:
+    found = read_rows(path, key)
+    rows, bad = [], list(found.bad)
+    for where, raw in zip(found.where, found.rows, strict=True):
+        row, problem = _task_row(raw, data.prompt_field, data.answer_field)
+        if problem:
+            bad.append(f"{where}: {problem}")
+        else:
+            rows.append(row)
+    report_bad(bad, found.total, data.max_bad_frac, key)
     return rows
 
 
-def jsonl_task(path: str) -> Task:
-    """Rows from a JSONL file with `prompt` and `answer` (and optional `split`: train|test; else 10% held out)."""
-    rows: list[Row] = []
-    for i, item in read_jsonl(path):
-        missing = [k for k in ("prompt", "answer") if k not in item]
-        if missing:
-            raise ValueError(f"{path}:{i}: missing column(s) {', '.join(missing)}")
-        rows.append(item)
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    test = [r for r in rows if r.get("split") == "test"]
-    train = [r for r in rows if r.get("split") != "test"]
-    if not test:
-        cut = max(1, len(rows) // 10)
-        test, train = rows[:cut], rows[cut:]
-    return Task(Path(path).stem, train, test, contains_answer, f"rows from {path}")
+def file_task(path: str, data: Any = None, seed: int = 0) -> Task:
+    """An RL task from a user's file (.jsonl, .csv, .parquet or a `datasets` directory) with a prompt and an answer
+    column (`data.prompt_field`, `data.answer_field`; other columns reach the rewards as keywords).
+
+    Bad rows (unparseable line, missing or empty prompt or answer, wrong type) are reported by file and line and
+    skipped, up to `data.max_bad_frac`. Held out for evaluation: the rows of `data.eval_path`, else the rows with
+    `split: test`, else a seeded `data.eval_frac` of the rows (logged). The reward and metric is `math_answer`: a
+    finished reply whose final answer (last `\boxed{}`, `<answer>` or number) equals the answer.
+    """
+    from unipo.config import DataConfig
+
+    data = data or DataConfig()
+    rows = _task_rows(path, data, "task")
+    if data.eval_path:
+        train, test, how = rows, _task_rows(data.eval_path, data, "data.eval_path"), f"data.eval_path={data.eval_path}"
+    elif any(r.get("split") == "test" for r in rows):
+        train = [r for r in rows if r.get("split") != "test"]
+        test, how = [r for r in rows if r.get("split") == "test"], "the rows with split: test"
+    else:
+        train, test = split_heldout(rows, data.eval_frac, seed)
+        how = f"data.eval_frac={data.eval_frac}" + ("" if test else "; nothing held out")
+    if not train:
+        raise ConfigError(f"task: {path}: no training rows left after holding out {len(test)}")
+    log.info("task %s: %d training rows, %d held out (%s)", path, len(train), len(test), how)
+    return Task(Path(path).stem, train, test, math_answer, f"rows from {path}")
 
 
 TASKS: dict[str, Callable[[], Task]] = {"arithmetic": arithmetic, "lucky7": lucky7}
 
 
-def get_task(name: str) -> Task:
-    """A built-in task by name, or a JSONL file path."""
-    if name.endswith(".jsonl"):
-        return jsonl_task(name)
+def get_task(name: str, data: Any = None, seed: int = 0) -> Task:
+    """A built-in task by name, or a data file (`file_task`, read as `data` — a `DataConfig` — says)."""
+    if is_data_path(name):
+        return file_task(name, data, seed)
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
     return TASKS[name]()

@@ -89,8 +89,8 @@ def _prompt_text(prompt: Any) -> str:
 def heldout_eval(cfg: Any, run: Any, model: Any, tokenizer: Any, task: Any, step: int) -> dict[str, float] | None:
     """Greedy accuracy on the task's first `eval.num_problems` held-out problems, logged at `step` in the run
     directory, with the same (autocast) forward pass the run samples and trains with; prints the first
-    `eval.show_replies` replies. None when evaluation is off."""
-    if not cfg.eval.num_problems:
+    `eval.show_replies` replies. None when evaluation is off or nothing is held out (`data.eval_frac=0`)."""
+    if not cfg.eval.num_problems or not task.heldout:
         return None
     rows = task.heldout[: cfg.eval.num_problems]
     replies: list[dict[str, Any]] = []

@@ -154,7 +154,7 @@ class OnlineState:
 def train(cfg: Config) -> Path:
     """Train with `algo.online` against `online.oracle`; returns the run directory. Resumes like the RL trainer."""
     cfg, run = start_run(cfg)
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, cfg.data)
     scorer = build_rewards(cfg, task.rewards)
     loss = build_loss(cfg)
     if cfg.rollout.group_size < 2 and not loss.mixture:

@@ -36,6 +36,7 @@ from unipo.data.preference import (
     load_pairs,
     validate_pairs,
 )
+from unipo.data.sources import split_heldout
 from unipo.data.tasks import PromptStream, arithmetic
 from unipo.models.loading import autocast_context, default_model_dir, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
@@ -43,7 +44,7 @@ from unipo.rewards import text_of
 from unipo.rollout.batch import Rollouts, tokenize_prompts
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint
-from unipo.trainers.common import RunDir, build_component, build_optimizer, start_run
+from unipo.trainers.common import RunDir, build_component, build_optimizer, log, start_run
 from unipo.trainers.evaluate import evaluate
 from unipo.trainers.loop import run_steps
 
@@ -96,13 +97,14 @@ def build_loss(cfg: Config) -> Loss:
 
 def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, held-out) rows: the built-in arithmetic pairs, or `data.path` validated (lists become pairs for a
-    pairwise loss); the first 5% (at least one row) are held out."""
+    pairwise loss) with `data.eval_path`'s rows or a seeded `data.eval_frac` of them held out (logged)."""
     if cfg.data.path is None:
         if loss.listwise or "chosen_rewards" in loss.inputs:
             raise ConfigError(f"data.path: {cfg.algo.preference.name!r} needs scored data (lists with `scores`, or "
                               "pairs with `score_chosen`/`score_rejected`); the built-in pairs have none")  # fmt: skip
         return arithmetic_pairs()
-    rows = validate_pairs(load_pairs(cfg.data.path), cfg.data.max_bad_frac)
+    found = load_pairs(cfg.data.path)
+    rows = validate_pairs(found.rows, cfg.data.max_bad_frac, found.where, found.bad)
     if is_unpaired(rows) and not loss.kl:
         raise ConfigError(f"data.path: unpaired rows (`completion` + `label`) need an unpaired loss (kto), not "
                           f"{cfg.algo.preference.name!r}")  # fmt: skip
@@ -114,8 +116,16 @@ def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[d
     if "chosen_rewards" in loss.inputs and any("score_chosen" not in r or "score_rejected" not in r for r in rows):
         raise ConfigError(f"data.path: {cfg.algo.preference.name!r} needs `score_chosen` and `score_rejected` in "
                           "every pair (or lists with `scores`)")  # fmt: skip
-    cut = max(1, len(rows) // 20)
-    return rows[cut:], rows[:cut]
+    if cfg.data.eval_path:
+        held = load_pairs(cfg.data.eval_path)
+        heldout = validate_pairs(held.rows, cfg.data.max_bad_frac, held.where, held.bad)
+        heldout = lists_to_pairs(heldout) if not loss.listwise and is_listwise(heldout) else heldout
+        train, how = rows, f"data.eval_path={cfg.data.eval_path}"
+    else:
+        train, heldout = split_heldout(rows, cfg.data.eval_frac, seed=0)
+        how = f"data.eval_frac={cfg.data.eval_frac}" + ("" if heldout else "; nothing held out")
+    log.info("data %s: %d training examples, %d held out (%s)", cfg.data.path, len(train), len(heldout), how)
+    return train, heldout
 
 
 def responses(row: dict[str, Any]) -> list[str]:

@@ -49,7 +49,7 @@ from unipo.trainers.loop import run_steps
 def train(cfg: Config) -> Path:
     """Train `cfg.model` with the recipe in `cfg`; returns the run directory. Resumes from its latest checkpoint."""
     cfg, run = start_run(cfg)
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, cfg.data)
     scorer = build_rewards(cfg, task.rewards)
     algo = build_algo(cfg)
     check_runnable(algo, len(scorer.names), cfg.rollout.max_new_tokens)

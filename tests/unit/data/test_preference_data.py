@@ -51,3 +51,17 @@ def test_unpaired_rows_are_validated_with_row_numbers():
     msg = str(e.value)
     assert "row 2: empty completion" in msg and "row 3: label must be true or false, got 'yes'" in msg
     assert "row 4: missing label" in msg
+
+
+def test_a_preference_file_reports_bad_lines_by_file_and_line(tmp_path):
+    from unipo.data.preference import load_pairs
+
+    path = tmp_path / "p.jsonl"
+    pair = '{"prompt": "p", "chosen": "a", "rejected": "b"}'
+    path.write_text("\n".join([pair, "{oops", '{"prompt": "p", "chosen": "a", "rejected": "a"}', pair]) + "\n")
+    found = load_pairs(str(path))
+    assert found.where == [f"{path}:1", f"{path}:3", f"{path}:4"] and found.bad[0].startswith(f"{path}:2: not valid")
+    with pytest.raises(ConfigError) as e:
+        validate_pairs(found.rows, 0.25, found.where, found.bad)
+    assert "2 of 4 rows are bad" in str(e.value) and f"{path}:3: chosen == rejected" in str(e.value)
+    assert len(validate_pairs(found.rows, 0.5, found.where, found.bad)) == 2

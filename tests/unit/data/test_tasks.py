@@ -1,6 +1,6 @@
 import pytest
 
-from unipo.data.tasks import PromptStream, arithmetic, get_task, jsonl_task, lucky7
+from unipo.data.tasks import PromptStream, arithmetic, file_task, get_task, lucky7
 from unipo.rewards import (
     bare_answer,
     call_reward,
@@ -102,14 +102,49 @@ def test_prompt_stream_is_reproducible_from_its_state():
     assert PromptStream(rows, seed=3).take(7) == first
 
 
-def test_jsonl_task_reports_bad_rows(tmp_path):
+def test_a_task_file_reports_bad_rows_by_line_and_skips_a_few(tmp_path, caplog):
+    from unipo.config import ConfigError, DataConfig
+
     path = tmp_path / "t.jsonl"
     path.write_text('{"prompt": "1+1?", "answer": "2"}\n{"prompt": "2+2?"}\n')
-    with pytest.raises(ValueError, match=r"t.jsonl:2: missing column\(s\) answer"):
-        jsonl_task(str(path))
+    with pytest.raises(ConfigError, match=r"1 of 2 rows are bad .*t.jsonl:2: missing column\(s\) answer"):
+        file_task(str(path))
+    good = [f'{{"prompt": "{i}+1?", "answer": {i + 1}}}' for i in range(18)]
+    path.write_text("\n".join([*good[:5], "{not json", *good[5:], '{"prompt": [1, 2], "answer": "3"}']) + "\n")
+    with caplog.at_level("WARNING", logger="unipo"):
+        task = file_task(str(path), DataConfig(max_bad_frac=0.2))  # 2 of 20 bad: skipped, each logged
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("t.jsonl:6: not valid JSON" in m for m in logged)
+    assert any("t.jsonl:20: prompt must be text or a list of chat messages" in m for m in logged)
+    assert len(task.train) + len(task.heldout) == 18 and len(task.heldout) == 1  # 5% of 18, seeded
+    assert task.train[0] == {"prompt": "0+1?", "answer": "1"}  # numbers become text
+    assert file_task(str(path), DataConfig(max_bad_frac=0.2)).heldout == task.heldout  # the split is fixed
+    assert len(file_task(str(path), DataConfig(max_bad_frac=0.2, eval_frac=0)).train) == 18
+
+
+def test_a_task_file_takes_its_split_column_an_eval_file_and_mapped_columns(tmp_path):
+    from unipo.config import DataConfig
+
+    path = tmp_path / "t.jsonl"
     path.write_text('{"prompt": "1+1?", "answer": "2", "split": "test"}\n{"prompt": "2+2?", "answer": "4"}\n')
     task = get_task(str(path))
     assert [r["answer"] for r in task.heldout] == ["2"] and [r["answer"] for r in task.train] == ["4"]
+    csv_path, held = tmp_path / "t.csv", tmp_path / "held.csv"
+    csv_path.write_text("question,solution,level\nWhat is 3+4?,7,easy\nWhat is 5+5?,10,hard\n")
+    held.write_text("question,solution,level\nWhat is 1+2?,3,easy\n")
+    task = get_task(str(csv_path), DataConfig(prompt_field="question", answer_field="solution", eval_path=str(held)))
+    assert task.train == [{"prompt": "What is 3+4?", "answer": "7", "level": "easy"},
+                          {"prompt": "What is 5+5?", "answer": "10", "level": "hard"}]  # fmt: skip
+    assert task.heldout == [{"prompt": "What is 1+2?", "answer": "3", "level": "easy"}]
+    assert task.reward([None, None], ["The sum is 7.", "\\boxed{10}"], ["7", "10"]) == [1.0, 1.0]
+
+
+def test_a_parquet_task_file(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "t.parquet"
+    datasets.Dataset.from_list([{"prompt": f"{i}+0?", "answer": str(i)} for i in range(4)]).to_parquet(str(path))
+    task = get_task(str(path))
+    assert sorted(r["answer"] for r in task.train + task.heldout) == ["0", "1", "2", "3"]
 
 
 def test_unknown_task():

@@ -1,0 +1,114 @@
+"""Reading users' data files (one reader for every trainer): rows with where they came from, bad rows reported
+by file and line, and one held-out rule.
+
+Sources: JSONL (`.jsonl`), CSV (`.csv`, a header row), Parquet (`.parquet`) and a directory saved with
+`datasets.Dataset.save_to_disk` (the last two need `pip install datasets`). A line that is not valid JSON is a bad
+row, not an error: it is reported with its file and line, and the run stops before training only when the share of
+bad rows exceeds `data.max_bad_frac`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unipo.config import ConfigError
+
+log = logging.getLogger("unipo")
+
+SUFFIXES = (".jsonl", ".csv", ".parquet")
+"""File types read as data (besides a `datasets` directory)."""
+
+
+def is_data_path(name: str) -> bool:
+    """Whether `name` names a data file or directory rather than a built-in task."""
+    return name.endswith(SUFFIXES) or Path(name).is_dir()
+
+
+@dataclass
+class Rows:
+    """What a data file holds: readable rows with their location (`file:line` or `file: row i`), and the
+    locations and problems of the lines that could not be read."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    where: list[str] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
+    """`"<where>: <problem>"` for each unreadable line."""
+
+    @property
+    def total(self) -> int:
+        return len(self.rows) + len(self.bad)
+
+
+def read_rows(path: str, key: str = "data.path") -> Rows:
+    """Every row of `path` (see the module docstring); ConfigError naming `key` when the file is missing or of
+    an unknown type."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{key}: {path} does not exist")
+    out = Rows()
+    if p.suffix == ".jsonl":
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                out.bad.append(f"{path}:{i}: not valid JSON ({e.msg})")
+                continue
+            if not isinstance(row, dict):
+                out.bad.append(f"{path}:{i}: not a JSON object")
+                continue
+            out.rows.append(row)
+            out.where.append(f"{path}:{i}")
+        return out
+    if p.suffix == ".csv":
+        with p.open(newline="") as f:
+            for i, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
+                out.rows.append(dict(row))
+                out.where.append(f"{path}:{i}")
+        return out
+    if p.suffix != ".parquet" and not p.is_dir():
+        raise ConfigError(f"{key}: {path}: unknown data type; use .jsonl, .csv, .parquet or a `datasets` directory")
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"{key}: reading {p.suffix or 'a dataset directory'} needs `pip install datasets`") from None
+    ds = datasets.Dataset.from_parquet(str(p)) if p.suffix == ".parquet" else datasets.load_from_disk(str(p))
+    for i, row in enumerate(ds, 1):
+        out.rows.append(dict(row))
+        out.where.append(f"{path}: row {i}")
+    return out
+
+
+def report_bad(bad: list[str], total: int, max_bad_frac: float, what: str = "data") -> None:
+    """Log each bad row in one line; ConfigError (before any training) when more than `max_bad_frac` of `total`
+    rows are bad or none is good."""
+    if total == 0 or len(bad) == total:
+        shown = f": {'; '.join(bad[:5])}" if bad else ""
+        raise ConfigError(f"{what}: no usable rows{shown}")
+    if not bad:
+        return
+    if len(bad) / total > max_bad_frac:
+        shown = "; ".join(bad[:10]) + (f"; ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
+        raise ConfigError(f"{what}: {len(bad)} of {total} rows are bad (more than data.max_bad_frac={max_bad_frac}): "
+                          f"{shown}")  # fmt: skip
+    for line in bad[:20]:
+        log.warning("skipping a bad row: %s", line)
+    if len(bad) > 20:
+        log.warning("skipping %d more bad rows", len(bad) - 20)
+
+
+def split_heldout(rows: list[Any], frac: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(train, held-out): a seeded `frac` of the rows (at least one when `frac` > 0 and there are two rows or more;
+    none when `frac` = 0), each part in file order."""
+    if frac <= 0 or len(rows) < 2:
+        return list(rows), []
+    n = min(len(rows) - 1, max(1, round(len(rows) * frac)))
+    held = set(random.Random(seed).sample(range(len(rows)), n))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
