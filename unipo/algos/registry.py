@@ -68,6 +68,10 @@ FACTS = {
     "anchor, so such responses may skip the forward and backward (SPPO)",
     "explore_from_ref": "online: its exploration response is sampled from the reference, not the policy (XPO)",
     "rewards_for_rl": "online: turns the group's win rates into rewards for the RL update (SPO)",
+    "group_centred": "advantage: subtracts a group or batch mean of the rewards, so an affine map of the reward with "
+    "constant coefficients cancels (or only rescales the advantage)",
+    "affine_in_reward": "reward: an affine map of the reward with constant coefficients (a correction that a "
+    "`group_centred` estimator cancels)",
     "demonstrations": "sampler: the completions it marks are replaced by their prompt's demonstration (the dataset's "
     "`solution`, else `answer`), which carries no policy gradient and is trained on by `sft_nll` (HPT)",
 }

@@ -20,17 +20,14 @@ import math
 
 import torch
 
+from unipo.algos.policy_losses._common import group_mean
 from unipo.algos.registry import register, warn_reconstruction
 
 
-def _group_stat(values: torch.Tensor, group_ids: torch.Tensor, reduce: str) -> torch.Tensor:
-    """Per-completion group min / max / mean of `values` over the completion's group (no NaN in `values`)."""
+def _group_extreme(values: torch.Tensor, group_ids: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Per-completion group min (`amin`) or max (`amax`) of `values` over the completion's group."""
     g = int(group_ids.max()) + 1 if group_ids.numel() else 0
     v = values.to(torch.float64)
-    if reduce == "mean":
-        total = torch.zeros(g, dtype=v.dtype).index_add_(0, group_ids, v)
-        count = torch.zeros(g, dtype=v.dtype).index_add_(0, group_ids, torch.ones_like(v))
-        return (total / count.clamp(min=1))[group_ids]
     fill = math.inf if reduce == "amin" else -math.inf
     out = torch.full((g,), fill, dtype=v.dtype).scatter_reduce(0, group_ids, v, reduce=reduce)
     return out[group_ids]
@@ -208,7 +205,7 @@ def reward_scale_clip(
 
 def _kimi_lambda(lengths: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     length = lengths.to(torch.float64)
-    lo, hi = _group_stat(length, group_ids, "amin"), _group_stat(length, group_ids, "amax")
+    lo, hi = _group_extreme(length, group_ids, "amin"), _group_extreme(length, group_ids, "amax")
     span = hi - lo
     return torch.where(span > 0, 0.5 - (length - lo) / span.clamp(min=1e-12), torch.zeros_like(length))
 
@@ -276,7 +273,7 @@ def grpo_lambda(
     Returns:
         [N] shaped rewards.
     """
-    acc = _group_stat(correct.to(torch.float64), group_ids, "mean")
+    acc = group_mean(correct.to(torch.float64), group_ids)
     shaped = kimi_length(rewards, lengths=lengths, group_ids=group_ids, correct=correct, coef=alpha)
     return torch.where(acc >= threshold, shaped, rewards)
 
@@ -335,6 +332,7 @@ def hapo_recon(
     paper="Cai et al. 2025, Reinforcement Learning with Verifiable yet Noisy Rewards under Imperfect Verifiers, "
     "arXiv:2510.00915",
     tag="checked: secondary",
+    facts={"affine_in_reward"},
 )
 def noisy_verifier(
     rewards: torch.Tensor, *, mode: str = "backward", rho0: float = 0.0, rho1: float = 0.0

@@ -53,9 +53,10 @@ def train(cfg: Config) -> Path:
     scorer = build_rewards(cfg, task.rewards)
     algo = build_algo(cfg)
     check_runnable(algo, len(scorer.names), cfg.rollout.max_new_tokens)
-    if any(fn.id == "noisy_verifier" for fn in algo.shaping) and algo.critic is None and algo.advantage.id in CENTRED:
-        log.warning("algo.shaping: noisy_verifier's correction is affine in the reward, so the %r advantage "
-                    "(group-centred) cancels or only rescales it (ALGORITHMS.md §5.3)", algo.advantage.id)  # fmt: skip
+    affine = [fn.id for fn in algo.shaping if algos.entry(fn.kind, fn.id).facts & {"affine_in_reward"}]
+    if affine and algo.critic is None and algo.has_fact("advantage", "group_centred"):
+        log.warning("algo.shaping: %s is affine in the reward, so the %r advantage (group-centred) cancels it or "
+                    "only rescales it (ALGORITHMS.md §5.3)", ", ".join(affine), algo.advantage.id)  # fmt: skip
     if algo.has_fact("sampler", "demonstrations") and task.train:
         try:
             reference_text(task.train[0])
@@ -115,9 +116,6 @@ def train(cfg: Config) -> Path:
         scorer.close()
     return run.path
 
-
-CENTRED = {"grpo", "dr_grpo", "rloo", "group_mean_batch_std", "gdpo", "reinforce_pp_baseline", "opo", "bnpo"}
-"""Advantage estimators that subtract a group or batch mean of the rewards (an affine reward correction cancels)."""
 
 SHOWN = {"reward": "reward/mean", "kl": "kl", "entropy": "entropy", "len": "tokens/completion_mean",
          "s/step": "time/step_s"}  # fmt: skip

@@ -129,3 +129,22 @@ def test_w3_fapo_rewards_and_the_flawed_positives_advantage_sign(others, sign):
     assert r.tolist() == [{"flawed": 0.0, "clean": 1.0, "wrong": -1.0}[k] for k in kinds]
     adv = algos.get("advantage", "grpo")(r, torch.zeros(len(kinds), dtype=torch.long))
     assert int(adv[0] > 1e-6) - int(adv[0] < -1e-6) == sign  # sign of n_wrong − n_clean
+
+
+def test_group_centred_estimators_cancel_a_constant_shift_of_the_reward():
+    # the registry fact the trainer's noisy_verifier warning rests on: r -> r + c leaves every `group_centred`
+    # estimator's advantages unchanged (and the fact is declared on exactly the estimators where that holds here)
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.rand(12, generator=g)
+    ids = torch.arange(12) // 4
+    centred = [n for n in algos.names("advantage") if "group_centred" in algos.entry("advantage", n).facts]
+    assert {"grpo", "dr_grpo", "rloo", "opo", "reinforce_pp_baseline", "gdpo"} <= set(centred)
+    assert "bnpo" not in centred  # its Beta weight depends on the group's mean reward: a shift changes it
+    for name in centred:
+        fn = algos.get("advantage", name)
+        extra = {"reward_weights": torch.ones(1)} if name == "gdpo" else {}
+        r = rewards[:, None] if name == "gdpo" else rewards
+        mask = torch.ones(12, 3)
+        kw = {"mask": mask, **extra}
+        base, shifted = fn(r, ids, **kw), fn(r + 3.0, ids, **kw)
+        assert torch.allclose(base, shifted, atol=1e-5), name

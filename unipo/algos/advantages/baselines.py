@@ -29,7 +29,7 @@ from unipo.algos.registry import register
 _REINFORCE_PP = "Hu 2025, REINFORCE++: Stabilizing Critic-Free Policy Optimization, arXiv:2501.03262"
 
 
-@register("advantage", "reinforce_pp_baseline", paper=_REINFORCE_PP, tag="checked: verl")
+@register("advantage", "reinforce_pp_baseline", paper=_REINFORCE_PP, tag="checked: verl", facts={"group_centred"})
 def reinforce_pp_baseline(
     rewards: torch.Tensor,
     group_ids: torch.Tensor,

@@ -29,7 +29,13 @@ from unipo.algos.registry import register
 _GRPO_SCALES = ("group", "batch", "none")
 
 
-@register("advantage", "grpo", paper="Shao et al. 2024, DeepSeekMath, arXiv:2402.03300", tag="checked: TRL, verl")
+@register(
+    "advantage",
+    "grpo",
+    paper="Shao et al. 2024, DeepSeekMath, arXiv:2402.03300",
+    tag="checked: TRL, verl",
+    facts={"group_centred"},
+)
 def grpo(
     rewards: torch.Tensor,
     group_ids: torch.Tensor,
@@ -81,6 +87,7 @@ def grpo(
     "dr_grpo",
     paper="Liu et al. 2025, Understanding R1-Zero-Like Training (Dr. GRPO), arXiv:2503.20783",
     tag="checked: TRL, verl",
+    facts={"group_centred"},
 )
 def dr_grpo(rewards: torch.Tensor, group_ids: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean-centred group advantage without std scaling (Liu et al. 2025, Dr. GRPO, arXiv:2503.20783).
@@ -104,6 +111,7 @@ def dr_grpo(rewards: torch.Tensor, group_ids: torch.Tensor, *, mask: torch.Tenso
     "rloo",
     paper="Ahmadian et al. 2024, Back to Basics: Revisiting REINFORCE Style Optimization, arXiv:2402.14740",
     tag="checked: TRL, verl",
+    facts={"group_centred"},
 )
 def rloo(rewards: torch.Tensor, group_ids: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """REINFORCE leave-one-out advantage (Ahmadian et al. 2024, arXiv:2402.14740).
@@ -134,6 +142,7 @@ def _loo_factor(count: torch.Tensor) -> torch.Tensor:
     paper="Liu et al. 2025, Part I: Tricks or Traps? A Deep Dive into RL for LLM Reasoning (Lite PPO), "
     "arXiv:2508.08221",
     tag="checked: secondary (TRL docs); TRL scale_rewards='batch' checked: TRL",
+    facts={"group_centred"},
 )
 def group_mean_batch_std(
     rewards: torch.Tensor,
@@ -172,6 +181,7 @@ def group_mean_batch_std(
     "opo",
     paper="Hao et al. 2025, On-Policy RL with Optimal Reward Baseline (OPO), arXiv:2505.23585",
     tag="checked: verl",
+    facts={"group_centred"},
 )
 def opo(
     rewards: torch.Tensor,

@@ -28,6 +28,7 @@ _DECOMP_REDUCE = ("mean", "sum")
     paper="GDPO: Group reward-Decoupled Normalization Policy Optimization (NVlabs 2026, arXiv:2601.05242 as cited "
     "by verl)",
     tag="checked: official README + reimplementations; TRL normalize_then_sum checked: TRL",
+    facts={"group_centred"},
 )
 def gdpo(
     rewards: torch.Tensor,
