@@ -441,6 +441,8 @@ def _same_kind(default: object, value: object) -> bool:
         return isinstance(value, bool)
     if isinstance(default, (int, float)):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (tuple, list)):  # YAML has lists only
+        return isinstance(value, (tuple, list))
     return isinstance(value, type(default))
 
 

@@ -76,3 +76,8 @@ def too_few(prompts, completions, **_):
 
 def sometimes_none(prompts, completions, **_):
     return [None if c == "skip" else 1.0 for c in completions]
+
+
+def starts_with_z(prompts, completions, **_):
+    """1 when the reply starts with "Z" (as the IGPO test's reference solutions do), else 0."""
+    return [float(c.startswith("Z")) for c in completions]

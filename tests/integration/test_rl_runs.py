@@ -460,3 +460,130 @@ def test_a_users_csv_file_with_mapped_columns_and_a_bad_row_trains(tiny_model_di
     data.write_text("question,solution\nsay 1,\nsay 2,\n")
     assert main([*args[:4], f"output_dir={tmp_path / 'bad'}", *args[5:]]) == 2
     assert "task: no usable rows" in capsys.readouterr().err
+
+
+def _collect_state(tiny_model_dir, recipe, rows, reward, *overrides):
+    from unipo.data.tasks import PromptStream
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.rewards.scorer import RewardScorer
+    from unipo.trainers.common import build_algo
+    from unipo.trainers.rl import RLState
+
+    cfg = config.load(recipe, [f"model.path={tiny_model_dir}", "rollout.max_new_tokens=8", *overrides])
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    algo, scorer = build_algo(cfg), RewardScorer([reward], [1.0])
+    return RLState(cfg, model, None, tok, algo, scorer, PromptStream(rows, 0), None, None,
+                   torch.Generator().manual_seed(0), [], {})  # fmt: skip
+
+
+def test_ghpo_regenerates_failing_groups_with_a_growing_hint(tiny_model_dir):
+    # §13 S2: hints only for the groups where nothing is solved, on the 25/50/75% ladder; the regenerated groups
+    # replace the failed ones, and their rewards stay aligned with them
+    from tests.integration.rewards_for_tests import odd_prompt
+    from unipo.data.tasks import arithmetic
+    from unipo.rewards import final_answer
+    from unipo.rollout.batch import Origin
+    from unipo.rollout.inject import GHPO_HINT
+    from unipo.trainers.common import Timer
+    from unipo.trainers.rl import collect
+
+    rows = arithmetic().train
+    s = _collect_state(tiny_model_dir, "ghpo", rows, final_answer, "train.prompts_per_step=3", "rollout.group_size=2")
+    batch, per_fn, stats = collect(s, s.algo, Timer())  # the random model solves nothing: every group is hinted
+    assert stats["sampler/hinted_frac"] == 1.0 and stats["sampler/hint_rounds"] == 3.0
+    assert bool((batch.origin == Origin.HINT).all()) and batch.num_completions == 6
+    for row in batch.rows:  # the last rung: 75% of the answer's characters
+        question, hint = row["prompt"][-1]["content"].split(GHPO_HINT)
+        assert hint == row["answer"][: round(0.75 * len(row["answer"]))]
+    torch.testing.assert_close(s.scorer.score(batch), per_fn)
+
+    s = _collect_state(tiny_model_dir, "ghpo", rows, odd_prompt, "train.prompts_per_step=8", "rollout.group_size=2")
+    batch, per_fn, stats = collect(s, s.algo, Timer())
+    assert 0 < stats["sampler/hinted_frac"] < 1 and batch.prompt_ids.shape[0] == 8
+    for g, row in enumerate(batch.rows):
+        content = row["prompt"][-1]["content"]
+        original = [{**row["prompt"][-1], "content": content.split(GHPO_HINT)[0]}]
+        solved_unhinted = odd_prompt([original], [""])[0] == 1.0
+        assert (GHPO_HINT in content) != solved_unhinted  # hinted exactly when the bare prompt failed
+        assert bool((batch.origin[batch.group_ids == g] == Origin.HINT).all()) == (GHPO_HINT in content)
+    torch.testing.assert_close(s.scorer.score(batch), per_fn)
+
+
+def test_dr_po_rolls_in_from_the_reference_and_its_tokens_get_no_gradient(tiny_model_dir):
+    # §13 S2: forced roll-in tokens have m = 0: the loss's gradient with respect to their log-probs is exactly 0
+    import dataclasses
+
+    from tests.integration.rewards_for_tests import reply_length
+    from unipo.rollout.batch import Origin
+    from unipo.trainers.common import Timer, build_optimizer
+    from unipo.trainers.rl import collect, update
+
+    rows = [{"prompt": f"q{i}:", "answer": "seven seven seven seven seven"} for i in range(4)]
+    s = _collect_state(tiny_model_dir, "dr_po", rows, reply_length, "train.prompts_per_step=2", "rollout.group_size=4",
+                       "model.autocast=off")  # fmt: skip
+    batch, _, stats = collect(s, s.algo, Timer())
+    ref = s.tokenizer(rows[0]["answer"], add_special_tokens=False)["input_ids"]
+    h = batch.forced.sum(1)
+    assert bool((h >= 1).all()) and bool((h <= len(ref) - 1).all()) and stats["sampler/roll_in_frac"] == 1.0
+    assert bool((batch.origin == Origin.ROLL_IN).all())
+    for i in range(batch.num_completions):
+        assert batch.completion_ids[i, : h[i]].tolist() == ref[: h[i]]
+    assert bool((batch.loss_mask.bool() == (batch.completion_mask.bool() & ~batch.forced)).all())
+
+    captured = []
+    loss_fn = s.algo.policy_loss
+
+    def spy(logp, *args, **kwargs):
+        logp.retain_grad()
+        captured.append(logp)
+        return loss_fn(logp, *args, **kwargs)
+
+    spy.needs, spy.kind, spy.id = loss_fn.needs, loss_fn.kind, loss_fn.id
+    algo = dataclasses.replace(s.algo, policy_loss=spy)
+    optimizer, scheduler = build_optimizer(s.model, s.cfg)
+    advantages = torch.randn(batch.completion_ids.shape, generator=torch.Generator().manual_seed(0))
+    inputs = {"rewards": torch.zeros(batch.num_completions)}
+    update(s.cfg, s.model, optimizer, scheduler, algo, batch, advantages, inputs)
+    grads = torch.zeros(batch.completion_ids.shape)
+    start = 0
+    for logp in captured:  # micro-batches in order, each cut to its longest completion
+        grads[start : start + logp.shape[0], : logp.shape[1]] = logp.grad
+        start += logp.shape[0]
+    assert bool((grads[batch.forced] == 0).all())
+    assert bool((grads[batch.loss_mask.bool()] != 0).all())
+
+
+def test_igpo_replaces_wrong_rollouts_with_correct_inpainted_ones(tiny_model_dir):
+    from tests.integration.rewards_for_tests import starts_with_z
+    from unipo.rollout.batch import Origin
+    from unipo.trainers.common import Timer
+    from unipo.trainers.rl import collect
+
+    solution = "Zebra crossing"
+    rows = [{"prompt": f"q{i}:", "answer": "Z", "solution": solution} for i in range(4)]
+    s = _collect_state(
+        tiny_model_dir,
+        "igpo",
+        rows,
+        starts_with_z,
+        "train.prompts_per_step=3",
+        "rollout.group_size=6",
+        "rollout.max_new_tokens=16",
+    )
+    batch, per_fn, stats = collect(s, s.algo, Timer())
+    ref = s.tokenizer(solution, add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(s.scorer.score(batch), per_fn)  # rewards aligned with the merged batch
+    assert stats["sampler/inpainted_frac"] == 1.0  # the random model never starts with "Z"
+    assert stats["sampler/replaced"] == 12.0  # every inpainted reply starts with "Z": 4 of 6 per group replaced
+    for g in range(3):
+        members = batch.group_ids == g
+        inpainted = members & (batch.origin == Origin.ROLL_IN)
+        assert int(members.sum()) == 6 and int(inpainted.sum()) == 4
+        assert bool((per_fn[inpainted.cpu(), 0] == 1).all()) and bool(
+            (per_fn[(members & ~inpainted).cpu(), 0] == 0).all()
+        )
+        for i in inpainted.nonzero().squeeze(-1).tolist():
+            h = int(batch.forced[i].sum())
+            assert int(0.2 * len(ref)) <= h <= int(0.6 * len(ref)) and batch.completion_ids[i, :h].tolist() == ref[:h]
+    # the fixed tokens stay in the loss (igpo_hint_mask keeps the top 20% of them by entropy)
+    assert bool((batch.loss_mask.bool() == batch.completion_mask.bool()).all()) and bool(batch.forced.any())

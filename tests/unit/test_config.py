@@ -109,13 +109,15 @@ def test_cli_main_returns_2_on_bad_component(capsys):
     [
         (
             "algo.regularizers=[{name: sft_nll}]",
-            "regularizer 'sft_nll' trains on demonstrations (`demo_mask`), and no "
+            "regularizer 'sft_nll' reads injected samples (`demo_mask`), and no "
             "sampler of this recipe injects any: set algo.sampler to one of hpt",
         ),
         (
             "algo.token_weights=[{name: igpo_hint_mask}]",
-            "token_weight 'igpo_hint_mask' cannot run in the on-policy trainer yet: needs",
+            "token_weight 'igpo_hint_mask' reads injected samples (`hint_mask`), and no sampler of this recipe injects "
+            "any: set algo.sampler to one of igpo_inpaint",
         ),
+        ("algo.kl={name: kl_full, coef: 0.1}", "kl 'kl_full' cannot run in the on-policy trainer yet: needs"),
         ("algo.policy_loss.dual_clip=0.5", "algo.policy_loss: cannot run in the on-policy trainer:"),
         ("model.path=/no/such/dir", "model.path: /no/such/dir is not a directory"),
     ],
@@ -170,7 +172,7 @@ def test_every_on_policy_component_runs_in_the_trainer_or_is_listed_pure_only():
     from unipo import algos
     from unipo.algos.registry import REQUIRED
     from unipo.trainers.common import build_algo, check_runnable
-    from unipo.trainers.inputs import ALWAYS_RUN, PURE_ONLY, RUNS_IN
+    from unipo.trainers.inputs import ALWAYS_RUN, INJECTED_BY, PURE_ONLY, RUNS_IN
 
     axes = {"advantage": "advantage", "policy_loss": "policy_loss", "aggregation": "aggregation", "kl": "kl",
             "token_weight": "token_weights", "regularizer": "regularizers", "sampler": "sampler",
@@ -186,10 +188,11 @@ def test_every_on_policy_component_runs_in_the_trainer_or_is_listed_pure_only():
         listed = axis in ("token_weights", "regularizers", "shaping")
         override = f"algo.{axis}=[{node}]" if listed else f"algo.{axis}={node}"
         extra = ["algo.kl.coef=0.1"] if e.kind == "kl" else []
-        if "demo_mask" in e.needs():  # trains on demonstrations: only with a sampler that injects them
-            extra.append("algo.sampler={name: hpt}")
-            with pytest.raises(ConfigError, match="no sampler of this recipe injects any"):
-                check_runnable(build_algo(config.load("grpo", [override])))
+        for name, fact in INJECTED_BY.items():  # reads injected samples: only with a sampler that injects them
+            if name in e.needs():
+                extra.append(f"algo.sampler={{name: {'hpt' if fact == 'demonstrations' else 'igpo_inpaint'}}}")
+                with pytest.raises(ConfigError, match="no sampler of this recipe injects any"):
+                    check_runnable(build_algo(config.load("grpo", [override])))
         algo = build_algo(config.load("ppo" if e.kind == "critic" else "grpo", [override, *extra]))
         if (e.kind, e.name) in PURE_ONLY:
             with pytest.raises(ConfigError, match="cannot run in the on-policy trainer yet"):

@@ -57,7 +57,7 @@ DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs", "progress", "generator"
 TRAINER_INPUTS = frozenset(
     {"old_logp", "ref_logp", "rollout_logp", "advantages", "rewards", "group_ids", "entropy", "completion_ids",
      "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards", "demo_mask",
-     "lengths", "max_len", "correct", "reward_components", "prompt_keys"}
+     "lengths", "max_len", "correct", "reward_components", "prompt_keys", "hint_mask"}
 )  # fmt: skip
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 
@@ -74,6 +74,12 @@ FACTS = {
     "`group_centred` estimator cancels)",
     "demonstrations": "sampler: the completions it marks are replaced by their prompt's demonstration (the dataset's "
     "`solution`, else `answer`), which carries no policy gradient and is trained on by `sft_nll` (HPT)",
+    "hints": "sampler: the groups it marks are regenerated with a hint (a growing prefix of the reference solution) "
+    "appended to the prompt, at each of its `fractions` in turn while they still fail (GHPO)",
+    "roll_in": "sampler: called before generation with each completion's reference length, it returns how many "
+    "reference tokens to force at the start of the completion (out of the loss); the policy continues (DR-PO)",
+    "inpaint": "sampler: the groups it marks (with a fraction per completion) are regenerated with that fraction of "
+    "the reference forced at the start and kept in the loss as `hint_mask`; correct ones replace wrong ones (IGPO)",
 }
 """Facts about a method that change how a trainer feeds it (declared at registration, never keyed on its id)."""
 

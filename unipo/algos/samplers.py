@@ -122,3 +122,131 @@ def red_drop(
     start[1:] = torch.bincount(group_ids, minlength=g).cumsum(0)[:-1]
     rank[order] = torch.arange(rewards.numel()) - start[group_ids[order]]
     return ~neg | (rank < n_pos[group_ids])
+
+
+def _unsolved_groups(first: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """[N] True for the completions of groups where no completion scores > 0 and at least one is scored."""
+    g = int(group_ids.max()) + 1 if group_ids.numel() else 0
+    scored = torch.zeros(g, dtype=torch.long).index_add_(0, group_ids.cpu(), (~first.isnan()).long().cpu())
+    solved = _solved_per_group(first.cpu(), group_ids.cpu(), 0.0)
+    return ((solved == 0) & (scored > 0))[group_ids.cpu()].to(group_ids.device)
+
+
+@register(
+    "sampler",
+    "ghpo",
+    paper="Liu et al. 2025, GHPO: Adaptive Guidance for Stable and Efficient LLM Reinforcement Learning, "
+    "arXiv:2507.10628",
+    tag="checked: official code ghpo_trainer.py (hint text, 25/50/75% character ladder, accuracy <= 0)",
+    facts={"hints"},
+)
+def ghpo(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    reward_components: torch.Tensor | None = None,
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75),
+    start_step: int = 0,
+) -> torch.Tensor:
+    """GHPO's difficulty-aware hints (Liu et al. 2025, arXiv:2507.10628; official `ghpo_trainer.py`).
+
+    hint_q = max_i acc_i ≤ 0 over prompt q's G rollouts (acc: the first reward function, as the official
+    `rewards_per_func[:, 0]`): such a group is regenerated on the prompt plus "The following text is the beginning
+    part of the answer, which you can refer to for solving the problem:" and the first round(f·|s|) characters of the
+    reference solution s, for f = 25%, then 50%, then 75% while the group still fails; the GRPO loss is computed on the
+    hint-conditioned completions (their prompt includes the hint). A group with no scored completion is not hinted.
+
+    Args:
+        rewards: [N] combined rewards (unused: the rule reads the accuracy column).
+        group_ids: [N] prompt index of each completion.
+        reward_components: [N, K] each reward function's score; column 0 is the accuracy.
+        fractions: the ladder of solution fractions, read by the collect stage (official 0.25, 0.5, 0.75).
+        start_step: no hints before this step, read by the collect stage (official `start_hint_step`, 0).
+
+    Returns:
+        [N] bool, True for the completions of groups to regenerate with a hint (constant per group).
+    """
+    first = rewards if reward_components is None else reward_components[:, 0]
+    return _unsolved_groups(first, group_ids)
+
+
+@register(
+    "sampler",
+    "dr_po",
+    paper="Chang et al. 2024, Dataset Reset Policy Optimization for RLHF, arXiv:2404.08495",
+    tag="checked: official code drpo.py with TRIL RollinProcessor (uniform prefix length, mixing probability beta)",
+    facts={"roll_in"},
+)
+def dr_po(
+    ref_lengths: torch.Tensor, *, generator: torch.Generator | None = None, reset_prob: float = 1.0
+) -> torch.Tensor:
+    """DR-PO dataset resets (Chang et al. 2024, arXiv:2404.08495; official `drpo.py`, TRIL `RollinProcessor`).
+
+    With probability β (`reset_prob`, official 1.0) a rollout restarts from a state of the offline data: h ~ U{1, …,
+    L−1} tokens of the reference response y (L = |y|; no reset when L < 2) are forced, then the policy continues;
+    the full sequence is scored and the forced tokens get no policy gradient (m = 0). h = 0 is a standard rollout.
+
+    Args:
+        ref_lengths: [N] long, the token count L of each completion's reference response.
+        generator: the trainer's random generator.
+        reset_prob: β, the probability that a rollout is reset into the data (official default 1.0).
+
+    Returns:
+        [N] long prefix lengths h (0: no roll-in).
+    """
+    u = torch.rand(ref_lengths.shape, generator=generator)
+    reset = torch.rand(ref_lengths.shape, generator=generator) < reset_prob
+    h = 1 + (u * (ref_lengths - 1).clamp(min=0)).floor().long()  # uniform on 1 .. L-1
+    return torch.where(reset & (ref_lengths >= 2), h.clamp(max=(ref_lengths - 1).clamp(min=0)), 0)
+
+
+@register(
+    "sampler",
+    "igpo_inpaint",
+    paper="Zhao et al. 2025, Inpainting-Guided Policy Optimization for Diffusion LLMs (IGPO), arXiv:2509.10396",
+    tag="checked: ALGORITHMS.md §6.3 from the official code (all-wrong trigger, r ~ U[0.2, 0.6] sorted, at most 4 "
+    "replaced); the autoregressive form (the inpainted span is a prefix): ours",
+    facts={"inpaint"},
+)
+def igpo_inpaint(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    reward_components: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    ratio_low: float = 0.2,
+    ratio_high: float = 0.6,
+    max_replace: int = 4,
+) -> torch.Tensor:
+    """IGPO inpainting for an autoregressive model (Zhao et al. 2025, arXiv:2509.10396; the prefix form is ours).
+
+    When all G rollouts of a prompt are wrong (accuracy, the first reward function, ≤ 0), each is regenerated with a
+    fraction r_i ~ U[r_lo, r_hi] of the reference solution fixed (sorted within the group); a diffusion LM fixes
+    spans anywhere, here the fixed span is the first ⌊r_i·L⌋ tokens. Up to `max_replace` inpainted completions that
+    are correct replace wrong originals. The fixed tokens stay in the loss and are marked `hint_mask`, for the
+    `igpo_hint_mask` token weight (which keeps the top 20% of them by entropy).
+
+    Args:
+        rewards: [N] combined rewards (unused: the rule reads the accuracy column).
+        group_ids: [N] prompt index of each completion.
+        reward_components: [N, K] each reward function's score; column 0 is the accuracy.
+        generator: the trainer's random generator (the ratios).
+        ratio_low: r_lo (official 0.2).
+        ratio_high: r_hi (official 0.6).
+        max_replace: at most this many correct inpainted completions replace wrong ones per group (official 4),
+            read by the collect stage.
+
+    Returns:
+        [N] float, the fraction r_i to fix for each completion (sorted ascending within a group; 0 outside the
+        all-wrong groups).
+    """
+    first = rewards if reward_components is None else reward_components[:, 0]
+    wrong = _unsolved_groups(first, group_ids).cpu()
+    r = ratio_low + (ratio_high - ratio_low) * torch.rand(group_ids.shape, generator=generator)
+    ids = group_ids.cpu()
+    by_r = torch.argsort(r)
+    by_r = by_r[torch.argsort(ids[by_r], stable=True)]  # by group, then by r
+    slots = torch.argsort(ids, stable=True)  # each group's completions in their order
+    sorted_r = torch.empty_like(r)
+    sorted_r[slots] = r[by_r]
+    return torch.where(wrong, sorted_r, torch.zeros_like(r))

@@ -23,7 +23,8 @@ class Origin(IntEnum):
     DEMONSTRATION = 3
     """the dataset's reference solution, not sampled (no behaviour log-probs: NaN)."""
     ROLL_IN = 4
-    """a forced prefix of a reference solution continued by the policy (the forced tokens are out of the loss)."""
+    """a forced prefix of a reference solution continued by the policy (`Rollouts.forced`; the forced tokens are out
+    of the loss unless the method trains them, as IGPO does)."""
 
 
 @dataclass
@@ -50,12 +51,15 @@ class Rollouts:
     texts: list[str] = field(default_factory=list)  # N decoded completions
     loss_mask: torch.Tensor | None = None  # (N, T); None: the completion mask
     origin: torch.Tensor | None = None  # (N,) long `Origin`; None: all sampled from the policy
+    forced: torch.Tensor | None = None  # (N, T) bool: tokens forced from a reference (a roll-in), not sampled
 
     def __post_init__(self) -> None:
         if self.loss_mask is None:
             self.loss_mask = self.completion_mask
         if self.origin is None:
             self.origin = torch.full_like(self.group_ids, int(Origin.POLICY))
+        if self.forced is None:
+            self.forced = torch.zeros_like(self.completion_mask, dtype=torch.bool)
 
     @property
     def num_completions(self) -> int:
@@ -92,7 +96,16 @@ class Rollouts:
         return replace(self, **{name: both(name) for name in PER_COMPLETION}, texts=self.texts + other.texts)
 
 
-PER_COMPLETION = ("completion_ids", "completion_mask", "loss_mask", "group_ids", "truncated", "rollout_logp", "origin")
+PER_COMPLETION = (
+    "completion_ids",
+    "completion_mask",
+    "loss_mask",
+    "group_ids",
+    "truncated",
+    "rollout_logp",
+    "origin",
+    "forced",
+)
 """The fields of `Rollouts` with one entry (or row) per completion."""
 
 

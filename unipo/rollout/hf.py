@@ -47,11 +47,15 @@ def sample(
     top_p: float = 1.0,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    forced: list[list[int]] | None = None,
 ) -> Rollouts:
     """Sample `n` completions for each row's prompt. Returns a Rollouts batch with completions grouped by prompt.
 
     Log-probs of the sampled tokens are those of softmax(logits / temperature) before top-k/top-p filtering,
-    the same distribution the loss scores.
+    the same distribution the loss scores. `forced` (one token list per completion, prompt-major) makes each
+    completion start with those tokens (a roll-in: DR-PO, IGPO), counted in `max_new_tokens`; the policy continues
+    from them in the same decode. Forced tokens are marked in `Rollouts.forced`, left out of `loss_mask` and carry
+    behaviour log-prob 0 (not sampled); an empty list is a plain rollout (the random draws are the same).
     """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], tokenizer, device)
@@ -73,6 +77,7 @@ def sample(
     pad = tokenizer.pad_token_id
     n_total = group_ids.shape[0]
     done = torch.zeros(n_total, dtype=torch.bool, device=device)
+    forced_ids, forced_len = _forced(forced, n_total, pad, device)
     tokens, logps = [], []
     for t in range(max_new_tokens):
         scaled = logits.float() / (1.0 if greedy else temperature)
@@ -82,9 +87,12 @@ def sample(
         else:
             probs = torch.softmax(filter_logits(scaled, top_k, top_p), dim=-1)
             tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        is_forced = t < forced_len
+        if t < forced_ids.shape[1]:
+            tok = torch.where(is_forced, forced_ids[:, t], tok)
         tok = torch.where(done, torch.full_like(tok, pad), tok)
         tokens.append(tok)
-        logps.append(logp_all.gather(-1, tok[:, None]).squeeze(-1))
+        logps.append(logp_all.gather(-1, tok[:, None]).squeeze(-1).masked_fill(is_forced, 0.0))
         done = done | torch.isin(tok, eos_ids)
         if bool(done.all()) or t == max_new_tokens - 1:
             break
@@ -99,6 +107,8 @@ def sample(
         logits = out.logits[:, -1]
     completion_ids = torch.stack(tokens, dim=1)
     completion_mask = _mask_through_eos(completion_ids, eos_ids)
+    steps = torch.arange(completion_ids.shape[1], device=device)
+    forced_mask = (steps[None, :] < forced_len[:, None]) & completion_mask.bool()
     truncated = ~torch.isin(completion_ids, eos_ids).any(dim=1)
     texts = tokenizer.batch_decode(
         completion_ids.masked_fill(completion_mask == 0, pad).tolist(), skip_special_tokens=True
@@ -113,7 +123,22 @@ def sample(
         torch.stack(logps, dim=1) * completion_mask,
         list(rows),
         texts,
+        loss_mask=completion_mask * ~forced_mask,
+        forced=forced_mask,
     )
+
+
+def _forced(forced: list[list[int]] | None, n_total: int, pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(N, F) forced token ids (padded) and (N,) their counts; F = 0 without a roll-in."""
+    if forced is None:
+        return torch.zeros(n_total, 0, dtype=torch.long, device=device), torch.zeros(
+            n_total, dtype=torch.long, device=device
+        )
+    if len(forced) != n_total:
+        raise ValueError(f"forced: one token list per completion ({n_total}), got {len(forced)}")
+    width = max((len(f) for f in forced), default=0)
+    ids = torch.tensor([f + [pad] * (width - len(f)) for f in forced], dtype=torch.long, device=device)
+    return ids.view(n_total, width), torch.tensor([len(f) for f in forced], dtype=torch.long, device=device)
 
 
 def _eos_ids(model: Any, tokenizer: Any, device: torch.device) -> torch.Tensor:

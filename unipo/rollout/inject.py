@@ -1,4 +1,5 @@
-"""Samples that a sampler puts into the batch instead of (or beside) the policy's: demonstrations from the dataset.
+"""Samples that a sampler puts into the batch instead of (or beside) the policy's: demonstrations from the dataset, and
+prompts with a hint from the reference solution.
 
 Each is tokenised once, here, and carried as token ids from then on (never re-tokenised); its `origin` says what it
 is. No policy sampled a demonstration, so it has no behaviour log-probs: they are stored as 0 (probability 1), never
@@ -18,6 +19,26 @@ def reference_text(row: dict) -> str:
         if row.get(key) not in (None, ""):
             return str(row[key])
     raise ValueError(f"a demonstration needs a `solution` or `answer` column; the row has {sorted(row)}")
+
+
+GHPO_HINT = (
+    "\n The following text is the beginning part of the answer, which you can refer to for solving the problem:\n"
+)
+"""GHPO's hint text (official `ghpo_trainer.py`), followed by the start of the reference solution."""
+
+
+def with_hint(row: dict, fraction: float) -> dict:
+    """`row` with the first round(fraction·|s|) characters of its reference solution s appended to its prompt after
+    `GHPO_HINT` (to the last user message of a chat prompt, to the text of a plain one), as GHPO does."""
+    solution = reference_text(row)
+    hint = GHPO_HINT + solution[: round(len(solution) * fraction)]
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        return {**row, "prompt": prompt + hint}
+    messages = [dict(m) for m in prompt]
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages) - 1)
+    messages[last]["content"] = messages[last]["content"] + hint
+    return {**row, "prompt": messages}
 
 
 def demonstrations(batch: Rollouts, prompts: torch.Tensor, tokenizer: object, max_tokens: int) -> Rollouts:

@@ -133,7 +133,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
     `max_len` is the run's token budget (`rollout.max_new_tokens`), which shapers check their lengths against.
     """
     from unipo.config import ConfigError
-    from unipo.trainers.inputs import ALWAYS_RUN, PURE_ONLY, unavailable
+    from unipo.trainers.inputs import ALWAYS_RUN, INJECTED_BY, PURE_ONLY, unavailable
 
     for fn in algo.all():  # the KL estimator only when there is a KL term
         if (fn.kind, fn.id) in ALWAYS_RUN:
@@ -141,10 +141,11 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
         if (fn.kind, fn.id) in PURE_ONLY:
             raise ConfigError(f"{fn.kind} {fn.id!r} cannot run in the on-policy trainer yet: "
                               f"{PURE_ONLY[fn.kind, fn.id]}")  # fmt: skip
-        if "demo_mask" in fn.needs and not algo.has_fact("sampler", "demonstrations"):
-            demo_samplers = [n for n in algos.names("sampler") if "demonstrations" in algos.entry("sampler", n).facts]
-            raise ConfigError(f"{fn.kind} {fn.id!r} trains on demonstrations (`demo_mask`), and no sampler of this "
-                              f"recipe injects any: set algo.sampler to one of {', '.join(demo_samplers)}")  # fmt: skip
+        for name, fact in INJECTED_BY.items():
+            if name in fn.needs and not algo.has_fact("sampler", fact):
+                samplers = [n for n in algos.names("sampler") if fact in algos.entry("sampler", n).facts]
+                raise ConfigError(f"{fn.kind} {fn.id!r} reads injected samples (`{name}`), and no sampler of this "
+                                  f"recipe injects any: set algo.sampler to one of {', '.join(samplers)}")  # fmt: skip
         late = unavailable(fn.kind, fn.needs)
         if late:
             raise ConfigError(f"{fn.kind} {fn.id!r} needs {', '.join(late)}, which the on-policy trainer produces only "
@@ -161,7 +162,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
         "baseline_rewards": torch.tensor([0.5, 0.5, 0.0, 1.0]), "demo_mask": torch.tensor([False, False, True, False]),
         "lengths": torch.tensor([3, 1, 2, 3]).clamp(max=max_len), "max_len": max_len,
         "correct": torch.tensor([True, False, True, False]),
-        "prompt_keys": ["a", "a", "b", "b"],
+        "prompt_keys": ["a", "a", "b", "b"], "hint_mask": torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]]),
     }  # fmt: skip
     inputs["reward_components"] = inputs["rewards"][:, None].repeat(1, num_rewards)
     rewards = inputs["rewards"][:, None].repeat(1, num_rewards) if algo.multi_reward else inputs["rewards"]

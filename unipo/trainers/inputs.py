@@ -53,6 +53,7 @@ PRODUCED_AT: dict[str, Stage] = {
     "correct": Stage.COLLECT,  # [N] the first reward function scored >= 1
     "reward_components": Stage.COLLECT,  # [N, K] each reward function's score (NaN: None or failed)
     "prompt_keys": Stage.COLLECT,  # N strings identifying each completion's prompt
+    "hint_mask": Stage.COLLECT,  # [N, T] tokens forced from the reference (an `inpaint` sampler's, kept in the loss)
     "ref_logp": Stage.REFERENCE,
     "advantages": Stage.ADVANTAGE,
     "logp": Stage.UPDATE,
@@ -100,10 +101,16 @@ PURE_ONLY: dict[tuple[str, str], str] = {
     ("advantage", "optimal_token_baseline"): "needs Σ_v π(v)² per token (`sum_pi_squared`) from the full logits, "
     "which the update does not keep yet",
     ("kl", "kl_full"): "needs the full-vocabulary logits of the policy and the reference (`logits`, `ref_logits`)",
-    ("token_weight", "igpo_hint_mask"): "needs hint-injected samples and their `hint_mask`; no hint sampler yet",
 }
 """Registered components that no trainer can run yet, with the reason: `unipo list` and docs/algorithms.md show
 them as "pure only", and the on-policy trainer refuses them at setup with this reason."""
+
+INJECTED_BY: dict[str, str] = {"demo_mask": "demonstrations", "hint_mask": "inpaint"}
+"""Inputs that mark injected samples, and the sampler fact (registry.FACTS) whose sampler injects them: a component
+that reads one needs such a sampler in its recipe."""
+
+NEEDS_REFERENCE = frozenset({"demonstrations", "hints", "roll_in", "inpaint"})
+"""Sampler facts that read each row's reference solution (`solution`, else `answer`)."""
 
 RUNS_IN: dict[str, str] = {
     "advantage": "rl",

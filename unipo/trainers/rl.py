@@ -23,11 +23,11 @@ from unipo.config import Config, ConfigError
 from unipo.data.tasks import PromptStream, get_task
 from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
-from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups
-from unipo.rollout.hf import sample
-from unipo.rollout.inject import demonstrations, reference_text
+from unipo.rollout.batch import Origin, Rollouts
+from unipo.rollout.inject import reference_text
 from unipo.trainers import checkpoint, controllers
 from unipo.trainers import critic as critics
+from unipo.trainers.collect import collect, greedy_rewards
 from unipo.trainers.common import (
     Algo,
     RewardScorer,
@@ -42,7 +42,7 @@ from unipo.trainers.common import (
     start_run,
 )
 from unipo.trainers.evaluate import heldout_eval
-from unipo.trainers.inputs import FROM_LOGITS
+from unipo.trainers.inputs import FROM_LOGITS, NEEDS_REFERENCE
 from unipo.trainers.loop import run_steps
 
 
@@ -57,7 +57,7 @@ def train(cfg: Config) -> Path:
     if affine and algo.critic is None and algo.has_fact("advantage", "group_centred"):
         log.warning("algo.shaping: %s is affine in the reward, so the %r advantage (group-centred) cancels it or "
                     "only rescales it (ALGORITHMS.md §5.3)", ", ".join(affine), algo.advantage.id)  # fmt: skip
-    if algo.has_fact("sampler", "demonstrations") and task.train:
+    if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & NEEDS_REFERENCE and task.train:
         try:
             reference_text(task.train[0])
         except ValueError as e:
@@ -228,91 +228,6 @@ def shape_inputs(s: RLState, batch: Rollouts, per_fn: torch.Tensor) -> dict[str,
     }
 
 
-def collect(s: RLState, algo: Algo, timer: Timer) -> tuple[Rollouts, torch.Tensor, dict[str, float]]:
-    """The collect stage: generate and score `train.prompts_per_step` prompts, then let the sampler act on them.
-    A group filter keeps the groups it keeps, and more prompts are generated until exactly that many groups are kept
-    (or `max_gen_batches` rounds ran; the step then trains on the groups kept so far). A demonstration sampler
-    (fact `demonstrations`) replaces the completions it marks by their prompt's demonstration, which is unscored
-    (NaN reward: no policy gradient) and trained on by `sft_nll`. Returns the batch, its rewards (N, K) and the
-    sampler's metrics."""
-    want = s.cfg.train.prompts_per_step
-    batch, per_fn = _generate_and_score(s, s.stream.take(want), timer)
-    if algo.sampler is None:
-        return batch, per_fn, {}
-    if algo.has_fact("sampler", "demonstrations"):
-        return _with_demonstrations(s, algo, batch, per_fn)
-    entry = algos.entry("sampler", algo.sampler.id)
-    parts: list[tuple[Rollouts, torch.Tensor]] = []
-    kept = generated = rounds = 0
-    limit = {**entry.params, **algo.sampler.keywords}.get("max_gen_batches", 1)  # a filter with no regeneration: 1
-    while True:
-        rounds += 1
-        keep = call(
-            algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(), inputs=_sampler_inputs(s, algo.sampler)
-        )
-        keep = keep.to(batch.group_ids.device)
-        generated += want
-        if bool(keep.any()):
-            groups = torch.unique(batch.group_ids[keep])[: want - kept]  # never more than the batch needs
-            keep &= torch.isin(batch.group_ids, groups)
-            parts.append((keep_groups(batch, keep), per_fn[keep.cpu()]))
-            kept += groups.numel()
-        if kept == want or (limit > 0 and rounds >= limit):
-            break
-        batch, per_fn = _generate_and_score(s, s.stream.take(want), timer)
-    stats = {"sampler/gen_batches": float(rounds), "sampler/kept_frac": kept / generated,
-             "sampler/groups": float(kept)}  # fmt: skip
-    if not parts:  # nothing kept within the limit: train on the last batch (its advantages are all 0)
-        return batch, per_fn, stats
-    merged = cat([b for b, _ in parts], s.tokenizer.pad_token_id) if len(parts) > 1 else parts[0][0]
-    return merged, torch.cat([p for _, p in parts]), stats
-
-
-def _sampler_inputs(s: RLState, sampler: Any) -> dict[str, Any]:
-    # a CPU generator seeded from the run's (which may live on the GPU), so the sampler's draws resume exactly;
-    # drawn only for a sampler that declares it
-    if "generator" not in sampler.needs:
-        return {}
-    seed = torch.randint(0, 2**62, (1,), generator=s.generator, device=s.generator.device)
-    return {"generator": torch.Generator().manual_seed(int(seed))}
-
-
-def _with_demonstrations(
-    s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor
-) -> tuple[Rollouts, torch.Tensor, dict[str, float]]:
-    switch = algo.sampler(s.scorer.combine(per_fn), batch.group_ids.cpu()).to(batch.group_ids.device)
-    prompts = torch.unique(batch.group_ids[switch])
-    stats = {"sampler/demo_frac": prompts.numel() / batch.prompt_ids.shape[0],
-             "sampler/sampled_reward": _nanmean(s.scorer.combine(per_fn))}  # before the switch  # fmt: skip
-    if prompts.numel() == 0:
-        return batch, per_fn, stats
-    demos = demonstrations(batch, prompts, s.tokenizer, s.cfg.rollout.max_new_tokens)
-    parts = [demos] if bool(switch.all()) else [keep_groups(batch, ~switch), demos]
-    unscored = torch.full((demos.num_completions, per_fn.shape[1]), float("nan"))
-    return cat(parts, s.tokenizer.pad_token_id), torch.cat([per_fn[~switch.cpu()], unscored]), stats
-
-
-def _generate_and_score(s: RLState, rows: list[dict], timer: Timer) -> tuple[Rollouts, torch.Tensor]:
-    cfg, r = s.cfg, s.cfg.rollout
-    with timer("generate"), autocast_context(s.model, cfg.model.autocast):
-        batch = sample(
-            s.model, s.tokenizer, rows, n=r.group_size, max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, generator=s.generator,
-        )  # fmt: skip
-    with timer("score"):
-        return batch, s.scorer.score(batch)  # (N, K)
-
-
-def greedy_rewards(s: RLState, batch: Rollouts) -> torch.Tensor:
-    """(N,) the reward of the greedy reply to each completion's prompt (ReMax's baseline; NaN when unscored)."""
-    cfg = s.cfg
-    with autocast_context(s.model, cfg.model.autocast):
-        greedy = sample(s.model, s.tokenizer, batch.rows, n=1, max_new_tokens=cfg.rollout.max_new_tokens,
-                        greedy=True)  # fmt: skip
-    per_prompt = s.scorer.combine(s.scorer.score(greedy)).to(batch.group_ids.device)  # (P,)
-    return per_prompt[batch.group_ids]
-
-
 def advantages_of(
     algo: Algo, rewards: torch.Tensor, per_fn: torch.Tensor, batch: Rollouts, inputs: dict[str, Any], weights: list
 ) -> torch.Tensor:
@@ -395,6 +310,7 @@ def update(
                 "completion_ids": mb.completion_ids,
                 "truncated": mb.truncated,
                 "demo_mask": mb.origin == Origin.DEMONSTRATION,
+                "hint_mask": mb.forced,
             }
             for name, (make, params, values) in derived.items():  # of the sampling policy (= the current one, pass 1)
                 if epoch == 0:

@@ -112,3 +112,85 @@ def test_red_drop_on_a_hand_worked_batch():
         assert keep[[0, 4, 5, 6, 7, 8]].all() and int(keep[1:4].sum()) == 1 and int(keep[9:].sum()) == 1
         seen.add(tuple(keep[1:4].tolist()))
     assert len(seen) == 3  # each negative can be the one kept
+
+
+NAN = float("nan")
+
+
+def test_ghpo_hints_only_groups_where_no_rollout_is_correct():
+    # §13 S2: the trigger is the accuracy column (reward function 0) <= 0 for every rollout of the group; a group that
+    # nothing scored is left alone; the combined reward (here a format bonus everywhere) plays no part
+    ghpo = algos.get("sampler", "ghpo")
+    gids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    acc = torch.tensor([0.0, 0.0, 1.0, 0.0, NAN, NAN, -1.0, NAN])
+    components = torch.stack([acc, torch.full_like(acc, 0.5)], 1)
+    hint = ghpo(torch.full_like(acc, 0.5), gids, reward_components=components)
+    assert hint.tolist() == [True, True, False, False, False, False, True, True]
+
+
+def test_with_hint_appends_the_ghpo_text_and_a_fraction_of_the_solution():
+    from unipo.rollout.inject import GHPO_HINT, with_hint
+
+    row = {"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q?"}], "solution": "abcdefgh",
+           "answer": "8"}  # fmt: skip
+    for fraction, part in ((0.25, "ab"), (0.5, "abcd"), (0.75, "abcdef")):
+        hinted = with_hint(row, fraction)
+        assert hinted["prompt"][1]["content"] == "Q?" + GHPO_HINT + part
+        assert hinted["prompt"][0] == row["prompt"][0] and hinted["answer"] == "8"
+    assert row["prompt"][1]["content"] == "Q?"  # the row itself is not changed
+    # a plain-text prompt, and the answer as the solution when there is none
+    assert with_hint({"prompt": "Q?", "answer": "1234"}, 0.5)["prompt"] == "Q?" + GHPO_HINT + "12"
+    assert GHPO_HINT.startswith("\n The following text is the beginning part of the answer")
+
+
+def test_dr_po_prefix_lengths_are_uniform_on_one_to_l_minus_one():
+    dr_po = algos.get("sampler", "dr_po")
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([5] * 4000 + [1, 0])
+    h = dr_po(lengths, generator=g)
+    assert h[-2:].tolist() == [0, 0]  # L < 2: no reset (TRIL RollinProcessor)
+    counts = torch.bincount(h[:-2], minlength=6)
+    assert counts[0] == 0 and counts[5] == 0  # never the whole reference, never empty when reset
+    assert ((counts[1:5] / 4000 - 0.25).abs() < 0.03).all()  # uniform on 1..4
+    assert bool((dr_po(lengths, generator=g, reset_prob=0.0) == 0).all())  # β = 0: standard rollouts only
+    mixed = dr_po(torch.full((4000,), 5), generator=g, reset_prob=0.3)
+    assert abs(float((mixed > 0).float().mean()) - 0.3) < 0.03
+
+
+def test_igpo_inpaint_gives_sorted_ratios_to_all_wrong_groups_only():
+    igpo = algos.get("sampler", "igpo_inpaint")
+    gids = torch.tensor([1, 0, 1, 0, 2, 1, 0, 2])  # groups interleaved: the sort is per group, in completion order
+    acc = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    r = igpo(acc, gids, reward_components=acc[:, None], generator=torch.Generator().manual_seed(3))
+    assert bool((r[gids == 0] == 0).all())  # group 0 has a correct rollout
+    for g in (1, 2):
+        values = r[gids == g]
+        assert bool(((values >= 0.2) & (values <= 0.6)).all())
+        assert values.tolist() == sorted(values.tolist())
+
+
+def test_a_forced_prefix_starts_each_completion_and_is_out_of_the_loss(tiny_model_dir):
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.models.logprobs import completion_logprobs
+    from unipo.rollout.hf import sample
+
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    rows = [{"prompt": "say 7:"}, {"prompt": "count to 3:"}]
+    forced = [[], [5, 6, 7], [8], []]
+    g = torch.Generator().manual_seed(0)
+    batch = sample(model, tok, rows, n=2, max_new_tokens=6, generator=g, forced=forced)
+    for i, prefix in enumerate(forced):
+        assert batch.completion_ids[i, : len(prefix)].tolist() == prefix
+        assert batch.forced[i].tolist() == [j < len(prefix) for j in range(batch.forced.shape[1])]
+        assert batch.loss_mask[i, : len(prefix)].sum() == 0 and bool((batch.rollout_logp[i, : len(prefix)] == 0).all())
+    # the policy continued from the forced tokens: the behaviour log-probs of the sampled tokens are the ones the update
+    # computes on the finished sequence (the forced tokens are in the context)
+    logp, _ = completion_logprobs(model, batch)
+    sampled = batch.loss_mask.bool()
+    torch.testing.assert_close(logp[sampled], batch.rollout_logp[sampled], atol=1e-4, rtol=1e-4)
+    # prefix length 0 everywhere is a standard rollout, token for token (§13 S2)
+    plain = sample(model, tok, rows, n=2, max_new_tokens=6, generator=torch.Generator().manual_seed(1))
+    empty = sample(model, tok, rows, n=2, max_new_tokens=6, generator=torch.Generator().manual_seed(1),
+                   forced=[[], [], [], []])  # fmt: skip
+    assert torch.equal(plain.completion_ids, empty.completion_ids) and not bool(empty.forced.any())
+    torch.testing.assert_close(plain.rollout_logp, empty.rollout_logp)

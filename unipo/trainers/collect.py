@@ -1,0 +1,226 @@
+"""The collect stage of the on-policy step: generate, score, and let the recipe's sampler (ALGORITHMS.md §6) decide
+which samples the step trains on.
+
+A sampler's registry facts say how it acts (`algos.registry.FACTS`):
+- a group filter (no fact): keeps the groups it marks; more prompts are generated until the batch is full;
+- `demonstrations`: the groups it marks are replaced by their demonstration (HPT);
+- `hints`: the groups it marks are regenerated with a growing hint in the prompt while they fail (GHPO);
+- `roll_in`: before generation it picks how many reference tokens each completion starts with (DR-PO);
+- `inpaint`: the groups it marks are regenerated from reference prefixes kept in the loss; correct ones replace
+  wrong originals (IGPO).
+Injected samples are carried as token ids from here on (never re-tokenised) and marked by `Rollouts.origin`,
+`loss_mask` and `forced`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from unipo import algos
+from unipo.models.loading import autocast_context
+from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups
+from unipo.rollout.hf import sample
+from unipo.rollout.inject import demonstrations, reference_text, with_hint
+from unipo.trainers.common import Algo, Timer, call
+
+if TYPE_CHECKING:
+    from unipo.trainers.rl import RLState
+
+Collected = tuple[Rollouts, torch.Tensor, dict[str, float]]
+"""The batch, its rewards (N, K: one column per reward function) and the sampler's metrics."""
+
+
+def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
+    """The collect stage: `train.prompts_per_step` prompts, `rollout.group_size` completions each, scored, then
+    shaped by the recipe's sampler (module docstring)."""
+    want = s.cfg.train.prompts_per_step
+    rows = s.stream.take(want)
+    if algo.has_fact("sampler", "roll_in"):
+        return _rolled_in(s, algo, rows, timer)
+    batch, per_fn = generate_and_score(s, rows, timer)
+    if algo.sampler is None:
+        return batch, per_fn, {}
+    for fact, act in (("demonstrations", _with_demonstrations), ("hints", _with_hints), ("inpaint", _inpainted)):
+        if algo.has_fact("sampler", fact):
+            return act(s, algo, batch, per_fn, timer)
+    return _filtered(s, algo, batch, per_fn, timer)
+
+
+def _params(fn: Any) -> dict[str, Any]:
+    """A bound component's hyperparameters: registered defaults overlaid with the recipe's."""
+    return {**algos.entry(fn.kind, fn.id).params, **fn.keywords}
+
+
+def _filtered(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
+    """A group filter keeps the groups it keeps, and more prompts are generated until exactly `prompts_per_step`
+    groups are kept (or `max_gen_batches` rounds ran; the step then trains on the groups kept so far)."""
+    want = s.cfg.train.prompts_per_step
+    parts: list[tuple[Rollouts, torch.Tensor]] = []
+    kept = generated = rounds = 0
+    limit = _params(algo.sampler).get("max_gen_batches", 1)  # a filter with no regeneration: 1
+    while True:
+        rounds += 1
+        keep = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(),
+                    inputs=sampler_inputs(s, algo.sampler, per_fn)).to(batch.group_ids.device)  # fmt: skip
+        generated += want
+        if bool(keep.any()):
+            groups = torch.unique(batch.group_ids[keep])[: want - kept]  # never more than the batch needs
+            keep &= torch.isin(batch.group_ids, groups)
+            parts.append((keep_groups(batch, keep), per_fn[keep.cpu()]))
+            kept += groups.numel()
+        if kept == want or (limit > 0 and rounds >= limit):
+            break
+        batch, per_fn = generate_and_score(s, s.stream.take(want), timer)
+    stats = {"sampler/gen_batches": float(rounds), "sampler/kept_frac": kept / generated,
+             "sampler/groups": float(kept)}  # fmt: skip
+    if not parts:  # nothing kept within the limit: train on the last batch (its advantages are all 0)
+        return batch, per_fn, stats
+    merged = cat([b for b, _ in parts], s.tokenizer.pad_token_id) if len(parts) > 1 else parts[0][0]
+    return merged, torch.cat([p for _, p in parts]), stats
+
+
+def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> dict[str, Any]:
+    """The trainer inputs a sampler may take: each reward function's scores, and a CPU generator seeded from the
+    run's (which may live on the GPU) so that its draws resume exactly, drawn only for a sampler that declares it."""
+    inputs: dict[str, Any] = {} if per_fn is None else {"reward_components": per_fn}
+    if "generator" in fn.needs:
+        seed = torch.randint(0, 2**62, (1,), generator=s.generator, device=s.generator.device)
+        inputs["generator"] = torch.Generator().manual_seed(int(seed))
+    return inputs
+
+
+def _with_demonstrations(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
+    """The completions the sampler marks are replaced by their prompt's demonstration, which is unscored (NaN reward:
+    no policy gradient) and trained on by `sft_nll`."""
+    switch = algo.sampler(s.scorer.combine(per_fn), batch.group_ids.cpu()).to(batch.group_ids.device)
+    prompts = torch.unique(batch.group_ids[switch])
+    stats = {"sampler/demo_frac": prompts.numel() / batch.prompt_ids.shape[0],
+             "sampler/sampled_reward": _nanmean(s.scorer.combine(per_fn))}  # before the switch  # fmt: skip
+    if prompts.numel() == 0:
+        return batch, per_fn, stats
+    demos = demonstrations(batch, prompts, s.tokenizer, s.cfg.rollout.max_new_tokens)
+    parts = [demos] if bool(switch.all()) else [keep_groups(batch, ~switch), demos]
+    unscored = torch.full((demos.num_completions, per_fn.shape[1]), float("nan"))
+    return cat(parts, s.tokenizer.pad_token_id), torch.cat([per_fn[~switch.cpu()], unscored]), stats
+
+
+def _with_hints(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
+    """GHPO: the groups the sampler marks are regenerated on their prompt plus a hint of the first fraction of the
+    reference solution, for each fraction in turn while they still fail; they replace the failed groups (the step
+    trains on the hinted prompts)."""
+    params = _params(algo.sampler)
+    originals = list(batch.rows)  # each prompt's row without a hint, aligned with batch.rows
+    hinted = torch.zeros(len(originals), dtype=torch.bool)
+    stats = {"sampler/hinted_frac": 0.0, "sampler/hint_rounds": 0.0}
+    if s.step < params["start_step"]:
+        return batch, per_fn, stats
+    for rounds, fraction in enumerate(params["fractions"], 1):
+        fail = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(),
+                    inputs=sampler_inputs(s, algo.sampler, per_fn)).to(batch.group_ids.device)  # fmt: skip
+        prompts = torch.unique(batch.group_ids[fail]).tolist()
+        if not prompts:
+            break
+        stats["sampler/hint_rounds"] = float(rounds)
+        rows = [with_hint(originals[p], fraction) for p in prompts]
+        again, again_fn = generate_and_score(s, rows, timer)
+        again.origin.fill_(int(Origin.HINT))
+        keep = ~fail
+        parts = [keep_groups(batch, keep), again] if bool(keep.any()) else [again]
+        kept_prompts = torch.unique(batch.group_ids[keep]).tolist()
+        originals = [originals[p] for p in kept_prompts] + [originals[p] for p in prompts]
+        hinted = torch.cat([hinted[kept_prompts], torch.ones(len(prompts), dtype=torch.bool)])
+        batch = cat(parts, s.tokenizer.pad_token_id)
+        per_fn = torch.cat([per_fn[keep.cpu()], again_fn])
+    stats["sampler/hinted_frac"] = float(hinted.float().mean())
+    return batch, per_fn, stats
+
+
+def _reference_tokens(s: RLState, rows: list[dict]) -> list[list[int]]:
+    """Each row's reference solution as token ids (no special tokens): the source of forced prefixes."""
+    return [s.tokenizer(reference_text(r), add_special_tokens=False)["input_ids"] for r in rows]
+
+
+def _rolled_in(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collected:
+    """DR-PO: each completion starts with the first h reference tokens the sampler draws (h = 0: a plain rollout);
+    the policy continues in the same decode, the whole sequence is scored, and the forced tokens are out of the loss."""
+    n = s.cfg.rollout.group_size
+    refs = [ref for ref in _reference_tokens(s, rows) for _ in range(n)]
+    lengths = algo.sampler(torch.tensor([len(r) for r in refs]), **sampler_inputs(s, algo.sampler))
+    forced = [ref[:h] for ref, h in zip(refs, lengths.tolist(), strict=True)]
+    batch, per_fn = generate_and_score(s, rows, timer, forced=forced)
+    rolled = lengths > 0
+    batch.origin[rolled.to(batch.origin.device)] = int(Origin.ROLL_IN)
+    stats = {"sampler/roll_in_frac": float(rolled.float().mean()),
+             "sampler/forced_tokens": float(batch.forced.sum(1).float().mean())}  # fmt: skip
+    return batch, per_fn, stats
+
+
+def _inpainted(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
+    """IGPO: the groups the sampler marks are regenerated with the fraction r_i of the reference it gives each
+    completion forced at the start (kept in the loss, marked `forced` for `hint_mask`); up to `max_replace`
+    regenerated completions that are correct (first reward function > 0) replace wrong originals of their group."""
+    fractions = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(),
+                     inputs=sampler_inputs(s, algo.sampler, per_fn))  # fmt: skip
+    target = (fractions > 0).to(batch.group_ids.device)
+    prompts = torch.unique(batch.group_ids[target]).tolist()
+    stats = {"sampler/inpainted_frac": len(prompts) / batch.prompt_ids.shape[0], "sampler/replaced": 0.0}
+    if not prompts:
+        return batch, per_fn, stats
+    n = s.cfg.rollout.group_size
+    refs = _reference_tokens(s, [batch.rows[p] for p in prompts])
+    r = fractions[target.cpu()].view(len(prompts), n)  # every group has group_size completions before the sampler
+    forced = [refs[j][: int(r[j, i] * len(refs[j]))] for j in range(len(prompts)) for i in range(n)]
+    again, again_fn = generate_and_score(s, [batch.rows[p] for p in prompts], timer, forced=forced)
+    again.loss_mask = again.completion_mask.clone()  # IGPO trains the fixed tokens (igpo_hint_mask weighs them)
+    again.origin.fill_(int(Origin.ROLL_IN))
+    correct = torch.nan_to_num(again_fn[:, 0], nan=0.0) > 0
+    max_replace = _params(algo.sampler)["max_replace"]
+    swap_in, swap_out = [], []
+    for j, p in enumerate(prompts):
+        good = [j * n + i for i in range(n) if bool(correct[j * n + i])][:max_replace]
+        wrong = (batch.group_ids == p).nonzero().squeeze(-1).tolist()[: len(good)]  # all originals are wrong
+        swap_in += good[: len(wrong)]
+        swap_out += wrong[: len(good)]
+    stats["sampler/replaced"] = float(len(swap_in))
+    if not swap_in:
+        return batch, per_fn, stats
+    device = batch.group_ids.device
+    again.group_ids = torch.tensor(prompts, device=device)[again.group_ids]  # index batch's prompts (same rows)
+    keep = torch.ones(batch.num_completions + again.num_completions, dtype=torch.bool, device=device)
+    keep[swap_out] = False
+    keep[batch.num_completions :] = False
+    keep[[batch.num_completions + i for i in swap_in]] = True
+    merged = batch.concat(again).select(keep.nonzero().squeeze(-1))
+    return merged, torch.cat([per_fn, again_fn])[keep.cpu()], stats
+
+
+def generate_and_score(
+    s: RLState, rows: list[dict], timer: Timer, forced: list[list[int]] | None = None
+) -> tuple[Rollouts, torch.Tensor]:
+    """`rollout.group_size` completions of each row (starting with `forced` tokens, one list per completion), and
+    their rewards (N, K)."""
+    cfg, r = s.cfg, s.cfg.rollout
+    with timer("generate"), autocast_context(s.model, cfg.model.autocast):
+        batch = sample(
+            s.model, s.tokenizer, rows, n=r.group_size, max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, generator=s.generator, forced=forced,
+        )  # fmt: skip
+    with timer("score"):
+        return batch, s.scorer.score(batch)  # (N, K)
+
+
+def greedy_rewards(s: RLState, batch: Rollouts) -> torch.Tensor:
+    """(N,) the reward of the greedy reply to each completion's prompt (ReMax's baseline; NaN when unscored)."""
+    cfg = s.cfg
+    with autocast_context(s.model, cfg.model.autocast):
+        greedy = sample(s.model, s.tokenizer, batch.rows, n=1, max_new_tokens=cfg.rollout.max_new_tokens,
+                        greedy=True)  # fmt: skip
+    per_prompt = s.scorer.combine(s.scorer.score(greedy)).to(batch.group_ids.device)  # (P,)
+    return per_prompt[batch.group_ids]
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    x = x[~x.isnan()]
+    return float(x.mean()) if x.numel() else float("nan")
