@@ -587,3 +587,83 @@ def test_igpo_replaces_wrong_rollouts_with_correct_inpainted_ones(tiny_model_dir
             assert int(0.2 * len(ref)) <= h <= int(0.6 * len(ref)) and batch.completion_ids[i, :h].tolist() == ref[:h]
     # the fixed tokens stay in the loss (igpo_hint_mask keeps the top 20% of them by entropy)
     assert bool((batch.loss_mask.bool() == batch.completion_mask.bool()).all()) and bool(batch.forced.any())
+
+
+def test_knapsack_gives_each_prompt_the_budget_of_its_last_pass_rate(tiny_model_dir):
+    # step 1: every prompt unseen (prior 0.5): the even split; step 2 revisits the same prompts, each with the budget
+    # the DP gives its step-1 pass rate (computed here from step 1's rewards); the budget is exact
+    from tests.integration.rewards_for_tests import even_length
+    from unipo import algos
+    from unipo.trainers.collect import prompt_key
+    from unipo.trainers.common import Timer
+    from unipo.trainers.rl import collect
+
+    rows = [{"prompt": f"question number {i}:", "answer": "1"} for i in range(4)]
+    s = _collect_state(tiny_model_dir, "knapsack_grpo", rows, even_length, "train.prompts_per_step=4",
+                       "rollout.group_size=6")  # fmt: skip
+    batch, per_fn, stats = collect(s, s.algo, Timer())
+    assert torch.bincount(batch.group_ids).tolist() == [6, 6, 6, 6]
+    rates = {prompt_key(r): float(per_fn[batch.group_ids.cpu() == g, 0].mean()) for g, r in enumerate(batch.rows)}
+    assert s.sampler_state == rates
+    batch, per_fn, stats = collect(s, s.algo, Timer())
+    expected = algos.get("sampler", "knapsack_rl")(torch.tensor([rates[prompt_key(r)] for r in batch.rows]), total=24)
+    assert torch.bincount(batch.group_ids).tolist() == expected.tolist() and batch.num_completions == 24
+    assert expected.tolist() != [6, 6, 6, 6]  # coin-flip pass rates differ, and so do the budgets
+    assert stats["sampler/budget_max"] == float(expected.max())
+    torch.testing.assert_close(s.scorer.score(batch), per_fn)
+
+
+def test_arpo_replays_a_stored_success_with_its_behaviour_log_probs(tiny_model_dir):
+    from tests.integration.rewards_for_tests import even_length
+    from unipo.rollout.batch import Origin
+    from unipo.trainers.collect import prompt_key
+    from unipo.trainers.common import Timer
+    from unipo.trainers.rl import collect
+
+    rows = [{"prompt": f"question number {i}:", "answer": "1"} for i in range(2)]
+    s = _collect_state(tiny_model_dir, "arpo_replay", rows, even_length, "train.prompts_per_step=2",
+                       "rollout.group_size=2")  # fmt: skip
+    seen: dict[str, tuple] = {}  # the latest success of each prompt sampled so far (from the policy)
+    replays = 0
+    for _ in range(12):
+        before = dict(seen)
+        batch, per_fn, stats = collect(s, s.algo, Timer())
+        torch.testing.assert_close(s.scorer.score(batch), per_fn)  # the stored rewards are the replay's own
+        tokens = batch.token_lists()
+        for i in range(batch.num_completions):
+            key = prompt_key(batch.rows[int(batch.group_ids[i])])
+            n = len(tokens[i])
+            if batch.origin[i] == Origin.REPLAY:
+                replays += 1
+                ids, logp = before[key]  # exactly the stored sample, with its behaviour log-probs
+                assert tokens[i] == ids and batch.rollout_logp[i, :n].tolist() == logp
+                group = per_fn[(batch.group_ids == batch.group_ids[i]).cpu(), 0]
+                assert group.tolist().count(1.0) == 1  # the group failed everywhere but for the replay
+            elif per_fn[i, 0] > 0:
+                seen[key] = (tokens[i], batch.rollout_logp[i, :n].tolist())
+        assert stats["sampler/replayed"] == float((batch.origin == Origin.REPLAY).sum())
+    assert replays > 0
+
+
+def test_resume_is_exact_with_a_critic_a_controller_and_a_replay_buffer(tiny_model_dir, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"question number {i}:", "answer": "1"}) + "\n" for i in range(3)))
+    common = [
+        f"task={rows}", "data.eval_frac=0", "algo.sampler={name: arpo_gui_replay}",
+        "rewards=[{_component_: tests.integration.rewards_for_tests.first_token_even}]",
+        "train.save_every=2", "eval.num_problems=0", "train.lr=1e-2",
+        "algo.regularizers=[{name: adaptive_entropy, coef: 0.01, target: 100.0, delta: 0.01}]",
+        "rollout.group_size=2", "rollout.max_new_tokens=6", "train.prompts_per_step=2", "train.lr_schedule=constant",
+    ]  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for run, steps in ((straight, 6), (resumed, 3), (resumed, 6)):
+        assert main(["train", "ppo", f"model.path={tiny_model_dir}", f"output_dir={run}", f"train.max_steps={steps}",
+                     *common]) == 0  # fmt: skip
+    keys = ("loss", "reward/mean", "critic/value_loss", "ctrl/regularizers[0].coef", "sampler/replayed")
+    a = [[r.get(k) for k in keys] for r in _rows(straight) if "loss" in r]
+    b = [[r.get(k) for k in keys] for r in _rows(resumed) if "loss" in r]
+    assert a == b and len(a) == 6
+    assert sum(r[-1] for r in a) > 0  # the buffer was used, also after the resume
+    sa = torch.load(straight / "checkpoints/step-000006/trainer_state.pt", weights_only=False)["sampler"]
+    sb = torch.load(resumed / "checkpoints/step-000006/trainer_state.pt", weights_only=False)["sampler"]
+    assert sa == sb and len(sa) == 3

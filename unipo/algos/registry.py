@@ -80,6 +80,10 @@ FACTS = {
     "reference tokens to force at the start of the completion (out of the loss); the policy continues (DR-PO)",
     "inpaint": "sampler: the groups it marks (with a fraction per completion) are regenerated with that fraction of "
     "the reference forced at the start and kept in the loss as `hint_mask`; correct ones replace wrong ones (IGPO)",
+    "budget": "sampler: called before generation with each prompt's estimated pass rate (`prior` when unseen), it "
+    "returns each prompt's number of rollouts (Knapsack RL); the pass rates are its checkpointed state",
+    "replay": "sampler: called with the first reward function's scores and which prompts have a stored success, it "
+    "marks the rollouts to replace by that success (ARPO); the buffer is its checkpointed state",
 }
 """Facts about a method that change how a trainer feeds it (declared at registration, never keyed on its id)."""
 

@@ -40,7 +40,7 @@ def sample(
     tokenizer: Any,
     rows: list[dict[str, Any]],
     *,
-    n: int,
+    n: int | list[int],
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int = 0,
@@ -49,7 +49,8 @@ def sample(
     generator: torch.Generator | None = None,
     forced: list[list[int]] | None = None,
 ) -> Rollouts:
-    """Sample `n` completions for each row's prompt. Returns a Rollouts batch with completions grouped by prompt.
+    """Sample `n` completions for each row's prompt (or `n[i]` for row i: unequal groups, e.g. Knapsack RL's budgets).
+    Returns a Rollouts batch with completions grouped by prompt.
 
     Log-probs of the sampled tokens are those of softmax(logits / temperature) before top-k/top-p filtering,
     the same distribution the loss scores. `forced` (one token list per completion, prompt-major) makes each
@@ -60,7 +61,8 @@ def sample(
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], tokenizer, device)
     num_prompts = prompt_ids.shape[0]
-    group_ids = torch.arange(num_prompts, device=device).repeat_interleave(n)
+    counts = torch.as_tensor(n, device=device)
+    group_ids = torch.arange(num_prompts, device=device).repeat_interleave(counts)
     out = model(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,

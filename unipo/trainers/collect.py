@@ -7,13 +7,19 @@ A sampler's registry facts say how it acts (`algos.registry.FACTS`):
 - `hints`: the groups it marks are regenerated with a growing hint in the prompt while they fail (GHPO);
 - `roll_in`: before generation it picks how many reference tokens each completion starts with (DR-PO);
 - `inpaint`: the groups it marks are regenerated from reference prefixes kept in the loss; correct ones replace
-  wrong originals (IGPO).
+  wrong originals (IGPO);
+- `budget`: before generation it gives each prompt its number of rollouts from the pass rates seen so far (Knapsack
+  RL); the pass rates are the sampler's state;
+- `replay`: a stored success of an earlier step replaces one rollout of a group that failed everywhere (ARPO); the
+  buffer is the sampler's state.
+The sampler's state (`RLState.sampler_state`) is checkpointed with the run.
 Injected samples are carried as token ids from here on (never re-tokenised) and marked by `Rollouts.origin`,
 `loss_mask` and `forced`.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,10 +45,14 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
     rows = s.stream.take(want)
     if algo.has_fact("sampler", "roll_in"):
         return _rolled_in(s, algo, rows, timer)
+    if algo.has_fact("sampler", "budget"):
+        return _budgeted(s, algo, rows, timer)
     batch, per_fn = generate_and_score(s, rows, timer)
     if algo.sampler is None:
         return batch, per_fn, {}
-    for fact, act in (("demonstrations", _with_demonstrations), ("hints", _with_hints), ("inpaint", _inpainted)):
+    acts = (("demonstrations", _with_demonstrations), ("hints", _with_hints), ("inpaint", _inpainted),
+            ("replay", _with_replay))  # fmt: skip
+    for fact, act in acts:
         if algo.has_fact("sampler", fact):
             return act(s, algo, batch, per_fn, timer)
     return _filtered(s, algo, batch, per_fn, timer)
@@ -196,15 +206,89 @@ def _inpainted(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, ti
     return merged, torch.cat([per_fn, again_fn])[keep.cpu()], stats
 
 
+def _budgeted(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collected:
+    """Knapsack RL: each prompt gets the number of rollouts the sampler allots from its pass rate when last seen (an
+    unseen prompt: the sampler's `prior`), within the uniform split's total; then each prompt's pass rate (the mean of
+    the first reward function, clamped to [0, 1]) is remembered for its next visit."""
+    params = _params(algo.sampler)
+    rates: dict[str, float] = s.sampler_state if s.sampler_state is not None else {}
+    keys = [prompt_key(r) for r in rows]
+    total = params["total"] or len(rows) * s.cfg.rollout.group_size
+    budgets = algo.sampler(torch.tensor([rates.get(k, params["prior"]) for k in keys]), total=total)
+    batch, per_fn = generate_and_score(s, rows, timer, n=budgets.tolist())
+    first = per_fn[:, 0].clamp(0, 1)
+    groups = batch.group_ids.cpu()
+    for g, key in enumerate(keys):
+        scored = first[(groups == g) & ~first.isnan()]
+        if scored.numel():
+            rates[key] = float(scored.mean())
+    s.sampler_state = rates
+    spread = [float(first[groups == g].nan_to_num(0).std()) > 0 for g in range(len(keys))]
+    stats = {"sampler/budget_min": float(budgets.min()), "sampler/budget_max": float(budgets.max()),
+             "sampler/spread_frac": sum(spread) / len(spread)}  # groups with a gradient  # fmt: skip
+    return batch, per_fn, stats
+
+
+def prompt_key(row: dict) -> str:
+    """A row's prompt as a stable string: the key of per-prompt memories (pass rates, replay buffers, shapers')."""
+    return json.dumps(row["prompt"], sort_keys=True)
+
+
+def _with_replay(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
+    """ARPO: in a group that failed everywhere, the rollout the sampler marks is replaced by the latest stored success
+    of its prompt (its tokens, its behaviour log-probs and its rewards as stored, `Origin.REPLAY`); then every new
+    success of this batch is stored, one per prompt (the latest)."""
+    buffer: dict[str, dict[str, Any]] = s.sampler_state if s.sampler_state is not None else {}
+    keys = [prompt_key(r) for r in batch.rows]
+    stored = torch.tensor([k in buffer for k in keys], dtype=torch.bool)
+    first = per_fn[:, 0]
+    replace = algo.sampler(first, batch.group_ids.cpu(), stored).to(batch.group_ids.device)
+    success = first > _params(algo.sampler)["success_above"]
+    tokens = batch.token_lists()
+    for i in success.nonzero().squeeze(-1).tolist():
+        n = len(tokens[i])
+        buffer[keys[int(batch.group_ids[i])]] = {
+            "ids": tokens[i], "logp": batch.rollout_logp[i, :n].tolist(), "truncated": bool(batch.truncated[i]),
+            "rewards": per_fn[i].tolist(), "text": batch.texts[i] if batch.texts else "",
+        }  # fmt: skip
+    s.sampler_state = buffer
+    out = replace.nonzero().squeeze(-1).tolist()
+    stats = {"sampler/replayed": float(len(out)), "sampler/buffer_size": float(len(buffer))}
+    if not out:
+        return batch, per_fn, stats
+    items = [buffer[keys[int(batch.group_ids[i])]] for i in out]
+    replayed = _stored(batch, [int(batch.group_ids[i]) for i in out], items, s.tokenizer.pad_token_id)
+    keep = torch.ones(batch.num_completions + len(out), dtype=torch.bool, device=batch.group_ids.device)
+    keep[out] = False
+    merged = batch.concat(replayed).select(keep.nonzero().squeeze(-1))
+    scores = torch.cat([per_fn, torch.tensor([it["rewards"] for it in items], dtype=per_fn.dtype)])
+    return merged, scores[keep.cpu()], stats
+
+
+def _stored(batch: Rollouts, groups: list[int], items: list[dict[str, Any]], pad: int) -> Rollouts:
+    """Stored completions as a batch over `batch`'s prompts (their group ids index them)."""
+    device = batch.group_ids.device
+    width = max(len(it["ids"]) for it in items)
+    ids = torch.tensor([it["ids"] + [pad] * (width - len(it["ids"])) for it in items], device=device)
+    mask = torch.tensor([[1] * len(it["ids"]) + [0] * (width - len(it["ids"])) for it in items], device=device)
+    logp = torch.tensor([it["logp"] + [0.0] * (width - len(it["logp"])) for it in items], device=device)
+    return Rollouts(
+        batch.prompt_ids, batch.prompt_mask, ids, mask, torch.tensor(groups, device=device),
+        truncated=torch.tensor([it["truncated"] for it in items], device=device), rollout_logp=logp,
+        rows=batch.rows, texts=[it["text"] for it in items],
+        origin=torch.full((len(items),), int(Origin.REPLAY), dtype=torch.long, device=device),
+    )  # fmt: skip
+
+
 def generate_and_score(
-    s: RLState, rows: list[dict], timer: Timer, forced: list[list[int]] | None = None
+    s: RLState, rows: list[dict], timer: Timer, forced: list[list[int]] | None = None, n: list[int] | None = None
 ) -> tuple[Rollouts, torch.Tensor]:
-    """`rollout.group_size` completions of each row (starting with `forced` tokens, one list per completion), and
-    their rewards (N, K)."""
+    """`rollout.group_size` completions of each row (or `n[i]` of row i; starting with `forced` tokens, one list per
+    completion), and their rewards (N, K)."""
     cfg, r = s.cfg, s.cfg.rollout
     with timer("generate"), autocast_context(s.model, cfg.model.autocast):
         batch = sample(
-            s.model, s.tokenizer, rows, n=r.group_size, max_new_tokens=r.max_new_tokens,
+            s.model, s.tokenizer, rows, n=r.group_size if n is None else n, max_new_tokens=r.max_new_tokens,
             temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, generator=s.generator, forced=forced,
         )  # fmt: skip
     with timer("score"):

@@ -9,7 +9,6 @@ old log-probs are the detached current ones: no extra forward pass, and the rati
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from unipo.rollout.batch import Origin, Rollouts
 from unipo.rollout.inject import reference_text
 from unipo.trainers import checkpoint, controllers
 from unipo.trainers import critic as critics
-from unipo.trainers.collect import collect, greedy_rewards
+from unipo.trainers.collect import collect, greedy_rewards, prompt_key
 from unipo.trainers.common import (
     Algo,
     RewardScorer,
@@ -89,7 +88,7 @@ def train(cfg: Config) -> Path:
 
     shaping_states = (saved or {}).get("shaping", [None] * len(algo.shaping))  # each reward shaper's state
     state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator, found, values,
-                    critic, shaping_states)  # fmt: skip
+                    critic, shaping_states, (saved or {}).get("sampler"))  # fmt: skip
 
     def step_fn(step: int) -> dict[str, float]:
         state.step = step
@@ -144,6 +143,8 @@ class RLState:
     """The value model and its optimizer, with `algo.critic`."""
     shaping_states: list[Any] = field(default_factory=list)
     """The state of each reward shaper (None for a stateless one; checkpointed)."""
+    sampler_state: Any = None
+    """The sampler's state (Knapsack RL's pass rates, ARPO's replay buffer; checkpointed)."""
     step: int = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -152,6 +153,7 @@ class RLState:
         if self.critic is not None:
             state["critic"] = self.critic.state()
         state["shaping"] = list(self.shaping_states)
+        state["sampler"] = self.sampler_state
         return state
 
 
@@ -224,7 +226,7 @@ def shape_inputs(s: RLState, batch: Rollouts, per_fn: torch.Tensor) -> dict[str,
         "group_ids": batch.group_ids,
         "reward_components": per_fn.to(device),
         "correct": torch.nan_to_num(per_fn[:, 0], nan=0.0).to(device) >= 1,
-        "prompt_keys": [json.dumps(batch.rows[g]["prompt"], sort_keys=True) for g in batch.group_ids.tolist()],
+        "prompt_keys": [prompt_key(batch.rows[g]) for g in batch.group_ids.tolist()],
     }
 
 

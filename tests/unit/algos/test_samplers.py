@@ -1,5 +1,6 @@
 """Rollout samplers (ALGORITHMS.md §6) and the batch operations the collect stage builds on."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -194,3 +195,65 @@ def test_a_forced_prefix_starts_each_completion_and_is_out_of_the_loss(tiny_mode
                    forced=[[], [], [], []])  # fmt: skip
     assert torch.equal(plain.completion_ids, empty.completion_ids) and not bool(empty.forced.any())
     torch.testing.assert_close(plain.rollout_logp, empty.rollout_logp)
+
+
+def test_knapsack_value_on_hand_worked_points():
+    from unipo.algos.samplers import knapsack_value
+
+    n = torch.tensor([1, 4, 8])
+    assert knapsack_value(n, torch.tensor(0.0)).tolist() == [0.0, 0.0, 0.0]  # §13 S1: Value(N, 0) = Value(N, 1) = 0
+    assert knapsack_value(n, torch.tensor(1.0)).tolist() == [0.0, 0.0, 0.0]
+    # N = 1 can never show both outcomes; N = 4, p = 1/2: (1 - 2/16) · 1/2 · 1/4 = 0.109375
+    assert knapsack_value(torch.tensor([1, 4]), torch.tensor(0.5)).tolist() == [0.0, 0.109375]
+
+
+def _brute_force(p, total, n_min, n_max):
+    from itertools import product
+
+    from unipo.algos.samplers import knapsack_value
+
+    best, arg = -1.0, None
+    for combo in product(range(n_min, n_max + 1), repeat=len(p)):
+        if sum(combo) == total:
+            v = float(knapsack_value(torch.tensor(combo), p).sum())
+            if v > best + 1e-12:
+                best, arg = v, combo
+    return best, arg
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=4), st.integers(2, 5))
+@settings(max_examples=40, deadline=None)
+def test_knapsack_budgets_are_optimal_sum_to_the_total_and_beat_the_uniform_split(rates, per_prompt):
+    from unipo.algos.samplers import knapsack_value
+
+    knapsack = algos.get("sampler", "knapsack_rl")
+    p = torch.tensor(rates, dtype=torch.float64)
+    total, n_max = per_prompt * len(rates), per_prompt + 4
+    budgets = knapsack(p, total=total, n_min=2, n_max=n_max)
+    assert int(budgets.sum()) == total and bool(((budgets >= 2) & (budgets <= n_max)).all())  # §13 S1
+    value = float(knapsack_value(budgets, p).sum())
+    assert value >= float(knapsack_value(torch.full_like(budgets, per_prompt), p).sum()) - 1e-12
+    assert value == pytest.approx(_brute_force(p, total, 2, n_max)[0], abs=1e-12)
+
+
+def test_knapsack_moves_rollouts_from_settled_prompts_to_uncertain_ones():
+    knapsack = algos.get("sampler", "knapsack_rl")
+    # always solved, never solved, and two uncertain prompts: the settled ones keep the minimum
+    budgets = knapsack(torch.tensor([1.0, 0.0, 0.3, 0.6]), total=32, n_min=2)
+    assert budgets[:2].tolist() == [2, 2] and int(budgets[2:].sum()) == 28
+    assert budgets[2] > budgets[3]  # p(1-p)² is larger at 0.3 than at 0.6
+    # equal estimates (e.g. all prompts unseen, at the prior): the even split
+    assert knapsack(torch.full((4,), 0.5), total=32).tolist() == [8, 8, 8, 8]
+    with pytest.raises(ValueError, match="cannot share"):
+        knapsack(torch.full((4,), 0.5), total=6, n_min=2)
+
+
+def test_arpo_replaces_the_last_rollout_of_failed_groups_with_a_stored_success():
+    arpo = algos.get("sampler", "arpo_gui_replay")
+    gids = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 3])
+    first = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, NAN, 0.0, 0.0])
+    stored = torch.tensor([True, True, True, False])
+    # group 0 failed and has a stored success: its last rollout; group 1 succeeded; group 2 failed on its scored
+    # rollout (the NaN is unscored); group 3 failed with nothing stored
+    assert arpo(first, gids, stored).nonzero().squeeze(-1).tolist() == [2, 6]
+    assert arpo(first, gids, stored, success_above=1.0).nonzero().squeeze(-1).tolist() == [2, 4, 6]
