@@ -667,3 +667,18 @@ def test_resume_is_exact_with_a_critic_a_controller_and_a_replay_buffer(tiny_mod
     sa = torch.load(straight / "checkpoints/step-000006/trainer_state.pt", weights_only=False)["sampler"]
     sb = torch.load(resumed / "checkpoints/step-000006/trainer_state.pt", weights_only=False)["sampler"]
     assert sa == sb and len(sa) == 3
+
+
+def test_pf_ppo_trains_on_the_reward_weighted_resample(tiny_model_dir):
+    from tests.integration.rewards_for_tests import reply_length
+    from unipo.trainers.common import Timer
+    from unipo.trainers.rl import collect
+
+    rows = [{"prompt": f"question number {i}:", "answer": "1"} for i in range(3)]
+    s = _collect_state(tiny_model_dir, "pf_ppo", rows, reply_length, "train.prompts_per_step=3", "rollout.group_size=4")
+    batch, per_fn, stats = collect(s, s.algo, Timer())
+    assert batch.num_completions == 12 and stats["sampler/kept"] == 12.0
+    assert stats["sampler/unique_frac"] < 1  # 12 draws with replacement repeat some sample
+    torch.testing.assert_close(s.scorer.score(batch), per_fn)  # each copy keeps its reward and its prompt
+    texts = batch.texts
+    assert len(set(texts)) < len(texts)

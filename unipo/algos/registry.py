@@ -84,6 +84,8 @@ FACTS = {
     "returns each prompt's number of rollouts (Knapsack RL); the pass rates are its checkpointed state",
     "replay": "sampler: called with the first reward function's scores and which prompts have a stored success, it "
     "marks the rollouts to replace by that success (ARPO); the buffer is its checkpointed state",
+    "resample": "sampler: returns how many times each sample enters the batch (0 drops it; duplicates allowed), "
+    "e.g. PF-PPO's reward-weighted resampling",
 }
 """Facts about a method that change how a trainer feeds it (declared at registration, never keyed on its id)."""
 

@@ -351,3 +351,81 @@ def arpo_gui_replay(
         0, group_ids, position, "amax"
     )
     return fail & (position == last[group_ids]) & stored.to(group_ids.device)[group_ids]
+
+
+PF_BATCH_METHODS = ("pow", "max_min", "max_random")
+PF_PROMPT_METHODS = ("bon", "br", "bw")
+
+
+@register(
+    "sampler",
+    "pf_ppo",
+    paper="Shen and Zhang 2024, Policy Filtration in RLHF to Fine-Tune LLM for Code Generation (PF-PPO), "
+    "arXiv:2409.06957",
+    tag="checked: verl compute_pf_ppo_reweight_data (scope batch); paper's per-prompt subsets (scope prompt): memory",
+    facts={"resample"},
+)
+def pf_ppo(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    scope: str = "batch",
+    method: str = "pow",
+    weight_pow: float = 2.0,
+) -> torch.Tensor:
+    """Policy filtration (Shen and Zhang 2024, arXiv:2409.06957): train on the samples whose reward is most reliable.
+
+    scope = "batch" (verl `use_pf_ppo`): resample N of the N samples with replacement, with weights w_i + 1e-8 where
+    w_i = |r_i|^p (`pow`), w_i = 1[r_i ∈ {max r, min r}] (`max_min`) or w_i = 0.4 for the batch max, 0.1 otherwise
+    (`max_random`). scope = "prompt" (the paper): per prompt keep the best only (`bon`), the best and one random other
+    (`br`) or the best and the worst (`bw`). Unscored samples (NaN) get weight 0 (+1e-8) and are never "best".
+    verl resamples after computing the advantages; the collect stage does it before, so advantage whitening over the
+    batch sees the resampled batch [ours].
+
+    Args:
+        rewards: [N] rewards.
+        group_ids: [N] prompt index of each completion.
+        generator: the trainer's random generator.
+        scope: "batch" (verl) or "prompt" (the paper).
+        method: batch: "pow" (verl default), "max_min", "max_random"; prompt: "bon", "br", "bw".
+        weight_pow: p of `pow` (verl default 2).
+
+    Returns:
+        [N] long, how many times each sample enters the batch (summing to N for scope "batch").
+    """
+    valid = ~rewards.isnan()
+    r = torch.where(valid, rewards, torch.zeros_like(rewards))
+    if scope == "batch":
+        if method not in PF_BATCH_METHODS:
+            raise ValueError(f"pf_ppo: method {method!r} with scope 'batch'; expected one of {PF_BATCH_METHODS}")
+        hi = r[valid].max() if bool(valid.any()) else r.new_tensor(0.0)
+        lo = r[valid].min() if bool(valid.any()) else r.new_tensor(0.0)
+        if method == "pow":
+            w = r.abs() ** weight_pow
+        elif method == "max_min":
+            w = ((r == hi) | (r == lo)).to(r.dtype)
+        else:
+            w = torch.where(r == hi, 0.4, 0.1).to(r.dtype)
+        w = torch.where(valid, w, torch.zeros_like(w)) + 1e-8
+        idx = torch.multinomial(w.cpu().double(), r.numel(), replacement=True, generator=generator)
+        return torch.bincount(idx, minlength=r.numel()).to(group_ids.device)
+    if scope != "prompt" or method not in PF_PROMPT_METHODS:
+        raise ValueError(f"pf_ppo: scope {scope!r}, method {method!r}; expected scope 'batch' with one of "
+                         f"{PF_BATCH_METHODS} or scope 'prompt' with one of {PF_PROMPT_METHODS}")  # fmt: skip
+    keep = torch.zeros(r.numel(), dtype=torch.long)
+    noise = torch.rand(r.shape, generator=generator)
+    ids = group_ids.cpu()
+    for g in torch.unique(ids).tolist():
+        members = ((ids == g) & valid.cpu()).nonzero().squeeze(-1)
+        if members.numel() == 0:
+            continue
+        scores = r.cpu()[members]
+        best = members[int(torch.argmax(scores))]
+        keep[best] = 1
+        others = members[members != best]
+        if method == "bw" and others.numel():
+            keep[others[int(torch.argmin(r.cpu()[others]))]] = 1
+        elif method == "br" and others.numel():
+            keep[others[int(torch.argmax(noise[others]))]] = 1
+    return keep.to(group_ids.device)

@@ -11,7 +11,8 @@ A sampler's registry facts say how it acts (`algos.registry.FACTS`):
 - `budget`: before generation it gives each prompt its number of rollouts from the pass rates seen so far (Knapsack
   RL); the pass rates are the sampler's state;
 - `replay`: a stored success of an earlier step replaces one rollout of a group that failed everywhere (ARPO); the
-  buffer is the sampler's state.
+  buffer is the sampler's state;
+- `resample`: each sample enters the batch as many times as the sampler says (PF-PPO).
 The sampler's state (`RLState.sampler_state`) is checkpointed with the run.
 Injected samples are carried as token ids from here on (never re-tokenised) and marked by `Rollouts.origin`,
 `loss_mask` and `forced`.
@@ -51,7 +52,7 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
     if algo.sampler is None:
         return batch, per_fn, {}
     acts = (("demonstrations", _with_demonstrations), ("hints", _with_hints), ("inpaint", _inpainted),
-            ("replay", _with_replay))  # fmt: skip
+            ("replay", _with_replay), ("resample", _resampled))  # fmt: skip
     for fact, act in acts:
         if algo.has_fact("sampler", fact):
             return act(s, algo, batch, per_fn, timer)
@@ -99,6 +100,15 @@ def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> d
         seed = torch.randint(0, 2**62, (1,), generator=s.generator, device=s.generator.device)
         inputs["generator"] = torch.Generator().manual_seed(int(seed))
     return inputs
+
+
+def _resampled(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
+    """PF-PPO: sample i enters the batch `counts[i]` times (duplicates stay in their group)."""
+    counts = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(),
+                  inputs=sampler_inputs(s, algo.sampler, per_fn)).cpu()  # fmt: skip
+    idx = torch.arange(batch.num_completions).repeat_interleave(counts)
+    stats = {"sampler/unique_frac": float((counts > 0).float().mean()), "sampler/kept": float(idx.numel())}
+    return batch.select(idx.to(batch.group_ids.device)), per_fn[idx], stats
 
 
 def _with_demonstrations(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:

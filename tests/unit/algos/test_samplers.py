@@ -257,3 +257,32 @@ def test_arpo_replaces_the_last_rollout_of_failed_groups_with_a_stored_success()
     # rollout (the NaN is unscored); group 3 failed with nothing stored
     assert arpo(first, gids, stored).nonzero().squeeze(-1).tolist() == [2, 6]
     assert arpo(first, gids, stored, success_above=1.0).nonzero().squeeze(-1).tolist() == [2, 4, 6]
+
+
+def test_pf_ppo_batch_resampling_follows_the_verl_weights():
+    pf = algos.get("sampler", "pf_ppo")
+    gids = torch.tensor([0, 0, 1, 1])
+    rewards = torch.tensor([0.0, 1.0, -2.0, NAN])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.stack([pf(rewards, gids, generator=g) for _ in range(2000)])
+    assert bool((counts.sum(1) == 4).all())  # N samples drawn with replacement
+    share = counts.sum(0).double() / counts.sum()
+    # pow, p = 2: weights (1e-8, 1, 4, 1e-8): shares 0, 1/5, 4/5, 0 (the unscored sample is never drawn)
+    assert share[0] < 1e-3 and share[3] < 1e-3 and abs(float(share[1]) - 0.2) < 0.02
+    counts = torch.stack([pf(rewards, gids, generator=g, method="max_random") for _ in range(2000)])
+    share = counts.sum(0).double() / counts.sum()  # 0.1, 0.4 (the max), 0.1, ~0: 1/6, 2/3, 1/6
+    assert abs(float(share[1]) - 2 / 3) < 0.03 and abs(float(share[0]) - 1 / 6) < 0.03 and share[3] < 1e-3
+    counts = pf(rewards, gids, generator=g, method="max_min")
+    assert counts[0] == 0 and counts[3] == 0 and int(counts[1] + counts[2]) == 4  # only the max (1) and the min (-2)
+
+
+def test_pf_ppo_prompt_subsets_are_the_papers():
+    pf = algos.get("sampler", "pf_ppo")
+    gids = torch.tensor([0, 0, 0, 1, 1, 1])
+    rewards = torch.tensor([0.2, 0.9, 0.1, 0.5, NAN, 0.7])
+    assert pf(rewards, gids, scope="prompt", method="bon").tolist() == [0, 1, 0, 0, 0, 1]
+    assert pf(rewards, gids, scope="prompt", method="bw").tolist() == [0, 1, 1, 1, 0, 1]
+    br = pf(rewards, gids, scope="prompt", method="br", generator=torch.Generator().manual_seed(0))
+    assert br[[1, 5]].tolist() == [1, 1] and int(br[[0, 2]].sum()) == 1 and br[4] == 0 and int(br.sum()) == 4
+    with pytest.raises(ValueError, match="scope 'prompt'"):
+        pf(rewards, gids, scope="prompt", method="pow")
