@@ -121,8 +121,10 @@ class AlgoConfig(_Strict):
     online: ComponentConfig = ComponentConfig(name="sppo", eta=1.0)
     """Online / Nash loss (kind `online`) for `trainer: online_preference`."""
     sampler: ComponentConfig | None = None
-    """Group filter of the collect stage (kind `sampler`, e.g. `{name: dynamic_sampling}`): the step generates more
-    prompts until `train.prompts_per_step` groups pass it. None: every sampled group is trained on."""
+    """The collect stage's sampler (kind `sampler`, ALGORITHMS.md §6), e.g. `{name: dynamic_sampling}`: a group filter
+    (more prompts are generated until `train.prompts_per_step` groups pass it), or a sampler that injects
+    demonstrations, hints, roll-ins or replays, allots per-prompt budgets or resamples (trainers/collect.py). None:
+    every sampled group is trained on."""
     critic: ComponentConfig | None = None
     """Critic estimator (kind `critic`, e.g. `{name: ppo_gae, lam: 0.95}`): a value model is trained beside the policy
     and the advantages come from GAE over its values, replacing `advantage` (which must then be left unset). Its

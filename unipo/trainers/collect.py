@@ -117,7 +117,7 @@ def _with_demonstrations(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.
     switch = algo.sampler(s.scorer.combine(per_fn), batch.group_ids.cpu()).to(batch.group_ids.device)
     prompts = torch.unique(batch.group_ids[switch])
     stats = {"sampler/demo_frac": prompts.numel() / batch.prompt_ids.shape[0],
-             "sampler/sampled_reward": _nanmean(s.scorer.combine(per_fn))}  # before the switch  # fmt: skip
+             "sampler/sampled_reward": nanmean(s.scorer.combine(per_fn))}  # before the switch  # fmt: skip
     if prompts.numel() == 0:
         return batch, per_fn, stats
     demos = demonstrations(batch, prompts, s.tokenizer, s.cfg.rollout.max_new_tokens)
@@ -315,6 +315,7 @@ def greedy_rewards(s: RLState, batch: Rollouts) -> torch.Tensor:
     return per_prompt[batch.group_ids]
 
 
-def _nanmean(x: torch.Tensor) -> float:
+def nanmean(x: torch.Tensor) -> float:
+    """The mean of the entries that are not NaN (NaN when there are none)."""
     x = x[~x.isnan()]
     return float(x.mean()) if x.numel() else float("nan")

@@ -26,7 +26,7 @@ from unipo.rollout.batch import Origin, Rollouts
 from unipo.rollout.inject import reference_text
 from unipo.trainers import checkpoint, controllers
 from unipo.trainers import critic as critics
-from unipo.trainers.collect import collect, greedy_rewards, prompt_key
+from unipo.trainers.collect import collect, greedy_rewards, nanmean, prompt_key
 from unipo.trainers.common import (
     Algo,
     RewardScorer,
@@ -197,11 +197,11 @@ def rl_step(s: RLState) -> dict[str, float]:
         stats = {} if frozen else update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs)
     s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, batch.num_completions)
     lengths = batch.completion_mask.sum(1).float()
-    per_fn_means = {f"reward/{n}": _nanmean(per_fn[:, k]) for k, n in enumerate(s.scorer.names)}
+    per_fn_means = {f"reward/{n}": nanmean(per_fn[:, k]) for k, n in enumerate(s.scorer.names)}
     return {
-        "reward/mean": _nanmean(raw),
+        "reward/mean": nanmean(raw),
         "reward/std": float(raw[~raw.isnan()].std()) if (~raw.isnan()).sum() > 1 else 0.0,
-        **({"reward/shaped_mean": _nanmean(rewards)} if algo.shaping else {}),
+        **({"reward/shaped_mean": nanmean(rewards)} if algo.shaping else {}),
         **(per_fn_means if len(s.scorer.names) > 1 else {}),
         **s.scorer.take_errors(),
         **stats,
@@ -360,8 +360,3 @@ def _add_terms(
 
 def _metric_name(key: str) -> str:
     return {"clip/frac": "clip_frac"}.get(key, key)
-
-
-def _nanmean(x: torch.Tensor) -> float:
-    x = x[~x.isnan()]
-    return float(x.mean()) if x.numel() else float("nan")
