@@ -118,6 +118,7 @@ def test_cli_main_returns_2_on_bad_component(capsys):
             "any: set algo.sampler to one of igpo_inpaint",
         ),
         ("algo.kl={name: kl_full, coef: 0.1}", "kl 'kl_full' cannot run in the on-policy trainer yet: needs"),
+        ("algo.sampler={name: knapsack_rl, n_min: 9}", "algo.sampler: knapsack_rl: 4 prompts cannot share 32 rollouts"),
         ("algo.policy_loss.dual_clip=0.5", "algo.policy_loss: cannot run in the on-policy trainer:"),
         ("model.path=/no/such/dir", "model.path: /no/such/dir is not a directory"),
     ],

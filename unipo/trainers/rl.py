@@ -56,6 +56,12 @@ def train(cfg: Config) -> Path:
     if affine and algo.critic is None and algo.has_fact("advantage", "group_centred"):
         log.warning("algo.shaping: %s is affine in the reward, so the %r advantage (group-centred) cancels it or "
                     "only rescales it (ALGORITHMS.md §5.3)", ", ".join(affine), algo.advantage.id)  # fmt: skip
+    if algo.has_fact("sampler", "budget"):  # the allotment must be possible before any model loads
+        try:
+            algo.sampler(torch.full((cfg.train.prompts_per_step,), 0.5), total=algo.sampler.keywords.get("total") or
+                         cfg.train.prompts_per_step * cfg.rollout.group_size)  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(f"algo.sampler: {e}") from None
     if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & NEEDS_REFERENCE and task.train:
         try:
             reference_text(task.train[0])
