@@ -296,18 +296,15 @@ def knapsack_rl(
     counts = torch.arange(n_min, hi + 1)
     # value of each (prompt, count) with a tiny convex penalty that breaks ties toward even splits
     gain = knapsack_value(counts[None, :], p[:, None]) - 1e-12 * counts[None, :].double() ** 2
-    neg = float("-inf")
-    best = torch.full((num + 1, total + 1), neg, dtype=torch.float64)
+    budgets = torch.arange(total + 1)
+    before = budgets[:, None] - counts[None, :]  # (budget b, count k) -> the budget left for the earlier prompts
+    best = torch.full((num + 1, total + 1), float("-inf"), dtype=torch.float64)
     best[0, 0] = 0.0
     choice = torch.zeros((num + 1, total + 1), dtype=torch.long)
-    for q in range(1, num + 1):
-        for b in range(total + 1):
-            k = counts[counts <= b]
-            if k.numel() == 0:
-                continue
-            cand = best[q - 1, b - k] + gain[q - 1, : k.numel()]
-            j = int(torch.argmax(cand))
-            best[q, b], choice[q, b] = cand[j], k[j]
+    for q in range(1, num + 1):  # best[q, b] = max_k best[q-1, b-k] + gain(q, k)
+        cand = torch.where(before >= 0, best[q - 1, before.clamp(min=0)], float("-inf")) + gain[q - 1][None, :]
+        best[q], j = cand.max(1)
+        choice[q] = counts[j]
     out, b = torch.zeros(num, dtype=torch.long), total
     for q in range(num, 0, -1):
         out[q - 1] = choice[q, b]

@@ -146,6 +146,16 @@ def cat(batches: list[Rollouts], pad_id: int) -> Rollouts:
     )
 
 
+def right_pad(
+    lists: list[list[Any]], pad: Any, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, mask) of shape (len(lists), longest): each list right-padded with `pad`, mask 1 on its own entries."""
+    width = max((len(x) for x in lists), default=0)
+    values = torch.tensor([list(x) + [pad] * (width - len(x)) for x in lists], device=device)
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in lists], device=device)
+    return values.view(len(lists), width), mask.view(len(lists), width)
+
+
 def render_prompt(prompt: Any, tokenizer: Any) -> str:
     """A row's prompt as text: chat messages go through the tokenizer's chat template (with the generation
     prompt); a plain string is used as is."""

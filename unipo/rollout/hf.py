@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from unipo.rollout.batch import Rollouts, tokenize_prompts
+from unipo.rollout.batch import Rollouts, right_pad, tokenize_prompts
 
 
 def prompt_positions(prompt_mask: torch.Tensor) -> torch.Tensor:
@@ -138,9 +138,8 @@ def _forced(forced: list[list[int]] | None, n_total: int, pad: int, device: torc
         )
     if len(forced) != n_total:
         raise ValueError(f"forced: one token list per completion ({n_total}), got {len(forced)}")
-    width = max((len(f) for f in forced), default=0)
-    ids = torch.tensor([f + [pad] * (width - len(f)) for f in forced], dtype=torch.long, device=device)
-    return ids.view(n_total, width), torch.tensor([len(f) for f in forced], dtype=torch.long, device=device)
+    ids, mask = right_pad(forced, pad, device)
+    return ids.long(), mask.sum(1).long()
 
 
 def _eos_ids(model: Any, tokenizer: Any, device: torch.device) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from unipo.rollout.batch import Origin, Rollouts
+from unipo.rollout.batch import Origin, Rollouts, right_pad
 
 
 def reference_text(row: dict) -> str:
@@ -49,10 +49,7 @@ def demonstrations(batch: Rollouts, prompts: torch.Tensor, tokenizer: object, ma
     eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
     encoded = [(tokenizer(reference_text(batch.rows[p]), add_special_tokens=False)["input_ids"] + [eos])[:max_tokens]
                for p in used]  # type: ignore[operator]  # fmt: skip
-    width = max(len(e) for e in encoded)
-    pad = tokenizer.pad_token_id  # type: ignore[attr-defined]
-    ids = torch.tensor([e + [pad] * (width - len(e)) for e in encoded], device=device)
-    mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded], device=device)
+    ids, mask = right_pad(encoded, tokenizer.pad_token_id, device)  # type: ignore[attr-defined]
     n = len(used)
     return Rollouts(
         batch.prompt_ids[used], batch.prompt_mask[used], ids, mask, torch.arange(n, device=device),

@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from unipo import algos
 from unipo.models.loading import autocast_context
-from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups
+from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups, right_pad
 from unipo.rollout.hf import sample
 from unipo.rollout.inject import demonstrations, reference_text, with_hint
-from unipo.trainers.common import Algo, Timer, call
+from unipo.trainers.common import Algo, Timer, bound_params, call
 
 if TYPE_CHECKING:
     from unipo.trainers.rl import RLState
@@ -59,9 +58,11 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
     return _filtered(s, algo, batch, per_fn, timer)
 
 
-def _params(fn: Any) -> dict[str, Any]:
-    """A bound component's hyperparameters: registered defaults overlaid with the recipe's."""
-    return {**algos.entry(fn.kind, fn.id).params, **fn.keywords}
+def _marks(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor) -> torch.Tensor:
+    """The sampler's per-completion output on a scored batch (keep / hint / fraction / count), on the batch's device."""
+    out = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(),
+               inputs=sampler_inputs(s, algo.sampler, per_fn))  # fmt: skip
+    return out.to(batch.group_ids.device)
 
 
 def _filtered(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
@@ -70,11 +71,10 @@ def _filtered(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, tim
     want = s.cfg.train.prompts_per_step
     parts: list[tuple[Rollouts, torch.Tensor]] = []
     kept = generated = rounds = 0
-    limit = _params(algo.sampler).get("max_gen_batches", 1)  # a filter with no regeneration: 1
+    limit = bound_params(algo.sampler).get("max_gen_batches", 1)  # a filter with no regeneration: 1
     while True:
         rounds += 1
-        keep = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(),
-                    inputs=sampler_inputs(s, algo.sampler, per_fn)).to(batch.group_ids.device)  # fmt: skip
+        keep = _marks(s, algo, batch, per_fn)
         generated += want
         if bool(keep.any()):
             groups = torch.unique(batch.group_ids[keep])[: want - kept]  # never more than the batch needs
@@ -104,8 +104,7 @@ def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> d
 
 def _resampled(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
     """PF-PPO: sample i enters the batch `counts[i]` times (duplicates stay in their group)."""
-    counts = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(),
-                  inputs=sampler_inputs(s, algo.sampler, per_fn)).cpu()  # fmt: skip
+    counts = _marks(s, algo, batch, per_fn).cpu()
     idx = torch.arange(batch.num_completions).repeat_interleave(counts)
     stats = {"sampler/unique_frac": float((counts > 0).float().mean()), "sampler/kept": float(idx.numel())}
     return batch.select(idx.to(batch.group_ids.device)), per_fn[idx], stats
@@ -130,15 +129,14 @@ def _with_hints(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, t
     """GHPO: the groups the sampler marks are regenerated on their prompt plus a hint of the first fraction of the
     reference solution, for each fraction in turn while they still fail; they replace the failed groups (the step
     trains on the hinted prompts)."""
-    params = _params(algo.sampler)
+    params = bound_params(algo.sampler)
     originals = list(batch.rows)  # each prompt's row without a hint, aligned with batch.rows
     hinted = torch.zeros(len(originals), dtype=torch.bool)
     stats = {"sampler/hinted_frac": 0.0, "sampler/hint_rounds": 0.0}
     if s.step < params["start_step"]:
         return batch, per_fn, stats
     for rounds, fraction in enumerate(params["fractions"], 1):
-        fail = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(),
-                    inputs=sampler_inputs(s, algo.sampler, per_fn)).to(batch.group_ids.device)  # fmt: skip
+        fail = _marks(s, algo, batch, per_fn)
         prompts = torch.unique(batch.group_ids[fail]).tolist()
         if not prompts:
             break
@@ -181,8 +179,7 @@ def _inpainted(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, ti
     """IGPO: the groups the sampler marks are regenerated with the fraction r_i of the reference it gives each
     completion forced at the start (kept in the loss, marked `forced` for `hint_mask`); up to `max_replace`
     regenerated completions that are correct (first reward function > 0) replace wrong originals of their group."""
-    fractions = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(),
-                     inputs=sampler_inputs(s, algo.sampler, per_fn))  # fmt: skip
+    fractions = _marks(s, algo, batch, per_fn).cpu()
     target = (fractions > 0).to(batch.group_ids.device)
     prompts = torch.unique(batch.group_ids[target]).tolist()
     stats = {"sampler/inpainted_frac": len(prompts) / batch.prompt_ids.shape[0], "sampler/replaced": 0.0}
@@ -196,7 +193,7 @@ def _inpainted(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, ti
     again.loss_mask = again.completion_mask.clone()  # IGPO trains the fixed tokens (igpo_hint_mask weighs them)
     again.origin.fill_(int(Origin.ROLL_IN))
     correct = torch.nan_to_num(again_fn[:, 0], nan=0.0) > 0
-    max_replace = _params(algo.sampler)["max_replace"]
+    max_replace = bound_params(algo.sampler)["max_replace"]
     swap_in, swap_out = [], []
     for j, p in enumerate(prompts):
         good = [j * n + i for i in range(n) if bool(correct[j * n + i])][:max_replace]
@@ -220,7 +217,7 @@ def _budgeted(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collect
     """Knapsack RL: each prompt gets the number of rollouts the sampler allots from its pass rate when last seen (an
     unseen prompt: the sampler's `prior`), within the uniform split's total; then each prompt's pass rate (the mean of
     the first reward function, clamped to [0, 1]) is remembered for its next visit."""
-    params = _params(algo.sampler)
+    params = bound_params(algo.sampler)
     rates: dict[str, float] = s.sampler_state if s.sampler_state is not None else {}
     keys = [prompt_key(r) for r in rows]
     total = params["total"] or len(rows) * s.cfg.rollout.group_size
@@ -253,7 +250,7 @@ def _with_replay(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, 
     stored = torch.tensor([k in buffer for k in keys], dtype=torch.bool)
     first = per_fn[:, 0]
     replace = algo.sampler(first, batch.group_ids.cpu(), stored).to(batch.group_ids.device)
-    success = first > _params(algo.sampler)["success_above"]
+    success = first > bound_params(algo.sampler)["success_above"]
     tokens = batch.token_lists()
     for i in success.nonzero().squeeze(-1).tolist():
         n = len(tokens[i])
@@ -278,10 +275,8 @@ def _with_replay(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, 
 def _stored(batch: Rollouts, groups: list[int], items: list[dict[str, Any]], pad: int) -> Rollouts:
     """Stored completions as a batch over `batch`'s prompts (their group ids index them)."""
     device = batch.group_ids.device
-    width = max(len(it["ids"]) for it in items)
-    ids = torch.tensor([it["ids"] + [pad] * (width - len(it["ids"])) for it in items], device=device)
-    mask = torch.tensor([[1] * len(it["ids"]) + [0] * (width - len(it["ids"])) for it in items], device=device)
-    logp = torch.tensor([it["logp"] + [0.0] * (width - len(it["logp"])) for it in items], device=device)
+    ids, mask = right_pad([it["ids"] for it in items], pad, device)
+    logp, _ = right_pad([it["logp"] for it in items], 0.0, device)
     return Rollouts(
         batch.prompt_ids, batch.prompt_mask, ids, mask, torch.tensor(groups, device=device),
         truncated=torch.tensor([it["truncated"] for it in items], device=device), rollout_logp=logp,

@@ -26,6 +26,11 @@ from unipo.rewards.scorer import RewardScorer
 log = logging.getLogger("unipo")
 
 
+def bound_params(fn: Callable) -> dict[str, Any]:
+    """A bound component's hyperparameters: its registered defaults overlaid with the recipe's values."""
+    return {**algos.entry(fn.kind, fn.id).params, **fn.keywords}  # type: ignore[attr-defined]
+
+
 def build_component(kind: str, name: str, kwargs: dict[str, Any]) -> Callable:
     """The registered function with its hyperparameters bound (checked against its signature); `.needs` holds the
     trainer inputs it declares for these hyperparameters, `.kind` and `.id` where it came from."""
@@ -73,7 +78,7 @@ class Algo:
         """The hyperparameters (defaults overlaid with the bound ones) of the first component that declares input
         `name`: what the trainer reads to produce it (Lp-Reg's `min_p` for its proxy log-probs)."""
         fn = next(fn for fn in self.all() if name in fn.needs)
-        return {**algos.entry(fn.kind, fn.id).params, **fn.keywords}
+        return bound_params(fn)
 
     def has_fact(self, axis: str, fact: str) -> bool:
         """Whether the component at `axis` (e.g. the sampler) is registered with `fact` (registry.FACTS)."""

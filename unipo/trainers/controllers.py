@@ -17,7 +17,7 @@ from typing import Any
 
 from unipo import algos
 from unipo.config import Config, ConfigError, component_kwargs
-from unipo.trainers.common import Algo, build_component
+from unipo.trainers.common import Algo, bound_params, build_component
 
 
 @dataclass
@@ -45,7 +45,7 @@ def slots(cfg: Config, algo: Algo) -> list[Slot]:
             spec = algos.entry(fn.kind, fn.id).state
             if spec is None:
                 continue
-            params = {**algos.entry(fn.kind, fn.id).params, **fn.keywords}
+            params = bound_params(fn)
             rule = build_component("controller", spec.controller, {k: params[v] for k, v in spec.args})
             where = axis if index is None else f"{axis}[{index}]"
             found.append(Slot(f"{where}.{spec.param}", rule, spec.statistic, axis, index, spec.param))

@@ -41,7 +41,7 @@ from unipo.data.tasks import PromptStream, arithmetic
 from unipo.models.loading import autocast_context, default_model_dir, load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import text_of
-from unipo.rollout.batch import Rollouts, tokenize_prompts
+from unipo.rollout.batch import Rollouts, right_pad, tokenize_prompts
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint
 from unipo.trainers.common import RunDir, build_component, build_optimizer, log, start_run
@@ -202,9 +202,7 @@ def _response_batch(tokenizer: Any, rows: list[dict[str, Any]], device: torch.de
     texts = [per_row[b][w] for w in range(width_w) for b in range(len(rows))]
     eos = tokenizer.eos_token_id
     encoded = [(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])[:max_tokens] for t in texts]
-    width = max(len(e) for e in encoded)
-    ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in encoded], device=device)
-    mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded], device=device)
+    ids, mask = right_pad(encoded, tokenizer.pad_token_id, device)
     group = torch.arange(len(rows), device=device).repeat(width_w)
     return Rollouts(prompt_ids, prompt_mask, ids, mask, group, torch.zeros_like(group, dtype=torch.bool),
                     torch.zeros(ids.shape, device=device))  # fmt: skip
