@@ -682,3 +682,87 @@ def test_pf_ppo_trains_on_the_reward_weighted_resample(tiny_model_dir):
     torch.testing.assert_close(s.scorer.score(batch), per_fn)  # each copy keeps its reward and its prompt
     texts = batch.texts
     assert len(set(texts)) < len(texts)
+
+
+def test_ground_truth_joins_its_group_and_shares_the_group_advantage(tiny_model_dir):
+    # ViSurf: the last rollout of every group is replaced by the reference answer, scored like a rollout; the GRPO
+    # advantage is then over G - 1 rollouts plus the ground truth
+    from unipo.data.tasks import arithmetic
+    from unipo.rewards import final_answer
+    from unipo.rollout.batch import Origin
+    from unipo.trainers.common import Timer
+    from unipo.trainers.rl import advantages_of, collect, step_inputs
+
+    rows = arithmetic().train[:3]
+    s = _collect_state(tiny_model_dir, "grpo", rows, final_answer, "train.prompts_per_step=3", "rollout.group_size=4",
+                       "algo.sampler={name: gt_in_group_recon}")  # fmt: skip
+    batch, per_fn, stats = collect(s, s.algo, Timer())
+    assert stats["sampler/ground_truth_frac"] == 1.0 and batch.num_completions == 12
+    truth = batch.origin == Origin.DEMONSTRATION
+    assert torch.bincount(batch.group_ids[truth]).tolist() == [1, 1, 1]  # one per group
+    assert torch.bincount(batch.group_ids).tolist() == [4, 4, 4]
+    eos = s.tokenizer.eos_token_id
+    for i in truth.nonzero().squeeze(-1).tolist():
+        row = batch.rows[int(batch.group_ids[i])]
+        ids = batch.token_lists()[i]
+        assert ids == s.tokenizer(row["answer"], add_special_tokens=False)["input_ids"] + [eos]
+    torch.testing.assert_close(s.scorer.score(batch), per_fn)  # each score stays with its completion
+    assert per_fn[truth.cpu(), 0].tolist() == [1.0, 1.0, 1.0]  # the ground truth is right
+    rewards = s.scorer.combine(per_fn)
+    adv = advantages_of(s.algo, rewards, per_fn, batch, step_inputs(s, batch, rewards), s.scorer.weights)
+    for g in range(3):  # (r - mean) / std over the whole group of 4, the ground truth in it
+        r = rewards[batch.group_ids == g]
+        torch.testing.assert_close(adv[batch.group_ids == g], (r - r.mean()) / (r.std() + 1e-4))
+
+
+def test_aepo_swaps_tempered_samples_into_the_batch_with_advantage_one(tiny_model_dir):
+    from tests.integration.rewards_for_tests import reply_length
+    from unipo.rollout.batch import Origin
+    from unipo.trainers.collect import entropy_switched
+    from unipo.trainers.common import Timer
+    from unipo.trainers.rl import collect
+
+    rows = [{"prompt": f"question number {i}:", "answer": "1"} for i in range(8)]
+    s = _collect_state(tiny_model_dir, "aepo", rows, reply_length, "train.prompts_per_step=8", "rollout.group_size=4",
+                       "algo.sampler.max_samples=3")  # fmt: skip
+    batch, per_fn, _ = collect(s, s.algo, Timer())
+    advantages = torch.linspace(-1, 1, batch.num_completions)
+    seen = []
+
+    def advantages_for(extra, extra_fn):  # a stand-in estimator: the tempered samples' rewards minus 0.5
+        seen.append((extra, extra_fn))
+        return s.scorer.combine(extra_fn) - 0.5
+
+    s.sampler_state = {"entropy": 0.3}  # below H* = 0.5: sample hot, keep up to 3
+    merged, merged_fn, adv, stats = entropy_switched(s, s.algo, batch, per_fn, advantages, advantages_for, Timer())
+    extra, extra_fn = seen[0]
+    assert stats["sampler/temperature"] == 1.2 and len(extra.rows) == 2  # a quarter of 8 prompts
+    assert extra.rows == batch.rows[:2] and extra.num_completions == 8
+    chosen = (s.scorer.combine(extra_fn) - 0.5 > 0.05).nonzero().squeeze(-1)[:3]
+    m = chosen.numel()
+    assert stats["sampler/tempered"] == m > 0
+    assert merged.num_completions == batch.num_completions  # a swap, not an addition
+    assert bool((merged.origin[:m] == Origin.TEMPERED).all()) and bool((merged.origin[m:] == Origin.POLICY).all())
+    assert merged.texts[:m] == [extra.texts[i] for i in chosen.tolist()] and merged.texts[m:] == batch.texts[m:]
+    assert merged.group_ids[:m].tolist() == extra.group_ids[chosen].tolist()  # the same first prompts
+    width = int(extra.completion_mask[chosen].sum(1).max())
+    torch.testing.assert_close(merged.rollout_logp[:m, :width], extra.rollout_logp[chosen, :width])  # at T = 1.2
+    torch.testing.assert_close(adv, torch.cat([torch.ones(m), advantages[m:]]))
+    torch.testing.assert_close(merged_fn, torch.cat([extra_fn[chosen], per_fn[m:]]))
+    s.sampler_state = {"entropy": 0.9}  # above H*: sample cold, keep 3 // 2 = 1 at most
+    _, _, adv, stats = entropy_switched(s, s.algo, batch, per_fn, advantages, advantages_for, Timer())
+    assert stats["sampler/temperature"] == 0.8 and stats["sampler/tempered"] <= 1
+
+
+def test_aepo_run_switches_temperature_on_the_last_steps_entropy(tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "aepo", f"model.path={tiny_model_dir}", "task=lucky7", f"output_dir={run}", "train.max_steps=3",
+            "rollout.max_new_tokens=6", "rollout.group_size=4", "train.prompts_per_step=4", "eval.num_problems=0",
+            "rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]",
+            "algo.sampler.entropy_target=1.0"]  # fmt: skip
+    assert main(args) == 0
+    steps = [r for r in _rows(run) if "loss" in r]
+    assert steps[0]["sampler/temperature"] == 1.2  # no entropy before the first update: 0 <= H*
+    for before, after in zip(steps[:-1], steps[1:], strict=True):  # the random tiny model's entropy is far above 1 nat
+        assert before["entropy"] > 1.0 and after["sampler/temperature"] == 0.8
+    assert all(r["sampler/tempered"] >= 1 for r in steps)

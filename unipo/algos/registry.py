@@ -84,6 +84,10 @@ FACTS = {
     "returns each prompt's number of rollouts (Knapsack RL); the pass rates are its checkpointed state",
     "replay": "sampler: called with the first reward function's scores and which prompts have a stored success, it "
     "marks the rollouts to replace by that success (ARPO); the buffer is its checkpointed state",
+    "ground_truth": "sampler: the rollout it marks in a group is replaced by the prompt's reference response, scored "
+    "like a rollout and trained with the group's advantage (off-policy against sg(π_θ); ViSurf)",
+    "entropy_switch": "sampler: after the advantages, a share of the prompts is sampled again at a temperature chosen "
+    "from the last step's entropy; the samples it keeps replace the batch's first ones with advantage 1 (AEPO)",
     "resample": "sampler: returns how many times each sample enters the batch (0 drops it; duplicates allowed), "
     "e.g. PF-PPO's reward-weighted resampling",
 }

@@ -37,6 +37,12 @@ def dynamic_sampling(
     Returns:
         [N] bool, True for completions of kept groups.
     """
+    count, std = _group_spread(rewards, group_ids)
+    return ((count > 1) & (std > min_std))[group_ids]
+
+
+def _group_spread(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([G] scored completions, [G] population std of their rewards) of each group; NaN rewards are left out."""
     valid = ~torch.isnan(rewards)
     g = int(group_ids.max()) + 1 if group_ids.numel() else 0
     count = torch.zeros(g, dtype=rewards.dtype).index_add_(0, group_ids, valid.to(rewards.dtype))
@@ -44,8 +50,99 @@ def dynamic_sampling(
     mean = torch.zeros(g, dtype=rewards.dtype).index_add_(0, group_ids, r) / count.clamp(min=1)
     dev = torch.where(valid, (rewards - mean[group_ids]) ** 2, torch.zeros_like(rewards))
     var = torch.zeros(g, dtype=rewards.dtype).index_add_(0, group_ids, dev) / count.clamp(min=1)
-    keep_group = (count > 1) & (var.sqrt() > min_std)
-    return keep_group[group_ids]
+    return count, var.sqrt()
+
+
+@register(
+    "sampler",
+    "low_var_group_filter",
+    paper="UniWorld-V2 / Edit-R1 low-variance group filter, https://github.com/PKU-YuanGroup/UniWorld-V2",
+    tag="reconstructed (ALGORITHMS.md §6.1: drop groups whose reward std is below tau); tau and the population std: "
+    "ours",
+)
+def low_var_group_filter(
+    rewards: torch.Tensor, group_ids: torch.Tensor, *, min_std: float = 0.05, max_gen_batches: int = 1
+) -> torch.Tensor:
+    """Edit-R1's low-variance group filter (UniWorld-V2, https://github.com/PKU-YuanGroup/UniWorld-V2).
+
+    keep_q = std_q(r) ≥ τ (population std over the scored completions of prompt q): when the reward comes from a noisy
+    judge, a group whose scores barely differ carries mostly noise in its normalised advantages, so it is dropped.
+    Unlike `dynamic_sampling` the step trains on the groups that survive (no regeneration by default), so its batch
+    may shrink.
+
+    Args:
+        rewards: [N] rewards (NaN: unscored, left out of the std).
+        group_ids: [N] prompt index of each completion.
+        min_std: τ, the smallest reward std a kept group has [ours: 0.05 for rewards in [0, 1]].
+        max_gen_batches: generation rounds per step at most, read by the collect stage (1: no regeneration; more:
+            regenerate until the batch is full, as `dynamic_sampling`).
+
+    Returns:
+        [N] bool, True for completions of kept groups.
+    """
+    count, std = _group_spread(rewards, group_ids)
+    return ((count > 1) & (std >= min_std))[group_ids]
+
+
+@register(
+    "sampler",
+    "d3s_sample_recon",
+    paper="D³S: Dynamic Dual-Level Down-Sampling (seeds_000_001.md 000-06, seeds_003_004.md 004-06; the code was "
+    "promised, not published)",
+    tag="reconstructed: mechanism from the abstract (keep the rollouts that maximise Var(A), aggressive early and "
+    "relaxed later); the exact extremes search and the linear schedule: ours",
+)
+def d3s_sample_recon(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    progress: float = 0.0,
+    keep_start: float = 0.5,
+    keep_end: float = 1.0,
+    min_keep: int = 2,
+) -> torch.Tensor:
+    """Reconstruction of D³S's sample-level down-sampling: per group, the k rollouts whose advantages vary most.
+
+    k_q = clamp(round(n_q·ρ_t), min_keep, n_q) with ρ_t = keep_start + (keep_end − keep_start)·progress (aggressive
+    early, relaxed later). Var(A) over a subset equals Var(r)/s² for a group-affine advantage A = (r − b)/s, so the
+    kept subset maximises the population variance of the rewards. The maximum-variance k-subset of a set of numbers
+    is its j smallest plus its k − j largest for some j, so every j is tried (ties: j nearest k/2). Unscored (NaN)
+    completions are dropped.
+
+    Args:
+        rewards: [N] rewards.
+        group_ids: [N] prompt index of each completion.
+        progress: training progress in [0, 1] (trainer input).
+        keep_start: ρ at the start of training [ours].
+        keep_end: ρ at the end of training (1: no down-sampling) [ours].
+        min_keep: the fewest rollouts a group keeps (2: a spread to learn from).
+
+    Returns:
+        [N] bool, True for the kept completions.
+    """
+    rho = keep_start + (keep_end - keep_start) * float(progress)
+    r, ids = rewards.detach().double().cpu(), group_ids.cpu()
+    keep = torch.zeros(r.numel(), dtype=torch.bool)
+    for g in torch.unique(ids).tolist():
+        members = ((ids == g) & ~r.isnan()).nonzero().squeeze(-1)
+        n = members.numel()
+        k = min(n, max(min_keep, round(n * rho)))
+        if k >= n:
+            keep[members] = True
+            continue
+        order = members[torch.argsort(r[members], stable=True)]
+        s = r[order]
+        c1 = torch.cat([s.new_zeros(1), s.cumsum(0)])
+        c2 = torch.cat([s.new_zeros(1), (s * s).cumsum(0)])
+        j = torch.arange(k + 1)  # j from the bottom, k - j from the top
+        total = c1[j] + c1[n] - c1[n - k + j]
+        squares = c2[j] + c2[n] - c2[n - k + j]
+        var = squares / k - (total / k) ** 2
+        best = torch.isclose(var, var.max(), rtol=0, atol=1e-12)
+        jb = int(j[best][torch.argmin((j[best] - k / 2).abs())])
+        keep[order[:jb]] = True
+        keep[order[n - (k - jb) :]] = True
+    return keep.to(group_ids.device)
 
 
 def _solved_per_group(rewards: torch.Tensor, group_ids: torch.Tensor, solved_above: float) -> torch.Tensor:
@@ -341,13 +438,16 @@ def arpo_gui_replay(
         [N] bool, True for the rollouts to replace (at most one per group).
     """
     fail = _unsolved_groups(rewards - success_above, group_ids)
+    return fail & _last_of_group(group_ids) & stored.to(group_ids.device)[group_ids]
+
+
+def _last_of_group(group_ids: torch.Tensor) -> torch.Tensor:
+    """[N] True for the last completion (in batch order) of each group."""
     n = group_ids.numel()
     g = int(group_ids.max()) + 1 if n else 0
     position = torch.arange(n, device=group_ids.device)
-    last = torch.full((g,), -1, dtype=torch.long, device=group_ids.device).scatter_reduce(
-        0, group_ids, position, "amax"
-    )
-    return fail & (position == last[group_ids]) & stored.to(group_ids.device)[group_ids]
+    last = torch.full((g,), -1, dtype=torch.long, device=group_ids.device)
+    return position == last.scatter_reduce(0, group_ids, position, "amax")[group_ids]
 
 
 PF_BATCH_METHODS = ("pow", "max_min", "max_random")
@@ -426,3 +526,98 @@ def pf_ppo(
         elif method == "br" and others.numel():
             keep[others[int(torch.argmax(noise[others]))]] = 1
     return keep.to(group_ids.device)
+
+
+@register(
+    "sampler",
+    "gt_in_group_recon",
+    paper="ViSurf: Visual Supervised-and-Reinforcement Fine-Tuning (seeds_003_004.md 003-30) and TempSamp-R1, "
+    "https://github.com/HVision-NKU/TempSamp-R1",
+    tag="reconstructed: the ground truth replaces one rollout and the advantage is over the whole group (ALGORITHMS.md "
+    "§6.3); ViSurf's reward-control rules are unknown; `when: unsolved` and which rollout is replaced: ours",
+    facts={"ground_truth"},
+)
+def gt_in_group_recon(
+    rewards: torch.Tensor, group_ids: torch.Tensor, *, reward_components: torch.Tensor | None = None,
+    when: str = "always",
+) -> torch.Tensor:  # fmt: skip
+    """Reconstruction of the ground-truth-in-group sampler (ViSurf, TempSamp-R1; ALGORITHMS.md §6.3).
+
+    The group of prompt q becomes G − 1 on-policy rollouts plus the dataset's reference response o_GT, scored by the
+    reward functions like any rollout; the advantage is computed over the whole group, so o_GT (usually the best) is
+    pushed up and the worse rollouts down. o_GT is off-policy: its ratio is taken against π_θ itself (π_den = sg(π_θ),
+    as in LUFFY), which the update does on its first pass (old log-probs = the detached current ones). The collect
+    stage replaces the rollout this marks (the last of each chosen group; the rollouts are i.i.d., so this equals
+    sampling G − 1) by o_GT.
+
+    Args:
+        rewards: [N] combined rewards.
+        group_ids: [N] prompt index of each completion.
+        reward_components: [N, K] each reward function's score; column 0 is the accuracy (for `when: unsolved`).
+        when: "always" (ViSurf, TempSamp-R1: every group) or "unsolved" (only groups whose accuracy is ≤ 0
+            everywhere, as HPT and LUFFY-style mixing do) [ours].
+
+    Returns:
+        [N] bool, True for the rollout to replace by the ground truth (at most one per group).
+    """
+    if when not in ("always", "unsolved"):
+        raise ValueError(f"gt_in_group_recon: when={when!r}; expected 'always' or 'unsolved'")
+    chosen = _last_of_group(group_ids)
+    if when == "unsolved":
+        chosen &= _unsolved_groups(rewards if reward_components is None else reward_components[:, 0], group_ids)
+    return chosen
+
+
+@register(
+    "sampler",
+    "aepo",
+    paper="Wang et al. 2025, Arbitrary Entropy Policy Optimization: Entropy Is Controllable in Reinforcement "
+    "Fine-tuning (AEPO), arXiv:2510.08141",
+    tag="checked: official code ray_trainer.py (AEPO branch) and config (H* 0.5, T 1.2 / 0.8, 60 samples, A > 0.05)",
+    facts={"entropy_switch"},
+)
+def aepo(
+    advantages: torch.Tensor,
+    last_entropy: float,
+    *,
+    entropy_target: float = 0.5,
+    temperature_high: float = 1.2,
+    temperature_low: float = 0.8,
+    prompt_frac: float = 0.25,
+    max_samples: int = 60,
+    adv_threshold: float = 0.05,
+) -> torch.Tensor:
+    """AEPO's temperature-switched REINFORCE samples (Wang et al. 2025, arXiv:2510.08141; official `ray_trainer.py`).
+
+    After the step's advantages are computed, the first `prompt_frac` of its prompts are sampled again at temperature
+    T = T_high if the last step's policy entropy H ≤ H* (`entropy_target`), else T_low; their advantages are computed
+    like the batch's, the samples with A > 0.05 are kept with A := 1 (a REINFORCE term toward the hotter or colder
+    distribution), and the first m = min(60, #kept) of them (m // 2 when H > H*) replace the first m samples of the
+    batch, which keeps its own advantages. The entropy before the first step is 0 (so the first step samples hot).
+    This function keeps the samples; the collect stage picks T from the same hyperparameters and swaps them in.
+
+    Args:
+        advantages: [M] the resampled completions' advantages (the first token's, as the official code reads).
+        last_entropy: H, the mean token entropy of the last step's update.
+        entropy_target: H* (official `entropy_base`, 0.5).
+        temperature_high: T when H ≤ H* (official 1.2), read by the collect stage.
+        temperature_low: T when H > H* (official 0.8), read by the collect stage.
+        prompt_frac: the fraction of the step's prompts sampled again (official 1/4; at least one prompt), read by
+            the collect stage.
+        max_samples: at most this many samples replace the batch's first ones (official `reinforce_sample_num`, 60).
+        adv_threshold: a resampled completion is kept when its advantage exceeds this (official 0.05).
+
+    Returns:
+        [M] bool, True for the resampled completions that enter the batch (the first m of those above the threshold).
+    """
+    above = advantages > adv_threshold
+    m = min(max_samples, int(above.sum()))
+    if last_entropy > entropy_target:
+        m //= 2
+    return above & (above.long().cumsum(0) <= m)
+
+
+def aepo_temperature(last_entropy: float, params: dict) -> float:
+    """AEPO's sampling temperature for the extra samples: T_high when the last entropy is at most H*, else T_low."""
+    hot = last_entropy <= params["entropy_target"]
+    return params["temperature_high"] if hot else params["temperature_low"]

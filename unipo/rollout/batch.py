@@ -25,6 +25,9 @@ class Origin(IntEnum):
     ROLL_IN = 4
     """a forced prefix of a reference solution continued by the policy (`Rollouts.forced`; the forced tokens are out
     of the loss unless the method trains them, as IGPO does)."""
+    TEMPERED = 5
+    """sampled from the policy at another temperature than the batch's (AEPO's entropy-control samples); its behaviour
+    log-probs are those of that temperature."""
 
 
 @dataclass

@@ -12,7 +12,11 @@ A sampler's registry facts say how it acts (`algos.registry.FACTS`):
   RL); the pass rates are the sampler's state;
 - `replay`: a stored success of an earlier step replaces one rollout of a group that failed everywhere (ARPO); the
   buffer is the sampler's state;
-- `resample`: each sample enters the batch as many times as the sampler says (PF-PPO).
+- `resample`: each sample enters the batch as many times as the sampler says (PF-PPO);
+- `ground_truth`: the rollout it marks in a group is replaced by the prompt's reference response, scored like a
+  rollout (ViSurf);
+- `entropy_switch`: nothing here; after the advantages, `entropy_switched` samples some prompts again at a temperature
+  chosen from the last step's entropy and swaps the samples it keeps into the batch with advantage 1 (AEPO).
 The sampler's state (`RLState.sampler_state`) is checkpointed with the run.
 Injected samples are carried as token ids from here on (never re-tokenised) and marked by `Rollouts.origin`,
 `loss_mask` and `forced`.
@@ -21,10 +25,12 @@ Injected samples are carried as token ids from here on (never re-tokenised) and 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from unipo.algos.samplers import aepo_temperature
 from unipo.models.loading import autocast_context
 from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups, right_pad
 from unipo.rollout.hf import sample
@@ -48,10 +54,10 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
     if algo.has_fact("sampler", "budget"):
         return _budgeted(s, algo, rows, timer)
     batch, per_fn = generate_and_score(s, rows, timer)
-    if algo.sampler is None:
+    if algo.sampler is None or algo.has_fact("sampler", "entropy_switch"):
         return batch, per_fn, {}
     acts = (("demonstrations", _with_demonstrations), ("hints", _with_hints), ("inpaint", _inpainted),
-            ("replay", _with_replay), ("resample", _resampled))  # fmt: skip
+            ("replay", _with_replay), ("resample", _resampled), ("ground_truth", _with_ground_truth))  # fmt: skip
     for fact, act in acts:
         if algo.has_fact("sampler", fact):
             return act(s, algo, batch, per_fn, timer)
@@ -93,9 +99,11 @@ def _filtered(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, tim
 
 
 def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> dict[str, Any]:
-    """The trainer inputs a sampler may take: each reward function's scores, and a CPU generator seeded from the
-    run's (which may live on the GPU) so that its draws resume exactly, drawn only for a sampler that declares it."""
+    """The trainer inputs a sampler may take: each reward function's scores, the training progress, and a CPU
+    generator seeded from the run's (which may live on the GPU) so that its draws resume exactly, drawn only for a
+    sampler that declares it."""
     inputs: dict[str, Any] = {} if per_fn is None else {"reward_components": per_fn}
+    inputs["progress"] = (s.step - 1) / max(1, s.cfg.train.max_steps)
     if "generator" in fn.needs:
         seed = torch.randint(0, 2**62, (1,), generator=s.generator, device=s.generator.device)
         inputs["generator"] = torch.Generator().manual_seed(int(seed))
@@ -286,18 +294,81 @@ def _stored(batch: Rollouts, groups: list[int], items: list[dict[str, Any]], pad
 
 
 def generate_and_score(
-    s: RLState, rows: list[dict], timer: Timer, forced: list[list[int]] | None = None, n: list[int] | None = None
+    s: RLState,
+    rows: list[dict],
+    timer: Timer,
+    forced: list[list[int]] | None = None,
+    n: list[int] | None = None,
+    temperature: float | None = None,
 ) -> tuple[Rollouts, torch.Tensor]:
     """`rollout.group_size` completions of each row (or `n[i]` of row i; starting with `forced` tokens, one list per
-    completion), and their rewards (N, K)."""
+    completion; at `temperature` instead of `rollout.temperature`), and their rewards (N, K)."""
     cfg, r = s.cfg, s.cfg.rollout
     with timer("generate"), autocast_context(s.model, cfg.model.autocast):
         batch = sample(
             s.model, s.tokenizer, rows, n=r.group_size if n is None else n, max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, generator=s.generator, forced=forced,
+            temperature=r.temperature if temperature is None else temperature, top_k=r.top_k, top_p=r.top_p,
+            generator=s.generator, forced=forced,
         )  # fmt: skip
     with timer("score"):
         return batch, s.scorer.score(batch)  # (N, K)
+
+
+def _with_ground_truth(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
+    """ViSurf: the rollout the sampler marks in a group is replaced by the prompt's reference response (its tokens plus
+    EOS, `Origin.DEMONSTRATION`), scored by the reward functions like a rollout and trained with the group's
+    advantage."""
+    out = _marks(s, algo, batch, per_fn).nonzero().squeeze(-1)
+    stats = {"sampler/ground_truth_frac": out.numel() / batch.prompt_ids.shape[0]}
+    if out.numel() == 0:
+        return batch, per_fn, stats
+    prompts = batch.group_ids[out]
+    truth = demonstrations(batch, prompts, s.tokenizer, s.cfg.rollout.max_new_tokens)
+    with timer("score"):
+        truth_fn = s.scorer.score(truth)
+    stats["sampler/ground_truth_reward"] = nanmean(s.scorer.combine(truth_fn))
+    truth.group_ids = prompts[truth.group_ids]  # index batch's prompts (the same rows)
+    keep = torch.ones(batch.num_completions + out.numel(), dtype=torch.bool, device=batch.group_ids.device)
+    keep[out] = False
+    merged = batch.concat(truth).select(keep.nonzero().squeeze(-1))
+    return merged, torch.cat([per_fn, truth_fn])[keep.cpu()], stats
+
+
+Advantages = Callable[[Rollouts, torch.Tensor], torch.Tensor]
+"""The step's advantage estimator on another batch: (rollouts, their rewards (N, K)) -> advantages."""
+
+
+def entropy_switched(
+    s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, advantages: torch.Tensor,
+    advantages_for: Advantages, timer: Timer,
+) -> tuple[Rollouts, torch.Tensor, torch.Tensor, dict[str, float]]:  # fmt: skip
+    """AEPO, after the advantages (as its official trainer): the first `prompt_frac` of the prompts are sampled again at
+    a temperature chosen from the last step's entropy (the sampler's state), their advantages computed by the step's
+    estimator, and the m samples the sampler keeps replace the batch's first m with advantage 1 (`Origin.TEMPERED`;
+    their behaviour log-probs are those of that temperature, their old log-probs the update's). Returns the batch, its
+    rewards (N, K), its advantages and the sampler's metrics."""
+    params = bound_params(algo.sampler)
+    last = float((s.sampler_state or {}).get("entropy", 0.0))  # 0 before the first update, as the official code
+    temperature = aepo_temperature(last, params)
+    rows = batch.rows[: max(1, int(len(batch.rows) * params["prompt_frac"]))]
+    extra, extra_fn = generate_and_score(s, rows, timer, temperature=temperature)
+    extra_adv = advantages_for(extra, extra_fn)
+    first = extra_adv if extra_adv.dim() == 1 else extra_adv[:, 0]
+    chosen = algo.sampler(first.cpu(), last).nonzero().squeeze(-1).to(batch.group_ids.device)
+    m = chosen.numel()
+    stats = {"sampler/temperature": temperature, "sampler/tempered": float(m)}
+    if m == 0:
+        return batch, per_fn, advantages, stats
+    swapped = extra.select(chosen)
+    swapped.origin.fill_(int(Origin.TEMPERED))  # its group ids index the first prompts of `batch`, the same rows
+    n = batch.num_completions
+    order = torch.cat([torch.arange(n, n + m), torch.arange(m, n)]).to(batch.group_ids.device)
+    merged = batch.concat(swapped).select(order)
+    if advantages.dim() == 2:  # per-token advantages: one width for the merged batch
+        width = merged.completion_ids.shape[1]
+        advantages = torch.nn.functional.pad(advantages, (0, max(0, width - advantages.shape[1])))[:, :width]
+    ones = torch.ones((m, *advantages.shape[1:]), dtype=advantages.dtype, device=advantages.device)
+    return merged, torch.cat([extra_fn[chosen.cpu()], per_fn[m:]]), torch.cat([ones, advantages[m:]]), stats
 
 
 def greedy_rewards(s: RLState, batch: Rollouts) -> torch.Tensor:

@@ -26,7 +26,7 @@ from unipo.rollout.batch import Origin, Rollouts
 from unipo.rollout.inject import reference_text
 from unipo.trainers import checkpoint, controllers
 from unipo.trainers import critic as critics
-from unipo.trainers.collect import collect, greedy_rewards, nanmean, prompt_key
+from unipo.trainers.collect import collect, entropy_switched, greedy_rewards, nanmean, prompt_key
 from unipo.trainers.common import (
     Algo,
     RewardScorer,
@@ -62,6 +62,11 @@ def train(cfg: Config) -> Path:
                          cfg.train.prompts_per_step * cfg.rollout.group_size)  # fmt: skip
         except ValueError as e:
             raise ConfigError(f"algo.sampler: {e}") from None
+    if algo.has_fact("sampler", "entropy_switch") and (algo.critic or {"ref_logp", "baseline_rewards"} &
+                                                        algo.advantage.needs):  # fmt: skip
+        raise ConfigError(f"algo.sampler aepo computes advantages of extra samples with the step's estimator, which "
+                          f"cannot be {algo.critic.id if algo.critic else algo.advantage.id!r} (it needs a critic, a "
+                          "reference or a greedy baseline)")  # fmt: skip
     if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & NEEDS_REFERENCE and task.train:
         try:
             reference_text(task.train[0])
@@ -173,15 +178,7 @@ def rl_step(s: RLState) -> dict[str, float]:
     if algo.shaping:  # the shape stage
         with timer("shape"):
             rewards, s.shaping_states = shape(algo.shaping, raw, s.shaping_states, shape_inputs(s, batch, per_fn))
-    inputs = {
-        "old_logp": batch.rollout_logp,  # the sampling policy's log-probs (the parameters have not moved yet)
-        "rollout_logp": batch.rollout_logp,
-        "truncated": batch.truncated,
-        "progress": (s.step - 1) / max(1, cfg.train.max_steps),
-        "generator": s.generator,
-        "rewards": torch.nan_to_num(rewards),
-        "demo_mask": batch.origin == Origin.DEMONSTRATION,
-    }
+    inputs = step_inputs(s, batch, rewards)
     if "baseline_rewards" in algo.advantage.needs:  # ReMax: each prompt's greedy reply, scored like the samples
         with timer("baseline"):
             inputs["baseline_rewards"] = greedy_rewards(s, batch)
@@ -198,12 +195,19 @@ def rl_step(s: RLState) -> dict[str, float]:
         advantages = targets.advantages
         with timer("critic_update"):
             critic_stats = critics.update(s.critic, cfg, batch, old_values, targets)
+    scored = per_fn  # the collected batch's scores, for the metrics
+    if algo.has_fact("sampler", "entropy_switch"):  # AEPO swaps tempered samples in after the advantages
+        batch, per_fn, rewards, advantages, inputs, more = tempered_swap(s, algo, batch, per_fn, rewards, advantages,
+                                                                         timer)  # fmt: skip
+        sampler_stats = {**sampler_stats, **more}
     frozen = s.step <= cfg.critic.warmup_steps and s.critic is not None  # critic warm-up: the policy waits
     with timer("update"):
         stats = {} if frozen else update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs)
     s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, batch.num_completions)
+    if "entropy" in stats and algo.has_fact("sampler", "entropy_switch"):  # the next step's temperature depends on it
+        s.sampler_state = {"entropy": stats["entropy"]}
     lengths = batch.completion_mask.sum(1).float()
-    per_fn_means = {f"reward/{n}": nanmean(per_fn[:, k]) for k, n in enumerate(s.scorer.names)}
+    per_fn_means = {f"reward/{n}": nanmean(scored[:, k]) for k, n in enumerate(s.scorer.names)}
     return {
         "reward/mean": nanmean(raw),
         "reward/std": float(raw[~raw.isnan()].std()) if (~raw.isnan()).sum() > 1 else 0.0,
@@ -219,6 +223,43 @@ def rl_step(s: RLState) -> dict[str, float]:
         "lr": s.scheduler.get_last_lr()[0],
         **{f"time/{phase}_s": seconds for phase, seconds in timer.totals.items()},  # generate, score, update, ...
         "time/step_s": time.perf_counter() - t0,
+    }
+
+
+def tempered_swap(
+    s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, rewards: torch.Tensor, advantages: torch.Tensor,
+    timer: Timer,
+) -> tuple[Rollouts, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any], dict[str, float]]:  # fmt: skip
+    """AEPO's swap (`collect.entropy_switched`) with the step's advantage estimator, then the step's inputs for the new
+    batch (a swapped sample's reward is its raw one). Returns (batch, rewards (N, K), rewards, advantages, inputs,
+    the sampler's metrics)."""
+
+    def advantages_for(extra: Rollouts, extra_fn: torch.Tensor) -> torch.Tensor:
+        extra_rewards = s.scorer.combine(extra_fn).to(extra.group_ids.device)
+        return advantages_of(algo, extra_rewards, extra_fn, extra, step_inputs(s, extra, extra_rewards),
+                             s.scorer.weights)  # fmt: skip
+
+    batch, per_fn, advantages, stats = entropy_switched(s, algo, batch, per_fn, advantages, advantages_for, timer)
+    m = int(stats["sampler/tempered"])  # the first m samples were swapped
+    rewards = torch.cat([s.scorer.combine(per_fn[:m]).to(rewards.device), rewards[m:]])
+    inputs = step_inputs(s, batch, rewards)
+    if s.ref is not None:
+        with timer("reference"):
+            inputs["ref_logp"] = reference_logps(s.ref, batch, s.cfg)
+    return batch, per_fn, rewards, advantages, inputs, stats
+
+
+def step_inputs(s: RLState, batch: Rollouts, rewards: torch.Tensor) -> dict[str, Any]:
+    """The per-sample inputs of the advantage and update stages that come with the batch (the reference's log-probs
+    and ReMax's baseline are added by their own stages)."""
+    return {
+        "old_logp": batch.rollout_logp,  # the sampling policy's log-probs (the parameters have not moved yet)
+        "rollout_logp": batch.rollout_logp,
+        "truncated": batch.truncated,
+        "progress": (s.step - 1) / max(1, s.cfg.train.max_steps),
+        "generator": s.generator,
+        "rewards": torch.nan_to_num(rewards),
+        "demo_mask": batch.origin == Origin.DEMONSTRATION,
     }
 
 

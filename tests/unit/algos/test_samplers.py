@@ -286,3 +286,68 @@ def test_pf_ppo_prompt_subsets_are_the_papers():
     assert br[[1, 5]].tolist() == [1, 1] and int(br[[0, 2]].sum()) == 1 and br[4] == 0 and int(br.sum()) == 4
     with pytest.raises(ValueError, match="scope 'prompt'"):
         pf(rewards, gids, scope="prompt", method="pow")
+
+
+def test_low_var_group_filter_drops_groups_below_the_threshold():
+    f = algos.get("sampler", "low_var_group_filter")
+    # population stds: group 0 {0.5, 0.52} -> 0.01; group 1 {0.2, 0.4} -> 0.1; group 2 {0.3, nan} -> one score
+    rewards = torch.tensor([0.5, 0.52, 0.2, 0.4, 0.3, float("nan")])
+    gids = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert f(rewards, gids).tolist() == [False, False, True, True, False, False]
+    assert f(rewards, gids, min_std=0.1 + 1e-6).tolist() == [False] * 6
+    assert f(rewards, gids, min_std=0.005).tolist() == [True] * 4 + [False] * 2
+
+
+def _variance(values):
+    return float(torch.tensor(values, dtype=torch.float64).var(unbiased=False))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 6), min_size=2, max_size=7), min_size=1, max_size=4),
+       st.floats(0.0, 1.0))  # fmt: skip
+def test_d3s_keeps_the_maximum_variance_subset_of_the_scheduled_size(groups, progress):
+    import itertools
+
+    rewards = torch.tensor([r / 6 for g in groups for r in g])
+    gids = torch.tensor([i for i, g in enumerate(groups) for _ in g])
+    keep = algos.get("sampler", "d3s_sample_recon")(rewards, gids, progress=progress, keep_start=0.4)
+    for i, g in enumerate(groups):
+        kept = rewards[(gids == i) & keep].tolist()
+        k = min(len(g), max(2, round(len(g) * (0.4 + 0.6 * progress))))
+        assert len(kept) == k
+        best = max(_variance(c) for c in itertools.combinations([r / 6 for r in g], k))  # brute force
+        assert _variance(kept) == pytest.approx(best, abs=1e-6)  # the rewards are float32
+
+
+def test_d3s_on_a_hand_worked_group():
+    d3s = algos.get("sampler", "d3s_sample_recon")
+    # 6 rollouts, rho = 0.5 at the start: k = 3 -> the extremes {0, 1, 1} (j = 1: var 2/9) beat {0, 0.2, 1} (j = 2)
+    rewards = torch.tensor([0.2, 1.0, 0.5, 0.0, 1.0, 0.6])
+    keep = d3s(rewards, torch.zeros(6, dtype=torch.long))
+    assert keep.tolist() == [False, True, False, True, True, False]
+    assert d3s(rewards, torch.zeros(6, dtype=torch.long), progress=1.0).all()  # relaxed to the whole group
+
+
+def test_gt_in_group_marks_the_last_rollout_of_each_chosen_group():
+    gt = algos.get("sampler", "gt_in_group_recon")
+    rewards = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, float("nan")])
+    gids = torch.tensor([0, 0, 0, 1, 1, 2])
+    assert gt(rewards, gids).tolist() == [False, False, True, False, True, True]
+    accuracy = rewards[:, None]
+    assert gt(rewards, gids, reward_components=accuracy, when="unsolved").tolist() == [False] * 4 + [True, False]
+    with pytest.raises(ValueError, match="when="):
+        gt(rewards, gids, when="sometimes")
+
+
+def test_aepo_keeps_the_first_positive_samples_up_to_its_budget():
+    aepo = algos.get("sampler", "aepo")
+    adv = torch.tensor([0.5, -1.0, 0.04, 1.2, 0.06, 0.9, 0.3])  # above 0.05: indices 0, 3, 4, 5, 6
+    assert aepo(adv, 0.2).tolist() == [True, False, False, True, True, True, True]  # H <= H*: all 5 (<= 60)
+    assert aepo(adv, 0.2, max_samples=3).tolist() == [True, False, False, True, True, False, False]
+    assert aepo(adv, 0.7, max_samples=3).tolist() == [True] + [False] * 6  # H > H*: min(60, 5) // 2 -> 3 // 2 = 1
+    assert aepo(adv, 0.7).tolist() == [True, False, False, True, False, False, False]  # 5 // 2 = 2
+    from unipo.algos.samplers import aepo_temperature
+
+    params = algos.entry("sampler", "aepo").params
+    assert aepo_temperature(0.0, params) == 1.2 and aepo_temperature(0.5, params) == 1.2
+    assert aepo_temperature(0.51, params) == 0.8
