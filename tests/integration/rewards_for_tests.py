@@ -81,3 +81,8 @@ def sometimes_none(prompts, completions, **_):
 def starts_with_z(prompts, completions, **_):
     """1 when the reply starts with "Z" (as the IGPO test's reference solutions do), else 0."""
     return [float(c.startswith("Z")) for c in completions]
+
+
+def second_solution_hint(prompts, completions, **_):
+    """1 when the prompt carries the solution hint part "s2" (Scaf-GRPO test rows), else 0: bare prompts never solve."""
+    return [float("s2" in str(p)) for p in prompts]

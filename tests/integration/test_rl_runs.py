@@ -766,3 +766,59 @@ def test_aepo_run_switches_temperature_on_the_last_steps_entropy(tiny_model_dir,
     for before, after in zip(steps[:-1], steps[1:], strict=True):  # the random tiny model's entropy is far above 1 nat
         assert before["entropy"] > 1.0 and after["sampler/temperature"] == 0.8
     assert all(r["sampler/tempered"] >= 1 for r in steps)
+
+
+def test_scaf_grpo_rescues_a_failed_group_with_its_least_hint(tiny_model_dir):
+    # bare prompts never solve; the hint levels are k1 | k1 k2 | s1 | s1 s2 | s1 s2 s3, and "s2" solves: the level
+    # "Solution Hints: s1 s2" replaces each group's first rollout, with its own prompt, in the original group
+    from tests.integration.rewards_for_tests import second_solution_hint
+    from unipo.rollout.batch import Origin
+    from unipo.trainers.common import Timer
+    from unipo.trainers.rl import advantages_of, collect, step_inputs
+
+    rows = [{"prompt": f"question {i}?", "answer": "x", "knowledge_components_parts": ["k1", "k2"],
+             "solution_breakdown_parts": ["s1", "s2", "s3"]} for i in range(3)]  # fmt: skip
+    s = _collect_state(tiny_model_dir, "scaf_grpo", rows, second_solution_hint, "train.prompts_per_step=3",
+                       "rollout.group_size=4", "algo.sampler.warmup_steps=0")  # fmt: skip
+    s.step = 1
+    batch, per_fn, stats = collect(s, s.algo, Timer())
+    assert stats["sampler/hinted_frac"] == 1.0 and stats["sampler/rescued_frac"] == 1.0
+    assert batch.num_completions == 12
+    hinted = (batch.origin == Origin.HINT).nonzero().squeeze(-1).tolist()
+    assert len(hinted) == 3
+    for i in hinted:
+        assert batch.rows[int(batch.group_ids[i])]["prompt"].endswith("\nSolution Hints: s1 s2")
+    assert sorted(batch.advantage_groups[hinted].tolist()) == [0, 1, 2]
+    assert torch.bincount(batch.advantage_groups).tolist() == [4, 4, 4]  # one original replaced in each group
+    torch.testing.assert_close(s.scorer.score(batch), per_fn)  # scored on its hinted prompt: 1
+    assert per_fn[:, 0].sum() == 3.0
+    rewards = s.scorer.combine(per_fn)
+    adv = advantages_of(s.algo, rewards, per_fn, batch, step_inputs(s, batch, rewards), s.scorer.weights)
+    r = torch.tensor([0.0, 0.0, 0.0, 1.0])  # each group: three failures and the rescued success
+    expected = (r - r.mean()) / (r.std() + 1e-4)
+    for i in range(batch.num_completions):
+        assert float(adv[i]) == pytest.approx(float(expected[3 if i in hinted else 0]), rel=1e-5)
+    mb = batch.select(torch.tensor(hinted))  # micro-batches keep each completion's group
+    assert mb.advantage_groups.tolist() == batch.advantage_groups[hinted].tolist()
+
+
+def test_igrpo_refines_each_prompts_best_draft(tiny_model_dir):
+    from tests.integration.rewards_for_tests import reply_length
+    from unipo.rollout.inject import IGRPO_DRAFT
+    from unipo.trainers.common import Timer
+    from unipo.trainers.rl import collect
+
+    rows = [{"prompt": f"question number {i}:", "answer": "1"} for i in range(3)]
+    s = _collect_state(tiny_model_dir, "igrpo", rows, reply_length, "train.prompts_per_step=3", "rollout.group_size=6")
+    batch, per_fn, stats = collect(s, s.algo, Timer())
+    assert batch.num_completions == 9 and torch.bincount(batch.group_ids).tolist() == [3, 3, 3]  # 6 - 3 drafts
+    head, tail = IGRPO_DRAFT.split("{draft}")
+    best = []
+    for row in batch.rows:
+        original, draft = row["prompt"].split(head)
+        assert draft.endswith(tail)
+        best.append(reply_length([original], [draft[: -len(tail)]])[0])
+    assert sorted(row["prompt"].split(head)[0] for row in batch.rows) == sorted(r["prompt"] for r in rows)
+    assert stats["sampler/best_draft_reward"] == pytest.approx(sum(best) / 3, rel=1e-6)
+    assert stats["sampler/best_draft_reward"] >= stats["sampler/draft_reward"]
+    torch.testing.assert_close(s.scorer.score(batch), per_fn)

@@ -88,6 +88,10 @@ FACTS = {
     "like a rollout and trained with the group's advantage (off-policy against sg(π_θ); ViSurf)",
     "entropy_switch": "sampler: after the advantages, a share of the prompts is sampled again at a temperature chosen "
     "from the last step's entropy; the samples it keeps replace the batch's first ones with advantage 1 (AEPO)",
+    "tiered_hints": "sampler: the groups it marks get one hinted rollout per hint level (least help first); the first "
+    "success replaces one rollout and keeps its hinted prompt, in the original group (Scaf-GRPO)",
+    "drafts": "sampler: a share of the budget samples drafts; it marks each prompt's best, and the rest of the budget "
+    "samples refinements of the prompt plus that draft, the only samples trained on (iGRPO)",
     "resample": "sampler: returns how many times each sample enters the batch (0 drops it; duplicates allowed), "
     "e.g. PF-PPO's reward-weighted resampling",
 }

@@ -621,3 +621,81 @@ def aepo_temperature(last_entropy: float, params: dict) -> float:
     """AEPO's sampling temperature for the extra samples: T_high when the last entropy is at most H*, else T_low."""
     hot = last_entropy <= params["entropy_target"]
     return params["temperature_high"] if hot else params["temperature_low"]
+
+
+@register(
+    "sampler",
+    "scaf_grpo",
+    paper="Zhang et al. 2025, Scaf-GRPO: Scaffolded Group Relative Policy Optimization for Enhancing LLM Reasoning, "
+    "arXiv:2510.19807",
+    tag="checked: official code hint_mix_grpo/ray_trainer.py (warm-up steps, all-wrong trigger, cumulative hint "
+    "levels per tier, the least hint that solves, one rollout replaced with its hinted prompt); the fallback tier "
+    "from the reference solution: ours",
+    facts={"tiered_hints"},
+)
+def scaf_grpo(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    reward_components: torch.Tensor | None = None,
+    warmup_steps: int = 50,
+    tiers: tuple[str, ...] = ("knowledge_components_parts", "solution_breakdown_parts"),
+    per_tier: int = 4,
+) -> torch.Tensor:
+    """Scaf-GRPO's scaffolded hints (Zhang et al. 2025, arXiv:2510.19807; official `hint_mix_grpo` trainer).
+
+    After `warmup_steps` guidance-free steps, a prompt whose G rollouts are all wrong (the first reward function ≤ 0)
+    is sampled once at each hint level, from the least help to the most: for each tier column of the row (official:
+    knowledge components, then solution breakdown; planning is disabled there), its first 1, …, 4 parts after
+    "Knowledge Hints:" / "Solution Hints:". The first rollout of the group is replaced by the successful hinted
+    rollout of the lowest level (reward > 0), generated on and trained with its hinted prompt, while its advantage
+    is computed in the original group (`Rollouts.groups`), so the group has one success to learn from. A row
+    without tier columns gets one tier from its reference solution [ours].
+
+    Args:
+        rewards: [N] combined rewards (unused: the rule reads the accuracy column).
+        group_ids: [N] prompt index of each completion.
+        reward_components: [N, K] each reward function's score; column 0 is the accuracy.
+        warmup_steps: no hints up to this step (official `trainer.warmup_steps`, 50), read by the collect stage.
+        tiers: the row columns holding each tier's hint parts, in order, read by the collect stage.
+        per_tier: cumulative levels per tier (official 4), read by the collect stage.
+
+    Returns:
+        [N] bool, True for the completions of groups to rescue with hints (constant per group).
+    """
+    first = rewards if reward_components is None else reward_components[:, 0]
+    return _unsolved_groups(first, group_ids)
+
+
+@register(
+    "sampler",
+    "igrpo",
+    paper="Hatamizadeh et al. 2026, iGRPO: Self-Feedback-Driven LLM Reasoning, arXiv:2602.09000",
+    tag="checked: abstract (best-of-N draft by the training reward, GRPO on draft-conditioned refinements, matched "
+    "rollout budget); the prompt template and the draft/refinement split: ours",
+    facts={"drafts"},
+)
+def igrpo(rewards: torch.Tensor, group_ids: torch.Tensor, *, draft_frac: float = 0.5) -> torch.Tensor:
+    """iGRPO's draft selection (Hatamizadeh et al. 2026, arXiv:2602.09000).
+
+    Stage 1 samples N drafts per prompt (no gradient) and keeps d* = argmax_i r_i (the first on ties; unscored drafts
+    never win); stage 2 samples G − N refinements of the prompt x ⊕ d* and runs the GRPO update on them alone, so
+    the step's total rollouts equal `rollout.group_size` (the matched budget). A prompt with no scored draft is
+    refined from its bare prompt.
+
+    Args:
+        rewards: [N] the drafts' rewards.
+        group_ids: [N] prompt index of each draft.
+        draft_frac: N / `rollout.group_size` (stage 1's share of the budget), read by the collect stage [ours: 0.5].
+
+    Returns:
+        [N] bool, True for each prompt's best draft (at most one per group).
+    """
+    n = group_ids.numel()
+    g = int(group_ids.max()) + 1 if n else 0
+    score = torch.where(rewards.isnan(), float("-inf"), rewards.double())
+    best = torch.full((g,), float("-inf"), dtype=torch.float64).scatter_reduce(0, group_ids.cpu(), score.cpu(), "amax")
+    top = (score.cpu() == best[group_ids.cpu()]) & ~rewards.isnan().cpu()
+    position = torch.where(top, torch.arange(n), n)
+    first = torch.full((g,), n, dtype=torch.long).scatter_reduce(0, group_ids.cpu(), position, "amin")
+    return (torch.arange(n) == first[group_ids.cpu()]).to(group_ids.device)

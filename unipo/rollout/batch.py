@@ -17,7 +17,8 @@ class Origin(IntEnum):
     POLICY = 0
     """sampled from the policy on the dataset's prompt."""
     HINT = 1
-    """sampled from the policy on a prompt with a hint (a prefix of the reference solution) added."""
+    """sampled from the policy on a prompt with a hint added (a prefix of the reference solution, tiered hints, the
+    model's own best draft)."""
     REPLAY = 2
     """a stored earlier sample, with the behaviour log-probs of the policy that produced it."""
     DEMONSTRATION = 3
@@ -35,7 +36,9 @@ class Rollouts:
     """N completions of P prompts: the typed batch of the on-policy loop. Prompts are left-padded, completions
     right-padded; groups may differ in size.
 
-    `group_ids[i]` is the prompt row of completion i, so prompt tensors are stored once per prompt.
+    `group_ids[i]` is the prompt row of completion i, so prompt tensors are stored once per prompt. `groups[i]` is the
+    group its advantage is computed in (a prompt row too): the same as `group_ids` except for a sample generated on
+    another prompt and trained in the group of the original one (a Scaf-GRPO hinted success); None: `group_ids`.
     `completion_mask` is the attention mask of the completion: 1 on its tokens up to and including EOS.
     `loss_mask` marks the tokens that get a policy gradient: the completion's tokens except injected or forced ones
     (a roll-in prefix, a tool's output), which are attended to but not trained unless a method says so.
@@ -55,6 +58,7 @@ class Rollouts:
     loss_mask: torch.Tensor | None = None  # (N, T); None: the completion mask
     origin: torch.Tensor | None = None  # (N,) long `Origin`; None: all sampled from the policy
     forced: torch.Tensor | None = None  # (N, T) bool: tokens forced from a reference (a roll-in), not sampled
+    groups: torch.Tensor | None = None  # (N,) long advantage group of each completion; None: `group_ids`
 
     def __post_init__(self) -> None:
         if self.loss_mask is None:
@@ -67,6 +71,11 @@ class Rollouts:
     @property
     def num_completions(self) -> int:
         return self.completion_ids.shape[0]
+
+    @property
+    def advantage_groups(self) -> torch.Tensor:
+        """(N,) the group each completion's advantage is computed in (`groups`, else `group_ids`)."""
+        return self.group_ids if self.groups is None else self.groups
 
     def token_lists(self) -> list[list[int]]:
         """Each completion's token ids through its EOS (padding dropped), as reward functions get them."""
@@ -84,6 +93,7 @@ class Rollouts:
             self,
             **self.per_completion(lambda x: x[idx, :width] if x.dim() == 2 else x[idx]),
             texts=[self.texts[i] for i in idx.tolist()] if self.texts else [],
+            groups=None if self.groups is None else self.groups[idx],
         )
 
     def concat(self, other: Rollouts) -> Rollouts:
@@ -96,7 +106,11 @@ class Rollouts:
                 a, b = (torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in (a, b))
             return torch.cat([a, b])
 
-        return replace(self, **{name: both(name) for name in PER_COMPLETION}, texts=self.texts + other.texts)
+        groups = None
+        if self.groups is not None or other.groups is not None:
+            groups = torch.cat([self.advantage_groups, other.advantage_groups])
+        return replace(self, **{name: both(name) for name in PER_COMPLETION}, texts=self.texts + other.texts,
+                       groups=groups)  # fmt: skip
 
 
 PER_COMPLETION = (
@@ -115,15 +129,16 @@ PER_COMPLETION = (
 def keep_groups(batch: Rollouts, keep: torch.Tensor) -> Rollouts:
     """The completions with `keep` [N] True and only their prompts (group ids renumbered 0..P'-1, in order)."""
     idx = keep.nonzero().squeeze(-1)
-    used = torch.unique(batch.group_ids[idx])  # sorted prompt indices that keep a completion
+    used = torch.unique(torch.cat([batch.group_ids[idx], batch.advantage_groups[idx]]))  # prompts still referred to
     remap = torch.full((batch.prompt_ids.shape[0],), -1, dtype=torch.long, device=batch.group_ids.device)
     remap[used] = torch.arange(used.numel(), device=remap.device)
     width = int(batch.completion_mask[idx].sum(1).max()) if idx.numel() else 0
     kept = batch.per_completion(lambda x: x[idx, :width] if x.dim() == 2 else x[idx])
     kept["group_ids"] = remap[kept["group_ids"]]
     texts = [batch.texts[i] for i in idx.tolist()] if batch.texts else []
+    groups = None if batch.groups is None else remap[batch.groups[idx]]
     return replace(batch, prompt_ids=batch.prompt_ids[used], prompt_mask=batch.prompt_mask[used], **kept,
-                   rows=[batch.rows[i] for i in used.tolist()], texts=texts)  # fmt: skip
+                   rows=[batch.rows[i] for i in used.tolist()], texts=texts, groups=groups)  # fmt: skip
 
 
 def cat(batches: list[Rollouts], pad_id: int) -> Rollouts:
@@ -140,12 +155,16 @@ def cat(batches: list[Rollouts], pad_id: int) -> Rollouts:
     parts = [b.per_completion(lambda x: F.pad(x, (0, t - x.shape[1])) if x.dim() == 2 else x) for b in batches]
     for part, o in zip(parts, offsets, strict=True):
         part["group_ids"] = part["group_ids"] + o
+    groups = None
+    if any(b.groups is not None for b in batches):
+        groups = torch.cat([b.advantage_groups + o for b, o in zip(batches, offsets, strict=True)])
     return Rollouts(
         prompt_ids=torch.cat([left(b.prompt_ids, pad_id) for b in batches]),
         prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),
         **{name: torch.cat([part[name] for part in parts]) for name in PER_COMPLETION},
         rows=[r for b in batches for r in b.rows],
         texts=[x for b in batches for x in b.texts],
+        groups=groups,
     )
 
 

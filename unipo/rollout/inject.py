@@ -29,16 +29,56 @@ GHPO_HINT = (
 
 def with_hint(row: dict, fraction: float) -> dict:
     """`row` with the first round(fraction·|s|) characters of its reference solution s appended to its prompt after
-    `GHPO_HINT` (to the last user message of a chat prompt, to the text of a plain one), as GHPO does."""
+    `GHPO_HINT`, as GHPO does."""
     solution = reference_text(row)
-    hint = GHPO_HINT + solution[: round(len(solution) * fraction)]
+    return appended(row, GHPO_HINT + solution[: round(len(solution) * fraction)])
+
+
+def appended(row: dict, text: str) -> dict:
+    """`row` with `text` appended to its prompt: to the last user message of a chat prompt, to a plain one's text."""
     prompt = row["prompt"]
     if isinstance(prompt, str):
-        return {**row, "prompt": prompt + hint}
+        return {**row, "prompt": prompt + text}
     messages = [dict(m) for m in prompt]
     last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages) - 1)
-    messages[last]["content"] = messages[last]["content"] + hint
+    messages[last]["content"] = messages[last]["content"] + text
     return {**row, "prompt": messages}
+
+
+SCAF_LABELS = {
+    "knowledge_components_parts": "Knowledge Hints",
+    "planning_skeleton_parts": "Planning Hints",
+    "solution_breakdown_parts": "Solution Hints",
+}
+"""Scaf-GRPO's hint tiers (dataset columns, each a list of hint parts) and their labels (official
+`build_new_message`)."""
+
+
+def scaf_hint_levels(row: dict, tiers: tuple[str, ...], per_tier: int = 4) -> list[dict]:
+    """`row` with each Scaf-GRPO hint level appended to its prompt, from the least help to the most: for each tier
+    column in order, "\n{label}: " and its first 1, 2, …, `per_tier` parts (official: 4 cumulative parts per tier). A
+    row with none of the tier columns gets one tier from its reference solution's words in up to `per_tier` cumulative
+    parts [ours]."""
+    levels = []
+    for column in tiers:
+        parts = row.get(column) or []
+        parts = [parts] if isinstance(parts, str) else list(parts)
+        for k in range(1, min(per_tier, len(parts)) + 1):
+            levels.append(appended(row, f"\n{SCAF_LABELS.get(column, column)}: {' '.join(parts[:k])}"))
+    if levels:
+        return levels
+    words = reference_text(row).split()
+    cuts = sorted({max(1, round(len(words) * k / per_tier)) for k in range(1, per_tier + 1)})
+    return [appended(row, f"\nSolution Hints: {' '.join(words[:c])}") for c in cuts]
+
+
+IGRPO_DRAFT = "\n\nA previous attempt at this question:\n{draft}\n\nWrite an improved answer."
+"""The draft-conditioned prompt's addition [ours: the paper's template is not published]."""
+
+
+def with_draft(row: dict, draft: str) -> dict:
+    """`row` with its best draft appended to its prompt (iGRPO's second stage)."""
+    return appended(row, IGRPO_DRAFT.format(draft=draft))
 
 
 def demonstrations(batch: Rollouts, prompts: torch.Tensor, tokenizer: object, max_tokens: int) -> Rollouts:

@@ -13,6 +13,10 @@ A sampler's registry facts say how it acts (`algos.registry.FACTS`):
 - `replay`: a stored success of an earlier step replaces one rollout of a group that failed everywhere (ARPO); the
   buffer is the sampler's state;
 - `resample`: each sample enters the batch as many times as the sampler says (PF-PPO);
+- `tiered_hints`: the groups it marks are sampled once per hint level; the least hint that solves replaces the
+  group's first rollout, with its hinted prompt, in the original group (Scaf-GRPO);
+- `drafts`: before the step's rollouts, drafts; each prompt's best draft is appended to it and the rest of the budget
+  samples refinements, which the step trains on (iGRPO);
 - `ground_truth`: the rollout it marks in a group is replaced by the prompt's reference response, scored like a
   rollout (ViSurf);
 - `entropy_switch`: nothing here; after the advantages, `entropy_switched` samples some prompts again at a temperature
@@ -34,7 +38,7 @@ from unipo.algos.samplers import aepo_temperature
 from unipo.models.loading import autocast_context
 from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups, right_pad
 from unipo.rollout.hf import sample
-from unipo.rollout.inject import demonstrations, reference_text, with_hint
+from unipo.rollout.inject import demonstrations, reference_text, scaf_hint_levels, with_draft, with_hint
 from unipo.trainers.common import Algo, Timer, bound_params, call
 
 if TYPE_CHECKING:
@@ -53,11 +57,14 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
         return _rolled_in(s, algo, rows, timer)
     if algo.has_fact("sampler", "budget"):
         return _budgeted(s, algo, rows, timer)
+    if algo.has_fact("sampler", "drafts"):
+        return _refined(s, algo, rows, timer)
     batch, per_fn = generate_and_score(s, rows, timer)
     if algo.sampler is None or algo.has_fact("sampler", "entropy_switch"):
         return batch, per_fn, {}
     acts = (("demonstrations", _with_demonstrations), ("hints", _with_hints), ("inpaint", _inpainted),
-            ("replay", _with_replay), ("resample", _resampled), ("ground_truth", _with_ground_truth))  # fmt: skip
+            ("replay", _with_replay), ("resample", _resampled), ("ground_truth", _with_ground_truth),
+            ("tiered_hints", _scaffolded))  # fmt: skip
     for fact, act in acts:
         if algo.has_fact("sampler", fact):
             return act(s, algo, batch, per_fn, timer)
@@ -103,7 +110,8 @@ def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> d
     generator seeded from the run's (which may live on the GPU) so that its draws resume exactly, drawn only for a
     sampler that declares it."""
     inputs: dict[str, Any] = {} if per_fn is None else {"reward_components": per_fn}
-    inputs["progress"] = (s.step - 1) / max(1, s.cfg.train.max_steps)
+    if "progress" in fn.needs:
+        inputs["progress"] = (s.step - 1) / max(1, s.cfg.train.max_steps)
     if "generator" in fn.needs:
         seed = torch.randint(0, 2**62, (1,), generator=s.generator, device=s.generator.device)
         inputs["generator"] = torch.Generator().manual_seed(int(seed))
@@ -160,6 +168,62 @@ def _with_hints(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, t
         batch = cat(parts, s.tokenizer.pad_token_id)
         per_fn = torch.cat([per_fn[keep.cpu()], again_fn])
     stats["sampler/hinted_frac"] = float(hinted.float().mean())
+    return batch, per_fn, stats
+
+
+def _scaffolded(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
+    """Scaf-GRPO: after the warm-up, each group the sampler marks gets one rollout per hint level (least help first);
+    the lowest level that solves it (first reward function > 0) replaces the group's first rollout, generated on and
+    trained with its hinted prompt (a new prompt row) but in the original group (`Rollouts.groups`)."""
+    params = bound_params(algo.sampler)
+    num_prompts = batch.prompt_ids.shape[0]
+    stats = {"sampler/hinted_frac": 0.0, "sampler/rescued_frac": 0.0}
+    if s.step <= params["warmup_steps"]:
+        return batch, per_fn, stats
+    prompts = torch.unique(batch.group_ids[_marks(s, algo, batch, per_fn)]).tolist()
+    levels = {p: scaf_hint_levels(batch.rows[p], tuple(params["tiers"]), params["per_tier"]) for p in prompts}
+    owners = [p for p in prompts for _ in levels[p]]
+    stats["sampler/hinted_frac"] = len(prompts) / num_prompts
+    if not owners:
+        return batch, per_fn, stats
+    hinted, hinted_fn = generate_and_score(s, [row for p in prompts for row in levels[p]], timer, n=1)
+    solved = torch.nan_to_num(hinted_fn[:, 0], nan=0.0) > 0
+    chosen = {}  # original prompt -> its hinted sample of the lowest level that solves it
+    for i, p in enumerate(owners):
+        if bool(solved[i]) and p not in chosen:
+            chosen[p] = i
+    stats["sampler/rescued_frac"] = len(chosen) / num_prompts
+    if not chosen:
+        return batch, per_fn, stats
+    picks = torch.tensor(sorted(chosen.values()))
+    rescued = keep_groups(hinted, torch.isin(torch.arange(len(owners)), picks).to(hinted.group_ids.device))
+    rescued.origin.fill_(int(Origin.HINT))
+    merged = cat([batch, rescued], s.tokenizer.pad_token_id)
+    device = batch.group_ids.device
+    merged.groups = merged.group_ids.clone()
+    merged.groups[batch.num_completions :] = torch.tensor([owners[i] for i in picks.tolist()], device=device)
+    first = [int((batch.group_ids == p).nonzero()[0]) for p in chosen]  # each rescued group's first rollout
+    keep = torch.ones(merged.num_completions, dtype=torch.bool, device=device)
+    keep[first] = False
+    return merged.select(keep.nonzero().squeeze(-1)), torch.cat([per_fn, hinted_fn[picks]])[keep.cpu()], stats
+
+
+def _refined(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collected:
+    """iGRPO: N = round(draft_frac · G) drafts per prompt (scored, not trained on), then G − N refinements of each
+    prompt with its best draft appended; the step trains on the refinements."""
+    group = s.cfg.rollout.group_size
+    n_drafts = round(group * bound_params(algo.sampler)["draft_frac"])
+    drafts, drafts_fn = generate_and_score(s, rows, timer, n=n_drafts)
+    best = _marks(s, algo, drafts, drafts_fn).nonzero().squeeze(-1).tolist()
+    draft_of = {int(drafts.group_ids[i]): drafts.texts[i] for i in best}
+    refined = [with_draft(row, draft_of[q]) if q in draft_of else row for q, row in enumerate(rows)]
+    batch, per_fn = generate_and_score(s, refined, timer, n=group - n_drafts)
+    batch.origin[torch.isin(batch.group_ids, torch.tensor(list(draft_of), device=batch.group_ids.device))] = int(
+        Origin.HINT
+    )
+    combined = s.scorer.combine(drafts_fn)
+    stats = {"sampler/draft_reward": nanmean(combined),
+             "sampler/best_draft_reward": nanmean(combined[torch.tensor(best, dtype=torch.long)])}  # fmt: skip
     return batch, per_fn, stats
 
 

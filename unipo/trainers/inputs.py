@@ -109,7 +109,7 @@ INJECTED_BY: dict[str, str] = {"demo_mask": "demonstrations", "hint_mask": "inpa
 """Inputs that mark injected samples, and the sampler fact (registry.FACTS) whose sampler injects them: a component
 that reads one needs such a sampler in its recipe."""
 
-NEEDS_REFERENCE = frozenset({"demonstrations", "hints", "roll_in", "inpaint", "ground_truth"})
+NEEDS_REFERENCE = frozenset({"demonstrations", "hints", "roll_in", "inpaint", "ground_truth", "tiered_hints"})
 """Sampler facts that read each row's reference solution (`solution`, else `answer`)."""
 
 RUNS_IN: dict[str, str] = {

@@ -31,6 +31,7 @@ from unipo.trainers.common import (
     Algo,
     RewardScorer,
     Timer,
+    bound_params,
     build_algo,
     build_optimizer,
     build_rewards,
@@ -56,22 +57,8 @@ def train(cfg: Config) -> Path:
     if affine and algo.critic is None and algo.has_fact("advantage", "group_centred"):
         log.warning("algo.shaping: %s is affine in the reward, so the %r advantage (group-centred) cancels it or "
                     "only rescales it (ALGORITHMS.md §5.3)", ", ".join(affine), algo.advantage.id)  # fmt: skip
-    if algo.has_fact("sampler", "budget"):  # the allotment must be possible before any model loads
-        try:
-            algo.sampler(torch.full((cfg.train.prompts_per_step,), 0.5), total=algo.sampler.keywords.get("total") or
-                         cfg.train.prompts_per_step * cfg.rollout.group_size)  # fmt: skip
-        except ValueError as e:
-            raise ConfigError(f"algo.sampler: {e}") from None
-    if algo.has_fact("sampler", "entropy_switch") and (algo.critic or {"ref_logp", "baseline_rewards"} &
-                                                        algo.advantage.needs):  # fmt: skip
-        raise ConfigError(f"algo.sampler aepo computes advantages of extra samples with the step's estimator, which "
-                          f"cannot be {algo.critic.id if algo.critic else algo.advantage.id!r} (it needs a critic, a "
-                          "reference or a greedy baseline)")  # fmt: skip
-    if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & NEEDS_REFERENCE and task.train:
-        try:
-            reference_text(task.train[0])
-        except ValueError as e:
-            raise ConfigError(f"algo.sampler {algo.sampler.id!r} on task {task.name!r}: {e}") from None
+    if algo.sampler is not None:
+        check_sampler(cfg, algo, task)
 
     resume, saved = checkpoint.latest(run.checkpoints)  # verified before anything is loaded from it
     model, tokenizer = load_model_and_tokenizer(
@@ -125,6 +112,31 @@ def train(cfg: Config) -> Path:
     finally:
         scorer.close()
     return run.path
+
+
+def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:
+    """The sampler's config-time checks: what it needs from the config, the recipe and the task's rows."""
+    if algo.has_fact("sampler", "budget"):  # the allotment must be possible before any model loads
+        try:
+            algo.sampler(torch.full((cfg.train.prompts_per_step,), 0.5), total=algo.sampler.keywords.get("total") or
+                         cfg.train.prompts_per_step * cfg.rollout.group_size)  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(f"algo.sampler: {e}") from None
+    if algo.has_fact("sampler", "drafts"):
+        drafts = round(cfg.rollout.group_size * bound_params(algo.sampler)["draft_frac"])
+        if drafts < 1 or cfg.rollout.group_size - drafts < 2:
+            raise ConfigError(f"algo.sampler igrpo: {drafts} drafts of rollout.group_size={cfg.rollout.group_size} "
+                              "leave no draft or fewer than 2 refinements; set algo.sampler.draft_frac")  # fmt: skip
+    if algo.has_fact("sampler", "entropy_switch") and (algo.critic or {"ref_logp", "baseline_rewards"} &
+                                                        algo.advantage.needs):  # fmt: skip
+        raise ConfigError(f"algo.sampler aepo computes advantages of extra samples with the step's estimator, which "
+                          f"cannot be {algo.critic.id if algo.critic else algo.advantage.id!r} (it needs a critic, a "
+                          "reference or a greedy baseline)")  # fmt: skip
+    if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & NEEDS_REFERENCE and task.train:
+        try:
+            reference_text(task.train[0])
+        except ValueError as e:
+            raise ConfigError(f"algo.sampler {algo.sampler.id!r} on task {task.name!r}: {e}") from None
 
 
 SHOWN = {"reward": "reward/mean", "kl": "kl", "entropy": "entropy", "len": "tokens/completion_mean",
@@ -270,7 +282,7 @@ def shape_inputs(s: RLState, batch: Rollouts, per_fn: torch.Tensor) -> dict[str,
         "lengths": batch.completion_mask.sum(1),
         "max_len": s.cfg.rollout.max_new_tokens,
         "truncated": batch.truncated,
-        "group_ids": batch.group_ids,
+        "group_ids": batch.advantage_groups,
         "reward_components": per_fn.to(device),
         "correct": torch.nan_to_num(per_fn[:, 0], nan=0.0).to(device) >= 1,
         "prompt_keys": [prompt_key(batch.rows[g]) for g in batch.group_ids.tolist()],
@@ -282,10 +294,10 @@ def advantages_of(
 ) -> torch.Tensor:
     """The advantage stage: (N,) or (N, T) advantages; 0 for a completion no reward function could score."""
     if algo.multi_reward:  # e.g. GDPO normalises each reward function separately
-        advantages = call(algo.advantage, per_fn.to(rewards.device), batch.group_ids, inputs=inputs,
+        advantages = call(algo.advantage, per_fn.to(rewards.device), batch.advantage_groups, inputs=inputs,
                           mask=batch.loss_mask, reward_weights=torch.tensor(weights))  # fmt: skip
     else:
-        advantages = call(algo.advantage, rewards, batch.group_ids, inputs=inputs, mask=batch.loss_mask)
+        advantages = call(algo.advantage, rewards, batch.advantage_groups, inputs=inputs, mask=batch.loss_mask)
     return torch.nan_to_num(advantages) * ~rewards.isnan().view(-1, *[1] * (advantages.dim() - 1))
 
 
@@ -354,7 +366,7 @@ def update(
                 "advantages": adv,
                 "logp": logp,
                 "rewards": inputs["rewards"][idx],
-                "group_ids": mb.group_ids,
+                "group_ids": mb.advantage_groups,
                 "entropy": entropy,
                 "completion_ids": mb.completion_ids,
                 "truncated": mb.truncated,

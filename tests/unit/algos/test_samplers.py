@@ -351,3 +351,30 @@ def test_aepo_keeps_the_first_positive_samples_up_to_its_budget():
     params = algos.entry("sampler", "aepo").params
     assert aepo_temperature(0.0, params) == 1.2 and aepo_temperature(0.5, params) == 1.2
     assert aepo_temperature(0.51, params) == 0.8
+
+
+def test_igrpo_marks_each_prompts_best_scored_draft():
+    igrpo = algos.get("sampler", "igrpo")
+    nan = float("nan")
+    rewards = torch.tensor([0.2, 0.9, 0.9, nan, nan, 0.0, -1.0, nan])
+    gids = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    # group 0: the first of the tied best; group 1: nothing scored, no draft; group 2: 0.0 beats -1.0 and NaN
+    assert igrpo(rewards, gids).tolist() == [False, True, False, False, False, True, False, False]
+
+
+def test_scaf_hint_levels_go_from_least_to_most_help():
+    from unipo.rollout.inject import scaf_hint_levels
+
+    row = {"prompt": [{"role": "user", "content": "Q?"}], "answer": "a b c d e"}
+    row |= {"knowledge_components_parts": ["k1", "k2"], "solution_breakdown_parts": ["s1", "s2", "s3", "s4", "s5"]}
+    tiers = ("knowledge_components_parts", "solution_breakdown_parts")
+    texts = [r["prompt"][0]["content"] for r in scaf_hint_levels(row, tiers)]
+    assert texts == ["Q?\nKnowledge Hints: k1", "Q?\nKnowledge Hints: k1 k2", "Q?\nSolution Hints: s1",
+                     "Q?\nSolution Hints: s1 s2", "Q?\nSolution Hints: s1 s2 s3",
+                     "Q?\nSolution Hints: s1 s2 s3 s4"]  # fmt: skip
+    assert row["prompt"][0]["content"] == "Q?"  # the row itself is not changed
+    # no tier columns: the reference solution's 5 words in 4 cumulative parts (1, 2, 4, 5 words)
+    bare = {"prompt": "Q?", "answer": "a b c d e"}
+    assert [r["prompt"] for r in scaf_hint_levels(bare, tiers)] == [
+        "Q?\nSolution Hints: a", "Q?\nSolution Hints: a b", "Q?\nSolution Hints: a b c d",
+        "Q?\nSolution Hints: a b c d e"]  # fmt: skip
