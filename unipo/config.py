@@ -35,6 +35,9 @@ class ModelConfig(_Strict):
     guide_path: str | None = None
     """TGDPO's guide: a frozen DPO-trained model whose per-token log-ratios to the reference weight the tokens
     (`trainer: preference` with `algo.preference.name: tgdpo`)."""
+    teacher_path: str | None = None
+    """A frozen teacher for on-policy distillation (the `onpolicy_distill` regularizer): a causal LM with the same
+    tokenizer, whose log-probs score the student's samples."""
     share_prompt_forward: bool = True
     """Run each prompt once and reuse its KV cache for its whole group (in sampling and in the update)."""
 

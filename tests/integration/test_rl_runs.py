@@ -822,3 +822,28 @@ def test_igrpo_refines_each_prompts_best_draft(tiny_model_dir):
     assert stats["sampler/best_draft_reward"] == pytest.approx(sum(best) / 3, rel=1e-6)
     assert stats["sampler/best_draft_reward"] >= stats["sampler/draft_reward"]
     torch.testing.assert_close(s.scorer.score(batch), per_fn)
+
+
+def test_onpolicy_distill_scores_the_students_samples_with_the_teacher(tiny_model_dir, tmp_path):
+    from unipo.config import ConfigError
+    from unipo.models.tiny import build_tiny_model
+    from unipo.trainers.rl import train
+
+    teacher = str(build_tiny_model(tmp_path / "teacher", seed=1))  # same tokenizer, other weights
+    run = tmp_path / "run"
+    args = ["train", "onpolicy_distill", f"model.path={tiny_model_dir}", f"model.teacher_path={teacher}",
+            "task=lucky7", f"output_dir={run}", "train.max_steps=2", "rollout.max_new_tokens=6", "rollout.group_size=4",
+            "train.prompts_per_step=2", "eval.num_problems=0"]  # fmt: skip
+    assert main(args) == 0
+    steps = [r for r in _rows(run) if "loss" in r]
+    assert all(r["distill/kl"] != 0 and r["time/teacher_s"] > 0 for r in steps)
+    same = tmp_path / "same"  # the student as its own teacher: the log-ratio is 0 on the first step
+    assert main([*args[:4], f"model.teacher_path={tiny_model_dir}", *args[5:6], f"output_dir={same}", *args[7:]]) == 0
+    assert [r for r in _rows(same) if "loss" in r][0]["distill/kl"] == pytest.approx(0.0, abs=1e-6)
+    other = build_tiny_model(tmp_path / "other", vocab_size=300)  # another tokenizer
+    cfg = config.load("onpolicy_distill", [f"model.path={tiny_model_dir}", f"output_dir={tmp_path / 'x'}",
+                                           f"model.teacher_path={other}"])  # fmt: skip
+    with pytest.raises(ConfigError, match="another tokenizer than the student"):
+        train(cfg)
+    with pytest.raises(ConfigError, match="model.teacher_path: the recipe distills from a teacher"):
+        train(config.load("onpolicy_distill", [f"model.path={tiny_model_dir}", f"output_dir={tmp_path / 'y'}"]))

@@ -13,7 +13,7 @@ from unipo.trainers.inputs import NEEDS_REFERENCE
 REQUIRED = """grpo dr_grpo dapo lite_ppo bnpo gdpo gspo luspo cispo sapo gmpo vespo bapo etr_recon gtpo nft rec opmd
 mdpo clip_cov kl_cov lp_reg llds rloo reinforce_pp reinforce_pp_baseline opo grpo_passk gpg flash_reinforce steer xrpo
 a_grae copo dispo r2vpo dcpo p3o ppo t_ppo remax ppo_max hpt red ghpo dr_po igpo knapsack_grpo arpo_replay
-pf_ppo aepo scaf_grpo igrpo""".split()
+pf_ppo aepo scaf_grpo igrpo onpolicy_distill""".split()
 
 
 def test_every_required_recipe_ships():
@@ -66,6 +66,8 @@ def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path)
     if config.load(name).rewards:  # recipes with their own rewards (gdpo) get two
         rewards.append("{_component_: unipo.rewards.only_number}")
     args.append(f"rewards=[{', '.join(rewards)}]")
+    if any(r.name == "onpolicy_distill" for r in config.load(name).algo.regularizers):
+        args.append(f"model.teacher_path={tiny_model_dir}")
     if config.load(name).rollout.group_size == 1:
         args.append("train.prompts_per_step=8")
     assert main(args) == 0

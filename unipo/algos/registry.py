@@ -57,7 +57,8 @@ DATA_ARGS = frozenset({"mask", "num_tokens", "num_seqs", "progress", "generator"
 TRAINER_INPUTS = frozenset(
     {"old_logp", "ref_logp", "rollout_logp", "advantages", "rewards", "group_ids", "entropy", "completion_ids",
      "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards", "demo_mask",
-     "lengths", "max_len", "correct", "reward_components", "prompt_keys", "hint_mask"}
+     "lengths", "max_len", "correct", "reward_components", "prompt_keys", "hint_mask",
+     "teacher_logp"}
 )  # fmt: skip
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 

@@ -370,6 +370,45 @@ def asymre(
 
 @register(
     "regularizer",
+    "onpolicy_distill",
+    paper="Agarwal et al. 2024, On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes "
+    "(GKD), arXiv:2306.13649",
+    tag="checked: anchor names (verl distillation k1..k3, TRL GKD); the per-token reverse-KL estimator: ours",
+)
+def onpolicy_distill(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    teacher_logp: torch.Tensor,
+    coef: float = 1.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """On-policy distillation (Agarwal et al. 2024, GKD, arXiv:2306.13649): the student samples, a teacher scores.
+
+    term_t = coef·½(log π_θ(y_t) − log π_T(y_t))² on the student's own tokens y_t ~ π_θ(·∣s_t). Its gradient
+    coef·(log π_θ(y_t) − log π_T(y_t))·∇log π_θ(y_t) is an unbiased estimate of ∇ KL(π_θ(·∣s_t) ‖ π_T(·∣s_t)) at each
+    visited state (the reverse KL GKD uses at β = 1; the Σ_v π_θ ∇log π_θ term has mean 0), the visited states held
+    fixed: each token is credited with its own log-ratio only (a discount of 0 over later tokens). The value is the
+    k2 estimate of that KL; `distill/kl` logs the k1 estimate log π_θ − log π_T.
+
+    Args:
+        logp: [N, T] log π_θ of the sampled tokens.
+        old_logp: [N, T] (unused; family signature).
+        mask: [N, T] loss mask.
+        teacher_logp: [N, T] log π_T of the same tokens (the teacher, `model.teacher_path`, at the sampling
+            temperature).
+        coef: the distillation weight.
+
+    Returns:
+        (term [N, T], {"distill/kl": log π_θ − log π_T}).
+    """
+    valid = _check(logp, old_logp, mask)
+    log_ratio = _masked(logp - teacher_logp, valid)
+    return coef * 0.5 * log_ratio**2, {"distill/kl": log_ratio.detach()}
+
+
+@register(
+    "regularizer",
     "sft_nll",
     paper="Ouyang et al. 2022, Training LMs to Follow Instructions (InstructGPT PPO-ptx), arXiv:2203.02155",
     tag="checked: TRL",

@@ -166,7 +166,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
         "progress": 0.5, "generator": g, "proxy_logp": logp - 0.2, "tempered_old_logp": logp - 0.1,
         "baseline_rewards": torch.tensor([0.5, 0.5, 0.0, 1.0]), "demo_mask": torch.tensor([False, False, True, False]),
         "lengths": torch.tensor([3, 1, 2, 3]).clamp(max=max_len), "max_len": max_len,
-        "correct": torch.tensor([True, False, True, False]),
+        "correct": torch.tensor([True, False, True, False]), "teacher_logp": logp + 0.2,
         "prompt_keys": ["a", "a", "b", "b"], "hint_mask": torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]]),
     }  # fmt: skip
     inputs["reward_components"] = inputs["rewards"][:, None].repeat(1, num_rewards)

@@ -55,6 +55,7 @@ PRODUCED_AT: dict[str, Stage] = {
     "prompt_keys": Stage.COLLECT,  # N strings identifying each completion's prompt
     "hint_mask": Stage.COLLECT,  # [N, T] tokens forced from the reference (an `inpaint` sampler's, kept in the loss)
     "ref_logp": Stage.REFERENCE,
+    "teacher_logp": Stage.REFERENCE,  # a frozen teacher's log-probs of the sampled tokens (`model.teacher_path`)
     "advantages": Stage.ADVANTAGE,
     "logp": Stage.UPDATE,
     "entropy": Stage.UPDATE,

@@ -59,6 +59,9 @@ def train(cfg: Config) -> Path:
                     "only rescales it (ALGORITHMS.md §5.3)", ", ".join(affine), algo.advantage.id)  # fmt: skip
     if algo.sampler is not None:
         check_sampler(cfg, algo, task)
+    if "teacher_logp" in algo.needs and not cfg.model.teacher_path:
+        raise ConfigError("model.teacher_path: the recipe distills from a teacher (`onpolicy_distill`); set it to a "
+                          "causal LM directory or hub id with the student's tokenizer")  # fmt: skip
 
     resume, saved = checkpoint.latest(run.checkpoints)  # verified before anything is loaded from it
     model, tokenizer = load_model_and_tokenizer(
@@ -69,6 +72,7 @@ def train(cfg: Config) -> Path:
     if algo.needs_ref:  # the reference is the initial policy, also on resume
         ref, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
         ref.eval().requires_grad_(False)
+    teacher = load_teacher(cfg, tokenizer) if "teacher_logp" in algo.needs else None
     optimizer, scheduler = build_optimizer(model, cfg)
     critic = critics.build(cfg, resume, saved) if algo.critic else None
     device = next(model.parameters()).device
@@ -86,7 +90,7 @@ def train(cfg: Config) -> Path:
 
     shaping_states = (saved or {}).get("shaping", [None] * len(algo.shaping))  # each reward shaper's state
     state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator, found, values,
-                    critic, shaping_states, (saved or {}).get("sampler"))  # fmt: skip
+                    critic, shaping_states, (saved or {}).get("sampler"), teacher=teacher)  # fmt: skip
 
     def step_fn(step: int) -> dict[str, float]:
         state.step = step
@@ -168,6 +172,8 @@ class RLState:
     """The state of each reward shaper (None for a stateless one; checkpointed)."""
     sampler_state: Any = None
     """The sampler's state (Knapsack RL's pass rates, ARPO's replay buffer; checkpointed)."""
+    teacher: Any | None = None
+    """The frozen teacher of on-policy distillation (`model.teacher_path`)."""
     step: int = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -194,9 +200,7 @@ def rl_step(s: RLState) -> dict[str, float]:
     if "baseline_rewards" in algo.advantage.needs:  # ReMax: each prompt's greedy reply, scored like the samples
         with timer("baseline"):
             inputs["baseline_rewards"] = greedy_rewards(s, batch)
-    if s.ref is not None:  # before the advantages, which may read it (REINFORCE++'s KL-penalised rewards)
-        with timer("reference"):
-            inputs["ref_logp"] = reference_logps(s.ref, batch, cfg)
+    inputs |= frozen_logps(s, batch, timer)  # before the advantages, which may read them (REINFORCE++'s KL)
     critic_stats: dict[str, float] = {}
     if s.critic is None:
         advantages = advantages_of(algo, rewards, per_fn, batch, inputs, s.scorer.weights)
@@ -254,11 +258,29 @@ def tempered_swap(
     batch, per_fn, advantages, stats = entropy_switched(s, algo, batch, per_fn, advantages, advantages_for, timer)
     m = int(stats["sampler/tempered"])  # the first m samples were swapped
     rewards = torch.cat([s.scorer.combine(per_fn[:m]).to(rewards.device), rewards[m:]])
-    inputs = step_inputs(s, batch, rewards)
-    if s.ref is not None:
-        with timer("reference"):
-            inputs["ref_logp"] = reference_logps(s.ref, batch, s.cfg)
+    inputs = step_inputs(s, batch, rewards) | frozen_logps(s, batch, timer)
     return batch, per_fn, rewards, advantages, inputs, stats
+
+
+def frozen_logps(s: RLState, batch: Rollouts, timer: Timer) -> dict[str, torch.Tensor]:
+    """The reference stage: the frozen models' log-probs of the batch's tokens (`ref_logp`, `teacher_logp`)."""
+    out = {}
+    for name, model, phase in (("ref_logp", s.ref, "reference"), ("teacher_logp", s.teacher, "teacher")):
+        if model is not None:
+            with timer(phase):
+                out[name] = reference_logps(model, batch, s.cfg)
+    return out
+
+
+def load_teacher(cfg: Config, tokenizer: Any) -> Any:
+    """The frozen teacher (`model.teacher_path`), which must share the student's tokenizer: it scores the student's
+    token ids as they are."""
+    teacher, teacher_tokenizer = load_model_and_tokenizer(cfg.model.teacher_path, device=cfg.model.device,
+                                                          dtype=cfg.model.dtype)  # fmt: skip
+    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"model.teacher_path: {cfg.model.teacher_path} has another tokenizer than the student; "
+                          "the teacher scores the student's token ids, so both need one")  # fmt: skip
+    return teacher.eval().requires_grad_(False)
 
 
 def step_inputs(s: RLState, batch: Rollouts, rewards: torch.Tensor) -> dict[str, Any]:
@@ -332,7 +354,6 @@ def update(
     num_tokens = batch.loss_mask.sum().float()  # global counts of trained tokens: micro-batching never changes the loss
     temperature, share = cfg.rollout.temperature, cfg.model.share_prompt_forward
     precision = autocast_context(model, cfg.model.autocast)
-    ref_logp = inputs.get("ref_logp")
     active = torch.arange(n, device=advantages.device)
     surrogate_only = not algo.kl_coef and not algo.token_weights and not algo.regularizers
     if surrogate_only and "ref_logp" not in algo.policy_loss.needs:
@@ -362,7 +383,7 @@ def update(
                 **inputs,
                 "old_logp": old_logp[idx, :width],
                 "rollout_logp": mb.rollout_logp,
-                "ref_logp": None if ref_logp is None else ref_logp[idx, :width],
+                **{k: inputs[k][idx, :width] for k in ("ref_logp", "teacher_logp") if k in inputs},
                 "advantages": adv,
                 "logp": logp,
                 "rewards": inputs["rewards"][idx],
