@@ -840,6 +840,14 @@ def test_onpolicy_distill_scores_the_students_samples_with_the_teacher(tiny_mode
     same = tmp_path / "same"  # the student as its own teacher: the log-ratio is 0 on the first step
     assert main([*args[:4], f"model.teacher_path={tiny_model_dir}", *args[5:6], f"output_dir={same}", *args[7:]]) == 0
     assert [r for r in _rows(same) if "loss" in r][0]["distill/kl"] == pytest.approx(0.0, abs=1e-6)
+    gated = tmp_path / "gated"  # KEPO: the same teacher term on the replies whose reward reaches 0.5 only
+    kepo = [
+        "algo.regularizers=[{name: kepo_gated_distill_recon, threshold: 0.5}]",
+        "rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]",
+    ]
+    assert main([*args[:6], f"output_dir={gated}", *args[7:], *kepo]) == 0
+    steps = [r for r in _rows(gated) if "loss" in r]
+    assert all(0 <= r["distill/gated_frac"] <= 1 for r in steps) and any(0 < r["distill/gated_frac"] < 1 for r in steps)
     other = build_tiny_model(tmp_path / "other", vocab_size=300)  # another tokenizer
     cfg = config.load("onpolicy_distill", [f"model.path={tiny_model_dir}", f"output_dir={tmp_path / 'x'}",
                                            f"model.teacher_path={other}"])  # fmt: skip

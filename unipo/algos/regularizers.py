@@ -409,6 +409,46 @@ def onpolicy_distill(
 
 @register(
     "regularizer",
+    "kepo_gated_distill_recon",
+    paper="KEPO: Knowledge-Enhanced Policy Optimization, quality-gated on-policy distillation "
+    "(seeds_000_001.md 000-34)",
+    tag="reconstructed (ALGORITHMS.md §4.4: L = L_grpo + λ·Σ_{R ≥ θ} KL(π_θ‖π_T)); the KL direction (reverse), its "
+    "per-token estimator and θ = 1: ours",
+)
+def kepo_gated_distill_recon(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    teacher_logp: torch.Tensor,
+    rewards: torch.Tensor,
+    coef: float = 1.0,
+    threshold: float = 1.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """Reconstruction of KEPO's quality-gated distillation: `onpolicy_distill` on the high-reward samples only.
+
+    term_{i,t} = 1[R_i ≥ θ]·coef·½(log π_θ(y_t) − log π_T(y_t))²: dense teacher supervision (the reverse KL's
+    per-token gradient, as `onpolicy_distill`) only on trajectories whose reward reaches θ, added to the policy loss.
+
+    Args:
+        logp: [N, T] log π_θ of the sampled tokens.
+        old_logp: [N, T] (unused; family signature).
+        mask: [N, T] loss mask.
+        teacher_logp: [N, T] log π_T of the same tokens (`model.teacher_path`).
+        rewards: [N] each sample's reward R_i.
+        coef: λ.
+        threshold: θ, the reward a sample needs to be distilled [ours: 1, a correct answer].
+
+    Returns:
+        (term [N, T], {"distill/kl": log π_θ − log π_T on the gated samples, "distill/gated_frac": the gate}).
+    """
+    gate = (rewards >= threshold).to(logp.dtype)[:, None].expand_as(logp)
+    term, metrics = onpolicy_distill(logp, old_logp, mask * gate, teacher_logp=teacher_logp, coef=coef)
+    return term, {"distill/kl": metrics["distill/kl"], "distill/gated_frac": gate.detach().clone()}
+
+
+@register(
+    "regularizer",
     "sft_nll",
     paper="Ouyang et al. 2022, Training LMs to Follow Instructions (InstructGPT PPO-ptx), arXiv:2203.02155",
     tag="checked: TRL",

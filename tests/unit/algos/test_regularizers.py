@@ -40,6 +40,7 @@ def test_registered_ids_and_defaults():
         "llds_recon",
         "gtpo_entropy_filter",
         "onpolicy_distill",
+        "kepo_gated_distill_recon",
     }
     params = {name: algos.entry("regularizer", name).params for name in R}
     assert params["entropy_bonus"] == {"coef": 0.0}
@@ -237,6 +238,7 @@ def _run(name, b, logp, entropy):
         "llds_recon": {},
         "gtpo_entropy_filter": {"advantages": b["adv"], "entropy": entropy, "max_entropy": 1.5},
         "onpolicy_distill": {"teacher_logp": torch.where(b["mask"], b["proxy"], math.nan)},
+        "kepo_gated_distill_recon": {"teacher_logp": b["proxy"], "rewards": (b["adv"] > 0).float()},
     }[name]
     return R[name](logp, b["old"], b["mask"], **extra)
 
@@ -411,3 +413,17 @@ def test_onpolicy_distill_expected_gradient_is_the_reverse_kl_gradient():
     kl = (logp.exp() * (logp - teacher)).sum()
     (grad_kl,) = torch.autograd.grad(kl, z)
     torch.testing.assert_close(grad_estimate, grad_kl)
+
+
+def test_kepo_distills_only_the_samples_that_reach_the_reward_gate():
+    kepo = algos.get("regularizer", "kepo_gated_distill_recon")
+    distill = algos.get("regularizer", "onpolicy_distill")
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0], [-0.2, -0.4]])
+    teacher = torch.tensor([[-1.5, -1.0], [-0.5, -9.0], [-1.2, -0.4]])
+    mask = torch.ones(3, 2)
+    rewards = torch.tensor([1.0, 0.0, 2.0])  # theta = 1: samples 0 and 2
+    term, metrics = kepo(logp, logp, mask, teacher_logp=teacher, rewards=rewards, coef=2.0)
+    full, _ = distill(logp, logp, mask, teacher_logp=teacher, coef=2.0)
+    torch.testing.assert_close(term, full * torch.tensor([[1.0], [0.0], [1.0]]))
+    torch.testing.assert_close(term, torch.tensor([[0.25, 1.0], [0.0, 0.0], [1.0, 0.0]]))
+    assert metrics["distill/gated_frac"].tolist() == [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
