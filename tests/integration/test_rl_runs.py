@@ -830,22 +830,25 @@ def test_onpolicy_distill_scores_the_students_samples_with_the_teacher(tiny_mode
     from unipo.trainers.rl import train
 
     teacher = str(build_tiny_model(tmp_path / "teacher", seed=1))  # same tokenizer, other weights
+
+    def distill(teacher_path, run, *extra):
+        args = ["train", "onpolicy_distill", f"model.path={tiny_model_dir}", f"model.teacher_path={teacher_path}"]
+        args += ["task=lucky7", f"output_dir={run}", "train.max_steps=2", "rollout.max_new_tokens=6"]
+        assert main([*args, "rollout.group_size=4", "train.prompts_per_step=2", "eval.num_problems=0", *extra]) == 0
+
     run = tmp_path / "run"
-    args = ["train", "onpolicy_distill", f"model.path={tiny_model_dir}", f"model.teacher_path={teacher}",
-            "task=lucky7", f"output_dir={run}", "train.max_steps=2", "rollout.max_new_tokens=6", "rollout.group_size=4",
-            "train.prompts_per_step=2", "eval.num_problems=0"]  # fmt: skip
-    assert main(args) == 0
+    distill(teacher, run)
     steps = [r for r in _rows(run) if "loss" in r]
     assert all(r["distill/kl"] != 0 and r["time/teacher_s"] > 0 for r in steps)
     same = tmp_path / "same"  # the student as its own teacher: the log-ratio is 0 on the first step
-    assert main([*args[:4], f"model.teacher_path={tiny_model_dir}", *args[5:6], f"output_dir={same}", *args[7:]]) == 0
+    distill(tiny_model_dir, same)
     assert [r for r in _rows(same) if "loss" in r][0]["distill/kl"] == pytest.approx(0.0, abs=1e-6)
     gated = tmp_path / "gated"  # KEPO: the same teacher term on the replies whose reward reaches 0.5 only
     kepo = [
         "algo.regularizers=[{name: kepo_gated_distill_recon, threshold: 0.5}]",
         "rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]",
     ]
-    assert main([*args[:6], f"output_dir={gated}", *args[7:], *kepo]) == 0
+    distill(teacher, gated, *kepo)
     steps = [r for r in _rows(gated) if "loss" in r]
     assert all(0 <= r["distill/gated_frac"] <= 1 for r in steps) and any(0 < r["distill/gated_frac"] < 1 for r in steps)
     other = build_tiny_model(tmp_path / "other", vocab_size=300)  # another tokenizer

@@ -129,13 +129,15 @@ def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:
     if algo.has_fact("sampler", "drafts"):
         drafts = round(cfg.rollout.group_size * bound_params(algo.sampler)["draft_frac"])
         if drafts < 1 or cfg.rollout.group_size - drafts < 2:
-            raise ConfigError(f"algo.sampler igrpo: {drafts} drafts of rollout.group_size={cfg.rollout.group_size} "
-                              "leave no draft or fewer than 2 refinements; set algo.sampler.draft_frac")  # fmt: skip
+            raise ConfigError(f"algo.sampler {algo.sampler.id}: {drafts} drafts of rollout.group_size="
+                              f"{cfg.rollout.group_size} leave no draft or fewer than 2 refinements; set "
+                              "algo.sampler.draft_frac")  # fmt: skip
     if algo.has_fact("sampler", "entropy_switch") and (algo.critic or {"ref_logp", "baseline_rewards"} &
                                                         algo.advantage.needs):  # fmt: skip
-        raise ConfigError(f"algo.sampler aepo computes advantages of extra samples with the step's estimator, which "
-                          f"cannot be {algo.critic.id if algo.critic else algo.advantage.id!r} (it needs a critic, a "
-                          "reference or a greedy baseline)")  # fmt: skip
+        estimator = algo.critic.id if algo.critic else algo.advantage.id
+        raise ConfigError(f"algo.sampler {algo.sampler.id} computes advantages of extra samples with the step's "
+                          f"estimator, which cannot be {estimator!r} (it needs a critic, a reference or a greedy "
+                          "baseline)")  # fmt: skip
     if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & NEEDS_REFERENCE and task.train:
         try:
             reference_text(task.train[0])
