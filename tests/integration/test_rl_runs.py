@@ -858,3 +858,56 @@ def test_onpolicy_distill_scores_the_students_samples_with_the_teacher(tiny_mode
         train(cfg)
     with pytest.raises(ConfigError, match="model.teacher_path: the recipe distills from a teacher"):
         train(config.load("onpolicy_distill", [f"model.path={tiny_model_dir}", f"output_dir={tmp_path / 'y'}"]))
+
+
+def test_spo_values_each_cut_state_by_continuations_from_its_prefix(tiny_model_dir, monkeypatch):
+    # each cut state of the batch is sampled K times with the completion's first s tokens forced, once per distinct
+    # (prompt, prefix), and its value is the mean reward of those continuations
+    from tests.integration.rewards_for_tests import reply_length
+    from unipo.algos.advantages import spo_cut_states
+    from unipo.trainers import segments
+    from unipo.trainers.common import Timer
+    from unipo.trainers.rl import collect
+
+    rows = [{"prompt": f"q{i}:", "answer": "7"} for i in range(4)]
+    overrides = ["train.prompts_per_step=2", "rollout.group_size=3", "algo.advantage.cut_interval=3",
+                 "algo.advantage.mc_samples=2"]  # fmt: skip
+    s = _collect_state(tiny_model_dir, "spo_segment", rows, reply_length, *overrides)
+    batch, _, _ = collect(s, s.algo, Timer())
+    calls = []
+    real = segments.generate_and_score
+
+    def spy(state, rows, timer, forced=None, n=None):
+        out = real(state, rows, timer, forced=forced, n=n)
+        calls.append((rows, forced, n, out))
+        return out
+
+    monkeypatch.setattr(segments, "generate_and_score", spy)
+    values, stats = segments.segment_values(s, s.algo, batch, Timer())
+    cuts = spo_cut_states(batch.rollout_logp, batch.completion_mask, prob_threshold=0.9, cut_interval=3)
+    assert cuts.any() and bool((~values.isnan() == cuts).all())
+    ((asked, forced, n, (cont, per_fn)),) = calls
+    keys = {(int(batch.group_ids[i]), tuple(batch.completion_ids[i, :c].tolist())) for i, c in cuts.nonzero().tolist()}
+    assert len(asked) == len(keys) and n == [2] * len(keys) and stats["spo/continuations"] == 2 * len(keys)
+    scores = s.scorer.combine(per_fn).view(len(keys), 2)
+    for j in range(len(keys)):
+        prefix = forced[2 * j]
+        assert forced[2 * j + 1] == prefix
+        for r in (2 * j, 2 * j + 1):  # the continuation starts with its forced prefix, of its own prompt's row
+            assert cont.completion_ids[r, : len(prefix)].tolist() == prefix
+            assert cont.rows[int(cont.group_ids[r])] is asked[j]
+        for i, c in cuts.nonzero().tolist():
+            if batch.completion_ids[i, :c].tolist() == prefix and batch.rows[int(batch.group_ids[i])] is asked[j]:
+                assert math.isclose(float(values[i, c]), float(scores[j].mean()), rel_tol=1e-6)
+
+
+def test_spo_segment_recipe_trains_with_its_estimation_stage(tiny_model_dir, tmp_path):
+    run = tmp_path / "spo"
+    args = ["train", "spo_segment", f"model.path={tiny_model_dir}", "task=lucky7", f"output_dir={run}",
+            "train.max_steps=2", "rollout.max_new_tokens=6", "rollout.group_size=2", "train.prompts_per_step=2",
+            "eval.num_problems=0", "algo.advantage.mc_samples=2",
+            "rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]"]  # fmt: skip
+    assert main(args) == 0
+    steps = [r for r in _rows(run) if "loss" in r]
+    # the random tiny model samples nearly every token with p < 0.9: about one cut state per 5 tokens
+    assert len(steps) == 2 and all(r["spo/cut_states"] >= 1 and r["spo/continuations"] >= 2 for r in steps)

@@ -13,7 +13,7 @@ from unipo.trainers.inputs import NEEDS_REFERENCE
 REQUIRED = """grpo dr_grpo dapo lite_ppo bnpo gdpo gspo luspo cispo sapo gmpo vespo bapo etr_recon gtpo nft rec opmd
 mdpo clip_cov kl_cov lp_reg llds rloo reinforce_pp reinforce_pp_baseline opo grpo_passk gpg flash_reinforce steer xrpo
 a_grae copo dispo r2vpo dcpo p3o ppo t_ppo remax ppo_max hpt red ghpo dr_po igpo knapsack_grpo arpo_replay
-pf_ppo aepo scaf_grpo igrpo onpolicy_distill""".split()
+pf_ppo aepo scaf_grpo igrpo onpolicy_distill spo_segment""".split()
 
 
 def test_every_required_recipe_ships():

@@ -156,7 +156,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
             raise ConfigError(f"{fn.kind} {fn.id!r} needs {', '.join(late)}, which the on-policy trainer produces only "
                               f"after the {fn.kind} stage")  # fmt: skip
     g = torch.Generator().manual_seed(0)
-    n, t = 4, 3
+    n, t, nan = 4, 3, float("nan")
     logp, mask = -torch.rand(n, t, generator=g) - 0.1, torch.ones(n, t)
     inputs: dict[str, Any] = {
         "old_logp": logp - 0.05, "rollout_logp": logp - 0.05, "ref_logp": logp + 0.1, "logp": logp,
@@ -168,6 +168,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
         "lengths": torch.tensor([3, 1, 2, 3]).clamp(max=max_len), "max_len": max_len,
         "correct": torch.tensor([True, False, True, False]), "teacher_logp": logp + 0.2,
         "prompt_keys": ["a", "a", "b", "b"], "hint_mask": torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]]),
+        "segment_values": torch.tensor([[0.5, nan, nan, nan], [nan, 0.2, nan, nan], [nan] * 4, [0.0, 1.0, nan, nan]]),
     }  # fmt: skip
     inputs["reward_components"] = inputs["rewards"][:, None].repeat(1, num_rewards)
     rewards = inputs["rewards"][:, None].repeat(1, num_rewards) if algo.multi_reward else inputs["rewards"]

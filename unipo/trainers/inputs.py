@@ -46,6 +46,8 @@ PRODUCED_AT: dict[str, Stage] = {
     "old_logp": Stage.COLLECT,
     "progress": Stage.COLLECT,
     "baseline_rewards": Stage.COLLECT,  # the reward of a greedy decode of each prompt (ReMax), per completion
+    # [N, T+1] Monte Carlo values of cut states: continuations sampled from prefixes of the batch (SPO), after collect
+    "segment_values": Stage.COLLECT,
     "generator": Stage.COLLECT,
     "demo_mask": Stage.COLLECT,  # [N] the completions that are demonstrations (a `demonstrations` sampler's)
     "lengths": Stage.COLLECT,  # [N] completion lengths in tokens

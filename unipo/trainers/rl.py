@@ -44,6 +44,7 @@ from unipo.trainers.common import (
 from unipo.trainers.evaluate import heldout_eval
 from unipo.trainers.inputs import FROM_LOGITS, NEEDS_REFERENCE
 from unipo.trainers.loop import run_steps
+from unipo.trainers.segments import segment_values
 
 
 def train(cfg: Config) -> Path:
@@ -132,12 +133,12 @@ def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:
             raise ConfigError(f"algo.sampler {algo.sampler.id}: {drafts} drafts of rollout.group_size="
                               f"{cfg.rollout.group_size} leave no draft or fewer than 2 refinements; set "
                               "algo.sampler.draft_frac")  # fmt: skip
-    if algo.has_fact("sampler", "entropy_switch") and (algo.critic or {"ref_logp", "baseline_rewards"} &
-                                                        algo.advantage.needs):  # fmt: skip
+    late = {"ref_logp", "baseline_rewards", "segment_values"}  # inputs the swap's extra batch does not get
+    if algo.has_fact("sampler", "entropy_switch") and (algo.critic or late & algo.advantage.needs):
         estimator = algo.critic.id if algo.critic else algo.advantage.id
         raise ConfigError(f"algo.sampler {algo.sampler.id} computes advantages of extra samples with the step's "
-                          f"estimator, which cannot be {estimator!r} (it needs a critic, a reference or a greedy "
-                          "baseline)")  # fmt: skip
+                          f"estimator, which cannot be {estimator!r} (it needs a critic, a reference, a greedy "
+                          "baseline or Monte Carlo values)")  # fmt: skip
     if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & NEEDS_REFERENCE and task.train:
         try:
             reference_text(task.train[0])
@@ -202,6 +203,9 @@ def rl_step(s: RLState) -> dict[str, float]:
     if "baseline_rewards" in algo.advantage.needs:  # ReMax: each prompt's greedy reply, scored like the samples
         with timer("baseline"):
             inputs["baseline_rewards"] = greedy_rewards(s, batch)
+    if "segment_values" in algo.advantage.needs:  # SPO: Monte Carlo values of cut states from continuations
+        inputs["segment_values"], more = segment_values(s, algo, batch, timer)
+        sampler_stats = {**sampler_stats, **more}
     inputs |= frozen_logps(s, batch, timer)  # before the advantages, which may read them (REINFORCE++'s KL)
     critic_stats: dict[str, float] = {}
     if s.critic is None:

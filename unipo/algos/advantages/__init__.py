@@ -9,10 +9,11 @@ A NaN reward (a reward function that returned None) is left out of every mean an
 Groups are sized by their valid (non-NaN) rewards, so a group of two with one NaN is a singleton.
 
 Modules: ``group`` (group baselines), ``baselines`` (REINFORCE-style and per-token baselines), ``multi`` (multi-reward
-and adaptive normalisation), ``shaping`` (reweighting a group advantage), ``recon`` (reconstructions, rule R2).
+and adaptive normalisation), ``shaping`` (reweighting a group advantage), ``segment`` (SPO's Monte Carlo segment
+values), ``recon`` (reconstructions, rule R2).
 """
 
-from unipo.algos.advantages import baselines, group, multi, recon, shaping  # noqa: F401  (registers estimators)
+from unipo.algos.advantages import baselines, group, multi, recon, segment, shaping  # noqa: F401  (registers)
 from unipo.algos.advantages.baselines import (
     flash_reinforce,
     optimal_token_baseline,
@@ -23,6 +24,7 @@ from unipo.algos.advantages.baselines import (
 from unipo.algos.advantages.group import dr_grpo, gpg, group_mean_batch_std, grpo, grpo_passk, opo, p3o_pairwise, rloo
 from unipo.algos.advantages.multi import bnpo, gdpo
 from unipo.algos.advantages.recon import a_grae_recon, copo_recon, g2rpo_recon
+from unipo.algos.advantages.segment import spo_cut_states, spo_segment
 from unipo.algos.advantages.shaping import red_weight, xrpo_sharpen
 
 __all__ = [
@@ -45,5 +47,7 @@ __all__ = [
     "reinforce_pp_baseline",
     "remax",
     "rloo",
+    "spo_cut_states",
+    "spo_segment",
     "xrpo_sharpen",
 ]
