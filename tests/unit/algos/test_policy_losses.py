@@ -119,6 +119,25 @@ def test_gspo_by_hand():
     torch.testing.assert_close(metrics["clip/frac"][:, 0], t([1.0, 0.0, 1.0, 0.0]))
 
 
+def test_gspo_token_gives_each_token_its_own_advantage_with_one_clip_decision_per_sequence():
+    # row 0: log ρ = (.1, .1) -> s = e^.1 ≈ 1.105 inside [0.8, 1.2]: token t gets gradient -s·A_t = (-2s, +s);
+    # row 1: log ρ = (.3, .3) -> s = e^.3 > 1.2; A = (+1, -1): the +1 token is clipped (gradient 0), the -1 token is
+    # not (−min(-s, -1.2) = s, gradient +s) — the clip is decided on s_i, the side on each token's own advantage
+    gspo_token = algos.get("policy_loss", "gspo_token")
+    old = torch.full((2, 2), -1.0, dtype=F64)
+    log_ratio = t([[0.1, 0.1], [0.3, 0.3]])
+    adv = t([[2.0, -1.0], [1.0, -1.0]])
+    loss, _, g = grad_of(gspo_token, old + log_ratio, old, adv, torch.ones(2, 2), clip_low=0.2, clip_high=0.2)
+    s1, s3 = math.exp(0.1), math.exp(0.3)
+    torch.testing.assert_close(loss, t([[-2 * s1, s1], [-1.2, s3]]))
+    torch.testing.assert_close(g, t([[-2 * s1, s1], [0.0, s3]]))
+    # one advantage per sequence: GSPO exactly
+    seq = grad_of(gspo, old + log_ratio, old, t([1.0, -1.0]), torch.ones(2, 2), clip_low=0.2, clip_high=0.2)
+    tok = grad_of(gspo_token, old + log_ratio, old, t([1.0, -1.0]), torch.ones(2, 2), clip_low=0.2, clip_high=0.2)
+    torch.testing.assert_close(seq[0], tok[0])
+    torch.testing.assert_close(seq[2], tok[2])
+
+
 def _gspo_sequence_objective(logp, old, adv, mask, clip_low, clip_high):
     """GSPO written directly at the sequence level: (1/N)·Σ_i -min(s_i·A_i, clip(s_i)·A_i)."""
     m = mask.to(logp.dtype)

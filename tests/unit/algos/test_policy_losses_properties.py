@@ -177,6 +177,7 @@ SPECS = {
     "cispo": ({}, lambda b: -b.rho.clamp(max=5) * b.A),
     "sapo": ({}, sapo_coef),
     "gspo": ({"clip_low": 0.2, "clip_high": 0.2}, seq_coef),
+    "gspo_token": ({"clip_low": 0.2, "clip_high": 0.2}, seq_coef),
     "luspo": ({"clip_low": 0.2, "clip_high": 0.2}, seq_coef),
     "gmpo": ({}, gmpo_coef),
     "vespo": ({}, vespo_coef),

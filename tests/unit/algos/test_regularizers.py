@@ -41,6 +41,8 @@ def test_registered_ids_and_defaults():
         "gtpo_entropy_filter",
         "onpolicy_distill",
         "kepo_gated_distill_recon",
+        "tpsft_recon",
+        "om_chi2_recon",
     }
     params = {name: algos.entry("regularizer", name).params for name in R}
     assert params["entropy_bonus"] == {"coef": 0.0}
@@ -239,6 +241,8 @@ def _run(name, b, logp, entropy):
         "gtpo_entropy_filter": {"advantages": b["adv"], "entropy": entropy, "max_entropy": 1.5},
         "onpolicy_distill": {"teacher_logp": torch.where(b["mask"], b["proxy"], math.nan)},
         "kepo_gated_distill_recon": {"teacher_logp": b["proxy"], "rewards": (b["adv"] > 0).float()},
+        "tpsft_recon": {"ref_logp": b["proxy"], "demo_mask": b["adv"] > 0},
+        "om_chi2_recon": {"ref_logp": torch.where(b["mask"], b["proxy"], math.nan)},
     }[name]
     return R[name](logp, b["old"], b["mask"], **extra)
 
@@ -427,3 +431,33 @@ def test_kepo_distills_only_the_samples_that_reach_the_reward_gate():
     torch.testing.assert_close(term, full * torch.tensor([[1.0], [0.0], [1.0]]))
     torch.testing.assert_close(term, torch.tensor([[0.25, 1.0], [0.0, 0.0], [1.0, 0.0]]))
     assert metrics["distill/gated_frac"].tolist() == [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
+
+
+def test_tpsft_learns_the_target_tokens_inside_the_trust_region_only():
+    # ρ = π_θ/π_ref = (1.25, 1.0): the first token is past 1 + ε = 1.2 (value -1.2, no gradient), the second is
+    # learned with gradient -ρ = -1; the row that is not a demonstration gets nothing
+    logp = t([[math.log(0.5), math.log(0.2)], [math.log(0.5), math.log(0.2)]]).requires_grad_(True)
+    ref = t([[math.log(0.4), math.log(0.2)], [math.log(0.4), math.log(0.2)]])
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    term, metrics = R["tpsft_recon"](logp, logp.detach(), mask, ref_logp=ref, demo_mask=torch.tensor([True, False]))
+    torch.testing.assert_close(term.detach(), t([[-1.2, -1.0], [0.0, 0.0]]))
+    (g,) = torch.autograd.grad(term.sum(), logp)
+    torch.testing.assert_close(g, t([[0.0, -1.0], [0.0, 0.0]]))
+    assert metrics["tpsft/clipped"].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+def test_om_chi2_sums_to_the_sequence_penalty_and_its_gradient():
+    # row 0: log r = log 0.5 - log 0.25 = log 2 -> P = λ(2 - 1) = 0.1, spread over its 2 tokens, gradient λ·r = 0.2 per
+    # token; row 1: r = 20 is clipped at c = 10 (value λ·9 over 1 token, no gradient)
+    logp = t([[math.log(0.5), math.log(0.5)], [math.log(0.5), 0.0]]).requires_grad_(True)
+    ref = t([[math.log(0.25), math.log(0.5)], [math.log(0.5 / 20), 0.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    term, metrics = R["om_chi2_recon"](logp, logp.detach(), mask, ref_logp=ref, coef=0.1, max_ratio=10.0)
+    torch.testing.assert_close(term.detach(), t([[0.05, 0.05], [0.9, 0.0]]))
+    (g,) = torch.autograd.grad(term.sum(), logp)
+    torch.testing.assert_close(g, t([[0.2, 0.2], [0.0, 0.0]]))
+    # the per-token gradient is the sequence penalty's: ∂/∂logp_t of λ·(exp(Σ_t logp_t − ref_t) − 1)
+    x = logp.detach()[0].clone().requires_grad_(True)
+    (g_seq,) = torch.autograd.grad(0.1 * (torch.exp((x - ref[0]).sum()) - 1), x)
+    torch.testing.assert_close(g[0], g_seq)
+    assert metrics["om_chi2/ratio"][1, 0].item() == pytest.approx(10.0)

@@ -233,7 +233,8 @@ def test_knapsack_budgets_are_optimal_sum_to_the_total_and_beat_the_uniform_spli
     assert int(budgets.sum()) == total and bool(((budgets >= 2) & (budgets <= n_max)).all())  # §13 S1
     value = float(knapsack_value(budgets, p).sum())
     assert value >= float(knapsack_value(torch.full_like(budgets, per_prompt), p).sum()) - 1e-12
-    assert value == pytest.approx(_brute_force(p, total, 2, n_max)[0], abs=1e-12)
+    # optimal up to the DP's tie-break (it subtracts 1e-12·k² per prompt to prefer even splits among equal values)
+    assert value == pytest.approx(_brute_force(p, total, 2, n_max)[0], abs=1e-12 * len(rates) * n_max**2)
 
 
 def test_knapsack_moves_rollouts_from_settled_prompts_to_uncertain_ones():

@@ -32,6 +32,7 @@ def test_registered_ids_and_defaults():
         "steer",
         "igpo_hint_mask",
         "d3s_token_recon",
+        "positive_amplify_recon",
     }
     assert "tw_grpo_weights" not in W and "tw_grpo_weights_recon" not in W  # [unknown] rule: known gap (R3)
     params = {name: algos.entry("token_weight", name).params for name in W}
@@ -183,6 +184,14 @@ def test_igpo_hint_mask_by_hand():
     torch.testing.assert_close(w, expected)
 
 
+def test_positive_amplify_scales_only_the_successes():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    w = W["positive_amplify_recon"](mask, rewards=torch.tensor([1.0, 0.5, 2.0]), kappa=3.0)
+    torch.testing.assert_close(w, torch.tensor([[3.0, 3.0, 0.0], [1.0, 1.0, 1.0], [3.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="kappa"):
+        W["positive_amplify_recon"](mask, rewards=torch.ones(3), kappa=0.5)
+
+
 def test_d3s_token_recon_by_hand_and_warns_once(caplog):
     # score |A|·H = 1..5 on the valid tokens. progress 0: ρ = 0.2 -> quantile(0.8) = 4 + 0.2 = 4.2 -> keep {5}.
     # progress 0.5: ρ = 0.6 -> quantile(0.4): position 1.6 -> 2.6 -> keep {3, 4, 5}. progress 1: ρ = 1 -> all.
@@ -214,6 +223,7 @@ def _random_inputs(n, t_, seed):
         "group_ids": torch.randint(0, 2, (n,), generator=gen),
         "truncated": torch.rand(n, generator=gen) < 0.3,
         "hint_mask": torch.rand(n, t_, generator=gen) < 0.5,
+        "rewards": (torch.rand(n, generator=gen) < 0.5).to(F64),
     }, gen
 
 
@@ -224,7 +234,8 @@ def _call(name, inputs, **extra):
     return fn(inputs["mask"], **kwargs, **extra)
 
 
-DETERMINISTIC = ("mask_truncated", "top_entropy_tokens", "gtpo", "steer", "igpo_hint_mask", "d3s_token_recon")
+DETERMINISTIC = ("mask_truncated", "top_entropy_tokens", "gtpo", "steer", "igpo_hint_mask", "d3s_token_recon",
+                 "positive_amplify_recon")  # fmt: skip
 
 
 @PROPS

@@ -1,4 +1,4 @@
-"""Sequence-ratio surrogates: gspo, luspo, gmpo, vespo (ALGORITHMS.md §2.1).
+"""Sequence-ratio surrogates: gspo, gspo_token, luspo, gmpo, vespo (ALGORITHMS.md §2.1).
 
 Each returns the per-token form whose stated aggregation equals the sequence objective (value and gradient).
 """
@@ -69,6 +69,42 @@ def gspo(
     log_seq_ratio = seq_mean(log_ratio(logp, old_logp, mask), mask)  # (N, T) -> (N,)
     seq_ratio = sequence_token_form(logp, log_seq_ratio, mask)
     return clipped_surrogate(seq_ratio, token_advantages(advantages, logp), 1.0 - clip_low, 1.0 + clip_high)
+
+
+@register(
+    "policy_loss",
+    "gspo_token",
+    paper="Zheng et al. 2025, Group Sequence Policy Optimization (GSPO-token), arXiv:2507.18071; verl gspo",
+    tag="checked: verl",
+)
+def gspo_token(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+) -> tuple[torch.Tensor, Metrics]:
+    """GSPO-token (Zheng et al. 2025, arXiv:2507.18071, §4.3; verl's ``gspo`` loss), for token-level advantages.
+
+    log s_{i,t} = log π_θ(y_{i,t}) − sg(log π_θ(y_{i,t})) + sg(log s_i), clamped ≤ 10; ℓ_{i,t} = −min(s_{i,t}·A_{i,t},
+    clip(s_{i,t}, 1−ε_low, 1+ε_high)·A_{i,t}). s_{i,t} has the value s_i (one clip decision per sequence) and the
+    gradient s_i·∇log π_θ(y_{i,t}), so each token carries its own advantage (a critic's, a segment's); with one
+    advantage per sequence it is GSPO exactly, which is how ``gspo`` is computed here.
+
+    Args:
+        logp: [N, T] log π_θ.
+        old_logp: [N, T] log π_old (constant).
+        advantages: [N, T] token advantages ([N] broadcast: GSPO).
+        mask: [N, T] loss mask.
+        clip_low: ε_low (paper 3e-4).
+        clip_high: ε_high (paper 4e-4).
+
+    Returns:
+        (per-token loss [N, T], metrics as ``gspo``). Aggregate with ``seq_mean_token_mean`` (the paper's).
+    """
+    return gspo(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high)
 
 
 @register(

@@ -17,14 +17,16 @@ recipe sets them once.
 term is given the same ``clip_low`` / ``clip_high``.
 
 Modules: ``entropy`` (bonuses and filters on the entropy), ``selective`` (KL-Cov, Lp-Reg), ``likelihood`` (proximal
-and likelihood terms, SFT), ``distill`` (a teacher's log-probs).
+and likelihood terms, SFT), ``distill`` (a teacher's log-probs), ``reference`` (trust-region SFT and χ² to the
+reference).
 """
 
-from unipo.algos.regularizers import distill, entropy, likelihood, selective  # noqa: F401  (registers regularizers)
+from unipo.algos.regularizers import distill, entropy, likelihood, reference, selective  # noqa: F401  (registers)
 from unipo.algos.regularizers._common import Metrics
 from unipo.algos.regularizers.distill import kepo_gated_distill_recon, onpolicy_distill
 from unipo.algos.regularizers.entropy import adaptive_entropy, entropy_bonus, epo_smooth_recon, gtpo_entropy_filter
 from unipo.algos.regularizers.likelihood import asymre, llds_recon, opmd, sft_nll
+from unipo.algos.regularizers.reference import om_chi2_recon, tpsft_recon
 from unipo.algos.regularizers.selective import kl_cov, lp_reg, lp_reg_proxy_logp
 
 __all__ = [
@@ -39,7 +41,9 @@ __all__ = [
     "llds_recon",
     "lp_reg",
     "lp_reg_proxy_logp",
+    "om_chi2_recon",
     "onpolicy_distill",
     "opmd",
     "sft_nll",
+    "tpsft_recon",
 ]
