@@ -133,12 +133,16 @@ class AlgoConfig(_Strict):
     and the advantages come from GAE over its values, replacing `advantage` (which must then be left unset). Its
     model and optimizer are set under the top-level `critic`. None: no value model."""
     regularizers: list[ComponentConfig] = []
+    """Per-token terms (kind `regularizer`) added to the per-token loss before aggregation; each carries its
+    own weight as a hyperparameter (usually `coef`)."""
     shaping: list[ComponentConfig] = []
     """Reward shapers (kind `reward`, ALGORITHMS.md §5) applied in order to the combined rewards before the
     advantages, e.g. `[{name: dapo_overlong}]` or `[{name: reward_scale_clip}]`; a stateful one's state is
     checkpointed."""
-    """Per-token terms (kind `regularizer`) added to the per-token loss before aggregation; each carries its
-    own weight as a hyperparameter (usually `coef`)."""
+    ref_sync: ComponentConfig | None = None
+    """Reference refresh (`{name: ref_sync, alpha: 0.6, every: 512}`, TR-DPO): after every `every` steps the
+    reference policy moves to α·θ + (1 − α)·θ_ref; the reference is then checkpointed. None: the reference stays the
+    initial policy. Needs a component that reads the reference (a KL term, ...)."""
 
 
 class CriticConfig(_Strict):
@@ -416,6 +420,8 @@ def check_components(cfg: Config) -> None:
     for axis in ("sampler", "critic"):
         if getattr(cfg.algo, axis) is not None:
             nodes.append((f"algo.{axis}", axis, getattr(cfg.algo, axis)))
+    if cfg.algo.ref_sync is not None:
+        nodes.append(("algo.ref_sync", "controller", cfg.algo.ref_sync))
     if cfg.algo.critic is not None and "advantage" in cfg.algo.model_fields_set:
         raise ConfigError(
             "algo.advantage: a recipe with algo.critic gets its advantages from the critic; remove algo.advantage"
@@ -435,6 +441,10 @@ def check_components(cfg: Config) -> None:
                 raise ConfigError(
                     f"{where}.{key}: expected {type(default).__name__} like the default {default!r}, got {value!r}"
                 )
+    sync = cfg.algo.ref_sync
+    if sync is not None and "reference_sync" not in algos.entry("controller", sync.name).facts:
+        movers = [n for n in algos.names("controller") if "reference_sync" in algos.entry("controller", n).facts]
+        raise ConfigError(f"algo.ref_sync.name: {sync.name!r} does not move the reference; use {', '.join(movers)}")
 
 
 def _same_kind(default: object, value: object) -> bool:

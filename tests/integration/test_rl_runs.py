@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -911,3 +912,31 @@ def test_spo_segment_recipe_trains_with_its_estimation_stage(tiny_model_dir, tmp
     steps = [r for r in _rows(run) if "loss" in r]
     # the random tiny model samples nearly every token with p < 0.9: about one cut state per 5 tokens
     assert len(steps) == 2 and all(r["spo/cut_states"] >= 1 and r["spo/continuations"] >= 2 for r in steps)
+
+
+def test_ref_sync_moves_the_reference_and_resumes_from_the_checkpointed_one(tiny_model_dir, tmp_path):
+    # TR-DPO's soft update every 2 steps with α = 0.5: the checkpointed reference at step 2 is ½(θ_2 + θ_0), at step 4
+    # ½(θ_4 + ref_2); a run resumed from step 3 (whose reference is ref_2) reproduces the straight run's step 4
+    from safetensors.torch import load_file
+
+    sync = ["algo.kl.coef=0.05", "algo.ref_sync={name: ref_sync, alpha: 0.5, every: 2}", "train.save_every=1",
+            "train.keep_checkpoints=4", "train.lr=1e-3"]  # fmt: skip
+    straight = tmp_path / "straight"
+    _train(tiny_model_dir, straight, "train.max_steps=4", *sync)
+    assert [r.get("ref/synced") for r in _rows(straight) if "loss" in r] == [0.0, 1.0, 0.0, 1.0]
+
+    def weights(path):
+        return load_file(str(next(Path(path).glob("*.safetensors"))))
+
+    theta0 = weights(tiny_model_dir)
+    ckpt = {k: straight / "checkpoints" / f"step-00000{k}" for k in (1, 2, 3, 4)}
+    ref2, ref4 = weights(ckpt[2] / "reference"), weights(ckpt[4] / "reference")
+    for name, p0 in theta0.items():
+        torch.testing.assert_close(weights(ckpt[1] / "reference")[name], p0)  # no sync at step 1
+        torch.testing.assert_close(ref2[name], 0.5 * (weights(ckpt[2])[name] + p0))
+        torch.testing.assert_close(weights(ckpt[3] / "reference")[name], ref2[name])
+        torch.testing.assert_close(ref4[name], 0.5 * (weights(ckpt[4])[name] + ref2[name]))
+    resumed = tmp_path / "resumed"
+    _train(tiny_model_dir, resumed, "train.max_steps=3", *sync)
+    _train(tiny_model_dir, resumed, "train.max_steps=4", *sync)
+    assert _losses(resumed) == _losses(straight)

@@ -1,6 +1,7 @@
 """Component state: controllers move their hyperparameter in the direction their rule says (hand-worked values)."""
 
 import pytest
+import torch
 
 from unipo import algos, config
 from unipo.config import ConfigError
@@ -74,3 +75,20 @@ def test_a_kl_controller_needs_a_starting_coefficient():
     cfg = config.load("grpo", ["algo.kl.ctrl={name: kl_adaptive_ctrl, target: 0.05, horizon: 100}"])
     with pytest.raises(ConfigError, match="initial algo.kl.coef > 0"):
         controllers.slots(cfg, build_algo(cfg))
+
+
+def test_ref_sync_mixes_the_reference_towards_the_policy_every_tau_steps():
+    ref_sync = algos.get("controller", "ref_sync")
+    ref, policy = [torch.tensor([0.0, 1.0]), torch.tensor([[2.0]])], [torch.tensor([1.0, 3.0]), torch.tensor([[0.0]])]
+    assert not ref_sync(ref, policy, 3, alpha=0.6, every=4)  # not a multiple of τ: untouched
+    assert ref[0].tolist() == [0.0, 1.0]
+    assert ref_sync(ref, policy, 8, alpha=0.6, every=4)  # θ_ref ← 0.6·θ + 0.4·θ_ref
+    torch.testing.assert_close(ref[0], torch.tensor([0.6, 2.2]))
+    torch.testing.assert_close(ref[1], torch.tensor([[0.8]]))
+    with pytest.raises(ValueError, match="alpha"):
+        ref_sync(ref, policy, 4, alpha=0.0, every=4)
+
+
+def test_only_a_reference_mover_can_be_ref_sync():
+    with pytest.raises(ConfigError, match="does not move the reference; use ref_sync"):
+        config.load("grpo", ["algo.ref_sync={name: kl_adaptive_ctrl}"])

@@ -3,9 +3,14 @@
 Pure functions of (current value, a statistic of the step just taken) -> next value, with the rule's
 hyperparameters as keywords; the trainer keeps the value in its component state and checkpoints it. A component
 names its controller in its registry entry (`Controlled`), e.g. `adaptive_entropy`'s coefficient.
+
+`ref_sync` is the one controller whose state is a model: it moves the reference policy's weights towards the policy's
+(`algo.ref_sync`), and the trainer then checkpoints the reference.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 
@@ -133,3 +138,40 @@ def r2vpo_dual_update(
     """
     step = dual_coef + dual_lr * (ratio_sq_dev - var_target)
     return torch.clamp(step, min=0.0) if isinstance(step, torch.Tensor) else max(0.0, step)
+
+
+@register(
+    "controller",
+    "ref_sync",
+    paper="Gorbatovski et al. 2024, Learn Your Reference Model for Real Good Alignment (TR-DPO), arXiv:2404.09656; "
+    "TRL sync_ref_model",
+    tag="checked: TRL callback",
+    facts={"reference_sync"},
+)
+@torch.no_grad()
+def ref_sync(
+    reference: Iterable[torch.Tensor], policy: Iterable[torch.Tensor], step: int, *, alpha: float = 0.6,
+    every: int = 512,
+) -> bool:  # fmt: skip
+    """Reference refresh (Gorbatovski et al. 2024, TR-DPO, arXiv:2404.09656; TRL ``SyncRefModelCallback``).
+
+    After every `every` steps: θ_ref ← α·θ + (1 − α)·θ_ref, parameter by parameter, in place. α = 1 replaces the
+    reference by the policy (a hard reset, GARDO's `ref_reset`).
+
+    Args:
+        reference: the reference policy's parameters (changed in place).
+        policy: the policy's parameters, in the same order.
+        step: the step just taken (1-based); the mix happens when it is a multiple of `every`.
+        alpha: α in (0, 1] (TRL ``ref_model_mixup_alpha``, 0.6 in the TR-DPO paper's soft update).
+        every: τ ≥ 1 (TRL ``ref_model_sync_steps``, 512).
+
+    Returns:
+        Whether the reference was updated at this step.
+    """
+    if not 0.0 < alpha <= 1.0 or every < 1:
+        raise ValueError(f"ref_sync needs 0 < alpha <= 1 and every >= 1; got alpha={alpha}, every={every}")
+    if step % every:
+        return False
+    for ref, new in zip(reference, policy, strict=True):
+        ref.lerp_(new.detach().to(ref.dtype), alpha)  # ref + α·(θ − ref)
+    return True

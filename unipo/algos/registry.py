@@ -93,6 +93,8 @@ FACTS = {
     "success replaces one rollout and keeps its hinted prompt, in the original group (Scaf-GRPO)",
     "drafts": "sampler: a share of the budget samples drafts; it marks each prompt's best, and the rest of the budget "
     "samples refinements of the prompt plus that draft, the only samples trained on (iGRPO)",
+    "reference_sync": "controller: moves the reference policy's weights towards the policy's after a step "
+    "(`algo.ref_sync`, TR-DPO); the reference is then checkpointed with the run",
     "resample": "sampler: returns how many times each sample enters the batch (0 drops it; duplicates allowed), "
     "e.g. PF-PPO's reward-weighted resampling",
 }

@@ -61,6 +61,8 @@ class Algo:
     """β of the KL term in the loss (0: no KL term; the `kl` estimator then is not run)."""
     multi_reward: bool = False
     """The advantage estimator takes rewards (N, K), one column per reward function, and `reward_weights`."""
+    ref_sync: Callable | None = None
+    """The reference refresh (`ref_sync`) of the after-step stage, or None: the reference stays the initial policy."""
 
     def all(self) -> list[Callable]:
         """The components a step runs (the KL estimator only with a KL term; the critic instead of `advantage`)."""
@@ -124,10 +126,11 @@ def build_algo(cfg: Config) -> Algo:
     shaping = [build_component("reward", n.name, component_kwargs(n)) for n in cfg.algo.shaping]
     # `reward_weights` is data (a tensor), so it is not among the entry's hyperparameters: ask the signature
     multi = "reward_weights" in inspect.signature(algos.get("advantage", cfg.algo.advantage.name)).parameters
-    sampler, critic = (build_component(kind, node.name, component_kwargs(node)) if node else None
-                       for kind, node in (("sampler", cfg.algo.sampler), ("critic", cfg.algo.critic)))  # fmt: skip
+    sampler, critic, sync = (build_component(kind, node.name, component_kwargs(node)) if node else None
+                             for kind, node in (("sampler", cfg.algo.sampler), ("critic", cfg.algo.critic),
+                                                ("controller", cfg.algo.ref_sync)))  # fmt: skip
     return Algo(**built, token_weights=weights, regularizers=regs, sampler=sampler, critic=critic, shaping=shaping,
-                kl_coef=cfg.algo.kl.coef, multi_reward=multi and critic is None)  # fmt: skip
+                kl_coef=cfg.algo.kl.coef, multi_reward=multi and critic is None, ref_sync=sync)  # fmt: skip
 
 
 def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:

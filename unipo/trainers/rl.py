@@ -64,14 +64,19 @@ def train(cfg: Config) -> Path:
         raise ConfigError("model.teacher_path: the recipe distills from a teacher (`onpolicy_distill`); set it to a "
                           "causal LM directory or hub id with the student's tokenizer")  # fmt: skip
 
+    if algo.ref_sync is not None and not algo.needs_ref:
+        raise ConfigError("algo.ref_sync: no component of this recipe reads the reference policy (set algo.kl.coef "
+                          "> 0, or remove algo.ref_sync)")  # fmt: skip
     resume, saved = checkpoint.latest(run.checkpoints)  # verified before anything is loaded from it
     model, tokenizer = load_model_and_tokenizer(
         str(resume) if resume else cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype
     )
     model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
     ref = None
-    if algo.needs_ref:  # the reference is the initial policy, also on resume
-        ref, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
+    if algo.needs_ref:  # the initial policy, also on resume, unless `ref_sync` moves it (then it is checkpointed)
+        synced = resume is not None and algo.ref_sync is not None
+        ref, _ = load_model_and_tokenizer(str(resume / REFERENCE) if synced else cfg.model.path,
+                                          device=cfg.model.device, dtype=cfg.model.dtype)  # fmt: skip
         ref.eval().requires_grad_(False)
     teacher = load_teacher(cfg, tokenizer) if "teacher_logp" in algo.needs else None
     optimizer, scheduler = build_optimizer(model, cfg)
@@ -112,7 +117,10 @@ def train(cfg: Config) -> Path:
             state.checkpoint_state,
             SHOWN,
             lambda: scorer.failures,
-            extra_models={critics.SUBDIR: critic.model} if critic else None,
+            extra_models={
+                **({critics.SUBDIR: critic.model} if critic else {}),
+                **({REFERENCE: ref} if algo.ref_sync else {}),
+            },
         )
     finally:
         scorer.close()
@@ -145,6 +153,9 @@ def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:
         except ValueError as e:
             raise ConfigError(f"algo.sampler {algo.sampler.id!r} on task {task.name!r}: {e}") from None
 
+
+REFERENCE = "reference"
+"""The checkpoint subdirectory of a reference that `ref_sync` moves."""
 
 SHOWN = {"reward": "reward/mean", "kl": "kl", "entropy": "entropy", "len": "tokens/completion_mean",
          "s/step": "time/step_s"}  # fmt: skip
@@ -226,6 +237,8 @@ def rl_step(s: RLState) -> dict[str, float]:
     with timer("update"):
         stats = {} if frozen else update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs)
     s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, batch.num_completions)
+    if algo.ref_sync is not None:  # TR-DPO: the reference moves towards the policy
+        ctrl_metrics["ref/synced"] = float(algo.ref_sync(s.ref.parameters(), s.model.parameters(), s.step))
     if "entropy" in stats and algo.has_fact("sampler", "entropy_switch"):  # the next step's temperature depends on it
         s.sampler_state = {"entropy": stats["entropy"]}
     lengths = batch.completion_mask.sum(1).float()
