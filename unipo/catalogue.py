@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from unipo import algos
+from unipo.algos.gaps import gaps
 from unipo.config import list_recipes, recipe_path
 
 _HEADER = """# unipo algorithm catalogue
@@ -21,8 +22,8 @@ def _cell(text: object) -> str:
 
 
 def markdown() -> str:
-    """Every registered component (kind, id, paper, provenance, where it runs, hyperparameters), the kinds with no
-    component yet, and every shipped recipe."""
+    """Every registered component (kind, id, paper, provenance, where it runs, hyperparameters), the known gaps
+    (ids not registered yet, with why), the kinds with no component yet, and every shipped recipe."""
     from unipo.trainers.inputs import where_it_runs
 
     lines = [_HEADER]
@@ -41,6 +42,10 @@ def markdown() -> str:
                 params += "; " + ", ".join(f"`{f}`" for f in sorted(e.facts))
             runs = _cell(where_it_runs(kind, e.name))
             lines.append(f"| `{e.name}` | {_cell(e.paper)} | {_cell(e.tag)} | {runs} | {_cell(params)} |")
+        missing = gaps(kind)
+        if missing:
+            lines.append(f"\nNot registered yet (known gaps, {len(missing)}):\n")
+            lines += [f"- `{name}`: {why}" for name, why in missing]
     names = list_recipes()
     lines += [f"\n## recipes ({len(names)})\n", "| recipe | paper | components |", "|---|---|---|"]
     for name in names:

@@ -252,9 +252,23 @@ def _list(kind: str | None) -> int:
         runs = where_it_runs(e.kind, e.name)
         if runs.startswith("pure only"):
             print(f"  {'':24s} {runs}")
-    for empty in [k for k in algos.KINDS if (kind is None or k == kind) and not algos.names(k)]:
-        print(f"\n[{empty}]\n  (none registered yet: a known gap)")
+    for k in algos.KINDS if kind is None else [kind]:
+        _print_gaps(k)
     return 0
+
+
+def _print_gaps(kind: str) -> None:
+    """The ids of `kind` that are not registered yet, with why (`unipo.algos.gaps`)."""
+    from unipo import algos
+    from unipo.algos.gaps import gaps
+
+    missing = gaps(kind)
+    if missing or not algos.names(kind):
+        print(
+            f"\n[{kind}: not registered yet]" + ("" if algos.names(kind) else "\n  (none registered yet: a known gap)")
+        )
+    for name, why in missing:
+        print(f"  {name:24s} {why}")
 
 
 if __name__ == "__main__":

@@ -37,3 +37,23 @@ def test_verify_nash_prints_the_equilibria_and_the_curves(capsys):
     assert "Nash equilibrium [0.1429, 0.2857, 0.5714]" in out
     lines = {line.split("  ")[1].strip(): line for line in out.splitlines() if line.startswith("  ")}
     assert {"sppo (average iterate)", "inpo (last)", "nash_md (last)", "nash_mp_recon (last)"} <= set(lines)
+
+
+# every id the loop issue names (samplers §6, critics §10, controllers, the rest of §1–§4)
+LOOP_ISSUE_IDS = """dynamic_sampling pf_ppo red_drop d3s_sample_recon low_var_group_filter early_stop_recon knapsack_rl
+gdro_recon xrpo_alloc_recon v0_budget exit_buffer ghpo igpo_inpaint scaf_grpo hpt gt_in_group_recon icpo_recon
+sage_recon igrpo arpo_gui_replay spear_sil_recon dr_po rex_rag_probe aepo ppo_gae t_ppo_recon kl_adaptive_ctrl
+adaptive_entropy epo_smooth_recon r2vpo_recon adv_post spo_segment gspo_token rex_rag_mis_recon tpsft_recon otr_recon bupo_recon
+r3l_pivot_recon positive_amplify_recon capo_recon ref_sync onpolicy_distill kepo_gated_distill_recon srpo_routed_recon
+om_chi2_recon gardo_recon""".split()
+
+
+def test_known_gaps_are_not_registered_and_every_named_id_is_one_or_the_other():
+    from unipo.algos.gaps import GAPS
+
+    registered = {(e.kind, e.name) for e in algos.entries()}
+    assert not registered & GAPS.keys()
+    gap_ids = {name for _, name in GAPS}
+    assert set(LOOP_ISSUE_IDS) <= {e.name for e in algos.entries()} | gap_ids
+    text = DOC.read_text()
+    assert all(f"- `{name}`: " in text for name in gap_ids)
