@@ -264,9 +264,8 @@ def _print_gaps(kind: str) -> None:
 
     missing = gaps(kind)
     if missing or not algos.names(kind):
-        print(
-            f"\n[{kind}: not registered yet]" + ("" if algos.names(kind) else "\n  (none registered yet: a known gap)")
-        )
+        empty = "" if algos.names(kind) else "\n  (none registered yet: a known gap)"
+        print(f"\n[{kind}: not registered yet]{empty}")
     for name, why in missing:
         print(f"  {name:24s} {why}")
 
