@@ -40,7 +40,8 @@ def test_verify_nash_prints_the_equilibria_and_the_curves(capsys):
 
 
 # every id the loop issue names (samplers §6, critics §10, controllers, the rest of §1–§4)
-LOOP_ISSUE_IDS = """dynamic_sampling pf_ppo red_drop d3s_sample_recon low_var_group_filter early_stop_recon knapsack_rl gdro_recon
+LOOP_ISSUE_IDS = """dynamic_sampling pf_ppo red_drop d3s_sample_recon low_var_group_filter early_stop_recon
+knapsack_rl gdro_recon
 xrpo_alloc_recon v0_budget exit_buffer ghpo igpo_inpaint scaf_grpo hpt gt_in_group_recon icpo_recon sage_recon
 igrpo arpo_gui_replay spear_sil_recon dr_po rex_rag_probe aepo ppo_gae t_ppo_recon kl_adaptive_ctrl
 adaptive_entropy epo_smooth_recon r2vpo_recon adv_post spo_segment gspo_token rex_rag_mis_recon tpsft_recon
