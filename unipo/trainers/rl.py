@@ -74,7 +74,7 @@ def train(cfg: Config) -> Path:
     model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
     ref = None
     if algo.needs_ref:  # the initial policy, also on resume, unless `ref_sync` moves it (then it is checkpointed)
-        synced = resume is not None and algo.ref_sync is not None
+        synced = resume is not None and algo.ref_sync is not None and (resume / REFERENCE).is_dir()
         ref, _ = load_model_and_tokenizer(str(resume / REFERENCE) if synced else cfg.model.path,
                                           device=cfg.model.device, dtype=cfg.model.dtype)  # fmt: skip
         ref.eval().requires_grad_(False)
