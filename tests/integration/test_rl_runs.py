@@ -930,12 +930,13 @@ def test_ref_sync_moves_the_reference_and_resumes_from_the_checkpointed_one(tiny
 
     theta0 = weights(tiny_model_dir)
     ckpt = {k: straight / "checkpoints" / f"step-00000{k}" for k in (1, 2, 3, 4)}
-    ref2, ref4 = weights(ckpt[2] / "reference"), weights(ckpt[4] / "reference")
+    ref = {k: weights(path / "reference") for k, path in ckpt.items()}  # each checkpoint read once
+    policy = {k: weights(ckpt[k]) for k in (2, 4)}
     for name, p0 in theta0.items():
-        torch.testing.assert_close(weights(ckpt[1] / "reference")[name], p0)  # no sync at step 1
-        torch.testing.assert_close(ref2[name], 0.5 * (weights(ckpt[2])[name] + p0))
-        torch.testing.assert_close(weights(ckpt[3] / "reference")[name], ref2[name])
-        torch.testing.assert_close(ref4[name], 0.5 * (weights(ckpt[4])[name] + ref2[name]))
+        torch.testing.assert_close(ref[1][name], p0)  # no sync at step 1
+        torch.testing.assert_close(ref[2][name], 0.5 * (policy[2][name] + p0))
+        torch.testing.assert_close(ref[3][name], ref[2][name])
+        torch.testing.assert_close(ref[4][name], 0.5 * (policy[4][name] + ref[2][name]))
     resumed = tmp_path / "resumed"
     _train(tiny_model_dir, resumed, "train.max_steps=3", *sync)
     _train(tiny_model_dir, resumed, "train.max_steps=4", *sync)
