@@ -199,20 +199,20 @@ def think_answer_format(prompts: Sequence, completions: Sequence, **_: object) -
 def math_answer(
     prompts: Sequence, completions: Sequence, answer: Sequence, truncated: Sequence[bool] | None = None, **_: object
 ) -> list[float]:
-    """1.0 when the completion's final answer equals `answer` as a number or, failing that, as normalised text;
-    else 0.0. A truncated completion scores 0.
+    """1.0 when the completion's final answer equals `answer`, else 0.0. A truncated completion scores 0.
 
     The final answer is the content of the last `\\boxed{…}`, else of the last `<answer>…</answer>`, else the last
-    number written. Numbers compare exactly as fractions: `0.5`, `1/2`, `\\frac{1}{2}`, `\\dfrac12`-free LaTeX such as
-    `\\frac{1}{2}`, `1,000` and `$3$` are the numbers they write. Text compares after removing spaces, `$`,
-    `\\left`/`\\right` and a trailing period. Ours, not math-verify (which the issue names; it is not in this
-    environment's package index): no symbolic equivalence (`2\\sqrt{2}` vs `\\sqrt{8}`), no units.
+    number written (`final_math_answer`). It equals `answer` when both write the same number as exact fractions
+    (`0.5`, `1/2`, `\\frac{1}{2}`, `1,000`, `$3$`), the same normalised text, or an equivalent expression by the
+    `math-verify` package (Hugging Face; symbolic equivalence such as `2\\sqrt{2}` = `\\sqrt{8}`, sets, percentages,
+    units in `\\text{}`), called with its signal-based timeouts off since rewards run in threads under
+    `reward.timeout_s`.
     """
     ends = [False] * len(completions) if truncated is None else list(truncated)
     out = []
     for c, a, cut in zip(completions, answer, ends, strict=True):
         got = final_math_answer(text_of(c))
-        out.append(float(not cut and got is not None and same_math_answer(got, str(a))))
+        out.append(float(not cut and got is not None and (same_math_answer(got, str(a)) or verified(got, str(a)))))
     return out
 
 
@@ -239,6 +239,20 @@ def same_math_answer(got: str, want: str) -> bool:
     if a is not None and b is not None:
         return a == b
     return _normalise(got) == _normalise(want)
+
+
+def verified(got: str, want: str) -> bool:
+    """`math-verify`'s equivalence of two final answers, each read as LaTeX (False when either does not parse)."""
+    import logging
+
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every call that its timeouts are off
+    try:
+        gold, pred = parse(f"${want}$", parsing_timeout=None), parse(f"${got}$", parsing_timeout=None)
+        return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
+    except Exception:  # noqa: BLE001 (sympy can fail in many ways on malformed LaTeX)
+        return False
 
 
 def _normalise(text: str) -> str:

@@ -19,6 +19,14 @@ from unipo.rewards import contains, exact_match, final_math_answer, math_answer,
         ("no numbers here", "3", 0.0),
         ("", "3", 0.0),
         ("\\boxed{1/0}", "1/0", 1.0),  # not a number (zero denominator): compared as text
+        # equivalent expressions (math-verify): surds, reordered sums, sets, percentages, units
+        ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", 1.0),
+        ("\\boxed{1 + x^2}", "x^2+1", 1.0),
+        ("\\boxed{\\{2, 1\\}}", "\\{1,2\\}", 1.0),
+        ("\\boxed{50\\%}", "0.5", 1.0),
+        ("\\boxed{12 \\text{ apples}}", "12", 1.0),
+        ("\\boxed{2\\sqrt{3}}", "\\sqrt{8}", 0.0),
+        ("\\boxed{\\frac{1}{2}", "\\sqrt{8}", 0.0),  # malformed LaTeX: no answer, no crash
     ],
 )
 def test_math_answer(reply, answer, want):
