@@ -289,3 +289,7 @@ BUILTIN: dict[str, Callable[..., list]] = {
     "math": math_answer,
 }
 """Reward functions configured by name (`rewards=[{name: math}]`); extra keys are their keyword arguments."""
+
+from unipo.rewards.code import code  # noqa: E402 (it uses `text_of` above)
+
+BUILTIN["code"] = code
