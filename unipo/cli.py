@@ -88,7 +88,7 @@ def _eval(args: list[str]) -> int:
 
     from unipo.config import ConfigError
 
-    options = {"task": None, "model": None, "k": "1", "num_problems": "100", "max_new_tokens": "32"}
+    options = {"task": None, "model": None, "k": "1", "num_problems": "100", "max_new_tokens": None}
     target = None
     for arg in args:
         key, sep, value = arg.partition("=")
@@ -115,8 +115,11 @@ def _eval(args: list[str]) -> int:
             task_name = yaml.safe_load((run / "config.yaml").read_text()).get("task")
     model_path = model_path or "default"
     task_name = task_name or "arithmetic"
+    from unipo.data.tasks import builtin_tasks
+
+    budget = options["max_new_tokens"] or builtin_tasks().get(task_name, (None, 32))[1]
     try:
-        k, n, max_new = int(options["k"]), int(options["num_problems"]), int(options["max_new_tokens"])
+        k, n, max_new = int(options["k"]), int(options["num_problems"]), int(budget)
     except ValueError as e:
         raise ConfigError(f"k, num_problems and max_new_tokens must be integers: {e}") from None
     from unipo.data.tasks import get_task
@@ -224,10 +227,10 @@ def _list(kind: str | None) -> int:
         print("\n".join(list_recipes()))
         return 0
     if kind == "tasks":
-        from unipo.data.tasks import TASKS
+        from unipo.data.tasks import builtin_tasks
 
-        for name, make in sorted(TASKS.items()):
-            print(f"{name:12s} {make().description}")
+        for name, (make, budget) in sorted(builtin_tasks().items()):
+            print(f"{name:12s} {make().description} ({budget} tokens)")
         return 0
     if kind == "rewards":
         from unipo.rewards import BUILTIN

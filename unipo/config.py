@@ -284,11 +284,11 @@ class Config(_Strict):
     @classmethod
     def _task_exists(cls, v: str) -> str:
         from unipo.data.sources import is_data_path
-        from unipo.data.tasks import TASKS
+        from unipo.data.tasks import builtin_tasks
 
-        if v not in TASKS and not is_data_path(v):
+        if v not in builtin_tasks() and not is_data_path(v):
             raise ValueError(
-                f"unknown task {v!r}; built-in tasks: {', '.join(sorted(TASKS))}, or a data file "
+                f"unknown task {v!r}; built-in tasks: {', '.join(sorted(builtin_tasks()))}, or a data file "
                 "(.jsonl, .csv, .parquet) or `datasets` directory"
             )
         return v
@@ -360,7 +360,20 @@ def load(recipe: str | None = None, overrides: list[str] | None = None) -> Confi
     data.setdefault("recipe", path.stem)
     extra = parse_overrides(overrides or [])
     _drop_params_of_replaced_components(data, extra)
-    return from_dict(_merge(data, extra))
+    merged = _merge(data, extra)
+    _task_token_budget(merged)
+    return from_dict(merged)
+
+
+def _task_token_budget(data: dict[str, Any]) -> None:
+    """A built-in task's token budget (code and word problems need more than arithmetic's 32) for generation and
+    evaluation, where neither the recipe nor the command line sets one."""
+    from unipo.data.tasks import builtin_tasks
+
+    task = builtin_tasks().get(str(data.get("task", Config.model_fields["task"].default)))
+    for section in ("rollout", "eval"):
+        if task is not None and isinstance(data.setdefault(section, {}), dict):
+            data[section].setdefault("max_new_tokens", task[1])
 
 
 def _drop_params_of_replaced_components(data: dict[str, Any], extra: dict[str, Any]) -> None:

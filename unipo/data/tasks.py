@@ -142,16 +142,22 @@ def file_task(path: str, data: Any = None, seed: int = 0) -> Task:
     return Task(Path(path).stem, train, test, math_answer, f"rows from {path}")
 
 
-TASKS: dict[str, Callable[[], Task]] = {"arithmetic": arithmetic, "lucky7": lucky7}
+def builtin_tasks() -> dict[str, tuple[Callable[[], Task], int]]:
+    """Every built-in task by name, with its token budget (`rollout.max_new_tokens` and `eval.max_new_tokens` unless
+    the recipe or the command line sets them)."""
+    from unipo.data.generated import GENERATED
+
+    return {"arithmetic": (arithmetic, 32), "lucky7": (lucky7, 32), **GENERATED}
 
 
 def get_task(name: str, data: Any = None, seed: int = 0) -> Task:
     """A built-in task by name, or a data file (`file_task`, read as `data` — a `DataConfig` — says)."""
     if is_data_path(name):
         return file_task(name, data, seed)
-    if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name]()
+    tasks = builtin_tasks()
+    if name not in tasks:
+        raise KeyError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(tasks))}")
+    return tasks[name][0]()
 
 
 class PromptStream:

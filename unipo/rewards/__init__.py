@@ -290,6 +290,7 @@ BUILTIN: dict[str, Callable[..., list]] = {
 }
 """Reward functions configured by name (`rewards=[{name: math}]`); extra keys are their keyword arguments."""
 
-from unipo.rewards.code import code  # noqa: E402 (it uses `text_of` above)
+from unipo.rewards.code import code  # noqa: E402 (these modules use `text_of` above)
+from unipo.rewards.structured import countdown, countdown_format, json_schema  # noqa: E402
 
-BUILTIN["code"] = code
+BUILTIN |= {"code": code, "json_schema": json_schema, "countdown": countdown, "countdown_format": countdown_format}

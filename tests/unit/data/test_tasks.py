@@ -148,5 +148,5 @@ def test_a_parquet_task_file(tmp_path):
 
 
 def test_unknown_task():
-    with pytest.raises(KeyError, match="built-in tasks: arithmetic, lucky7"):
+    with pytest.raises(KeyError, match="built-in tasks: arithmetic, code, countdown, gsm_style, json_struct, lucky7"):
         get_task("chess")
