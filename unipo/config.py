@@ -170,6 +170,9 @@ class RewardConfig(BaseModel):
     """Dotted path `package.module.function` of a reward callable fn(prompts, completions, **columns)."""
     weight: float = 1.0
     """Weight of this reward in the sum."""
+    scores: dict[str, float] | None = None
+    """For a function that returns named scores (a dict of lists): their names and weights (relative to `weight`).
+    Each is a reward column of its own, `<name>/<score>`, as multi-reward advantages (`gdpo`) take them."""
 
     @model_validator(mode="after")
     def _one_source(self) -> RewardConfig:

@@ -52,6 +52,12 @@ def odd_prompt(prompts, completions, **_):
     return [float(len(str(p)) % 2 == 1) for p in prompts]
 
 
+def length_and_parity(prompts, completions, **_):
+    """Named scores: the reply's length, and 1.0 when it is even (None for the reply "skip")."""
+    return {"length": [float(len(c)) for c in completions],
+            "even": [None if c == "skip" else float(len(c) % 2 == 0) for c in completions]}  # fmt: skip
+
+
 def length(prompts, completions, **_):
     return [float(len(c)) for c in completions]
 

@@ -98,16 +98,20 @@ class RewardError(Exception):
     """A reward call that did not give one number (or None) per completion in time."""
 
 
-def _checked(values: object, n: int) -> list[float | None]:
+def _checked(values: object, n: int) -> list[float | None] | dict[str, list[float | None]]:
+    """One float or None per completion, or named scores: a dict of such lists."""
+    if isinstance(values, dict):
+        return {str(k): _checked(v, n) for k, v in values.items()}  # type: ignore[misc]
     values = list(values)  # type: ignore[call-overload]
     if len(values) != n:
         raise RewardError(f"returned {len(values)} values for {n} completions")
     return [None if v is None else float(v) for v in values]
 
 
-def run_call(fn: Callable, prompts: list, completions: list, columns: dict[str, list]) -> list[float | None]:
+def run_call(fn: Callable, prompts: list, completions: list, columns: dict[str, list]) -> list | dict:
     """One call of `fn` (an `async def` function run to completion in a fresh event loop), checked: one float or
-    None per completion. What a reward worker process runs (this module imports nothing heavy)."""
+    None per completion, or a dict of such lists (named scores). What a reward worker process runs (this module
+    imports nothing heavy)."""
     out = call_reward(fn, prompts, completions, columns)
     if inspect.isawaitable(out):
         import asyncio
@@ -119,7 +123,7 @@ def run_call(fn: Callable, prompts: list, completions: list, columns: dict[str, 
     return _checked(out, len(completions))
 
 
-async def checked_coro(fn: Callable, prompts: list, completions: list, columns: dict[str, list]) -> list[float | None]:
+async def checked_coro(fn: Callable, prompts: list, completions: list, columns: dict[str, list]) -> list | dict:
     """`run_call` for an `async def` function inside a running event loop."""
     return _checked(await call_reward(fn, prompts, completions, columns), len(completions))
 

@@ -82,17 +82,26 @@ class RewardScorer:
         names: list[str] | None = None,
         timeout_s: float = 60.0,
         workers: int = 0,
+        scores: list[dict[str, float] | None] | None = None,
     ):
-        self.fns, self.weights = fns, weights
-        self.names = names or [getattr(f, "__name__", f"reward_{i}") for i, f in enumerate(fns)]
+        self.fns = fns
+        self.fn_names = names or [getattr(f, "__name__", f"reward_{i}") for i, f in enumerate(fns)]
+        self.scores = scores or [None] * len(fns)
+        """Per function: None (it returns a list), or the named scores it returns (a dict of lists) and their
+        weights relative to the function's own weight."""
+        self.names = [f"{n}/{k}" if keys else n for n, keys in zip(self.fn_names, self.scores, strict=True)
+                      for k in (keys or [None])]  # fmt: skip
+        """One per reward column: a function's name, or `<name>/<score>` for each of its named scores."""
+        self.weights = [w * (keys[k] if keys else 1.0) for w, keys in zip(weights, self.scores, strict=True)
+                        for k in (keys or [None])]  # fmt: skip
         self.timeout_s, self.workers = timeout_s, workers
-        self.failures = {n: 0 for n in self.names}
+        self.failures = {n: 0 for n in self.fn_names}
         """Calls that failed, per function, over the run."""
-        self.unscored = {n: 0 for n in self.names}
+        self.unscored = {n: 0 for n in self.fn_names}
         """Completions left unscored by a failed call, per function, since the last `take_errors`."""
         self._pool: cf.ProcessPoolExecutor | None = None
         if workers:
-            for fn, name in zip(fns, self.names, strict=True):
+            for fn, name in zip(fns, self.fn_names, strict=True):
                 try:
                     pickle.dumps(fn)
                 except Exception as e:  # noqa: BLE001 (any pickling failure)
@@ -109,18 +118,23 @@ class RewardScorer:
         truncated: list[bool] | None = None,
         completion_ids: list[list[int]] | None = None,
     ) -> torch.Tensor:
-        """Rewards (N, K): NaN where a function returned None, and in every column of a completion whose call
-        failed."""
+        """Rewards (N, K), one column per function or named score: NaN where a function returned None, and in every
+        column of a completion whose call failed."""
         prompts, columns = reward_inputs(rows, group_ids, truncated, completion_ids)
-        out = torch.full((len(completions), len(self.fns)), float("nan"))
+        out = torch.full((len(completions), len(self.names)), float("nan"))
         failed = torch.zeros(len(completions), dtype=torch.bool)
         results = self._run_all(prompts, completions, columns, group_ids)
-        for k, (name, result) in enumerate(zip(self.names, results, strict=True)):
+        col = 0
+        for name, keys, result in zip(self.fn_names, self.scores, results, strict=True):
+            width = len(keys) if keys else 1
+            result = _named(result, keys)
             if isinstance(result, BaseException):
                 self._failed(name, result, prompts, completions)
                 failed[:] = True
             else:
-                out[:, k] = torch.tensor([math.nan if v is None else v for v in result])
+                for j, values in enumerate(result):
+                    out[:, col + j] = torch.tensor([math.nan if v is None else v for v in values])
+            col += width
         out[failed] = float("nan")
         return out
 
@@ -136,7 +150,7 @@ class RewardScorer:
     def take_errors(self) -> dict[str, float]:
         """`reward/errors/<name>`: completions each function left unscored since the last call (then reset)."""
         out = {f"reward/errors/{n}": float(c) for n, c in self.unscored.items()}
-        self.unscored = dict.fromkeys(self.names, 0)
+        self.unscored = dict.fromkeys(self.fn_names, 0)
         return out
 
     def close(self) -> None:
@@ -185,11 +199,8 @@ class RewardScorer:
                 )  # fmt: skip
                 for idx in chunks
             ]
-            values: list[Any] = [None] * len(completions)
-            for idx, future in zip(chunks, futures, strict=True):
-                for i, v in zip(idx, future.result(timeout=max(0.0, deadline - time.monotonic())), strict=True):
-                    values[i] = v
-            return values
+            parts = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+            return _reassemble(chunks, parts, len(completions))
         except cf.TimeoutError:
             self.close()  # the stuck worker is killed; the next call starts a fresh pool
             return RewardError(f"no result within reward.timeout_s={self.timeout_s:g} s (worker killed)")
@@ -214,6 +225,38 @@ class RewardScorer:
                 "First input: prompt %.200r, completion %.200r. Further failures are only counted.\n%s",
                 name, len(completions), prompts[0] if prompts else None, first, reason,
             )  # fmt: skip
+
+
+def _named(result: Any, keys: dict[str, float] | None) -> Any:
+    """A call's result as a list of value lists, one per column; a RewardError when its form is not the declared
+    one (a list, or a dict with the declared score names)."""
+    if isinstance(result, BaseException):
+        return result
+    if keys is None:
+        if isinstance(result, dict):
+            found = ", ".join(f"{k}: 1.0" for k in result)
+            return RewardError(
+                f"returned named scores; declare them where the reward is configured: scores: {{{found}}}"
+            )
+        return [result]
+    if not isinstance(result, dict) or set(keys) - set(result):
+        got = sorted(result) if isinstance(result, dict) else "a list"
+        return RewardError(f"should return the named scores {sorted(keys)}, returned {got}")
+    return [result[k] for k in keys]
+
+
+def _reassemble(chunks: list[list[int]], parts: list[Any], n: int) -> list | dict:
+    """The per-chunk results of a call put back in completion order (lists, or dicts of lists)."""
+    if parts and all(isinstance(p, dict) for p in parts):
+        keys = [k for k in parts[0] if all(k in p for p in parts)]
+        return {k: _reassemble(chunks, [p[k] for p in parts], n) for k in keys}
+    values: list[Any] = [None] * n
+    for idx, part in zip(chunks, parts, strict=True):
+        if isinstance(part, dict):
+            raise RewardError("returned named scores for some completions and a list for others")
+        for i, v in zip(idx, part, strict=True):
+            values[i] = v
+    return values
 
 
 def _group_chunks(group_ids: Sequence[int], n: int) -> list[list[int]]:

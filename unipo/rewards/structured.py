@@ -78,30 +78,33 @@ def json_schema(
     *,
     weights: dict[str, float] | None = None,
     gated: bool = False,
+    parts: bool = False,
     **_: object,
-) -> list[float]:
+) -> list[float] | dict[str, list[float]]:
     """The structured-output reward of RL-Struct (../shared/papers/seeds_003_004.md 004-01), reconstructed: the
     checks of `json_parts` combined as R = Σ_k w_k·r_k with weights summing to 1 (default: structure 0.1, format
     0.1, valid 0.3, content 0.5), so R = 1 exactly when every check passes. With `gated`, a check counts only
     when every earlier one (structure → format → valid → content) passed in full, RL-Struct's hierarchy. A
     truncated reply scores 0. `schema` and `reference` are per-row columns (objects or JSON text).
+
+    With `parts`, the four checks are returned as named scores instead (a dict of lists), for multi-reward
+    advantages: `rewards=[{name: json_schema, parts: true, scores: {structure: 0.1, format: 0.1, valid: 0.3,
+    content: 0.5}}]` with `gdpo`.
     """
     w = {"structure": 0.1, "format": 0.1, "valid": 0.3, "content": 0.5} | (weights or {})
     total = sum(w.values())
     ends = [False] * len(completions) if truncated is None else list(truncated)
     refs = [None] * len(completions) if reference is None else list(reference)
-    out = []
+    out, named = [], {k: [] for k in w}
     for c, s, ref, cut in zip(completions, schema, refs, ends, strict=True):
-        if cut:
-            out.append(0.0)
-            continue
-        parts = json_parts(text_of(c), _as_json(s), _as_json(ref))
+        checks = dict.fromkeys(w, 0.0) if cut else json_parts(text_of(c), _as_json(s), _as_json(ref))
         score, open_gate = 0.0, True
         for key in ("structure", "format", "valid", "content"):
-            score += w[key] * parts[key] * open_gate
-            open_gate = open_gate and (not gated or parts[key] >= 1.0)
+            named[key].append(checks[key] * open_gate)
+            score += w[key] * checks[key] * open_gate
+            open_gate = open_gate and (not gated or checks[key] >= 1.0)
         out.append(score / total)
-    return out
+    return named if parts else out
 
 
 # -- countdown ---------------------------------------------------------------------------------------------------

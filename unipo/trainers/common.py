@@ -276,7 +276,8 @@ def build_rewards(cfg: Config, task_rewards: list[tuple[Callable, float]]) -> Re
             fn = functools.partial(fn, **kwargs)
         fns.append(fn)
         names.append(r.name or r.component.rpartition(".")[2])
-    return RewardScorer(fns, [r.weight for r in cfg.rewards], names=_unique(names), **settings)
+    scores = [r.scores for r in cfg.rewards]
+    return RewardScorer(fns, [r.weight for r in cfg.rewards], names=_unique(names), scores=scores, **settings)
 
 
 def _unique(names: list[str]) -> list[str]:

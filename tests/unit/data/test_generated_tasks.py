@@ -85,6 +85,9 @@ def test_json_schema_on_hand_worked_replies():
     assert got == pytest.approx(want)
     gated = json_schema([None] * 3, [prose, extra, exact], [schema] * 3, [ref] * 3, gated=True)
     assert gated == pytest.approx([0.1, 0.2, 1.0])  # nothing counts after the first failed check
+    named = json_schema([None] * 3, [prose, extra, exact], [schema] * 3, [ref] * 3, parts=True)
+    assert named == {"structure": [1.0, 1.0, 1.0], "format": [0.0, 1.0, 1.0], "valid": [1.0, 0.0, 1.0],
+                     "content": [1.0, 1.0, 1.0]}  # fmt: skip
 
 
 def test_json_schema_reads_json_text_columns_and_no_reference():

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import math
+import re
 
 import pytest
 
@@ -91,15 +92,56 @@ def test_workers_score_in_order_and_survive_hangs_and_crashes():
     try:
         assert score(s)[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]  # two chunks, put back in order
         for bad in (hostile.sleeps, hostile.dies):
-            s.fns, s.names = [bad], [bad.__name__]
+            s.fns, s.names, s.fn_names = [bad], [bad.__name__], [bad.__name__]
             s.failures, s.unscored = {bad.__name__: 0}, {bad.__name__: 0}
             s.timeout_s = 3
             assert score(s).isnan().all()
             assert s.failures == {bad.__name__: 1}
-        s.fns, s.names, s.timeout_s = [hostile.length], ["length"], 20
+        s.fns, s.names, s.fn_names, s.timeout_s = [hostile.length], ["length"], ["length"], 20
         assert score(s)[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]  # a fresh pool after the kill
     finally:
         s.close()
+    named = RewardScorer([hostile.length_and_parity], [1.0], workers=2, scores=[{"length": 1.0, "even": 1.0}])
+    try:  # named scores from two workers, put back in order
+        got = score(named)
+        assert got[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0] and got[:3, 1].tolist() == [0.0, 1.0, 0.0]
+    finally:
+        named.close()
+
+
+def test_named_scores_are_columns_of_their_own():
+    s = RewardScorer(
+        [hostile.length_and_parity, hostile.length], [2.0, 1.0], scores=[{"even": 0.5, "length": 1.0}, None]
+    )
+    assert s.names == ["length_and_parity/even", "length_and_parity/length", "length"]
+    assert s.weights == [1.0, 2.0, 1.0]
+    got = score(s)
+    assert got[:3, 0].tolist() == [0.0, 1.0, 0.0] and math.isnan(got[3, 0])
+    assert got[:, 1].tolist() == got[:, 2].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert s.combine(got).tolist() == [3.0, 7.0, 9.0, 12.0]  # 1·even + 2·length + 1·length
+
+
+@pytest.mark.parametrize(
+    ("scores", "message"),
+    [(None, "declare them where the reward is configured: scores: {length: 1.0, even: 1.0}"),
+     ([{"length": 1.0, "odd": 1.0}], "should return the named scores \\['length', 'odd'\\]")],
+)  # fmt: skip
+def test_named_scores_must_be_declared(scores, message, caplog):
+    s = RewardScorer([hostile.length_and_parity], [1.0], scores=scores)
+    with caplog.at_level(logging.WARNING, logger="unipo"):
+        assert score(s).isnan().all()
+    assert s.failures == {"length_and_parity": 1}
+    assert any(re.search(message, r.getMessage()) for r in caplog.records)
+
+
+def test_named_scores_from_the_config_feed_gdpo_by_name():
+    from unipo.config import load
+    from unipo.trainers.common import build_rewards
+
+    path = "tests.integration.rewards_for_tests.length_and_parity"
+    cfg = load("gdpo", [f"rewards=[{{_component_: {path}, scores: {{length: 1.0, even: 0.5}}}}]"])
+    s = build_rewards(cfg, [])
+    assert s.names == ["length_and_parity/length", "length_and_parity/even"] and s.weights == [1.0, 0.5]
 
 
 def test_reward_config_by_name_with_arguments():
