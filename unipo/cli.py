@@ -15,9 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train a model with a recipe", usage=USAGE_TRAIN)
     p_train.add_argument("args", nargs="*", help="a recipe name or YAML file, then dotted key=value overrides")
-    p_eval = sub.add_parser("eval", help="score a model or run directory on a task's held-out split")
-    p_eval.add_argument("target", nargs="?", help="a run directory (its latest checkpoint) or model=PATH")
-    p_eval.add_argument("args", nargs="*", help="task=NAME model=PATH k=N (pass@k) num_problems=N max_new_tokens=N")
+    p_eval = sub.add_parser("eval", help="score models or run directories on tasks' held-out splits, in one table")
+    p_eval.add_argument(
+        "args", nargs="*", help="run directories (their latest checkpoint) or model paths, then task=NAME[,NAME...] "
+        "k=N (pass@k) num_problems=N max_new_tokens=N",
+    )  # fmt: skip
     p_verify = sub.add_parser(
         "verify", help="run a closed-form testbed (nash: the RPS-like preference game; preference: DPO-type losses)"
     )
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "train":
             return _train(ns.args)
         if ns.command == "eval":
-            return _eval(([ns.target] if ns.target else []) + ns.args)
+            return _eval(ns.args)
         if ns.command == "verify":
             return _verify_preference(ns) if ns.testbed == "preference" else _verify(ns)
         return _write_markdown(ns.markdown) if ns.markdown else _list(ns.kind)
@@ -84,71 +86,28 @@ def _train(args: list[str]) -> int:
 
 
 def _eval(args: list[str]) -> int:
-    from pathlib import Path
-
     from unipo.config import ConfigError
+    from unipo.trainers.evaluate import compare
 
     options = {"task": None, "model": None, "k": "1", "num_problems": "100", "max_new_tokens": None}
-    target = None
+    targets = []
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep:
-            target = arg
+            targets.append(arg)
         elif key in options:
             options[key] = value
         else:
             raise ConfigError(f"unknown eval option {key}; allowed: {', '.join(options)}")
-    task_name = options["task"]
-    model_path = options["model"]
-    if target is not None:
-        run = Path(target)
-        from unipo.trainers import checkpoint
-
-        found = checkpoint.list_checkpoints(run / "checkpoints")
-        if not found:
-            raise ConfigError(f"{target} is not a run directory with checkpoints/ (or pass model=PATH)")
-        checkpoint.verify(found[-1])
-        model_path = str(found[-1])
-        if task_name is None and (run / "config.yaml").exists():
-            import yaml
-
-            task_name = yaml.safe_load((run / "config.yaml").read_text()).get("task")
-    model_path = model_path or "default"
-    task_name = task_name or "arithmetic"
-    from unipo.data.tasks import builtin_tasks
-
-    budget = options["max_new_tokens"] or builtin_tasks().get(task_name, (None, 32))[1]
+    if options["model"]:
+        targets.append(options["model"])
     try:
-        k, n, max_new = int(options["k"]), int(options["num_problems"]), int(budget)
+        k, n = int(options["k"]), int(options["num_problems"])
+        max_new = int(options["max_new_tokens"]) if options["max_new_tokens"] else None
     except ValueError as e:
         raise ConfigError(f"k, num_problems and max_new_tokens must be integers: {e}") from None
-    from unipo.data.tasks import get_task
-    from unipo.models.loading import load_model_and_tokenizer
-    from unipo.trainers.evaluate import evaluate
-
-    try:
-        task = get_task(task_name)
-    except (KeyError, ValueError) as e:
-        raise ConfigError(str(e).strip("'\"")) from None
-    model, tokenizer = load_model_and_tokenizer(model_path)
-    model.eval()
-    import torch
-
-    from unipo.models.loading import autocast_context
-
-    with autocast_context(model, "auto"):  # as in training: bf16 autocast where the hardware has it
-        result = evaluate(
-            model,
-            tokenizer,
-            task.heldout[:n],
-            task.reward,
-            max_new_tokens=max_new,
-            k=k,
-            generator=torch.Generator(next(model.parameters()).device).manual_seed(0),
-            also=task.other_rewards(),
-        )
-    for key, value in result.items():
-        print(f"{key}: {value:.3f}  ({model_path}, task {task_name}, {min(n, len(task.heldout))} problems)")
+    tasks = options["task"].split(",") if options["task"] else None
+    print(compare(targets or ["default"], tasks, k=k, num_problems=n, max_new_tokens=max_new))
     return 0
 
 

@@ -144,9 +144,12 @@ def test_eval_and_list_commands(tiny_model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     _train(tiny_model_dir, run, "train.max_steps=1", "eval.num_problems=0")
     capsys.readouterr()
-    assert main(["eval", str(run), "k=2", "num_problems=4", "max_new_tokens=4"]) == 0
-    out = capsys.readouterr().out
-    assert "eval/accuracy:" in out and "eval/pass@2:" in out and "task lucky7" in out
+    assert main(["eval", str(run), str(run), "k=2", "num_problems=4", "max_new_tokens=4"]) == 0
+    header, rule, *lines = capsys.readouterr().out.strip().splitlines()
+    assert header == "| model | task | problems | accuracy | pass@2 |" and len(lines) == 2
+    cells = [line.strip("| ").split(" | ") for line in lines]
+    assert cells[0] == cells[1] and cells[0][:3] == [str(run), "lucky7", "4"]  # the run's own task, same seed
+    assert all(0.0 <= float(v) <= 1.0 for v in cells[0][3:])
 
 
 def test_rewards_and_evaluation_see_each_replys_truncation_and_tokens(tiny_model_dir):

@@ -34,6 +34,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -116,9 +117,17 @@ def _world_usable(path: str) -> bool:
     return all(d.stat().st_mode & stat.S_IXOTH for d in p.parents)
 
 
-@cache
+_PROBE = threading.Lock()
+
+
 def isolation() -> dict[str, object]:
     """The layers this machine allows (probed once, logged): interpreter, user, Landlock ABI, namespace command."""
+    with _PROBE:  # the code reward calls this from several threads at once
+        return _probe()
+
+
+@cache
+def _probe() -> dict[str, object]:
     root = os.geteuid() == 0
     python = str(Path(sys.executable).resolve())
     if root and not _world_usable(python):

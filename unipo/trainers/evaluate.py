@@ -113,3 +113,68 @@ def format_replies(replies: list[dict[str, Any]], width: int = 100) -> str:
         reply = r["reply"].replace("\n", "\\n")
         lines.append(f"  > {r['prompt'][:width]}\n    {reply[:width]!s}   [{mark}]")
     return "\n".join(lines)
+
+
+def resolve_target(target: str) -> tuple[str, str | None]:
+    """(model path, the run's task or None) for a run directory (its latest verified checkpoint), a model directory
+    or `default`."""
+    from pathlib import Path
+
+    from unipo.config import ConfigError
+    from unipo.trainers import checkpoint
+
+    run = Path(target)
+    if target == "default" or (run / "config.json").exists() or not run.is_dir():
+        return target, None
+    found = checkpoint.list_checkpoints(run / "checkpoints")
+    if not found:
+        raise ConfigError(f"{target} is neither a run directory with checkpoints/ nor a model directory")
+    checkpoint.verify(found[-1])
+    task = None
+    if (run / "config.yaml").exists():
+        import yaml
+
+        task = yaml.safe_load((run / "config.yaml").read_text()).get("task")
+    return str(found[-1]), task
+
+
+def compare(
+    targets: list[str],
+    tasks: list[str] | None,
+    *,
+    k: int = 1,
+    num_problems: int = 100,
+    max_new_tokens: int | None = None,
+) -> str:
+    """`unipo eval`: every target (run directory, model directory or `default`) on every task's held-out split
+    (default: the run's own task, else `arithmetic`), greedy accuracy and pass@k, as one table (Markdown)."""
+    from unipo.config import ConfigError
+    from unipo.data.tasks import builtin_tasks, get_task
+    from unipo.models.loading import load_model_and_tokenizer
+
+    rows: list[dict[str, Any]] = []
+    for target in targets:
+        model_path, own_task = resolve_target(target)
+        model, tokenizer = load_model_and_tokenizer(model_path)
+        model.eval()
+        for name in tasks or [own_task or "arithmetic"]:
+            try:
+                task = get_task(name)
+            except (KeyError, ValueError) as e:
+                raise ConfigError(str(e).strip("'\"")) from None
+            budget = max_new_tokens or builtin_tasks().get(name, (None, 32))[1]
+            problems = task.heldout[:num_problems]
+            with autocast_context(model, "auto"):  # as in training: bf16 autocast where the hardware has it
+                result = evaluate(model, tokenizer, problems, task.reward, max_new_tokens=budget, k=k,
+                                  generator=torch.Generator(next(model.parameters()).device).manual_seed(0),
+                                  also=task.other_rewards())  # fmt: skip
+            rows.append({"model": target, "task": name, "problems": len(problems), **result})
+    return _table(rows)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(c.removeprefix("eval/") for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
