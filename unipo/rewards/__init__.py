@@ -280,6 +280,18 @@ def _as_number(text: str):  # noqa: ANN202 (Fraction | None)
     return None if den == 0 else num / den
 
 
+def reward_model(
+    prompts: Sequence, completions: Sequence, *, path: str, device: str = "cpu", batch_size: int = 32, **_: object
+) -> list[float]:
+    """The score of an HF sequence-classification reward model (one output, Bradley-Terry) for each prompt and
+    completion, batched, through the model's chat template when it has one; the same scorer as the online trainer's
+    `online.oracle=reward_model`. The model loads on the first call and stays loaded (`path`, `device`)."""
+    from unipo.rewards.oracles import loaded_reward_model
+
+    scorer = loaded_reward_model(path, device, batch_size)
+    return scorer([{"prompt": p} for p in prompts], [text_of(c) for c in completions]).tolist()
+
+
 BUILTIN: dict[str, Callable[..., list]] = {
     "final_answer": final_answer,
     "bare_answer": bare_answer,
@@ -291,6 +303,7 @@ BUILTIN: dict[str, Callable[..., list]] = {
     "regex": regex,
     "format": think_answer_format,
     "math": math_answer,
+    "reward_model": reward_model,
 }
 """Reward functions configured by name (`rewards=[{name: math}]`); extra keys are their keyword arguments."""
 

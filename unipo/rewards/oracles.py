@@ -97,22 +97,20 @@ class RewardModelScores:
     the prompt followed by the response.
     """
 
-    def __init__(self, path: str, device: torch.device | str = "cpu", batch_size: int = 32):
+    def __init__(self, path: str, device: torch.device | str = "cpu", batch_size: int = 32, key: str = "online"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from unipo.config import ConfigError
 
+        where = f"{key}.reward_model" if key == "online" else key
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
         except OSError as e:
-            raise ConfigError(
-                f"online.reward_model: cannot load {path!r} as a sequence-classification model: {e}"
-            ) from None
+            raise ConfigError(f"{where}: cannot load {path!r} as a sequence-classification model: {e}") from None
         if self.model.config.num_labels != 1:
             raise ConfigError(
-                f"online.reward_model: {path!r} has {self.model.config.num_labels} outputs; a Bradley-Terry reward "
-                "model has one"
+                f"{where}: {path!r} has {self.model.config.num_labels} outputs; a Bradley-Terry reward model has one"
             )
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -139,6 +137,18 @@ class RewardModelScores:
             enc = enc.to(device)
             out.append(self.model(**enc).logits[:, 0].float().cpu())
         return torch.cat(out)
+
+
+_LOADED: dict[tuple[str, str, int], RewardModelScores] = {}
+
+
+def loaded_reward_model(path: str, device: str, batch_size: int) -> RewardModelScores:
+    """One `RewardModelScores` per (path, device, batch size) in this process: the `reward_model` reward loads its
+    model on the first call and keeps it."""
+    key = (path, str(device), batch_size)
+    if key not in _LOADED:
+        _LOADED[key] = RewardModelScores(path, device, batch_size, key="rewards (reward_model)")
+    return _LOADED[key]
 
 
 class JudgeOracle(Oracle):

@@ -119,6 +119,14 @@ def test_reward_model_oracle_is_bradley_terry_on_the_model_scores(tmp_path):
     )
     with pytest.raises(ConfigError, match="2 outputs"):
         oracles.RewardModelScores(str(build_tiny_reward_model(tmp_path / "rm2", num_labels=2)))
+    # the same scorer as a reward function, configured by name with its path, batched across calls' prompts
+    from unipo.config import load
+    from unipo.trainers.common import build_rewards
+
+    scorer = build_rewards(load("grpo", [f"rewards=[{{name: reward_model, path: {path}, batch_size: 2}}]"]), [])
+    rows = [{"prompt": r["prompt"]} for r, _ in cases]
+    got = scorer(rows, [0, 1, 2], [y for _, y in cases])[:, 0]
+    assert got.tolist() == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ConfigError, match="cannot load"):
         oracles.RewardModelScores(str(tmp_path / "missing"))
 
