@@ -49,6 +49,12 @@ otr_recon bupo_recon r3l_pivot_recon positive_amplify_recon capo_recon ref_sync 
 kepo_gated_distill_recon srpo_routed_recon om_chi2_recon gardo_recon""".split()
 
 
+# ALGORITHMS.md §5 as the rewards issue names it (its `hapo` is registered as `hapo_recon`: a reconstruction)
+REWARD_SHAPING_IDS = """weighted_sum normalize_then_sum gated_hierarchical_recon dynamic_reward_weights barfi
+dapo_overlong stop_penalty reward_scale_clip kimi_length grpo_lambda hapo_recon soft_multichoice fapo noisy_verifier
+otc_tool rto_token_reward judge_expected_score gcpo_aux_recon icpo_expert_bonus_recon refcritic_reward_recon""".split()
+
+
 def test_known_gaps_are_not_registered_and_every_named_id_is_one_or_the_other():
     from unipo.algos.gaps import GAPS
 
@@ -56,5 +62,6 @@ def test_known_gaps_are_not_registered_and_every_named_id_is_one_or_the_other():
     assert not registered & GAPS.keys()
     gap_ids = {name for _, name in GAPS}
     assert set(LOOP_ISSUE_IDS) <= {e.name for e in algos.entries()} | gap_ids
+    assert {("reward", n) for n in REWARD_SHAPING_IDS} <= registered | GAPS.keys()
     text = DOC.read_text()
     assert all(f"- `{name}`: " in text for name in gap_ids)

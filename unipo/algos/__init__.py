@@ -14,6 +14,7 @@ from unipo.algos import (  # noqa: F401  (registers components)
     policy_losses,
     preference,
     regularizers,
+    reward_bonus,
     reward_shaping,
     samplers,
     token_weights,

@@ -41,6 +41,19 @@ GAPS: dict[tuple[str, str], str] = {
     "of each failed sample under a feedback-augmented prompt",
     ("regularizer", "gardo_recon"): "its uncertainty measure and its diversity embedding are unspecified (a "
     "diffusion paper); its reference reset is `ref_sync` with alpha = 1",
+    ("reward", "normalize_then_sum"): "the same method as the advantage `gdpo` (§1.2: each reward normalised in its "
+    "group, then summed); use `algo.advantage.name=gdpo` with several reward functions or named scores",
+    ("reward", "dynamic_reward_weights"): "its hypervolume-guided and gradient-based weight updates are unknown (R3); "
+    "`weighted_sum` with fixed weights (or `scores` of a multi-score reward) covers the static case",
+    ("reward", "barfi"): "learns φ(s, a) by a bilevel implicit gradient on the primary return: classic-RL only in its "
+    "paper and too costly for LLM rollouts (ALGORITHMS.md §5)",
+    (
+        "reward",
+        "rto_token_reward",
+    ): "needs a DPO-trained model's token log-probs beside the reference's and token-level "
+    "rewards fed to `ppo_gae`, whose token rewards are built from the outcome and the KL only",
+    ("reward", "refcritic_reward_recon"): "needs a critique-then-refine rollout (the refinement conditioned on each "
+    "sampled critique), a two-stage sampler that is not built",
 }
 """(kind, id) -> why it is not registered yet."""
 

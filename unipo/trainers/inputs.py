@@ -134,6 +134,10 @@ RUNS_IN: dict[str, str] = {
 
 ALWAYS_RUN: dict[tuple[str, str], str] = {
     ("reward", "weighted_sum"): "every trainer: it combines the reward functions' scores (not a shaper to list)",
+    ("reward", "soft_multichoice"): "every trainer, as the reward function `rewards=[{name: soft_multichoice}]` "
+    "(a scoring rule, not a shaper)",
+    ("reward", "judge_expected_score"): "every trainer, as the reward function `rewards=[{name: judge, path: …}]` "
+    "(a scoring rule, not a shaper)",
 }
 """Components every trainer runs on its own (a recipe does not list them)."""
 

@@ -148,3 +148,54 @@ def test_group_centred_estimators_cancel_a_constant_shift_of_the_reward():
         kw = {"mask": mask, **extra}
         base, shifted = fn(r, ids, **kw), fn(r + 3.0, ids, **kw)
         assert torch.allclose(base, shifted, atol=1e-5), name
+
+
+def test_gcpo_aux_rewards_the_behaviour_by_its_group_contrast():
+    group_ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
+    uses = torch.tensor([1, 1, 0, 0, 1, 0, 0, 1, 1, 1, 0.0])
+    correct = torch.tensor([1, 1, 0, 1, 0, 1, 1, 1, 0, 1, 1]).bool()
+    comps = torch.stack([correct.float(), uses], dim=1)
+    got = shaper("gcpo_aux_recon")(correct.float(), correct=correct, group_ids=group_ids, reward_components=comps)
+    # group 0: acc+ = 1 > acc- = 0.5: +1 for the users; group 1: acc+ = 0 < acc- = 1: -1; group 2: nobody without
+    # the behaviour (masked); group 3: acc+ = acc- (masked)
+    assert got.tolist() == [2.0, 2.0, 0.0, 1.0, -1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="list the correctness reward first"):
+        shaper("gcpo_aux_recon")(correct.float(), correct=correct, group_ids=group_ids, reward_components=comps[:, :1])
+
+
+def test_otc_tool_grpo_and_ppo_forms():
+    group_ids = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    calls = torch.tensor([2, 3, 1, 0, 0, 2, 1.0])
+    correct = torch.tensor([1, 1, 0, 0, 1, 1, 0]).bool()
+    r = correct.double()
+    comps = torch.stack([r, calls.double()], dim=1)
+    got = shaper("otc_tool")(r, group_ids=group_ids, correct=correct, reward_components=comps)
+    # group 0: n = 2 (fewest calls of a right reply); m = 3: f = 2·2·3/5 = 2.4, sin(2.4π/4); wrong replies: 0.
+    # group 1: n = 0: m = 0 scores 1, m = 2 scores cos(2π/5); group 2: no right reply, R = 0
+    want = [1.0, math.sin(0.6 * math.pi), 0.0, 0.0, 1.0, math.cos(0.4 * math.pi), 0.0]
+    assert got.tolist() == pytest.approx(want)
+    ppo = shaper("otc_tool")(torch.ones(3, dtype=torch.float64), group_ids=torch.zeros(3, dtype=torch.long),
+                             correct=torch.ones(3, dtype=torch.bool), reward_components=torch.tensor(
+                                 [[1, 0.0], [1, 1], [1, 2]], dtype=torch.float64), form="ppo", alpha=2.0)  # fmt: skip
+    assert ppo.tolist() == pytest.approx([2.0, 2 * 0.5, 2 * math.cos(0.4 * math.pi)])  # cos(mπ/(2m + 1))
+
+
+def test_icpo_bonus_for_right_demonstrations_anneals_to_zero_and_counts_steps():
+    fn = shaper("icpo_expert_bonus_recon")
+    r, correct = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([True, False, True])
+    demo = torch.tensor([True, True, False])
+    got, state = fn(r, correct=correct, demo_mask=demo, state=None, alpha=0.5, anneal_steps=4)
+    assert got.tolist() == [1.5, 0.0, 1.0] and state == {"step": 1}
+    got, state = fn(r, correct=correct, demo_mask=demo, state={"step": 2}, alpha=0.5, anneal_steps=4)
+    assert got.tolist() == [1.25, 0.0, 1.0] and state == {"step": 3}
+    got, _ = fn(r, correct=correct, demo_mask=demo, state={"step": 9}, alpha=0.5, anneal_steps=4)
+    assert got.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_soft_multichoice_and_judge_expected_score_rules():
+    chosen = torch.tensor([[1, 0, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]]).bool()
+    key = torch.tensor([[1, 0, 1]] * 4).bool()
+    assert shaper("soft_multichoice")(chosen, key).tolist() == [1.0, 0.5, 0.0, 0.0]
+    logits = torch.tensor([[0.0, math.log(3.0)], [5.0, 5.0]])
+    got = shaper("judge_expected_score")(logits, torch.tensor([0.0, 1.0]))
+    assert got.tolist() == pytest.approx([0.75, 0.5])
