@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -244,6 +246,8 @@ def import_object(dotted: str) -> Any:
     module, _, name = dotted.rpartition(".")
     if not module:
         raise ValueError(f"{dotted!r} is not a dotted path package.module.name")
+    if os.getcwd() not in sys.path and importlib.util.find_spec(module.partition(".")[0]) is None:
+        sys.path.append(os.getcwd())  # as `python -m` would: a module beside where the user runs unipo
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
