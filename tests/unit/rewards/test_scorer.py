@@ -156,3 +156,17 @@ def test_reward_config_by_name_with_arguments():
         build_rewards(load("grpo", ["rewards=[{name: nope}]"]), [])
     with pytest.raises(ConfigError, match="rewards\\[0\\] \\(regex\\)"):
         build_rewards(load("grpo", ["rewards=[{name: regex, patern: x}]"]), [])
+
+
+def test_a_dotted_reward_path_resolves_beside_the_working_directory(tmp_path, monkeypatch):
+    import sys
+
+    from unipo.trainers.common import import_object
+
+    (tmp_path / "my_rewards_for_unipo.py").write_text("def brevity(prompts, completions, **_):\n    return [1.0]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    fn = import_object("my_rewards_for_unipo.brevity")
+    assert fn(None, ["x"]) == [1.0]
+    with pytest.raises(ValueError, match="cannot import 'no_such_module_here.fn'"):
+        import_object("no_such_module_here.fn")
