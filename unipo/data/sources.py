@@ -1,8 +1,10 @@
 """Reading users' data files (one reader for every trainer): rows with where they came from, bad rows reported
 by file and line, and one held-out rule.
 
-Sources: JSONL (`.jsonl`), CSV (`.csv`, a header row), Parquet (`.parquet`) and a directory saved with
-`datasets.Dataset.save_to_disk` (the last two need `pip install datasets`). A line that is not valid JSON is a bad
+Sources: JSONL (`.jsonl`), CSV (`.csv`, a header row), Parquet (`.parquet`, read with `pyarrow`), a directory saved
+with `datasets.Dataset.save_to_disk`, and `hf:NAME[:SPLIT]`, anything `datasets.load_dataset(NAME, split=SPLIT)` loads
+(a hub dataset when the machine has network or the dataset is cached; a local folder of data files; split `train` by
+default). The last two need `pip install datasets`. A line that is not valid JSON is a bad
 row, not an error: it is reported with its file and line, and the run stops before training only when the share of
 bad rows exceeds `data.max_bad_frac`.
 """
@@ -27,7 +29,7 @@ SUFFIXES = (".jsonl", ".csv", ".parquet")
 
 def is_data_path(name: str) -> bool:
     """Whether `name` names a data file or directory rather than a built-in task."""
-    return name.endswith(SUFFIXES) or Path(name).is_dir()
+    return name.endswith(SUFFIXES) or name.startswith("hf:") or Path(name).is_dir()
 
 
 @dataclass
@@ -48,42 +50,76 @@ class Rows:
 def read_rows(path: str, key: str = "data.path") -> Rows:
     """Every row of `path` (see the module docstring); ConfigError naming `key` when the file is missing or of
     an unknown type."""
+    if path.startswith("hf:"):
+        return _from_hub(path, key)
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{key}: {path} does not exist")
-    out = Rows()
     if p.suffix == ".jsonl":
-        for i, line in enumerate(p.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                out.bad.append(f"{path}:{i}: not valid JSON ({e.msg})")
-                continue
-            if not isinstance(row, dict):
-                out.bad.append(f"{path}:{i}: not a JSON object")
-                continue
-            out.rows.append(row)
-            out.where.append(f"{path}:{i}")
-        return out
+        return _jsonl(p, path)
     if p.suffix == ".csv":
         with p.open(newline="") as f:
+            out = Rows()
             for i, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
                 out.rows.append(dict(row))
                 out.where.append(f"{path}:{i}")
         return out
     if p.suffix != ".parquet" and not p.is_dir():
         raise ConfigError(f"{key}: {path}: unknown data type; use .jsonl, .csv, .parquet or a `datasets` directory")
+    if p.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError(f"{key}: reading .parquet needs `pip install pyarrow`") from None
+        return _numbered(pq.read_table(str(p)).to_pylist(), path)
     try:
         import datasets
     except ImportError:
-        raise ConfigError(f"{key}: reading {p.suffix or 'a dataset directory'} needs `pip install datasets`") from None
-    ds = datasets.Dataset.from_parquet(str(p)) if p.suffix == ".parquet" else datasets.load_from_disk(str(p))
-    for i, row in enumerate(ds, 1):
+        raise ConfigError(f"{key}: reading a dataset directory needs `pip install datasets`") from None
+    return _numbered(datasets.load_from_disk(str(p)), path)
+
+
+def _jsonl(p: Path, path: str) -> Rows:
+    out = Rows()
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            out.bad.append(f"{path}:{i}: not valid JSON ({e.msg})")
+            continue
+        if not isinstance(row, dict):
+            out.bad.append(f"{path}:{i}: not a JSON object")
+            continue
+        out.rows.append(row)
+        out.where.append(f"{path}:{i}")
+    return out
+
+
+def _numbered(rows: Any, path: str) -> Rows:
+    out = Rows()
+    for i, row in enumerate(rows, 1):
         out.rows.append(dict(row))
         out.where.append(f"{path}: row {i}")
     return out
+
+
+def _from_hub(path: str, key: str) -> Rows:
+    """`hf:NAME[:SPLIT]` through `datasets.load_dataset`; a one-line ConfigError when it cannot be loaded."""
+    name, sep, split = path[3:].rpartition(":")
+    if not sep or "/" in split:  # no split given (a split name has no slash)
+        name, split = path[3:], ""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"{key}: {path} needs `pip install datasets`") from None
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # noqa: BLE001 (offline, unknown name or split: one line, no traceback)
+        raise ConfigError(f"{key}: cannot load {name!r} (split {split or 'train'}) with datasets: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None  # fmt: skip
+    return _numbered(ds, path)
 
 
 def report_bad(bad: list[str], total: int, max_bad_frac: float, what: str = "data") -> None:

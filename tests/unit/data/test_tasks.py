@@ -150,3 +150,21 @@ def test_a_parquet_task_file(tmp_path):
 def test_unknown_task():
     with pytest.raises(KeyError, match="built-in tasks: arithmetic, code, countdown, gsm_style, json_struct, lucky7"):
         get_task("chess")
+
+
+def test_a_datasets_source_by_name_and_split(tmp_path):
+    pytest.importorskip("datasets")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "mydata"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"q": ["1+1?", "2+2?", "3+3?"], "a": [2, 4, 6]}), folder / "data" / "train-0.parquet")
+    pq.write_table(pa.table({"q": ["5+5?"], "a": [10]}), folder / "data" / "test-0.parquet")
+    from unipo.config import ConfigError, DataConfig
+
+    data = DataConfig(prompt_field="q", answer_field="a", eval_path=f"hf:{folder}:test")
+    task = get_task(f"hf:{folder}", data)
+    assert [r["answer"] for r in task.train] == ["2", "4", "6"] and [r["answer"] for r in task.heldout] == ["10"]
+    with pytest.raises(ConfigError, match="cannot load .*split nope"):
+        get_task(f"hf:{folder}:nope", data)
