@@ -7,8 +7,6 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from unipo.rewards import text_of
 
 JUDGE_TEMPLATE = (
@@ -55,7 +53,6 @@ def judge_texts(tokenizer: Any, prompts: Sequence, completions: Sequence, templa
     return out
 
 
-@torch.no_grad()
 def judge(
     prompts: Sequence,
     completions: Sequence,
@@ -72,6 +69,8 @@ def judge(
     judge model at `path` reads `template` (with `{prompt}` and `{completion}`), and its next-token distribution
     over the one-token `labels` weights their `values` (default: the labels' positions scaled to [0, 1], so the
     digits 0–9 give 0, 1/9, …, 1). The model loads on the first call and stays loaded."""
+    import torch
+
     from unipo.algos.reward_bonus import judge_expected_score
 
     model, tokenizer = _judge_model(path, device)
@@ -85,7 +84,8 @@ def judge(
             enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
                             add_special_tokens=not getattr(tokenizer, "chat_template", None)).to(device)  # fmt: skip
             positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding does not shift them
-            logits = model(**enc, position_ids=positions).logits[:, -1, ids].float().cpu()
+            with torch.no_grad():
+                logits = model(**enc, position_ids=positions).logits[:, -1, ids].float().cpu()
             out += judge_expected_score(logits, scores).tolist()
         return out
     finally:
@@ -109,6 +109,8 @@ def soft_multichoice(
 ) -> list[float]:
     """TW-GRPO's partial credit for multiple-choice answers (arXiv:2505.24718): 0 when the final answer names a
     wrong option, else the share of the right options (`answer`, e.g. "AC" or "A, C") it names; 0 when truncated."""
+    import torch
+
     from unipo.algos.reward_bonus import soft_multichoice as rule
 
     letters = [chr(ord("A") + i) for i in range(26)]
