@@ -203,6 +203,10 @@ class DataConfig(_Strict):
     """Column of an RL task file that holds the prompt (text, or a list of chat messages)."""
     answer_field: str = "answer"
     """Column of an RL task file that holds the reference answer (rewards receive it as `answer`)."""
+    chat: bool = True
+    """An RL task file's plain-text prompt is sent as one user message through the model's chat template (an
+    instruct model answers it); false: as raw text, TRL's "standard" prompt format. Chat messages always go
+    through the template."""
     eval_path: str | None = None
     """A file of held-out rows of its own (same format); then nothing is held out of the training file."""
     eval_frac: float = Field(0.05, ge=0, lt=1)

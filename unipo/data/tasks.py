@@ -85,7 +85,7 @@ def lucky7(seed: int = 1234, n_train: int = 64, n_heldout: int = 16) -> Task:
     return Task("lucky7", rows[n_heldout:], rows[:n_heldout], share_of_target, "reward = share of 7s in the reply")
 
 
-def _task_row(row: Row, prompt_field: str, answer_field: str) -> tuple[Row | None, str | None]:
+def _task_row(row: Row, prompt_field: str, answer_field: str, as_chat: bool = True) -> tuple[Row | None, str | None]:
     """The row with its prompt and answer under `prompt` / `answer` (other columns kept), or the problem."""
     missing = [k for k in (prompt_field, answer_field) if k not in row or row[k] is None]
     if missing:
@@ -99,6 +99,8 @@ def _task_row(row: Row, prompt_field: str, answer_field: str) -> tuple[Row | Non
     if isinstance(answer, (list, dict)) or not str(answer).strip():
         return None, f"{answer_field} must be a non-empty text or number"
     out = {k: v for k, v in row.items() if k not in (prompt_field, answer_field)}
+    if as_chat and isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
     return {"prompt": prompt, "answer": str(answer).strip(), **out}, None
 
 
@@ -106,7 +108,7 @@ def _task_rows(path: str, data: Any, key: str) -> list[Row]:
     found = read_rows(path, key)
     rows, bad = [], list(found.bad)
     for where, raw in zip(found.where, found.rows, strict=True):
-        row, problem = _task_row(raw, data.prompt_field, data.answer_field)
+        row, problem = _task_row(raw, data.prompt_field, data.answer_field, data.chat)
         if problem:
             bad.append(f"{where}: {problem}")
         else:
@@ -117,7 +119,8 @@ def _task_rows(path: str, data: Any, key: str) -> list[Row]:
 
 def file_task(path: str, data: Any = None, seed: int = 0) -> Task:
     """An RL task from a user's file (.jsonl, .csv, .parquet or a `datasets` directory) with a prompt and an answer
-    column (`data.prompt_field`, `data.answer_field`; other columns reach the rewards as keywords).
+    column (`data.prompt_field`, `data.answer_field`; other columns reach the rewards as keywords). A plain-text prompt
+    becomes one user message, sent through the model's chat template, unless `data.chat` is false.
 
     Bad rows (unparseable line, missing or empty prompt or answer, wrong type) are reported by file and line and
     skipped, up to `data.max_bad_frac`. Held out for evaluation: the rows of `data.eval_path`, else the rows with

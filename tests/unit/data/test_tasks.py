@@ -117,7 +117,8 @@ def test_a_task_file_reports_bad_rows_by_line_and_skips_a_few(tmp_path, caplog):
     assert any("t.jsonl:6: not valid JSON" in m for m in logged)
     assert any("t.jsonl:20: prompt must be text or a list of chat messages" in m for m in logged)
     assert len(task.train) + len(task.heldout) == 18 and len(task.heldout) == 1  # 5% of 18, seeded
-    assert task.train[0] == {"prompt": "0+1?", "answer": "1"}  # numbers become text
+    # numbers become text; a plain-text prompt becomes one user message (the model's chat template applies)
+    assert task.train[0] == {"prompt": [{"role": "user", "content": "0+1?"}], "answer": "1"}
     assert file_task(str(path), DataConfig(max_bad_frac=0.2)).heldout == task.heldout  # the split is fixed
     assert len(file_task(str(path), DataConfig(max_bad_frac=0.2, eval_frac=0)).train) == 18
 
@@ -132,7 +133,8 @@ def test_a_task_file_takes_its_split_column_an_eval_file_and_mapped_columns(tmp_
     csv_path, held = tmp_path / "t.csv", tmp_path / "held.csv"
     csv_path.write_text("question,solution,level\nWhat is 3+4?,7,easy\nWhat is 5+5?,10,hard\n")
     held.write_text("question,solution,level\nWhat is 1+2?,3,easy\n")
-    task = get_task(str(csv_path), DataConfig(prompt_field="question", answer_field="solution", eval_path=str(held)))
+    mapped = DataConfig(prompt_field="question", answer_field="solution", eval_path=str(held), chat=False)
+    task = get_task(str(csv_path), mapped)  # data.chat=false: the prompt stays raw text (TRL's standard format)
     assert task.train == [{"prompt": "What is 3+4?", "answer": "7", "level": "easy"},
                           {"prompt": "What is 5+5?", "answer": "10", "level": "hard"}]  # fmt: skip
     assert task.heldout == [{"prompt": "What is 1+2?", "answer": "3", "level": "easy"}]
