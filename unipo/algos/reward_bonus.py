@@ -15,14 +15,7 @@ import torch
 
 from unipo.algos.policy_losses._common import group_mean
 from unipo.algos.registry import register, warn_reconstruction
-
-
-def _column(reward_components: torch.Tensor, index: int, who: str, what: str) -> torch.Tensor:
-    if not 0 < index < reward_components.shape[1]:
-        k = reward_components.shape[1]
-        raise ValueError(f"{who}: {what} is reward function {index} of {k}: list the correctness reward first, then "
-                         f"the function that gives {what}")  # fmt: skip
-    return reward_components[:, index]
+from unipo.algos.reward_shaping import group_extreme, reward_column
 
 
 @register(
@@ -62,7 +55,9 @@ def gcpo_aux_recon(
         [N] shaped rewards.
     """
     warn_reconstruction("gcpo_aux_recon", "GeometryZero GCPO auxiliary reward")
-    uses = torch.nan_to_num(_column(reward_components, behaviour_index, "gcpo_aux_recon", "the behaviour flag"), 0.0)
+    uses = torch.nan_to_num(
+        reward_column(reward_components, behaviour_index, "gcpo_aux_recon", "the behaviour flag"), 0.0
+    )
     uses = uses >= 0.5
     ok = correct.to(torch.float64)
     n_with, n_without = group_mean(uses.double(), group_ids), group_mean((~uses).double(), group_ids)
@@ -154,13 +149,11 @@ def otc_tool(
     """
     if form not in ("grpo", "ppo"):
         raise ValueError(f"otc_tool: form must be 'grpo' or 'ppo', got {form!r}")
-    m = torch.nan_to_num(_column(reward_components, calls_index, "otc_tool", "the tool-call count"), 0.0).double()
+    m = torch.nan_to_num(reward_column(reward_components, calls_index, "otc_tool", "the tool-call count"), 0.0).double()
     decay = torch.cos(m * math.pi / (2 * m + c))
     if form == "ppo":
         return alpha * decay.to(rewards.dtype) * rewards
-    g = int(group_ids.max()) + 1 if group_ids.numel() else 0
-    fewest = torch.full((g,), math.inf, dtype=torch.float64)
-    fewest = fewest.scatter_reduce(0, group_ids, torch.where(correct, m, math.inf), reduce="amin")[group_ids]
+    fewest = group_extreme(torch.where(correct, m, math.inf), group_ids, "amin")
     n = torch.where(torch.isinf(fewest), torch.nan, fewest)
     f = torch.where(n == 0, m, 2 * n * m / (m + n).clamp(min=1e-12))
     f = torch.where((m == 0) & (n == 0), 0.0, f)

@@ -24,13 +24,23 @@ from unipo.algos.policy_losses._common import group_mean
 from unipo.algos.registry import register, warn_reconstruction
 
 
-def _group_extreme(values: torch.Tensor, group_ids: torch.Tensor, reduce: str) -> torch.Tensor:
+def group_extreme(values: torch.Tensor, group_ids: torch.Tensor, reduce: str) -> torch.Tensor:
     """Per-completion group min (`amin`) or max (`amax`) of `values` over the completion's group."""
     g = int(group_ids.max()) + 1 if group_ids.numel() else 0
     v = values.to(torch.float64)
     fill = math.inf if reduce == "amin" else -math.inf
     out = torch.full((g,), fill, dtype=v.dtype).scatter_reduce(0, group_ids, v, reduce=reduce)
     return out[group_ids]
+
+
+def reward_column(reward_components: torch.Tensor, index: int, who: str, what: str) -> torch.Tensor:
+    """Column `index` of the reward functions' scores, read by a shaper as `what` (a flag or a count); ValueError
+    unless it is a function after the first (the first is the correctness reward)."""
+    if not 0 < index < reward_components.shape[1]:
+        k = reward_components.shape[1]
+        raise ValueError(f"{who}: {what} is reward function {index} of {k}: list the correctness reward first, then "
+                         f"the function that gives {what}")  # fmt: skip
+    return reward_components[:, index]
 
 
 @register(
@@ -205,7 +215,7 @@ def reward_scale_clip(
 
 def _kimi_lambda(lengths: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     length = lengths.to(torch.float64)
-    lo, hi = _group_extreme(length, group_ids, "amin"), _group_extreme(length, group_ids, "amax")
+    lo, hi = group_extreme(length, group_ids, "amin"), group_extreme(length, group_ids, "amax")
     span = hi - lo
     return torch.where(span > 0, 0.5 - (length - lo) / span.clamp(min=1e-12), torch.zeros_like(length))
 
@@ -398,11 +408,7 @@ def fapo(
     Returns:
         [N] rewards in {1, 1 − λ, −1}.
     """
-    if not 0 < flaw_index < reward_components.shape[1]:
-        k = reward_components.shape[1]
-        raise ValueError(f"fapo: the flaw flag is reward function {flaw_index} of {k}: list the correctness reward "
-                         "first, then the GenRM's flag")  # fmt: skip
-    flawed = torch.nan_to_num(reward_components[:, flaw_index], nan=0.0) >= 0.5
+    flawed = torch.nan_to_num(reward_column(reward_components, flaw_index, "fapo", "the flaw flag"), nan=0.0) >= 0.5
     base = torch.where(correct, 1.0, -1.0).to(rewards.dtype)
     out = base - penalty * (correct & flawed).to(rewards.dtype)
     return torch.where(torch.isnan(reward_components[:, 0]), torch.nan, out)

@@ -220,6 +220,16 @@ def math_answer(
     return out
 
 
+def tagged_or_last_line(text: str) -> str:
+    """A reply's final answer when it is not a number: the content of its last `<answer>…</answer>`, else its last
+    non-empty line ("" for an empty reply)."""
+    tagged = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    if tagged:
+        return tagged[-1]
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 def final_math_answer(text: str) -> str | None:
     """The last `\\boxed{…}` content (braces balanced), else the last `<answer>…</answer>`, else the last number."""
     start = text.rfind("\\boxed{")

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from unipo.rewards import text_of
+from unipo.rewards import tagged_or_last_line, text_of
 
 JUDGE_TEMPLATE = (
     "Rate how well the reply answers the request, from 0 (useless) to 9 (perfect). Answer with one digit.\n\n"
@@ -96,10 +96,7 @@ def chosen_options(text: str) -> set[str]:
     """The option letters a reply's final answer names: its last `<answer>…</answer>`, else its last non-empty line,
     after an optional "… answer is:" lead, must be only capital letters with spaces, commas, "and", parentheses or
     a final period ("A, C", "AC", "(A) and (C)"); anything else names no option (empty set)."""
-    tagged = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    final = tagged[-1] if tagged else (lines[-1] if lines else "")
-    final = re.sub(r"^.*?\banswers?\b(\s+(is|are))?\s*:?", "", final, flags=re.IGNORECASE)
+    final = re.sub(r"^.*?\banswers?\b(\s+(is|are))?\s*:?", "", tagged_or_last_line(text), flags=re.IGNORECASE)
     letters = re.sub(r"\band\b|[\s,;()&/]|\.$", "", final)
     return set(letters) if re.fullmatch(r"[A-Z]+", letters) else set()
 

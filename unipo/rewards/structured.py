@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 from fractions import Fraction
 
-from unipo.rewards import text_of
+from unipo.rewards import tagged_or_last_line, text_of
 
 _FENCED_JSON = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n?```\s*$", re.DOTALL | re.IGNORECASE)
 
@@ -139,9 +139,7 @@ def evaluate_expression(text: str) -> tuple[Fraction, list[int]] | None:
 def countdown_expression(reply: str) -> str | None:
     """The expression a countdown reply proposes: the content of the last `<answer>…</answer>`, else its last
     non-empty line; a trailing `= <number>` is dropped."""
-    tagged = re.findall(r"<answer>(.*?)</answer>", reply, re.DOTALL)
-    lines = [line for line in reply.strip().splitlines() if line.strip()]
-    text = tagged[-1] if tagged else (lines[-1] if lines else "")
+    text = tagged_or_last_line(reply)
     return re.sub(r"=\s*-?\d+\s*\.?\s*$", "", text).strip() or None
 
 

@@ -152,16 +152,23 @@ def compare(
     from unipo.data.tasks import builtin_tasks, get_task
     from unipo.models.loading import load_model_and_tokenizer
 
+    loaded: dict[str, Any] = {}
+
+    def task_named(name: str) -> Any:  # each task built once, whatever the number of targets
+        if name not in loaded:
+            try:
+                loaded[name] = get_task(name)
+            except (KeyError, ValueError) as e:
+                raise ConfigError(str(e).strip("'\"")) from None
+        return loaded[name]
+
     rows: list[dict[str, Any]] = []
     for target in targets:
         model_path, own_task = resolve_target(target)
         model, tokenizer = load_model_and_tokenizer(model_path)
         model.eval()
         for name in tasks or [own_task or "arithmetic"]:
-            try:
-                task = get_task(name)
-            except (KeyError, ValueError) as e:
-                raise ConfigError(str(e).strip("'\"")) from None
+            task = task_named(name)
             budget = max_new_tokens or builtin_tasks().get(name, (None, 32))[1]
             problems = task.heldout[:num_problems]
             with autocast_context(model, "auto"):  # as in training: bf16 autocast where the hardware has it
