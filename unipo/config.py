@@ -262,6 +262,16 @@ class EvalConfig(_Strict):
     learned."""
 
 
+class DistConfig(_Strict):
+    """Data-parallel training under `torchrun --nproc_per_node N -m unipo train ...` (trainers/dist.py); ignored in a
+    plain run."""
+
+    strategy: Literal["ddp"] = "ddp"
+    """`ddp`: every rank holds the whole model; gradients are summed over the ranks once per optimizer step."""
+    timeout_s: int = Field(1800, ge=1)
+    """How long a rank waits for the others at a collective (e.g. while rank 0 evaluates) before the run fails."""
+
+
 class Config(_Strict):
     recipe: str = "grpo"
     """Name of the recipe this config came from (informational)."""
@@ -286,6 +296,7 @@ class Config(_Strict):
     reward: RewardSettings = RewardSettings()
     critic: CriticConfig = CriticConfig()
     eval: EvalConfig = EvalConfig()
+    dist: DistConfig = DistConfig()
 
     @field_validator("task")
     @classmethod

@@ -180,14 +180,19 @@ class PromptStream:
 
     def take(self, n: int) -> list[Row]:
         """The next `n` rows (wrapping into a new epoch when the pool runs out)."""
-        out = []
+        return self.take_with_positions(n)[0]
+
+    def take_with_positions(self, n: int) -> tuple[list[Row], list[int]]:
+        """The next `n` rows and their positions in the endless stream (epoch · pool size + index: unique per draw)."""
+        out, positions = [], []
         for _ in range(n):
             if self.index >= len(self._order):
                 self.epoch, self.index = self.epoch + 1, 0
                 self._order = self._permutation()
             out.append(self.rows[self._order[self.index]])
+            positions.append(self.epoch * len(self._order) + self.index)
             self.index += 1
-        return out
+        return out, positions
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}

@@ -46,7 +46,7 @@ def sample(
     top_k: int = 0,
     top_p: float = 1.0,
     greedy: bool = False,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     forced: list[list[int]] | None = None,
 ) -> Rollouts:
     """Sample `n` completions for each row's prompt (or `n[i]` for row i: unequal groups, e.g. Knapsack RL's budgets).
@@ -57,6 +57,8 @@ def sample(
     completion start with those tokens (a roll-in: DR-PO, IGPO), counted in `max_new_tokens`; the policy continues
     from them in the same decode. Forced tokens are marked in `Rollouts.forced`, left out of `loss_mask` and carry
     behaviour log-prob 0 (not sampled); an empty list is a plain rollout (the random draws are the same).
+    `generator` may be one generator per completion (prompt-major): each token is then drawn by inverting the CDF
+    at a uniform of the completion's own generator, so a completion's draws do not depend on its batch.
     """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], tokenizer, device)
@@ -88,7 +90,7 @@ def sample(
             tok = scaled.argmax(-1)
         else:
             probs = torch.softmax(filter_logits(scaled, top_k, top_p), dim=-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            tok = draw(probs, generator)
         is_forced = t < forced_len
         if t < forced_ids.shape[1]:
             tok = torch.where(is_forced, forced_ids[:, t], tok)
@@ -128,6 +130,19 @@ def sample(
         loss_mask=completion_mask * ~forced_mask,
         forced=forced_mask,
     )
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """One token per row of `probs` (N, V): with a list of generators, row i takes the first token whose cumulative
+    probability reaches u_i · total, u_i ~ U(0, 1) from generator i (a zero-probability token is never taken)."""
+    if not isinstance(generator, list):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    u = 1 - torch.stack(
+        [torch.rand((), generator=g, dtype=torch.float64) for g in generator]
+    )  # in (0, 1].to(probs.device)
+    cdf = probs.double().cumsum(-1)
+    tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    return tok.clamp(max=probs.shape[-1] - 1)
 
 
 def _forced(forced: list[list[int]] | None, n_total: int, pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -40,6 +40,7 @@ from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups, right_pad
 from unipo.rollout.hf import sample
 from unipo.rollout.inject import demonstrations, reference_text, scaf_hint_levels, with_draft, with_hint
 from unipo.trainers.common import Algo, Timer, bound_params, call
+from unipo.trainers.dist import sample_generators
 
 if TYPE_CHECKING:
     from unipo.trainers.rl import RLState
@@ -52,14 +53,15 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
     """The collect stage: `train.prompts_per_step` prompts, `rollout.group_size` completions each, scored, then
     shaped by the recipe's sampler (module docstring)."""
     want = s.cfg.train.prompts_per_step
-    rows = s.stream.take(want)
+    rows, positions = s.stream.take_with_positions(want)
+    rows, positions = s.world.share(rows), s.world.share(positions)  # this rank's prompts (all of them when alone)
     if algo.has_fact("sampler", "roll_in"):
         return _rolled_in(s, algo, rows, timer)
     if algo.has_fact("sampler", "budget"):
         return _budgeted(s, algo, rows, timer)
     if algo.has_fact("sampler", "drafts"):
         return _refined(s, algo, rows, timer)
-    batch, per_fn = generate_and_score(s, rows, timer)
+    batch, per_fn = generate_and_score(s, rows, timer, positions=positions)
     if algo.sampler is None or algo.has_fact("sampler", "entropy_switch"):
         return batch, per_fn, {}
     acts = (("demonstrations", _with_demonstrations), ("hints", _with_hints), ("inpaint", _inpainted),
@@ -364,15 +366,20 @@ def generate_and_score(
     forced: list[list[int]] | None = None,
     n: list[int] | None = None,
     temperature: float | None = None,
+    positions: list[int] | None = None,
 ) -> tuple[Rollouts, torch.Tensor]:
     """`rollout.group_size` completions of each row (or `n[i]` of row i; starting with `forced` tokens, one list per
-    completion; at `temperature` instead of `rollout.temperature`), and their rewards (N, K)."""
+    completion; at `temperature` instead of `rollout.temperature`), and their rewards (N, K). With the rows' stream
+    `positions`, each completion draws from its own generator (`dist.sample_generators`: the same samples on any
+    number of ranks); otherwise from the run's generator."""
     cfg, r = s.cfg, s.cfg.rollout
+    counts = [r.group_size] * len(rows) if n is None else n
+    generator = s.generator if positions is None else sample_generators(cfg.train.seed, positions, counts)
     with timer("generate"), autocast_context(s.model, cfg.model.autocast):
         batch = sample(
-            s.model, s.tokenizer, rows, n=r.group_size if n is None else n, max_new_tokens=r.max_new_tokens,
+            s.model, s.tokenizer, rows, n=counts, max_new_tokens=r.max_new_tokens,
             temperature=r.temperature if temperature is None else temperature, top_k=r.top_k, top_p=r.top_p,
-            generator=s.generator, forced=forced,
+            generator=generator, forced=forced,
         )  # fmt: skip
     with timer("score"):
         return batch, s.scorer.score(batch)  # (N, K)

@@ -203,14 +203,16 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
             raise ConfigError(f"algo.{where}: cannot run in the on-policy trainer: {e}") from None
 
 
-def start_run(cfg: Config) -> tuple[Config, RunDir]:
-    """The run directory (`runs/<recipe>-<time>` unless `output_dir` is set), CPU threads and seeds of a run."""
+def start_run(cfg: Config, world: Any = None) -> tuple[Config, RunDir]:
+    """The run directory (`runs/<recipe>-<time>` unless `output_dir` is set; rank 0's name, written by rank 0 alone
+    on several ranks), CPU threads and seeds of a run."""
     if cfg.output_dir is None:
-        cfg = cfg.model_copy(update={"output_dir": default_output_dir(cfg)})
+        name = default_output_dir(cfg)
+        cfg = cfg.model_copy(update={"output_dir": world.broadcast(name) if world else name})
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
-    return cfg, RunDir(cfg.output_dir)
+    return cfg, RunDir(cfg.output_dir, writes=world is None or world.main)
 
 
 def seed_everything(seed: int) -> None:
@@ -297,16 +299,22 @@ def _unique(names: list[str]) -> list[str]:
 class RunDir:
     """The run directory: config.yaml, metrics.jsonl (appended one JSON object per row) and checkpoints/."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, writes: bool = True):
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         self.metrics_path = self.path / "metrics.jsonl"
+        self.writes = writes
+        """False on ranks other than 0 of a data-parallel run: they read the directory, rank 0 writes it."""
 
     def prepare(self, cfg: Config) -> None:
+        if not self.writes:
+            return
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / "config.yaml", to_yaml(cfg))
 
     def log(self, row: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -317,6 +325,8 @@ class RunDir:
 
     def truncate_metrics(self, step: int) -> None:
         """Drop rows past `step` (written after the checkpoint a resumed run starts from)."""
+        if not self.writes:
+            return
         kept = [r for r in self.rows() if r["step"] <= step]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 

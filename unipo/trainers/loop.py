@@ -10,6 +10,7 @@ from typing import Any
 from unipo.config import Config
 from unipo.trainers import checkpoint
 from unipo.trainers.common import RunDir
+from unipo.trainers.dist import World
 
 
 def run_steps(
@@ -24,29 +25,35 @@ def run_steps(
     shown: dict[str, str],
     failures: Callable[[], dict[str, int]] = dict,
     extra_models: dict[str, Any] | None = None,
+    world: World | None = None,
 ) -> None:
     """Steps `start + 1 .. train.max_steps` of `step_fn`, each logged to the run directory and the progress line;
     checkpoints (with `extra_models`, e.g. the critic) every `train.save_every` steps and at the end;
     `evaluate(step)` (which logs its own row) before (on a fresh run), every `eval.every` steps and after; then the
-    closing summary."""
+    closing summary. On several ranks (`world`) rank 0 alone shows progress, saves and summarises; the others wait
+    for each checkpoint."""
+    world = world or World()
     if start == 0:
         evaluate(0)
     before = next((r["eval/accuracy"] for r in run.rows() if r["step"] == 0 and "eval/accuracy" in r), None)
-    started, progress = time.perf_counter(), Progress(start, cfg.train.max_steps, shown)
+    started, progress = time.perf_counter(), Progress(start, cfg.train.max_steps, shown, quiet=not world.main)
     for step in range(start + 1, cfg.train.max_steps + 1):
         metrics = step_fn(step)
         run.log({"step": step, **metrics})
         progress.update(step, metrics)
         if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
-            checkpoint.save(run.checkpoints, step, model, tokenizer, checkpoint_state(),
-                            keep=cfg.train.keep_checkpoints, extra_models=extra_models)  # fmt: skip
+            if world.main:
+                checkpoint.save(run.checkpoints, step, model, tokenizer, checkpoint_state(),
+                                keep=cfg.train.keep_checkpoints, extra_models=extra_models)  # fmt: skip
+            world.barrier()
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.max_steps:
             evaluate(step)
     progress.close()
     if cfg.train.max_steps > start:
         evaluate(cfg.train.max_steps)
     after = next((r["eval/accuracy"] for r in reversed(run.rows()) if "eval/accuracy" in r), None)
-    summary(run, cfg, start, time.perf_counter() - started, before, after, failures())
+    if world.main:
+        summary(run, cfg, start, time.perf_counter() - started, before, after, failures())
 
 
 def _say(text: str) -> None:
@@ -57,11 +64,11 @@ class Progress:
     """A tqdm bar with ETA and live metrics on a terminal; one plain line per step otherwise (logs, CI).
     `shown` maps a short label to the metric it shows (metrics a step did not log are left out)."""
 
-    def __init__(self, start: int, total: int, shown: dict[str, str]):
-        self.tty = sys.stderr.isatty()
+    def __init__(self, start: int, total: int, shown: dict[str, str], quiet: bool = False):
+        self.tty, self.quiet = sys.stderr.isatty(), quiet
         self.total, self.shown = total, shown
         self.bar = None
-        if self.tty:
+        if self.tty and not quiet:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
@@ -71,7 +78,7 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(text, refresh=False)
             self.bar.update(1)
-        else:
+        elif not self.quiet:
             _say(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()))
 
     def close(self) -> None:

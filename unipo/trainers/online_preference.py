@@ -388,5 +388,7 @@ def _rl_update(s: OnlineState, batch: Rollouts, win: torch.Tensor) -> dict[str, 
               "rewards": rewards}  # fmt: skip
     if s.rl_algo.needs_ref:
         inputs["ref_logp"] = rl.reference_logps(s.ref, batch, cfg)
-    advantages = rl.advantages_of(s.rl_algo, rewards, rewards[:, None], batch, inputs, [1.0])
+    advantages = rl.advantages_of(
+        s.rl_algo, rewards, rewards[:, None], batch.advantage_groups, batch.loss_mask, inputs, [1.0]
+    )
     return rl.update(cfg, s.model, s.optimizer, s.scheduler, s.rl_algo, batch, advantages, inputs)

@@ -41,6 +41,7 @@ from unipo.trainers.common import (
     shape,
     start_run,
 )
+from unipo.trainers.dist import World, close_world, device_for, init_world
 from unipo.trainers.evaluate import heldout_eval
 from unipo.trainers.inputs import FROM_LOGITS, NEEDS_REFERENCE
 from unipo.trainers.loop import run_steps
@@ -49,7 +50,8 @@ from unipo.trainers.segments import segment_values
 
 def train(cfg: Config) -> Path:
     """Train `cfg.model` with the recipe in `cfg`; returns the run directory. Resumes from its latest checkpoint."""
-    cfg, run = start_run(cfg)
+    world = init_world(cfg)
+    cfg, run = start_run(cfg, world)
     task = get_task(cfg.task, cfg.data)
     scorer = build_rewards(cfg, task.rewards)
     algo = build_algo(cfg)
@@ -60,6 +62,8 @@ def train(cfg: Config) -> Path:
                     "only rescales it (ALGORITHMS.md §5.3)", ", ".join(affine), algo.advantage.id)  # fmt: skip
     if algo.sampler is not None:
         check_sampler(cfg, algo, task)
+    if world.size > 1:
+        check_data_parallel(algo)
     if "teacher_logp" in algo.needs and not cfg.model.teacher_path:
         raise ConfigError("model.teacher_path: the recipe distills from a teacher (`onpolicy_distill`); set it to a "
                           "causal LM directory or hub id with the student's tokenizer")  # fmt: skip
@@ -69,14 +73,14 @@ def train(cfg: Config) -> Path:
                           "> 0, or remove algo.ref_sync)")  # fmt: skip
     resume, saved = checkpoint.latest(run.checkpoints)  # verified before anything is loaded from it
     model, tokenizer = load_model_and_tokenizer(
-        str(resume) if resume else cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype
+        str(resume) if resume else cfg.model.path, device=device_for(cfg), dtype=cfg.model.dtype
     )
     model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
     ref = None
     if algo.needs_ref:  # the initial policy, also on resume, unless `ref_sync` moves it (then it is checkpointed)
         synced = resume is not None and algo.ref_sync is not None and (resume / REFERENCE).is_dir()
         ref, _ = load_model_and_tokenizer(str(resume / REFERENCE) if synced else cfg.model.path,
-                                          device=cfg.model.device, dtype=cfg.model.dtype)  # fmt: skip
+                                          device=device_for(cfg), dtype=cfg.model.dtype)  # fmt: skip
         ref.eval().requires_grad_(False)
     teacher = load_teacher(cfg, tokenizer) if "teacher_logp" in algo.needs else None
     optimizer, scheduler = build_optimizer(model, cfg)
@@ -96,14 +100,16 @@ def train(cfg: Config) -> Path:
 
     shaping_states = (saved or {}).get("shaping", [None] * len(algo.shaping))  # each reward shaper's state
     state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator, found, values,
-                    critic, shaping_states, (saved or {}).get("sampler"), teacher=teacher)  # fmt: skip
+                    critic, shaping_states, (saved or {}).get("sampler"), teacher=teacher, world=world)  # fmt: skip
 
     def step_fn(step: int) -> dict[str, float]:
         state.step = step
         return rl_step(state)
 
     def evaluate(step: int) -> Any:
-        return heldout_eval(cfg, run, model, tokenizer, task, step)
+        result = heldout_eval(cfg, run, model, tokenizer, task, step) if world.main else None
+        world.barrier()  # the other ranks wait for rank 0's evaluation
+        return result
 
     try:
         run_steps(
@@ -121,10 +127,22 @@ def train(cfg: Config) -> Path:
                 **({critics.SUBDIR: critic.model} if critic else {}),
                 **({REFERENCE: ref} if algo.ref_sync else {}),
             },
+            world=world,
         )
     finally:
         scorer.close()
+        close_world(world)
     return run.path
+
+
+def check_data_parallel(algo: Algo) -> None:
+    """What cannot yet run on several ranks is refused before any model loads."""
+    if algo.sampler is not None:
+        raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers run in one process only for now (each rank "
+                          "would draw its own extra prompts); launch without torchrun")  # fmt: skip
+    if algo.critic is not None:
+        raise ConfigError(f"algo.critic {algo.critic.id!r}: the value model trains in one process only for now; "
+                          "launch without torchrun")  # fmt: skip
 
 
 def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:
@@ -188,6 +206,8 @@ class RLState:
     """The sampler's state (Knapsack RL's pass rates, ARPO's replay buffer; checkpointed)."""
     teacher: Any | None = None
     """The frozen teacher of on-policy distillation (`model.teacher_path`)."""
+    world: World = field(default_factory=World)
+    """The data-parallel ranks (trainers/dist.py); rank 0 of 1 in a plain run."""
     step: int = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -205,11 +225,15 @@ def rl_step(s: RLState) -> dict[str, float]:
     cfg, timer, t0 = s.cfg, Timer(), time.perf_counter()
     algo = controllers.bind(s.algo, s.slots, s.values)  # this step's controlled hyperparameters
     batch, per_fn, sampler_stats = collect(s, algo, timer)
+    w, n = s.world, batch.num_completions  # batch-wide stages see every rank's rows (all_* below; module dist.py)
     raw = s.scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
-    rewards = raw
+    all_raw, all_fn, all_groups = w.gather_rows(raw), w.gather_rows(per_fn), w.gather_groups(batch.advantage_groups)
+    all_rewards = all_raw
     if algo.shaping:  # the shape stage
         with timer("shape"):
-            rewards, s.shaping_states = shape(algo.shaping, raw, s.shaping_states, shape_inputs(s, batch, per_fn))
+            all_rewards, s.shaping_states = shape(algo.shaping, all_raw, s.shaping_states,
+                                                  w.gather_inputs(shape_inputs(s, batch, per_fn), n))  # fmt: skip
+    rewards = w.local(all_rewards, n)
     inputs = step_inputs(s, batch, rewards)
     if "baseline_rewards" in algo.advantage.needs:  # ReMax: each prompt's greedy reply, scored like the samples
         with timer("baseline"):
@@ -220,7 +244,9 @@ def rl_step(s: RLState) -> dict[str, float]:
     inputs |= frozen_logps(s, batch, timer)  # before the advantages, which may read them (REINFORCE++'s KL)
     critic_stats: dict[str, float] = {}
     if s.critic is None:
-        advantages = advantages_of(algo, rewards, per_fn, batch, inputs, s.scorer.weights)
+        all_inputs = w.gather_inputs(inputs, n)
+        advantages = w.local(advantages_of(algo, all_rewards, all_fn, all_groups, w.gather_rows(batch.loss_mask),
+                                           all_inputs, s.scorer.weights), n, batch.loss_mask.shape[1])  # fmt: skip
     else:  # GAE over the value model's values; the critic then trains on the returns
         with timer("values"):
             old_values = critics.values(s.critic, batch, cfg)
@@ -228,33 +254,35 @@ def rl_step(s: RLState) -> dict[str, float]:
         advantages = targets.advantages
         with timer("critic_update"):
             critic_stats = critics.update(s.critic, cfg, batch, old_values, targets)
-    scored = per_fn  # the collected batch's scores, for the metrics
     if algo.has_fact("sampler", "entropy_switch"):  # AEPO swaps tempered samples in after the advantages
         batch, per_fn, rewards, advantages, inputs, more = tempered_swap(s, algo, batch, per_fn, rewards, advantages,
                                                                          timer)  # fmt: skip
         sampler_stats = {**sampler_stats, **more}
     frozen = s.step <= cfg.critic.warmup_steps and s.critic is not None  # critic warm-up: the policy waits
     with timer("update"):
-        stats = {} if frozen else update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs)
-    s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, batch.num_completions)
+        stats = {} if frozen else update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs, w)
+    s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, len(all_raw))
     if algo.ref_sync is not None:  # TR-DPO: the reference moves towards the policy
         ctrl_metrics["ref/synced"] = float(algo.ref_sync(s.ref.parameters(), s.model.parameters(), s.step))
     if "entropy" in stats and algo.has_fact("sampler", "entropy_switch"):  # the next step's temperature depends on it
         s.sampler_state = {"entropy": stats["entropy"]}
-    lengths = batch.completion_mask.sum(1).float()
-    per_fn_means = {f"reward/{n}": nanmean(scored[:, k]) for k, n in enumerate(s.scorer.names)}
+    lengths = w.gather_rows(batch.completion_mask.sum(1).float())
+    per_fn_means = {f"reward/{name}": nanmean(all_fn[:, k]) for k, name in enumerate(s.scorer.names)}
+    errors = {}
+    for key, value in w.gather_list(list(s.scorer.take_errors().items())):
+        errors[key] = errors.get(key, 0.0) + value
     return {
-        "reward/mean": nanmean(raw),
-        "reward/std": float(raw[~raw.isnan()].std()) if (~raw.isnan()).sum() > 1 else 0.0,
-        **({"reward/shaped_mean": nanmean(rewards)} if algo.shaping else {}),
+        "reward/mean": nanmean(all_raw),
+        "reward/std": float(all_raw[~all_raw.isnan()].std()) if (~all_raw.isnan()).sum() > 1 else 0.0,
+        **({"reward/shaped_mean": nanmean(all_rewards)} if algo.shaping else {}),
         **(per_fn_means if len(s.scorer.names) > 1 else {}),
-        **s.scorer.take_errors(),
+        **errors,
         **stats,
         **critic_stats,
         **sampler_stats,
         **ctrl_metrics,
         "tokens/completion_mean": float(lengths.mean()),
-        "tokens/truncated_frac": float(batch.truncated.float().mean()),
+        "tokens/truncated_frac": float(w.gather_rows(batch.truncated).float().mean()),
         "lr": s.scheduler.get_last_lr()[0],
         **{f"time/{phase}_s": seconds for phase, seconds in timer.totals.items()},  # generate, score, update, ...
         "time/step_s": time.perf_counter() - t0,
@@ -271,8 +299,8 @@ def tempered_swap(
 
     def advantages_for(extra: Rollouts, extra_fn: torch.Tensor) -> torch.Tensor:
         extra_rewards = s.scorer.combine(extra_fn).to(extra.group_ids.device)
-        return advantages_of(algo, extra_rewards, extra_fn, extra, step_inputs(s, extra, extra_rewards),
-                             s.scorer.weights)  # fmt: skip
+        return advantages_of(algo, extra_rewards, extra_fn, extra.advantage_groups, extra.loss_mask,
+                             step_inputs(s, extra, extra_rewards), s.scorer.weights)  # fmt: skip
 
     batch, per_fn, advantages, stats = entropy_switched(s, algo, batch, per_fn, advantages, advantages_for, timer)
     m = int(stats["sampler/tempered"])  # the first m samples were swapped
@@ -331,14 +359,21 @@ def shape_inputs(s: RLState, batch: Rollouts, per_fn: torch.Tensor) -> dict[str,
 
 
 def advantages_of(
-    algo: Algo, rewards: torch.Tensor, per_fn: torch.Tensor, batch: Rollouts, inputs: dict[str, Any], weights: list
+    algo: Algo,
+    rewards: torch.Tensor,
+    per_fn: torch.Tensor,
+    groups: torch.Tensor,
+    mask: torch.Tensor,
+    inputs: dict[str, Any],
+    weights: list,
 ) -> torch.Tensor:
-    """The advantage stage: (N,) or (N, T) advantages; 0 for a completion no reward function could score."""
+    """The advantage stage on samples with these advantage `groups` (N,) and loss `mask` (N, T): (N,) or (N, T)
+    advantages; 0 for a completion no reward function could score."""
     if algo.multi_reward:  # e.g. GDPO normalises each reward function separately
-        advantages = call(algo.advantage, per_fn.to(rewards.device), batch.advantage_groups, inputs=inputs,
-                          mask=batch.loss_mask, reward_weights=torch.tensor(weights))  # fmt: skip
+        advantages = call(algo.advantage, per_fn.to(rewards.device), groups, inputs=inputs, mask=mask,
+                          reward_weights=torch.tensor(weights))  # fmt: skip
     else:
-        advantages = call(algo.advantage, rewards, batch.advantage_groups, inputs=inputs, mask=batch.loss_mask)
+        advantages = call(algo.advantage, rewards, groups, inputs=inputs, mask=mask)
     return torch.nan_to_num(advantages) * ~rewards.isnan().view(-1, *[1] * (advantages.dim() - 1))
 
 
@@ -360,6 +395,7 @@ def update(
     batch: Rollouts,
     advantages: torch.Tensor,
     inputs: dict[str, Any],
+    world: World | None = None,
 ) -> dict[str, float]:
     """`ppo_epochs` optimizer steps on one batch, each accumulating gradients over micro-batches.
 
@@ -367,16 +403,20 @@ def update(
     loss, a completion whose advantage is 0 on every token adds nothing to the loss or its gradient: it is left out
     of the forward and backward passes (its tokens still count in the global normalisers, so the loss is
     unchanged). Entropy and clip metrics are then over the completions that carry gradient. `inputs` holds the
-    step's inputs for components (`ref_logp` from the reference stage among them).
+    step's inputs for components (`ref_logp` from the reference stage among them). On several ranks (`world`),
+    this rank's batch is its share: the normalisers count every rank's tokens and sequences, and the summed
+    gradients are all-reduced before clipping, so every rank steps with the gradient of the whole batch.
     """
-    n = batch.num_completions
-    num_tokens = batch.loss_mask.sum().float()  # global counts of trained tokens: micro-batching never changes the loss
+    world = world or World()
+    # global counts of trained tokens and sequences: neither micro-batching nor the ranks change the loss
+    num_tokens = world.sum(batch.loss_mask.sum().float())
+    n = int(world.sum(torch.tensor(batch.num_completions)))
     temperature, share = cfg.rollout.temperature, cfg.model.share_prompt_forward
     precision = autocast_context(model, cfg.model.autocast)
-    active = torch.arange(n, device=advantages.device)
+    active = torch.arange(batch.num_completions, device=advantages.device)
     surrogate_only = not algo.kl_coef and not algo.token_weights and not algo.regularizers
     if surrogate_only and "ref_logp" not in algo.policy_loss.needs:
-        active = active[(advantages != 0).reshape(n, -1).any(1)]
+        active = active[(advantages != 0).reshape(batch.num_completions, -1).any(1)]
     entropy_grad = "entropy" in algo.needs
     old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
     derived = {name: (FROM_LOGITS[name], algo.params_for(name), torch.zeros_like(old_logp))
@@ -428,14 +468,18 @@ def update(
             for key, value in metrics.items():
                 pair = torch.stack([masked_sum(value.detach().float(), mask).cpu(), mask.sum().cpu()])
                 sums[key] = sums.get(key, torch.zeros(2)) + pair
+        world.all_reduce_grads(list(model.parameters()))
         max_norm = cfg.train.max_grad_norm or float("inf")
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
         optimizer.step()
         scheduler.step()
-        losses.append(float(total))
+        losses.append(float(world.sum(total)))
     out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
-    out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in sums.items()})
-    out["tokens/trained_frac"] = float(batch.loss_mask[active].sum() / num_tokens)
+    totals: dict[str, torch.Tensor] = {}
+    for key, pair in world.gather_list(list(sums.items())):  # (masked sum, count) of every rank
+        totals[key] = totals.get(key, torch.zeros(2)) + pair
+    out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in totals.items()})
+    out["tokens/trained_frac"] = float(world.sum(batch.loss_mask[active].sum().float()) / num_tokens)
     return out
 
 

@@ -1,0 +1,114 @@
+"""Data parallelism with 2 gloo ranks on CPU (trainers/dist.py): the update's gradient, whole runs against one
+process, and a rank killed mid-run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from unipo.cli import main
+from unipo.trainers import checkpoint
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+LENGTH = "{_component_: tests.integration.rewards_for_tests.reply_length}"  # a graded reward: every step trains
+COMPARED = ("reward/mean", "reward/std", "loss", "grad_norm", "entropy", "tokens/completion_mean", "clip_frac")
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+
+
+def _train_args(model_dir, run, *extra):
+    return ["train", "grpo", f"model.path={model_dir}", "task=lucky7", f"output_dir={run}", "model.autocast=off",
+            "rollout.max_new_tokens=8", "rollout.group_size=4", "eval.num_problems=4", "train.prompts_per_step=4",
+            "train.lr=1e-2", "train.lr_schedule=constant", "eval.show_replies=0", f"rewards=[{LENGTH}]",
+            *extra]  # fmt: skip
+
+
+def _steps(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if "eval/accuracy" not in r}
+
+
+def test_update_on_two_ranks_equals_one_process(tiny_model_dir, tmp_path):
+    out = tmp_path / "report.json"
+    worker = Path(__file__).with_name("dp_update_worker.py")
+    proc = subprocess.run(_torchrun(str(worker), tiny_model_dir, str(out)), env=ENV, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    assert report.keys() == {"token_mean_rank0_idle", "seq_mean_token_mean_kl"}
+    for case, r in report.items():
+        # SGD at lr 1 without clipping: each parameter's change is the gradient; the summed floats may differ in order
+        assert r["grad_norm"] > 0.1, case
+        assert r["param_gap"] < 1e-6 and r["loss_gap"] < 1e-6 and r["grad_norm_gap"] < 1e-6, (case, r)
+        assert r["trained_frac_gap"] == 0.0, case
+
+
+def test_two_rank_run_matches_one_process_and_resumes_after_a_killed_rank(tiny_model_dir, tmp_path):
+    # one process, 4 steps, checkpoints every step
+    alone = tmp_path / "alone"
+    assert main(_train_args(tiny_model_dir, alone, "train.max_steps=4")) == 0
+    # 2 ranks, same seeds: the same samples (per-completion generators) and the same gradient, step after step
+    pair = tmp_path / "pair"
+    cmd = _torchrun("-m", "unipo", *_train_args(tiny_model_dir, pair, "train.max_steps=3"))
+    proc = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _steps(alone), _steps(pair)
+    assert sorted(b) == [1, 2, 3]
+    for step in (1, 2, 3):
+        for key in COMPARED:
+            # float sums in another order (two ranks' gradients added): a gap of ~1e-7 that 3 steps keep small
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
+    assert (pair / "checkpoints").is_dir() and not list(pair.glob("**/*rank*"))  # rank 0 alone writes
+
+    # kill rank 1 once step 2 is checkpointed: the run fails (torchrun stops rank 0), nothing saved is lost
+    killed = tmp_path / "killed"
+    cmd = _torchrun("-m", "unipo", *_train_args(tiny_model_dir, killed, "train.max_steps=50", "train.save_every=1"))
+    launcher = subprocess.Popen(cmd, env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not (killed / "checkpoints" / "step-000002").is_dir():
+            assert launcher.poll() is None and time.monotonic() < deadline, "the 2-rank run ended or stalled early"
+            time.sleep(0.2)
+        os.kill(_rank_pid(launcher.pid, 1), signal.SIGKILL)
+        _, err = launcher.communicate(timeout=60)
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0
+    saved = checkpoint.list_checkpoints(killed / "checkpoints")
+    assert saved and all(checkpoint.verify(c) for c in saved)
+    last = checkpoint.verify(saved[-1])["step"]
+    assert 2 <= last < 50
+    # resume in ONE process to step last + 2: the same steps as the uninterrupted single-process run
+    assert main(_train_args(tiny_model_dir, killed, f"train.max_steps={last + 2}", "train.save_every=1")) == 0
+    reference = tmp_path / "reference"
+    assert main(_train_args(tiny_model_dir, reference, f"train.max_steps={last + 2}")) == 0
+    k, r = _steps(killed), _steps(reference)
+    assert sorted(k) == list(range(1, last + 3))
+    for step in (last + 1, last + 2):
+        for key in COMPARED:
+            assert k[step][key] == pytest.approx(r[step][key], rel=1e-4, abs=1e-5), (step, key)
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int:
+    """The worker process torchrun started for `rank` (its environment says RANK=<rank>)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher_pid and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no rank {rank} process under torchrun {launcher_pid}")

@@ -1,0 +1,37 @@
+"""trainers/dist.py alone (one process) and the per-completion sampler of rollout/hf.py."""
+
+import torch
+
+from unipo.rollout.hf import draw
+from unipo.trainers.dist import World, sample_generators
+
+
+def test_draw_with_per_row_generators_follows_the_distribution():
+    probs = torch.tensor([0.2, 0.0, 0.5, 0.3]).repeat(6000, 1)
+    tokens = draw(probs, sample_generators(0, list(range(6000)), [1] * 6000))
+    freq = torch.bincount(tokens, minlength=4).float() / 6000
+    assert freq[1] == 0  # a zero-probability token is never drawn
+    # binomial standard error at n=6000 is <= 0.0065: 4 sigma
+    torch.testing.assert_close(freq, torch.tensor([0.2, 0.0, 0.5, 0.3]), atol=0.026, rtol=0)
+
+
+def test_a_completions_draws_do_not_depend_on_its_batch():
+    probs = torch.softmax(torch.randn(5, 50, generator=torch.Generator().manual_seed(1)), -1)
+    together = draw(probs, sample_generators(7, [10, 11], [3, 2]))
+    apart = torch.cat(
+        [draw(probs[:3], sample_generators(7, [10], [3])), draw(probs[3:], sample_generators(7, [11], [2]))]
+    )
+    assert torch.equal(together, apart)
+    # another seed, another prompt position or another index in the group: other draws
+    first = [torch.rand((), generator=g) for g in sample_generators(7, [10, 11], [3, 2])]
+    assert len(set(map(float, first))) == 5
+    assert float(torch.rand((), generator=sample_generators(8, [10], [1])[0])) != float(first[0])
+
+
+def test_one_rank_world_is_the_identity():
+    w = World()
+    x = torch.arange(6).view(3, 2)
+    assert w.main and w.share([1, 2, 3]) == [1, 2, 3] and w.gather_rows(x) is x
+    assert w.gather_inputs({"a": x, "b": [1, 2, 3], "c": 0.5}, 3) == {"a": x, "b": [1, 2, 3], "c": 0.5}
+    assert torch.equal(w.local(x, 3, 1), x[:, :1]) and w.sizes(4) == [4]
+    assert World(1, 2).share([1, 2, 3, 4]) == [3, 4]

@@ -1,0 +1,189 @@
+"""Data parallelism past one process: `torchrun --nproc_per_node N -m unipo train ...`.
+
+Every rank holds the whole model, takes the same global prompts from the stream and generates and scores its
+contiguous share of them (groups never straddle ranks). Batch-wide stages (reward shaping, advantages, the step's
+metrics) run on the gathered batch, so a group-, batch- or prompt-level statistic is the single-process one; the
+loss is normalised by the global token and sequence counts (all-reduced), and the summed gradients are all-reduced
+once per optimizer step, so every rank steps with the gradient of the whole batch (what DDP does with `no_sync()`
+over the micro-batches, `../shared/notes/scale.md` §1: a wrapper's hooks would also miss `models/logprobs.py`'s direct
+calls of the backbone). Rank 0 alone writes the run directory, evaluates and saves checkpoints; a checkpoint holds
+the global state (model, optimizer, stream cursor), so a run resumes into any number of ranks.
+
+Sampling is world-size invariant: each completion draws from its own generator, seeded by (train.seed, the
+prompt's position in the stream, its index in the group), so N ranks sample what one process samples.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from unipo.config import Config, ConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the data-parallel ranks (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+    device: str = "cpu"
+    """Where collectives run (gloo: the CPU; NCCL: this rank's GPU)."""
+
+    @property
+    def main(self) -> bool:
+        """Whether this rank writes the run directory, evaluates and checkpoints."""
+        return self.rank == 0
+
+    def share(self, items: list) -> list:
+        """This rank's contiguous share of a global list whose length the world size divides."""
+        k = len(items) // self.size
+        return items[self.rank * k : (self.rank + 1) * k]
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of `x` over the ranks (a new tensor; `x` itself when alone)."""
+        if self.size == 1:
+            return x
+        y = x.detach().to(self.device, copy=True)
+        dist.all_reduce(y)
+        return y.to(x.device)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if self.size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+    def sizes(self, n: int) -> list[int]:
+        """Every rank's `n`, in rank order."""
+        if self.size == 1:
+            return [n]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, n)
+        return out
+
+    def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of `x` (dim 0) in rank order; a dim 1 of unequal widths is right-padded with zeros."""
+        if self.size == 1:
+            return x
+        shapes = self.sizes(tuple(x.shape))
+        rows, width = max(s[0] for s in shapes), max(s[1] if len(s) > 1 else 0 for s in shapes)
+        kind = x.dtype
+        padded = x.to(torch.uint8) if kind == torch.bool else x  # gloo gathers no bool
+        if x.dim() > 1:
+            padded = torch.nn.functional.pad(padded, (0, 0) * (x.dim() - 2) + (0, width - x.shape[1]))
+        padded = torch.cat([padded, padded.new_zeros((rows - x.shape[0], *padded.shape[1:]))])
+        padded = padded.to(self.device).contiguous()
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: s[0]] for p, s in zip(parts, shapes, strict=True)]).to(x.device, kind)
+
+    def gather_list(self, items: list) -> list:
+        """Every rank's items in rank order."""
+        if self.size == 1:
+            return list(items)
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, list(items))
+        return [x for part in out for x in part]
+
+    def gather_groups(self, group_ids: torch.Tensor) -> torch.Tensor:
+        """Every rank's group ids, offset so that a group of rank r keeps its own id among all ranks' groups."""
+        counts = self.sizes(int(group_ids.max()) + 1 if group_ids.numel() else 0)
+        offset = sum(counts[: self.rank])
+        return self.gather_rows(group_ids + offset)
+
+    def gather_inputs(self, inputs: dict[str, Any], n: int) -> dict[str, Any]:
+        """`inputs` with every per-sample value (a tensor or list of `n` rows) replaced by all ranks' rows."""
+        out = {}
+        for key, value in inputs.items():
+            if key in ("group_ids",) and torch.is_tensor(value):
+                out[key] = self.gather_groups(value)
+            elif torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == n:
+                out[key] = self.gather_rows(value)
+            elif isinstance(value, list) and len(value) == n:
+                out[key] = self.gather_list(value)
+            else:
+                out[key] = value
+        return out
+
+    def local(self, x: torch.Tensor, n: int, width: int | None = None) -> torch.Tensor:
+        """This rank's `n` rows of a gathered tensor (cut back to `width` columns)."""
+        offset = sum(self.sizes(n)[: self.rank])
+        x = x[offset : offset + n]
+        return x if width is None or x.dim() < 2 else x[:, :width]
+
+    def all_reduce_grads(self, params: list[torch.Tensor], bucket: int = 2**24) -> None:
+        """Sum the gradients of `params` over the ranks, in buckets of about `bucket` elements."""
+        if self.size == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        start = 0
+        while start < len(grads):
+            end, numel = start, 0
+            while end < len(grads) and (numel == 0 or numel + grads[end].numel() <= bucket):
+                numel += grads[end].numel()
+                end += 1
+            flat = torch.cat([g.reshape(-1) for g in grads[start:end]])
+            dist.all_reduce(flat)
+            offset = 0
+            for g in grads[start:end]:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+            start = end
+
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher setting its variables) started this process."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def init_world(cfg: Config) -> World:
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPUs; one GPU per local rank) and check
+    that the recipe can run data-parallel; a plain run is rank 0 of 1."""
+    if not launched():
+        return World()
+    size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    if cfg.train.prompts_per_step % size:
+        raise ConfigError(f"train.prompts_per_step={cfg.train.prompts_per_step} must be a multiple of the number of "
+                          f"ranks ({size}): each rank takes an equal share of the prompts")  # fmt: skip
+    if not dist.is_initialized():
+        cuda = cfg.model.device != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=cfg.dist.timeout_s))
+    return World(rank, size, "nccl" == dist.get_backend() and f"cuda:{torch.cuda.current_device()}" or "cpu")
+
+
+def close_world(world: World) -> None:
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_for(cfg: Config) -> str:
+    """The model's device: under torchrun with GPUs, this rank's GPU."""
+    if launched() and cfg.model.device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return cfg.model.device
+
+
+def sample_generators(seed: int, prompt_ids: list[int], counts: list[int]) -> list[torch.Generator]:
+    """One CPU generator per completion (prompt-major), seeded by (seed, the prompt's stream position, its index in
+    the group): the draws of a completion do not depend on which rank or batch samples it."""
+    out = []
+    for pid, n in zip(prompt_ids, counts, strict=True):
+        for j in range(n):
+            digest = hashlib.blake2b(f"{seed}-{pid}-{j}".encode(), digest_size=8).digest()
+            out.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1))
+    return out
