@@ -1,4 +1,4 @@
-"""`unipo train | eval | list`: the command line (also `python -m unipo`). Heavy imports stay lazy."""
+"""`unipo train | eval | export | verify | list`: the command line (also `python -m unipo`). Heavy imports stay lazy."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
         "args", nargs="*", help="run directories (their latest checkpoint) or model paths, then task=NAME[,NAME...] "
         "k=N (pass@k) num_problems=N max_new_tokens=N",
     )  # fmt: skip
+    p_export = sub.add_parser("export", help="write a run's latest checkpoint as a model directory (LoRA merged)")
+    p_export.add_argument("source", help="a run directory (its latest checkpoint) or a checkpoint directory")
+    p_export.add_argument("out", help="the model directory to write (loadable by transformers and vLLM)")
     p_verify = sub.add_parser(
         "verify", help="run a closed-form testbed (nash: the RPS-like preference game; preference: DPO-type losses)"
     )
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(ns.args)
         if ns.command == "eval":
             return _eval(ns.args)
+        if ns.command == "export":
+            return _export(ns.source, ns.out)
         if ns.command == "verify":
             return _verify_preference(ns) if ns.testbed == "preference" else _verify(ns)
         return _write_markdown(ns.markdown) if ns.markdown else _list(ns.kind)
@@ -108,6 +113,24 @@ def _eval(args: list[str]) -> int:
         raise ConfigError(f"k, num_problems and max_new_tokens must be integers: {e}") from None
     tasks = options["task"].split(",") if options["task"] else None
     print(compare(targets or ["default"], tasks, k=k, num_problems=n, max_new_tokens=max_new))
+    return 0
+
+
+def _export(source: str, out: str) -> int:
+    """A plain HF model directory from a run or checkpoint: a LoRA checkpoint's adapters merged into its base."""
+    from pathlib import Path
+
+    from unipo.config import ConfigError
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.trainers.evaluate import resolve_target
+
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise ConfigError(f"{out} exists and is not empty; give a new directory")
+    path, _ = resolve_target(source)
+    model, tokenizer = load_model_and_tokenizer(path, device="cpu")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"wrote {out} (from {path})")
     return 0
 
 

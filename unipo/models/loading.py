@@ -122,10 +122,12 @@ def _cpu_autocast_pays(param: torch.Tensor) -> bool:
 
 
 def load_model_and_tokenizer(path: str, *, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer; sets a pad token (EOS) when the tokenizer has none."""
+    """Load a causal LM and its tokenizer (a LoRA adapter directory: its base with the adapter merged in); sets a pad
+    token (EOS) when the tokenizer has none."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from unipo.config import ConfigError
+    from unipo.models.lora import is_adapter_dir, merged_base
 
     resolved = resolve_model_path(path)
     if path.startswith(("/", ".", "~")) and not Path(resolved).expanduser().is_dir():
@@ -137,7 +139,22 @@ def load_model_and_tokenizer(path: str, *, device: str = "auto", dtype: str = "a
         raise ConfigError(f"model.path: cannot load a tokenizer from {path!r}: {e}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=pick_dtype(dtype))
+    if is_adapter_dir(resolved):  # a LoRA checkpoint: its base with the adapter merged in
+        model = merged_base(resolved, lambda base: AutoModelForCausalLM.from_pretrained(base, dtype=pick_dtype(dtype)))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=pick_dtype(dtype))
     model.to(dev)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_policy(model_cfg: Any, resume: Path | None, device: str | None = None) -> tuple[Any, Any]:
+    """The model a trainer trains, and its tokenizer: the checkpoint being resumed, else `model.path`. With LoRA
+    (`model.lora.r > 0`), the base from `model.path` plus adapters: new ones, or the checkpoint's when resuming."""
+    from unipo.models.lora import with_lora
+
+    device, dtype = device or model_cfg.device, model_cfg.dtype
+    if not model_cfg.lora.r:
+        return load_model_and_tokenizer(str(resume) if resume else model_cfg.path, device=device, dtype=dtype)
+    model, tokenizer = load_model_and_tokenizer(model_cfg.path, device=device, dtype=dtype)
+    return with_lora(model, model_cfg.lora, resume), tokenizer

@@ -43,6 +43,9 @@ def completion_logprobs(
 
 
 def _backbone(model: Any) -> Any:
+    """The transformer under the LM head (of a PEFT model: of its base model, whose layers carry the adapters)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     return getattr(model, model.base_model_prefix)
 
 

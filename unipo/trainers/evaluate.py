@@ -121,10 +121,11 @@ def resolve_target(target: str) -> tuple[str, str | None]:
     from pathlib import Path
 
     from unipo.config import ConfigError
+    from unipo.models.lora import is_adapter_dir
     from unipo.trainers import checkpoint
 
     run = Path(target)
-    if target == "default" or (run / "config.json").exists() or not run.is_dir():
+    if target == "default" or (run / "config.json").exists() or is_adapter_dir(run) or not run.is_dir():
         return target, None
     found = checkpoint.list_checkpoints(run / "checkpoints")
     if not found:

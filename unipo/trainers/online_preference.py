@@ -40,7 +40,7 @@ from unipo import algos
 from unipo.algos.nash import spo_selfplay
 from unipo.config import Config, ConfigError, component_kwargs
 from unipo.data.tasks import PromptStream, get_task
-from unipo.models.loading import autocast_context, load_model_and_tokenizer
+from unipo.models.loading import autocast_context, load_model_and_tokenizer, load_policy
 from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import oracles
 from unipo.rollout.batch import Rollouts
@@ -159,14 +159,15 @@ def train(cfg: Config) -> Path:
     loss = build_loss(cfg)
     if cfg.rollout.group_size < 2 and not loss.mixture:
         raise ConfigError(f"rollout.group_size: {loss.name!r} compares responses within a group; it needs at least 2")
+    if cfg.model.lora.r and cfg.online.ref_refresh_every:
+        raise ConfigError("online.ref_refresh_every: the reference copies the policy's weights, which a LoRA run "
+                          "keeps as base plus adapters; set model.lora.r=0 or online.ref_refresh_every=0")  # fmt: skip
     rl_algo = None
     if loss.rewards:
         rl_algo = build_algo(cfg)
         check_runnable(rl_algo)
     resume, saved = checkpoint.latest(run.checkpoints)
-    model, tokenizer = load_model_and_tokenizer(
-        str(resume) if resume else cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype
-    )
+    model, tokenizer = load_policy(cfg.model, resume)
     model.eval()
     device = next(model.parameters()).device
     oracle = oracles.from_config(cfg.online, scorer, device)

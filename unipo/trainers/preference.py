@@ -38,7 +38,7 @@ from unipo.data.preference import (
 )
 from unipo.data.sources import split_heldout
 from unipo.data.tasks import PromptStream, arithmetic
-from unipo.models.loading import autocast_context, default_model_dir, load_model_and_tokenizer
+from unipo.models.loading import autocast_context, default_model_dir, load_model_and_tokenizer, load_policy
 from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import text_of
 from unipo.rollout.batch import Rollouts, right_pad, tokenize_prompts
@@ -143,9 +143,7 @@ def train(cfg: Config) -> Path:
     loss = build_loss(cfg)
     train_rows, heldout = load_examples(cfg, loss)
     resume, saved = checkpoint.latest(run.checkpoints)
-    model, tokenizer = load_model_and_tokenizer(
-        str(resume) if resume else cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype
-    )
+    model, tokenizer = load_policy(cfg.model, resume)
     model.eval()
     run.prepare(cfg)
     everything = train_rows + heldout

@@ -20,8 +20,10 @@ from unipo import algos
 from unipo.algos.ops import masked_sum
 from unipo.config import Config, ConfigError
 from unipo.data.tasks import PromptStream, get_task
-from unipo.models.loading import autocast_context, load_model_and_tokenizer
+from unipo.models import lora
+from unipo.models.loading import autocast_context, load_model_and_tokenizer, load_policy
 from unipo.models.logprobs import completion_logprobs
+from unipo.models.lora import BaseView
 from unipo.rollout.batch import Origin, Rollouts
 from unipo.rollout.inject import reference_text
 from unipo.trainers import checkpoint, controllers
@@ -68,16 +70,19 @@ def train(cfg: Config) -> Path:
         raise ConfigError("model.teacher_path: the recipe distills from a teacher (`onpolicy_distill`); set it to a "
                           "causal LM directory or hub id with the student's tokenizer")  # fmt: skip
 
+    if algo.ref_sync is not None and cfg.model.lora.r:
+        raise ConfigError("algo.ref_sync: with LoRA the reference is the model with its adapter disabled and cannot "
+                          "move towards the policy; set model.lora.r=0 or remove algo.ref_sync")  # fmt: skip
     if algo.ref_sync is not None and not algo.needs_ref:
         raise ConfigError("algo.ref_sync: no component of this recipe reads the reference policy (set algo.kl.coef "
                           "> 0, or remove algo.ref_sync)")  # fmt: skip
     resume, saved = checkpoint.latest(run.checkpoints)  # verified before anything is loaded from it
-    model, tokenizer = load_model_and_tokenizer(
-        str(resume) if resume else cfg.model.path, device=device_for(cfg), dtype=cfg.model.dtype
-    )
+    model, tokenizer = load_policy(cfg.model, resume, device_for(cfg))
     model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
     ref = None
-    if algo.needs_ref:  # the initial policy, also on resume, unless `ref_sync` moves it (then it is checkpointed)
+    if algo.needs_ref and cfg.model.lora.r:  # the initial policy is the model with its adapter disabled
+        ref = BaseView(model)
+    elif algo.needs_ref:  # the initial policy, also on resume, unless `ref_sync` moves it (then it is checkpointed)
         synced = resume is not None and algo.ref_sync is not None and (resume / REFERENCE).is_dir()
         ref, _ = load_model_and_tokenizer(str(resume / REFERENCE) if synced else cfg.model.path,
                                           device=device_for(cfg), dtype=cfg.model.dtype)  # fmt: skip
@@ -379,9 +384,10 @@ def advantages_of(
 
 @torch.no_grad()
 def reference_logps(ref: Any, batch: Rollouts, cfg: Config) -> torch.Tensor:
-    """The reference stage: log π_ref of every sampled token (N, T), in the run's precision."""
-    with autocast_context(ref, cfg.model.autocast):
-        logp, _ = completion_logprobs(ref, batch, temperature=cfg.rollout.temperature,
+    """The reference stage: log π_ref of every sampled token (N, T), in the run's precision (`ref` may be a LoRA
+    policy's `BaseView`)."""
+    with lora.reference(ref) as model, autocast_context(model, cfg.model.autocast):
+        logp, _ = completion_logprobs(model, batch, temperature=cfg.rollout.temperature,
                                       share_prompt=cfg.model.share_prompt_forward)  # fmt: skip
     return logp.float()
 
@@ -407,7 +413,7 @@ def update(
     this rank's batch is its share: the normalisers count every rank's tokens and sequences, and the summed
     gradients are all-reduced before clipping, so every rank steps with the gradient of the whole batch.
     """
-    world = world or World()
+    world, params = world or World(), lora.trainable(model)  # a LoRA model trains its adapters only
     # global counts of trained tokens and sequences: neither micro-batching nor the ranks change the loss
     num_tokens = world.sum(batch.loss_mask.sum().float())
     n = int(world.sum(torch.tensor(batch.num_completions)))
@@ -424,7 +430,7 @@ def update(
     sums: dict[str, torch.Tensor] = {}
     losses, grad_norms = [], []
     for epoch in range(cfg.train.ppo_epochs):
-        for p in model.parameters():  # zeros, not None: AdamW then steps every parameter, as with a full batch
+        for p in params:  # zeros, not None: AdamW then steps every parameter, as with a full batch
             p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
         total = torch.zeros(())
         for idx in active.split(cfg.train.micro_batch_size) if active.numel() else ():
@@ -468,9 +474,9 @@ def update(
             for key, value in metrics.items():
                 pair = torch.stack([masked_sum(value.detach().float(), mask).cpu(), mask.sum().cpu()])
                 sums[key] = sums.get(key, torch.zeros(2)) + pair
-        world.all_reduce_grads(list(model.parameters()))
+        world.all_reduce_grads(params)
         max_norm = cfg.train.max_grad_norm or float("inf")
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
         optimizer.step()
         scheduler.step()
         losses.append(float(world.sum(total)))
