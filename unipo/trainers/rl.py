@@ -413,7 +413,7 @@ def update(
     this rank's batch is its share: the normalisers count every rank's tokens and sequences, and the summed
     gradients are all-reduced before clipping, so every rank steps with the gradient of the whole batch.
     """
-    world, params = world or World(), lora.trainable(model)  # a LoRA model trains its adapters only
+    world, trained = world or World(), lora.trainable(model)  # a LoRA model trains its adapters only
     # global counts of trained tokens and sequences: neither micro-batching nor the ranks change the loss
     num_tokens = world.sum(batch.loss_mask.sum().float())
     n = int(world.sum(torch.tensor(batch.num_completions)))
@@ -430,7 +430,7 @@ def update(
     sums: dict[str, torch.Tensor] = {}
     losses, grad_norms = [], []
     for epoch in range(cfg.train.ppo_epochs):
-        for p in params:  # zeros, not None: AdamW then steps every parameter, as with a full batch
+        for p in trained:  # zeros, not None: AdamW then steps every parameter, as with a full batch
             p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
         total = torch.zeros(())
         for idx in active.split(cfg.train.micro_batch_size) if active.numel() else ():
@@ -474,9 +474,9 @@ def update(
             for key, value in metrics.items():
                 pair = torch.stack([masked_sum(value.detach().float(), mask).cpu(), mask.sum().cpu()])
                 sums[key] = sums.get(key, torch.zeros(2)) + pair
-        world.all_reduce_grads(params)
+        world.all_reduce_grads(trained)
         max_norm = cfg.train.max_grad_norm or float("inf")
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(trained, max_norm)))
         optimizer.step()
         scheduler.step()
         losses.append(float(world.sum(total)))
