@@ -163,12 +163,20 @@ def init_world(cfg: Config) -> World:
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=cfg.dist.timeout_s))
-    return World(rank, size, "nccl" == dist.get_backend() and f"cuda:{torch.cuda.current_device()}" or "cpu")
+        _joined.append(True)
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    return World(rank, size, device)
 
 
-def close_world(world: World) -> None:
-    if world.size > 1 and dist.is_initialized():
+_joined: list[bool] = []
+"""Non-empty once `init_world` created the process group (one the caller made is left to the caller)."""
+
+
+def close_world() -> None:
+    """Leave the process group `init_world` joined, if it did."""
+    if _joined and dist.is_initialized():
         dist.destroy_process_group()
+    _joined.clear()
 
 
 def device_for(cfg: Config) -> str:

@@ -136,7 +136,7 @@ def train(cfg: Config) -> Path:
         )
     finally:
         scorer.close()
-        close_world(world)
+        close_world()
     return run.path
 
 
