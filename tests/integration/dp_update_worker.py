@@ -1,6 +1,6 @@
 """Worker for test_data_parallel.py, launched by torchrun with 2 gloo ranks on CPU.
 
-The real `rl.update` on a tiny model: the same sampled batch (4 prompts x 3 completions) is split by prompt, rank r
+The real `update.update` on a tiny model: the same sampled batch (4 prompts x 3 completions) is split by prompt, rank r
 taking prompts 2r and 2r+1, and each rank runs the update on its share with the world; then rank 0 runs it on the
 whole batch alone. The optimizer is SGD with lr 1 and no clipping, so each parameter's change is minus the gradient
 the step used. Written to OUT.json: per case, the largest gap between the data-parallel and the single-process
@@ -22,7 +22,7 @@ from unipo.models.loading import load_model_and_tokenizer
 from unipo.rollout.hf import sample
 from unipo.trainers.common import build_algo
 from unipo.trainers.dist import World
-from unipo.trainers.rl import reference_logps, update
+from unipo.trainers.update import reference_logps, update
 
 ROWS = [{"prompt": "say 7"}, {"prompt": "pick a number:"}, {"prompt": "now"}, {"prompt": "a much longer prompt here"}]
 CASES = {

@@ -13,7 +13,7 @@ from unipo.models.logprobs import completion_logprobs
 from unipo.models.lora import BaseView, with_lora
 from unipo.rollout.hf import sample
 from unipo.trainers import checkpoint
-from unipo.trainers.rl import reference_logps
+from unipo.trainers.update import reference_logps
 
 pytestmark = pytest.mark.slow
 

@@ -520,7 +520,8 @@ def test_dr_po_rolls_in_from_the_reference_and_its_tokens_get_no_gradient(tiny_m
     from tests.integration.rewards_for_tests import reply_length
     from unipo.rollout.batch import Origin
     from unipo.trainers.common import Timer, build_optimizer
-    from unipo.trainers.rl import collect, update
+    from unipo.trainers.rl import collect
+    from unipo.trainers.update import update
 
     rows = [{"prompt": f"q{i}:", "answer": "seven seven seven seven seven"} for i in range(4)]
     s = _collect_state(tiny_model_dir, "dr_po", rows, reply_length, "train.prompts_per_step=2", "rollout.group_size=4",

@@ -8,7 +8,7 @@ from unipo.models.loading import load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
 from unipo.rollout.hf import sample
 from unipo.trainers.common import build_algo, build_optimizer
-from unipo.trainers.rl import reference_logps, update
+from unipo.trainers.update import reference_logps, update
 
 pytestmark = pytest.mark.slow
 

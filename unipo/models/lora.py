@@ -54,9 +54,6 @@ class BaseView:
     def __init__(self, model: Any):
         self.model = model
 
-    def parameters(self) -> Any:
-        return self.model.parameters()
-
 
 @contextmanager
 def reference(ref: Any):  # noqa: ANN201

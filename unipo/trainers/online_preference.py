@@ -57,6 +57,7 @@ from unipo.trainers.common import (
 )
 from unipo.trainers.evaluate import heldout_eval
 from unipo.trainers.loop import run_steps
+from unipo.trainers.update import reference_logps, update
 
 SHOWN = {"loss": "loss", "task_reward": "reward/task_mean", "pairs": "pairs/kept_frac", "len": "tokens/completion_mean",
          "s/step": "time/step_s"}  # fmt: skip
@@ -388,8 +389,8 @@ def _rl_update(s: OnlineState, batch: Rollouts, win: torch.Tensor) -> dict[str, 
               "progress": (s.step - 1) / max(1, cfg.train.max_steps), "generator": s.generator,
               "rewards": rewards}  # fmt: skip
     if s.rl_algo.needs_ref:
-        inputs["ref_logp"] = rl.reference_logps(s.ref, batch, cfg)
+        inputs["ref_logp"] = reference_logps(s.ref, batch, cfg)
     advantages = rl.advantages_of(
         s.rl_algo, rewards, rewards[:, None], batch.advantage_groups, batch.loss_mask, inputs, [1.0]
     )
-    return rl.update(cfg, s.model, s.optimizer, s.scheduler, s.rl_algo, batch, advantages, inputs)
+    return update(cfg, s.model, s.optimizer, s.scheduler, s.rl_algo, batch, advantages, inputs)

@@ -1,0 +1,147 @@
+"""The update stage of the on-policy trainers: the reference's log-probs of a batch, then `ppo_epochs` optimizer steps
+over micro-batches with the batch's global token and sequence counts (every rank's, on several ranks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from unipo.algos.ops import masked_sum
+from unipo.config import Config
+from unipo.models import lora
+from unipo.models.loading import autocast_context
+from unipo.models.logprobs import completion_logprobs
+from unipo.rollout.batch import Origin, Rollouts
+from unipo.trainers.common import Algo, call
+from unipo.trainers.dist import World
+from unipo.trainers.inputs import FROM_LOGITS
+
+
+@torch.no_grad()
+def reference_logps(ref: Any, batch: Rollouts, cfg: Config) -> torch.Tensor:
+    """The reference stage: log π_ref of every sampled token (N, T), in the run's precision (`ref` may be a LoRA
+    policy's `BaseView`)."""
+    with lora.reference(ref) as model, autocast_context(model, cfg.model.autocast):
+        logp, _ = completion_logprobs(model, batch, temperature=cfg.rollout.temperature,
+                                      share_prompt=cfg.model.share_prompt_forward)  # fmt: skip
+    return logp.float()
+
+
+def update(
+    cfg: Config,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    algo: Algo,
+    batch: Rollouts,
+    advantages: torch.Tensor,
+    inputs: dict[str, Any],
+    world: World | None = None,
+) -> dict[str, float]:
+    """`ppo_epochs` optimizer steps on one batch, each accumulating gradients over micro-batches.
+
+    Every surrogate's gradient is −W·A·∇logp (ALGORITHMS.md §0.4), so when nothing but the surrogate is in the
+    loss, a completion whose advantage is 0 on every token adds nothing to the loss or its gradient: it is left out
+    of the forward and backward passes (its tokens still count in the global normalisers, so the loss is
+    unchanged). Entropy and clip metrics are then over the completions that carry gradient. `inputs` holds the
+    step's inputs for components (`ref_logp` from the reference stage among them). On several ranks (`world`),
+    this rank's batch is its share: the normalisers count every rank's tokens and sequences, and the summed
+    gradients are all-reduced before clipping, so every rank steps with the gradient of the whole batch.
+    """
+    world, trained = world or World(), lora.trainable(model)  # a LoRA model trains its adapters only
+    # global counts of trained tokens and sequences: neither micro-batching nor the ranks change the loss
+    num_tokens = world.sum(batch.loss_mask.sum().float())
+    n = int(world.sum(torch.tensor(batch.num_completions)))
+    temperature, share = cfg.rollout.temperature, cfg.model.share_prompt_forward
+    precision = autocast_context(model, cfg.model.autocast)
+    active = torch.arange(batch.num_completions, device=advantages.device)
+    surrogate_only = not algo.kl_coef and not algo.token_weights and not algo.regularizers
+    if surrogate_only and "ref_logp" not in algo.policy_loss.needs:
+        active = active[(advantages != 0).reshape(batch.num_completions, -1).any(1)]
+    entropy_grad = "entropy" in algo.needs
+    old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
+    derived = {name: (FROM_LOGITS[name], algo.params_for(name), torch.zeros_like(old_logp))
+               for name in FROM_LOGITS.keys() & algo.needs}  # fmt: skip
+    sums: dict[str, torch.Tensor] = {}
+    losses, grad_norms = [], []
+    for epoch in range(cfg.train.ppo_epochs):
+        for p in trained:  # zeros, not None: AdamW then steps every parameter, as with a full batch
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
+        total = torch.zeros(())
+        for idx in active.split(cfg.train.micro_batch_size) if active.numel() else ():
+            mb = batch.select(idx)
+            width, mask = mb.completion_ids.shape[1], mb.loss_mask.float()
+            with precision:
+                logp, entropy, logits = completion_logprobs(
+                    model, mb, temperature=temperature, with_entropy=epoch == 0 or entropy_grad,
+                    entropy_grad=entropy_grad, share_prompt=share, keep_logits=True,
+                )  # fmt: skip
+            if epoch == 0:  # the parameters still are the sampling ones: old log-probs are these, detached
+                old_logp[idx, :width] = logp.detach().float()
+            adv = advantages[idx] if advantages.dim() == 1 else advantages[idx, :width]
+            mb_inputs = {
+                **inputs,
+                "old_logp": old_logp[idx, :width],
+                "rollout_logp": mb.rollout_logp,
+                **{k: inputs[k][idx, :width] for k in ("ref_logp", "teacher_logp") if k in inputs},
+                "advantages": adv,
+                "logp": logp,
+                "rewards": inputs["rewards"][idx],
+                "group_ids": mb.advantage_groups,
+                "entropy": entropy,
+                "completion_ids": mb.completion_ids,
+                "truncated": mb.truncated,
+                "demo_mask": mb.origin == Origin.DEMONSTRATION,
+                "hint_mask": mb.forced,
+            }
+            for name, (make, params, values) in derived.items():  # of the sampling policy (= the current one, pass 1)
+                if epoch == 0:
+                    values[idx, :width] = make(logits.detach(), mb.completion_ids, params, temperature)
+                mb_inputs[name] = values[idx, :width]
+            del logits
+            per_token, metrics = call(algo.policy_loss, logp, old_logp[idx, :width], adv, mask, inputs=mb_inputs)
+            per_token, metrics = _add_terms(algo, per_token, metrics, logp, mask, mb_inputs)
+            if entropy is not None:
+                metrics["entropy"] = entropy.detach()
+            loss = algo.aggregation(per_token, mask, num_tokens=num_tokens, num_seqs=n)
+            loss.backward()
+            total += loss.detach().float().cpu()
+            for key, value in metrics.items():
+                pair = torch.stack([masked_sum(value.detach().float(), mask).cpu(), mask.sum().cpu()])
+                sums[key] = sums.get(key, torch.zeros(2)) + pair
+        world.all_reduce_grads(trained)
+        max_norm = cfg.train.max_grad_norm or float("inf")
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(trained, max_norm)))
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(world.sum(total)))
+    out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
+    totals: dict[str, torch.Tensor] = {}
+    for key, pair in world.gather_list(list(sums.items())):  # (masked sum, count) of every rank
+        totals[key] = totals.get(key, torch.zeros(2)) + pair
+    out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in totals.items()})
+    out["tokens/trained_frac"] = float(world.sum(batch.loss_mask[active].sum().float()) / num_tokens)
+    return out
+
+
+def _add_terms(
+    algo: Algo, per_token: torch.Tensor, metrics: dict, logp: torch.Tensor, mask: torch.Tensor, inputs: dict
+) -> tuple[torch.Tensor, dict]:
+    """KL to the reference, regularizers and token weights, all per token (so they share the normaliser)."""
+    metrics = dict(metrics)
+    if algo.kl_coef > 0:
+        kl = call(algo.kl, logp, inputs["ref_logp"], inputs=inputs)
+        per_token = per_token + algo.kl_coef * kl
+        metrics["kl"] = kl.detach()
+    for reg in algo.regularizers:
+        term, reg_metrics = call(reg, logp, inputs["old_logp"], mask, inputs=inputs)
+        per_token = per_token + term
+        metrics.update(reg_metrics)
+    for weight_fn in algo.token_weights:
+        per_token = per_token * call(weight_fn, mask, inputs=inputs).detach()
+    return per_token, metrics
+
+
+def _metric_name(key: str) -> str:
+    return {"clip/frac": "clip_frac"}.get(key, key)
