@@ -41,7 +41,9 @@ def markdown() -> str:
             if e.facts:
                 params += "; " + ", ".join(f"`{f}`" for f in sorted(e.facts))
             runs = _cell(where_it_runs(kind, e.name))
-            lines.append(f"| `{e.name}` | {_cell(e.paper)} | {_cell(e.tag)} | {runs} | {_cell(params)} |")
+            aliases = [a for a, target in algos.registry.ALIASES.get(kind, {}).items() if target == e.name]
+            name = f"`{e.name}`" + "".join(f" (alias `{a}`)" for a in aliases)
+            lines.append(f"| {name} | {_cell(e.paper)} | {_cell(e.tag)} | {runs} | {_cell(params)} |")
         missing = gaps(kind)
         if missing:
             lines.append(f"\nNot registered yet (known gaps, {len(missing)}):\n")

@@ -38,8 +38,8 @@ def test_dpo_learns_the_preference_and_computes_the_reference_once(tiny_model_di
     assert len(calls) == 1 and (run / "ref_logps.pt").exists()
     # policy = reference at the start: every margin is 0 and the DPO loss is log 2
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
-    assert steps[0]["rewards/margin"] == pytest.approx(0.0, abs=1e-4)
-    assert steps[-1]["rewards/accuracy"] == 1.0 and steps[-1]["loss"] < 0.3
+    assert steps[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
+    assert steps[-1]["rewards/accuracies"] == 1.0 and steps[-1]["loss"] < 0.3
     evals = [r for r in rows if "eval/pref_accuracy" in r]
     assert [r["step"] for r in evals] == [0, 15] and evals[-1]["eval/pref_accuracy"] == 1.0
     # the cache is reused for the same model and pairs, and recomputed (the reference loaded) when the pairs change
@@ -183,6 +183,24 @@ def test_kto_loss_does_not_depend_on_micro_batching(tiny_model_dir, tmp_path):
     assert [r["kto/z0"] for r in split] == pytest.approx([r["kto/z0"] for r in whole], rel=1e-4, abs=1e-6)
 
 
+def test_rpo_batch_token_nll_does_not_depend_on_micro_batching_and_metrics_follow_trl(tiny_model_dir, tmp_path):
+    # chosen responses of unequal lengths: TRL's sft term averages over every chosen token of the step, so the loss
+    # is the same whole or split into micro-batches, and differs from per-sequence means (irpo's normalisation)
+    rows = [{"prompt": f"say {i}:", "chosen": "7 " * (1 + i % 4), "rejected": f"no {i}"} for i in range(40)]
+    common = ["train.max_steps=2", "algo.preference.nll_coef=1.0", "train.lr=1e-2", "model.autocast=off",
+              "train.prompts_per_step=8"]  # fmt: skip
+    whole = _run(tiny_model_dir, tmp_path, "rpo", rows, *common, "train.micro_batch_size=16", name="whole")
+    split = _run(tiny_model_dir, tmp_path, "rpo", rows, *common, "train.micro_batch_size=2", name="split")
+    per_seq = _run(tiny_model_dir, tmp_path, "rpo", rows, *common, "algo.preference.nll_norm=sequence", name="seq")
+    assert [r["loss"] for r in split] == pytest.approx([r["loss"] for r in whole], rel=1e-5)
+    assert abs(per_seq[0]["loss"] - whole[0]["loss"]) > 1e-4  # float32 noise is ~1e-6
+    # TRL's names and meanings: implicit rewards β·(log π − log π_ref) (β = 0.01 here), margins their difference
+    last = whole[-1]
+    assert last["rewards/margins"] == pytest.approx(last["rewards/chosen"] - last["rewards/rejected"], abs=1e-7)
+    assert whole[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-6) and whole[0]["logps/chosen"] < 0
+    assert {"rewards/accuracies", "logps/rejected"} <= last.keys()
+
+
 def test_reference_cache_is_recomputed_when_precision_or_the_model_files_change(tiny_model_dir, tmp_path):
     from unipo import config
     from unipo.models.loading import load_model_and_tokenizer
@@ -219,7 +237,7 @@ def test_kto_on_unpaired_rows_and_pairwise_losses_refuse_them(tiny_model_dir, tm
     # policy = reference: every term is λ·(1 − σ(0)) = ½ and z₀ = 0
     assert rows[0]["loss"] == pytest.approx(0.5, abs=1e-5) and rows[0]["kto/z0"] == pytest.approx(0.0, abs=1e-4)
     # then desirable completions rise above undesirable ones (margins over the batch's desirable x undesirable pairs)
-    later = [r["rewards/accuracy"] for r in rows[1:] if "rewards/accuracy" in r]
+    later = [r["rewards/accuracies"] for r in rows[1:] if "rewards/accuracies" in r]
     assert later and min(later) > 0.5 and rows[-1]["loss"] < rows[0]["loss"]
     data = _pairs(tmp_path / "unpaired.jsonl", UNPAIRED)
     args = ["train", "dpo", f"model.path={tiny_model_dir}", f"data.path={data}", f"output_dir={tmp_path / 'r'}"]

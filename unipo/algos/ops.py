@@ -38,3 +38,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise ValueError naming `option` unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"{option}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")

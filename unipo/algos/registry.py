@@ -180,6 +180,10 @@ class Entry:
 
 _REGISTRY: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
 
+ALIASES: dict[str, dict[str, str]] = {"preference": {"robust": "rdpo"}}
+"""Other names of one registered component (ALGORITHMS.md R2: one implementation, one entry): `robust` is TRL's
+`loss_type` name for `rdpo`. `entry`/`get` resolve them; `names`/`entries` list each component once."""
+
 
 def register(
     kind: str,
@@ -204,6 +208,8 @@ def register(
         raise ValueError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
 
     def deco(fn: Callable) -> Callable:
+        if name in ALIASES.get(kind, {}):
+            raise ValueError(f"{kind} {name!r} is an alias of {ALIASES[kind][name]!r}; register it once")
         if name in _REGISTRY[kind]:
             raise ValueError(f"{kind} {name!r} is already registered (by {_REGISTRY[kind][name].fn.__module__})")
         _REGISTRY[kind][name] = Entry(kind, name, fn, paper, tag, inputs, state, frozenset(facts))
@@ -213,10 +219,12 @@ def register(
 
 
 def entry(kind: str, name: str) -> Entry:
-    """The registry entry for `name` of `kind`; raises KeyError naming the known ids."""
+    """The registry entry for `name` of `kind` (an alias resolves to its component); raises KeyError naming the known
+    ids."""
     _load_all()
     if kind not in _REGISTRY:
         raise KeyError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
+    name = ALIASES.get(kind, {}).get(name, name)
     if name not in _REGISTRY[kind]:
         known = ", ".join(sorted(_REGISTRY[kind])) or "(none)"
         raise KeyError(f"unknown {kind} {name!r}; registered: {known}")

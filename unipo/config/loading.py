@@ -158,7 +158,7 @@ def check_components(cfg: Config) -> None:
     for axis, kind in LIST_AXES.items():
         nodes += [(f"algo.{axis}[{i}]", kind, node) for i, node in enumerate(getattr(cfg.algo, axis))]
     for where, kind, node in nodes:
-        if node.name not in algos.names(kind):
+        if node.name not in algos.names(kind) and node.name not in algos.registry.ALIASES.get(kind, {}):
             raise ConfigError(f"{where}.name: unknown {kind} {node.name!r}; registered: {', '.join(algos.names(kind))}")
         params = algos.entry(kind, node.name).params
         for key, value in (node.model_extra or {}).items():

@@ -51,10 +51,10 @@ from unipo.trainers.loop import run_steps
 SUPPLIED = {
     "chosen_len", "rejected_len", "chosen_rewards", "rejected_rewards", "sample_logp", "ref_sample_logp",
     "chosen_mask", "rejected_mask", "guide_chosen_logp", "guide_rejected_logp", "scores",
-    "kl_logp", "ref_kl_logp", "reward_shift",
+    "kl_logp", "ref_kl_logp", "reward_shift", "chosen_len_mean",
 }  # fmt: skip
 """Keyword tensors this trainer can give a preference loss."""
-SHOWN = {"loss": "loss", "margin": "rewards/margin", "acc": "rewards/accuracy", "s/step": "time/step_s"}
+SHOWN = {"loss": "loss", "margin": "rewards/margins", "acc": "rewards/accuracies", "s/step": "time/step_s"}
 """What the progress line shows for a preference run."""
 OPTIONAL = {"kl_logp", "ref_kl_logp", "reward_shift"}
 """Optional ones, not in `Loss.inputs`: KTO's mismatched-pair KL (supplied when asked for, `Loss.kl`); BCO's reward
@@ -198,12 +198,16 @@ def _response_batch(tokenizer: Any, rows: list[dict[str, Any]], device: torch.de
     per_row = [responses(r) for r in rows]
     width_w = len(per_row[0])
     texts = [per_row[b][w] for w in range(width_w) for b in range(len(rows))]
-    eos = tokenizer.eos_token_id
-    encoded = [(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])[:max_tokens] for t in texts]
-    ids, mask = right_pad(encoded, tokenizer.pad_token_id, device)
+    ids, mask = right_pad(_encode(tokenizer, texts, max_tokens), tokenizer.pad_token_id, device)
     group = torch.arange(len(rows), device=device).repeat(width_w)
     return Rollouts(prompt_ids, prompt_mask, ids, mask, group, torch.zeros_like(group, dtype=torch.bool),
                     torch.zeros(ids.shape, device=device))  # fmt: skip
+
+
+def _encode(tokenizer: Any, texts: list[str], max_tokens: int) -> list[list[int]]:
+    """Each response's token ids as trained on: the text's tokens, then EOS, cut at `max_tokens`."""
+    eos = tokenizer.eos_token_id
+    return [(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])[:max_tokens] for t in texts]
 
 
 def _token_logps(cfg: Config, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
@@ -270,46 +274,73 @@ def _fingerprint(path: str) -> object:
 def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model, generator, extra_rows) -> dict:
     """One optimizer step over `rows`, accumulated over micro-batches (the loss is the mean over all examples)."""
     optimizer.zero_grad(set_to_none=True)
-    n, total, margins = len(rows), 0.0, []
+    n, total, chosen, rejected = len(rows), 0.0, [], []
     per_chunk = max(1, cfg.train.micro_batch_size // len(responses(rows[0])))  # micro_batch_size counts responses
-    kl = {}
+    step_inputs = {}  # inputs computed over the whole step, not per micro-batch
     if loss.kl:  # KTO's z₀ from the whole step's mismatched pairs (a detached estimate, as micro-batching must not
         with torch.no_grad():  # change it): policy log-probs now, reference ones from the cache
             kl_rows = extra_rows["kl"]
             kl_logp = [_token_logps(cfg, model, tokenizer, kl_rows[i : i + per_chunk])[0].sum(-1)[:, 0]
                        for i in range(0, n, per_chunk)]  # fmt: skip
-        kl = {"kl_logp": torch.cat(kl_logp), "ref_kl_logp": fixed["kl_ref"].sum(-1)[:, 0].to(kl_logp[0].device)}
+        ref_kl = fixed["kl_ref"].sum(-1)[:, 0].to(kl_logp[0].device)
+        step_inputs = {"kl_logp": torch.cat(kl_logp), "ref_kl_logp": ref_kl}
+    if "chosen_len_mean" in loss.inputs:  # a batch-token normalisation over the step, not the micro-batch
+        encoded = _encode(tokenizer, [responses(r)[0] for r in rows], cfg.data.max_response_tokens)
+        step_inputs["chosen_len_mean"] = torch.tensor(sum(map(len, encoded)) / n)
     for start in range(0, n, per_chunk):
         chunk = rows[start : start + per_chunk]
         logp, mask = _token_logps(cfg, model, tokenizer, chunk)  # [b, W, T]
         t = logp.shape[-1]  # per-token caches: the chunk's responses end by t (zeros after); sums have width 1
         part = {k: v[start : start + len(chunk), :, :t].to(logp.device) for k, v in fixed.items() if k != "kl_ref"}
         args, extra = _loss_args(cfg, loss, chunk, logp, mask, part, model, tokenizer, ref_model, generator)
-        out = loss.fn(*args, **extra, **kl)
+        out = loss.fn(*args, **extra, **{k: v.to(logp.device) for k, v in step_inputs.items()})
         value = out.sum() / (n * (out.shape[0] // len(chunk)))  # mean over loss terms (KTO: 2 per pair)
         value.backward()
         total += float(value.detach())
-        margins.append(_margins(chunk, logp.detach().sum(-1) - part["ref"].sum(-1)).float().cpu())
+        seq = logp.detach().float().sum(-1)
+        pairs = _chosen_rejected(chunk, torch.stack([seq, seq - part["ref"].float().sum(-1)], -1).cpu())
+        chosen, rejected = chosen + [pairs[0]], rejected + [pairs[1]]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf")))
     optimizer.step()
     out = {"loss": total, "grad_norm": grad_norm}
-    margin = torch.cat(margins)
-    if margin.numel():  # none for an unpaired batch with one label only
-        out |= {"rewards/margin": float(margin.mean()), "rewards/accuracy": float((margin > 0).float().mean())}
-    if kl:
-        out["kto/z0"] = float((kl["kl_logp"] - kl["ref_kl_logp"]).mean().clamp(min=0))
+    beta = getattr(cfg.algo.preference, "beta", None)
+    out |= _reward_metrics(torch.cat(chosen), torch.cat(rejected), beta, paired="completion" not in rows[0])
+    if loss.kl:
+        out["kto/z0"] = float((step_inputs["kl_logp"] - step_inputs["ref_kl_logp"]).mean().clamp(min=0))
     return out
 
 
-def _margins(rows: list[dict[str, Any]], h: torch.Tensor) -> torch.Tensor:
-    """Implicit-reward margins from h = log π − log π_ref [b, W], positive where the policy ranks as the data does:
-    preferred minus least preferred response of each example (pairs, lists: [b]), or every desirable example minus
-    every undesirable one of the batch (unpaired: [b_D·b_U])."""
+def _chosen_rejected(rows: list[dict[str, Any]], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-response values `x` [b, W, ...] split into (chosen, rejected) as the data ranks them: the preferred and
+    least preferred response of each example (pairs, lists: [b, ...] each), or the desirable and the undesirable
+    examples (unpaired: [b_D, ...] and [b_U, ...])."""
     if "completion" in rows[0]:
-        label = torch.tensor([r["label"] for r in rows], device=h.device)
-        return (h[label, 0][:, None] - h[~label, 0][None, :]).flatten()
+        label = torch.tensor([r["label"] for r in rows])
+        return x[label, 0], x[~label, 0]
     best, worst = torch.tensor([best_and_worst(r["scores"]) if "scores" in r else (0, 1) for r in rows]).T
-    return h[torch.arange(len(rows)), best.to(h.device)] - h[torch.arange(len(rows)), worst.to(h.device)]
+    return x[torch.arange(len(rows)), best], x[torch.arange(len(rows)), worst]
+
+
+def _reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor, beta: float | None, paired: bool) -> dict[str, float]:
+    """TRL's DPO metrics from (summed log π, log π − log π_ref) of the chosen [b, 2] and rejected [b', 2] responses:
+    `rewards/*` are implicit rewards β·(log π − log π_ref) (β = 1 for a loss without one); `rewards/margins` is
+    their mean difference and `rewards/accuracies` the share of pairs (unpaired: of desirable × undesirable
+    combinations) in which the chosen response's reward is higher; `logps/*` are mean summed log-probs."""
+    scale = 1.0 if beta is None else float(beta)
+    out = {}
+    for name, part in (("chosen", chosen), ("rejected", rejected)):
+        if len(part):
+            out |= {f"rewards/{name}": scale * float(part[:, 1].mean()), f"logps/{name}": float(part[:, 0].mean())}
+    if len(chosen) and len(rejected):
+        out |= {"rewards/margins": out["rewards/chosen"] - out["rewards/rejected"],
+                "rewards/accuracies": _accuracy(chosen[:, 1], rejected[:, 1], paired)}  # fmt: skip
+    return out
+
+
+def _accuracy(chosen: torch.Tensor, rejected: torch.Tensor, paired: bool) -> float:
+    """Share of pairs (unpaired data: of desirable × undesirable combinations) whose chosen value is the higher."""
+    margin = chosen - rejected if paired else (chosen[:, None] - rejected[None, :]).flatten()
+    return float((margin > 0).float().mean())
 
 
 def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, ref_model, generator) -> tuple:
@@ -358,14 +389,15 @@ def _fresh_samples(cfg, model, ref_model, tokenizer, rows, generator) -> tuple[t
 
 @torch.no_grad()
 def _evaluate(cfg, model, tokenizer, heldout, heldout_ref) -> dict[str, float]:
-    """Held-out preference accuracy (the implicit reward ranks as the data does, `_margins`); plus greedy accuracy
+    """Held-out preference accuracy (the implicit reward ranks as the data does, `_accuracy`); plus greedy accuracy
     for the built-in pairs."""
     if not cfg.eval.num_problems or not heldout:
         return {}
     rows, ref = heldout[: cfg.eval.num_problems], heldout_ref[: cfg.eval.num_problems]
     logp, _ = _token_logps(cfg, model, tokenizer, rows)
-    margin = _margins(rows, logp.float().cpu().sum(-1) - ref.sum(-1))
-    out = {"eval/pref_accuracy": float((margin > 0).float().mean())} if margin.numel() else {}
+    chosen, rejected = _chosen_rejected(rows, logp.float().cpu().sum(-1) - ref.sum(-1))
+    paired = "completion" not in rows[0]
+    out = {"eval/pref_accuracy": _accuracy(chosen, rejected, paired)} if len(chosen) and len(rejected) else {}
     if cfg.data.path is None:  # built-in pairs come from the arithmetic task: also score generation
         task = arithmetic()
         with autocast_context(model, cfg.model.autocast):

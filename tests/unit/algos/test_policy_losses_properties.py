@@ -121,8 +121,8 @@ def rec_coef(b):
 
 def dppo_coef(b):
     diff = torch.exp(b.logp) - torch.exp(b.old)
-    valid = torch.where(b.A > 0, diff <= 0.2, diff >= -0.2)
-    return -b.rho.clamp(max=20) * valid * b.A
+    valid = torch.where(b.A > 0, diff <= 0.15, diff >= -0.15)
+    return -b.rho.clamp(max=1e4) * valid * b.A
 
 
 def bapo_reference(rho, a, mask, target=0.4):
@@ -183,7 +183,7 @@ SPECS = {
     "vespo": ({}, vespo_coef),
     "nft": ({}, nft_coef),
     "rec": ({"clip_mode": "one_side", "weight": "ratio"}, rec_coef),
-    "mdpo": ({}, lambda b: -(b.rho * b.A - (1 - 1 / b.rho))),
+    "mdpo": ({}, lambda b: -(b.rho * b.A - b.rho * b.lr)),
     "dro": ({}, lambda b: -(b.A - 0.1 * b.lr)),
     "dppo_tv": ({}, dppo_coef),
     "bapo": ({}, bapo_coef),

@@ -233,18 +233,51 @@ def test_bapo_by_hand():
 
 
 def test_mdpo_by_hand():
-    # β = 1, k3 = 1/ρ - 1 + ln ρ. A=+1, ρ=1.5: ℓ = -1.5 + (.666667 - 1 + .405465) = -1.427868;
+    # β = 1, default estimator ρ·ln ρ − ρ + 1. A=+1, ρ=1.5: ℓ = -1.5 + (1.5·.405465 - .5) = -1.391802;
+    #   grad = -(ρA - β·ρ·ln ρ) = -(1.5 - .608198) = -.891802.
+    # A=-1, ρ=.5: ℓ = .5 + (.5·(-.693147) + .5) = .653426; grad = -(-.5 - .5·(-.693147)) = .153426.
+    # k3 = 1/ρ - 1 + ln ρ: A=+1, ρ=1.5: ℓ = -1.5 + (.666667 - 1 + .405465) = -1.427868;
     #   grad = -(ρA - β(1 - 1/ρ)) = -(1.5 - .333333) = -1.166667.
-    # A=-1, ρ=.5: ℓ = .5 + (2 - 1 - .693147) = .806853; grad = -(-.5 - (1 - 2)) = -.5.
     # k2 = ½(ln ρ)²: A=+1, ρ=1.5: ℓ = -1.5 + .5·.164402 = -1.417799; grad = -(1.5 - .405465) = -1.094535.
     logp = t([[LN(1.5)], [LN(0.5)]])
     old, adv, mask = torch.zeros(2, 1, dtype=F64), t([1.0, -1.0]), torch.ones(2, 1)
     loss, metrics, g = grad_of("mdpo", logp, old, adv, mask)
+    torch.testing.assert_close(loss, t([[-1.391802], [0.653426]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(g, t([[-0.891802], [0.153426]]), atol=1e-6, rtol=0)
+    loss, _, g = grad_of("mdpo", logp, old, adv, mask, kl_estimator="k3")
     torch.testing.assert_close(loss, t([[-1.5 + 1 / 1.5 - 1 + LN(1.5)], [0.5 + 2 - 1 + LN(0.5)]]))
     torch.testing.assert_close(g, t([[-(1.5 - (1 - 1 / 1.5))], [-0.5]]))
     loss, _, g = grad_of("mdpo", logp, old, adv, mask, kl_estimator="k2")
     torch.testing.assert_close(loss[0], t([-1.5 + 0.5 * LN(1.5) ** 2]))
     torch.testing.assert_close(g[0], t([-(1.5 - LN(1.5))]))
+
+
+def test_mdpo_token_estimator_is_exact_under_old_policy():
+    """ALGORITHMS.md §13 C1 (token estimator): by exact enumeration over a 5-action categorical under π_old,
+    E[ρ·log ρ − ρ + 1] = KL(π_θ‖π_old) and its expected gradient is ∇KL(π_θ‖π_old); k3 fails both away from ρ = 1."""
+    torch.manual_seed(0)
+    old_logits = torch.randn(5, dtype=F64)
+    logits = (old_logits + 0.5 * torch.randn(5, dtype=F64)).requires_grad_(True)
+    old = torch.log_softmax(old_logits, -1)
+    p_old = old.exp()
+
+    def expected(estimator):
+        logp = torch.log_softmax(logits, -1)
+        # every action as a one-token "sequence" sampled from π_old, weighted by its probability; A = 0.
+        loss, _ = get("mdpo")(
+            logp[:, None], old[:, None], torch.zeros(5, dtype=F64), torch.ones(5, 1), kl_estimator=estimator
+        )
+        value = (p_old * loss[:, 0]).sum()
+        return value, torch.autograd.grad(value, logits)[0]
+
+    logp = torch.log_softmax(logits, -1)
+    exact = (logp.exp() * (logp - old)).sum()
+    exact_grad = torch.autograd.grad(exact, logits)[0]
+    value, grad = expected("rho_log_rho")
+    torch.testing.assert_close(value, exact.detach(), atol=1e-12, rtol=0)
+    torch.testing.assert_close(grad, exact_grad, atol=1e-12, rtol=0)
+    value, grad = expected("k3")
+    assert abs(value - exact).item() > 1e-3 and (grad - exact_grad).abs().max().item() > 1e-3
 
 
 def test_dro_by_hand():
@@ -270,13 +303,22 @@ def test_dppo_tv_by_hand():
     logp = t([[LN(0.8), LN(0.6), LN(0.1)], [LN(0.2), LN(0.01), 0.0]])
     old = t([[LN(0.5), LN(0.5), LN(0.001)], [LN(0.5), LN(0.05), 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    loss, metrics, g = grad_of("dppo_tv", logp, old, t([1.0, -1.0]), mask)
+    loss, metrics, g = grad_of("dppo_tv", logp, old, t([1.0, -1.0]), mask, clip_low=0.2, clip_high=0.2, ratio_cap=20)
     torch.testing.assert_close(loss[0], t([0.0, -1.2 * LN(0.6), -20 * LN(0.1)]))
     torch.testing.assert_close(loss[1, :2], t([0.0, 0.2 * LN(0.01)]))
     torch.testing.assert_close(g, t([[0.0, -1.2, -20.0], [0.0, 0.2, 0.0]]))
     torch.testing.assert_close(metrics["clip/frac_high"][0], t([1.0, 0, 0]))
     torch.testing.assert_close(metrics["clip/frac_low"][1], t([1.0, 0, 0]))
     torch.testing.assert_close(metrics["clip/frac_cap"][0], t([0.0, 0, 1]))
+
+
+def test_dppo_tv_and_luspo_defaults_are_the_papers():
+    """DPPO example (the paper's recommendation): δ = 0.15, C = 1e4 (no truncation in practice); LUSPO §5.1:
+    ε = 2e-3 / 2.5e-3. At ρ = 100 under A > 0 with π_θ − π_old = .099 < .15 the weight is ρ itself (uncapped)."""
+    assert algos.entry("policy_loss", "dppo_tv").params == {"clip_low": 0.15, "clip_high": 0.15, "ratio_cap": 1e4}
+    assert algos.entry("policy_loss", "luspo").params == {"clip_low": 2e-3, "clip_high": 2.5e-3}
+    _, _, g = grad_of("dppo_tv", t([[LN(0.1)]]), t([[LN(0.001)]]), t([1.0]), torch.ones(1, 1))
+    torch.testing.assert_close(g, t([[-100.0]]))
 
 
 def test_rollout_is_modes_by_hand():

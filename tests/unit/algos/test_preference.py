@@ -48,13 +48,31 @@ def test_dpo_family_hand_values():
     # hinge: max(0, 1 − 0.5·2) = 0 (on the margin); β = 0.25: 1 − 0.5 = 0.5
     close(pref("hinge")(C, R, RC, RR, beta=0.5), 0.0)
     close(pref("hinge")(C, R, RC, RR, beta=0.25), 0.5)
-    # rpo: dpo + 1·NLL, NLL = −(−1)/2 = 0.5 → 0.8132617
-    close(pref("rpo")(C, R, RC, RR, chosen_len=LEN_W, beta=0.5, nll_coef=1.0), 0.8132617)
+    # rpo, per-sequence NLL (irpo): dpo + 1·NLL, NLL = −(−1)/2 = 0.5 → 0.8132617
+    close(pref("rpo")(C, R, RC, RR, chosen_len=LEN_W, beta=0.5, nll_coef=1.0, nll_norm="sequence"), 0.8132617)
     # discopop, τ = 1: μ = σ(1) = 0.7310586; (1−μ)·0.3132617 + μ·e^{−1} = 0.0842490 + 0.2689414 = 0.3531904
     close(pref("discopop")(C, R, RC, RR, beta=0.5, tau=1.0), 0.3531904)
     # exo, ε = 0.1: q_w = σ(1) = 0.7310586, q_l = 0.2689414;
     # 0.7310586·(−0.3132617 − log 0.9) + 0.2689414·(−1.3132617 − log 0.1) = −0.1519879 + 0.2660700 = 0.1140821
     close(pref("exo_pair")(C, R, RC, RR, beta=0.5, label_smoothing=0.1), 0.1140821)
+
+
+def test_rpo_nll_is_a_batch_token_mean_by_default():
+    # Two pairs at policy = reference (Δ = 0, DPO part log 2), chosen summed log-probs −1 and −6 over 2 and 4 tokens.
+    # TRL's sft term: (1 + 6)/(2 + 4) = 7/6 over the batch; per pair −logp/L̄ with L̄ = 3: (1/3, 2), mean 7/6.
+    # Per-sequence means: (1/2, 3/2), mean 1 (they differ because the lengths differ).
+    c, lens = t(-1.0, -6.0), t(2.0, 4.0)
+    batch = pref("rpo")(c, c - 1, c, c - 1, chosen_len=lens, beta=0.5, nll_coef=1.0)
+    close(batch, [LOG2 + 1 / 3, LOG2 + 2.0])
+    torch.testing.assert_close(batch.mean(), torch.tensor(LOG2 + 7 / 6, dtype=D))
+    seq = pref("rpo")(c, c - 1, c, c - 1, chosen_len=lens, beta=0.5, nll_coef=1.0, nll_norm="sequence")
+    close(seq, [LOG2 + 0.5, LOG2 + 1.5])
+    # the trainer passes the whole step's mean length, so a micro-batch of the first pair alone gives the same term
+    close(
+        pref("rpo")(c[:1], c[:1] - 1, c[:1], c[:1] - 1, chosen_len=lens[:1], chosen_len_mean=t(3.0)), LOG2 + 0.005 / 3
+    )
+    # defaults: the paper's β = 0.01 and NLL weight 0.005 (as TRL applies them)
+    assert algos.entry("preference", "rpo").params == {"beta": 0.01, "nll_coef": 0.005, "nll_norm": "batch_tokens"}
 
 
 def test_squared_and_anchored_hand_values():

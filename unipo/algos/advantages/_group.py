@@ -11,15 +11,10 @@ import math
 
 import torch
 
-from unipo.algos.ops import masked_sum
+from unipo.algos.ops import check_choice, masked_sum  # noqa: F401  (check_choice: re-exported)
 
 STD_MODES = ("sample", "population")
 SINGLETONS = ("zero", "raw")
-
-
-def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{option}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
 
 
 def check_range(

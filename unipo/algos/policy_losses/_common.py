@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from unipo.algos.ops import masked_sum
+from unipo.algos.ops import check_choice, masked_sum  # noqa: F401  (check_choice: re-exported)
 
 Metrics = dict[str, torch.Tensor]
 
@@ -74,11 +74,6 @@ def sequence_token_form(logp: torch.Tensor, log_seq: torch.Tensor, mask: torch.T
 def check_clip(clip_low: float, clip_high: float) -> None:
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip_low and clip_high must be >= 0; got clip_low={clip_low}, clip_high={clip_high}")
-
-
-def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
 
 
 def check_positive(**values: float) -> None:

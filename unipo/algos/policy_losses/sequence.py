@@ -119,8 +119,8 @@ def luspo(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
-    clip_low: float = 3e-4,
-    clip_high: float = 4e-4,
+    clip_low: float = 2e-3,
+    clip_high: float = 2.5e-3,
 ) -> tuple[torch.Tensor, Metrics]:
     """TRL luspo: GSPO scaled by sequence length (Liu et al. 2026, arXiv:2602.05261; implemented as TRL's form).
 
@@ -133,11 +133,15 @@ def luspo(
         old_logp: [N, T] log π_old (constant).
         advantages: [N] or [N, T].
         mask: [N, T] loss mask.
-        clip_low: ε_low; GSPO's 3e-4 (TRL requires importance_sampling_level="sequence", GSPO's setting).
-        clip_high: ε_high; GSPO's 4e-4.
+        clip_low: ε_low; the paper's 2e-3 (§5.1, as quoted in TRL's paper index), not GSPO's 3e-4.
+        clip_high: ε_high; the paper's 2.5e-3 (GSPO: 4e-4).
 
     Returns:
         (per-token loss [N, T], metrics as ``gspo``).
+
+    Note:
+        log s_i is clamped ≤ 10 as in ``gspo`` (verl); TRL's luspo applies no clamp. The two differ only when
+        s_i > e¹⁰, far outside the clip range, where the clipped branch carries no gradient either way.
     """
     return gspo(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high)
 

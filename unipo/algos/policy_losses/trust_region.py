@@ -21,7 +21,7 @@ from unipo.algos.policy_losses._common import (
 from unipo.algos.registry import register
 
 _TOL = 1e-9
-_KL_ESTIMATORS = ("k2", "k3")
+_KL_ESTIMATORS = ("rho_log_rho", "k2", "k3")
 _DRO_ANCHORS = ("old", "ref")
 
 
@@ -140,35 +140,43 @@ def mdpo(
     mask: torch.Tensor,
     *,
     kl_coef: float = 1.0,
-    kl_estimator: str = "k3",
+    kl_estimator: str = "rho_log_rho",
 ) -> tuple[torch.Tensor, Metrics]:
     """Mirror Descent PO, on-policy form: KL to π_old instead of a clip (Tomar et al. 2020, arXiv:2005.09814).
 
-    ℓ = −ρ·A + (1/t_k)·KL̂(π_θ‖π_old) on the sampled token, with k3 = ρ⁻¹ − 1 + log ρ or k2 = ½(log ρ)².
-    ∇ℓ = −(ρ·A − β·(1 − ρ⁻¹))·∇logp for k3 (−(ρ·A − β·log ρ)·∇logp for k2), β = 1/t_k: W = ρ plus an
-    A-independent pull back to π_old that vanishes at ρ = 1.
+    ℓ = −ρ·A + (1/t_k)·KL̂(π_θ‖π_old) on the sampled token y ∼ π_old, with the default estimator
+    KL̂ = ρ·log ρ − ρ + 1: under π_old its expectation is KL(π_θ‖π_old) and its expected gradient is
+    ∇KL(π_θ‖π_old) exactly (ALGORITHMS.md §11, §13 C1). ∇ℓ = −(ρ·A − β·ρ·log ρ)·∇logp, β = 1/t_k.
 
     Args:
         logp: [N, T] log π_θ.
         old_logp: [N, T] log π_k = π_old, frozen for the m SGD steps of the iteration.
         advantages: [N] or [N, T].
         mask: [N, T] loss mask.
-        kl_coef: β = 1/t_k ≥ 0. The paper anneals t_k = 1 − k/K over iterations; the caller updates it
+        kl_coef: β = 1/t_k ≥ 0. The official code anneals t_k = 1 − k/K over iterations; the caller updates it
             (default 1.0 = 1/t_0).
-        kl_estimator: "k3" (default, as ALGORITHMS.md §11 suggests for LLM tokens) or "k2".
+        kl_estimator: "rho_log_rho" (default; unbiased, exact expected gradient), or the options "k3"
+            (ρ⁻¹ − 1 + log ρ) and "k2" (½(log ρ)²). On π_old's samples k3 estimates χ²(π_old‖π_θ) − KL(π_old‖π_θ),
+            not KL(π_θ‖π_old), and both options match ∇KL(π_θ‖π_old) only to first order around ρ = 1.
 
     Returns:
         (per-token loss [N, T], metrics: clip fractions 0, "ratio/mean" = ρ, "kl/old" = the KL estimate).
 
     Note:
-        The paper uses the exact KL for categorical heads; the sampled-token estimate is the LLM reading.
+        The official code uses the exact KL of the categorical head; the sampled-token estimate is the LLM reading
+        (the exact form over the vocabulary is `kl_full`).
     """
     check_choice("kl_estimator", kl_estimator, _KL_ESTIMATORS)
     if kl_coef < 0:
         raise ValueError(f"kl_coef must be >= 0; got {kl_coef}")
     lr = log_ratio(logp, old_logp, mask)
     ratio = torch.exp(lr)
-    kl = torch.exp(-lr) - 1.0 + lr if kl_estimator == "k3" else 0.5 * lr**2
+    if kl_estimator == "rho_log_rho":
+        kl = ratio * lr - ratio + 1.0
+    elif kl_estimator == "k3":
+        kl = torch.exp(-lr) - 1.0 + lr
+    else:
+        kl = 0.5 * lr**2
     loss = -token_advantages(advantages, logp) * ratio + kl_coef * kl
     metrics = no_clip_metrics(ratio, loss)
     metrics["kl/old"] = kl.detach()
@@ -238,9 +246,9 @@ def dppo_tv(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    ratio_cap: float = 20.0,
+    clip_low: float = 0.15,
+    clip_high: float = 0.15,
+    ratio_cap: float = 1e4,
 ) -> tuple[torch.Tensor, Metrics]:
     """DPPO-Binary-TV: a probability-difference trust region (Qi et al. 2026, arXiv:2602.04879; verl ``dppo_tv``).
 
@@ -252,10 +260,12 @@ def dppo_tv(
         old_logp: [N, T] log π_old (constant).
         advantages: [N] or [N, T].
         mask: [N, T] loss mask.
-        clip_low: δ_low, the TV threshold below (verl reuses clip_ratio_low; 0.2 is verl's generic clip_ratio
-            default, not a value from the paper).
-        clip_high: δ_high, the TV threshold above.
-        ratio_cap: C, the truncated-IS cap that replaces dual clip (verl default 20; the paper recommends a large one).
+        clip_low: δ_low, the TV threshold below (verl reads clip_ratio_low). Default 0.15, verl's DPPO example
+            (`examples/dppo_trainer`), which carries the paper's recommendation.
+        clip_high: δ_high, the TV threshold above (default 0.15, as δ_low).
+        ratio_cap: C, the truncated-IS cap that replaces dual clip. Default 1e4, the DPPO example's `clip_ratio_c`:
+            effectively no truncation, as the paper recommends (§5.4). verl's generic actor default is 3 (its code
+            falls back to 20 only when the key is absent); pass 3.0 to match a plain verl actor.
 
     Returns:
         (per-token loss [N, T], metrics: "clip/frac" = outside the TV region ("clip/frac_low" for A ≤ 0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unipo.algos.ops import check_choice
 from unipo.algos.preference._common import (
     check_positive,
     check_unit,
@@ -105,7 +106,9 @@ def rdpo(
     """Robust DPO, unbiased under label flips (Chowdhury, Kini, Natarajan 2024, arXiv:2403.00409, eq. 4).
 
     L = [(1−ε)·(−log σ(βΔ)) − ε·(−log σ(−βΔ))] / (1−2ε). If each label is flipped with probability ε, the expected
-    loss equals the clean ``dpo`` loss exactly. ε = 0 gives ``dpo``. Can be negative.
+    loss equals the clean ``dpo`` loss exactly. ε = 0 gives ``dpo``. Can be negative. TRL calls it
+    ``loss_type="robust"``: ``robust`` is an alias of this id (`registry.ALIASES`), so recipes ported from TRL keep
+    their loss name.
 
     Args:
         chosen_logp: [B] summed log π_θ(y_w∣x).
@@ -122,42 +125,12 @@ def rdpo(
     return _unbiased_flip(beta * (h_w - h_l), flip_rate)
 
 
-@register("preference", "robust", paper=_RDPO + " (TRL loss_type='robust')", tag="checked: TRL")
-def robust(
-    chosen_logp: torch.Tensor,
-    rejected_logp: torch.Tensor,
-    ref_chosen_logp: torch.Tensor,
-    ref_rejected_logp: torch.Tensor,
-    *,
-    beta: float = 0.1,
-    flip_rate: float = 0.1,
-) -> torch.Tensor:
-    """TRL ``loss_type="robust"``: robust DPO of Chowdhury et al. 2024, arXiv:2403.00409, under TRL's name.
-
-    L = [(1−ε)·(−log σ(βΔ)) − ε·(−log σ(−βΔ))] / (1−2ε), the same function as ``rdpo``; registered under TRL's id so
-    that recipes ported from TRL keep their loss name.
-
-    Args:
-        chosen_logp: [B] summed log π_θ(y_w∣x).
-        rejected_logp: [B] summed log π_θ(y_l∣x).
-        ref_chosen_logp: [B] summed log π_ref(y_w∣x).
-        ref_rejected_logp: [B] summed log π_ref(y_l∣x).
-        beta: β.
-        flip_rate: ε ∈ [0, ½) (TRL ``label_smoothing``, TRL default 0).
-
-    Returns:
-        [B] per-pair loss.
-    """
-    h_w, h_l = log_ratios(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp)
-    return _unbiased_flip(beta * (h_w - h_l), flip_rate)
-
-
 @register(
     "preference",
     "rpo",
     paper="Liu et al. 2024, Provably Mitigating Overoptimization in RLHF: Your SFT Loss is Implicitly an "
     "Adversarial Regularizer, arXiv:2405.16436",
-    tag="memory",
+    tag="checked: TRL (sigmoid + sft terms); paper defaults: secondary (TRL paper index, App. E.1)",
 )
 def rpo(
     chosen_logp: torch.Tensor,
@@ -166,12 +139,19 @@ def rpo(
     ref_rejected_logp: torch.Tensor,
     *,
     chosen_len: torch.Tensor,
-    beta: float = 0.1,
-    nll_coef: float = 1.0,
+    chosen_len_mean: torch.Tensor | None = None,
+    beta: float = 0.01,
+    nll_coef: float = 0.005,
+    nll_norm: str = "batch_tokens",
 ) -> torch.Tensor:
-    """Regularized PO = DPO + SFT on the chosen response (Liu et al. 2024, arXiv:2405.16436).
+    """Regularized PO = DPO + SFT on the chosen response (Liu et al. 2024, arXiv:2405.16436; TRL
+    ``loss_type=["sigmoid", "sft"]``).
 
-    L = −log σ(βΔ) + η'·NLL(y_w), NLL(y_w) = −logp_w/|y_w| (mean-token, as TRL's ``"sft"`` term and ``rpo_alpha``).
+    L_b = −log σ(βΔ_b) + w·NLL_b. With ``nll_norm="batch_tokens"`` (TRL's ``sft`` term) NLL_b = −logp_w,b / L̄, L̄ the
+    mean chosen length over the optimizer step's pairs, so the mean over pairs of the NLL term is the NLL averaged over
+    every chosen token of the batch: −Σ_b logp_w,b / Σ_b |y_w,b|. With ``"sequence"`` NLL_b = −logp_w,b / |y_w,b|,
+    each pair's own token mean (Iterative RPO's length-normalised NLL, recipe ``irpo``). The two differ when lengths
+    differ.
 
     Args:
         chosen_logp: [B] summed log π_θ(y_w∣x).
@@ -179,14 +159,27 @@ def rpo(
         ref_chosen_logp: [B] summed log π_ref(y_w∣x).
         ref_rejected_logp: [B] summed log π_ref(y_l∣x).
         chosen_len: [B] number of completion tokens of y_w.
-        beta: β.
-        nll_coef: η' ≥ 0, weight of the NLL term (the paper writes it as η·β; TRL ``rpo_alpha``, suggested 1.0).
+        chosen_len_mean: scalar L̄ over the whole optimizer step (the trainer passes it, so that micro-batching does
+            not change the normalisation); None: the mean of ``chosen_len``.
+        beta: β; default 0.01, the paper's (App. E.1, as quoted in TRL's paper index).
+        nll_coef: w ≥ 0, the NLL weight; default 0.005, the paper's as TRL applies it (``loss_weights=[1, 0.005]``).
+            Whether the paper's 0.005 is η or the product η·β is unverified (ALGORITHMS.md §7). Iterative RPO's 1.0 is
+            the ``irpo`` recipe.
+        nll_norm: "batch_tokens" (TRL, default) or "sequence".
 
     Returns:
         [B] per-pair loss.
     """
+    check_choice("nll_norm", nll_norm, ("batch_tokens", "sequence"))
     h_w, h_l = log_ratios(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp)
-    return -F.logsigmoid(beta * (h_w - h_l)) - nll_coef * per_token(chosen_logp, chosen_len, "chosen_len")
+    if nll_norm == "sequence":
+        nll = -per_token(chosen_logp, chosen_len, "chosen_len")
+    else:
+        if chosen_len is None:
+            raise ValueError("this loss needs the keyword tensor chosen_len (number of completion tokens, [B])")
+        mean_len = chosen_len.to(chosen_logp.dtype).mean() if chosen_len_mean is None else chosen_len_mean
+        nll = -chosen_logp / mean_len.to(chosen_logp.dtype)
+    return -F.logsigmoid(beta * (h_w - h_l)) + nll_coef * nll
 
 
 @register(
