@@ -41,8 +41,7 @@ def markdown() -> str:
             if e.facts:
                 params += "; " + ", ".join(f"`{f}`" for f in sorted(e.facts))
             runs = _cell(where_it_runs(kind, e.name))
-            aliases = [a for a, target in algos.registry.ALIASES.get(kind, {}).items() if target == e.name]
-            name = f"`{e.name}`" + "".join(f" (alias `{a}`)" for a in aliases)
+            name = f"`{e.name}`" + "".join(f" (alias `{a}`)" for a in algos.registry.aliases_of(kind, e.name))
             lines.append(f"| {name} | {_cell(e.paper)} | {_cell(e.tag)} | {runs} | {_cell(params)} |")
         missing = gaps(kind)
         if missing:

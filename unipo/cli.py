@@ -233,10 +233,8 @@ def _list(kind: str | None) -> int:
             current = e.kind
             print(f"\n[{current}]")
         params = ", ".join(f"{k}={v!r}" for k, v in e.params.items())
+        params += "".join(f"; also called {a}" for a in algos.registry.aliases_of(e.kind, e.name))
         print(f"  {e.name:24s} {e.paper}  [{e.tag}]" + (f"\n  {'':24s} params: {params}" if params else ""))
-        aliases = [a for a, target in algos.registry.ALIASES.get(e.kind, {}).items() if target == e.name]
-        if aliases:
-            print(f"  {'':24s} also called: {', '.join(aliases)}")
         runs = where_it_runs(e.kind, e.name)
         if runs.startswith("pure only"):
             print(f"  {'':24s} {runs}")

@@ -231,6 +231,11 @@ def entry(kind: str, name: str) -> Entry:
     return _REGISTRY[kind][name]
 
 
+def aliases_of(kind: str, name: str) -> list[str]:
+    """The other names of component `name` of `kind` (`ALIASES`)."""
+    return [alias for alias, target in ALIASES.get(kind, {}).items() if target == name]
+
+
 def get(kind: str, name: str) -> Callable:
     """The function registered as `name` of `kind`."""
     return entry(kind, name).fn
