@@ -164,15 +164,16 @@ def test_otb_by_hand():
 
 def test_otb_zero_tail_and_singletons():
     # row 1 has one token: at t = 1 only row 0 is left, so its baseline is zeroed and A = G = 1.
-    # Without the zero tail B_1 = 1·1/1 = 1 and A = 0. Row 2 is a singleton group (id 9): 0, or G = 2 when raw.
+    # Without the zero tail B_1 = 1·1/1 = 1 and A = 0. Row 2 is a singleton group (id 9): G = 2 (verl, the default),
+    # or 0 with singleton="zero".
     rewards, groups = t([1.0, 0.0, 2.0]), torch.tensor([3, 3, 9])
     mask = torch.tensor([[1, 1], [1, 0], [1, 1]])
     old, spp = torch.cat([OTB_OLD, OTB_OLD[:1]]), torch.cat([OTB_SPP, OTB_SPP[:1]])
     kwargs = dict(mask=mask, old_logp=old, sum_pi_squared=spp, eps=0.0)
-    torch.testing.assert_close(otb(rewards, groups, **kwargs), t([[0.6, 1.0], [-0.4, 0.0], [0.0, 0.0]]))
+    torch.testing.assert_close(otb(rewards, groups, **kwargs), t([[0.6, 1.0], [-0.4, 0.0], [2.0, 2.0]]))
     adv = otb(rewards, groups, handle_zero_tail=False, **kwargs)
-    torch.testing.assert_close(adv, t([[0.6, 0.0], [-0.4, 0.0], [0.0, 0.0]]))
-    torch.testing.assert_close(otb(rewards, groups, singleton="raw", **kwargs)[2], t([2.0, 2.0]))
+    torch.testing.assert_close(adv, t([[0.6, 0.0], [-0.4, 0.0], [2.0, 2.0]]))
+    torch.testing.assert_close(otb(rewards, groups, singleton="zero", **kwargs)[2], t([0.0, 0.0]))
 
 
 def test_otb_needs_its_tensors():

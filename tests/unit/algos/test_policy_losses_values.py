@@ -348,6 +348,23 @@ def test_rollout_is_modes_by_hand():
         assert torch.isfinite(loss).all() and g[0, 3] == 0, mode
 
 
+def test_rollout_is_batch_normalisation_averages_sequences_in_sequence_modes():
+    # ALGORITHMS.md §13 U9. Row 0: one token, ρ^roll = 2; row 1: three tokens, Π ρ^roll = .5 (last column of row 0
+    # padding). sequence_truncate (C = 3): w = (2; .5, .5, .5); the mean over sequences is 1.25 (verl), so the
+    # normalised weights are (1.6; .4, .4, .4). A token mean, (2 + 1.5)/4 = .875, would give (2.2857; .5714, ...).
+    # token_truncate: w = (2; 1, 1, .5) -> token mean 4.5/4 = 1.125 -> (1.7778; .8889, .8889, .4444).
+    old = torch.full((2, 3), -1.0, dtype=F64)
+    rollout = old - t([[LN(2.0), 0.0, 0.0], [0.0, 0.0, LN(0.5)]])
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    w = algos.policy_losses.offpolicy.rollout_is_weights
+    seq = w(old, rollout, mask, mode="sequence_truncate", cap=3.0, normalize=True)
+    torch.testing.assert_close(seq, t([[1.6, 0, 0], [0.4, 0.4, 0.4]]))
+    per_seq = seq.sum(-1) / mask.sum(-1)
+    torch.testing.assert_close(per_seq.mean(), t(1.0))
+    tok = w(old, rollout, mask, mode="token_truncate", cap=3.0, normalize=True)
+    torch.testing.assert_close(tok, t([[2 / 1.125, 0, 0], [1 / 1.125, 1 / 1.125, 0.5 / 1.125]]))
+
+
 def test_opsm_by_hand():
     # δ = .05; KL_i = mean_t(log π_roll - log π_θ). logp = old (ρ = 1, ℓ_ppo = -A).
     # row 0: KL = .1 > δ and A = -1 -> dropped: loss 0, grad 0. row 1: same KL but A = +1 -> kept: grad -1.

@@ -261,7 +261,7 @@ def optimal_token_baseline(
     rollout_is_weights: torch.Tensor | None = None,
     eps: float = 1e-8,
     handle_zero_tail: bool = True,
-    singleton: str = "zero",
+    singleton: str = "raw",
 ) -> torch.Tensor:
     """Optimal token baseline (verl, https://github.com/volcengine/verl, ``compute_optimal_token_baseline_advantage``).
 
@@ -278,7 +278,8 @@ def optimal_token_baseline(
         eps: added to the denominator (verl: 1e-8).
         handle_zero_tail: zero the baseline where only one response of the group still has tokens, i.e. past the
             second-longest response (verl default True; for right-padded masks this is verl's rule exactly).
-        singleton: "zero" (A = 0) or "raw" (A = G: verl's "no baseline" for a one-response group).
+        singleton: a one-response group gets "raw" (A = G; default: verl computes no baseline for it) or "zero"
+            (A = 0; unipo's option, as ``grpo``'s default).
 
     Returns:
         [N, T] advantages, 0 on masked tokens.

@@ -62,8 +62,12 @@ def rollout_is_weights(
         w = r * ((r >= cap_min) & (r <= cap))
     else:  # geo_rs: a keep-mask only, no weight
         w = ((r >= geo_low) & (r <= geo_high)).to(r.dtype)
-    if normalize:
+    if normalize and mode.startswith("token"):  # mean 1 over the valid tokens
         w = w / masked_mean(w, mask).clamp(min=1e-12)
+    elif normalize:  # one weight per sequence: mean 1 over the sequences (verl `rollout_corr_helper.py`)
+        lengths = mask.sum(-1)
+        per_seq = masked_sum(w, mask, -1)[lengths > 0] / lengths[lengths > 0]
+        w = w / per_seq.mean().clamp(min=1e-12)
     return zero_masked(w, mask).detach()
 
 
@@ -107,7 +111,10 @@ def rollout_is(
         cap_min: C_min, the lower bound of the mask modes and an optional floor of the truncate modes (0 = none).
         geo_low: lower bound on the geometric-mean ratio in geo_rs (≈ 0.999).
         geo_high: upper bound in geo_rs (≈ 1.001).
-        normalize: rescale w to mean 1 over this call's valid tokens.
+        normalize: rescale w to mean 1 over this call's batch (verl `rollout_is_batch_normalize`): over the valid
+            tokens in the token modes, over the sequences in the sequence modes (one weight per sequence, as verl;
+            with unequal lengths a token mean would weight long sequences more). The mean is taken per call, i.e.
+            per micro-batch and rank, where verl all-reduces it over the whole batch.
         clip_low: ε_low of the wrapped ``ppo_clip``.
         clip_high: ε_high of the wrapped ``ppo_clip``.
 
