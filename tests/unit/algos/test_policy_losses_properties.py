@@ -154,6 +154,12 @@ def opsm_coef(b):
     return ((b.A >= 0) | (kl <= 0.05)) * ppo_coef(b)
 
 
+def flash_coef(b, delta=3e-3):
+    p, q = torch.exp(b.rollout_logp).clamp(1e-6, 1 - 1e-6), torch.exp(b.logp).clamp(1e-6, 1 - 1e-6)
+    kl = mmean(p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q)), b.mask).clamp(min=0)
+    return -(kl <= delta).to(b.A.dtype) * torch.exp(b.logp - b.rollout_logp) * b.A
+
+
 def etr_coef(b):
     _, var = group_stats(b)
     scale = (1 + 0.5 * b.A.abs().clamp(max=2)) * (1 + 0.5 * (4 * var).clamp(max=1))
@@ -189,6 +195,7 @@ SPECS = {
     "bapo": ({}, bapo_coef),
     "rollout_is": ({}, lambda b: torch.exp(b.old - b.rollout_logp).clamp(max=2) * ppo_coef(b)),
     "opsm": ({}, opsm_coef),
+    "flash_reinforce": ({}, flash_coef),
     "etr_recon": ({}, etr_coef),
     "dispo_recon": ({"clip_low_incorrect": 0.1, "clip_high_incorrect": 0.5}, dispo_coef),
     "r2vpo_recon": ({}, lambda b: -(b.rho * b.A - 2 * 0.1 * b.rho * (b.rho - 1))),
@@ -230,6 +237,7 @@ AT_RHO_1 = [
     ("dro", {}),
     ("rollout_is", {}),
     ("opsm", {}),
+    ("flash_reinforce", {}),
     ("etr_recon", {}),
     ("dispo_recon", {}),
     ("r2vpo_recon", {}),

@@ -365,6 +365,30 @@ def test_rollout_is_batch_normalisation_averages_sequences_in_sequence_modes():
     torch.testing.assert_close(tok, t([[2 / 1.125, 0, 0], [1 / 1.125, 1 / 1.125, 0.5 / 1.125]]))
 
 
+def test_flash_reinforce_loss_by_hand():
+    # π_b (rollout) → π_θ per token. Row 0 (A = +1): .5 → .5 on two tokens, KL̄ = 0, admitted, ρ_b = 1: grad -1 each.
+    # Row 1 (A = +1): .5 → .6, KL = .5·ln(.5/.6) + .5·ln(.5/.4) = .020411 > δ = 3e-3: gated out, grad 0, and no ratio
+    #   computed. Row 2 (A = -1): .5 → .52, KL = .5·ln(.5/.52) + .5·ln(.5/.48) = .00080043 ≤ δ: ρ_b = 1.04, grad +1.04.
+    # Under seq_mean_token_mean every row keeps its slot: the mean over 3 rows of per-row token means.
+    logp = t([[LN(0.5), LN(0.5)], [LN(0.6), 0.0], [LN(0.52), 0.0]])
+    behaviour = t([[LN(0.5), LN(0.5)], [LN(0.5), 0.0], [LN(0.5), 0.0]])
+    mask = torch.tensor([[1, 1], [1, 0], [1, 0]])
+    adv = t([1.0, 1.0, -1.0])
+    loss, metrics, g = grad_of("flash_reinforce", logp, logp.detach(), adv, mask, rollout_logp=behaviour)
+    torch.testing.assert_close(g, t([[-1.0, -1.0], [0.0, 0.0], [1.04, 0.0]]))
+    torch.testing.assert_close(
+        metrics["flash_reinforce/seq_kl"][:, 0], t([0.0, 0.020411, 0.00080043]), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(metrics["flash_reinforce/admitted"][:, 0], t([1.0, 0.0, 1.0]))
+    _, _, g = grad_of(
+        "flash_reinforce", logp, logp.detach(), adv, mask, rollout_logp=behaviour, agg="seq_mean_token_mean"
+    )
+    torch.testing.assert_close(g, t([[-1 / 6, -1 / 6], [0.0, 0.0], [1.04 / 3, 0.0]]))
+    # δ = inf admits every sequence
+    _, _, g = grad_of("flash_reinforce", logp, logp.detach(), adv, mask, rollout_logp=behaviour, delta=math.inf)
+    torch.testing.assert_close(g[1], t([-1.2, 0.0]))
+
+
 def test_opsm_by_hand():
     # δ = .05; KL_i = mean_t(log π_roll - log π_θ). logp = old (ρ = 1, ℓ_ppo = -A).
     # row 0: KL = .1 > δ and A = -1 -> dropped: loss 0, grad 0. row 1: same KL but A = +1 -> kept: grad -1.

@@ -226,7 +226,10 @@ def flash_reinforce(
 ) -> torch.Tensor:
     """Batch-mean baseline for one sample per prompt (OpenRLHF, https://github.com/OpenRLHF/OpenRLHF).
 
-    A_i = r_i − mean_B r over the valid completions of the batch (n = 1 per prompt; pair it with ``rollout_is``).
+    A_i = r_i − mean_B r over the valid completions of the batch (n = 1 per prompt), centred before any micro-batch
+    or rank split. The advantage alone is not the method: pair it with the ``flash_reinforce`` policy loss (unclipped
+    detached ratio to the behaviour policy, binary-KL sequence gate), as the recipe does; pairing it with
+    ``rollout_is`` (which wraps ``ppo_clip``) does not reproduce FlashREINFORCE.
 
     Args:
         rewards: [N] float sequence rewards; NaN → left out of the mean, A = 0.

@@ -1,4 +1,5 @@
-"""REINFORCE-style losses −sg(w)·A·log π_θ, soft gates and NFT: reinforce, cispo, sapo, rec, nft (§0.4, §2.1).
+"""REINFORCE-style losses −sg(w)·A·log π_θ, soft gates and NFT: reinforce, flash_reinforce, cispo, sapo, rec, nft
+(§0.4, §2.1, §2.2).
 
 Their value is −w·A·logp (or a gate), not the PPO value form; only the gradients are comparable across losses.
 """
@@ -58,6 +59,64 @@ def reinforce(
     ratio = torch.exp(log_ratio(logp, old_logp, mask))
     loss = -token_advantages(advantages, logp) * zero_masked(logp, mask)
     return loss, no_clip_metrics(ratio, loss)
+
+
+@register(
+    "policy_loss",
+    "flash_reinforce",
+    paper="FlashREINFORCE, official code https://github.com/yifanzhang-pro/FlashREINFORCE (flashreinforce/loss.py)",
+    tag="checked: official code",
+)
+def flash_reinforce(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    rollout_logp: torch.Tensor | None = None,
+    delta: float = 3e-3,
+) -> tuple[torch.Tensor, Metrics]:
+    """FlashREINFORCE's detached-ratio loss (https://github.com/yifanzhang-pro/FlashREINFORCE, ``flashreinforce_loss``).
+
+    ℓ_{i,t} = −g_i·sg(π_θ(y_t)/π_b(y_t))·A_i·log π_θ(y_t), no clipping, with π_b the behaviour policy that sampled
+    and the sequence gate g_i = 1[KL̄_i ≤ δ], KL̄_i = (1/|y_i|)·Σ_t [p·log(p/q) + (1−p)·log((1−p)/(1−q))],
+    p = π_b(y_t), q = sg(π_θ(y_t)), both clamped to [1e-6, 1 − 1e-6] (the Bernoulli KL of the sampled token's
+    probability, averaged over the sequence, floored at 0). W = g_i·sg(ρ_b). Aggregate with ``seq_mean_token_mean``:
+    a gated-out sequence keeps its slot in both denominators, as in the official code.
+
+    Args:
+        logp: [N, T] log π_θ.
+        old_logp: [N, T] log π_old; the behaviour log-probs when ``rollout_logp`` is not given.
+        advantages: [N] or [N, T]; the method's are the ``flash_reinforce`` advantage (batch-mean baseline).
+        mask: [N, T] loss mask.
+        rollout_logp: [N, T] log π_b of the engine that actually sampled (the trainer supplies the sampler's).
+        delta: δ ≥ 0, the gate's threshold (official default 3e-3; ``inf`` disables the gate).
+
+    Returns:
+        (per-token loss [N, T], metrics: clip fractions 0, "ratio/mean" = π_θ/π_b, "flash_reinforce/seq_kl" = KL̄_i
+        and "flash_reinforce/admitted" = g_i on every token of the sequence).
+
+    Note:
+        The official code's optional entropy filter on failed rows (q < 1) is not implemented; q = 1 is the paper's
+        base method.
+    """
+    if not delta >= 0:
+        raise ValueError(f"delta must be >= 0; got {delta}")
+    behaviour = old_logp if rollout_logp is None else require(rollout_logp, "rollout_logp", tuple(logp.shape), "π_b")
+    with torch.no_grad():
+        p = torch.exp(zero_masked(behaviour.detach(), mask)).clamp(1e-6, 1 - 1e-6)
+        q = torch.exp(zero_masked(logp.detach(), mask)).clamp(1e-6, 1 - 1e-6)
+        bernoulli_kl = p * (p.log() - q.log()) + (1 - p) * (torch.log1p(-p) - torch.log1p(-q))
+        lengths = mask.sum(-1).clamp(min=1)
+        seq_kl = (zero_masked(bernoulli_kl, mask).sum(-1) / lengths).clamp(min=0)
+        admitted = (seq_kl <= delta)[:, None] & mask.bool()
+        ratio = torch.exp(torch.where(admitted, log_ratio(logp, behaviour, mask).detach(), torch.zeros_like(logp)))
+        weight = ratio * admitted
+    loss = -weight * token_advantages(advantages, logp) * zero_masked(logp, mask)
+    metrics = no_clip_metrics(ratio, loss)
+    metrics["flash_reinforce/seq_kl"] = seq_kl[:, None].expand_as(logp)
+    metrics["flash_reinforce/admitted"] = admitted.to(loss.dtype)
+    return loss, metrics
 
 
 @register(
