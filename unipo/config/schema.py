@@ -251,6 +251,13 @@ class OnlineConfig(_Strict):
     """Replace the reference π_ref by the current policy every N steps (0: π_ref stays the initial model)."""
     mixture_coef: float = Field(0.5, ge=0, le=1)
     """Nash-MD's opponent is sampled from softmax(α·z_ref + (1 − α)·z_θ); this is α."""
+    win_rate: Literal["loo", "incl_self"] = "loo"
+    """How a response's win rate P̂(y ≻ π_t) is estimated from its group of K: the mean over the K − 1 others (`loo`),
+    or over all K including itself, P(y ≻ y) = ½ (`incl_self`, the official SPPO code), which equals
+    ½ + ((K − 1)/K)·(P̂_loo − ½)."""
+    train_on: Literal["all", "best_worst"] = "all"
+    """Which responses a loss with a `win_rate` input trains on: every response (`all`), or each group's highest
+    and lowest by win rate, averaged equally (`best_worst`, the official SPPO code)."""
     min_margin: float = Field(0.0, ge=0, le=1)
     """Pair methods take the best and worst response of each group by win rate and keep the pair only when their
     win rates differ by more than this (DNO's margin filter; 0 drops exact ties)."""

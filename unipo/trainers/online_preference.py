@@ -5,9 +5,11 @@ One step: take `prompts_per_step` prompts, sample `group_size` responses each fr
 preference oracle (`online.oracle`) for the within-group matrix P(y_i ≻ y_j), and build what the `algo.online`
 loss takes (ALGORITHMS.md §8; the loss's signature decides):
 
-- a loss with a `win_rate` input (`sppo`, `nash_md`, `nash_mp_recon`) trains on every response with its win rate
-  against the rest of its group, P̂(y ≻ π_t) — except `nash_md`, whose opponent (one per response) is sampled from
-  the geometric mixture softmax(α·z_ref + (1 − α)·z_θ), α = `online.mixture_coef`;
+- a loss with a `win_rate` input (`sppo`, `nash_md`, `nash_mp_recon`) trains on every response (or, with
+  `online.train_on=best_worst`, on each group's best and worst) with its win rate against its group, P̂(y ≻ π_t):
+  the mean over the others, or over all K including itself with `online.win_rate=incl_self` (the official SPPO
+  code's estimate) — except `nash_md`, whose opponent (one per response) is sampled from the geometric mixture
+  softmax(α·z_ref + (1 − α)·z_θ), α = `online.mixture_coef`;
 - any other loss (`inpo`, `dno`, `xpo`, `selm`) takes judged pairs: per group, the response with the highest win
   rate is y_w and the lowest y_l, kept when their win rates differ by more than `online.min_margin`. `xpo` adds an
   exploration response per prompt sampled from π_ref, `selm` one sampled from the current policy;
@@ -158,6 +160,12 @@ def train(cfg: Config) -> Path:
     task = get_task(cfg.task, cfg.data)
     scorer = build_rewards(cfg, task.rewards)
     loss = build_loss(cfg)
+    if cfg.online.win_rate == "incl_self" and loss.mixture:
+        raise ConfigError(f"online.win_rate: {loss.name!r} compares each response with one sampled opponent, not its "
+                          "group; incl_self applies to group win rates")  # fmt: skip
+    if cfg.online.train_on == "best_worst" and (loss.pairs or loss.rewards or loss.mixture):
+        raise ConfigError(f"online.train_on: {loss.name!r} does not train on single responses with group win rates; "
+                          "best_worst applies to sppo and nash_mp_recon")  # fmt: skip
     if cfg.rollout.group_size < 2 and not loss.mixture:
         raise ConfigError(f"rollout.group_size: {loss.name!r} compares responses within a group; it needs at least 2")
     if cfg.model.lora.r and cfg.online.ref_refresh_every:
@@ -260,6 +268,8 @@ def online_step(s: OnlineState) -> dict[str, float]:
         else:
             groups = [batch.texts[p * k : (p + 1) * k] for p in range(len(rows))]
             win = spo_selfplay(s.oracle.matrix(rows, groups)).reshape(-1).float()
+        if cfg.online.win_rate == "incl_self":  # the mean over all K, P(y ≻ y) = ½ included (official SPPO)
+            win = 0.5 + (k - 1) / k * (win - 0.5)
         win = win.to(batch.group_ids.device)
     with timer("update"):
         if s.loss.rewards:
@@ -286,11 +296,14 @@ def _units(s: OnlineState, batch: Rollouts, win: torch.Tensor, explore: bool) ->
     """Rows of the (batch + exploration) table each loss term uses: [U, 1] single responses, or [U, 2|3] pairs
     (winner, loser[, exploration response]); and the win rate of each unit's first response."""
     n, k = batch.num_completions, s.cfg.rollout.group_size
-    if not s.loss.pairs:
-        return torch.arange(n, device=win.device)[:, None], win
     grouped = win.view(-1, k)
     best, worst = grouped.argmax(1), grouped.argmin(1)
     offset = torch.arange(grouped.shape[0], device=win.device) * k
+    if not s.loss.pairs and s.cfg.online.train_on == "best_worst":  # official SPPO: each group's best and worst
+        rows = torch.stack([offset + best, offset + worst], 1).flatten()
+        return rows[:, None], win[rows]
+    if not s.loss.pairs:
+        return torch.arange(n, device=win.device)[:, None], win
     keep = (grouped.max(1).values - grouped.min(1).values) > s.cfg.online.min_margin
     cols = [offset + best, offset + worst] + (
         [n + torch.arange(grouped.shape[0], device=win.device)] if explore else []
