@@ -232,6 +232,28 @@ def test_bapo_by_hand():
     torch.testing.assert_close(metrics["bapo/pos_share"][0, 0], t(2.7 / 6.7))
 
 
+def test_bapo_paper_and_official_code_searches_by_hand():
+    # ρ = (2.5, 1.3, 5), A = (+1, +1, -1), target P ≥ .5 (the code's pos/neg ≥ 1). The positive tokens can carry at
+    # most 2.5 + 1.3 = 3.8 < 5 of the loss, so both searches run to their last bounds.
+    # paper (c_high first to 3.0, then c_low to .9): loss (-2.5, -1.3, 5), grad (-2.5, -1.3, 5), no dual clip.
+    # code (c_low .6 -> .8, then c_high 1.2 -> 2.0): token 1 clipped at 2 (loss -2, grad 0); token 3 dual-clipped at
+    # -c·A = 3 (grad 0).
+    logp, old, adv = t([[LN(2.5), LN(1.3), LN(5.0)]]), torch.zeros(1, 3, dtype=F64), t([[1.0, 1.0, -1.0]])
+    mask = torch.ones(1, 3)
+    loss, metrics, g = grad_of("bapo", logp, old, adv, mask, target_pos_share=0.5)
+    torch.testing.assert_close(loss, t([[-2.5, -1.3, 5.0]]))
+    torch.testing.assert_close(g, t([[-2.5, -1.3, 5.0]]))
+    assert (metrics["bapo/clip_low"][0, 0].item(), metrics["bapo/clip_high"][0, 0].item()) == pytest.approx((0.9, 3.0))
+    code = dict(search="code", target_pos_share=0.5, bound_low_max=0.8, bound_high_max=2.0, step_low=0.05)
+    loss, metrics, g = grad_of("bapo", logp, old, adv, mask, **code)
+    torch.testing.assert_close(loss, t([[-2.0, -1.3, 3.0]]))
+    torch.testing.assert_close(g, t([[0.0, -1.3, 0.0]]))
+    assert (metrics["bapo/clip_low"][0, 0].item(), metrics["bapo/clip_high"][0, 0].item()) == pytest.approx((0.8, 2.0))
+    # the code's path: c_low first, a last step cut at its maximum, then c_high
+    path = algos.policy_losses.trust_region.bapo_code_candidates(0.6, 0.9, 1.2, 1.3, 0.2, 0.05)
+    torch.testing.assert_close(t(path), t([[0.6, 1.2], [0.8, 1.2], [0.9, 1.2], [0.9, 1.25], [0.9, 1.3]]))
+
+
 def test_mdpo_by_hand():
     # β = 1, default estimator ρ·ln ρ − ρ + 1. A=+1, ρ=1.5: ℓ = -1.5 + (1.5·.405465 - .5) = -1.391802;
     #   grad = -(ρA - β·ρ·ln ρ) = -(1.5 - .608198) = -.891802.

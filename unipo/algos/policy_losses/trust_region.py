@@ -44,6 +44,22 @@ def bapo_candidates(
     return pairs
 
 
+def bapo_code_candidates(
+    low_start: float, low_max: float, high_start: float, high_max: float, step_low: float, step_high: float
+) -> list[tuple[float, float]]:
+    """The (c_low, c_high) pairs the official BAPO code visits (WooooDyy/BAPO `recipe/bapo/policy_loss.py`), in
+    order: raise c_low by δ_low up to b⁻ (the last step cut at b⁻), then c_high by δ_high up to b⁺."""
+    pairs = [(low_start, high_start)]
+    low, high = low_start, high_start
+    while low < low_max - _TOL:
+        low = min(low + step_low, low_max)
+        pairs.append((low, high))
+    while high < high_max - _TOL:
+        high = min(high + step_high, high_max)
+        pairs.append((low, high))
+    return pairs
+
+
 def _positive_share(
     ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, low: float, high: float
 ) -> torch.Tensor:
@@ -73,6 +89,8 @@ def bapo(
     bound_high_max: float = 3.0,
     step_low: float = 0.02,
     step_high: float = 0.05,
+    search: str = "paper",
+    dual_clip: float = 3.0,
 ) -> tuple[torch.Tensor, Metrics]:
     """Balanced PO with adaptive clipping (Xi et al. 2025, arXiv:2510.18927, Algorithm 1).
 
@@ -92,6 +110,11 @@ def bapo(
         bound_high_max: b⁺ (3.0).
         step_low: δ₂ (0.02).
         step_high: δ₁ (0.05).
+        search: "paper" (default: Algorithm 1, c_high first, no dual clip) or "code" (the official code, ALGORITHMS.md
+            §2.3 note B: c_low first up to b⁻, then c_high, each last step cut at its maximum, and dual clip at
+            ``dual_clip`` for A < 0). The code's statistic pos/neg ≥ r is P ≥ r/(1 + r): its yaml default r = 1 is
+            ``target_pos_share=0.5``; recipe ``bapo_code`` sets the code's yaml values.
+        dual_clip: c of the dual clip in "code" mode: for A < 0 the loss is at most −c·A (verl ``clip_ratio_c``, 3).
 
     Returns:
         (per-token loss [N, T], metrics as ``ppo_clip`` plus "bapo/clip_low", "bapo/clip_high" and
@@ -106,20 +129,23 @@ def bapo(
             "need 0 < bound_low_start <= bound_low_max <= 1 <= bound_high_start <= bound_high_max; got "
             f"{bound_low_start}, {bound_low_max}, {bound_high_start}, {bound_high_max}"
         )
-    check_positive(step_low=step_low, step_high=step_high)
+    check_positive(step_low=step_low, step_high=step_high, dual_clip=dual_clip)
+    check_choice("search", search, ("paper", "code"))
     ratio = torch.exp(log_ratio(logp, old_logp, mask))
     adv = token_advantages(advantages, logp)
-    pairs = bapo_candidates(bound_low_start, bound_low_max, bound_high_start, bound_high_max, step_low, step_high)
+    path = bapo_candidates if search == "paper" else bapo_code_candidates
+    pairs = path(bound_low_start, bound_low_max, bound_high_start, bound_high_max, step_low, step_high)
     r = ratio.detach()
     shares = torch.stack([_positive_share(r, adv, mask, lo, hi) for lo, hi in pairs])  # (K,)
     reached = shares >= target_pos_share
     # first candidate reaching ρ₀, else the last one (bounds exhausted); argmax returns the first maximum
     idx = torch.where(reached.any(), reached.to(torch.int64).argmax(), len(pairs) - 1)
-    # the path raises c_high n_high times, then c_low: rebuild the bounds from idx on the device (no host copy)
-    n_high = round((pairs[-1][1] - bound_high_start) / step_high)
-    c_high = bound_high_start + idx.clamp(max=n_high).to(logp.dtype) * step_high
-    c_low = bound_low_start + (idx - n_high).clamp(min=0).to(logp.dtype) * step_low
+    # the chosen bounds picked on the device (index_select: no host sync)
+    bounds = torch.tensor(pairs, dtype=logp.dtype, device=logp.device).index_select(0, idx.reshape(1))[0]
+    c_low, c_high = bounds[0], bounds[1]
     loss, metrics = clipped_surrogate(ratio, adv, c_low, c_high)
+    if search == "code":  # dual clip: a negative-advantage token's loss is at most −c·A
+        loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)
     metrics["bapo/clip_low"] = c_low.expand_as(loss).clone()
     metrics["bapo/clip_high"] = c_high.expand_as(loss).clone()
     # index_select, not shares[idx]: indexing with a 0-d tensor calls .item() (a host sync on CUDA)
