@@ -7,10 +7,10 @@ KV-cache sharing as the RL loop). A pairwise loss given list data trains on each
 
 The loss's signature decides what it is fed (ALGORITHMS.md §7): `chosen_len`/`rejected_len` (token counts),
 `chosen_rewards`/`rejected_rewards` (the `score_chosen`/`score_rejected` columns), `sample_logp`/`ref_sample_logp`
-(one fresh sample of the current policy per prompt, HyPO), per-token log-probs with masks and `guide_*_logp`
-(TGDPO, guide model `model.guide_path`), and `scores` with [B, L] log-probs (listwise LiPO). KTO trains on the
-pairs' chosen responses as desirable and rejected ones as undesirable; its reference point z₀ is estimated, as in
-TRL, from mismatched pairs (each prompt with the next example's chosen response).
+(`rollout.group_size` fresh samples of the current policy per prompt, HyPO), per-token log-probs with masks and
+`guide_*_logp` (TGDPO, guide model `model.guide_path`), and `scores` with [B, L] log-probs (listwise LiPO). KTO
+trains on the pairs' chosen responses as desirable and rejected ones as undesirable; its reference point z₀ is
+estimated, as in TRL, from mismatched pairs (each prompt with the next example's chosen response).
 """
 
 from __future__ import annotations
@@ -373,18 +373,19 @@ def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, ref_m
 
 
 def _fresh_samples(cfg, model, ref_model, tokenizer, rows, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """HyPO's on-policy term: one response per prompt sampled from the current policy, its summed log-prob (with
-    gradient) and its reference log-prob."""
+    """HyPO's on-policy term: k = `rollout.group_size` responses per prompt sampled from the current policy, their
+    summed log-probs (with gradient) and their reference log-probs, each [b, k]."""
     r = cfg.rollout
     with autocast_context(model, cfg.model.autocast):
-        batch = sample(model, tokenizer, [{"prompt": row["prompt"]} for row in rows], n=1,
+        batch = sample(model, tokenizer, [{"prompt": row["prompt"]} for row in rows], n=r.group_size,
                        max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                        generator=generator)  # fmt: skip
         logp, _ = completion_logprobs(model, batch, temperature=r.temperature)
         with torch.no_grad():
             ref_logp, _ = completion_logprobs(ref_model, batch, temperature=r.temperature)
     mask = batch.completion_mask.float()
-    return (logp * mask).sum(-1), (ref_logp.float() * mask).sum(-1)
+    per_prompt = (len(rows), r.group_size)  # the samples of a prompt are consecutive
+    return (logp * mask).sum(-1).view(per_prompt), (ref_logp.float() * mask).sum(-1).view(per_prompt)
 
 
 @torch.no_grad()

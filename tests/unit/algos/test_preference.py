@@ -141,6 +141,14 @@ def test_reward_aware_hand_values():
     close(loss, 0.3632617)
     loss.sum().backward()
     close(sample.grad, 0.05)
+    # hypo, k = 3 samples: h = (.5, 1, 3), value mean 1.5 → 0.3132617 + 0.15; leave-one-out means (2, 1.75, .75), so
+    # the gradient on sample j is λ·(h_j − LOO_j)/k = 0.1·(−1.5, −.75, 2.25)/3 = (−.05, −.025, .075)
+    sample = t(-1.5, -1.0, 1.0).reshape(1, 3).requires_grad_()
+    loss = pref("hypo")(C, R, RC, RR, sample_logp=sample, ref_sample_logp=t(-2.0, -2.0, -2.0).reshape(1, 3),
+                        beta=0.5, kl_coef=0.1)  # fmt: skip
+    close(loss, 0.3132617 + 0.15)
+    loss.sum().backward()
+    close(sample.grad, [[-0.05, -0.025, 0.075]])
     # lipo: ψ = [2, 1, 0], s all 0 → ranks by position [1, 2, 3]; G = [3, 1, 0]; 1/D = [1, 1/log₂3, 1/2].
     # weights: 2·(1 − 0.6309298) + 3·(1 − 0.5) + 1·(0.6309298 − 0.5) = 0.7381405 + 1.5 + 0.1309298 = 2.3690702;
     # every pair loss is log 2 → 2.3690702·0.6931472 = 1.6421145
@@ -405,3 +413,26 @@ def test_every_pairwise_loss_returns_one_value_per_pair():
     for name in sorted(set(algos.names("preference")) - skip):
         out = pref(name)(c, r, rc, rr, **extra.get(name, {}))
         assert out.shape == (b,) and bool(torch.isfinite(out).all()), name
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_p7_hypo_rloo_kl_gradient_is_unbiased_by_enumeration(k):
+    """ALGORITHMS.md §13 P7: on a tabular policy over 3 responses, the expectation over every k-tuple of samples
+    y_1..y_k ∼ π_θ of hypo's KL-term gradient equals ∇KL(π_θ‖π_ref) exactly."""
+    import itertools
+
+    logits = torch.tensor([0.3, -0.5, 1.1], dtype=D, requires_grad=True)
+    ref = torch.log_softmax(torch.tensor([0.0, 0.4, -0.2], dtype=D), -1)
+    zero = torch.zeros(1, dtype=D)
+    expected = torch.zeros(3, dtype=D)
+    for ys in itertools.product(range(3), repeat=k):
+        logp = torch.log_softmax(logits, -1)
+        idx = torch.tensor(ys)
+        weight = logp.detach()[idx].sum().exp()  # Π_j π(y_j)
+        term = pref("hypo")(zero, zero, zero, zero, sample_logp=logp[idx][None], ref_sample_logp=ref[idx][None],
+                            kl_coef=1.0)  # fmt: skip
+        (grad,) = torch.autograd.grad(term.sum(), logits)
+        expected += weight * grad
+    logp = torch.log_softmax(logits, -1)
+    (exact,) = torch.autograd.grad((logp.exp() * (logp - ref)).sum(), logits)
+    torch.testing.assert_close(expected, exact, atol=1e-12, rtol=0)

@@ -113,7 +113,7 @@ def copg(
     "hypo",
     paper="Song et al. 2024, The Importance of Online Data: Understanding Preference Fine-tuning via Coverage, "
     "arXiv:2406.01462",
-    tag="memory",
+    tag="memory (structure); KL estimator checked: secondary (NeurIPS'24 poster summary)",
 )
 def hypo(
     chosen_logp: torch.Tensor,
@@ -128,16 +128,20 @@ def hypo(
 ) -> torch.Tensor:
     """Hybrid Preference Optimisation, HyPO (Song et al. 2024, arXiv:2406.01462, Algorithm 1).
 
-    L = −log σ(βΔ) + λ·KL̂, KL̂ = h(y) for a fresh y ~ π_θ, written so that ∇KL̂ = sg(h(y))·∇log π_θ(y) (the
-    score-function gradient of the sequence reverse KL). Offline DPO pairs plus on-policy samples; no reward model.
+    L = −log σ(βΔ) + λ·KL̂ on offline DPO pairs plus k fresh samples y_1..y_k ∼ π_θ(·∣x) per prompt (no reward
+    model). KL̂ estimates the sequence reverse KL(π_θ‖π_ref) with k-sample RLOO (the paper's hyperparameter table
+    lists "k for RLOO"): its value is mean_j h(y_j), h = log π_θ − log π_ref, and its gradient
+    (1/k)·Σ_j sg(h(y_j) − (1/(k−1))·Σ_{l≠j} h(y_l))·∇log π_θ(y_j). With k = 1 there is no baseline:
+    sg(h(y))·∇log π_θ(y), the same expectation with more variance (not the paper's estimator).
 
     Args:
         chosen_logp: [B] summed log π_θ(y_w∣x).
         rejected_logp: [B] summed log π_θ(y_l∣x).
         ref_chosen_logp: [B] summed log π_ref(y_w∣x).
         ref_rejected_logp: [B] summed log π_ref(y_l∣x).
-        sample_logp: [B] summed log π_θ(y∣x) of one fresh sample y ~ π_θ per prompt (with gradient).
-        ref_sample_logp: [B] summed log π_ref(y∣x) of the same sample.
+        sample_logp: [B, k] (or [B] for k = 1) summed log π_θ(y_j∣x) of the fresh samples (with gradient); the
+            trainer draws k = ``rollout.group_size``.
+        ref_sample_logp: [B, k] (or [B]) summed log π_ref(y_j∣x) of the same samples.
         beta: β.
         kl_coef: λ ≥ 0, weight of the KL term (the paper's value is not recorded here; 0.1 is unipo's default).
 
@@ -145,9 +149,12 @@ def hypo(
         [B] per-pair loss.
     """
     h_w, h_l = log_ratios(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp)
-    h_sample = (sample_logp - ref_sample_logp.detach()).detach()
-    # Value h (the k1 estimate), gradient sg(h)·∇logp: E_y~π[∇logπ] = 0, so this is ∇KL(π_θ‖π_ref) in expectation.
-    kl = h_sample + h_sample * (sample_logp - sample_logp.detach())
+    logp = sample_logp if sample_logp.dim() == 2 else sample_logp[:, None]
+    h = (logp - (ref_sample_logp if ref_sample_logp.dim() == 2 else ref_sample_logp[:, None])).detach()
+    k = h.shape[-1]
+    coef = h - (h.sum(-1, keepdim=True) - h) / (k - 1) if k > 1 else h  # h minus the leave-one-out mean
+    # value mean_j h_j; gradient (1/k)·Σ_j coef_j·∇logp_j (the second term is 0 in value)
+    kl = h.mean(-1) + (coef * (logp - logp.detach())).mean(-1)
     return -F.logsigmoid(beta * (h_w - h_l)) + kl_coef * kl
 
 
