@@ -242,4 +242,8 @@ def test_kto_on_unpaired_rows_and_pairwise_losses_refuse_them(tiny_model_dir, tm
     data = _pairs(tmp_path / "unpaired.jsonl", UNPAIRED)
     args = ["train", "dpo", f"model.path={tiny_model_dir}", f"data.path={data}", f"output_dir={tmp_path / 'r'}"]
     assert main(args) == 2
-    assert "unpaired rows (`completion` + `label`) need an unpaired loss (kto)" in capsys.readouterr().err
+    assert "unpaired rows (`completion` + `label`) need an unpaired loss (kto" in capsys.readouterr().err
+    # APO-zero's unpaired form trains on the same rows, with no reference point: every term is ½ at the start
+    apo = _run(tiny_model_dir, tmp_path, "apo_zero_unpaired", UNPAIRED, "train.max_steps=6", "train.lr=1e-2",
+               name="apo")  # fmt: skip
+    assert apo[0]["loss"] == pytest.approx(0.5, abs=1e-5) and apo[-1]["loss"] < apo[0]["loss"]

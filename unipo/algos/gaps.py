@@ -45,6 +45,19 @@ GAPS: dict[tuple[str, str], str] = {
     "group, then summed); use `algo.advantage.name=gdpo` with several reward functions or named scores",
     ("reward", "dynamic_reward_weights"): "its hypervolume-guided and gradient-based weight updates are unknown (R3); "
     "`weighted_sum` with fixed weights (or `scores` of a multi-score reward) covers the static case",
+    ("preference", "wpo"): "needs Σ_v π_θ(v)² per token from the full logits (its weight ω), which the preference "
+    "trainer's log-prob path does not keep",
+    ("preference", "slic_hf"): "its regulariser needs a reference target y_ref per prompt (SLiC-HF's SFT target), a "
+    "column the pair data has no rule for yet; `hinge` is its calibration term",
+    ("preference", "dro_offline"): "needs a learned value V_φ(x) trained jointly on single-trajectory (prompt, "
+    "response, reward) data, a critic the preference trainer does not have",
+    ("preference", "tpo"): "needs a third, gold response per example (`reference` column) with its own NLL term",
+    ("preference", "alphapo"): "its reward transform (1 − p^{−α})/α over length-averaged log-probs is recalled, not "
+    "checked against TRL's CPO `alpha` (R3 until read)",
+    ("preference", "brain_recon"): "needs self-normalised weights over several samples per prompt with a proposal "
+    "distribution's log-probs (q_prop) and a reward; the offline trainer takes fixed pairs or lists",
+    ("preference", "spo_aux_recon"): "needs responses with key parts removed and their counts (its self-supervised "
+    "labels), a data generator not built",
     ("reward", "barfi"): "learns φ(s, a) by a bilevel implicit gradient on the primary return: classic-RL only in its "
     "paper and too costly for LLM rollouts (ALGORITHMS.md §5)",
     (

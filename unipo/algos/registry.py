@@ -95,6 +95,8 @@ FACTS = {
     "samples refinements of the prompt plus that draft, the only samples trained on (iGRPO)",
     "reference_sync": "controller: moves the reference policy's weights towards the policy's after a step "
     "(`algo.ref_sync`, TR-DPO); the reference is then checkpointed with the run",
+    "unpaired": "preference: takes desirable and undesirable examples as two lists of any sizes and returns one term "
+    "per example (desirable first); it trains on unpaired data, and on pairs as their chosen and rejected responses",
     "resample": "sampler: returns how many times each sample enters the batch (0 drops it; duplicates allowed), "
     "e.g. PF-PPO's reward-weighted resampling",
 }

@@ -72,6 +72,8 @@ class Loss:
     """(logp [B, L], ref_logp [B, L], *, scores): lists, not pairs."""
     kl: bool = False
     """Takes KTO's `kl_logp`/`ref_kl_logp`: each prompt with another example's chosen response."""
+    unpaired: bool = False
+    """Takes desirable and undesirable examples as two lists (registry fact `unpaired`)."""
 
     @property
     def per_token(self) -> bool:
@@ -92,7 +94,8 @@ def build_loss(cfg: Config) -> Loss:
     if "guide_chosen_logp" in wanted and not cfg.model.guide_path:
         raise ConfigError(f"model.guide_path: {node.name!r} needs a guide model (a DPO-trained model whose token "
                           "log-ratios to the reference weight the tokens)")  # fmt: skip
-    return Loss(fn, wanted - OPTIONAL, listwise="scores" in wanted, kl="kl_logp" in wanted)
+    unpaired = "unpaired" in algos.entry("preference", node.name).facts
+    return Loss(fn, wanted - OPTIONAL, listwise="scores" in wanted, kl="kl_logp" in wanted, unpaired=unpaired)
 
 
 def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -105,8 +108,9 @@ def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[d
         return arithmetic_pairs()
     found = load_pairs(cfg.data.path)
     rows = validate_pairs(found.rows, cfg.data.max_bad_frac, found.where, found.bad)
-    if is_unpaired(rows) and not loss.kl:
-        raise ConfigError(f"data.path: unpaired rows (`completion` + `label`) need an unpaired loss (kto), not "
+    if is_unpaired(rows) and not loss.unpaired:
+        raise ConfigError(f"data.path: unpaired rows (`completion` + `label`) need an unpaired loss (kto, "
+                          f"apo_zero_unpaired), not "
                           f"{cfg.algo.preference.name!r}")  # fmt: skip
     if loss.listwise and not is_listwise(rows):
         raise ConfigError(f"data.path: {cfg.algo.preference.name!r} is listwise and needs rows with `responses` and "

@@ -214,6 +214,8 @@ def _zero_margin_values(beta):
         "nca_pair": 2 * LOG2,
         "bco_pair": 2 * LOG2,
         "discopop": 0.5 * LOG2 + 0.5,  # μ = ½, exp(0) = 1
+        "f_dpo": LOG2,
+        "dpop": LOG2,
         # q = (½, ½) against (1 − 1e-3, 1e-3): ½·log(½/0.999) + ½·log(½/0.001)
         "exo_pair": 0.5 * math.log(0.5 / 0.999) + 0.5 * math.log(0.5 / 0.001),
     }
@@ -408,8 +410,11 @@ def test_every_pairwise_loss_returns_one_value_per_pair():
         "orpo": lens,
         "copg": {"chosen_rewards": t(1.0, 0.0, 1.0), "rejected_rewards": t(0.0, 0.0, 1.0)},
         "hypo": {"sample_logp": c, "ref_sample_logp": rc},
+        "sigmoid_norm": lens,
+        "lr_dpo": lens,
+        "sft": {"chosen_len": lens["chosen_len"]},
     }
-    skip = {"lipo_lambda", "tgdpo", "kto"}  # listwise / per-token / unpaired: tested above
+    skip = {"lipo_lambda", "tgdpo", "ld_dpo", "kto", "apo_zero_unpaired"}  # listwise / per-token / unpaired: above
     for name in sorted(set(algos.names("preference")) - skip):
         out = pref(name)(c, r, rc, rr, **extra.get(name, {}))
         assert out.shape == (b,) and bool(torch.isfinite(out).all()), name
@@ -436,3 +441,59 @@ def test_p7_hypo_rloo_kl_gradient_is_unbiased_by_enumeration(k):
     logp = torch.log_softmax(logits, -1)
     (exact,) = torch.autograd.grad((logp.exp() * (logp - ref)).sum(), logits)
     torch.testing.assert_close(expected, exact, atol=1e-12, rtol=0)
+
+
+def test_dpo_variants_hand_values():
+    # The shared pair: h_w = 1, h_l = −1, Δ = 2, |y_w| = 2, |y_l| = 4, β = 0.5 (βΔ = 1, −log σ(1) = 0.3132617).
+    # sigmoid_norm: β·(1/2 − (−1/4)) = 0.375 → −log σ(0.375) = 0.5231233
+    close(pref("sigmoid_norm")(C, R, RC, RR, chosen_len=LEN_W, rejected_len=LEN_L, beta=0.5), 0.5231233)
+    # f_dpo: js: z = 2 − (softplus(1) − softplus(−1)) = 2 − 1 = 1, βz = 0.5 → −log σ(0.5) = 0.4740770;
+    # forward_kl: z = e^{1} − e^{−1} = 2.3504024 → −log σ(1.1752012) = 0.2690777
+    close(pref("f_dpo")(C, R, RC, RR, beta=0.5, divergence="js"), 0.4740770)
+    close(pref("f_dpo")(C, R, RC, RR, beta=0.5, divergence="forward_kl"), 0.2690777)
+    close(pref("f_dpo")(C, R, RC, RR, beta=0.5, divergence="alpha", alpha=1.0), 0.2690777)  # TRL's α = 1
+    # dpop, λ = 1: h_w = 1 > 0, no penalty → dpo; with the chosen below the reference (h_w = −1, h_l = −3, Δ = 2):
+    # β·(2 − 1·1) = 0.5 → −log σ(0.5) = 0.4740770
+    close(pref("dpop")(C, R, RC, RR, beta=0.5, lam=1.0), 0.3132617)
+    close(pref("dpop")(C - 2, R - 2, RC, RR, beta=0.5, lam=1.0), 0.4740770)
+    # lr_dpo, α = 0.25: βΔ − α·(2 − 4) = 1 + 0.5 = 1.5 → −log σ(1.5) = 0.2014133
+    close(pref("lr_dpo")(C, R, RC, RR, chosen_len=LEN_W, rejected_len=LEN_L, beta=0.5, alpha=0.25), 0.2014133)
+    # sft: −logp_w / mean |y_w|: chosen −1 over 2 tokens → 0.5
+    close(pref("sft")(C, R, RC, RR, chosen_len=LEN_W), 0.5)
+    # apo_zero_unpaired on the pair: desirable 1 − σ(0.5) = 0.3775407, undesirable σ(−0.5) = 0.3775407
+    close(pref("apo_zero_unpaired")(C, R, RC, RR, beta=0.5), [0.3775407, 0.3775407])
+
+
+def test_ld_dpo_weights_the_surplus_tokens():
+    # y_w has 2 tokens (log-ratios 0.5, 0.5), y_l has 3 (−0.2, −0.2, −0.6): ℓ* = 2. With α = 0.5:
+    # h_w = 1, h_l = −0.4 − 0.5·0.6 = −0.7, β = 1 → −log σ(1.7) = 0.1677860. α = 1 is DPO: Δ = 2 → 0.1269280.
+    mask_w, mask_l = torch.tensor([[1, 1, 0]]), torch.tensor([[1, 1, 1]])
+    logp_w, logp_l = t(-1.0, -1.0, 0.0).reshape(1, 3), t(-1.2, -1.2, -1.6).reshape(1, 3)
+    ref = torch.full((1, 3), -1.5, dtype=D)
+    ref_l = torch.full((1, 3), -1.0, dtype=D)
+    kw = {"chosen_mask": mask_w, "rejected_mask": mask_l, "beta": 1.0}
+    close(pref("ld_dpo")(logp_w, logp_l, ref, ref_l, **kw, ld_alpha=0.5), 0.1677860)
+    close(pref("ld_dpo")(logp_w, logp_l, ref, ref_l, **kw, ld_alpha=1.0), 0.1269280)
+
+
+@SETTINGS
+@given(logp=st.lists(st.floats(-30.0, -0.1), min_size=4, max_size=8), beta=st.sampled_from([0.05, 0.1, 0.5]))
+def test_p4_dpo_variants_reduce_to_dpo(logp, beta):
+    """ALGORITHMS.md §13 P4: f_dpo(reverse_kl) = DPO and α → 0 of TRL's α-divergence falls back to it; ld_alpha = 1,
+    dpop's λ = 0 and lr_dpo's α = 0 give DPO; apo_zero_unpaired on pairs is half of apo_zero per response."""
+    n = len(logp) // 4
+    c, r, rc, rr = (t(*logp[i * n : (i + 1) * n]) for i in range(4))
+    dpo = pref("dpo")(c, r, rc, rr, beta=beta)
+    close(pref("f_dpo")(c, r, rc, rr, beta=beta), dpo)
+    torch.testing.assert_close(pref("f_dpo")(c, r, rc, rr, beta=beta, divergence="alpha", alpha=1e-7), dpo,
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+    close(pref("dpop")(c, r, rc, rr, beta=beta, lam=0.0), dpo)
+    lens = {"chosen_len": torch.full((n,), 3.0, dtype=D), "rejected_len": torch.full((n,), 7.0, dtype=D)}
+    close(pref("lr_dpo")(c, r, rc, rr, **lens, beta=beta, alpha=0.0), dpo)
+    per_token = {k: v[:, None].expand(n, 2) / 2 for k, v in {"c": c, "r": r, "rc": rc, "rr": rr}.items()}
+    masks = {"chosen_mask": torch.ones(n, 2), "rejected_mask": torch.ones(n, 2)}
+    args = (per_token["c"], per_token["r"], per_token["rc"], per_token["rr"])
+    close(pref("ld_dpo")(*args, **masks, beta=beta, ld_alpha=1.0), dpo)
+    close(
+        pref("apo_zero_unpaired")(c, r, rc, rr, beta=beta).view(2, n).sum(0), pref("apo_zero")(c, r, rc, rr, beta=beta)
+    )

@@ -13,9 +13,10 @@ Extra inputs are keyword tensors the trainer supplies only when the signature as
 - ``chosen_len``, ``rejected_len`` [B]: numbers of completion tokens (length-normalised scores, NLL terms);
 - ``kto``: unpaired, see its docstring; ``lipo_lambda``: listwise, ``(logp, ref_logp, *, scores)`` with [B, L]
   lists; ``copg``: ``chosen_rewards``/``rejected_rewards``; ``hypo``: fresh on-policy samples;
-  ``tgdpo``: per-token [B, T] log-probs with masks and a guide model's token log-probs.
+  ``tgdpo``, ``ld_dpo``: per-token [B, T] log-probs with masks (``tgdpo`` also a guide model's token log-probs);
+  ``rpo``, ``sft``: ``chosen_len_mean``, the step's mean chosen length (a batch-token NLL).
 """
 
-from unipo.algos.preference import anchored, reference_free, reward_aware, sigmoid  # noqa: F401
+from unipo.algos.preference import anchored, dpo_variants, reference_free, reward_aware, sigmoid  # noqa: F401
 
-__all__ = ["anchored", "reference_free", "reward_aware", "sigmoid"]
+__all__ = ["anchored", "dpo_variants", "reference_free", "reward_aware", "sigmoid"]

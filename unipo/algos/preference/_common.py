@@ -42,3 +42,13 @@ def check_unit(value: float, name: str, *, upper: float = 1.0) -> None:
 def check_positive(value: float, name: str) -> None:
     if not value > 0.0:
         raise ValueError(f"{name} must be > 0; got {value}")
+
+
+def batch_token_nll(logp: torch.Tensor, length: torch.Tensor | None, length_mean: torch.Tensor | None) -> torch.Tensor:
+    """Per-pair −logp / L̄, L̄ the step's mean length (`length_mean`, else the mean of `length`): its mean over the
+    pairs is the NLL averaged over every token of the batch (TRL's ``sft`` term)."""
+    if length_mean is None:
+        if length is None:
+            raise ValueError("this loss needs the keyword tensor chosen_len (number of completion tokens, [B])")
+        length_mean = length.to(logp.dtype).mean()
+    return -logp / length_mean.to(logp.dtype)

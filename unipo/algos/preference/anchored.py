@@ -152,6 +152,37 @@ def apo_zero(
     return (1.0 - torch.sigmoid(beta * h_w)) + torch.sigmoid(beta * h_l)
 
 
+@register("preference", "apo_zero_unpaired", paper=_APO, tag="checked: TRL", facts={"unpaired"})
+def apo_zero_unpaired(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    *,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """APO-zero, unpaired (D'Oosterlinck et al. 2024, arXiv:2408.06266; TRL KTO ``loss_type="apo_zero_unpaired"``).
+
+    Desirable: 1 − σ(β·h); undesirable: σ(β·h); no reference point z₀ (unlike ``kto``). On pairs split into their
+    chosen and rejected responses the mean is half of ``apo_zero``'s per-pair loss.
+
+    Args:
+        chosen_logp: [B_D] summed log π_θ(y∣x) of the desirable examples (B_D may be 0).
+        rejected_logp: [B_U] summed log π_θ(y∣x) of the undesirable examples.
+        ref_chosen_logp: [B_D] reference log-probs of the desirable examples.
+        ref_rejected_logp: [B_U] reference log-probs of the undesirable examples.
+        beta: β.
+
+    Returns:
+        [B_D + B_U] per-example loss, desirable first; each ½ at policy = reference.
+    """
+    if chosen_logp.shape != ref_chosen_logp.shape or rejected_logp.shape != ref_rejected_logp.shape:
+        raise ValueError("apo_zero_unpaired: each policy log-prob tensor needs a reference tensor of the same shape")
+    h_d = chosen_logp - ref_chosen_logp.detach()
+    h_u = rejected_logp - ref_rejected_logp.detach()
+    return torch.cat([1.0 - torch.sigmoid(beta * h_d), torch.sigmoid(beta * h_u)])
+
+
 @register("preference", "apo_down", paper=_APO, tag="checked: TRL")
 def apo_down(
     chosen_logp: torch.Tensor,

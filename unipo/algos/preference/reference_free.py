@@ -179,6 +179,7 @@ def cpl(
     "kto",
     paper="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, arXiv:2402.01306",
     tag="checked: TRL",
+    facts={"unpaired"},
 )
 def kto(
     chosen_logp: torch.Tensor,

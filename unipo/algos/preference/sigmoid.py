@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from unipo.algos.ops import check_choice
 from unipo.algos.preference._common import (
+    batch_token_nll,
     check_positive,
     check_unit,
     log_ratios,
@@ -175,10 +176,7 @@ def rpo(
     if nll_norm == "sequence":
         nll = -per_token(chosen_logp, chosen_len, "chosen_len")
     else:
-        if chosen_len is None:
-            raise ValueError("this loss needs the keyword tensor chosen_len (number of completion tokens, [B])")
-        mean_len = chosen_len.to(chosen_logp.dtype).mean() if chosen_len_mean is None else chosen_len_mean
-        nll = -chosen_logp / mean_len.to(chosen_logp.dtype)
+        nll = batch_token_nll(chosen_logp, chosen_len, chosen_len_mean)
     return -F.logsigmoid(beta * (h_w - h_l)) + nll_coef * nll
 
 
