@@ -61,7 +61,8 @@ def sppo(logp: torch.Tensor, prev_logp: torch.Tensor, *, win_rate: torch.Tensor,
     Args:
         logp: [B] log π_θ(y∣x).
         prev_logp: [B] log π_t(y∣x) of the previous iterate.
-        win_rate: [B] P̂(y ≻ π_t), the mean judge preference over K other samples of π_t.
+        win_rate: [B] P̂(y ≻ π_t) from the group's judged matrix: the mean over the other samples of π_t, or over all
+            K including y itself (P(y ≻ y) = ½), the official code's estimate (trainer option `online.win_rate`).
         eta: η, the step size (paper value unknown, ALGORITHMS.md §8; required).
 
     Returns:
