@@ -12,7 +12,10 @@ from unipo.trainers import online_preference
 
 pytestmark = pytest.mark.slow
 JUDGE = "tests.integration.rewards_for_tests.lexical_judge"
-ONLINE_RECIPES = ["sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm", "online_dpo"]
+ONLINE_RECIPES = ["sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm", "online_dpo",
+                  "rebel"]  # fmt: skip
+DENSE = "rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]"
+"""A reward that differs between two replies (REBEL regresses on reward differences; lucky7's are mostly 0)."""
 
 
 def _rows(run):
@@ -38,8 +41,9 @@ def test_every_online_recipe_loads_and_names_a_paper():
 @pytest.mark.parametrize("recipe", ONLINE_RECIPES)
 def test_every_online_recipe_trains_with_a_judge(tiny_model_dir, tmp_path, recipe):
     # the lexical judge orders distinct replies strictly, so every group yields a pair and non-tied win rates
+    dense = [DENSE] if recipe == "rebel" else []
     rows = _train(tiny_model_dir, tmp_path / "run", recipe, "train.max_steps=2", "online.oracle=judge",
-                  f"online.judge={JUDGE}", "train.ppo_epochs=2")  # fmt: skip
+                  f"online.judge={JUDGE}", "train.ppo_epochs=2", *dense)  # fmt: skip
     assert len(rows) == 2
     for r in rows:
         assert r["oracle/failures"] == 0 and r["grad_norm"] > 0 and r["win_rate/std"] > 0

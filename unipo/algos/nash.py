@@ -30,6 +30,7 @@ _NASH_MP = "Tiapkin et al. 2025, Accelerating Nash Learning from Human Feedback 
 _SPO = "Swamy et al. 2024, A Minimaximalist Approach to RLHF, arXiv:2401.04056"
 _XPO = "Xie et al. 2024, Exploratory Preference Optimization, arXiv:2405.21046"
 _SELM = "Zhang et al. 2024, Self-Exploring Language Models, arXiv:2405.19332"
+_REBEL = "Gao et al. 2024, REBEL: Reinforcement Learning via Regressing Relative Rewards, arXiv:2404.16767"
 
 
 def _seq(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -112,6 +113,29 @@ def dno(logp: torch.Tensor, prev_logp: torch.Tensor, *, beta: float) -> torch.Te
         [B] per-pair loss.
     """
     return -F.logsigmoid(beta * _margin(logp, prev_logp))
+
+
+@register("online", "rebel", paper=_REBEL, tag="memory (the form matches the REFUEL code)")
+def rebel(logp: torch.Tensor, prev_logp: torch.Tensor, *, rewards: torch.Tensor, eta: float = 1.0) -> torch.Tensor:
+    """REBEL: regress the policy's relative log-ratio onto the relative reward (Gao et al. 2024, arXiv:2404.16767).
+
+    ℓ = ((log(π_θ/π_t)(y) − log(π_θ/π_t)(y′)) − η·(r(y) − r(y′)))² for two responses y, y′ ∼ π_t of a prompt. Its
+    tabular minimiser is the mirror-descent step π_{t+1} ∝ π_t·exp(η·r) (a policy-gradient step with no critic and no
+    clipping); the rewards are the run's reward functions, not the preference oracle.
+
+    Args:
+        logp: [B, 2] log π_θ of (y, y′).
+        prev_logp: [B, 2] log π_t of the pair (the iteration's starting policy).
+        rewards: [B, 2] r(y), r(y′).
+        eta: η > 0, the step size (1.0 is unipo's default).
+
+    Returns:
+        [B] per-pair loss.
+    """
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0; got {eta}")
+    r = _pair(rewards, "rewards")
+    return (_margin(logp, prev_logp) - eta * (r[:, 0] - r[:, 1])) ** 2
 
 
 @register("online", "nash_md", paper=_NASH_MD, tag="checked: TRL experimental nash_md", facts={"mixture_opponent"})

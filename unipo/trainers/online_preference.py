@@ -116,7 +116,7 @@ def build_loss(cfg: Config) -> OnlineLoss:
     shape = (b, 2) if loss.pairs else (b, 4) if loss.per_token else (b,)
     fake = {"logp": -torch.rand(shape) - 1, "prev_logp": -torch.rand(shape) - 1, "ref_logp": -torch.rand(shape) - 1,
             "win_rate": torch.rand(b), "explore_logp": -torch.rand(b), "explore_ref_logp": -torch.rand(b),
-            "mask": torch.ones(b, 4)}  # fmt: skip
+            "mask": torch.ones(b, 4), "rewards": torch.rand(shape)}  # fmt: skip
     try:
         out = fn(**{k: v for k, v in fake.items() if k in names})
     except (TypeError, ValueError) as e:
@@ -276,7 +276,13 @@ def online_step(s: OnlineState) -> dict[str, float]:
             stats = _rl_update(s, batch, win)
         else:
             units, unit_win = _units(s, batch, win, explore is not None)
-            stats = _update(s, batch.concat(explore) if explore is not None else batch, units, unit_win)
+            rewards = task_reward.to(win.device)
+            if explore is not None:  # exploration rows have no reward: no loss takes one with them
+                rewards = torch.cat([rewards, torch.full((explore.num_completions,), float("nan"), device=win.device)])
+            if "rewards" in s.loss.inputs:  # a unit with a failed reward (NaN) is left out
+                keep = ~rewards[units].isnan().any(1)
+                units, unit_win = units[keep], unit_win[keep]
+            stats = _update(s, batch.concat(explore) if explore is not None else batch, units, unit_win, rewards)
     lengths = batch.completion_mask.sum(1).float()
     return {
         **stats,
@@ -324,8 +330,11 @@ def _fixed_logps(s: OnlineState, model: Any, batch: Rollouts, rows: torch.Tensor
     return out
 
 
-def _update(s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Tensor) -> dict[str, float]:
-    """`ppo_epochs` optimizer steps on the loss averaged over `units`, accumulated over micro-batches of units."""
+def _update(
+    s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Tensor, rewards: torch.Tensor
+) -> dict[str, float]:
+    """`ppo_epochs` optimizer steps on the loss averaged over `units`, accumulated over micro-batches of units; a loss
+    that takes `rewards` (REBEL) gets the reward functions' scores of each unit's responses."""
     cfg, model, loss = s.cfg, s.model, s.loss
     num_units = normaliser = units.shape[0]
     if "zero_at_tie" in loss.facts and s.anchor is None and cfg.train.ppo_epochs == 1:
@@ -360,6 +369,8 @@ def _update(s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Ten
             if "ref_logp" in frozen:
                 tokens["ref_logp"] = frozen["ref_logp"][idx, :width]
             args = _loss_args(loss, tokens, mb.completion_mask.float(), win[chunk], units.shape[1])
+            if "rewards" in loss.inputs:
+                args["rewards"] = rewards[units[chunk]]
             value = loss.fn(**{k: v for k, v in args.items() if k in loss.inputs}).sum() / normaliser
             value.backward()
             total += float(value.detach())

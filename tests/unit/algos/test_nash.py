@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import unipo.algos.nash as nash
 from unipo.algos import registry
 
-IDS = {"sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm"}
+IDS = {"sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm", "rebel"}
 CITATION = re.compile(r"arXiv:\d{4}\.\d{4,5}|https?://\S+")
 T = torch.tensor
 
@@ -50,6 +50,29 @@ def test_dno_by_hand():
     # β = .5: Δ = (−1 − (−2)) − (−3 − (−2)) = 1 + 1 = 2 ; ℓ = −log σ(1) = log(1 + e^{−1}) = .31326
     out = nash.dno(T([[-1.0, -3.0]]), T([[-2.0, -2.0]]), beta=0.5)
     torch.testing.assert_close(out, T([math.log1p(math.exp(-1.0))]))
+
+
+def test_rebel_by_hand_and_its_tabular_minimiser():
+    # η = 2: Δ = (−1 − (−2)) − (−3 − (−2)) = 2, reward gap .75 − .25 = .5 → (2 − 1)² = 1
+    out = nash.rebel(T([[-1.0, -3.0]]), T([[-2.0, -2.0]]), rewards=T([[0.75, 0.25]]), eta=2.0)
+    torch.testing.assert_close(out, T([1.0]))
+    # the loss over every ordered pair of a 4-action bandit, weighted by π_t(y)·π_t(y′), is minimised (0) exactly at
+    # π ∝ π_t·exp(η·r): its log-ratio differences then equal η·(r(y) − r(y′)); gradient descent gets there
+    prev = torch.log_softmax(T([0.2, -0.4, 0.0, 0.9]), -1)
+    r, eta = T([0.1, 0.9, 0.4, 0.0]), 1.5
+    logits = prev.clone().requires_grad_(True)
+    opt = torch.optim.SGD([logits], lr=0.5)
+    i, j = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    w = (prev.exp()[:, None] * prev.exp()[None, :]).flatten()
+    for _ in range(2000):
+        logp = torch.log_softmax(logits, -1)
+        pair = lambda x: torch.stack([x[i.flatten()], x[j.flatten()]], 1)  # noqa: E731
+        loss = (w * nash.rebel(pair(logp), pair(prev), rewards=pair(r), eta=eta)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    target = torch.softmax(prev + eta * r, -1)
+    torch.testing.assert_close(torch.softmax(logits, -1).detach(), target, atol=1e-6, rtol=0)
 
 
 def test_nash_md_value_and_gradient():
