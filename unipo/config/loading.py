@@ -158,9 +158,11 @@ def check_components(cfg: Config) -> None:
     for axis, kind in LIST_AXES.items():
         nodes += [(f"algo.{axis}[{i}]", kind, node) for i, node in enumerate(getattr(cfg.algo, axis))]
     for where, kind, node in nodes:
-        if node.name not in algos.names(kind) and node.name not in algos.registry.ALIASES.get(kind, {}):
-            raise ConfigError(f"{where}.name: unknown {kind} {node.name!r}; registered: {', '.join(algos.names(kind))}")
-        params = algos.entry(kind, node.name).params
+        try:  # an alias (e.g. `robust`) resolves to its component
+            params = algos.entry(kind, node.name).params
+        except KeyError:
+            known = ", ".join(algos.names(kind))
+            raise ConfigError(f"{where}.name: unknown {kind} {node.name!r}; registered: {known}") from None
         for key, value in (node.model_extra or {}).items():
             if key not in params:
                 allowed = ", ".join(sorted(params)) or "(none)"

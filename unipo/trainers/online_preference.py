@@ -276,10 +276,9 @@ def online_step(s: OnlineState) -> dict[str, float]:
             stats = _rl_update(s, batch, win)
         else:
             units, unit_win = _units(s, batch, win, explore is not None)
-            rewards = task_reward.to(win.device)
-            if explore is not None:  # exploration rows have no reward: no loss takes one with them
-                rewards = torch.cat([rewards, torch.full((explore.num_completions,), float("nan"), device=win.device)])
-            if "rewards" in s.loss.inputs:  # a unit with a failed reward (NaN) is left out
+            rewards = None
+            if "rewards" in s.loss.inputs:  # REBEL: no exploration rows; a unit with a failed reward (NaN) is left out
+                rewards = task_reward.to(win.device)
                 keep = ~rewards[units].isnan().any(1)
                 units, unit_win = units[keep], unit_win[keep]
             stats = _update(s, batch.concat(explore) if explore is not None else batch, units, unit_win, rewards)
@@ -331,7 +330,7 @@ def _fixed_logps(s: OnlineState, model: Any, batch: Rollouts, rows: torch.Tensor
 
 
 def _update(
-    s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Tensor, rewards: torch.Tensor
+    s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Tensor, rewards: torch.Tensor | None
 ) -> dict[str, float]:
     """`ppo_epochs` optimizer steps on the loss averaged over `units`, accumulated over micro-batches of units; a loss
     that takes `rewards` (REBEL) gets the reward functions' scores of each unit's responses."""
