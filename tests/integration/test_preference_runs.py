@@ -247,3 +247,24 @@ def test_kto_on_unpaired_rows_and_pairwise_losses_refuse_them(tiny_model_dir, tm
     apo = _run(tiny_model_dir, tmp_path, "apo_zero_unpaired", UNPAIRED, "train.max_steps=6", "train.lr=1e-2",
                name="apo")  # fmt: skip
     assert apo[0]["loss"] == pytest.approx(0.5, abs=1e-5) and apo[-1]["loss"] < apo[0]["loss"]
+
+
+def test_wpo_weighs_each_pair_by_the_policys_likelihood_of_both_responses(tiny_model_dir, tmp_path):
+    # policy = reference at step 1: each pair's DPO term is log 2, so the loss is log 2 · mean ω with
+    # ω = min(1, exp(ℓ_w + ℓ_l)), ℓ = mean over the response's tokens of log π(y_t) − log Σ_v π(v)², from a forward
+    # of every row's prompt + response (no prompt sharing) done here
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.models.logprobs import completion_logprobs
+
+    rows = [{"prompt": f"say {i}:", "chosen": "7 7 7" if i % 2 else "7", "rejected": f"no {i} no"} for i in range(8)]
+    got = _run(tiny_model_dir, tmp_path, "wpo", rows, "train.max_steps=1", "train.prompts_per_step=8",
+               "data.eval_frac=0", "model.autocast=off", name="wpo")  # fmt: skip
+    model, tok = load_model_and_tokenizer(tiny_model_dir, device="cpu", dtype="float32")
+    batch = preference._response_batch(tok, rows, torch.device("cpu"), 64)
+    with torch.no_grad():
+        logp, _, logits = completion_logprobs(model.eval(), batch, keep_logits=True, share_prompt=False)
+    m = batch.completion_mask.float()
+    ell = ((logp - torch.logsumexp(2 * torch.log_softmax(logits, -1), -1)) * m).sum(1) / m.sum(1)  # (2·8,)
+    omega = (ell[:8] + ell[8:]).exp().clamp(max=1)
+    assert float(omega.max()) < 0.999  # the weights act: off-policy pairs count less
+    assert got[0]["loss"] == pytest.approx(math.log(2) * float(omega.mean()), rel=1e-5)

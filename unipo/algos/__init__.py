@@ -9,6 +9,7 @@ from unipo.algos import (  # noqa: F401  (registers components)
     aggregation,
     controllers,
     critics,
+    curvature,
     kl,
     nash,
     policy_losses,

@@ -15,8 +15,6 @@ GAPS: dict[tuple[str, str], str] = {
     "predictor V_0; `knapsack_rl` allots budgets from any pass-rate estimate",
     ("sampler", "gdro_recon"): "not built yet: its prompt weights per pass@k bin need a weighted prompt stream (the "
     "collect stage draws prompts uniformly)",
-    ("sampler", "xrpo_alloc_recon"): "not built yet: it allots rollouts one at a time as their confidence intervals "
-    "shrink, while the budget stage allots them all before generation",
     ("sampler", "exit_buffer"): "not built yet: partial histories become new start states, which needs a prompt "
     "stream that accepts generated tasks",
     ("sampler", "icpo_recon"): "not built yet: demonstration-conditioned rollouts are trained as answers to the bare "
@@ -25,14 +23,9 @@ GAPS: dict[tuple[str, str], str] = {
     "the answer given the hint)",
     ("sampler", "spear_sil_recon"): "not built yet: a replay buffer trained with its own SIL term −max(A, 0)·log π; "
     "its decaying tool-call reward needs the agents issue",
-    ("advantage", "adv_post"): "not built yet as a post-processor after any estimator: its batch whitening and "
-    "absolute clip exist as options of the critic estimators (`ppo_gae`: whiten_advantages, adv_clip) and of "
-    "`spo_segment` (whiten)",
     ("policy_loss", "rex_rag_mis_recon"): "weights the probe samples of `rex_rag_probe`, which is not built",
     ("policy_loss", "bupo_recon"): "needs an internal layer's policy softmax(W_U·norm(h^l)) in the update's forward, "
     "which the log-prob path does not expose",
-    ("token_weight", "capo_recon"): "needs Σ_v π(v)² and Σ_v π(v)³ per token from the full logits (as "
-    "`optimal_token_baseline`), which the update does not keep",
     ("token_weight", "r3l_pivot_recon"): "needs R³L's reflect-then-retry sampler (a retry of each failed attempt) to "
     "find the pivot; its other half is `positive_amplify_recon`",
     ("regularizer", "otr_recon"): "needs K samples from the policy's full next-token distribution at every prefix of "
@@ -45,8 +38,6 @@ GAPS: dict[tuple[str, str], str] = {
     "group, then summed); use `algo.advantage.name=gdpo` with several reward functions or named scores",
     ("reward", "dynamic_reward_weights"): "its hypervolume-guided and gradient-based weight updates are unknown (R3); "
     "`weighted_sum` with fixed weights (or `scores` of a multi-score reward) covers the static case",
-    ("preference", "wpo"): "needs Σ_v π_θ(v)² per token from the full logits (its weight ω), which the preference "
-    "trainer's log-prob path does not keep",
     ("preference", "slic_hf"): "its regulariser needs a reference target y_ref per prompt (SLiC-HF's SFT target), a "
     "column the pair data has no rule for yet; `hinge` is its calibration term",
     ("preference", "dro_offline"): "needs a learned value V_φ(x) trained jointly on single-trajectory (prompt, "

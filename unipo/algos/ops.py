@@ -40,6 +40,13 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def power_sums(logits: torch.Tensor, powers: tuple[int, ...] = (2, 3)) -> tuple[torch.Tensor, ...]:
+    """Σ_v π(v)^k per position for each k in `powers`, with π = softmax(logits): (B, T, V) -> (B, T) each. Computed
+    in log space (logsumexp(k·log π)), so tiny probabilities do not underflow before they are summed."""
+    log_p = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    return tuple(torch.logsumexp(k * log_p, dim=-1).exp() for k in powers)
+
+
 def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
     """Raise ValueError naming `option` unless `value` is one of `allowed`."""
     if value not in allowed:

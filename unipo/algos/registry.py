@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 KINDS = (
     "advantage",
+    "adv_post",
     "policy_loss",
     "aggregation",
     "token_weight",
@@ -58,7 +59,7 @@ TRAINER_INPUTS = frozenset(
     {"old_logp", "ref_logp", "rollout_logp", "advantages", "rewards", "group_ids", "entropy", "completion_ids",
      "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards", "demo_mask",
      "lengths", "max_len", "correct", "reward_components", "prompt_keys", "hint_mask",
-     "teacher_logp", "segment_values"}
+     "teacher_logp", "segment_values", "logits", "ref_logits", "sum_pi_squared", "sum_pi_cubed"}
 )  # fmt: skip
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 

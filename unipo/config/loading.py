@@ -146,7 +146,7 @@ def check_components(cfg: Config) -> None:
     nodes = [(f"algo.{axis}", kind, getattr(cfg.algo, axis)) for axis, kind in AXES.items()]
     nodes.append(("algo.preference", "preference", cfg.algo.preference))
     nodes.append(("algo.online", "online", cfg.algo.online))
-    for axis in ("sampler", "critic"):
+    for axis in ("sampler", "critic", "adv_post"):
         if getattr(cfg.algo, axis) is not None:
             nodes.append((f"algo.{axis}", axis, getattr(cfg.algo, axis)))
     if cfg.algo.ref_sync is not None:

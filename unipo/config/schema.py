@@ -140,6 +140,10 @@ class AlgoConfig(_Strict):
     """Critic estimator (kind `critic`, e.g. `{name: ppo_gae, lam: 0.95}`): a value model is trained beside the policy
     and the advantages come from GAE over its values, replacing `advantage` (which must then be left unset). Its
     model and optimizer are set under the top-level `critic`. None: no value model."""
+    adv_post: ComponentConfig | None = None
+    """Advantage post-processor (kind `adv_post`, e.g. `{name: adv_post, whiten_mode: batch, clip: 0.5}`): batch
+    whitening and clipping applied after any estimator (or the critic), on the whole batch. None: the estimator's
+    advantages as they are."""
     regularizers: list[ComponentConfig] = []
     """Per-token terms (kind `regularizer`) added to the per-token loss before aggregation; each carries its
     own weight as a hyperparameter (usually `coef`)."""

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from unipo import algos
+from unipo.algos.ops import power_sums
 from unipo.config import AXES, Config, ConfigError, component_kwargs, to_yaml
 from unipo.rewards import BUILTIN
 from unipo.rewards.scorer import RewardScorer
@@ -63,6 +64,8 @@ class Algo:
     """β of the KL term in the loss (0: no KL term; the `kl` estimator then is not run)."""
     multi_reward: bool = False
     """The advantage estimator takes rewards (N, K), one column per reward function, and `reward_weights`."""
+    adv_post: Callable | None = None
+    """The advantage post-processor (kind `adv_post`), or None."""
     ref_sync: Callable | None = None
     """The reference refresh (`ref_sync`) of the after-step stage, or None: the reference stays the initial policy."""
 
@@ -70,7 +73,8 @@ class Algo:
         """The components a step runs (the KL estimator only with a KL term; the critic instead of `advantage`)."""
         kl = [self.kl] if self.kl_coef > 0 else []
         estimator = self.critic or self.advantage
-        return [*self.shaping, estimator, self.policy_loss, self.aggregation, *kl, *self.token_weights,
+        post = [self.adv_post] if self.adv_post else []
+        return [*self.shaping, estimator, *post, self.policy_loss, self.aggregation, *kl, *self.token_weights,
                 *self.regularizers]  # fmt: skip
 
     @property
@@ -92,7 +96,7 @@ class Algo:
     @property
     def needs_ref(self) -> bool:
         """Whether the reference policy must be loaded and run (a KL term, or a component that reads it)."""
-        return self.kl_coef > 0 or "ref_logp" in self.needs
+        return self.kl_coef > 0 or bool({"ref_logp", "ref_logits"} & self.needs)
 
 
 def call(fn: Callable, *args: Any, inputs: dict[str, Any], **kwargs: Any) -> Any:
@@ -128,11 +132,13 @@ def build_algo(cfg: Config) -> Algo:
     shaping = [build_component("reward", n.name, component_kwargs(n)) for n in cfg.algo.shaping]
     # `reward_weights` is data (a tensor), so it is not among the entry's hyperparameters: ask the signature
     multi = "reward_weights" in inspect.signature(algos.get("advantage", cfg.algo.advantage.name)).parameters
-    sampler, critic, sync = (build_component(kind, node.name, component_kwargs(node)) if node else None
-                             for kind, node in (("sampler", cfg.algo.sampler), ("critic", cfg.algo.critic),
-                                                ("controller", cfg.algo.ref_sync)))  # fmt: skip
+    sampler, critic, post, sync = (build_component(kind, node.name, component_kwargs(node)) if node else None
+                                   for kind, node in (("sampler", cfg.algo.sampler), ("critic", cfg.algo.critic),
+                                                      ("adv_post", cfg.algo.adv_post),
+                                                      ("controller", cfg.algo.ref_sync)))  # fmt: skip
     return Algo(**built, token_weights=weights, regularizers=regs, sampler=sampler, critic=critic, shaping=shaping,
-                kl_coef=cfg.algo.kl.coef, multi_reward=multi and critic is None, ref_sync=sync)  # fmt: skip
+                kl_coef=cfg.algo.kl.coef, multi_reward=multi and critic is None, adv_post=post,
+                ref_sync=sync)  # fmt: skip
 
 
 def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
@@ -175,6 +181,12 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
         "prompt_keys": ["a", "a", "b", "b"], "hint_mask": torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]]),
         "segment_values": torch.tensor([[0.5, nan, nan, nan], [nan, 0.2, nan, nan], [nan] * 4, [0.0, 1.0, nan, nan]]),
     }  # fmt: skip
+    logits = torch.randn(n, t, 5, generator=g)  # a 5-token vocabulary for the full-distribution inputs
+    inputs["logits"], inputs["ref_logits"] = (
+        logits,
+        torch.log_softmax(logits + 0.3 * torch.randn(n, t, 5, generator=g), -1),
+    )
+    inputs["sum_pi_squared"], inputs["sum_pi_cubed"] = power_sums(logits)
     inputs["reward_components"] = inputs["rewards"][:, None].repeat(1, num_rewards)
     rewards = inputs["rewards"][:, None].repeat(1, num_rewards) if algo.multi_reward else inputs["rewards"]
     extra = {"reward_weights": torch.ones(num_rewards)} if algo.multi_reward else {}
@@ -186,6 +198,8 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
                                            inputs=inputs))  # fmt: skip
     checks: list[tuple[str, Callable[[], Any]]] = [
         estimate,
+        *([("adv_post", lambda: call(algo.adv_post, inputs["advantages"], mask, inputs=inputs))] if algo.adv_post
+          else []),
         ("policy_loss", lambda: call(algo.policy_loss, logp, inputs["old_logp"], inputs["advantages"], mask,
                                      inputs=inputs)),
         ("kl", lambda: call(algo.kl, logp, inputs["ref_logp"], inputs=inputs)),

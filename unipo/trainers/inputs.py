@@ -58,8 +58,15 @@ PRODUCED_AT: dict[str, Stage] = {
     "hint_mask": Stage.COLLECT,  # [N, T] tokens forced from the reference (an `inpaint` sampler's, kept in the loss)
     "ref_logp": Stage.REFERENCE,
     "teacher_logp": Stage.REFERENCE,  # a frozen teacher's log-probs of the sampled tokens (`model.teacher_path`)
+    # [N, T, V] the reference's log-softmax at every completion position (same forward as `ref_logp`)
+    "ref_logits": Stage.REFERENCE,
+    # [N, T] Σ_v π_old(v)² and Σ_v π_old(v)³ per position: a no-grad forward of the policy before it moves (verl's
+    # old-log-prob pass), run only when a component declares one of them
+    "sum_pi_squared": Stage.REFERENCE,
+    "sum_pi_cubed": Stage.REFERENCE,
     "advantages": Stage.ADVANTAGE,
     "logp": Stage.UPDATE,
+    "logits": Stage.UPDATE,  # [N, T, V] the current policy's logits (temperature-scaled), with their graph
     "entropy": Stage.UPDATE,
     "proxy_logp": Stage.UPDATE,
     "tempered_old_logp": Stage.UPDATE,
@@ -69,6 +76,7 @@ PRODUCED_AT: dict[str, Stage] = {
 USED_AT: dict[str, Stage] = {
     "reward": Stage.SHAPE,
     "advantage": Stage.ADVANTAGE,
+    "adv_post": Stage.ADVANTAGE,
     "critic": Stage.ADVANTAGE,
     "policy_loss": Stage.UPDATE,
     "aggregation": Stage.UPDATE,
@@ -79,6 +87,11 @@ USED_AT: dict[str, Stage] = {
 """The stage at which components of each kind run in the on-policy trainer."""
 
 assert PRODUCED_AT.keys() == TRAINER_INPUTS, "every declared trainer input has exactly one producer"
+
+UPDATE_INPUTS = frozenset(name for name, stage in PRODUCED_AT.items() if stage is Stage.UPDATE)
+"""Inputs that exist only inside the update's micro-batch loop. A token weight that reads none of them is computed
+once on the whole batch before the loop, so that its batch statistics (quantiles, group overlaps) do not depend on
+how the batch is cut into micro-batches."""
 
 
 def _tempered_old_logp(logits: torch.Tensor, ids: torch.Tensor, params: dict, temperature: float) -> torch.Tensor:
@@ -100,11 +113,7 @@ def unavailable(kind: str, needs: frozenset[str]) -> list[str]:
     return sorted(n for n in needs if PRODUCED_AT[n] > stage)
 
 
-PURE_ONLY: dict[tuple[str, str], str] = {
-    ("advantage", "optimal_token_baseline"): "needs Σ_v π(v)² per token (`sum_pi_squared`) from the full logits, "
-    "which the update does not keep yet",
-    ("kl", "kl_full"): "needs the full-vocabulary logits of the policy and the reference (`logits`, `ref_logits`)",
-}
+PURE_ONLY: dict[tuple[str, str], str] = {}
 """Registered components that no trainer can run yet, with the reason: `unipo list` and docs/algorithms.md show
 them as "pure only", and the on-policy trainer refuses them at setup with this reason."""
 
@@ -117,6 +126,7 @@ NEEDS_REFERENCE = frozenset({"demonstrations", "hints", "roll_in", "inpaint", "g
 
 RUNS_IN: dict[str, str] = {
     "advantage": "rl",
+    "adv_post": "rl (advantage stage, after the estimator or the critic)",
     "policy_loss": "rl",
     "aggregation": "rl",
     "token_weight": "rl",

@@ -51,11 +51,15 @@ from unipo.trainers.loop import run_steps
 SUPPLIED = {
     "chosen_len", "rejected_len", "chosen_rewards", "rejected_rewards", "sample_logp", "ref_sample_logp",
     "chosen_mask", "rejected_mask", "guide_chosen_logp", "guide_rejected_logp", "scores",
-    "kl_logp", "ref_kl_logp", "reward_shift", "chosen_len_mean",
+    "kl_logp", "ref_kl_logp", "reward_shift", "chosen_len_mean", "chosen_log_sum_pi_squared",
+    "rejected_log_sum_pi_squared",
 }  # fmt: skip
 """Keyword tensors this trainer can give a preference loss."""
 SHOWN = {"loss": "loss", "margin": "rewards/margins", "acc": "rewards/accuracies", "s/step": "time/step_s"}
 """What the progress line shows for a preference run."""
+WPO_INPUT = "chosen_log_sum_pi_squared"
+"""Asked for by a loss that weighs pairs by the policy's token probabilities (WPO): the forward then keeps
+log Σ_v π(v)² per token."""
 OPTIONAL = {"kl_logp", "ref_kl_logp", "reward_shift"}
 """Optional ones, not in `Loss.inputs`: KTO's mismatched-pair KL (supplied when asked for, `Loss.kl`); BCO's reward
 shift (left at None)."""
@@ -214,15 +218,22 @@ def _encode(tokenizer: Any, texts: list[str], max_tokens: int) -> list[list[int]
     return [(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])[:max_tokens] for t in texts]
 
 
-def _token_logps(cfg: Config, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
-    """(logp, mask), each [B, W, T]: per-token log-probs of every response of each example, and its token mask."""
+def _token_logps(
+    cfg: Config, model: Any, tokenizer: Any, rows: list[dict[str, Any]], moments: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """(logp, mask), each [B, W, T]: per-token log-probs of every response of each example, and its token mask; with
+    `moments`, also log Σ_v π(v)² per token (detached; WPO's weight)."""
     device = next(model.parameters()).device
     batch = _response_batch(tokenizer, rows, device, cfg.data.max_response_tokens)
     with autocast_context(model, cfg.model.autocast):
-        logp, _ = completion_logprobs(model, batch, share_prompt=cfg.model.share_prompt_forward)
+        logp, _, logits = completion_logprobs(model, batch, share_prompt=cfg.model.share_prompt_forward,
+                                              keep_logits=True)  # fmt: skip
     mask = batch.completion_mask.float()
     b, t = len(rows), logp.shape[-1]
-    return (logp * mask).view(-1, b, t).transpose(0, 1), mask.view(-1, b, t).transpose(0, 1)
+    out = [logp * mask, mask]
+    if moments:
+        out.append(torch.logsumexp(2 * torch.log_softmax(logits.detach(), -1), -1) * mask)
+    return tuple(x.view(-1, b, t).transpose(0, 1) for x in out)
 
 
 def _sequence_logps(cfg: Config, model: Any, tokenizer: Any, pairs: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
@@ -293,9 +304,10 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model
         step_inputs["chosen_len_mean"] = torch.tensor(sum(map(len, encoded)) / n)
     for start in range(0, n, per_chunk):
         chunk = rows[start : start + per_chunk]
-        logp, mask = _token_logps(cfg, model, tokenizer, chunk)  # [b, W, T]
+        logp, mask, *spp = _token_logps(cfg, model, tokenizer, chunk, moments=WPO_INPUT in loss.inputs)  # [b, W, T]
         t = logp.shape[-1]  # per-token caches: the chunk's responses end by t (zeros after); sums have width 1
         part = {k: v[start : start + len(chunk), :, :t].to(logp.device) for k, v in fixed.items() if k != "kl_ref"}
+        part |= {"log_sum_pi_squared": spp[0]} if spp else {}  # of the current policy, detached
         args, extra = _loss_args(cfg, loss, chunk, logp, mask, part, model, tokenizer, ref_model, generator)
         out = loss.fn(*args, **extra, **{k: v.to(logp.device) for k, v in step_inputs.items()})
         value = out.sum() / (n * (out.shape[0] // len(chunk)))  # mean over loss terms (KTO: 2 per pair)
@@ -367,6 +379,9 @@ def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, ref_m
         args, extra = (seq[:, 0], seq[:, 1], ref_seq[:, 0], ref_seq[:, 1]), {}
     lengths = mask.sum(-1)
     supplied = {"chosen_len": lambda: lengths[:, 0], "rejected_len": lambda: lengths[:, 1]}
+    if "log_sum_pi_squared" in fixed:
+        spp = fixed["log_sum_pi_squared"].sum(-1)
+        supplied |= {WPO_INPUT: lambda: spp[:, 0], "rejected_log_sum_pi_squared": lambda: spp[:, 1]}
     supplied["chosen_rewards"] = lambda: torch.tensor([float(r["score_chosen"]) for r in rows], device=logp.device)
     supplied["rejected_rewards"] = lambda: torch.tensor([float(r["score_rejected"]) for r in rows], device=logp.device)
     if "sample_logp" in loss.inputs:

@@ -45,7 +45,7 @@ from unipo.trainers.evaluate import heldout_eval
 from unipo.trainers.inputs import NEEDS_REFERENCE
 from unipo.trainers.loop import run_steps
 from unipo.trainers.segments import segment_values
-from unipo.trainers.update import reference_logps, update
+from unipo.trainers.update import frozen_forward, update
 
 
 def train(cfg: Config) -> Path:
@@ -247,14 +247,17 @@ def rl_step(s: RLState) -> dict[str, float]:
     inputs |= frozen_logps(s, batch, timer)  # before the advantages, which may read them (REINFORCE++'s KL)
     critic_stats: dict[str, float] = {}
     if s.critic is None:
-        all_inputs = w.gather_inputs(inputs, n)
-        advantages = w.local(advantages_of(algo, all_rewards, all_fn, all_groups, w.gather_rows(batch.loss_mask),
-                                           all_inputs, s.scorer.weights), n, batch.loss_mask.shape[1])  # fmt: skip
+        all_inputs = w.gather_inputs({k: v for k, v in inputs.items() if k in algo.advantage.needs}, n)
+        all_mask = w.gather_rows(batch.loss_mask)
+        all_adv = advantages_of(algo, all_rewards, all_fn, all_groups, all_mask, all_inputs, s.scorer.weights)
+        all_adv, post_stats = post_processed(algo, all_adv, all_mask, all_rewards, all_groups)
+        advantages = w.local(all_adv, n, batch.loss_mask.shape[1])
     else:  # GAE over the value model's values; the critic then trains on the returns
         with timer("values"):
             old_values = critics.values(s.critic, batch, cfg)
         targets = call(algo.critic, rewards, old_values, batch.completion_mask, inputs=inputs)
-        advantages = targets.advantages
+        advantages, post_stats = post_processed(algo, targets.advantages, batch.loss_mask, rewards,
+                                                batch.advantage_groups)  # fmt: skip
         with timer("critic_update"):
             critic_stats = critics.update(s.critic, cfg, batch, old_values, targets)
     if algo.has_fact("sampler", "entropy_switch"):  # AEPO swaps tempered samples in after the advantages
@@ -282,6 +285,7 @@ def rl_step(s: RLState) -> dict[str, float]:
         **errors,
         **stats,
         **critic_stats,
+        **post_stats,
         **sampler_stats,
         **ctrl_metrics,
         "tokens/completion_mean": float(lengths.mean()),
@@ -290,6 +294,16 @@ def rl_step(s: RLState) -> dict[str, float]:
         **{f"time/{phase}_s": seconds for phase, seconds in timer.totals.items()},  # generate, score, update, ...
         "time/step_s": time.perf_counter() - t0,
     }
+
+
+def post_processed(
+    algo: Algo, advantages: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor, groups: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The recipe's advantage post-processor (`algo.adv_post`) on the whole batch, and its metrics."""
+    if algo.adv_post is None:
+        return advantages, {}
+    out, metrics = call(algo.adv_post, advantages, mask, inputs={"rewards": rewards, "group_ids": groups})
+    return out, {k: float(v) for k, v in metrics.items()}
 
 
 def tempered_swap(
@@ -313,12 +327,22 @@ def tempered_swap(
 
 
 def frozen_logps(s: RLState, batch: Rollouts, timer: Timer) -> dict[str, torch.Tensor]:
-    """The reference stage: the frozen models' log-probs of the batch's tokens (`ref_logp`, `teacher_logp`)."""
-    out = {}
+    """The reference stage: the frozen models' log-probs of the batch's tokens (`ref_logp`, `teacher_logp`), the
+    reference's full log-softmax (`ref_logits`) and the moments of the policy before it moves (`sum_pi_squared`,
+    `sum_pi_cubed`), each only when a component of the recipe declares it."""
+    out, needs = {}, s.algo.needs
     for name, model, phase in (("ref_logp", s.ref, "reference"), ("teacher_logp", s.teacher, "teacher")):
         if model is not None:
             with timer(phase):
-                out[name] = reference_logps(model, batch, s.cfg)
+                full = name == "ref_logp" and "ref_logits" in needs
+                forward = frozen_forward(model, batch, s.cfg, full=full)
+                out[name] = forward["logp"]
+                if full:
+                    out["ref_logits"] = forward["log_softmax"]
+    if needs & {"sum_pi_squared", "sum_pi_cubed"}:  # verl's old-log-prob pass, before any parameter moves
+        with timer("old_forward"):
+            forward = frozen_forward(s.model, batch, s.cfg, moments=True)
+        out |= {k: forward[k] for k in ("sum_pi_squared", "sum_pi_cubed")}
     return out
 
 

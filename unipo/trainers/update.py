@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from unipo.algos.ops import masked_sum
+from unipo.algos.ops import masked_sum, power_sums
 from unipo.config import Config
 from unipo.models import lora
 from unipo.models.loading import autocast_context
@@ -15,17 +15,30 @@ from unipo.models.logprobs import completion_logprobs
 from unipo.rollout.batch import Origin, Rollouts
 from unipo.trainers.common import Algo, call
 from unipo.trainers.dist import World
-from unipo.trainers.inputs import FROM_LOGITS
+from unipo.trainers.inputs import FROM_LOGITS, UPDATE_INPUTS
 
 
 @torch.no_grad()
 def reference_logps(ref: Any, batch: Rollouts, cfg: Config) -> torch.Tensor:
     """The reference stage: log π_ref of every sampled token (N, T), in the run's precision (`ref` may be a LoRA
     policy's `BaseView`)."""
-    with lora.reference(ref) as model, autocast_context(model, cfg.model.autocast):
-        logp, _ = completion_logprobs(model, batch, temperature=cfg.rollout.temperature,
-                                      share_prompt=cfg.model.share_prompt_forward)  # fmt: skip
-    return logp.float()
+    return frozen_forward(ref, batch, cfg)["logp"]
+
+
+@torch.no_grad()
+def frozen_forward(model: Any, batch: Rollouts, cfg: Config, *, full: bool = False, moments: bool = False) -> dict:
+    """A no-grad forward of a model that does not move this step (the reference, or the policy before its update):
+    `logp` (N, T) of the sampled tokens; with `full`, `log_softmax` (N, T, V) at every completion position; with
+    `moments`, `sum_pi_squared` and `sum_pi_cubed` (N, T), Σ_v π(v)^k. All at the sampling temperature, in float32."""
+    with lora.reference(model) as m, autocast_context(m, cfg.model.autocast):
+        logp, _, logits = completion_logprobs(m, batch, temperature=cfg.rollout.temperature, keep_logits=True,
+                                              share_prompt=cfg.model.share_prompt_forward)  # fmt: skip
+    out = {"logp": logp.float()}
+    if full:
+        out["log_softmax"] = torch.log_softmax(logits.float(), dim=-1)
+    if moments:
+        out["sum_pi_squared"], out["sum_pi_cubed"] = power_sums(logits)
+    return out
 
 
 def update(
@@ -63,6 +76,11 @@ def update(
     old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
     derived = {name: (FROM_LOGITS[name], algo.params_for(name), torch.zeros_like(old_logp))
                for name in FROM_LOGITS.keys() & algo.needs}  # fmt: skip
+    whole = {**inputs, "old_logp": batch.rollout_logp, "rollout_logp": batch.rollout_logp, "advantages": advantages,
+             "group_ids": batch.advantage_groups, "completion_ids": batch.completion_ids, "truncated": batch.truncated,
+             "demo_mask": batch.origin == Origin.DEMONSTRATION, "hint_mask": batch.forced}  # fmt: skip
+    early = {i: call(fn, batch.loss_mask.float(), inputs=whole).detach()  # token weights of the whole batch
+             for i, fn in enumerate(algo.token_weights) if not fn.needs & UPDATE_INPUTS}  # fmt: skip
     sums: dict[str, torch.Tensor] = {}
     losses, grad_norms = [], []
     for epoch in range(cfg.train.ppo_epochs):
@@ -84,7 +102,7 @@ def update(
                 **inputs,
                 "old_logp": old_logp[idx, :width],
                 "rollout_logp": mb.rollout_logp,
-                **{k: inputs[k][idx, :width] for k in ("ref_logp", "teacher_logp") if k in inputs},
+                **{k: inputs[k][idx, :width] for k in PER_TOKEN if k in inputs},
                 "advantages": adv,
                 "logp": logp,
                 "rewards": inputs["rewards"][idx],
@@ -99,9 +117,12 @@ def update(
                 if epoch == 0:
                     values[idx, :width] = make(logits.detach(), mb.completion_ids, params, temperature)
                 mb_inputs[name] = values[idx, :width]
+            if "logits" in algo.needs:  # e.g. the exact KL over the vocabulary (`kl_full`)
+                mb_inputs["logits"] = logits
             del logits
             per_token, metrics = call(algo.policy_loss, logp, old_logp[idx, :width], adv, mask, inputs=mb_inputs)
-            per_token, metrics = _add_terms(algo, per_token, metrics, logp, mask, mb_inputs)
+            weights = {i: w[idx, :width] for i, w in early.items()}
+            per_token, metrics = _add_terms(algo, per_token, metrics, logp, mask, mb_inputs, weights)
             if entropy is not None:
                 metrics["entropy"] = entropy.detach()
             loss = algo.aggregation(per_token, mask, num_tokens=num_tokens, num_seqs=n)
@@ -125,10 +146,21 @@ def update(
     return out
 
 
+PER_TOKEN = ("ref_logp", "teacher_logp", "ref_logits", "sum_pi_squared", "sum_pi_cubed")
+"""The reference stage's per-token inputs ([N, T] or [N, T, V]), cut to each micro-batch's rows and width."""
+
+
 def _add_terms(
-    algo: Algo, per_token: torch.Tensor, metrics: dict, logp: torch.Tensor, mask: torch.Tensor, inputs: dict
+    algo: Algo,
+    per_token: torch.Tensor,
+    metrics: dict,
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    inputs: dict,
+    early: dict[int, torch.Tensor],
 ) -> tuple[torch.Tensor, dict]:
-    """KL to the reference, regularizers and token weights, all per token (so they share the normaliser)."""
+    """KL to the reference, regularizers and token weights, all per token (so they share the normaliser); `early`
+    holds the micro-batch's rows of the token weights computed on the whole batch, by their index."""
     metrics = dict(metrics)
     if algo.kl_coef > 0:
         kl = call(algo.kl, logp, inputs["ref_logp"], inputs=inputs)
@@ -138,8 +170,8 @@ def _add_terms(
         term, reg_metrics = call(reg, logp, inputs["old_logp"], mask, inputs=inputs)
         per_token = per_token + term
         metrics.update(reg_metrics)
-    for weight_fn in algo.token_weights:
-        per_token = per_token * call(weight_fn, mask, inputs=inputs).detach()
+    for i, weight_fn in enumerate(algo.token_weights):
+        per_token = per_token * (early[i] if i in early else call(weight_fn, mask, inputs=inputs).detach())
     return per_token, metrics
 
 

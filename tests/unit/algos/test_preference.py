@@ -413,6 +413,7 @@ def test_every_pairwise_loss_returns_one_value_per_pair():
         "sigmoid_norm": lens,
         "lr_dpo": lens,
         "sft": {"chosen_len": lens["chosen_len"]},
+        "wpo": {**lens, "chosen_log_sum_pi_squared": c - 1, "rejected_log_sum_pi_squared": r - 2},
     }
     skip = {"lipo_lambda", "tgdpo", "ld_dpo", "kto", "apo_zero_unpaired"}  # listwise / per-token / unpaired: above
     for name in sorted(set(algos.names("preference")) - skip):
@@ -462,6 +463,26 @@ def test_dpo_variants_hand_values():
     close(pref("sft")(C, R, RC, RR, chosen_len=LEN_W), 0.5)
     # apo_zero_unpaired on the pair: desirable 1 − σ(0.5) = 0.3775407, undesirable σ(−0.5) = 0.3775407
     close(pref("apo_zero_unpaired")(C, R, RC, RR, beta=0.5), [0.3775407, 0.3775407])
+
+
+def test_wpo_hand_values_p4_and_its_gradient():
+    # the shared pair (βΔ = 1, DPO 0.3132617); Σ_t log Σπ² chosen so that ℓ_w = (−1 − S_w)/2 = −0.3 and
+    # ℓ_l = (−3 − S_l)/4 = −0.2: ω = exp(−0.5) → 0.6065307 · 0.3132617 = 0.1900028
+    lens = {"chosen_len": LEN_W, "rejected_len": LEN_L}
+    s_w, s_l = C + 2 * 0.3, R + 4 * 0.2
+    wpo = pref("wpo")
+    close(wpo(C, R, RC, RR, chosen_log_sum_pi_squared=s_w, rejected_log_sum_pi_squared=s_l, **lens, beta=0.5),
+          0.1900028)  # fmt: skip
+    # ℓ_w + ℓ_l > 0 is clamped: ω = 1, DPO (§13 P4: weighting off ⇔ ω ≡ 1)
+    close(wpo(C, R, RC, RR, chosen_log_sum_pi_squared=C - 2, rejected_log_sum_pi_squared=R, **lens, beta=0.5),
+          0.3132617)  # fmt: skip
+    # ω is a constant of the step: the gradient is ω times DPO's
+    c = C.clone().requires_grad_(True)
+    (g_wpo,) = torch.autograd.grad(
+        wpo(c, R, RC, RR, chosen_log_sum_pi_squared=s_w, rejected_log_sum_pi_squared=s_l, **lens, beta=0.5), c
+    )
+    (g_dpo,) = torch.autograd.grad(pref("dpo")(c, R, RC, RR, beta=0.5), c)
+    close(g_wpo, math.exp(-0.5) * g_dpo)
 
 
 def test_ld_dpo_weights_the_surplus_tokens():

@@ -379,3 +379,19 @@ def test_scaf_hint_levels_go_from_least_to_most_help():
     assert [r["prompt"] for r in scaf_hint_levels(bare, tiers)] == [
         "Q?\nSolution Hints: a", "Q?\nSolution Hints: a b", "Q?\nSolution Hints: a b c d",
         "Q?\nSolution Hints: a b c d e"]  # fmt: skip
+
+
+def test_xrpo_allocator_gives_each_rollout_where_the_interval_shrinks_most_by_hand():
+    from unipo.algos.samplers import xrpo_alloc_recon
+
+    # s = √(p(1−p)) = 0.5, 0, 0.3; h(n) = t_{0.975,n−1}·s/√n. From n = 2 the shrink per unit s is 12.706/√2 −
+    # 4.303/√3 = 6.500, then 4.303/√3 − 3.182/2 = 0.893, then 3.182/2 − 2.776/√5 = 0.350: the four extra rollouts
+    # go to prompt 0 (3.25), prompt 2 (1.95), prompt 0 (0.447), prompt 2 (0.268 > 0.175); p = 0 keeps n_min
+    out = xrpo_alloc_recon(torch.tensor([0.5, 0.0, 0.1]), total=10)
+    assert out.tolist() == [4, 2, 4] and out.dtype == torch.long
+    # no spread anywhere: the budget is spread evenly, the earlier prompt first
+    assert xrpo_alloc_recon(torch.tensor([0.0, 1.0, 0.0]), total=10).tolist() == [4, 3, 3]
+    assert xrpo_alloc_recon(torch.tensor([0.5, 0.5]), total=10, n_max=6).tolist() == [5, 5]
+    assert xrpo_alloc_recon(torch.tensor([0.5, 0.0]), total=10, n_max=6).tolist() == [6, 4]
+    with pytest.raises(ValueError, match="cannot share"):
+        xrpo_alloc_recon(torch.tensor([0.5, 0.5]), total=3)

@@ -33,6 +33,7 @@ def test_registered_ids_and_defaults():
         "igpo_hint_mask",
         "d3s_token_recon",
         "positive_amplify_recon",
+        "capo_recon",
     }
     assert "tw_grpo_weights" not in W and "tw_grpo_weights_recon" not in W  # [unknown] rule: known gap (R3)
     params = {name: algos.entry("token_weight", name).params for name in W}

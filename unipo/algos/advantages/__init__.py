@@ -23,12 +23,14 @@ from unipo.algos.advantages.baselines import (
 )
 from unipo.algos.advantages.group import dr_grpo, gpg, group_mean_batch_std, grpo, grpo_passk, opo, p3o_pairwise, rloo
 from unipo.algos.advantages.multi import bnpo, gdpo
+from unipo.algos.advantages.post import adv_post
 from unipo.algos.advantages.recon import a_grae_recon, copo_recon, g2rpo_recon
 from unipo.algos.advantages.segment import spo_cut_states, spo_segment
 from unipo.algos.advantages.shaping import red_weight, xrpo_sharpen
 
 __all__ = [
     "a_grae_recon",
+    "adv_post",
     "bnpo",
     "copo_recon",
     "dr_grpo",

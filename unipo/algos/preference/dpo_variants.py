@@ -1,5 +1,5 @@
-"""DPO variants that change the score or add a term to the logistic loss (ALGORITHMS.md §7.1): sigmoid_norm, f_dpo,
-ld_dpo, dpop, lr_dpo, and the plain SFT loss on chosen responses.
+"""DPO variants that change the score, weight the pair or add a term to the logistic loss (ALGORITHMS.md §7.1):
+sigmoid_norm, f_dpo, ld_dpo, wpo, dpop, lr_dpo, and the plain SFT loss on chosen responses.
 
 Same signature as the family (``unipo.algos.preference``): summed log-probs [B] in, per-pair loss [B] out; ``ld_dpo``
 takes per-token [B, T] log-probs with masks.
@@ -154,6 +154,50 @@ def ld_dpo(
     h_w = score(chosen_logp, chosen_mask) - score(ref_chosen_logp.detach(), chosen_mask)
     h_l = score(rejected_logp, rejected_mask) - score(ref_rejected_logp.detach(), rejected_mask)
     return -F.logsigmoid(beta * (h_w - h_l))
+
+
+@register(
+    "preference",
+    "wpo",
+    paper="Zhou et al. 2024, WPO: Enhancing RLHF with Weighted Preference Optimization, arXiv:2406.11827",
+    tag="checked: TRL (use_weighting)",
+)
+def wpo(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    *,
+    chosen_log_sum_pi_squared: torch.Tensor,
+    rejected_log_sum_pi_squared: torch.Tensor,
+    chosen_len: torch.Tensor,
+    rejected_len: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """Weighted preference optimisation (Zhou et al. 2024, arXiv:2406.11827, eq. 2; TRL ``use_weighting``).
+
+    L = sg(ω)·(−log σ(βΔ)), ω = min(1, exp(ℓ_w + ℓ_l)), ℓ = (1/|y|)·Σ_t [log π_θ(y_t) − log Σ_v π_θ(v∣s_t)²]: a pair
+    counts in proportion to how likely the current policy is to produce it, each token's probability measured
+    against the policy's own "typical" token probability Σ_v π(v)² at that position, so that off-policy pairs
+    weigh less. With ω ≡ 1 (as when both responses are the policy's greedy, certain tokens) it is DPO (§13 P4).
+
+    Args:
+        chosen_logp, rejected_logp: [B] summed log π_θ of y_w and y_l.
+        ref_chosen_logp, ref_rejected_logp: [B] the reference's.
+        chosen_log_sum_pi_squared, rejected_log_sum_pi_squared: [B] Σ_t log Σ_v π_θ(v∣s_t)² over each response's
+            tokens (the trainer's forward keeps them; TRL computes them under no_grad).
+        chosen_len, rejected_len: [B] tokens of y_w and y_l.
+        beta: β.
+
+    Returns:
+        [B] per-pair loss.
+    """
+    h_w, h_l = log_ratios(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp)
+    with torch.no_grad():
+        ell_w = per_token(chosen_logp - chosen_log_sum_pi_squared, chosen_len, "chosen_len")
+        ell_l = per_token(rejected_logp - rejected_log_sum_pi_squared, rejected_len, "rejected_len")
+        weight = torch.exp(ell_w + ell_l).clamp(max=1.0)
+    return weight * -F.logsigmoid(beta * (h_w - h_l))
 
 
 @register(

@@ -8,7 +8,7 @@ temperature-switched samples), ``guidance`` (hints, demonstrations, roll-ins, dr
 """
 
 from unipo.algos.samplers import budget, filters, guidance, resampling  # noqa: F401  (registers samplers)
-from unipo.algos.samplers.budget import arpo_gui_replay, knapsack_rl, knapsack_value
+from unipo.algos.samplers.budget import arpo_gui_replay, knapsack_rl, knapsack_value, xrpo_alloc_recon
 from unipo.algos.samplers.filters import d3s_sample_recon, dynamic_sampling, low_var_group_filter, red_drop
 from unipo.algos.samplers.guidance import dr_po, ghpo, gt_in_group_recon, hpt, igpo_inpaint, igrpo, scaf_grpo
 from unipo.algos.samplers.resampling import aepo, aepo_temperature, pf_ppo
@@ -31,4 +31,5 @@ __all__ = [
     "pf_ppo",
     "red_drop",
     "scaf_grpo",
+    "xrpo_alloc_recon",
 ]

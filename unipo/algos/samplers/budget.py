@@ -1,7 +1,9 @@
 """Samplers with memory across steps (ALGORITHMS.md §6.2, §6.3): per-prompt rollout budgets from pass rates
-(Knapsack RL) and a replay buffer of successes (ARPO)."""
+(Knapsack RL, XRPO's allocator) and a replay buffer of successes (ARPO)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -67,6 +69,93 @@ def knapsack_rl(
         out[q - 1] = choice[q, b]
         b -= int(choice[q, b])
     return out
+
+
+T_975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+"""Student-t 97.5% quantiles for 1..30 degrees of freedom (standard tables); past 30, the normal's 1.96."""
+
+
+def t_half_width(n: int, std: float) -> float:
+    """Half-width t_{0.975, n−1}·s/√n of the 95% t-interval on a mean from n ≥ 2 samples of standard deviation s."""
+    return (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * std / math.sqrt(n)
+
+
+@register(
+    "sampler",
+    "xrpo_alloc_recon",
+    paper="Bamba et al. 2025, XRPO: Pushing the Limits of GRPO with Targeted Exploration, arXiv:2510.06672 "
+    "(its rollout allocator; seeds_000_001.md 001-27)",
+    tag="reconstructed (ALGORITHMS.md §6.2: the shrink rule; the Bernoulli spread from the last pass rate, the t "
+    "table's use and n_min: ours)",
+    facts={"budget"},
+)
+def xrpo_alloc_recon(
+    pass_rates: torch.Tensor, *, total: int = 0, n_min: int = 2, n_max: int = 0, prior: float = 0.5
+) -> torch.Tensor:
+    """Reconstruction of XRPO's rollout allocator (arXiv:2510.06672); not the published rule.
+
+    Every prompt starts with n_min rollouts; each further rollout of the budget goes, one at a time, to the prompt
+    whose 95% t-interval half-width on its mean reward, h(n) = t_{0.975, n−1}·s_q/√n, shrinks most from one more
+    sample: argmax_q h(n_q) − h(n_q + 1) (ties: the prompt with fewer rollouts, then the earlier one). s_q =
+    √(p̂_q(1 − p̂_q)), the spread of a 0/1 reward at the prompt's pass rate when last seen (an unseen prompt: `prior`),
+    so a prompt always solved or never solved keeps n_min. The allotment is made before generation from the last
+    visit's estimate, where XRPO refines it as rollouts of this step arrive.
+
+    Args:
+        pass_rates: [P] estimated pass rates p̂_q in [0, 1].
+        total: the step's rollouts (0: P × `rollout.group_size`; set by the collect stage).
+        n_min: the fewest rollouts a prompt gets (2: a group baseline needs two).
+        n_max: the most a prompt gets (0: no cap).
+        prior: p̂ of a prompt not seen yet, read by the collect stage.
+
+    Returns:
+        [P] long budgets, summing to `total`.
+    """
+    p = pass_rates.double().clamp(0, 1)
+    num = p.numel()
+    cap = n_max if n_max > 0 else total
+    if n_min < 2 or num * n_min > total or num * cap < total:
+        raise ValueError(f"xrpo_alloc_recon: {num} prompts cannot share {total} rollouts with {n_min} <= N <= {cap} "
+                         "(n_min >= 2: the interval needs two samples)")  # fmt: skip
+    spread = (p * (1 - p)).sqrt().tolist()
+    budgets = [n_min] * num
+    for _ in range(total - num * n_min):
+        gains = [t_half_width(n, s) - t_half_width(n + 1, s) if n < cap else -1.0
+                 for n, s in zip(budgets, spread, strict=True)]  # fmt: skip
+        q = max(range(num), key=lambda i: (gains[i], -budgets[i], -i))
+        budgets[q] += 1
+    return torch.tensor(budgets, dtype=torch.long)
 
 
 @register(
