@@ -24,9 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("source", help="a run directory (its latest checkpoint) or a checkpoint directory")
     p_export.add_argument("out", help="the model directory to write (loadable by transformers and vLLM)")
     p_verify = sub.add_parser(
-        "verify", help="run a closed-form testbed (nash: the RPS-like preference game; preference: DPO-type losses)"
-    )
-    p_verify.add_argument("testbed", choices=["nash", "preference"])
+        "verify", help="run a testbed with known answers (nash: the RPS-like preference game; preference: DPO-type "
+        "losses; classic: policy optimisation on gymnasium, needs the `classic` extra)",
+    )  # fmt: skip
+    p_verify.add_argument("testbed", choices=["nash", "preference", "classic"])
+    p_verify.add_argument("--methods", default="ppo_classic,mdpo,ppo_kl_adaptive,a2c,reinforce_classic",
+                          help="classic: the methods to train")  # fmt: skip
+    p_verify.add_argument("--env", default="CartPole-v1", help="classic: a gymnasium environment id")
+    p_verify.add_argument("--steps", type=int, default=0, help="classic: environment steps (0: each method's)")
+    p_verify.add_argument("--seed", type=int, default=0)
     p_verify.add_argument("--iterations", type=int, default=200)
     p_verify.add_argument("--eta", type=float, default=0.2)
     p_verify.add_argument("--tau", type=float, default=0.2)
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "export":
             return _export(ns.source, ns.out)
         if ns.command == "verify":
-            return _verify_preference(ns) if ns.testbed == "preference" else _verify(ns)
+            return {"preference": _verify_preference, "classic": _verify_classic}.get(ns.testbed, _verify)(ns)
         return _write_markdown(ns.markdown) if ns.markdown else _list(ns.kind)
     except ConfigError as e:
         print(f"unipo: error: {e}", file=sys.stderr)
@@ -186,6 +192,35 @@ def _verify_preference(ns: argparse.Namespace) -> int:
     print(f"  {'eps':5s} {'method':6s} {'clean(n=4)':>11s} {'clean(n=2)':>11s} {'theory(n=2)':>12s}")
     for r4, r2 in zip(rows4, rows2, strict=True):
         print(f"  {r4['noise']:<5.1f} {r4['method']:6s} {r4['clean']:11.2e} {r2['clean']:11.2e} {r2['theory']:12.2e}")
+    return 0
+
+
+def _verify_classic(ns: argparse.Namespace) -> int:
+    """Classic methods of ALGORITHMS.md §11 trained on a gymnasium environment: return curves and the greedy policy's
+    mean return (CartPole-v1 is solved at 475)."""
+    import time
+
+    from unipo import algos
+    from unipo.config import ConfigError
+    from unipo.testbeds import classic
+
+    try:
+        import gymnasium  # noqa: F401
+    except ImportError:
+        raise ConfigError("unipo verify classic needs gymnasium: pip install 'unipo[classic]'") from None
+    methods = [m for m in ns.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(algos.names("classic")))
+    if unknown:
+        raise ConfigError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(algos.names('classic'))}")
+    print(f"{ns.env}, seed {ns.seed}: mean training return per tenth of the episodes, then the greedy policy's return")
+    for method in methods:
+        settings = classic.settings_for(method, ns.env, **({"total_steps": ns.steps} if ns.steps else {}))
+        start = time.perf_counter()
+        out = classic.train(method, ns.env, seed=ns.seed, settings=settings)
+        final = classic.evaluate(out["policy"], ns.env)
+        points = " ".join(f"{x:.0f}" for x in classic.curve(out["returns"]))
+        print(f"  {method:18s} {settings.total_steps} steps, {time.perf_counter() - start:5.1f} s: {points}  -> "
+              f"greedy {final:.1f}")  # fmt: skip
     return 0
 
 

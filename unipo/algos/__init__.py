@@ -7,6 +7,7 @@ algos.get("advantage", "grpo")(rewards, group_ids)
 from unipo.algos import (  # noqa: F401  (registers components)
     advantages,
     aggregation,
+    classic,
     controllers,
     critics,
     curvature,

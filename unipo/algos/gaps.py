@@ -58,6 +58,10 @@ GAPS: dict[tuple[str, str], str] = {
     "rewards fed to `ppo_gae`, whose token rewards are built from the outcome and the KL only",
     ("reward", "refcritic_reward_recon"): "needs a critique-then-refine rollout (the refinement conditioned on each "
     "sampled critique), a two-stage sampler that is not built",
+    ("classic", "trpo"): "not built yet: its step is a conjugate-gradient natural direction and a KL-bounded line "
+    "search, not the minibatch SGD of the classic runner",
+    ("classic", "mdpo_off"): "not built yet: off-policy MDPO needs SAC-style Q critics and a replay buffer, which the "
+    "on-policy classic runner does not have",
 }
 """(kind, id) -> why it is not registered yet."""
 

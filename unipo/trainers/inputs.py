@@ -138,6 +138,7 @@ RUNS_IN: dict[str, str] = {
     "controller": "rl (after-step stage, moving a component's state)",
     "preference": "preference",
     "online": "online_preference",
+    "classic": "unipo verify classic (gymnasium environments, unipo.testbeds.classic)",
 }
 """The trainer that runs the components of each kind; a kind not listed has no trainer yet."""
 

@@ -1,0 +1,208 @@
+"""Classic-RL policy optimisation on gymnasium environments (ALGORITHMS.md §11), composed from the LLM components.
+
+A classic method is the policy term of one minibatch's loss, built from the same registered pieces the LLM trainers
+use: `ppo_classic` is the `ppo_clip` surrogate, `mdpo` the `mdpo` surrogate with the exact KL of the policy head
+(`kl_full` on the action logits), `a2c` / `reinforce_classic` the plain policy gradient. A state of the environment
+plays the part of a token position, an action the part of a sampled token: tensors are [B, 1] (B transitions, one
+"token" each). The runner (`unipo.testbeds.classic`) adds the value loss and the entropy bonus, which every method
+shares, and runs the loop.
+
+Signature of the kind: ``fn(logp [B], old_logp [B], advantages [B], *, logits, old_logits, <hparams>) -> (loss [B],
+metrics)``; ``logits`` / ``old_logits`` are [B, A] for a categorical head and None for a Gaussian one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unipo.algos.kl import kl_full
+from unipo.algos.policy_losses.clipped import ppo_clip
+from unipo.algos.policy_losses.trust_region import mdpo as mdpo_surrogate
+from unipo.algos.registry import register
+
+Metrics = dict[str, torch.Tensor]
+
+
+def _tokens(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """[B] -> [B, 1]: one transition is one "token" of the LLM components."""
+    return tuple(x[:, None] for x in xs)
+
+
+@register("classic", "ppo_classic", paper="Schulman et al. 2017, Proximal Policy Optimization Algorithms, "
+          "arXiv:1707.06347", tag="memory")  # fmt: skip
+def ppo_classic(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    logits: torch.Tensor | None = None,
+    old_logits: torch.Tensor | None = None,
+    clip: float = 0.2,
+) -> tuple[torch.Tensor, Metrics]:
+    """PPO (Schulman et al. 2017, arXiv:1707.06347, eq. 7): ℓ = −min(ρA, clip(ρ, 1−ε, 1+ε)·A), the `ppo_clip`
+    policy loss of the LLM trainers on one transition per row. ε = 0.2.
+
+    Args:
+        logp: [B] log π_θ(a∣s) of the taken actions.
+        old_logp: [B] log π_old(a∣s), the policy that collected them.
+        advantages: [B] GAE advantages.
+        logits: [B, A] π_θ's action logits (categorical head) or None (Gaussian head).
+        old_logits: [B, A] π_old's, or None.
+        clip: ε.
+
+    Returns:
+        (per-transition policy loss [B], metrics).
+    """
+    lp, old, adv = _tokens(logp, old_logp, advantages)
+    loss, metrics = ppo_clip(lp, old, adv, torch.ones_like(lp), clip_low=clip, clip_high=clip)
+    return loss[:, 0], {"clip_frac": metrics["clip/frac"][:, 0]}
+
+
+@register("classic", "mdpo", paper="Tomar et al. 2020, Mirror Descent Policy Optimization, arXiv:2005.09814",
+          tag="checked: official code mdpo_on/mdpo.py (objective, exact KL, t_k schedule)")  # fmt: skip
+def mdpo(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    logits: torch.Tensor | None = None,
+    old_logits: torch.Tensor | None = None,
+    progress: float = 0.0,
+    iterations: int = 1,
+) -> tuple[torch.Tensor, Metrics]:
+    """On-policy MDPO (Tomar et al. 2020, arXiv:2005.09814): ℓ = −ρ·A + (1/t_k)·KL(π_θ(·∣s) ‖ π_k(·∣s)), no clip.
+
+    The KL is exact over the actions for a categorical head (`kl_full` on the logits, as the official code) and the
+    unbiased sampled estimate ρ·log ρ − ρ + 1 of the `mdpo` policy loss for a Gaussian one. t_k = 1 − (k − 1)/K with
+    k = progress·K the 0-based iteration and K = `iterations` (the official schedule: from 1 + 1/K down to 2/K).
+
+    Args:
+        logp: [B] log π_θ(a∣s) of the taken actions.
+        old_logp: [B] log π_old(a∣s), the policy that collected them.
+        advantages: [B] GAE advantages.
+        logits: [B, A] π_θ's action logits (categorical head) or None (Gaussian head).
+        old_logits: [B, A] π_old's, or None.
+        progress: k/K, the share of iterations done (the runner passes it).
+        iterations: K.
+
+    Returns:
+        (per-transition policy loss [B], metrics).
+    """
+    k = progress * iterations
+    coef = 1.0 / (1.0 - (k - 1.0) / iterations)
+    lp, old, adv = _tokens(logp, old_logp, advantages)
+    if logits is None:  # Gaussian head: the `mdpo` policy loss with its sampled KL estimate
+        loss, metrics = mdpo_surrogate(lp, old, adv, torch.ones_like(lp), kl_coef=coef)
+        return loss[:, 0], {"kl": metrics["kl/old"][:, 0]}
+    kl = kl_full(lp, old, logits=logits[:, None], ref_logits=old_logits[:, None])[:, 0]
+    surrogate, _ = mdpo_surrogate(lp, old, adv, torch.ones_like(lp), kl_coef=0.0)  # −ρ·A
+    return surrogate[:, 0] + coef * kl, {"kl": kl.detach()}
+
+
+def categorical_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p‖q) = Σ_a p(a)·(log p(a) − log q(a)) of two categorical heads given by logits [B, A] -> [B]; gradients flow
+    through both."""
+    log_p, log_q = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+@register("classic", "ppo_kl_adaptive", paper="Schulman et al. 2017, Proximal Policy Optimization Algorithms, "
+          "arXiv:1707.06347, §4 (adaptive KL penalty)", tag="memory")  # fmt: skip
+def ppo_kl_adaptive(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    logits: torch.Tensor | None = None,
+    old_logits: torch.Tensor | None = None,
+    beta: float = 1.0,
+    target_kl: float = 0.01,
+) -> tuple[torch.Tensor, Metrics]:
+    """PPO's adaptive KL penalty (Schulman et al. 2017, arXiv:1707.06347, eq. 8): ℓ = −ρ·A + β·KL(π_old‖π_θ), with
+    β moved after each iteration by `adapt_kl_beta` (d_targ = `target_kl` = 0.01, β₀ = 1). The KL is exact for a
+    categorical head and the sampled k3 estimate (ρ⁻¹ − 1 + log ρ under π_old: unbiased for KL(π_old‖π_θ)) for a
+    Gaussian one.
+
+    Args:
+        logp: [B] log π_θ(a∣s) of the taken actions.
+        old_logp: [B] log π_old(a∣s), the policy that collected them.
+        advantages: [B] GAE advantages.
+        logits: [B, A] π_θ's action logits (categorical head) or None (Gaussian head).
+        old_logits: [B, A] π_old's, or None.
+        beta: β, moved between iterations by `adapt_kl_beta` (the runner does).
+        target_kl: d_targ.
+
+    Returns:
+        (per-transition policy loss [B], metrics).
+    """
+    ratio = torch.exp(logp - old_logp.detach())
+    if logits is None:
+        kl = 1.0 / ratio - 1.0 + torch.log(ratio)
+    else:
+        kl = categorical_kl(old_logits.detach(), logits)
+    return -ratio * advantages.detach() + beta * kl, {"kl": kl.detach()}
+
+
+def adapt_kl_beta(beta: float, kl: float, target_kl: float) -> float:
+    """PPO's rule (arXiv:1707.06347, §4): β/2 if d < d_targ/1.5, 2β if d > 1.5·d_targ, else β (d: the mean KL of the
+    last iteration's update)."""
+    if kl < target_kl / 1.5:
+        return beta / 2
+    if kl > 1.5 * target_kl:
+        return beta * 2
+    return beta
+
+
+@register("classic", "a2c", paper="Mnih et al. 2016, Asynchronous Methods for Deep Reinforcement Learning (A2C, "
+          "the synchronous variant), arXiv:1602.01783", tag="memory")  # fmt: skip
+def a2c(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    logits: torch.Tensor | None = None,
+    old_logits: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Metrics]:
+    """Advantage actor-critic (Mnih et al. 2016, arXiv:1602.01783): ℓ = −(G_t − V(s_t))·log π(a_t∣s_t) with n-step
+    bootstrapped returns (the runner's advantages with λ = 1 over the rollout segment); one gradient step per
+    rollout, so ρ = 1 and this is the ρ = 1 gradient of every surrogate above (§13 C2).
+
+    Args:
+        logp: [B] log π_θ(a∣s) of the taken actions.
+        old_logp: [B] log π_old(a∣s), the policy that collected them.
+        advantages: [B] GAE advantages.
+        logits: [B, A] π_θ's action logits (categorical head) or None (Gaussian head).
+        old_logits: [B, A] π_old's, or None.
+
+    Returns:
+        (per-transition policy loss [B], metrics).
+    """
+    return -advantages.detach() * logp, {}
+
+
+@register("classic", "reinforce_classic", paper="Williams 1992, Simple Statistical Gradient-Following Algorithms "
+          "for Connectionist Reinforcement Learning, https://doi.org/10.1007/BF00992696", tag="memory")  # fmt: skip
+def reinforce_classic(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    logits: torch.Tensor | None = None,
+    old_logits: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Metrics]:
+    """REINFORCE with a baseline (Williams 1992, https://doi.org/10.1007/BF00992696): ℓ = −(G_t − V(s_t))·log π.
+
+    G_t is the Monte Carlo return of complete episodes: the runner trains only on the episodes that end within a
+    rollout (λ = 1, no bootstrap except at a time-limit truncation).
+
+    Args:
+        logp: [B] log π_θ(a∣s) of the taken actions.
+        old_logp: [B] log π_old(a∣s), the policy that collected them.
+        advantages: [B] GAE advantages.
+        logits: [B, A] π_θ's action logits (categorical head) or None (Gaussian head).
+        old_logits: [B, A] π_old's, or None.
+
+    Returns:
+        (per-transition policy loss [B], metrics).
+    """
+    return -advantages.detach() * logp, {}
