@@ -107,7 +107,7 @@ def categorical_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tens
 
 
 @register("classic", "ppo_kl_adaptive", paper="Schulman et al. 2017, Proximal Policy Optimization Algorithms, "
-          "arXiv:1707.06347, §4 (adaptive KL penalty)", tag="memory")  # fmt: skip
+          "arXiv:1707.06347, §4 (adaptive KL penalty)", tag="memory", facts={"adaptive_kl"})  # fmt: skip
 def ppo_kl_adaptive(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -205,4 +205,4 @@ def reinforce_classic(
     Returns:
         (per-transition policy loss [B], metrics).
     """
-    return -advantages.detach() * logp, {}
+    return a2c(logp, old_logp, advantages)

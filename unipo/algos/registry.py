@@ -64,6 +64,8 @@ TRAINER_INPUTS = frozenset(
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 
 FACTS = {
+    "adaptive_kl": "classic: its `beta` is moved after each iteration by PPO's adaptive rule "
+    "(`unipo.algos.classic.adapt_kl_beta`, toward `target_kl`)",
     "mixture_opponent": "online: its opponent is sampled from the geometric mixture of policy and reference, not the "
     "group (Nash-MD)",
     "zero_at_tie": "online: value and gradient are exactly 0 for a response with win rate 1/2 while the policy is the "

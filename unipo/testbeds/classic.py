@@ -9,6 +9,7 @@ state-independent log-std for continuous ones. Needs `gymnasium` (the `classic` 
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -112,6 +113,10 @@ class ActorCritic(nn.Module):
             return torch.distributions.Categorical(logits=out), out
         return torch.distributions.Normal(out, self.log_std.exp()), None
 
+    def log_prob(self, dist: torch.distributions.Distribution, actions: torch.Tensor) -> torch.Tensor:
+        """log π(a∣s) [B] (a Gaussian's summed over the action's dimensions)."""
+        return dist.log_prob(actions) if self.discrete else dist.log_prob(actions).sum(-1)
+
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs)[:, 0]
 
@@ -174,7 +179,9 @@ def _train(method: str, env_id: str, seed: int, cfg: Settings) -> dict:
     import gymnasium as gym
 
     loss_fn = algos.get("classic", method)
-    params = dict(cfg.params)
+    takes = inspect.signature(loss_fn).parameters
+    adaptive = "adaptive_kl" in algos.entry("classic", method).facts
+    params = {**algos.entry("classic", method).params, **cfg.params}  # the method's defaults, then the run's
     torch.manual_seed(seed)
     envs = [gym.make(env_id) for _ in range(cfg.n_envs)]
     obs = torch.stack([torch.as_tensor(env.reset(seed=seed + i)[0], dtype=torch.float32) for i, env in enumerate(envs)])
@@ -192,10 +199,10 @@ def _train(method: str, env_id: str, seed: int, cfg: Settings) -> dict:
             group["lr"] = cfg.lr * (1 - it / iterations)
         batch = _rollout(envs, policy, obs, cfg, returns, running)
         obs = batch.pop("next_obs")
-        extra = {"progress": it / iterations, "iterations": iterations} if method == "mdpo" else {}
-        kl = _update(policy, optimizer, loss_fn, batch, cfg, {**params, **extra})
-        if method == "ppo_kl_adaptive":
-            params["beta"] = adapt_kl_beta(params.get("beta", 1.0), kl, params.get("target_kl", 0.01))
+        schedule = {"progress": it / iterations, "iterations": iterations}  # for a method that anneals (MDPO)
+        _update(policy, optimizer, loss_fn, batch, cfg, {**params, **{k: v for k, v in schedule.items() if k in takes}})
+        if adaptive:  # PPO's adaptive KL: β moves by the KL(π_old‖π_new) of this iteration's update
+            params["beta"] = adapt_kl_beta(params["beta"], _mean_kl(policy, batch), params["target_kl"])
     for env in envs:
         env.close()
     return {"returns": returns, "policy": policy}
@@ -210,7 +217,7 @@ def _rollout(envs: list, policy: ActorCritic, obs: torch.Tensor, cfg: Settings, 
         with torch.no_grad():
             dist, logits = policy.dist(obs)
             actions = dist.sample()
-            logp = dist.log_prob(actions) if policy.discrete else dist.log_prob(actions).sum(-1)
+            logp = policy.log_prob(dist, actions)
             values = policy.value(obs)
         next_obs, rewards, dones = _step_envs(envs, actions, obs, policy, cfg.gamma, returns, running)
         for k, v in zip(keys, (obs, actions, logp, values, rewards, dones, logits), strict=True):
@@ -231,9 +238,8 @@ def _rollout(envs: list, policy: ActorCritic, obs: torch.Tensor, cfg: Settings, 
 
 
 def _update(policy: ActorCritic, optimizer: torch.optim.Optimizer, loss_fn: Any, batch: dict, cfg: Settings,
-            params: dict) -> float:  # fmt: skip
-    """`epochs` passes of minibatch steps on the method's policy term + value loss − entropy bonus; returns the mean
-    KL(π_old‖π_new) over the batch after the update (what PPO's adaptive rule reads)."""
+            params: dict) -> None:  # fmt: skip
+    """`epochs` passes of minibatch steps on the method's policy term + value loss − entropy bonus."""
     keep = batch["keep"].nonzero()[:, 0]
     adv = batch["advantages"][keep]
     if cfg.normalize_advantages and adv.numel() > 1:
@@ -245,7 +251,7 @@ def _update(policy: ActorCritic, optimizer: torch.optim.Optimizer, loss_fn: Any,
         for idx in torch.randperm(n).split(cfg.minibatch):
             mb = {k: v[idx] for k, v in data.items()}
             dist, logits = policy.dist(mb["obs"])
-            logp = dist.log_prob(mb["actions"]) if policy.discrete else dist.log_prob(mb["actions"]).sum(-1)
+            logp = policy.log_prob(dist, mb["actions"])
             entropy = dist.entropy() if policy.discrete else dist.entropy().sum(-1)
             term, _ = loss_fn(logp, mb["logp"], mb["advantages"], logits=logits, old_logits=mb.get("logits"), **params)
             value_loss = ((policy.value(mb["obs"]) - mb["returns"]) ** 2).mean()
@@ -254,10 +260,13 @@ def _update(policy: ActorCritic, optimizer: torch.optim.Optimizer, loss_fn: Any,
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
+
+
+def _mean_kl(policy: ActorCritic, batch: dict) -> float:
+    """E_{a∼π_old}[log π_old(a∣s) − log π_new(a∣s)] over the rollout's transitions: the KL(π_old‖π_new) of an update."""
     with torch.no_grad():
-        dist, _ = policy.dist(data["obs"])
-        logp = dist.log_prob(data["actions"]) if policy.discrete else dist.log_prob(data["actions"]).sum(-1)
-        return float((data["logp"] - logp).mean())  # E_{a~π_old}[log π_old − log π_new]
+        dist, _ = policy.dist(batch["obs"])
+        return float((batch["logp"] - policy.log_prob(dist, batch["actions"])).mean())
 
 
 def evaluate(policy: ActorCritic, env_id: str = "CartPole-v1", episodes: int = 10, seed: int = 10_000) -> float:

@@ -331,14 +331,15 @@ def frozen_logps(s: RLState, batch: Rollouts, timer: Timer) -> dict[str, torch.T
     reference's full log-softmax (`ref_logits`) and the moments of the policy before it moves (`sum_pi_squared`,
     `sum_pi_cubed`), each only when a component of the recipe declares it."""
     out, needs = {}, s.algo.needs
-    for name, model, phase in (("ref_logp", s.ref, "reference"), ("teacher_logp", s.teacher, "teacher")):
-        if model is not None:
-            with timer(phase):
-                full = name == "ref_logp" and "ref_logits" in needs
-                forward = frozen_forward(model, batch, s.cfg, full=full)
-                out[name] = forward["logp"]
-                if full:
-                    out["ref_logits"] = forward["log_softmax"]
+    if s.ref is not None:
+        with timer("reference"):
+            forward = frozen_forward(s.ref, batch, s.cfg, full="ref_logits" in needs)
+        out["ref_logp"] = forward["logp"]
+        if "log_softmax" in forward:
+            out["ref_logits"] = forward["log_softmax"]
+    if s.teacher is not None:
+        with timer("teacher"):
+            out["teacher_logp"] = frozen_forward(s.teacher, batch, s.cfg)["logp"]
     if needs & {"sum_pi_squared", "sum_pi_cubed"}:  # verl's old-log-prob pass, before any parameter moves
         with timer("old_forward"):
             forward = frozen_forward(s.model, batch, s.cfg, moments=True)
