@@ -9,6 +9,7 @@ from unipo.algos import (  # noqa: F401  (registers components)
     aggregation,
     classic,
     controllers,
+    credit,
     critics,
     curvature,
     kl,

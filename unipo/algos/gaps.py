@@ -58,6 +58,25 @@ GAPS: dict[tuple[str, str], str] = {
     "rewards fed to `ppo_gae`, whose token rewards are built from the outcome and the KL only",
     ("reward", "refcritic_reward_recon"): "needs a critique-then-refine rollout (the refinement conditioned on each "
     "sampled critique), a two-stage sampler that is not built",
+    ("credit", "hgpo"): "not built yet: groups turns by their last K anchor states with weights (l+1)^α; the turn data "
+    "(`state_keys`) is there, the component is not",
+    ("credit", "salt_recon"): "not built yet: merges identical (state, action) turns into graph nodes; needs each "
+    "turn's action identity beside `state_keys`",
+    ("credit", "arpo_agentic"): "needs entropy-triggered branching after tool calls: partial rollouts that restart "
+    "from a turn of a live trajectory, which the multi-turn rollout does not do",
+    ("credit", "seeupo_recon"): "needs one update per turn index in reverse order within a step (the update runs "
+    "once over all turns)",
+    ("credit", "refuel"): "needs two continuations of each trajectory from a sampled turn h and a squared regression "
+    "loss on their return difference (a paired sampler and loss)",
+    ("credit", "scores"): "not built yet: SCoRe's stage-I KL on turn 1 only and its bonus α·(r(y₂) − r(y₁)); the "
+    "`self_correct` environment gives the turn rewards r(y₁), r(y₂) − r(y₁)",
+    ("credit", "r3l_retry_recon"): "needs language feedback that restarts generation from a failure point (a retry "
+    "sampler)",
+    ("credit", "tir_otb"): "not built yet: the optimal token baseline over the policy tokens of multi-turn "
+    "trajectories",
+    ("credit", "reseek_judge"): "needs a JUDGE action whose context keeps or drops the last observation, and a "
+    "reference judgement column",
+    ("critic", "archer"): "needs utterance-level Q and V heads with a target network and a replay of turn transitions",
     ("classic", "trpo"): "not built yet: its step is a conjugate-gradient natural direction and a KL-bounded line "
     "search, not the minibatch SGD of the classic runner",
     ("classic", "mdpo_off"): "not built yet: off-policy MDPO needs SAC-style Q critics and a replay buffer, which the "

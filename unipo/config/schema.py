@@ -140,6 +140,10 @@ class AlgoConfig(_Strict):
     """Critic estimator (kind `critic`, e.g. `{name: ppo_gae, lam: 0.95}`): a value model is trained beside the policy
     and the advantages come from GAE over its values, replacing `advantage` (which must then be left unset). Its
     model and optimizer are set under the top-level `critic`. None: no value model."""
+    credit: ComponentConfig | None = None
+    """Credit assignment over the turns of multi-turn trajectories (kind `credit`, ALGORITHMS.md §9; needs an `env`),
+    e.g. `{name: gigpo, omega: 1.0}`: from each trajectory's advantage to per-token advantages on its policy turns.
+    None with an env: every policy token gets its trajectory's advantage (`traj_broadcast`'s rule)."""
     adv_post: ComponentConfig | None = None
     """Advantage post-processor (kind `adv_post`, e.g. `{name: adv_post, whiten_mode: batch, clip: 0.5}`): batch
     whitening and clipping applied after any estimator (or the critic), on the whole batch. None: the estimator's
@@ -202,6 +206,35 @@ class RewardSettings(_Strict):
     workers: int = Field(0, ge=0)
     """Run reward functions in this many worker processes (0: in the trainer's process, each call in a thread). A
     worker past its time limit is killed, and one that dies fails only its call: use workers for untrusted code."""
+
+
+class EnvConfig(BaseModel):
+    """A multi-turn environment (envs/__init__.py; rollout/multiturn.py): a built-in `name` or a dotted path
+    `_component_` to a class or factory, any other keys its keyword arguments. A task with an environment of its own
+    (`task=calculator`) needs neither: `env.max_turns=6` then only changes how it runs. `rollout.max_new_tokens` is
+    the budget of one policy turn."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, validate_assignment=True)
+    name: str | None = None
+    """A built-in environment (`unipo list envs`)."""
+    component: str | None = Field(None, alias="_component_")
+    """Dotted path `package.module.Name` of an environment class or factory (reset(row), step(action) -> Step)."""
+    max_turns: int = Field(4, ge=1)
+    """Policy turns per trajectory at most."""
+    max_tokens: int = Field(256, ge=1)
+    """Token budget of a trajectory after its first prompt, the environment's tokens included (verl
+    `response_length`); a turn cut by it ends the trajectory as truncated."""
+    max_obs_tokens: int = Field(64, ge=1)
+    """An environment reply is cut to this many tokens (verl `max_tool_response_length`)."""
+    timeout_s: float = Field(30.0, gt=0)
+    """Seconds one environment step may take; past it (or when it raises) the episode ends unscored and is counted
+    (`env/errors`); the run goes on."""
+
+    @model_validator(mode="after")
+    def _at_most_one_source(self) -> EnvConfig:
+        if self.name is not None and self.component is not None:
+            raise ValueError("an environment takes `name` (built-in) or `_component_` (dotted path), not both")
+        return self
 
 
 class DataConfig(_Strict):
@@ -310,6 +343,9 @@ class Config(_Strict):
     algo: AlgoConfig = AlgoConfig()
     data: DataConfig = DataConfig()
     online: OnlineConfig = OnlineConfig()
+    env: EnvConfig | None = None
+    """The environment of multi-turn rollouts (`env: {name: calculator, max_turns: 4}`); None: the task's own
+    environment if it has one, else single-turn completions."""
     rewards: list[RewardConfig] = []
     """Reward functions with weights; when empty, the task's own rewards are used."""
     reward: RewardSettings = RewardSettings()

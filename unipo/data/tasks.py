@@ -34,6 +34,9 @@ class Task:
     description: str
     rewards: list[tuple[Callable[..., list[float | None]], float]] = field(default_factory=list)
     """(function, weight) pairs trained on when the config names no `rewards`; empty: `reward` alone."""
+    env: dict[str, Any] | None = None
+    """The task's multi-turn environment (`{name: ..., max_turns: ..., <constructor keywords>}`, the keys of config
+    `env`); None: single-turn completions."""
 
     def __post_init__(self) -> None:
         if not self.rewards:
@@ -149,8 +152,9 @@ def builtin_tasks() -> dict[str, tuple[Callable[[], Task], int]]:
     """Every built-in task by name, with its token budget (`rollout.max_new_tokens` and `eval.max_new_tokens` unless
     the recipe or the command line sets them)."""
     from unipo.data.generated import GENERATED
+    from unipo.envs.builtin import ENV_TASKS
 
-    return {"arithmetic": (arithmetic, 32), "lucky7": (lucky7, 32), **GENERATED}
+    return {"arithmetic": (arithmetic, 32), "lucky7": (lucky7, 32), **GENERATED, **ENV_TASKS}
 
 
 def get_task(name: str, data: Any = None, seed: int = 0) -> Task:

@@ -31,15 +31,18 @@ def reward_inputs(
     group_ids: Sequence[int],
     truncated: Sequence[bool] | None = None,
     completion_ids: Sequence[Sequence[int]] | None = None,
+    extras: dict[str, list] | None = None,
 ) -> tuple[list, dict[str, list]]:
     """The prompts and keyword columns of each completion (row `group_ids[i]`), as reward functions take them:
-    every dataset column, plus `truncated` and `completion_ids` when the caller knows them."""
+    every dataset column, plus `truncated` and `completion_ids` when the caller knows them, plus the rollout's own
+    per-completion columns (`extras`: a multi-turn trajectory's `messages`, `env_reward`, `tool_calls`, ...)."""
     per_completion = [rows[g] for g in group_ids]
     columns = {k: [r.get(k) for r in per_completion] for k in rows[0] if k != "prompt"}
     if truncated is not None:
         columns["truncated"] = [bool(t) for t in truncated]
     if completion_ids is not None:
         columns["completion_ids"] = [list(ids) for ids in completion_ids]
+    columns |= {k: list(v) for k, v in (extras or {}).items()}
     return [r["prompt"] for r in per_completion], columns
 
 
@@ -302,6 +305,13 @@ def reward_model(
     return scorer([{"prompt": p} for p in prompts], [text_of(c) for c in completions]).tolist()
 
 
+def env_reward(prompts: Sequence, completions: Sequence[str], env_reward: Sequence[float | None],
+               **_: object) -> list[float | None]:  # fmt: skip
+    """The environment's reward of each multi-turn trajectory: the sum of its turn rewards (rollout/multiturn.py),
+    None for an episode whose environment failed (unscored, advantage 0)."""
+    return list(env_reward)
+
+
 BUILTIN: dict[str, Callable[..., list]] = {
     "final_answer": final_answer,
     "bare_answer": bare_answer,
@@ -314,6 +324,7 @@ BUILTIN: dict[str, Callable[..., list]] = {
     "format": think_answer_format,
     "math": math_answer,
     "reward_model": reward_model,
+    "env_reward": env_reward,
 }
 """Reward functions configured by name (`rewards=[{name: math}]`); extra keys are their keyword arguments."""
 

@@ -117,10 +117,11 @@ class RewardScorer:
         completions: list,
         truncated: list[bool] | None = None,
         completion_ids: list[list[int]] | None = None,
+        extras: dict[str, list] | None = None,
     ) -> torch.Tensor:
         """Rewards (N, K), one column per function or named score: NaN where a function returned None, and in every
         column of a completion whose call failed."""
-        prompts, columns = reward_inputs(rows, group_ids, truncated, completion_ids)
+        prompts, columns = reward_inputs(rows, group_ids, truncated, completion_ids, extras)
         out = torch.full((len(completions), len(self.names)), float("nan"))
         failed = torch.zeros(len(completions), dtype=torch.bool)
         results = self._run_all(prompts, completions, columns, group_ids)
@@ -140,7 +141,8 @@ class RewardScorer:
 
     def score(self, batch: Any) -> torch.Tensor:
         """Rewards (N, K) of a sampled batch (`Rollouts`): its texts, token ids and truncation flags."""
-        return self(batch.rows, batch.group_ids.tolist(), batch.texts, batch.truncated.tolist(), batch.token_lists())
+        return self(batch.rows, batch.group_ids.tolist(), batch.texts, batch.truncated.tolist(), batch.token_lists(),
+                    batch.extras)  # fmt: skip
 
     def combine(self, rewards: torch.Tensor) -> torch.Tensor:
         """The weighted sum (`weighted_sum`, kind `reward`): a None left out, NaN when every function gave None.

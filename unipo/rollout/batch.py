@@ -44,6 +44,10 @@ class Rollouts:
     (a roll-in prefix, a tool's output), which are attended to but not trained unless a method says so.
     `rollout_logp` are the behaviour log-probs (of the policy or engine that produced each token, after temperature),
     distinct from the old (start of the update) and current log-probs the update computes.
+    A multi-turn trajectory (rollout/multiturn.py) is one completion: every token after the first prompt, the
+    environment's tokens attended to (`completion_mask`) but out of the loss (`loss_mask` 0); `turn_ids` numbers the
+    policy turns (-1 on every other token) and `extras` holds per-completion lists (the environment's rewards, the
+    conversation as messages, tool-call counts), which reward functions receive as columns.
     """
 
     prompt_ids: torch.Tensor  # (P, Lp)
@@ -59,6 +63,8 @@ class Rollouts:
     origin: torch.Tensor | None = None  # (N,) long `Origin`; None: all sampled from the policy
     forced: torch.Tensor | None = None  # (N, T) bool: tokens forced from a reference (a roll-in), not sampled
     groups: torch.Tensor | None = None  # (N,) long advantage group of each completion; None: `group_ids`
+    turn_ids: torch.Tensor | None = None  # (N, T) long: the policy turn of each token, -1 elsewhere; None: turn 0
+    extras: dict[str, list[Any]] = field(default_factory=dict)  # per-completion columns (multi-turn)
 
     def __post_init__(self) -> None:
         if self.loss_mask is None:
@@ -67,6 +73,8 @@ class Rollouts:
             self.origin = torch.full_like(self.group_ids, int(Origin.POLICY))
         if self.forced is None:
             self.forced = torch.zeros_like(self.completion_mask, dtype=torch.bool)
+        if self.turn_ids is None:
+            self.turn_ids = torch.where(self.loss_mask.bool(), 0, -1).long()
 
     @property
     def num_completions(self) -> int:
@@ -94,6 +102,7 @@ class Rollouts:
             **self.per_completion(lambda x: x[idx, :width] if x.dim() == 2 else x[idx]),
             texts=[self.texts[i] for i in idx.tolist()] if self.texts else [],
             groups=None if self.groups is None else self.groups[idx],
+            extras=_pick(self.extras, idx.tolist()),
         )
 
     def concat(self, other: Rollouts) -> Rollouts:
@@ -103,14 +112,14 @@ class Rollouts:
         def both(name: str) -> torch.Tensor:
             a, b = getattr(self, name), getattr(other, name)
             if a.dim() == 2:
-                a, b = (torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in (a, b))
+                a, b = (torch.nn.functional.pad(x, (0, width - x.shape[1]), value=_PAD.get(name, 0)) for x in (a, b))
             return torch.cat([a, b])
 
         groups = None
         if self.groups is not None or other.groups is not None:
             groups = torch.cat([self.advantage_groups, other.advantage_groups])
         return replace(self, **{name: both(name) for name in PER_COMPLETION}, texts=self.texts + other.texts,
-                       groups=groups)  # fmt: skip
+                       groups=groups, extras=_joined([self, other]))  # fmt: skip
 
 
 PER_COMPLETION = (
@@ -122,8 +131,11 @@ PER_COMPLETION = (
     "rollout_logp",
     "origin",
     "forced",
+    "turn_ids",
 )
 """The fields of `Rollouts` with one entry (or row) per completion."""
+_PAD = {"turn_ids": -1}
+"""Right padding of a per-token field other than 0."""
 
 
 def keep_groups(batch: Rollouts, keep: torch.Tensor) -> Rollouts:
@@ -138,7 +150,8 @@ def keep_groups(batch: Rollouts, keep: torch.Tensor) -> Rollouts:
     texts = [batch.texts[i] for i in idx.tolist()] if batch.texts else []
     groups = None if batch.groups is None else remap[batch.groups[idx]]
     return replace(batch, prompt_ids=batch.prompt_ids[used], prompt_mask=batch.prompt_mask[used], **kept,
-                   rows=[batch.rows[i] for i in used.tolist()], texts=texts, groups=groups)  # fmt: skip
+                   rows=[batch.rows[i] for i in used.tolist()], texts=texts, groups=groups,
+                   extras=_pick(batch.extras, idx.tolist()))  # fmt: skip
 
 
 def cat(batches: list[Rollouts], pad_id: int) -> Rollouts:
@@ -152,7 +165,8 @@ def cat(batches: list[Rollouts], pad_id: int) -> Rollouts:
         return F.pad(x, (lp - x.shape[1], 0), value=value)
 
     offsets = torch.tensor([0] + [b.prompt_ids.shape[0] for b in batches[:-1]]).cumsum(0).tolist()
-    parts = [b.per_completion(lambda x: F.pad(x, (0, t - x.shape[1])) if x.dim() == 2 else x) for b in batches]
+    parts = [{k: F.pad(x, (0, t - x.shape[1]), value=_PAD.get(k, 0)) if x.dim() == 2 else x
+              for k, x in b.per_completion(lambda x: x).items()} for b in batches]  # fmt: skip
     for part, o in zip(parts, offsets, strict=True):
         part["group_ids"] = part["group_ids"] + o
     groups = None
@@ -165,7 +179,18 @@ def cat(batches: list[Rollouts], pad_id: int) -> Rollouts:
         rows=[r for b in batches for r in b.rows],
         texts=[x for b in batches for x in b.texts],
         groups=groups,
+        extras=_joined(batches),
     )
+
+
+def _pick(extras: dict[str, list[Any]], idx: list[int]) -> dict[str, list[Any]]:
+    return {k: [v[i] for i in idx] for k, v in extras.items()}
+
+
+def _joined(batches: list[Rollouts]) -> dict[str, list[Any]]:
+    """The batches' per-completion columns end to end; a column some batch lacks is None on its completions."""
+    keys = dict.fromkeys(k for b in batches for k in b.extras)
+    return {k: [x for b in batches for x in b.extras.get(k, [None] * b.num_completions)] for k in keys}
 
 
 def right_pad(

@@ -62,6 +62,31 @@ def sample(
     """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], tokenizer, device)
+    return sample_tokens(model, tokenizer, prompt_ids, prompt_mask, rows, n=n, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator,
+                         forced=forced)  # fmt: skip
+
+
+@torch.no_grad()
+def sample_tokens(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    rows: list[dict[str, Any]],
+    *,
+    n: int | list[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    forced: list[list[int]] | None = None,
+) -> Rollouts:
+    """`sample` on prompts given as left-padded token ids (P, Lp) and their mask: the entry point of a multi-turn
+    rollout, whose later turns continue a history held as token ids (never re-tokenised text)."""
+    device = prompt_ids.device
     num_prompts = prompt_ids.shape[0]
     counts = torch.as_tensor(n, device=device)
     group_ids = torch.arange(num_prompts, device=device).repeat_interleave(counts)

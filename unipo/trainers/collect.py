@@ -39,6 +39,7 @@ from unipo.models.loading import autocast_context
 from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups, right_pad
 from unipo.rollout.hf import sample
 from unipo.rollout.inject import demonstrations, reference_text, scaf_hint_levels, with_draft, with_hint
+from unipo.rollout.multiturn import rollout
 from unipo.trainers.common import Algo, Timer, bound_params, call
 from unipo.trainers.dist import sample_generators
 
@@ -375,12 +376,14 @@ def generate_and_score(
     cfg, r = s.cfg, s.cfg.rollout
     counts = [r.group_size] * len(rows) if n is None else n
     generator = s.generator if positions is None else sample_generators(cfg.train.seed, positions, counts)
+    temperature = r.temperature if temperature is None else temperature
+    sampling = {"n": counts, "max_new_tokens": r.max_new_tokens, "top_k": r.top_k, "top_p": r.top_p,
+                "temperature": temperature, "generator": generator}  # fmt: skip
     with timer("generate"), autocast_context(s.model, cfg.model.autocast):
-        batch = sample(
-            s.model, s.tokenizer, rows, n=counts, max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature if temperature is None else temperature, top_k=r.top_k, top_p=r.top_p,
-            generator=generator, forced=forced,
-        )  # fmt: skip
+        if s.env is not None:  # multi-turn trajectories (samplers that force tokens are refused with an env)
+            batch = rollout(s.model, s.tokenizer, rows, *s.env, **sampling)
+        else:
+            batch = sample(s.model, s.tokenizer, rows, forced=forced, **sampling)
     with timer("score"):
         return batch, s.scorer.score(batch)  # (N, K)
 

@@ -66,6 +66,8 @@ class Algo:
     """The advantage estimator takes rewards (N, K), one column per reward function, and `reward_weights`."""
     adv_post: Callable | None = None
     """The advantage post-processor (kind `adv_post`), or None."""
+    credit: Callable | None = None
+    """Credit assignment over multi-turn trajectories (kind `credit`), or None."""
     ref_sync: Callable | None = None
     """The reference refresh (`ref_sync`) of the after-step stage, or None: the reference stays the initial policy."""
 
@@ -73,7 +75,7 @@ class Algo:
         """The components a step runs (the KL estimator only with a KL term; the critic instead of `advantage`)."""
         kl = [self.kl] if self.kl_coef > 0 else []
         estimator = self.critic or self.advantage
-        post = [self.adv_post] if self.adv_post else []
+        post = [fn for fn in (self.credit, self.adv_post) if fn]
         return [*self.shaping, estimator, *post, self.policy_loss, self.aggregation, *kl, *self.token_weights,
                 *self.regularizers]  # fmt: skip
 
@@ -132,13 +134,14 @@ def build_algo(cfg: Config) -> Algo:
     shaping = [build_component("reward", n.name, component_kwargs(n)) for n in cfg.algo.shaping]
     # `reward_weights` is data (a tensor), so it is not among the entry's hyperparameters: ask the signature
     multi = "reward_weights" in inspect.signature(algos.get("advantage", cfg.algo.advantage.name)).parameters
-    sampler, critic, post, sync = (build_component(kind, node.name, component_kwargs(node)) if node else None
-                                   for kind, node in (("sampler", cfg.algo.sampler), ("critic", cfg.algo.critic),
-                                                      ("adv_post", cfg.algo.adv_post),
-                                                      ("controller", cfg.algo.ref_sync)))  # fmt: skip
+    sampler, critic, post, sync, credit = (
+        build_component(kind, node.name, component_kwargs(node)) if node else None
+        for kind, node in (("sampler", cfg.algo.sampler), ("critic", cfg.algo.critic), ("adv_post", cfg.algo.adv_post),
+                           ("controller", cfg.algo.ref_sync), ("credit", cfg.algo.credit))
+    )  # fmt: skip
     return Algo(**built, token_weights=weights, regularizers=regs, sampler=sampler, critic=critic, shaping=shaping,
                 kl_coef=cfg.algo.kl.coef, multi_reward=multi and critic is None, adv_post=post,
-                ref_sync=sync)  # fmt: skip
+                ref_sync=sync, credit=credit)  # fmt: skip
 
 
 def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
@@ -180,6 +183,8 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
         "correct": torch.tensor([True, False, True, False]), "teacher_logp": logp + 0.2,
         "prompt_keys": ["a", "a", "b", "b"], "hint_mask": torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]]),
         "segment_values": torch.tensor([[0.5, nan, nan, nan], [nan, 0.2, nan, nan], [nan] * 4, [0.0, 1.0, nan, nan]]),
+        "turn_ids": torch.tensor([[0, 0, -1], [0, -1, 1], [0, 0, 0], [0, -1, 1]]),
+        "turn_rewards": [[1.0], [0.0, 1.0], [0.0], [0.0, 0.0]], "state_keys": [[""], ["", "x"], [""], ["", "x"]],
     }  # fmt: skip
     logits = torch.randn(n, t, 5, generator=g)  # a 5-token vocabulary for the full-distribution inputs
     inputs["logits"], inputs["ref_logits"] = (
@@ -198,6 +203,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
                                            inputs=inputs))  # fmt: skip
     checks: list[tuple[str, Callable[[], Any]]] = [
         estimate,
+        *([("credit", lambda: call(algo.credit, inputs["advantages"], inputs=inputs))] if algo.credit else []),
         *([("adv_post", lambda: call(algo.adv_post, inputs["advantages"], mask, inputs=inputs))] if algo.adv_post
           else []),
         ("policy_loss", lambda: call(algo.policy_loss, logp, inputs["old_logp"], inputs["advantages"], mask,

@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 
+from unipo.envs import resolve as resolve_env
 from unipo.models.loading import autocast_context
 from unipo.rewards import call_reward, reward_inputs, text_of
 from unipo.rollout.hf import sample
+from unipo.rollout.multiturn import rollout
 
 Reward = Callable[..., list[float | None]]
 
@@ -34,22 +36,30 @@ def evaluate(
     generator: torch.Generator | None = None,
     also: dict[str, Reward] | None = None,
     replies: list[dict[str, Any]] | None = None,
+    env: tuple[Any, Any] | None = None,
 ) -> dict[str, float]:
     """`eval/accuracy` (greedy) and, when k > 1, `eval/pass@k` (k samples at `temperature`, any correct).
 
     A reply counts as correct when `reward` is >= 1 (the built-in tasks' metrics are 0/1). `also` adds the mean
     greedy score of other reward functions as `eval/<name>` (e.g. the format reward); `replies`, when given, is
-    filled with every greedy reply (`prompt`, `reply`, `correct`, `truncated`). Runs in the caller's precision
-    context: the trainer evaluates with the same (autocast) forward pass it samples and trains with.
+    filled with every greedy reply (`prompt`, `reply`, `correct`, `truncated`). With `env` (a multi-turn
+    environment's factory and settings) each problem is a whole episode, `max_new_tokens` per turn, and the reply is
+    its conversation. Runs in the caller's precision context: the trainer evaluates with the same (autocast) forward
+    pass it samples and trains with.
     """
     also = also or {}
     fns = [reward, *also.values()]
-    greedy = _scores(model, tokenizer, rows, fns, 1, max_new_tokens, batch_size, True, temperature, generator, replies)
+
+    def generate(chunk: list[dict[str, Any]], n: int, greedy: bool) -> Any:
+        kw = {"n": n, "max_new_tokens": max_new_tokens, "temperature": temperature, "greedy": greedy,
+              "generator": generator}  # fmt: skip
+        return sample(model, tokenizer, chunk, **kw) if env is None else rollout(model, tokenizer, chunk, *env, **kw)
+
+    greedy = _scores(generate, rows, fns, 1, batch_size, True, replies)
     out = {"eval/accuracy": _mean([s[0] >= 1.0 for s in greedy])}
     out |= {f"eval/{name}": _mean([s[i] for s in greedy]) for i, name in enumerate(also, 1)}
     if k > 1:
-        sampled = _scores(model, tokenizer, rows, [reward], k, max_new_tokens, batch_size, False, temperature,
-                          generator, None)  # fmt: skip
+        sampled = _scores(generate, rows, [reward], k, batch_size, False, None)
         hits = [any(s[0] >= 1.0 for s in sampled[i * k : (i + 1) * k]) for i in range(len(rows))]
         out[f"eval/pass@{k}"] = _mean(hits)
     return out
@@ -59,34 +69,40 @@ def _mean(values: list) -> float:
     return sum(values) / max(1, len(values))
 
 
-def _scores(
-    model, tokenizer, rows, fns, n, max_new_tokens, batch_size, greedy, temperature, generator, replies
-) -> list[list[float]]:
+def _scores(generate, rows, fns, n, batch_size, greedy, replies) -> list[list[float]]:  # noqa: ANN001
     """Per completion, the score of each function in `fns` (None counts as 0)."""
     results: list[list[float]] = []
     per_batch = max(1, batch_size // n)
     for start in range(0, len(rows), per_batch):
         chunk = rows[start : start + per_batch]
-        batch = sample(model, tokenizer, chunk, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                       greedy=greedy, generator=generator)  # fmt: skip
+        batch = generate(chunk, n, greedy)
         gids = batch.group_ids.tolist()
-        prompts, columns = reward_inputs(chunk, gids, batch.truncated.tolist(), batch.token_lists())
+        prompts, columns = reward_inputs(chunk, gids, batch.truncated.tolist(), batch.token_lists(), batch.extras)
         per_fn = [call_reward(fn, prompts, batch.texts, columns) for fn in fns]
         scores = [[float(s[i] or 0.0) for s in per_fn] for i in range(len(batch.texts))]
         results += scores
         if replies is not None:
+            texts = [_conversation(m, len(p)) for m, p in zip(batch.extras["messages"], prompts, strict=True)] if (
+                "messages" in batch.extras) else batch.texts  # fmt: skip
             replies += [
                 {"prompt": _prompt_text(p), "reply": t, "correct": s[0] >= 1.0, "truncated": bool(c)}
-                for p, t, s, c in zip(prompts, batch.texts, scores, columns["truncated"], strict=True)
+                for p, t, s, c in zip(prompts, texts, scores, columns["truncated"], strict=True)
             ]
     return results
+
+
+def _conversation(messages: list[dict[str, str]], skip: int) -> str:
+    """A multi-turn reply: every message after the prompt's, each marked with its role."""
+    return " | ".join(f"{m['role']}: {m['content']}" for m in messages[skip:])
 
 
 def _prompt_text(prompt: Any) -> str:
     return prompt if isinstance(prompt, str) else text_of(prompt)
 
 
-def heldout_eval(cfg: Any, run: Any, model: Any, tokenizer: Any, task: Any, step: int) -> dict[str, float] | None:
+def heldout_eval(
+    cfg: Any, run: Any, model: Any, tokenizer: Any, task: Any, step: int, env: tuple[Any, Any] | None = None
+) -> dict[str, float] | None:
     """Greedy accuracy on the task's first `eval.num_problems` held-out problems, logged at `step` in the run
     directory, with the same (autocast) forward pass the run samples and trains with; prints the first
     `eval.show_replies` replies. None when evaluation is off or nothing is held out (`data.eval_frac=0`)."""
@@ -97,7 +113,8 @@ def heldout_eval(cfg: Any, run: Any, model: Any, tokenizer: Any, task: Any, step
     t0 = time.perf_counter()
     with autocast_context(model, cfg.model.autocast):
         result = evaluate(model, tokenizer, rows, task.reward, max_new_tokens=cfg.eval.max_new_tokens,
-                          batch_size=cfg.eval.batch_size, also=task.other_rewards(), replies=replies)  # fmt: skip
+                          batch_size=cfg.eval.batch_size, also=task.other_rewards(), replies=replies,
+                          env=env)  # fmt: skip
     run.log({"step": step, **result, "time/eval_s": time.perf_counter() - t0})
     print(f"step {step}: held-out greedy accuracy {result['eval/accuracy']:.3f} on {len(rows)} problems",
           file=sys.stderr, flush=True)  # fmt: skip
@@ -175,7 +192,7 @@ def compare(
             with autocast_context(model, "auto"):  # as in training: bf16 autocast where the hardware has it
                 result = evaluate(model, tokenizer, problems, task.reward, max_new_tokens=budget, k=k,
                                   generator=torch.Generator(next(model.parameters()).device).manual_seed(0),
-                                  also=task.other_rewards())  # fmt: skip
+                                  also=task.other_rewards(), env=resolve_env(None, task.env))  # fmt: skip
             rows.append({"model": target, "task": name, "problems": len(problems), **result})
     return _table(rows)
 

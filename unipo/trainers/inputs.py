@@ -56,6 +56,9 @@ PRODUCED_AT: dict[str, Stage] = {
     "reward_components": Stage.COLLECT,  # [N, K] each reward function's score (NaN: None or failed)
     "prompt_keys": Stage.COLLECT,  # N strings identifying each completion's prompt
     "hint_mask": Stage.COLLECT,  # [N, T] tokens forced from the reference (an `inpaint` sampler's, kept in the loss)
+    "turn_ids": Stage.COLLECT,  # [N, T] each token's policy turn, -1 on the environment's tokens (multi-turn)
+    "turn_rewards": Stage.COLLECT,  # per trajectory, the environment's reward after each turn (multi-turn)
+    "state_keys": Stage.COLLECT,  # per trajectory, the canonical state each turn acted in (multi-turn)
     "ref_logp": Stage.REFERENCE,
     "teacher_logp": Stage.REFERENCE,  # a frozen teacher's log-probs of the sampled tokens (`model.teacher_path`)
     # [N, T, V] the reference's log-softmax at every completion position (same forward as `ref_logp`)
@@ -77,6 +80,7 @@ USED_AT: dict[str, Stage] = {
     "reward": Stage.SHAPE,
     "advantage": Stage.ADVANTAGE,
     "adv_post": Stage.ADVANTAGE,
+    "credit": Stage.ADVANTAGE,
     "critic": Stage.ADVANTAGE,
     "policy_loss": Stage.UPDATE,
     "aggregation": Stage.UPDATE,
@@ -127,6 +131,7 @@ NEEDS_REFERENCE = frozenset({"demonstrations", "hints", "roll_in", "inpaint", "g
 RUNS_IN: dict[str, str] = {
     "advantage": "rl",
     "adv_post": "rl (advantage stage, after the estimator or the critic)",
+    "credit": "rl (advantage stage, on multi-turn trajectories: `algo.credit` with an `env`)",
     "policy_loss": "rl",
     "aggregation": "rl",
     "token_weight": "rl",

@@ -19,10 +19,12 @@ import torch
 from unipo import algos
 from unipo.config import Config, ConfigError
 from unipo.data.tasks import PromptStream, get_task
+from unipo.envs import resolve as resolve_env
 from unipo.models.loading import load_model_and_tokenizer, load_policy
 from unipo.models.lora import BaseView
 from unipo.rollout.batch import Origin, Rollouts
 from unipo.rollout.inject import reference_text
+from unipo.rollout.multiturn import metrics as env_metrics
 from unipo.trainers import checkpoint, controllers
 from unipo.trainers import critic as critics
 from unipo.trainers.collect import collect, entropy_switched, greedy_rewards, nanmean, prompt_key
@@ -60,6 +62,7 @@ def train(cfg: Config) -> Path:
     if affine and algo.critic is None and algo.has_fact("advantage", "group_centred"):
         log.warning("algo.shaping: %s is affine in the reward, so the %r advantage (group-centred) cancels it or "
                     "only rescales it (ALGORITHMS.md §5.3)", ", ".join(affine), algo.advantage.id)  # fmt: skip
+    env = check_env(cfg, algo, task)
     if algo.sampler is not None:
         check_sampler(cfg, algo, task)
     if world.size > 1:
@@ -103,14 +106,15 @@ def train(cfg: Config) -> Path:
 
     shaping_states = (saved or {}).get("shaping", [None] * len(algo.shaping))  # each reward shaper's state
     state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator, found, values,
-                    critic, shaping_states, (saved or {}).get("sampler"), teacher=teacher, world=world)  # fmt: skip
+                    critic, shaping_states, (saved or {}).get("sampler"), teacher=teacher, world=world,
+                    env=env)  # fmt: skip
 
     def step_fn(step: int) -> dict[str, float]:
         state.step = step
         return rl_step(state)
 
     def evaluate(step: int) -> Any:
-        result = heldout_eval(cfg, run, model, tokenizer, task, step) if world.main else None
+        result = heldout_eval(cfg, run, model, tokenizer, task, step, env) if world.main else None
         world.barrier()  # the other ranks wait for rank 0's evaluation
         return result
 
@@ -136,6 +140,31 @@ def train(cfg: Config) -> Path:
         scorer.close()
         close_world()
     return run.path
+
+
+def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
+    """The run's multi-turn environment (factory, settings), or None; what cannot run with one is refused before any
+    model loads."""
+    try:
+        env = resolve_env(cfg.env, task.env)
+    except ValueError as e:
+        raise ConfigError(f"env: {e}") from None
+    if env is None:
+        if algo.credit is not None:
+            raise ConfigError(f"algo.credit {algo.credit.id!r} assigns credit over the turns of multi-turn "
+                              "trajectories: set `env`, or a task with an environment (task=guess_number)")  # fmt: skip
+        return None
+    if algo.credit is not None and algo.critic is not None:
+        raise ConfigError(f"algo.credit {algo.credit.id!r} and algo.critic {algo.critic.id!r}: the critic's GAE "
+                          "already gives per-token advantages; use one of them")  # fmt: skip
+    if algo.sampler is not None:
+        raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers do not run with a multi-turn environment yet "
+                          "(they re-generate or inject single completions)")  # fmt: skip
+    late = {"baseline_rewards", "segment_values"} & algo.advantage.needs
+    if late:
+        raise ConfigError(f"algo.advantage {algo.advantage.id!r} needs {', '.join(sorted(late))} from single-turn "
+                          "completions, which a multi-turn environment does not give")  # fmt: skip
+    return env
 
 
 def check_data_parallel(algo: Algo) -> None:
@@ -211,6 +240,8 @@ class RLState:
     """The frozen teacher of on-policy distillation (`model.teacher_path`)."""
     world: World = field(default_factory=World)
     """The data-parallel ranks (trainers/dist.py); rank 0 of 1 in a plain run."""
+    env: tuple[Any, Any] | None = None
+    """The multi-turn environment's factory and settings (rollout/multiturn.py); None: single-turn completions."""
     step: int = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -250,6 +281,8 @@ def rl_step(s: RLState) -> dict[str, float]:
         all_inputs = w.gather_inputs({k: v for k, v in inputs.items() if k in algo.advantage.needs}, n)
         all_mask = w.gather_rows(batch.loss_mask)
         all_adv = advantages_of(algo, all_rewards, all_fn, all_groups, all_mask, all_inputs, s.scorer.weights)
+        if algo.credit is not None:  # over each rank's own trajectories (a prompt's group never spans ranks)
+            all_adv = w.gather_rows(credited(algo, w.local(all_adv, n, batch.loss_mask.shape[1]), batch))
         all_adv, post_stats = post_processed(algo, all_adv, all_mask, all_rewards, all_groups)
         advantages = w.local(all_adv, n, batch.loss_mask.shape[1])
     else:  # GAE over the value model's values; the critic then trains on the returns
@@ -287,6 +320,7 @@ def rl_step(s: RLState) -> dict[str, float]:
         **critic_stats,
         **post_stats,
         **sampler_stats,
+        **(env_metrics(batch, w) if s.env is not None else {}),
         **ctrl_metrics,
         "tokens/completion_mean": float(lengths.mean()),
         "tokens/truncated_frac": float(w.gather_rows(batch.truncated).float().mean()),
@@ -294,6 +328,13 @@ def rl_step(s: RLState) -> dict[str, float]:
         **{f"time/{phase}_s": seconds for phase, seconds in timer.totals.items()},  # generate, score, update, ...
         "time/step_s": time.perf_counter() - t0,
     }
+
+
+def credited(algo: Algo, advantages: torch.Tensor, batch: Rollouts) -> torch.Tensor:
+    """The credit stage (`algo.credit`): trajectory advantages to per-token advantages over the turns (N, T)."""
+    turns = {"turn_ids": batch.turn_ids, "group_ids": batch.advantage_groups,
+             "turn_rewards": batch.extras["turn_rewards"], "state_keys": batch.extras["state_keys"]}  # fmt: skip
+    return call(algo.credit, advantages, inputs=turns)
 
 
 def post_processed(

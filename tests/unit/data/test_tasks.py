@@ -150,7 +150,9 @@ def test_a_parquet_task_file(tmp_path):
 
 
 def test_unknown_task():
-    with pytest.raises(KeyError, match="built-in tasks: arithmetic, code, countdown, gsm_style, json_struct, lucky7"):
+    names = "arithmetic, calculator, code, countdown, gsm_style, guess_number, json_struct, lucky7, python, "
+    names += "self_correct"
+    with pytest.raises(KeyError, match=f"built-in tasks: {names}"):
         get_task("chess")
 
 

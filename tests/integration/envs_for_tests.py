@@ -1,0 +1,62 @@
+"""Environments for the tests, at module level so the trainer can import them by dotted path."""
+
+import threading
+
+from unipo.envs import Step
+
+RELEASE = threading.Event()
+"""Set by the tests' teardown so a hanging environment's thread ends."""
+
+
+class Echo:
+    """Never done: replies `obs <k>` after turn k (as a tool), reward 0.25 per turn."""
+
+    role = "tool"
+
+    def reset(self, row):
+        self.k = 0
+
+    def step(self, action):
+        self.k += 1
+        return Step(f"obs {self.k}", 0.25, False, {"state_key": self.k})
+
+
+class Letters:
+    """Two turns: anything, then "Now write words."; the second turn's reward is the share of ASCII letters in it (a
+    dense reward a random byte-level model starts near 0.2 on)."""
+
+    role = "user"
+
+    def reset(self, row):
+        self.turn = 0
+
+    def step(self, action):
+        self.turn += 1
+        if self.turn == 1:
+            return Step("Now write words.", 0.0, False, {})
+        return Step(None, sum(c.isascii() and c.isalpha() for c in action) / max(1, len(action)), True, {})
+
+
+class Hangs:
+    """Its second step blocks until the tests release it."""
+
+    role = "user"
+
+    def reset(self, row):
+        self.turn = 0
+
+    def step(self, action):
+        self.turn += 1
+        if self.turn > 1:
+            RELEASE.wait(60)
+        return Step("go on", 1.0, False, {})
+
+
+class Raises:
+    role = "user"
+
+    def reset(self, row):
+        pass
+
+    def step(self, action):
+        raise RuntimeError("the environment broke")

@@ -1,0 +1,132 @@
+"""Credit assignment over the turns of multi-turn trajectories (ALGORITHMS.md §9; kind `credit`).
+
+A credit assigner runs after the advantage stage: it takes each trajectory's episode advantage A_i (from any §1
+estimator on the trajectory reward) and the turn structure of the batch, and writes a per-token advantage Â_{i,t} on
+the policy's tokens only (0 on the environment's tokens, whose `turn_ids` are -1).
+
+Turn data (rollout/multiturn.py): `turn_ids` [N, T] numbers each token's policy turn (-1 elsewhere); `turn_rewards[i]`
+lists the rewards the environment gave after each of trajectory i's turns; `state_keys[i][k]` is the canonical state
+turn k acted in (the environment's `state_key`, else the text of its last reply; "" for the first prompt).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+
+import torch
+
+from unipo.algos.registry import register
+
+
+def _broadcast(per_turn: list[list[float]], turn_ids: torch.Tensor) -> torch.Tensor:
+    """[N, T] values: token t of trajectory i gets per_turn[i][turn_ids[i, t]], 0 where turn_ids is -1."""
+    width = max((len(v) for v in per_turn), default=0) + 1
+    table = torch.zeros(len(per_turn), width, dtype=torch.float32, device=turn_ids.device)
+    for i, values in enumerate(per_turn):
+        if values:
+            table[i, : len(values)] = torch.tensor(values, dtype=torch.float32)
+    idx = turn_ids.clamp(min=0, max=width - 1)
+    return table.gather(1, idx) * (turn_ids >= 0)
+
+
+@register(
+    "credit",
+    "traj_broadcast",
+    paper="Trajectory-level GRPO over agent rollouts, as TRL's GRPOTrainer trains tool-using rollouts "
+    "(https://huggingface.co/docs/trl/grpo_trainer, environment_factory and tool_mask)",
+    tag="checked: TRL",
+)
+def traj_broadcast(advantages: torch.Tensor, *, turn_ids: torch.Tensor) -> torch.Tensor:
+    """Trajectory-level credit (TRL's `tool_mask`, https://huggingface.co/docs/trl/grpo_trainer): every policy token
+    of trajectory i gets its episode advantage, Â_{i,t} = A_i·1[turn_ids_{i,t} ≥ 0]; environment tokens get 0.
+
+    Args:
+        advantages: [N] episode advantages (or [N, T], read at each policy token).
+        turn_ids: [N, T] each token's policy turn, -1 on the environment's tokens and padding.
+
+    Returns:
+        [N, T] per-token advantages.
+    """
+    adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(turn_ids)
+    return adv[:, : turn_ids.shape[1]] * (turn_ids >= 0)
+
+
+def _turn_returns(turn_rewards: list[float], turns: int, gamma: float) -> list[float]:
+    """R_k = Σ_{j ≥ k} γ^{j−k}·r_j for each of `turns` turns (a turn with no reward, cut by the budget: r = 0)."""
+    rewards = list(turn_rewards[:turns]) + [0.0] * max(0, turns - len(turn_rewards))
+    out, running = [0.0] * turns, 0.0
+    for k in reversed(range(turns)):
+        running = rewards[k] + gamma * running
+        out[k] = running
+    return out
+
+
+@register(
+    "credit",
+    "gigpo",
+    paper="Feng et al. 2025, Group-in-Group Policy Optimization for LLM Agent Training (GiGPO), arXiv:2505.10978",
+    tag="checked: verl-agent gigpo/core_gigpo.py",
+)
+def gigpo(
+    advantages: torch.Tensor,
+    *,
+    turn_ids: torch.Tensor,
+    group_ids: torch.Tensor,
+    turn_rewards: Sequence[Sequence[float]],
+    state_keys: Sequence[Sequence[Hashable]],
+    omega: float = 1.0,
+    gamma: float = 0.95,
+    std_normalize: bool = False,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """GiGPO (Feng et al. 2025, arXiv:2505.10978, Eq. 5–8): Â = A^E + ω·A^S on the tokens of each turn.
+
+    A^E is the episode advantage (the advantage stage's; the paper's Eq. 3 with `mode=mean_norm` is `dr_grpo`). The
+    step advantage of turn k of trajectory i: its discounted return R_{i,k} = Σ_{j≥k} γ^{j−k}·r_{i,j} (Eq. 5) minus
+    the mean return of every turn, in the same prompt group, that acted in the same anchor state (`state_keys`,
+    Eq. 6–7), divided by that set's standard deviation (unbiased, + eps) when `std_normalize` (verl-agent's
+    `mean_std_norm`; the default `mean_norm` does not divide). A turn alone in its anchor state gets A^S = 0. Turns
+    of identical trajectories get A^S = 0 (ALGORITHMS.md §13 M1).
+
+    Differences from verl-agent, which trains each turn as a sample of its own: its episode statistics count every
+    step of a trajectory (`compute_mean_std_cross_steps`), ours count each trajectory once.
+
+    Args:
+        advantages: [N] episode advantages A^E.
+        turn_ids: [N, T] each token's policy turn, -1 on the environment's tokens and padding.
+        group_ids: [N] the prompt group of each trajectory.
+        turn_rewards: per trajectory, the environment's reward after each turn.
+        state_keys: per trajectory, the anchor state of each turn.
+        omega: ω, the weight of the step advantage (paper: 1).
+        gamma: γ of the step returns (verl-agent: 0.95).
+        std_normalize: divide the step advantage by its anchor group's standard deviation.
+        eps: added to that standard deviation.
+
+    Returns:
+        [N, T] per-token advantages.
+    """
+    returns = [_turn_returns(list(r), len(keys), gamma) for r, keys in zip(turn_rewards, state_keys, strict=True)]
+    anchors: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
+    for i, keys in enumerate(state_keys):
+        for k, key in enumerate(keys):
+            anchors[(int(group_ids[i]), _hashable(key))].append((i, k))
+    step = [[0.0] * len(keys) for keys in state_keys]
+    for members in anchors.values():
+        if len(members) < 2:
+            continue
+        values = torch.tensor([returns[i][k] for i, k in members], dtype=torch.float64)
+        centred = values - values.mean()
+        if std_normalize:
+            centred = centred / (values.std() + eps)
+        for (i, k), a in zip(members, centred.tolist(), strict=True):
+            step[i][k] = a
+    return traj_broadcast(advantages, turn_ids=turn_ids) + omega * _broadcast(step, turn_ids)
+
+
+def _hashable(key: object) -> Hashable:
+    if isinstance(key, list | tuple):
+        return tuple(_hashable(k) for k in key)
+    if isinstance(key, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in key.items()))
+    return key  # type: ignore[return-value]

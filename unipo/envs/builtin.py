@@ -1,0 +1,242 @@
+"""The built-in environments and their tasks (generated locally, with a fixed held-out split that never overlaps the
+training rows).
+
+- `calculator`: two-step arithmetic word problems; a calculator tool (`<calc>37+48-19</calc>`); the final reply
+  scores 1 when it is finished and its last number is the answer.
+- `python`: small computations; a sandboxed Python tool (`<python>print(sum(range(10)))</python>`, the `code`
+  reward's sandbox: rewards/sandbox.py) whose stdout comes back; scored like `calculator`.
+- `guess_number`: a number from 1 to `high`; each guess gets "higher" or "lower" (reward 1 when found). Its state
+  key is the interval still possible, so turns of different trajectories that know the same meet in one anchor
+  state (GiGPO).
+- `self_correct`: SCoRe's two attempts on an arithmetic question: after the first answer a fixed instruction asks
+  for a correction. Turn rewards are r(y₁) and r(y₂) − r(y₁), so the trajectory's reward is r(y₂).
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import random
+from typing import Any
+
+from unipo.data.tasks import Task
+from unipo.envs import Step, ToolEnv
+from unipo.rewards import env_reward, final_number
+
+Row = dict[str, Any]
+
+
+def _correct(text: str, answer: str) -> float:
+    """1.0 when the last integer in `text` is `answer`."""
+    return float(final_number(text) == str(answer))
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}  # fmt: skip
+
+
+def calc(expression: str) -> str:
+    """Evaluate + − × / // % and parentheses over numbers (no names, no powers: nothing can run long); an integral
+    result is written without a decimal point."""
+    if len(expression) > 200:
+        raise ValueError("expression longer than 200 characters")
+
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            return -value(node.operand) if isinstance(node.op, ast.USub) else value(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"not arithmetic: {ast.unparse(node)}")
+
+    try:
+        result = value(ast.parse(expression.replace("×", "*").replace("÷", "/"), mode="eval").body)
+    except SyntaxError:
+        raise ValueError(f"cannot parse {expression!r}") from None
+    return str(int(result)) if float(result).is_integer() else f"{result:.6g}"
+
+
+class CalculatorEnv(ToolEnv):
+    """Arithmetic word problems with a calculator tool (module docstring)."""
+
+    tools = {"calc": calc}
+
+    def answer_reward(self, text: str) -> float:
+        return _correct(text, self.row["answer"])
+
+
+class PythonEnv(ToolEnv):
+    """Computations with a sandboxed Python tool: the code runs in rewards/sandbox.py's subprocess (CPU, memory,
+    wall-clock and output limits, no network, a scratch directory); its stdout, or its error, comes back."""
+
+    def __init__(self, cpu_s: int = 2, wall_s: float = 5.0, **kwargs: Any):
+        super().__init__(**{"tool_timeout_s": wall_s + 5.0, **kwargs})
+        from unipo.rewards.sandbox import Limits
+
+        self.limits = Limits(cpu_s=cpu_s, wall_s=wall_s)
+        self.tools = {"python": self._run}
+
+    def _run(self, source: str) -> str:
+        from unipo.rewards.sandbox import run_python
+
+        result = run_python(source, limits=self.limits)
+        if result.timed_out:
+            raise TimeoutError(f"the code ran past {self.limits.wall_s:g} s")
+        if result.returncode != 0:
+            raise RuntimeError((result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1])
+        return result.stdout.strip()
+
+    def answer_reward(self, text: str) -> float:
+        return _correct(text, self.row["answer"])
+
+
+class GuessNumberEnv:
+    """Guess a number from 1 to `high`; the reply to a guess is "Higher." or "Lower." (module docstring)."""
+
+    role = "user"
+
+    def __init__(self, high: int = 20):
+        self.high = high
+        self.low_now, self.high_now, self.secret = 1, high, 0
+
+    def reset(self, row: Row) -> None:
+        self.secret = int(row["secret"])
+        self.low_now, self.high_now = 1, self.high
+
+    def step(self, action: str) -> Step:
+        guess = final_number(action)
+        if guess is None or not 1 <= int(guess) <= self.high:
+            key = (self.low_now, self.high_now)
+            return Step(f"Reply with only a number from 1 to {self.high}.", 0.0, False, {"state_key": key})
+        g = int(guess)
+        if g == self.secret:
+            return Step(None, 1.0, True, {})
+        if g < self.secret:
+            self.low_now = max(self.low_now, g + 1)
+        else:
+            self.high_now = min(self.high_now, g - 1)
+        reply = "Higher." if g < self.secret else "Lower."
+        return Step(reply, 0.0, False, {"state_key": (self.low_now, self.high_now)})
+
+
+SCORE_INSTRUCTION = (
+    "There might be an error in the solution above because of lack of understanding of the question. "
+    "Please correct the error, if any, and rewrite the solution. Reply with only the number."
+)
+"""SCoRe's self-correction instruction (Kumar et al. 2024, arXiv:2409.12917, Appendix), with the task's format."""
+
+
+class SelfCorrectEnv:
+    """SCoRe's two attempts (module docstring): turn rewards r(y₁), then r(y₂) − r(y₁)."""
+
+    role = "user"
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.answer = ""
+
+    def reset(self, row: Row) -> None:
+        self.first, self.answer = None, str(row["answer"])
+
+    def step(self, action: str) -> Step:
+        r = _correct(action, self.answer)
+        if self.first is None:
+            self.first = r
+            return Step(SCORE_INSTRUCTION, r, False, {"state_key": "correct" if r else "wrong"})
+        return Step(None, r - self.first, True, {})
+
+
+ENVS: dict[str, type] = {"calculator": CalculatorEnv, "python": PythonEnv, "guess_number": GuessNumberEnv,
+                         "self_correct": SelfCorrectEnv}  # fmt: skip
+
+
+# -- tasks -------------------------------------------------------------------------------------------------------
+
+_NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana"]
+_THINGS = ["apples", "books", "coins", "stamps", "shells", "cards"]
+
+
+def _split(rows: list[Row], n_heldout: int, seed: int) -> tuple[list[Row], list[Row]]:
+    """Distinct rows shuffled with `seed`; the first `n_heldout` are held out."""
+    unique = list({repr(r): r for r in rows}.values())
+    random.Random(seed).shuffle(unique)
+    return unique[n_heldout:], unique[:n_heldout]
+
+
+def calculator_rows(n: int = 1200, seed: int = 7) -> list[Row]:
+    rng = random.Random(seed)
+    system = ("You can use a calculator: write <calc>expression</calc> and stop; the result comes back as "
+              "<result>value</result>. When you know the answer, reply with only the number.")  # fmt: skip
+    rows = []
+    for _ in range(n):
+        who, what = rng.choice(_NAMES), rng.choice(_THINGS)
+        a, b, c = rng.randint(100, 999), rng.randint(10, 99), rng.randint(2, 9)
+        if rng.random() < 0.5:
+            text, answer = f"{who} has {a} {what}, gets {b} more, then gives away {c}. How many {what} now?", a + b - c
+        else:
+            text, answer = (
+                f"{who} packs {b} boxes of {c} {what} and has {a} loose {what}. How many {what} in all?",
+                (b * c + a),
+            )
+        rows.append({"prompt": [{"role": "system", "content": system}, {"role": "user", "content": text}],
+                     "answer": str(answer)})  # fmt: skip
+    return rows
+
+
+def python_rows() -> list[Row]:
+    system = ("You can run Python: write <python>code</python> and stop; what it prints comes back as "
+              "<result>output</result>. When you know the answer, reply with only the number.")  # fmt: skip
+    rows = []
+    for k in range(2, 40):
+        for text, answer in (
+            (f"What is the sum of the squares of the integers from 1 to {k}?", sum(i * i for i in range(1, k + 1))),
+            (f"What is the sum of the digits of 2 to the power {k * 3}?", sum(map(int, str(2 ** (k * 3))))),
+            (f"How many primes are below {k * 25}?", sum(all(p % d for d in range(2, p)) for p in range(2, k * 25))),
+        ):
+            rows.append({"prompt": [{"role": "system", "content": system}, {"role": "user", "content": text}],
+                         "answer": str(answer)})  # fmt: skip
+    return rows
+
+
+def guess_rows(high: int = 20, n: int = 400, seed: int = 11) -> list[Row]:
+    rng = random.Random(seed)
+    text = (f"I am thinking of a whole number from 1 to {high}. Guess it: reply with only a number, and I will say "
+            "whether mine is higher or lower.")  # fmt: skip
+    return [{"prompt": [{"role": "user", "content": text}], "secret": rng.randint(1, high), "episode": i}
+            for i in range(n)]  # fmt: skip
+
+
+def self_correct_rows() -> list[Row]:
+    return [{"prompt": [{"role": "user", "content": f"What is {a}*{b}? Reply with only the number."}],
+             "answer": str(a * b)} for a in range(3, 40) for b in range(3, 20)]  # fmt: skip
+
+
+def _env_task(name: str, rows: list[Row], n_heldout: int, description: str, **env: Any) -> Task:
+    train, heldout = _split(rows, n_heldout, seed=1234)
+    return Task(name, train, heldout, env_reward, description, env={"name": name, **env})
+
+
+def calculator_task() -> Task:
+    what = "two-step word problems with a calculator tool (<calc>expr</calc>); correct: the final reply's last number"
+    return _env_task("calculator", calculator_rows(), 100, what + " is the answer", max_turns=4)
+
+
+def python_task() -> Task:
+    what = "computations with a sandboxed Python tool (<python>code</python>); correct: the final reply's last number"
+    return _env_task("python", python_rows(), 24, what + " is the answer", max_turns=4)
+
+
+def guess_number_task() -> Task:
+    return _env_task("guess_number", guess_rows(), 50, "guess a number from 1 to 20 with higher/lower feedback; "
+                     "correct: found within the turns", max_turns=6)  # fmt: skip
+
+
+def self_correct_task() -> Task:
+    return _env_task("self_correct", self_correct_rows(), 100, "a*b, then SCoRe's instruction to correct it; "
+                     "correct: the second attempt is right", max_turns=2)  # fmt: skip
+
+
+ENV_TASKS = {"calculator": (calculator_task, 48), "python": (python_task, 96), "guess_number": (guess_number_task, 8),
+             "self_correct": (self_correct_task, 16)}  # fmt: skip
+"""Each environment task and its per-turn token budget (`rollout.max_new_tokens`, `eval.max_new_tokens`)."""

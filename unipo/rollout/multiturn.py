@@ -1,0 +1,250 @@
+"""Multi-turn rollouts: trajectories of policy turns and environment replies, held as token ids from the first prompt
+to the last token (ALGORITHMS.md §9; `../shared/notes/multiturn.md` §2–§4).
+
+Token-exact by construction: each turn's input is the previous input plus the tokens the policy sampled plus the
+environment's tokens; text is decoded only to hand the environment its action and is never encoded back. The
+environment's reply is tokenised alone, as the chat template renders it after an assistant turn: the template is
+rendered for `[user, assistant]` and for `[user, assistant, <reply>]` with the generation prompt, and the tokens
+after the assistant's end-of-turn token are the reply's (TRL's `_get_tool_suffix_ids`, SkyRL's fixed base). So the
+boundary tokens the policy does not sample (ChatML's `\\n` after `<|im_end|>`) are inserted with loss 0. A template
+that does not render `[user, assistant]` as a prefix of `[user, assistant, tool]` is refused at start-up.
+
+Waves: every live trajectory samples its next turn in one batch (the first turn shares each prompt's KV cache across
+its group; later turns left-pad each history); the environments' steps run in threads, each under
+`env.timeout_s`. An environment that raises or runs past it ends its episode unscored (`env_reward` None: no
+gradient), counted in `env/errors`; tools report their own failures to the model (envs.ToolEnv).
+
+A trajectory ends when the environment says done, after `env.max_turns` turns, or when the token budget
+(`env.max_tokens` tokens after the prompt, the environment's included) runs out: a turn cut by the budget is not
+sent to the environment and the trajectory is `truncated`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from unipo.envs import Env, EnvSettings, Step
+from unipo.rollout.batch import Rollouts, right_pad, tokenize_prompts
+from unipo.rollout.hf import _eos_ids, sample_tokens
+
+
+class Renderer:
+    """Token ids of an environment reply as the chat template places it after an assistant turn (module docstring).
+    Without a chat template the reply is `\\n<text>\\n`."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        if self.chat:
+            for role in ("tool", "user"):
+                self.text(role, "probe")  # refuse a template that rewrites history before any model runs
+
+    def text(self, role: str, content: str) -> str:
+        if not self.chat:
+            return f"\n{content}\n"
+        base = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+        render = self.tokenizer.apply_chat_template
+        before = render(base, tokenize=False)
+        after = render([*base, {"role": role, "content": content}], tokenize=False, add_generation_prompt=True)
+        end = self.tokenizer.eos_token
+        cut = before.rfind(end) if end else -1
+        if not after.startswith(before) or cut < before.rfind("a"):
+            raise ValueError(f"the chat template does not render an assistant turn ending in {end!r} as a prefix of "
+                             f"the conversation with a {role!r} reply after it, so turns cannot be joined as "
+                             "token ids; use a template that keeps history as rendered")  # fmt: skip
+        return after[cut + len(end) :]
+
+    def ids(self, role: str, content: str) -> list[int]:
+        return self.tokenizer(self.text(role, content), add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class _Trajectory:
+    group: int
+    env: Env
+    ids: list[int] = field(default_factory=list)  # every token after the prompt
+    loss: list[int] = field(default_factory=list)  # 1 on sampled tokens
+    logp: list[float] = field(default_factory=list)
+    turn: list[int] = field(default_factory=list)  # policy turn of each token, -1 elsewhere
+    messages: list[dict[str, str]] = field(default_factory=list)
+    turn_rewards: list[float] = field(default_factory=list)
+    state_keys: list[Any] = field(default_factory=list)  # the state each policy turn acts in ("" for the prompt)
+    next_key: Any = ""
+    tool_calls: int = 0
+    tool_errors: int = 0
+    error: str | None = None  # why the environment failed (the episode is then unscored)
+    done: bool = False
+    truncated: bool = False
+
+    def add(self, ids: list[int], logp: list[float] | None, turn: int) -> None:
+        self.ids += ids
+        self.loss += [int(logp is not None)] * len(ids)
+        self.logp += logp if logp is not None else [0.0] * len(ids)
+        self.turn += [turn if logp is not None else -1] * len(ids)
+
+
+def rollout(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    make_env: Callable[[], Env],
+    settings: EnvSettings,
+    *,
+    n: int | list[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    renderer: Renderer | None = None,
+) -> Rollouts:
+    """`n` trajectories of each row (or `n[i]` of row i), each turn at most `max_new_tokens` tokens (module
+    docstring). The batch's completions are whole trajectories; `texts` are their last policy turns; `extras` holds
+    `messages` (the conversation), `env_reward` (the sum of turn rewards, None when the environment failed),
+    `turn_rewards`, `state_keys`, `turns`, `tool_calls`, `tool_errors`."""
+    device = next(model.parameters()).device
+    renderer = renderer or Renderer(tokenizer)
+    eos = set(_eos_ids(model, tokenizer, device).tolist())
+    counts = [n] * len(rows) if isinstance(n, int) else list(n)
+    prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], tokenizer, device)
+    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask, strict=True)]
+    trajs = [_Trajectory(g, make_env(), messages=_messages(rows[g]["prompt"]))
+             for g, c in enumerate(counts) for _ in range(c)]  # fmt: skip
+    resets = _call_all([lambda t=t: t.env.reset(rows[t.group]) for t in trajs], settings.timeout_s)
+    for t, result in zip(trajs, resets, strict=True):
+        if isinstance(result, BaseException):
+            t.error, t.done = f"reset: {type(result).__name__}: {result}", True
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "greedy": greedy}
+    for turn in range(settings.max_turns):
+        live = [i for i, t in enumerate(trajs) if not t.done]
+        if not live:
+            break
+        caps = [min(max_new_tokens, settings.max_tokens - len(trajs[i].ids)) for i in live]
+        gens = [generator[i] for i in live] if isinstance(generator, list) else generator
+        if turn == 0 and len(live) == len(trajs):  # every prompt's cache is shared by its group
+            ids, mask, n_turn, turn_rows = prompt_ids, prompt_mask, counts, rows
+        else:
+            ids, mask = _left_pad([prompts[trajs[i].group] + trajs[i].ids for i in live], tokenizer.pad_token_id,
+                                  device)  # fmt: skip
+            n_turn, turn_rows = 1, [rows[trajs[i].group] for i in live]
+        batch = sample_tokens(model, tokenizer, ids, mask, turn_rows, n=n_turn, max_new_tokens=max(caps),
+                              generator=gens, **sampling)  # fmt: skip
+        lengths = batch.completion_mask.sum(1).tolist()
+        for j, (i, cap) in enumerate(zip(live, caps, strict=True)):
+            t = trajs[i]
+            sampled = batch.completion_ids[j, : min(lengths[j], cap)].tolist()
+            t.add(sampled, batch.rollout_logp[j, : len(sampled)].tolist(), turn)
+            t.state_keys.append(t.next_key)
+            t.messages.append({"role": "assistant", "content": tokenizer.decode(sampled, skip_special_tokens=True)})
+            if not sampled or sampled[-1] not in eos:  # cut by the budget: not an action the environment sees
+                t.truncated = t.done = True
+        stepping = [trajs[i] for i in live if not trajs[i].done]
+        _step_envs(stepping, turn == settings.max_turns - 1, settings, renderer, tokenizer)
+    return _assemble(trajs, prompt_ids, prompt_mask, rows, tokenizer.pad_token_id)
+
+
+def _messages(prompt: Any) -> list[dict[str, str]]:
+    return [dict(m) for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+
+
+def _left_pad(lists: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in lists)
+    ids = torch.tensor([[pad] * (width - len(x)) + x for x in lists], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in lists], device=device)
+    return ids, mask
+
+
+def _call_all(calls: list[Callable[[], Any]], timeout_s: float) -> list[Any]:
+    """Each call's result in a thread of its own, all under one deadline: the exception it raised, or TimeoutError
+    for one still running at the deadline (its thread is abandoned)."""
+    results: list[Any] = [TimeoutError(f"no result within env.timeout_s={timeout_s:g} s")] * len(calls)
+
+    def body(k: int) -> None:
+        try:
+            results[k] = calls[k]()
+        except Exception as e:  # noqa: BLE001 (the episode fails, the run goes on)
+            results[k] = e
+
+    threads = [threading.Thread(target=body, args=(k,), daemon=True, name="unipo-env") for k in range(len(calls))]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + timeout_s
+    for th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
+    return list(results)
+
+
+def _step_envs(trajs: list[_Trajectory], last: bool, settings: EnvSettings, renderer: Renderer, tokenizer: Any) -> None:
+    """Each trajectory's environment takes its last turn; its reply is appended (out of the loss) unless the episode
+    ends: done, the last allowed turn, or no room left in the token budget for the reply and another turn."""
+    results = _call_all([lambda t=t: t.env.step(t.messages[-1]["content"]) for t in trajs], settings.timeout_s)
+    for t, step in zip(trajs, results, strict=True):
+        if not isinstance(step, Step):
+            what = f"{type(step).__name__}: {step}" if isinstance(step, BaseException) else f"returned {step!r}"
+            t.error, t.done = f"step: {what}", True
+            continue
+        t.turn_rewards.append(float(step.reward))
+        t.tool_calls += int(step.info.get("tool_calls", 0))
+        t.tool_errors += int(step.info.get("tool_errors", 0))
+        if step.done or step.observation is None or last:
+            t.done = True
+            continue
+        observation = _capped(step.observation, settings.max_obs_tokens, tokenizer)
+        role = getattr(t.env, "role", "user")
+        reply = renderer.ids(role, observation)
+        if len(t.ids) + len(reply) >= settings.max_tokens:
+            t.done = t.truncated = True
+            continue
+        t.add(reply, None, -1)
+        t.messages.append({"role": role, "content": observation})
+        t.next_key = step.info.get("state_key", step.observation)
+
+
+def _capped(text: str, max_tokens: int, tokenizer: Any) -> str:
+    """An observation cut to `max_tokens` tokens (then marked `…`)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]) + "…"
+
+
+def _assemble(trajs: list[_Trajectory], prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: list[dict],
+              pad: int) -> Rollouts:  # fmt: skip
+    device = prompt_ids.device
+    ids, mask = right_pad([t.ids for t in trajs], pad, device)
+    loss, _ = right_pad([t.loss for t in trajs], 0, device)
+    logp, _ = right_pad([t.logp for t in trajs], 0.0, device)
+    turns, _ = right_pad([t.turn for t in trajs], -1, device)
+    last = [next((m["content"] for m in reversed(t.messages) if m["role"] == "assistant"), "") for t in trajs]
+    extras = {
+        "messages": [t.messages for t in trajs],
+        "env_reward": [None if t.error else sum(t.turn_rewards) for t in trajs],
+        "turn_rewards": [t.turn_rewards for t in trajs],
+        "state_keys": [t.state_keys for t in trajs],
+        "turns": [len(t.state_keys) for t in trajs],
+        "tool_calls": [t.tool_calls for t in trajs],
+        "tool_errors": [t.tool_errors for t in trajs],
+        "env_error": [t.error for t in trajs],
+    }
+    return Rollouts(
+        prompt_ids, prompt_mask, ids.long(), mask.long(), torch.tensor([t.group for t in trajs], device=device),
+        torch.tensor([t.truncated for t in trajs], device=device), logp.float(), list(rows), last,
+        loss_mask=loss.long(), turn_ids=turns.long(), extras=extras,
+    )  # fmt: skip
+
+
+def metrics(batch: Rollouts, world: Any) -> dict[str, float]:
+    """The environments' side of a multi-turn batch on every rank: mean turns, tool calls and tool errors per
+    trajectory, and the episodes the environment failed (`env/errors`)."""
+    x = batch.extras
+    rows = [[t, c, e, float(err is not None)] for t, c, e, err in
+            zip(x["turns"], x["tool_calls"], x["tool_errors"], x["env_error"], strict=True)]  # fmt: skip
+    table = world.gather_rows(torch.tensor(rows, dtype=torch.float32, device=batch.group_ids.device).view(-1, 4))
+    mean = table.mean(0).tolist() if table.shape[0] else [0.0] * 4
+    return {"env/turns_mean": mean[0], "env/tool_calls_mean": mean[1], "env/tool_errors_mean": mean[2],
+            "env/errors": float(table[:, 3].sum())}  # fmt: skip
