@@ -110,3 +110,43 @@ def test_a_failing_environment_ends_its_episode_unscored(eos_model, env, error):
     assert stepped  # some first turns ended with EOS and reached the environment
     for i in stepped:
         assert batch.extras["env_reward"][i] is None and error in batch.extras["env_error"][i]
+
+
+SCRIPTED = {
+    "calculator": ({"answer": "162"}, ["Let me compute <calc>123+45-6</calc>", "<calc>123+", "It is 162"], {}),
+    "calculator_json": ({"answer": "12"}, ['<tool_call>{"name": "calc", "arguments": "3*4"}</tool_call>', "12"],
+                        {"call_format": "json"}),
+    "python": ({"answer": "42"}, ["<python>print(6 * 7)</python>", "<python>1/0</python>", "42"], {}),
+    "guess_number": ({"secret": 13}, ["10", "15", "13"], {}),
+    "self_correct": ({"answer": "12"}, ["13", "12"], {}),
+    "search": ({"answer": "1514"}, ["<search>How long is the river Shantubel?</search>", "1514"], {}),
+}  # fmt: skip
+"""Per built-in environment: the row's columns, the scripted policy turns, the environment's keywords."""
+
+
+@pytest.mark.parametrize("case", list(SCRIPTED))
+def test_every_builtin_environment_is_token_exact_with_a_scripted_policy(case, tiny_model_dir):
+    from tests.integration.scripted import ScriptedLM
+    from unipo.envs import env_factory
+
+    columns, script, kwargs = SCRIPTED[case]
+    _, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    rows = [{"prompt": [{"role": "user", "content": f"problem {case}"}], **columns}]
+    model = ScriptedLM(tokenizer, {f"problem {case}": script})
+    make = env_factory(case.removesuffix("_json"), None, kwargs)
+    batch = rollout(model, tokenizer, rows, make, EnvSettings(max_turns=4, max_tokens=1000), n=2, max_new_tokens=64)
+    for i in range(2):
+        messages = batch.extras["messages"][i]
+        said = [m["content"] for m in messages if m["role"] == "assistant"]
+        assert said == script and batch.extras["env_reward"][i] == 1.0 and not batch.truncated[i]
+        ids = batch.completion_ids[i][batch.completion_mask[i].bool()]
+        for k, text in enumerate(script):  # the tokens trained on in turn k are the tokens the policy wrote
+            assert ids[batch.turn_ids[i][: len(ids)] == k].tolist() == tokenizer(text)["input_ids"] + [
+                tokenizer.eos_token_id
+            ]
+        prompt = batch.prompt_ids[0][batch.prompt_mask[0].bool()]
+        text = tokenizer.decode(torch.cat([prompt, ids]).tolist())
+        assert text == tokenizer.apply_chat_template(messages, tokenize=False).removesuffix("\n")
+    calls = {"calculator": (2, 1), "calculator_json": (1, 0), "python": (2, 1), "search": (1, 0)}.get(case, (0, 0))
+    assert (batch.extras["tool_calls"][0], batch.extras["tool_errors"][0]) == calls
+    assert batch.extras["turns"] == [len(script)] * 2

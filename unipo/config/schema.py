@@ -353,6 +353,11 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     dist: DistConfig = DistConfig()
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_by_name(cls, v: object) -> object:
+        return {"name": v} if isinstance(v, str) else v  # `env=calculator` on the command line
+
     @field_validator("task")
     @classmethod
     def _task_exists(cls, v: str) -> str:

@@ -15,8 +15,11 @@ training rows).
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import random
+import re
+from functools import cache
 from typing import Any
 
 from unipo.data.tasks import Task
@@ -120,6 +123,58 @@ class GuessNumberEnv:
         return Step(reply, 0.0, False, {"state_key": (self.low_now, self.high_now)})
 
 
+class BM25:
+    """Okapi BM25 over a small corpus (Robertson and Zaragoza 2009, "The Probabilistic Relevance Framework: BM25 and
+    Beyond"), with Lucene's IDF ln(1 + (N − n + 0.5)/(n + 0.5)), which is never zero or negative (rank-bm25's is for
+    a term in half the documents, rank_bm25#39); lower-cased word tokens; ties broken by document order."""
+
+    def __init__(self, docs: list[str], k1: float = 1.5, b: float = 0.75):
+        self.docs, self.k1, self.b = docs, k1, b
+        self.tokens = [self.words(d) for d in docs]
+        self.avg = sum(map(len, self.tokens)) / max(1, len(docs))
+        n = len(docs)
+        df: dict[str, int] = {}
+        for toks in self.tokens:
+            for w in set(toks):
+                df[w] = df.get(w, 0) + 1
+        self.idf = {w: math.log(1 + (n - c + 0.5) / (c + 0.5)) for w, c in df.items()}
+
+    @staticmethod
+    def words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    def scores(self, query: str) -> list[float]:
+        out = []
+        for toks in self.tokens:
+            tf: dict[str, int] = {}
+            for w in toks:
+                tf[w] = tf.get(w, 0) + 1
+            norm = self.k1 * (1 - self.b + self.b * len(toks) / self.avg)
+            out.append(sum(self.idf.get(w, 0.0) * tf[w] * (self.k1 + 1) / (tf[w] + norm)
+                           for w in set(self.words(query)) if w in tf))  # fmt: skip
+        return out
+
+    def top(self, query: str, k: int = 2) -> list[str]:
+        scores = self.scores(query)
+        order = sorted(range(len(self.docs)), key=lambda i: (-scores[i], i))
+        return [self.docs[i] for i in order[:k] if scores[i] > 0]
+
+
+class SearchEnv(ToolEnv):
+    """Search-R1-style retrieval (Jin et al. 2025, arXiv:2503.09516): `<search>query</search>` returns the `top_k`
+    passages of a small local corpus shipped with unipo (fictional facts, so the answer must be looked up) by BM25;
+    the final reply scores 1 when its last number is the answer."""
+
+    def __init__(self, top_k: int = 2, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.top_k = top_k
+        self.index = BM25([doc for doc, _, _ in search_corpus()])
+        self.tools = {"search": lambda query: " ".join(self.index.top(query, self.top_k)) or "no passage found"}
+
+    def answer_reward(self, text: str) -> float:
+        return _correct(text, self.row["answer"])
+
+
 SCORE_INSTRUCTION = (
     "There might be an error in the solution above because of lack of understanding of the question. "
     "Please correct the error, if any, and rewrite the solution. Reply with only the number."
@@ -148,7 +203,7 @@ class SelfCorrectEnv:
 
 
 ENVS: dict[str, type] = {"calculator": CalculatorEnv, "python": PythonEnv, "guess_number": GuessNumberEnv,
-                         "self_correct": SelfCorrectEnv}  # fmt: skip
+                         "self_correct": SelfCorrectEnv, "search": SearchEnv}  # fmt: skip
 
 
 # -- tasks -------------------------------------------------------------------------------------------------------
@@ -199,6 +254,39 @@ def python_rows() -> list[Row]:
     return rows
 
 
+_SYLLABLES = ["ka", "lo", "mi", "ren", "tu", "vas", "zor", "el", "dri", "shan", "qua", "bel", "nor", "it", "pa"]
+_FACTS = [
+    ("The river {n} in the land of {m} is {v} km long.", "How long is the river {n}, in km?"),
+    ("The tower of {n} was built in the year {v} by the people of {m}.", "In which year was the tower of {n} built?"),
+    ("The city of {n} has {v} thousand inhabitants and lies east of {m}.", "How many thousand people live in {n}?"),
+    ("Mount {n}, the highest peak of {m}, rises {v} metres.", "How high is Mount {n}, in metres?"),
+]
+
+
+@cache
+def search_corpus(n: int = 120, seed: int = 5) -> tuple[tuple[str, str, str], ...]:
+    """(passage, question, answer) triples of fictional facts (names made of random syllables)."""
+    rng = random.Random(seed)
+    out, names = [], set()
+    while len(out) < n:
+        name = "".join(rng.sample(_SYLLABLES, 3)).capitalize()
+        if name in names:
+            continue
+        names.add(name)
+        place = "".join(rng.sample(_SYLLABLES, 2)).capitalize()
+        fact, question = _FACTS[len(out) % len(_FACTS)]
+        value = str(rng.randint(100, 2000))
+        out.append((fact.format(n=name, m=place, v=value), question.format(n=name), value))
+    return tuple(out)
+
+
+def search_rows() -> list[Row]:
+    system = ("You can search a small encyclopedia: write <search>query</search> and stop; the best passages come "
+              "back as <result>passages</result>. When you know the answer, reply with only the number.")  # fmt: skip
+    return [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": q}], "answer": a}
+            for _, q, a in search_corpus()]  # fmt: skip
+
+
 def guess_rows(high: int = 20, n: int = 400, seed: int = 11) -> list[Row]:
     rng = random.Random(seed)
     text = (f"I am thinking of a whole number from 1 to {high}. Guess it: reply with only a number, and I will say "
@@ -237,6 +325,13 @@ def self_correct_task() -> Task:
                      "correct: the second attempt is right", max_turns=2)  # fmt: skip
 
 
+def search_task() -> Task:
+    what = (
+        "questions about fictional facts with a BM25 search tool (<search>query</search>); correct: the final reply's"
+    )
+    return _env_task("search", search_rows(), 20, what + " last number is the answer", max_turns=4)
+
+
 ENV_TASKS = {"calculator": (calculator_task, 48), "python": (python_task, 96), "guess_number": (guess_number_task, 8),
-             "self_correct": (self_correct_task, 16)}  # fmt: skip
+             "self_correct": (self_correct_task, 16), "search": (search_task, 48)}  # fmt: skip
 """Each environment task and its per-turn token budget (`rollout.max_new_tokens`, `eval.max_new_tokens`)."""

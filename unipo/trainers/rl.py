@@ -154,6 +154,13 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
             raise ConfigError(f"algo.credit {algo.credit.id!r} assigns credit over the turns of multi-turn "
                               "trajectories: set `env`, or a task with an environment (task=guess_number)")  # fmt: skip
         return None
+    if task.train:  # an environment that cannot start an episode on this task's rows fails here, not in every step
+        try:
+            env[0]().reset(task.train[0])
+        except Exception as e:  # noqa: BLE001 (any failure of user code, reported in one line)
+            raise ConfigError(f"env: the environment cannot start an episode on the first row of task {task.name!r} "
+                              f"({type(e).__name__}: {e}); pick the task it was made for (e.g. task=guess_number "
+                              "with env=guess_number)") from None  # fmt: skip
     if algo.credit is not None and algo.critic is not None:
         raise ConfigError(f"algo.credit {algo.credit.id!r} and algo.critic {algo.critic.id!r}: the critic's GAE "
                           "already gives per-token advantages; use one of them")  # fmt: skip

@@ -1,11 +1,22 @@
 """The environment protocol, tool calling and the built-in environments, on hand-written actions."""
 
+import math
 import time
 
 import pytest
 
 from unipo.envs import EnvSettings, Step, ToolEnv, ToolError, parse_call, resolve, run_with_limit
-from unipo.envs.builtin import CalculatorEnv, GuessNumberEnv, PythonEnv, SelfCorrectEnv, calc, guess_rows
+from unipo.envs.builtin import (
+    BM25,
+    CalculatorEnv,
+    GuessNumberEnv,
+    PythonEnv,
+    SearchEnv,
+    SelfCorrectEnv,
+    calc,
+    guess_rows,
+    search_corpus,
+)
 
 
 def test_parse_call_tagged_and_json():
@@ -116,3 +127,24 @@ def test_resolve_merges_the_task_environment_with_the_config():
         resolve(EnvConfig(max_turns=2), None)
     with pytest.raises(ValueError, match="cannot import"):
         resolve(EnvConfig(**{"_component_": "nowhere.Env"}), None)
+
+
+def test_bm25_hand_worked_and_never_zero_for_a_common_term():
+    docs = ["berlin is the capital of germany", "paris is the capital of france", "rome is in italy",
+            "madrid is in spain"]  # fmt: skip
+    index = BM25(docs)
+    # N = 4, avg length 5; "capital" and "of" are in 2 documents: IDF ln(1 + 2.5/2.5) = ln 2 (rank-bm25 gives 0);
+    # "france" in 1: ln(1 + 3.5/1.5). A 6-token document with tf = 1: weight IDF·2.5/(1 + 1.5·(0.25 + 0.75·6/5))
+    w = 2.5 / (1 + 1.5 * (0.25 + 0.75 * 6 / 5))
+    want = [2 * math.log(2) * w, (2 * math.log(2) + math.log(1 + 3.5 / 1.5)) * w, 0.0, 0.0]
+    assert index.scores("capital of France?") == pytest.approx(want)
+    assert index.top("capital of france", 1) == [docs[1]] and index.top("tokyo", 2) == []
+
+
+def test_search_env_finds_the_passage_of_each_question():
+    passage, question, answer = search_corpus()[7]
+    env = SearchEnv(top_k=1)
+    env.reset({"answer": answer})
+    assert env.step(f"<search>{question}</search>").observation == f"<result>{passage}</result>"
+    assert env.step(f"It is {answer}.").reward == 1.0
+    assert len({q for _, q, _ in search_corpus()}) == len(search_corpus())  # every question is its own
