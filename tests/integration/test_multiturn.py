@@ -150,3 +150,24 @@ def test_every_builtin_environment_is_token_exact_with_a_scripted_policy(case, t
     calls = {"calculator": (2, 1), "calculator_json": (1, 0), "python": (2, 1), "search": (1, 0)}.get(case, (0, 0))
     assert (batch.extras["tool_calls"][0], batch.extras["tool_errors"][0]) == calls
     assert batch.extras["turns"] == [len(script)] * 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["algo.credit.name=gigpo", "task=lucky7"], "assigns credit over the turns of multi-turn trajectories"),
+        (["env=guess_number"], "cannot start an episode on the first row of task 'calculator' (KeyError: 'secret')"),
+        (["algo.sampler.name=dynamic_sampling"], "samplers do not run with a multi-turn environment yet"),
+        (["recipe=ppo", "task=guess_number"], "a value model over multi-turn trajectories"),
+        (["env.name=chess"], "env: unknown environment 'chess'"),
+    ],
+)
+def test_what_cannot_run_with_an_environment_is_refused_in_one_line(extra, message, tiny_model_dir, tmp_path, capsys):
+    from unipo.cli import main
+
+    recipe = next((e.removeprefix("recipe=") for e in extra if e.startswith("recipe=")), "agent_grpo")
+    extra = [e for e in extra if not e.startswith("recipe=")]
+    args = ["train", recipe, f"model.path={tiny_model_dir}", f"output_dir={tmp_path / 'run'}", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -296,8 +296,10 @@ def guess_rows(high: int = 20, n: int = 400, seed: int = 11) -> list[Row]:
 
 
 def self_correct_rows() -> list[Row]:
-    return [{"prompt": [{"role": "user", "content": f"What is {a}*{b}? Reply with only the number."}],
-             "answer": str(a * b)} for a in range(3, 40) for b in range(3, 20)]  # fmt: skip
+    """The default task's questions (a + b, a and b up to 50), which the default model answers right about a quarter
+    of the time at first: room both to correct and to spoil a first answer."""
+    return [{"prompt": [{"role": "user", "content": f"What is {a}+{b}? Reply with only the number."}],
+             "answer": str(a + b)} for a in range(51) for b in range(51)]  # fmt: skip
 
 
 def _env_task(name: str, rows: list[Row], n_heldout: int, description: str, **env: Any) -> Task:
@@ -321,7 +323,7 @@ def guess_number_task() -> Task:
 
 
 def self_correct_task() -> Task:
-    return _env_task("self_correct", self_correct_rows(), 100, "a*b, then SCoRe's instruction to correct it; "
+    return _env_task("self_correct", self_correct_rows(), 100, "a+b, then SCoRe's instruction to correct it; "
                      "correct: the second attempt is right", max_turns=2)  # fmt: skip
 
 

@@ -82,8 +82,10 @@ def _scores(generate, rows, fns, n, batch_size, greedy, replies) -> list[list[fl
         scores = [[float(s[i] or 0.0) for s in per_fn] for i in range(len(batch.texts))]
         results += scores
         if replies is not None:
-            texts = [_conversation(m, len(p)) for m, p in zip(batch.extras["messages"], prompts, strict=True)] if (
-                "messages" in batch.extras) else batch.texts  # fmt: skip
+            texts = batch.texts
+            if "messages" in batch.extras:  # a whole episode after the prompt's own messages
+                texts = [_conversation(m, len(p) if isinstance(p, list) else 1)
+                         for m, p in zip(batch.extras["messages"], prompts, strict=True)]  # fmt: skip
             replies += [
                 {"prompt": _prompt_text(p), "reply": t, "correct": s[0] >= 1.0, "truncated": bool(c)}
                 for p, t, s, c in zip(prompts, texts, scores, columns["truncated"], strict=True)
@@ -91,9 +93,11 @@ def _scores(generate, rows, fns, n, batch_size, greedy, replies) -> list[list[fl
     return results
 
 
-def _conversation(messages: list[dict[str, str]], skip: int) -> str:
-    """A multi-turn reply: every message after the prompt's, each marked with its role."""
-    return " | ".join(f"{m['role']}: {m['content']}" for m in messages[skip:])
+def _conversation(messages: list[dict[str, str]], skip: int, width: int = 24) -> str:
+    """A multi-turn reply: every message after the prompt's, each marked with its role; the environment's cut to
+    `width` characters, so that the policy's turns show."""
+    cut = lambda m: m["content"] if m["role"] == "assistant" else m["content"][:width] + "…"  # noqa: E731
+    return " | ".join(f"{m['role']}: {cut(m)}" for m in messages[skip:])
 
 
 def _prompt_text(prompt: Any) -> str:

@@ -161,9 +161,9 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
             raise ConfigError(f"env: the environment cannot start an episode on the first row of task {task.name!r} "
                               f"({type(e).__name__}: {e}); pick the task it was made for (e.g. task=guess_number "
                               "with env=guess_number)") from None  # fmt: skip
-    if algo.credit is not None and algo.critic is not None:
-        raise ConfigError(f"algo.credit {algo.credit.id!r} and algo.critic {algo.critic.id!r}: the critic's GAE "
-                          "already gives per-token advantages; use one of them")  # fmt: skip
+    if algo.critic is not None:
+        raise ConfigError(f"algo.critic {algo.critic.id!r}: a value model over multi-turn trajectories (values at the "
+                          "environment's tokens, turn-level GAE) is not built yet; use an estimator")  # fmt: skip
     if algo.sampler is not None:
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers do not run with a multi-turn environment yet "
                           "(they re-generate or inject single completions)")  # fmt: skip
