@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p_verify.add_argument("--beta", type=float, default=0.5, help="preference: the losses' beta")
     p_list = sub.add_parser("list", help="every registered component with its paper")
     p_list.add_argument(
-        "kind", nargs="?", help="only this kind (advantage, policy_loss, ...), or recipes, tasks, rewards"
+        "kind", nargs="?", help="only this kind (advantage, policy_loss, ...), or recipes, tasks, rewards, envs"
     )
     p_list.add_argument("--markdown", nargs="?", const="docs/algorithms.md", metavar="PATH",
                         help="write the whole catalogue as Markdown (default docs/algorithms.md)")  # fmt: skip
@@ -235,31 +235,50 @@ def _write_markdown(path: str) -> int:
     return 0
 
 
+def _recipes() -> list[str]:
+    from unipo.config import list_recipes
+
+    return list_recipes()
+
+
+def _tasks() -> list[str]:
+    from unipo.data.tasks import builtin_tasks
+
+    return [f"{name:12s} {make().description} ({budget} tokens)" for name, (make, budget) in
+            sorted(builtin_tasks().items())]  # fmt: skip
+
+
+def _first_doc_lines(named: dict) -> list[str]:
+    return [f"{name:16s} {(obj.__doc__ or '').strip().splitlines()[0]}" for name, obj in sorted(named.items())]
+
+
+def _rewards() -> list[str]:
+    from unipo.rewards import BUILTIN
+
+    return _first_doc_lines(BUILTIN)
+
+
+def _envs() -> list[str]:
+    from unipo.envs import builtin_envs
+
+    return _first_doc_lines(builtin_envs())
+
+
+_LISTINGS = {"recipes": _recipes, "tasks": _tasks, "rewards": _rewards, "envs": _envs}
+"""`unipo list NAME` for what is not a component kind."""
+
+
 def _list(kind: str | None) -> int:
     from unipo.config import ConfigError
 
-    if kind == "recipes":
-        from unipo.config import list_recipes
-
-        print("\n".join(list_recipes()))
-        return 0
-    if kind == "tasks":
-        from unipo.data.tasks import builtin_tasks
-
-        for name, (make, budget) in sorted(builtin_tasks().items()):
-            print(f"{name:12s} {make().description} ({budget} tokens)")
-        return 0
-    if kind == "rewards":
-        from unipo.rewards import BUILTIN
-
-        for name, fn in sorted(BUILTIN.items()):
-            print(f"{name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    if kind in _LISTINGS:
+        print("\n".join(_LISTINGS[kind]()))
         return 0
     from unipo import algos
     from unipo.trainers.inputs import where_it_runs
 
     if kind is not None and kind not in algos.KINDS:
-        raise ConfigError(f"unknown kind {kind!r}; kinds: {', '.join(algos.KINDS)}, recipes, tasks, rewards")
+        raise ConfigError(f"unknown kind {kind!r}; kinds: {', '.join(algos.KINDS)}, recipes, tasks, rewards, envs")
     current = None
     for e in algos.entries():
         if kind is not None and e.kind != kind:
