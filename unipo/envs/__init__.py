@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,25 +54,39 @@ class ToolError(Exception):
     back to the model as the observation."""
 
 
-def run_with_limit(fn: Callable[[], Any], timeout_s: float) -> Any:
-    """`fn()` in a daemon thread; ToolError when it raises or runs past `timeout_s` (the thread is abandoned: a tool
-    that can really hang must run in a subprocess, as `python` does through the sandbox)."""
-    box: dict[str, Any] = {}
+class Late(TimeoutError):
+    """A call still running at its deadline."""
 
-    def body() -> None:
+
+def call_all(calls: list[Callable[[], Any]], timeout_s: float) -> list[Any]:
+    """Each call's result, in a daemon thread of its own, all under one deadline: the exception it raised instead, or
+    `Late` for one still running at the deadline (its thread is abandoned: something that can really hang must run
+    in a subprocess, as the `python` tool does through the sandbox)."""
+    results: list[Any] = [Late(f"no result within {timeout_s:g} s")] * len(calls)
+
+    def body(k: int) -> None:
         try:
-            box["value"] = fn()
-        except Exception as e:  # noqa: BLE001 (reported to the model)
-            box["error"] = e
+            results[k] = calls[k]()
+        except Exception as e:  # noqa: BLE001 (the caller reports it; the run goes on)
+            results[k] = e
 
-    thread = threading.Thread(target=body, daemon=True, name="unipo-tool")
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
+    threads = [threading.Thread(target=body, args=(k,), daemon=True, name="unipo-env") for k in range(len(calls))]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + timeout_s
+    for th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
+    return list(results)
+
+
+def run_with_limit(fn: Callable[[], Any], timeout_s: float) -> Any:
+    """`fn()` under a time limit (`call_all`); ToolError when it raises or runs past `timeout_s`."""
+    (result,) = call_all([fn], timeout_s)
+    if isinstance(result, Late):
         raise ToolError(f"the tool ran past its time limit of {timeout_s:g} s")
-    if "error" in box:
-        raise ToolError(f"{type(box['error']).__name__}: {box['error']}")
-    return box["value"]
+    if isinstance(result, Exception):
+        raise ToolError(f"{type(result).__name__}: {result}")
+    return result
 
 
 _JSON_CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.S)

@@ -168,8 +168,7 @@ class SearchEnv(ToolEnv):
     def __init__(self, top_k: int = 2, **kwargs: Any):
         super().__init__(**kwargs)
         self.top_k = top_k
-        self.index = BM25([doc for doc, _, _ in search_corpus()])
-        self.tools = {"search": lambda query: " ".join(self.index.top(query, self.top_k)) or "no passage found"}
+        self.tools = {"search": lambda query: " ".join(_search_index().top(query, self.top_k)) or "no passage found"}
 
     def answer_reward(self, text: str) -> float:
         return _correct(text, self.row["answer"])
@@ -278,6 +277,12 @@ def search_corpus(n: int = 120, seed: int = 5) -> tuple[tuple[str, str, str], ..
         value = str(rng.randint(100, 2000))
         out.append((fact.format(n=name, m=place, v=value), question.format(n=name), value))
     return tuple(out)
+
+
+@cache
+def _search_index() -> BM25:
+    """The shipped corpus's index, built once for every trajectory's environment."""
+    return BM25([doc for doc, _, _ in search_corpus()])
 
 
 def search_rows() -> list[Row]:

@@ -203,6 +203,14 @@ def right_pad(
     return values.view(len(lists), width), mask.view(len(lists), width)
 
 
+def left_pad(lists: list[list[int]], pad: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of shape (len(lists), longest): each token list left-padded with `pad`, mask 1 on its own tokens."""
+    width = max((len(x) for x in lists), default=0)
+    ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in lists], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in lists], device=device)
+    return ids.view(len(lists), width), mask.view(len(lists), width)
+
+
 def render_prompt(prompt: Any, tokenizer: Any) -> str:
     """A row's prompt as text: chat messages go through the tokenizer's chat template (with the generation
     prompt); a plain string is used as is."""
@@ -221,8 +229,4 @@ def tokenize_prompts(prompts: list[Any], tokenizer: Any, device: torch.device) -
     encoded = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
     if any(len(e) == 0 for e in encoded):
         raise ValueError("a prompt tokenised to zero tokens")
-    width = max(len(e) for e in encoded)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-    return ids, mask
+    return left_pad(encoded, tokenizer.pad_token_id, device)

@@ -21,16 +21,14 @@ sent to the environment and the trajectory is `truncated`.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from unipo.envs import Env, EnvSettings, Step
-from unipo.rollout.batch import Rollouts, right_pad, tokenize_prompts
+from unipo.envs import Env, EnvSettings, Late, Step, call_all
+from unipo.rollout.batch import Rollouts, left_pad, right_pad, tokenize_prompts
 from unipo.rollout.hf import _eos_ids, sample_tokens
 
 
@@ -38,27 +36,30 @@ class Renderer:
     """Token ids of an environment reply as the chat template places it after an assistant turn (module docstring).
     Without a chat template the reply is `\\n<text>\\n`."""
 
+    BASE = ({"role": "user", "content": "u"}, {"role": "assistant", "content": "a"})
+    """The fixed conversation a reply is rendered after."""
+
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self.chat = bool(getattr(tokenizer, "chat_template", None))
         if self.chat:
+            self.before = tokenizer.apply_chat_template(list(self.BASE), tokenize=False)
+            end = tokenizer.eos_token or ""
+            self.cut = self.before.rfind(end) + len(end) if end and end in self.before else -1
             for role in ("tool", "user"):
                 self.text(role, "probe")  # refuse a template that rewrites history before any model runs
 
     def text(self, role: str, content: str) -> str:
         if not self.chat:
             return f"\n{content}\n"
-        base = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
-        render = self.tokenizer.apply_chat_template
-        before = render(base, tokenize=False)
-        after = render([*base, {"role": role, "content": content}], tokenize=False, add_generation_prompt=True)
-        end = self.tokenizer.eos_token
-        cut = before.rfind(end) if end else -1
-        if not after.startswith(before) or cut < before.rfind("a"):
-            raise ValueError(f"the chat template does not render an assistant turn ending in {end!r} as a prefix of "
-                             f"the conversation with a {role!r} reply after it, so turns cannot be joined as "
-                             "token ids; use a template that keeps history as rendered")  # fmt: skip
-        return after[cut + len(end) :]
+        message = {"role": role, "content": content}
+        after = self.tokenizer.apply_chat_template([*self.BASE, message], tokenize=False, add_generation_prompt=True)
+        if not after.startswith(self.before) or self.cut <= self.before.rfind("a"):
+            raise ValueError(f"the chat template does not render an assistant turn ending in "
+                             f"{self.tokenizer.eos_token!r} as a prefix of the conversation with a {role!r} reply "
+                             "after it, so turns cannot be joined as token ids; use a template that keeps history as "
+                             "rendered")  # fmt: skip
+        return after[self.cut :]
 
     def ids(self, role: str, content: str) -> list[int]:
         return self.tokenizer(self.text(role, content), add_special_tokens=False)["input_ids"]
@@ -115,12 +116,12 @@ def rollout(
     counts = [n] * len(rows) if isinstance(n, int) else list(n)
     prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], tokenizer, device)
     prompts = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask, strict=True)]
-    trajs = [_Trajectory(g, make_env(), messages=_messages(rows[g]["prompt"]))
+    trajs = [_Trajectory(g, make_env(), messages=as_messages(rows[g]["prompt"]))
              for g, c in enumerate(counts) for _ in range(c)]  # fmt: skip
-    resets = _call_all([lambda t=t: t.env.reset(rows[t.group]) for t in trajs], settings.timeout_s)
+    resets = call_all([lambda t=t: t.env.reset(rows[t.group]) for t in trajs], settings.timeout_s)
     for t, result in zip(trajs, resets, strict=True):
         if isinstance(result, BaseException):
-            t.error, t.done = f"reset: {type(result).__name__}: {result}", True
+            t.error, t.done = f"reset: {_why(result, settings)}", True
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "greedy": greedy}
     for turn in range(settings.max_turns):
         live = [i for i, t in enumerate(trajs) if not t.done]
@@ -131,8 +132,8 @@ def rollout(
         if turn == 0 and len(live) == len(trajs):  # every prompt's cache is shared by its group
             ids, mask, n_turn, turn_rows = prompt_ids, prompt_mask, counts, rows
         else:
-            ids, mask = _left_pad([prompts[trajs[i].group] + trajs[i].ids for i in live], tokenizer.pad_token_id,
-                                  device)  # fmt: skip
+            ids, mask = left_pad([prompts[trajs[i].group] + trajs[i].ids for i in live], tokenizer.pad_token_id,
+                                 device)  # fmt: skip
             n_turn, turn_rows = 1, [rows[trajs[i].group] for i in live]
         batch = sample_tokens(model, tokenizer, ids, mask, turn_rows, n=n_turn, max_new_tokens=max(caps),
                               generator=gens, **sampling)  # fmt: skip
@@ -150,44 +151,18 @@ def rollout(
     return _assemble(trajs, prompt_ids, prompt_mask, rows, tokenizer.pad_token_id)
 
 
-def _messages(prompt: Any) -> list[dict[str, str]]:
+def as_messages(prompt: Any) -> list[dict[str, str]]:
+    """A row's prompt as chat messages (a plain string is one user message)."""
     return [dict(m) for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
-
-
-def _left_pad(lists: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in lists)
-    ids = torch.tensor([[pad] * (width - len(x)) + x for x in lists], device=device)
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in lists], device=device)
-    return ids, mask
-
-
-def _call_all(calls: list[Callable[[], Any]], timeout_s: float) -> list[Any]:
-    """Each call's result in a thread of its own, all under one deadline: the exception it raised, or TimeoutError
-    for one still running at the deadline (its thread is abandoned)."""
-    results: list[Any] = [TimeoutError(f"no result within env.timeout_s={timeout_s:g} s")] * len(calls)
-
-    def body(k: int) -> None:
-        try:
-            results[k] = calls[k]()
-        except Exception as e:  # noqa: BLE001 (the episode fails, the run goes on)
-            results[k] = e
-
-    threads = [threading.Thread(target=body, args=(k,), daemon=True, name="unipo-env") for k in range(len(calls))]
-    for th in threads:
-        th.start()
-    deadline = time.monotonic() + timeout_s
-    for th in threads:
-        th.join(max(0.0, deadline - time.monotonic()))
-    return list(results)
 
 
 def _step_envs(trajs: list[_Trajectory], last: bool, settings: EnvSettings, renderer: Renderer, tokenizer: Any) -> None:
     """Each trajectory's environment takes its last turn; its reply is appended (out of the loss) unless the episode
     ends: done, the last allowed turn, or no room left in the token budget for the reply and another turn."""
-    results = _call_all([lambda t=t: t.env.step(t.messages[-1]["content"]) for t in trajs], settings.timeout_s)
+    results = call_all([lambda t=t: t.env.step(t.messages[-1]["content"]) for t in trajs], settings.timeout_s)
     for t, step in zip(trajs, results, strict=True):
         if not isinstance(step, Step):
-            what = f"{type(step).__name__}: {step}" if isinstance(step, BaseException) else f"returned {step!r}"
+            what = _why(step, settings) if isinstance(step, BaseException) else f"returned {step!r}"
             t.error, t.done = f"step: {what}", True
             continue
         t.turn_rewards.append(float(step.reward))
@@ -205,6 +180,13 @@ def _step_envs(trajs: list[_Trajectory], last: bool, settings: EnvSettings, rend
         t.add(reply, None, -1)
         t.messages.append({"role": role, "content": observation})
         t.next_key = step.info.get("state_key", step.observation)
+
+
+def _why(error: BaseException, settings: EnvSettings) -> str:
+    """How an environment call failed, in one line."""
+    if isinstance(error, Late):
+        return f"TimeoutError: no result within env.timeout_s={settings.timeout_s:g} s"
+    return f"{type(error).__name__}: {error}"
 
 
 def _capped(text: str, max_tokens: int, tokenizer: Any) -> str:

@@ -18,7 +18,7 @@ from unipo.envs import resolve as resolve_env
 from unipo.models.loading import autocast_context
 from unipo.rewards import call_reward, reward_inputs, text_of
 from unipo.rollout.hf import sample
-from unipo.rollout.multiturn import rollout
+from unipo.rollout.multiturn import as_messages, rollout
 
 Reward = Callable[..., list[float | None]]
 
@@ -84,8 +84,8 @@ def _scores(generate, rows, fns, n, batch_size, greedy, replies) -> list[list[fl
         if replies is not None:
             texts = batch.texts
             if "messages" in batch.extras:  # a whole episode after the prompt's own messages
-                texts = [_conversation(m, len(p) if isinstance(p, list) else 1)
-                         for m, p in zip(batch.extras["messages"], prompts, strict=True)]  # fmt: skip
+                texts = [_conversation(m, len(as_messages(p))) for m, p in
+                         zip(batch.extras["messages"], prompts, strict=True)]  # fmt: skip
             replies += [
                 {"prompt": _prompt_text(p), "reply": t, "correct": s[0] >= 1.0, "truncated": bool(c)}
                 for p, t, s, c in zip(prompts, texts, scores, columns["truncated"], strict=True)
