@@ -314,6 +314,25 @@ class EvalConfig(_Strict):
     learned."""
 
 
+class LogConfig(_Strict):
+    """What a run records beside metrics.jsonl (unipo/run.py) and what it shows while it runs."""
+
+    backends: list[Literal["tensorboard", "wandb", "mlflow"]] = []
+    """Loggers that also receive the metrics, the config and the completion samples: `tensorboard` (event files in
+    RUN_DIR/tensorboard), `wandb` (a Weights & Biases run in RUN_DIR/wandb, offline unless `log.wandb_mode=online`),
+    `mlflow` (`log.mlflow_uri`, default a file store in RUN_DIR/mlruns). Each needs its package installed."""
+    completions_per_step: int = Field(4, ge=0)
+    """Sampled completions stored each step in completions.jsonl with their rewards and advantages (0: none)."""
+    progress: bool = True
+    """Show the live progress line and set-up progress (false: quiet, for scripts; the closing summary stays)."""
+    project: str = "unipo"
+    """The W&B project and the MLflow experiment the run is logged under."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """`offline` writes the W&B run locally (upload later with `wandb sync`); `online` needs a network and a login."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI; None: the file store RUN_DIR/mlruns."""
+
+
 class DistConfig(_Strict):
     """Data-parallel training under `torchrun --nproc_per_node N -m unipo train ...` (trainers/dist.py); ignored in a
     plain run."""
@@ -351,6 +370,7 @@ class Config(_Strict):
     reward: RewardSettings = RewardSettings()
     critic: CriticConfig = CriticConfig()
     eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
     dist: DistConfig = DistConfig()
 
     @field_validator("env", mode="before")

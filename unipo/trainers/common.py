@@ -6,25 +6,23 @@ import functools
 import importlib
 import importlib.util
 import inspect
-import json
 import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from unipo import algos
 from unipo.algos.ops import power_sums
-from unipo.config import AXES, Config, ConfigError, component_kwargs, to_yaml
+from unipo.config import AXES, Config, ConfigError, component_kwargs
 from unipo.rewards import BUILTIN
 from unipo.rewards.scorer import RewardScorer
+from unipo.run import RunDir, check_loggers, default_output_dir
 
 log = logging.getLogger("unipo")
 
@@ -226,6 +224,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
 def start_run(cfg: Config, world: Any = None) -> tuple[Config, RunDir]:
     """The run directory (`runs/<recipe>-<time>` unless `output_dir` is set; rank 0's name, written by rank 0 alone
     on several ranks), CPU threads and seeds of a run."""
+    check_loggers(cfg)
     if cfg.output_dir is None:
         name = default_output_dir(cfg)
         cfg = cfg.model_copy(update={"output_dir": world.broadcast(name) if world else name})
@@ -314,55 +313,6 @@ def _unique(names: list[str]) -> list[str]:
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
     return out
-
-
-class RunDir:
-    """The run directory: config.yaml, metrics.jsonl (appended one JSON object per row) and checkpoints/."""
-
-    def __init__(self, path: str | Path, writes: bool = True):
-        self.path = Path(path)
-        self.checkpoints = self.path / "checkpoints"
-        self.metrics_path = self.path / "metrics.jsonl"
-        self.writes = writes
-        """False on ranks other than 0 of a data-parallel run: they read the directory, rank 0 writes it."""
-
-    def prepare(self, cfg: Config) -> None:
-        if not self.writes:
-            return
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path / "config.yaml", to_yaml(cfg))
-
-    def log(self, row: dict[str, Any]) -> None:
-        if not self.writes:
-            return
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-
-    def rows(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-
-    def truncate_metrics(self, step: int) -> None:
-        """Drop rows past `step` (written after the checkpoint a resumed run starts from)."""
-        if not self.writes:
-            return
-        kept = [r for r in self.rows() if r["step"] <= step]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def default_output_dir(cfg: Config) -> str:
-    return str(Path("runs") / f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 class Timer:

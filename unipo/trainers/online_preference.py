@@ -32,7 +32,7 @@ import functools
 import inspect
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import oracles
 from unipo.rollout.batch import Rollouts
 from unipo.rollout.hf import GeometricMixture, sample
+from unipo.run import completion_samples
 from unipo.trainers import checkpoint, rl
 from unipo.trainers.common import (
     Timer,
@@ -146,6 +147,8 @@ class OnlineState:
     ref_refreshed: bool = False
     rl_algo: Any | None = None
     step: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    """The last step's first completions with their task reward and win rate (completions.jsonl)."""
 
     def checkpoint_state(self) -> dict[str, Any]:
         state = checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, self.stream.state())
@@ -208,7 +211,8 @@ def train(cfg: Config) -> Path:
         return heldout_eval(cfg, run, model, tokenizer, task, step)
 
     try:
-        run_steps(cfg, run, model, tokenizer, start, step_fn, evaluate, s.checkpoint_state, SHOWN, failures)
+        run_steps(cfg, run, model, tokenizer, start, step_fn, evaluate, s.checkpoint_state, SHOWN, failures,
+                  samples=lambda: s.samples)  # fmt: skip
     finally:
         scorer.close()
     return run.path
@@ -271,6 +275,7 @@ def online_step(s: OnlineState) -> dict[str, float]:
         if cfg.online.win_rate == "incl_self":  # the mean over all K, P(y ≻ y) = ½ included (official SPPO)
             win = 0.5 + (k - 1) / k * (win - 0.5)
         win = win.to(batch.group_ids.device)
+    s.samples = completion_samples(batch, cfg.log.completions_per_step, reward=task_reward, win_rate=win)
     with timer("update"):
         if s.loss.rewards:
             stats = _rl_update(s, batch, win)

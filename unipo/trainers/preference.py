@@ -177,13 +177,16 @@ def train(cfg: Config) -> Path:
         stream = PromptStream(list(range(len(train_rows))), cfg.train.seed, **position)
         run.truncate_metrics(start)
     heldout_ref = ref_logps[len(train_rows) :]
+    samples: list[dict[str, Any]] = []  # the last step's examples with their implicit rewards
 
     def step_fn(step: int) -> dict[str, float]:
         t0 = time.perf_counter()
         idx = stream.take(cfg.train.prompts_per_step)
         rows, batch_fixed = [train_rows[i] for i in idx], {k: v[idx] for k, v in fixed.items()}
         extra_rows = {"kl": [mismatched[i] for i in idx]} if loss.kl else {}
-        metrics = _update(cfg, model, tokenizer, rows, batch_fixed, loss, optimizer, ref_model, generator, extra_rows)
+        metrics, ratios = _update(cfg, model, tokenizer, rows, batch_fixed, loss, optimizer, ref_model, generator,
+                                  extra_rows)  # fmt: skip
+        samples[:] = _samples(rows, ratios, getattr(cfg.algo.preference, "beta", None), cfg.log.completions_per_step)
         scheduler.step()
         return {**metrics, "lr": scheduler.get_last_lr()[0], "time/step_s": time.perf_counter() - t0}
 
@@ -195,7 +198,7 @@ def train(cfg: Config) -> Path:
     def state() -> dict[str, Any]:
         return checkpoint.trainer_state(optimizer, scheduler, generator, stream.state())
 
-    run_steps(cfg, run, model, tokenizer, start, step_fn, evaluate, state, SHOWN)
+    run_steps(cfg, run, model, tokenizer, start, step_fn, evaluate, state, SHOWN, samples=lambda: samples)
     return run.path
 
 
@@ -286,10 +289,11 @@ def _fingerprint(path: str) -> object:
     return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file()]
 
 
-def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model, generator, extra_rows) -> dict:
-    """One optimizer step over `rows`, accumulated over micro-batches (the loss is the mean over all examples)."""
+def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model, generator, extra_rows) -> tuple:
+    """One optimizer step over `rows`, accumulated over micro-batches (the loss is the mean over all examples).
+    Returns (metrics, each response's log π − log π_ref before the step [n, W])."""
     optimizer.zero_grad(set_to_none=True)
-    n, total, chosen, rejected = len(rows), 0.0, [], []
+    n, total, chosen, rejected, ratios = len(rows), 0.0, [], [], []
     per_chunk = max(1, cfg.train.micro_batch_size // len(responses(rows[0])))  # micro_batch_size counts responses
     step_inputs = {}  # inputs computed over the whole step, not per micro-batch
     if loss.kl:  # KTO's z₀ from the whole step's mismatched pairs (a detached estimate, as micro-batching must not
@@ -314,7 +318,8 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model
         value.backward()
         total += float(value.detach())
         seq = logp.detach().float().sum(-1)
-        pairs = _chosen_rejected(chunk, torch.stack([seq, seq - part["ref"].float().sum(-1)], -1).cpu())
+        ratios.append((seq - part["ref"].float().sum(-1)).cpu())
+        pairs = _chosen_rejected(chunk, torch.stack([seq, ratios[-1]], -1))
         chosen, rejected = chosen + [pairs[0]], rejected + [pairs[1]]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf")))
     optimizer.step()
@@ -323,6 +328,24 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model
     out |= _reward_metrics(torch.cat(chosen), torch.cat(rejected), beta, paired="completion" not in rows[0])
     if loss.kl:
         out["kto/z0"] = float((step_inputs["kl_logp"] - step_inputs["ref_kl_logp"]).mean().clamp(min=0))
+    return out, torch.cat(ratios)
+
+
+def _samples(rows: list[dict[str, Any]], ratios: torch.Tensor, beta: float | None, k: int) -> list[dict[str, Any]]:
+    """The step's first `k` examples for completions.jsonl: the prompt, its first (chosen) response as the completion,
+    the others, and each response's implicit reward β·(log π − log π_ref) (β = 1 for a loss without one)."""
+    scale = 1.0 if beta is None else float(beta)
+    out = []
+    for row, ratio in zip(rows[:k], ratios[:k].tolist(), strict=False):
+        first, *others = responses(row)
+        sample = {"prompt": text_of(row["prompt"]), "completion": first, "reward": scale * ratio[0]}
+        if others:
+            names = ["chosen", "rejected"] if len(others) == 1 else [f"response_{i}" for i in range(len(ratio))]
+            sample |= {"rejected": others[0] if len(others) == 1 else others,
+                       "rewards": {name: scale * r for name, r in zip(names, ratio, strict=True)}}  # fmt: skip
+        if "label" in row:
+            sample["label"] = bool(row["label"])
+        out.append(sample)
     return out
 
 

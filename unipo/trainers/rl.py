@@ -25,6 +25,7 @@ from unipo.models.lora import BaseView
 from unipo.rollout.batch import Origin, Rollouts
 from unipo.rollout.inject import reference_text
 from unipo.rollout.multiturn import metrics as env_metrics
+from unipo.run import completion_samples
 from unipo.trainers import checkpoint, controllers
 from unipo.trainers import critic as critics
 from unipo.trainers.collect import collect, entropy_switched, greedy_rewards, nanmean, prompt_key
@@ -135,6 +136,7 @@ def train(cfg: Config) -> Path:
                 **({REFERENCE: ref} if algo.ref_sync else {}),
             },
             world=world,
+            samples=lambda: state.samples,
         )
     finally:
         scorer.close()
@@ -250,6 +252,8 @@ class RLState:
     env: tuple[Any, Any] | None = None
     """The multi-turn environment's factory and settings (rollout/multiturn.py); None: single-turn completions."""
     step: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    """The last step's first completions with their rewards and advantages (completions.jsonl)."""
 
     def checkpoint_state(self) -> dict[str, Any]:
         state = checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, self.stream.state())
@@ -304,6 +308,8 @@ def rl_step(s: RLState) -> dict[str, float]:
         batch, per_fn, rewards, advantages, inputs, more = tempered_swap(s, algo, batch, per_fn, rewards, advantages,
                                                                          timer)  # fmt: skip
         sampler_stats = {**sampler_stats, **more}
+    if cfg.log.completions_per_step and w.main:
+        s.samples = step_samples(s, batch, per_fn, rewards, advantages)
     frozen = s.step <= cfg.critic.warmup_steps and s.critic is not None  # critic warm-up: the policy waits
     with timer("update"):
         stats = {} if frozen else update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs, w)
@@ -335,6 +341,19 @@ def rl_step(s: RLState) -> dict[str, float]:
         **{f"time/{phase}_s": seconds for phase, seconds in timer.totals.items()},  # generate, score, update, ...
         "time/step_s": time.perf_counter() - t0,
     }
+
+
+def step_samples(
+    s: RLState, batch: Rollouts, per_fn: torch.Tensor, rewards: torch.Tensor, advantages: torch.Tensor
+) -> list[dict[str, Any]]:
+    """The step's first `log.completions_per_step` completions with their reward (and each function's, and the shaped
+    one when a shaper runs) and advantage (its mean over the completion's trained tokens when per-token)."""
+    columns: dict[str, Any] = {"reward": s.scorer.combine(per_fn), "advantage": advantages}
+    if s.algo.shaping:
+        columns["shaped_reward"] = rewards
+    if len(s.scorer.names) > 1:
+        columns["rewards"] = {name: per_fn[:, k] for k, name in enumerate(s.scorer.names)}
+    return completion_samples(batch, s.cfg.log.completions_per_step, **columns)
 
 
 def credited(algo: Algo, advantages: torch.Tensor, batch: Rollouts) -> torch.Tensor:
