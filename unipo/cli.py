@@ -1,4 +1,5 @@
-"""`unipo train | eval | export | verify | list`: the command line (also `python -m unipo`). Heavy imports stay lazy."""
+"""`unipo train | eval | report | compare | export | verify | list`: the command line (also `python -m unipo`).
+Heavy imports stay lazy."""
 
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     p_verify.add_argument("--tau", type=float, default=0.2)
     p_verify.add_argument("--plot", metavar="PNG", help="also draw Nash-MD vs Nash-MP curves (needs matplotlib)")
     p_verify.add_argument("--beta", type=float, default=0.5, help="preference: the losses' beta")
+    p_report = sub.add_parser("report", help="plots and one self-contained HTML page (curves, sampled completions, "
+                              "config) from a run directory")  # fmt: skip
+    p_report.add_argument("run_dir", help="a run directory (output_dir of a run, finished or not)")
+    p_report.add_argument("--out", help="where to write the plots and index.html (default RUN_DIR/report)")
+    p_compare = sub.add_parser("compare", help="overlay the curves of several runs and print a summary table")
+    p_compare.add_argument("run_dirs", nargs="+", help="run directories")
+    p_compare.add_argument("--out", default="compare.png", help="the PNG of overlaid curves (default compare.png)")
     p_list = sub.add_parser("list", help="every registered component with its paper")
     p_list.add_argument(
         "kind", nargs="?", help="only this kind (advantage, policy_loss, ...), or recipes, tasks, rewards, envs"
@@ -58,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(ns.args)
         if ns.command == "export":
             return _export(ns.source, ns.out)
+        if ns.command == "report":
+            return _report(ns.run_dir, ns.out)
+        if ns.command == "compare":
+            return _compare(ns.run_dirs, ns.out)
         if ns.command == "verify":
             return {"preference": _verify_preference, "classic": _verify_classic}.get(ns.testbed, _verify)(ns)
         return _write_markdown(ns.markdown) if ns.markdown else _list(ns.kind)
@@ -137,6 +149,23 @@ def _export(source: str, out: str) -> int:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     print(f"wrote {out} (from {path})")
+    return 0
+
+
+def _report(run_dir: str, out: str | None) -> int:
+    from unipo.report import write_report
+
+    page = write_report(run_dir, out)
+    print(f"wrote {page} and the plots beside it")
+    return 0
+
+
+def _compare(run_dirs: list[str], out: str) -> int:
+    from unipo.report import compare
+
+    table, png = compare(run_dirs, out)
+    print(table)
+    print(f"wrote {png}")
     return 0
 
 
