@@ -88,23 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: list[str]) -> int:
-    from unipo import config
+    from unipo import api
 
     recipe = args[0] if args and "=" not in args[0] else None
-    overrides = args[1:] if recipe else args
-    cfg = config.load(recipe, overrides)
-    if cfg.trainer == "preference":
-        from unipo.trainers import preference
-
-        preference.train(cfg)
-    elif cfg.trainer == "online_preference":
-        from unipo.trainers import online_preference
-
-        online_preference.train(cfg)
-    else:
-        from unipo.trainers import rl
-
-        rl.train(cfg)
+    api.train(recipe or "grpo", overrides=args[1:] if recipe else args)
     return 0
 
 

@@ -57,15 +57,16 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
-def load(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a recipe (name or YAML path; default `grpo`), apply dotted overrides and validate everything."""
+def load(recipe: str | None = None, overrides: list[str] | None = None, extra: dict[str, Any] | None = None) -> Config:
+    """Load a recipe (name or YAML path; default `grpo`), apply dotted overrides (`key=value` strings), then the
+    nested dict `extra` (the Python API's values), and validate everything."""
     path = recipe_path(recipe or "grpo")
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -74,9 +75,9 @@ def load(recipe: str | None = None, overrides: list[str] | None = None) -> Confi
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of config keys")
     data.setdefault("recipe", path.stem)
-    extra = parse_overrides(overrides or [])
+    extra = merge(parse_overrides(overrides or []), extra or {})
     _drop_params_of_replaced_components(data, extra)
-    merged = _merge(data, extra)
+    merged = merge(data, extra)
     _task_token_budget(merged)
     return from_dict(merged)
 

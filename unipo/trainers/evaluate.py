@@ -170,6 +170,18 @@ def compare(
 ) -> str:
     """`unipo eval`: every target (run directory, model directory or `default`) on every task's held-out split
     (default: the run's own task, else `arithmetic`), greedy accuracy and pass@k, as one table (Markdown)."""
+    return _table(scores(targets, tasks, k=k, num_problems=num_problems, max_new_tokens=max_new_tokens))
+
+
+def scores(
+    targets: list[str],
+    tasks: list[str] | None,
+    *,
+    k: int = 1,
+    num_problems: int = 100,
+    max_new_tokens: int | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (target, task) of `compare`: model, task, problems, eval/accuracy (and pass@k, other rewards)."""
     from unipo.config import ConfigError
     from unipo.data.tasks import builtin_tasks, get_task
     from unipo.models.loading import load_model_and_tokenizer
@@ -198,7 +210,7 @@ def compare(
                                   generator=torch.Generator(next(model.parameters()).device).manual_seed(0),
                                   also=task.other_rewards(), env=resolve_env(None, task.env))  # fmt: skip
             rows.append({"model": target, "task": name, "problems": len(problems), **result})
-    return _table(rows)
+    return rows
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
