@@ -79,8 +79,11 @@ def _is_converted(target: Path) -> bool:
 
 
 def resolve_model_path(path: str) -> str:
-    """`default` -> the converted SmolLM2 directory; anything else is passed to `from_pretrained` as is."""
-    return str(default_model_dir()) if path == DEFAULT_MODEL else path
+    """`default` -> $UNIPO_DEFAULT_MODEL when set (a model directory: tests and the guides' check run the default
+    settings on a tiny model), else the converted SmolLM2 directory; anything else is passed to `from_pretrained`."""
+    if path != DEFAULT_MODEL:
+        return path
+    return os.environ.get("UNIPO_DEFAULT_MODEL") or str(default_model_dir())
 
 
 def pick_device(device: str) -> torch.device:
