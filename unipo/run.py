@@ -110,6 +110,25 @@ def default_output_dir(cfg: Config) -> str:
     return str(Path("runs") / f"{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def setup_progress(items: Any, desc: str, total: int, quiet: bool = False) -> Any:
+    """Iterate `items` (`total` of them) showing the progress of long set-up work: a tqdm bar on a terminal, else a
+    line when it starts and one with its time when it ends (logs, CI); nothing when `quiet` (`log.progress=false`)."""
+    import sys
+
+    if quiet:
+        yield from items
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)
+        return
+    t0 = time.perf_counter()
+    print(f"{desc} ...", file=sys.stderr, flush=True)
+    yield from items
+    print(f"{desc}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
 def completion_samples(batch: Any, k: int, **columns: Any) -> list[dict[str, Any]]:
     """The first `k` completions of a rollout batch as rows for completions.jsonl: prompt, completion (a multi-turn
     episode's messages after the prompt's), tokens, truncated, and each of `columns` at that completion: a tensor

@@ -43,6 +43,7 @@ from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import text_of
 from unipo.rollout.batch import Rollouts, right_pad, tokenize_prompts
 from unipo.rollout.hf import sample
+from unipo.run import setup_progress
 from unipo.trainers import checkpoint
 from unipo.trainers.common import RunDir, build_component, build_optimizer, log, start_run
 from unipo.trainers.evaluate import evaluate
@@ -271,7 +272,9 @@ def _reference_logps(
     frozen, _ = load_model_and_tokenizer(model_path, device=m.device, dtype=m.dtype)
     frozen.eval()
     out = torch.zeros(len(rows), len(responses(rows[0])), cfg.data.max_response_tokens if per_token else 1)
-    for start in range(0, len(rows), 64):
+    chunks = range(0, len(rows), 64)
+    label = f"{name} log-probs of {len(rows)} examples (once, cached in {cache.name})"
+    for start in setup_progress(chunks, label, len(chunks), quiet=not cfg.log.progress):
         logp, _ = _token_logps(cfg, frozen, tokenizer, rows[start : start + 64])
         logp = logp if per_token else logp.sum(-1, keepdim=True)
         out[start : start + logp.shape[0], :, : logp.shape[-1]] = logp.float().cpu()
