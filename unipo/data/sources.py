@@ -15,6 +15,7 @@ import csv
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,16 @@ class Rows:
 
 def read_rows(path: str, key: str = "data.path") -> Rows:
     """Every row of `path` (see the module docstring); ConfigError naming `key` when the file is missing or of
-    an unknown type."""
+    an unknown type. Logs a line when reading starts and one with the count and time when it ends."""
+    started = time.perf_counter()
+    log.info("reading %s ...", path)
+    out = _read(path, key)
+    log.info("read %d rows (%d unreadable) from %s in %.1f s", len(out.rows), len(out.bad), path,
+             time.perf_counter() - started)  # fmt: skip
+    return out
+
+
+def _read(path: str, key: str) -> Rows:
     if path.startswith("hf:"):
         return _from_hub(path, key)
     p = Path(path)
