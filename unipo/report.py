@@ -279,11 +279,11 @@ function filterRows() {{
 search.addEventListener("input", filterRows);
 const params = new URLSearchParams(window.location.search);
 if (params.has("q")) {{ search.value = params.get("q"); filterRows(); }}
-Promise.all(Array.from(document.images).map(img => img.decode().then(() => img.naturalWidth > 0, () => false)))
-  .then(ok => {{
-    document.body.dataset.plotsLoaded = String(ok.filter(Boolean).length);
-    document.body.dataset.rowsShown = document.getElementById("shown").textContent;
-  }});
+window.addEventListener("load", () => {{  // after every image has loaded (or failed)
+  const decoded = Array.from(document.images).filter(img => img.complete && img.naturalWidth > 0);
+  document.body.dataset.plotsLoaded = String(decoded.length);
+  document.body.dataset.rowsShown = document.getElementById("shown").textContent;
+}});
 </script>
 </body></html>
 """
