@@ -72,7 +72,7 @@ def train(
     if (model is not None and not isinstance(model, str | Path)) or dataset is not None or eval_dataset is not None:
         # objects are written into the run directory, so it is named here (else the trainer names it, on rank 0)
         extra["output_dir"] = cfg.output_dir or default_output_dir(cfg)
-    out = Path(extra.get("output_dir") or ".")
+    out = Path(extra.get("output_dir", "."))  # used only when an object is written, and then it is set
     if model is not None:
         extra["model"] = {**extra.get("model", {}), "path": _model_path(model, tokenizer, out)}
     if dataset is not None or eval_dataset is not None:

@@ -93,8 +93,8 @@ def draw(panel: Panel, rows: list[dict[str, Any]]) -> bytes:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     if panel.stacked:
-        steps = sorted({r["step"] for r in rows if any(k in r for k in panel.keys)})
         by_step = {r["step"]: r for r in rows if any(k in r for k in panel.keys)}
+        steps = sorted(by_step)
         ys = [[float(by_step[s].get(k) or 0.0) for s in steps] for k in panel.keys]
         ax.stackplot(steps, ys, labels=[k.removeprefix("time/").removesuffix("_s") for k in panel.keys], alpha=0.8)
     else:

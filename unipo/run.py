@@ -239,6 +239,7 @@ class MLflowLogger:
         uri = cfg.log.mlflow_uri or (path / "mlruns").resolve().as_uri()
         if uri.startswith("file:"):  # MLflow 3 keeps the file store behind this switch; it needs no server
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
@@ -246,11 +247,9 @@ class MLflowLogger:
         experiment = found.experiment_id if found else self.client.create_experiment(cfg.log.project)
         self.run_id = self.client.create_run(experiment, run_name=path.name).info.run_id
         params = _flatten(cfg.model_dump(mode="json", by_alias=True))
-        for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
-            from mlflow.entities import Param
-
-            chunk = list(params.items())[start : start + 100]
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in chunk])
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 parameters per call
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
         self.client.log_text(self.run_id, to_yaml(cfg), "config.yaml")
 
     def metrics(self, row: dict[str, Any]) -> None:

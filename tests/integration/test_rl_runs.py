@@ -20,6 +20,14 @@ STEP_KEYS = {
 }  # fmt: skip
 
 
+def _advantages(s, batch, per_fn, rewards):
+    """The advantage stage of the RL step on a collected batch (rl.advantages_of with the step's inputs)."""
+    from unipo.trainers.rl import advantages_of, step_inputs
+
+    return advantages_of(s.algo, rewards, per_fn, batch.advantage_groups, batch.loss_mask,
+                         step_inputs(s, batch, rewards), s.scorer.weights)  # fmt: skip
+
+
 def _rows(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -698,7 +706,7 @@ def test_ground_truth_joins_its_group_and_shares_the_group_advantage(tiny_model_
     from unipo.rewards import final_answer
     from unipo.rollout.batch import Origin
     from unipo.trainers.common import Timer
-    from unipo.trainers.rl import advantages_of, collect, step_inputs
+    from unipo.trainers.rl import collect
 
     rows = arithmetic().train[:3]
     s = _collect_state(tiny_model_dir, "grpo", rows, final_answer, "train.prompts_per_step=3", "rollout.group_size=4",
@@ -716,15 +724,7 @@ def test_ground_truth_joins_its_group_and_shares_the_group_advantage(tiny_model_
     torch.testing.assert_close(s.scorer.score(batch), per_fn)  # each score stays with its completion
     assert per_fn[truth.cpu(), 0].tolist() == [1.0, 1.0, 1.0]  # the ground truth is right
     rewards = s.scorer.combine(per_fn)
-    adv = advantages_of(
-        s.algo,
-        rewards,
-        per_fn,
-        batch.advantage_groups,
-        batch.loss_mask,
-        step_inputs(s, batch, rewards),
-        s.scorer.weights,
-    )
+    adv = _advantages(s, batch, per_fn, rewards)
     for g in range(3):  # (r - mean) / std over the whole group of 4, the ground truth in it
         r = rewards[batch.group_ids == g]
         torch.testing.assert_close(adv[batch.group_ids == g], (r - r.mean()) / (r.std() + 1e-4))
@@ -790,7 +790,7 @@ def test_scaf_grpo_rescues_a_failed_group_with_its_least_hint(tiny_model_dir):
     from tests.integration.rewards_for_tests import second_solution_hint
     from unipo.rollout.batch import Origin
     from unipo.trainers.common import Timer
-    from unipo.trainers.rl import advantages_of, collect, step_inputs
+    from unipo.trainers.rl import collect
 
     rows = [{"prompt": f"question {i}?", "answer": "x", "knowledge_components_parts": ["k1", "k2"],
              "solution_breakdown_parts": ["s1", "s2", "s3"]} for i in range(3)]  # fmt: skip
@@ -809,15 +809,7 @@ def test_scaf_grpo_rescues_a_failed_group_with_its_least_hint(tiny_model_dir):
     torch.testing.assert_close(s.scorer.score(batch), per_fn)  # scored on its hinted prompt: 1
     assert per_fn[:, 0].sum() == 3.0
     rewards = s.scorer.combine(per_fn)
-    adv = advantages_of(
-        s.algo,
-        rewards,
-        per_fn,
-        batch.advantage_groups,
-        batch.loss_mask,
-        step_inputs(s, batch, rewards),
-        s.scorer.weights,
-    )
+    adv = _advantages(s, batch, per_fn, rewards)
     r = torch.tensor([0.0, 0.0, 0.0, 1.0])  # each group: three failures and the rescued success
     expected = (r - r.mean()) / (r.std() + 1e-4)
     for i in range(batch.num_completions):

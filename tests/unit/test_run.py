@@ -3,6 +3,7 @@
 import json
 import math
 import struct
+import time
 
 import pytest
 import torch
@@ -111,6 +112,8 @@ def _wandb_records(path):
             pos += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):  # a record still being written
+            return
         chunks, pos = chunks + data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # a full record, or the last chunk of one
             record = pb.Record()
@@ -124,8 +127,14 @@ def test_wandb_logger_writes_an_offline_run_with_history_config_and_table(tmp_pa
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = _log_three_steps(tmp_path, "wandb")
     (found,) = (run.path / "wandb").glob("offline-run-*/run-*.wandb")
+    records = []
+    for _ in range(100):  # wandb-core may still be flushing the file when finish() returns: wait for its exit record
+        records = list(_wandb_records(found))
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        time.sleep(0.1)
     history, config = [], {}
-    for record in _wandb_records(found):
+    for record in records:
         if record.WhichOneof("record_type") == "history":
             items = record.history.item  # a key with a slash is stored split (`nested_key`)
             history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})

@@ -29,7 +29,7 @@ def run_steps(
     samples: Callable[[], list[dict[str, Any]]] = list,
 ) -> None:
     """Steps `start + 1 .. train.max_steps` of `step_fn`, each logged to the run directory and the progress line,
-    with the completions `samples()` gives after it (completions.jsonl);
+    with the completions `samples()` gives after it (completions.jsonl; each trainer keeps `log.completions_per_step`);
     checkpoints (with `extra_models`, e.g. the critic) every `train.save_every` steps and at the end;
     `evaluate(step)` (which logs its own row) before (on a fresh run), every `eval.every` steps and after; then the
     closing summary. On several ranks (`world`) rank 0 alone shows progress, saves and summarises; the others wait
@@ -44,7 +44,7 @@ def run_steps(
         for step in range(start + 1, cfg.train.max_steps + 1):
             metrics = step_fn(step)
             run.log({"step": step, **metrics})
-            run.log_completions(step, samples()[: cfg.log.completions_per_step])
+            run.log_completions(step, samples())
             progress.update(step, metrics)
             if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
                 if world.main:
