@@ -34,8 +34,6 @@ GAPS: dict[tuple[str, str], str] = {
     "of each failed sample under a feedback-augmented prompt",
     ("regularizer", "gardo_recon"): "its uncertainty measure and its diversity embedding are unspecified (a "
     "diffusion paper); its reference reset is `ref_sync` with alpha = 1",
-    ("reward", "normalize_then_sum"): "the same method as the advantage `gdpo` (§1.2: each reward normalised in its "
-    "group, then summed); use `algo.advantage.name=gdpo` with several reward functions or named scores",
     ("reward", "dynamic_reward_weights"): "its hypervolume-guided and gradient-based weight updates are unknown (R3); "
     "`weighted_sum` with fixed weights (or `scores` of a multi-score reward) covers the static case",
     ("preference", "slic_hf"): "its regulariser needs a reference target y_ref per prompt (SLiC-HF's SFT target), a "

@@ -186,9 +186,13 @@ class Entry:
 
 _REGISTRY: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
 
-ALIASES: dict[str, dict[str, str]] = {"preference": {"robust": "rdpo"}}
+ALIASES: dict[str, dict[str, str]] = {
+    "preference": {"robust": "rdpo"},
+    "advantage": {"normalize_then_sum": "gdpo"},
+}
 """Other names of one registered component (ALGORITHMS.md R2: one implementation, one entry): `robust` is TRL's
-`loss_type` name for `rdpo`. `entry`/`get` resolve them; `names`/`entries` list each component once."""
+`loss_type` name for `rdpo`; `normalize_then_sum` is TRL's `multi_objective_aggregation` name for `gdpo` (ALGORITHMS.md
+§5.1 lists it among the reward combinations). `entry`/`get` resolve them; `names`/`entries` list each component once."""
 
 
 def register(

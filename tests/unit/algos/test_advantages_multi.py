@@ -171,3 +171,21 @@ def _bnpo_loop(rewards, groups):
 def test_v2_bnpo_matches_official_loop(batch):
     rewards, groups = t(batch[0]), torch.tensor(batch[1])
     torch.testing.assert_close(bnpo(rewards, groups), _bnpo_loop(rewards, groups), atol=1e-9, rtol=1e-7)
+
+
+def test_normalize_then_sum_is_trls_name_for_gdpo():
+    # TRL's GRPOTrainer `multi_objective_aggregation="normalize_then_sum"`, written out as its trainer computes it:
+    # per function, group mean and sample std (nanmean/nanstd), (r - mean)/(std + 1e-4), weighted nansum; then the
+    # batch's mean and sample std with the same eps. The alias resolves to the one registered component.
+    assert algos.get("advantage", "normalize_then_sum") is gdpo
+    rewards = t([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.5], [1.0, NAN], [0.0, 0.0]])
+    weights = t([1.0, 0.5])
+    grouped = rewards.view(2, 3, 2)
+    mean = torch.nanmean(grouped, 1, keepdim=True)
+    count = (~grouped.isnan()).sum(1, keepdim=True)
+    std = (torch.nansum((grouped - mean) ** 2, 1, keepdim=True) / (count - 1)).sqrt()
+    summed = (((grouped - mean) / (std + 1e-4)).view(6, 2) * weights).nansum(1)
+    expected = (summed - summed.mean()) / (summed.std() + 1e-4)
+    adv = algos.get("advantage", "normalize_then_sum")(rewards, torch.tensor([0, 0, 0, 1, 1, 1]),
+                                                       reward_weights=weights)  # fmt: skip
+    torch.testing.assert_close(adv, expected)
