@@ -872,7 +872,7 @@ def test_onpolicy_distill_scores_the_students_samples_with_the_teacher(tiny_mode
                                            f"model.teacher_path={other}"])  # fmt: skip
     with pytest.raises(ConfigError, match="another tokenizer than the student"):
         train(cfg)
-    with pytest.raises(ConfigError, match="model.teacher_path: the recipe distills from a teacher"):
+    with pytest.raises(ConfigError, match="model.teacher_path: the recipe reads a frozen second model"):
         train(config.load("onpolicy_distill", [f"model.path={tiny_model_dir}", f"output_dir={tmp_path / 'y'}"]))
 
 

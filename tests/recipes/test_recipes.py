@@ -8,12 +8,13 @@ import yaml
 
 from unipo import algos, config
 from unipo.cli import main
+from unipo.trainers.common import build_algo
 from unipo.trainers.inputs import NEEDS_REFERENCE
 
 REQUIRED = """grpo dr_grpo dapo lite_ppo bnpo gdpo gspo luspo cispo sapo gmpo vespo bapo etr_recon gtpo nft rec opmd
 mdpo clip_cov kl_cov lp_reg llds rloo reinforce_pp reinforce_pp_baseline opo grpo_passk gpg flash_reinforce steer xrpo
 a_grae copo dispo r2vpo dcpo p3o ppo t_ppo remax ppo_max hpt red ghpo dr_po igpo knapsack_grpo arpo_replay
-pf_ppo aepo scaf_grpo igrpo onpolicy_distill spo_segment""".split()
+pf_ppo aepo scaf_grpo igrpo onpolicy_distill spo_segment rto""".split()
 
 
 def test_every_required_recipe_ships():
@@ -68,7 +69,7 @@ def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path)
     if config.load(name).rewards:  # recipes with their own rewards (gdpo) get two
         rewards.append("{_component_: unipo.rewards.only_number}")
     args.append(f"rewards=[{', '.join(rewards)}]")
-    if any(r.name == "onpolicy_distill" for r in config.load(name).algo.regularizers):
+    if "teacher_logp" in build_algo(config.load(name)).needs:  # a frozen second model (a teacher, RTO's DPO model)
         args.append(f"model.teacher_path={tiny_model_dir}")
     if config.load(name).rollout.group_size == 1:
         args.append("train.prompts_per_step=8")

@@ -193,7 +193,8 @@ def test_every_on_policy_component_runs_in_the_trainer_or_is_listed_pure_only():
                 extra.append(f"algo.sampler={{name: {'hpt' if fact == 'demonstrations' else 'igpo_inpaint'}}}")
                 with pytest.raises(ConfigError, match="no sampler of this recipe injects any"):
                     check_runnable(build_algo(config.load("grpo", [override])))
-        algo = build_algo(config.load("ppo" if e.kind == "critic" else "grpo", [override, *extra]))
+        ppo = e.kind == "critic" or "token_rewards" in e.facts  # per-token rewards need a critic (RTO)
+        algo = build_algo(config.load("ppo" if ppo else "grpo", [override, *extra]))
         if (e.kind, e.name) in PURE_ONLY:
             with pytest.raises(ConfigError, match="cannot run in the on-policy trainer yet"):
                 check_runnable(algo)

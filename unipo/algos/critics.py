@@ -66,9 +66,11 @@ def _targets(
     whiten_adv: bool,
     adv_clip: float,
     eps: float,
+    dense: torch.Tensor | None = None,
 ) -> CriticTargets:
     """The estimators' shared body. `cut` [N] bool: rows cut off by the token budget that are bootstrapped with
-    V(s_L), get no outcome reward and do not train the critic (T-PPO); None: every reply ends the episode (PPO)."""
+    V(s_L), get no outcome reward and do not train the critic (T-PPO); None: every reply ends the episode (PPO).
+    `dense` [N, T]: per-token rewards that replace the outcome on the last token (a NaN row is unscored)."""
     check_range("gamma", gamma, 0.0, 1.0)
     check_range("lam", lam, 0.0, 1.0)
     check_range("kl_coef", kl_coef, 0.0)
@@ -78,10 +80,17 @@ def _targets(
         raise ValueError(f"{name}: values must be [N, T+1] = {[m.shape[0], m.shape[1] + 1]}, got {list(values.shape)}")
     if bool((m[:, 1:] & ~m[:, :-1]).any()):
         raise ValueError(f"{name}: the mask must be a contiguous prefix of each row (one completion per row)")
-    m = m & ~torch.isnan(rewards)[:, None]  # an unscored row gets A = 0 and does not train the critic
+    if dense is not None and dense.shape != m.shape:
+        raise ValueError(f"{name}: token_rewards must be [N, T] = {list(m.shape)}, got {list(dense.shape)}")
+    unscored = torch.isnan(rewards) if dense is None else torch.isnan(dense).any(1)
+    m = m & ~unscored[:, None]  # an unscored row gets A = 0 and does not train the critic
     cut = torch.zeros_like(m[:, 0]) if cut is None else cut.bool()
-    outcome = torch.where(cut, torch.zeros_like(rewards), rewards)
+    outcome = torch.where(cut | unscored, torch.zeros_like(rewards), rewards)
+    if dense is not None:
+        outcome = torch.zeros_like(outcome)  # the outcome is in the per-token rewards
     token_rewards = kl_token_rewards(outcome, m, old_logp, ref_logp, kl_coef, name)
+    if dense is not None:
+        token_rewards = token_rewards + torch.where(m, dense.to(token_rewards.dtype), 0.0)
     at_cut = values.gather(1, m.sum(1, keepdim=True)).squeeze(1)  # V(s_L)
     adv, returns = _gae(token_rewards, values, m, torch.where(cut, at_cut, torch.zeros_like(at_cut)), gamma, lam)
     if whiten_adv:
@@ -100,7 +109,7 @@ _KL_INPUTS = {"old_logp", "ref_logp"}
     paper="Ouyang et al. 2022, Training language models to follow instructions with human feedback, "
     "arXiv:2203.02155; GAE: Schulman et al. 2016, arXiv:1506.02438",
     tag="checked: verl (compute_gae_advantage_return, compute_value_loss); MOSS-RLHF (advantage clip)",
-    inputs=lambda p: _KL_INPUTS if p["kl_coef"] > 0 else set(),
+    inputs=lambda p: {"token_rewards"} | (_KL_INPUTS if p["kl_coef"] > 0 else set()),
 )
 def ppo_gae(
     rewards: torch.Tensor,
@@ -109,6 +118,7 @@ def ppo_gae(
     *,
     old_logp: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
+    token_rewards: torch.Tensor | None = None,
     gamma: float = 1.0,
     lam: float = 0.95,
     kl_coef: float = 0.0,
@@ -129,6 +139,8 @@ def ppo_gae(
         values: [N, T+1] V(s_t) of the critic that is being trained (before this step's update), detached.
         mask: [N, T] completion mask (contiguous prefix per row).
         old_logp, ref_logp: [N, T] log π_old and log π_ref of the sampled tokens; needed when kl_coef > 0.
+        token_rewards: [N, T] per-token rewards of a `token_rewards` shaper (RTO), used in place of the outcome on the
+            last token (the KL penalty is still added); a row with a NaN is unscored. None: r_i on the last token.
         gamma: γ (verl and the paper: 1).
         lam: λ (verl: 0.95 for the actor; ALGORITHMS.md §10 default).
         kl_coef: β of the KL penalty in the reward (0: none, no reference model needed; PPO-max: 0.02).
@@ -140,7 +152,7 @@ def ppo_gae(
         CriticTargets: advantages [N, T], returns [N, T] and the value mask (valid tokens of scored rows).
     """
     return _targets("ppo_gae", rewards, values, mask, None, old_logp, ref_logp, gamma, lam, kl_coef,
-                    whiten_advantages, adv_clip, eps)  # fmt: skip
+                    whiten_advantages, adv_clip, eps, token_rewards)  # fmt: skip
 
 
 _T_PPO = "T-PPO: Truncated Proximal Policy Optimization, 2025 (ALGORITHMS.md seeds 001-08; citation not checked)"

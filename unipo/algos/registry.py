@@ -60,7 +60,7 @@ TRAINER_INPUTS = frozenset(
      "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards", "demo_mask",
      "lengths", "max_len", "correct", "reward_components", "prompt_keys", "hint_mask",
      "teacher_logp", "segment_values", "logits", "ref_logits", "sum_pi_squared", "sum_pi_cubed", "turn_ids",
-     "turn_rewards", "state_keys"}
+     "turn_rewards", "state_keys", "token_rewards"}
 )  # fmt: skip
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 
@@ -101,6 +101,9 @@ FACTS = {
     "(`algo.ref_sync`, TR-DPO); the reference is then checkpointed with the run",
     "unpaired": "preference: takes desirable and undesirable examples as two lists of any sizes and returns one term "
     "per example (desirable first); it trains on unpaired data, and on pairs as their chosen and rejected responses",
+    "token_rewards": "reward: returns per-token rewards [N, T] (each completion's outcome on its last token plus dense "
+    "terms) instead of [N]; it is the last shaper, and a critic that takes `token_rewards` (`ppo_gae`) turns them into "
+    "advantages (RTO)",
     "resample": "sampler: returns how many times each sample enters the batch (0 drops it; duplicates allowed), "
     "e.g. PF-PPO's reward-weighted resampling",
 }

@@ -2,7 +2,10 @@
 
 A shaper maps the step's sequence rewards to shaped rewards before the advantages: `fn(rewards [N], **inputs,
 **params) -> [N]`, run in the order a recipe lists them under `algo.shaping` (each sees the previous one's output).
-NaN (unscored) stays NaN. The trainer inputs a shaper may take (all from the collect stage):
+NaN (unscored) stays NaN. A shaper with the fact `token_rewards` returns per-token rewards [N, T] instead, which a
+critic estimator that takes `token_rewards` turns into advantages (RTO).
+
+The trainer inputs a shaper may take (from the collect and reference stages):
 
 - `lengths` [N] completion lengths in tokens (EOS included), `max_len` the token budget (`rollout.max_new_tokens`),
   `truncated` [N] (the reply hit the budget without an EOS), `group_ids` [N];
@@ -10,6 +13,8 @@ NaN (unscored) stays NaN. The trainer inputs a shaper may take (all from the col
 - `correct` [N] bool: the first reward function scored >= 1 (the task's metric in every built-in task: list a
   correctness reward first);
 - `prompt_keys` a list of N strings identifying each completion's prompt (for per-prompt memories);
+- `ref_logp`, `teacher_logp` [N, T]: the reference's and a frozen second model's (`model.teacher_path`) log-probs of
+  the sampled tokens (the reference stage runs before the shape stage);
 - `state`: a stateful shaper's own state (None on the first step) — it then returns `(shaped, new_state)`, and the
   trainer keeps the state in every checkpoint.
 """
@@ -412,3 +417,50 @@ def fapo(
     base = torch.where(correct, 1.0, -1.0).to(rewards.dtype)
     out = base - penalty * (correct & flawed).to(rewards.dtype)
     return torch.where(torch.isnan(reward_components[:, 0]), torch.nan, out)
+
+
+@register(
+    "reward",
+    "rto_token_reward",
+    paper="Zhong et al. 2024, DPO Meets PPO: Reinforced Token Optimization for RLHF, arXiv:2404.18922",
+    tag="memory (ALGORITHMS.md §5.3); β defaults ours",
+    facts={"token_rewards"},
+)
+def rto_token_reward(
+    rewards: torch.Tensor,
+    *,
+    lengths: torch.Tensor,
+    ref_logp: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    beta_dpo: float = 0.1,
+    beta_outcome: float = 1.0,
+) -> torch.Tensor:
+    """RTO's token-wise reward (Zhong et al. 2024, arXiv:2404.18922), from a DPO-trained model as `model.teacher_path`.
+
+    r_t = β₁·log(π_dpo(y_t)/π_ref(y_t)) + β₃·1[t = T]·r_RM on each completion's tokens; the third term of the paper's
+    reward, −β₂·log(π_θ(y_t)/π_ref(y_t)), is the critic's own KL penalty (`algo.critic.kl_coef` = β₂), and the
+    per-token rewards then go through `ppo_gae`. The DPO term is the token-level implicit reward of a DPO model
+    (Rafailov et al. 2024, "From r to Q*").
+
+    Args:
+        rewards: [N] outcome rewards r_RM (NaN: unscored; the whole row is then NaN and gets A = 0).
+        lengths: [N] completion lengths; token t of row i is in the completion when t < lengths[i].
+        ref_logp: [N, T] log π_ref of the sampled tokens.
+        teacher_logp: [N, T] log π_dpo of the sampled tokens (the frozen model at `model.teacher_path`).
+        beta_dpo: β₁, the scale of the DPO model's token reward (ours: DPO's usual β = 0.1).
+        beta_outcome: β₃, the weight of the outcome reward on the last token.
+
+    Returns:
+        [N, T] per-token rewards, 0 after each completion's end.
+    """
+    if ref_logp.shape != teacher_logp.shape or ref_logp.shape[0] != rewards.shape[0]:
+        raise ValueError(f"rto_token_reward: ref_logp {list(ref_logp.shape)} and teacher_logp "
+                         f"{list(teacher_logp.shape)} must both be [N, T] with N = {rewards.shape[0]}")  # fmt: skip
+    pos = torch.arange(ref_logp.shape[1], device=ref_logp.device)
+    inside = pos[None] < lengths[:, None]
+    last = pos[None] == (lengths - 1)[:, None]
+    dense = beta_dpo * (teacher_logp - ref_logp).to(rewards.dtype)
+    token = torch.where(inside, dense, torch.zeros_like(dense)) + torch.where(
+        last, beta_outcome * rewards[:, None], 0.0
+    )
+    return torch.where(rewards.isnan()[:, None], torch.nan, token)

@@ -167,6 +167,11 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
         if late:
             raise ConfigError(f"{fn.kind} {fn.id!r} needs {', '.join(late)}, which the on-policy trainer produces only "
                               f"after the {fn.kind} stage")  # fmt: skip
+    token_level = [fn.id for fn in algo.shaping if "token_rewards" in algos.entry(fn.kind, fn.id).facts]
+    if token_level and (token_level != [algo.shaping[-1].id] or algo.critic is None or
+                        "token_rewards" not in algo.critic.needs):  # fmt: skip
+        raise ConfigError(f"algo.shaping: {token_level[0]!r} gives per-token rewards, which only a critic turns into "
+                          "advantages: list it last, once, with algo.critic.name=ppo_gae")  # fmt: skip
     g = torch.Generator().manual_seed(0)
     n, t, nan = 4, 3, float("nan")
     logp, mask = -torch.rand(n, t, generator=g) - 0.1, torch.ones(n, t)

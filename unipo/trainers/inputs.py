@@ -24,10 +24,11 @@ class Stage(IntEnum):
 
     COLLECT = 0
     """generate -> score -> sampler: the batch, its rewards and the sampler's log-probs."""
-    SHAPE = 1
+    REFERENCE = 1
+    """the reference policy's (and a frozen teacher's) log-probs of the batch (run only when a bound component needs
+    them)."""
+    SHAPE = 2
     """reward shapers (kind `reward`), in the recipe's order, on the combined rewards."""
-    REFERENCE = 2
-    """the reference policy's log-probs of the batch (run only when a bound component needs them)."""
     ADVANTAGE = 3
     """advantages from rewards (and, for some estimators, reference and old log-probs)."""
     UPDATE = 4
@@ -67,6 +68,8 @@ PRODUCED_AT: dict[str, Stage] = {
     # old-log-prob pass), run only when a component declares one of them
     "sum_pi_squared": Stage.REFERENCE,
     "sum_pi_cubed": Stage.REFERENCE,
+    # [N, T] per-token rewards from a shaper with the fact `token_rewards` (RTO), for a critic that takes them
+    "token_rewards": Stage.SHAPE,
     "advantages": Stage.ADVANTAGE,
     "logp": Stage.UPDATE,
     "logits": Stage.UPDATE,  # [N, T, V] the current policy's logits (temperature-scaled), with their graph

@@ -69,8 +69,9 @@ def train(cfg: Config) -> Path:
     if world.size > 1:
         check_data_parallel(algo)
     if "teacher_logp" in algo.needs and not cfg.model.teacher_path:
-        raise ConfigError("model.teacher_path: the recipe distills from a teacher (`onpolicy_distill`); set it to a "
-                          "causal LM directory or hub id with the student's tokenizer")  # fmt: skip
+        raise ConfigError("model.teacher_path: the recipe reads a frozen second model's log-probs (the teacher of "
+                          "`onpolicy_distill`, the DPO model of `rto_token_reward`); set it to a causal LM directory "
+                          "or hub id with the policy's tokenizer")  # fmt: skip
 
     if algo.ref_sync is not None and cfg.model.lora.r:
         raise ConfigError("algo.ref_sync: with LoRA the reference is the model with its adapter disabled and cannot "
@@ -273,20 +274,18 @@ def rl_step(s: RLState) -> dict[str, float]:
     w, n = s.world, batch.num_completions  # batch-wide stages see every rank's rows (all_* below; module dist.py)
     raw = s.scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
     all_raw, all_fn, all_groups = w.gather_rows(raw), w.gather_rows(per_fn), w.gather_groups(batch.advantage_groups)
-    all_rewards = all_raw
-    if algo.shaping:  # the shape stage
-        with timer("shape"):
-            all_rewards, s.shaping_states = shape(algo.shaping, all_raw, s.shaping_states,
-                                                  w.gather_inputs(shape_inputs(s, batch, per_fn), n))  # fmt: skip
+    frozen = frozen_logps(s, batch, timer)  # the reference stage: shapers and advantages may read it
+    all_rewards, token_rewards = shaped(s, algo, batch, per_fn, all_raw, frozen, timer)
     rewards = w.local(all_rewards, n)
-    inputs = step_inputs(s, batch, rewards)
+    inputs = step_inputs(s, batch, rewards) | frozen
+    if token_rewards is not None:
+        inputs["token_rewards"] = w.local(token_rewards, n, batch.loss_mask.shape[1])
     if "baseline_rewards" in algo.advantage.needs:  # ReMax: each prompt's greedy reply, scored like the samples
         with timer("baseline"):
             inputs["baseline_rewards"] = greedy_rewards(s, batch)
     if "segment_values" in algo.advantage.needs:  # SPO: Monte Carlo values of cut states from continuations
         inputs["segment_values"], more = segment_values(s, algo, batch, timer)
         sampler_stats = {**sampler_stats, **more}
-    inputs |= frozen_logps(s, batch, timer)  # before the advantages, which may read them (REINFORCE++'s KL)
     critic_stats: dict[str, float] = {}
     if s.critic is None:
         all_inputs = w.gather_inputs({k: v for k, v in inputs.items() if k in algo.advantage.needs}, n)
@@ -310,9 +309,9 @@ def rl_step(s: RLState) -> dict[str, float]:
         sampler_stats = {**sampler_stats, **more}
     if cfg.log.completions_per_step and w.main:
         s.samples = step_samples(s, batch, per_fn, rewards, advantages)
-    frozen = s.step <= cfg.critic.warmup_steps and s.critic is not None  # critic warm-up: the policy waits
+    waits = s.step <= cfg.critic.warmup_steps and s.critic is not None  # critic warm-up: the policy waits
     with timer("update"):
-        stats = {} if frozen else update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs, w)
+        stats = {} if waits else update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs, w)
     s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, len(all_raw))
     if algo.ref_sync is not None:  # TR-DPO: the reference moves towards the policy
         ctrl_metrics["ref/synced"] = float(algo.ref_sync(s.ref.parameters(), s.model.parameters(), s.step))
@@ -341,6 +340,19 @@ def rl_step(s: RLState) -> dict[str, float]:
         **{f"time/{phase}_s": seconds for phase, seconds in timer.totals.items()},  # generate, score, update, ...
         "time/step_s": time.perf_counter() - t0,
     }
+
+
+def shaped(
+    s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, all_raw: torch.Tensor, frozen: dict, timer: Timer
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The shape stage on every rank's rows: (shaped rewards (N,), per-token rewards (N, T) of a `token_rewards`
+    shaper such as RTO's, for the critic, or None). The (N,) rewards are then each row's sum of its token rewards."""
+    if not algo.shaping:
+        return all_raw, None
+    inputs = s.world.gather_inputs(shape_inputs(s, batch, per_fn) | frozen, batch.num_completions)
+    with timer("shape"):
+        rewards, s.shaping_states = shape(algo.shaping, all_raw, s.shaping_states, inputs)
+    return (rewards, None) if rewards.dim() == 1 else (rewards.sum(1), rewards)
 
 
 def step_samples(

@@ -31,8 +31,28 @@ def test_kl_in_the_reward_is_k1_per_token():
     torch.testing.assert_close(out.advantages, torch.tensor([[0.96, 0.98, 0.97]]))
     with pytest.raises(ValueError, match="needs ref_logp"):
         ppo_gae(torch.tensor([1.0]), torch.zeros(1, 4), torch.ones(1, 3), old_logp=old, kl_coef=0.1)
-    assert algos.entry("critic", "ppo_gae").needs({"kl_coef": 0.0}) == frozenset()
-    assert algos.entry("critic", "ppo_gae").needs({"kl_coef": 0.1}) == {"old_logp", "ref_logp"}
+    assert algos.entry("critic", "ppo_gae").needs({"kl_coef": 0.0}) == {"token_rewards"}  # given only by RTO
+    assert algos.entry("critic", "ppo_gae").needs({"kl_coef": 0.1}) == {"old_logp", "ref_logp", "token_rewards"}
+
+
+def test_per_token_rewards_replace_the_outcome_and_keep_the_kl():
+    # RTO's token rewards: row 0 [0.1, −0.2, 1.0] (3 tokens), row 1 unscored (NaN), row 2 [0.5, 0, 0] (1 token).
+    # β = 0.1, log π_old − log π_ref = 0.2 everywhere: r_t = dense − 0.02. V ≡ 0, γ = λ = 1: A_t = Σ_{u≥t} r_u.
+    dense = torch.tensor([[0.1, -0.2, 1.0], [float("nan")] * 3, [0.5, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]).bool()
+    old, ref = torch.full((3, 3), 0.2), torch.zeros(3, 3)
+    out = ppo_gae(torch.tensor([7.0, 1.0, 7.0]), torch.zeros(3, 4), mask, old_logp=old, ref_logp=ref, kl_coef=0.1,
+                  lam=1.0, whiten_advantages=False, token_rewards=dense)  # fmt: skip
+    # the outcome 7 is not added again: the per-token rewards carry it
+    torch.testing.assert_close(out.advantages, torch.tensor([[0.84, 0.76, 0.98], [0.0, 0.0, 0.0], [0.48, 0.0, 0.0]]))
+    assert out.value_mask.tolist() == [[True, True, True], [False, False, False], [True, False, False]]
+    # a dense reward that is the outcome on the last token is plain PPO
+    plain = ppo_gae(torch.tensor([1.0, 0.0]), torch.zeros(2, 4), mask[[0, 2]], lam=1.0, whiten_advantages=False)
+    same = ppo_gae(torch.tensor([9.0, 9.0]), torch.zeros(2, 4), mask[[0, 2]], lam=1.0, whiten_advantages=False,
+                   token_rewards=torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))  # fmt: skip
+    torch.testing.assert_close(same.advantages, plain.advantages)
+    with pytest.raises(ValueError, match="token_rewards must be"):
+        ppo_gae(torch.tensor([1.0]), torch.zeros(1, 4), torch.ones(1, 3), token_rewards=torch.zeros(1, 2))
 
 
 @settings(max_examples=40, deadline=None)

@@ -199,3 +199,17 @@ def test_soft_multichoice_and_judge_expected_score_rules():
     logits = torch.tensor([[0.0, math.log(3.0)], [5.0, 5.0]])
     got = shaper("judge_expected_score")(logits, torch.tensor([0.0, 1.0]))
     assert got.tolist() == pytest.approx([0.75, 0.5])
+
+
+def test_rto_token_reward_by_hand():
+    # β₁ = 0.5, β₃ = 2; log π_dpo − log π_ref = [[0.2, −0.4, 0.6], [1, 1, 1], [0.2, 0.2, 0.2]]; lengths 3, 2 (its third
+    # position is padding), 1; outcomes 1, 0, NaN (unscored: the whole row is NaN)
+    ref = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0], [-0.5, -0.5, -0.5]])
+    dpo = ref + torch.tensor([[0.2, -0.4, 0.6], [1.0, 1.0, 1.0], [0.2, 0.2, 0.2]])
+    got = shaper("rto_token_reward")(torch.tensor([1.0, 0.0, nan]), lengths=torch.tensor([3, 2, 1]), ref_logp=ref,
+                                     teacher_logp=dpo, beta_dpo=0.5, beta_outcome=2.0)  # fmt: skip
+    torch.testing.assert_close(got[:2], torch.tensor([[0.1, -0.2, 0.3 + 2.0], [0.5, 0.5, 0.0]]))
+    assert got[2].isnan().all()
+    assert "token_rewards" in algos.entry("reward", "rto_token_reward").facts
+    with pytest.raises(ValueError, match="must both be"):
+        shaper("rto_token_reward")(torch.ones(3), lengths=torch.ones(3), ref_logp=ref, teacher_logp=dpo[:, :2])
