@@ -49,8 +49,6 @@ GAPS: dict[tuple[str, str], str] = {
     "labels), a data generator not built",
     ("reward", "barfi"): "learns φ(s, a) by a bilevel implicit gradient on the primary return: classic-RL only in its "
     "paper and too costly for LLM rollouts (ALGORITHMS.md §5)",
-    ("reward", "refcritic_reward_recon"): "needs a critique-then-refine rollout (the refinement conditioned on each "
-    "sampled critique), a two-stage sampler that is not built",
     ("credit", "hgpo"): "not built yet: groups turns by their last K anchor states with weights (l+1)^α; the turn data "
     "(`state_keys`) is there, the component is not",
     ("credit", "salt_recon"): "not built yet: merges identical (state, action) turns into graph nodes; needs each "

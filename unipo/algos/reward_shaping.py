@@ -464,3 +464,35 @@ def rto_token_reward(
         last, beta_outcome * rewards[:, None], 0.0
     )
     return torch.where(rewards.isnan()[:, None], torch.nan, token)
+
+
+_REFCRITIC = "Tang et al. 2025, RefCritic: Training Long Chain-of-Thought Critic Models with Refinement Feedback"
+
+
+@register("reward", "refcritic_reward_recon", paper=_REFCRITIC + " (ALGORITHMS.md seeds 002-24)", tag="reconstructed")
+def refcritic_reward_recon(
+    rewards: torch.Tensor,
+    *,
+    reward_components: torch.Tensor,
+    refine_index: int = 1,
+    lam: float = 1.0,
+) -> torch.Tensor:
+    """Reconstruction of RefCritic's critic reward (ALGORITHMS.md §5.3): judgement plus refinement feedback.
+
+    r = 1[verdict correct] + λ·mean_k 1[the refinement conditioned on the critique is correct]. The first reward
+    function is the verdict's correctness (`verdict`), function `refine_index` the share of a frozen model's K
+    refinements that are right (`refinement`); the incoming combined reward is replaced. A failed refinement score
+    (NaN) leaves the verdict term alone; a failed verdict makes the sample unscored.
+
+    Args:
+        rewards: [N] the combined reward (replaced).
+        reward_components: [N, K] each reward function's score (NaN: None or failed).
+        refine_index: the column of the refinement score (after the verdict's, column 0).
+        lam: λ, the weight of the refinement feedback.
+
+    Returns:
+        [N] shaped rewards.
+    """
+    warn_reconstruction("refcritic_reward_recon", _REFCRITIC)
+    refined = reward_column(reward_components, refine_index, "refcritic_reward_recon", "the refinement score")
+    return reward_components[:, 0].to(rewards.dtype) + lam * torch.nan_to_num(refined.to(rewards.dtype))

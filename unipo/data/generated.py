@@ -1,6 +1,6 @@
 """Built-in tasks generated locally (no download), each with a fixed held-out split and the reward that defines
-success: `countdown`, `json_struct`, `gsm_style` and `code`. The split depends only on the task's own seed, never on
-the training seed, so held-out figures of different runs compare."""
+success: `countdown`, `json_struct`, `gsm_style`, `code` and `critique`. The split depends only on the task's own
+seed, never on the training seed, so held-out figures of different runs compare."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from itertools import product
 from unipo.data.tasks import Row, Task
 from unipo.rewards import math_answer
 from unipo.rewards.code import code
+from unipo.rewards.refine import verdict
 from unipo.rewards.structured import countdown, countdown_format, json_schema
 
 
@@ -172,10 +173,34 @@ def code_task(seed: int = 1234, n_heldout: int = 40) -> Task:
     return Task("code", train, heldout, code, "small Python functions; correct: every unit test passes")
 
 
+def critique_task(seed: int = 1234, n_heldout: int = 100, size: int = 2000) -> Task:
+    """Critique a proposed answer to a sum (RefCritic style): half of the proposals are right, half off by 1–9.
+
+    Columns: `label` (`correct` or `incorrect`) and `answer` (the true sum, for `refinement`). Correct (`verdict`): a
+    finished critique whose last `Verdict: correct|incorrect` matches the label. The `refcritic` recipe adds the
+    `refinement` reward (a frozen model rewrites the answer following the critique) through `refcritic_reward_recon`.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(size):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        right = rng.random() < 0.5
+        proposed = a + b if right else a + b + rng.choice([-1, 1]) * rng.randint(1, 9)
+        content = (
+            f"Problem: What is {a} + {b}?\nProposed solution: {a} + {b} = {proposed}\n\nCheck the proposed solution "
+            "step by step, say what is wrong if anything, and end with 'Verdict: correct' or 'Verdict: incorrect'."
+        )
+        rows.append({"prompt": _chat(content), "answer": str(a + b), "label": "correct" if right else "incorrect"})
+    train, heldout = _split(rows, n_heldout, seed)
+    return Task("critique", train, heldout, verdict,
+                "judge a proposed sum; correct: a finished critique whose verdict matches the label")  # fmt: skip
+
+
 GENERATED: dict[str, tuple[Callable[[], Task], int]] = {
     "countdown": (countdown_task, 48),
     "json_struct": (json_struct_task, 64),
     "gsm_style": (gsm_style_task, 128),
     "code": (code_task, 96),
+    "critique": (critique_task, 64),
 }
 """Each generated task and its token budget (`rollout.max_new_tokens` and `eval.max_new_tokens` unless set)."""

@@ -330,7 +330,9 @@ BUILTIN: dict[str, Callable[..., list]] = {
 
 from unipo.rewards.code import code  # noqa: E402 (these modules use `text_of` above)
 from unipo.rewards.judge import judge, soft_multichoice  # noqa: E402
+from unipo.rewards.refine import refinement, verdict  # noqa: E402
 from unipo.rewards.structured import countdown, countdown_format, json_schema  # noqa: E402
 
 BUILTIN |= {"code": code, "json_schema": json_schema, "countdown": countdown, "countdown_format": countdown_format,
-            "judge": judge, "soft_multichoice": soft_multichoice}  # fmt: skip
+            "judge": judge, "soft_multichoice": soft_multichoice, "verdict": verdict,
+            "refinement": refinement}  # fmt: skip

@@ -16,7 +16,8 @@ JUDGE_TEMPLATE = (
 _JUDGES: dict[tuple[str, str], tuple[Any, Any]] = {}
 
 
-def _judge_model(path: str, device: str) -> tuple[Any, Any]:
+def frozen_model(path: str, device: str) -> tuple[Any, Any]:
+    """The model and tokenizer at `path` on `device`, loaded once per process (a judge's, a refiner's)."""
     if (path, device) not in _JUDGES:
         from unipo.models.loading import load_model_and_tokenizer
 
@@ -73,7 +74,7 @@ def judge(
 
     from unipo.algos.reward_bonus import judge_expected_score
 
-    model, tokenizer = _judge_model(path, device)
+    model, tokenizer = frozen_model(path, device)
     ids = label_ids(tokenizer, labels)
     scores = torch.tensor(values if values is not None else [i / max(1, len(ids) - 1) for i in range(len(ids))])
     texts = judge_texts(tokenizer, prompts, completions, template)
