@@ -26,9 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("out", help="the model directory to write (loadable by transformers and vLLM)")
     p_verify = sub.add_parser(
         "verify", help="run a testbed with known answers (nash: the RPS-like preference game; preference: DPO-type "
-        "losses; classic: policy optimisation on gymnasium, needs the `classic` extra)",
+        "losses; classic: policy optimisation on gymnasium, needs the `classic` extra; barfi: a learned auxiliary "
+        "reward weight on a tabular chain)",
     )  # fmt: skip
-    p_verify.add_argument("testbed", choices=["nash", "preference", "classic"])
+    p_verify.add_argument("testbed", choices=["nash", "preference", "classic", "barfi"])
     p_verify.add_argument("--methods", default="ppo_classic,mdpo,ppo_kl_adaptive,a2c,reinforce_classic",
                           help="classic: the methods to train")  # fmt: skip
     p_verify.add_argument("--env", default="CartPole-v1", help="classic: a gymnasium environment id")
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "compare":
             return _compare(ns.run_dirs, ns.out)
         if ns.command == "verify":
-            return {"preference": _verify_preference, "classic": _verify_classic}.get(ns.testbed, _verify)(ns)
+            verifiers = {"preference": _verify_preference, "classic": _verify_classic, "barfi": _verify_barfi}
+            return verifiers.get(ns.testbed, _verify)(ns)
         return _write_markdown(ns.markdown) if ns.markdown else _list(ns.kind)
     except ConfigError as e:
         print(f"unipo: error: {e}", file=sys.stderr)
@@ -240,6 +242,26 @@ def _verify_classic(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_barfi(ns: argparse.Namespace) -> int:
+    """BARFI (`reward` `barfi`) on a 5-state chain with exact returns: the primary return of the policy trained on the
+    primary reward alone, on the naive sum r_p + r_aux, and on r_p + φ·r_aux with φ learned by the implicit gradient,
+    for a distracting and for a potential-based (helpful) auxiliary reward."""
+    from unipo.testbeds import barfi
+
+    print("chain of 5 states, γ = 0.9 (best primary return 0.656): primary return after each fifth of the outer steps")
+    for aux in ("distractor", "helpful"):
+        mdp = barfi.chain(aux=aux)
+        alone = barfi.MDP(mdp.P, mdp.r_p, 0 * mdp.r_aux, mdp.start, mdp.gamma)
+        runs = {"primary only": (alone, False), "naive sum": (mdp, False), "barfi": (mdp, True)}
+        for label, (problem, learn) in runs.items():
+            out = barfi.train(problem, learn=learn)
+            fifth = len(out["returns"]) // 5
+            print(f"  {aux:10s} {label:12s} " + " ".join(f"{x:.3f}" for x in out["returns"][fifth - 1 :: fifth]))
+        print(f"  {aux:10s} learned φ(s, left)  = {[round(x, 2) for x in out['phi'][:5, 0].tolist()]}")
+        print(f"  {aux:10s} learned φ(s, right) = {[round(x, 2) for x in out['phi'][:5, 1].tolist()]}")
+    return 0
+
+
 def _write_markdown(path: str) -> int:
     from pathlib import Path
 
@@ -291,7 +313,7 @@ def _list(kind: str | None) -> int:
         print("\n".join(_LISTINGS[kind]()))
         return 0
     from unipo import algos
-    from unipo.trainers.inputs import where_it_runs
+    from unipo.trainers.inputs import RUNS_IN, where_it_runs
 
     if kind is not None and kind not in algos.KINDS:
         raise ConfigError(f"unknown kind {kind!r}; kinds: {', '.join(algos.KINDS)}, recipes, tasks, rewards, envs")
@@ -306,7 +328,7 @@ def _list(kind: str | None) -> int:
         params += "".join(f"; also called {a}" for a in algos.registry.aliases_of(e.kind, e.name))
         print(f"  {e.name:24s} {e.paper}  [{e.tag}]" + (f"\n  {'':24s} params: {params}" if params else ""))
         runs = where_it_runs(e.kind, e.name)
-        if runs.startswith("pure only"):
+        if runs != RUNS_IN.get(e.kind):  # pure only, or run somewhere other than its kind's trainer
             print(f"  {'':24s} {runs}")
     for k in algos.KINDS if kind is None else [kind]:
         _print_gaps(k)

@@ -172,7 +172,7 @@ def test_every_on_policy_component_runs_in_the_trainer_or_is_listed_pure_only():
     from unipo import algos
     from unipo.algos.registry import REQUIRED
     from unipo.trainers.common import build_algo, check_runnable
-    from unipo.trainers.inputs import ALWAYS_RUN, INJECTED_BY, PURE_ONLY, RUNS_IN
+    from unipo.trainers.inputs import ALWAYS_RUN, ELSEWHERE, INJECTED_BY, PURE_ONLY, RUNS_IN
 
     axes = {"advantage": "advantage", "policy_loss": "policy_loss", "aggregation": "aggregation", "kl": "kl",
             "token_weight": "token_weights", "regularizer": "regularizers", "sampler": "sampler",
@@ -180,6 +180,10 @@ def test_every_on_policy_component_runs_in_the_trainer_or_is_listed_pure_only():
     checked = 0
     for e in algos.entries():
         if e.kind not in axes or (e.kind, e.name) in ALWAYS_RUN:
+            continue
+        if (e.kind, e.name) in ELSEWHERE:  # refused at setup, naming where it runs
+            with pytest.raises(ConfigError, match="runs in unipo verify"):
+                check_runnable(build_algo(config.load("grpo", [f"algo.shaping=[{{name: {e.name}}}]"])))
             continue
         assert RUNS_IN[e.kind].startswith("rl")
         required = [k for k, v in e.params.items() if v is REQUIRED]

@@ -496,3 +496,27 @@ def refcritic_reward_recon(
     warn_reconstruction("refcritic_reward_recon", _REFCRITIC)
     refined = reward_column(reward_components, refine_index, "refcritic_reward_recon", "the refinement score")
     return reward_components[:, 0].to(rewards.dtype) + lam * torch.nan_to_num(refined.to(rewards.dtype))
+
+
+@register(
+    "reward",
+    "barfi",
+    paper="Gupta et al. 2023, Behavior Alignment via Reward Function Optimization, NeurIPS 2023, arXiv:2310.19007",
+    tag="memory (ALGORITHMS.md §5.1); its bilevel φ update runs in the tabular testbed (`unipo verify barfi`)",
+)
+def barfi(rewards: torch.Tensor, *, aux_rewards: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """BARFI's shaped reward (Gupta et al. 2023, arXiv:2310.19007): r_φ = r_p + φ(s, a)·r_aux.
+
+    φ is learned by the implicit gradient of the primary return through the policy's optimisation,
+    dJ_p/dφ = (−H⁻¹∇_θJ_p)ᵀ·∂_φ∇_θJ_φ, in `unipo.testbeds.barfi` (classic RL only: the second-order term is too
+    costly for LLM rollouts, ALGORITHMS.md §5.1).
+
+    Args:
+        rewards: primary rewards r_p, any shape.
+        aux_rewards: auxiliary rewards r_aux, the same shape.
+        phi: the mixing weights φ, broadcastable to it.
+
+    Returns:
+        r_φ, the shape of `rewards`.
+    """
+    return rewards + phi * aux_rewards

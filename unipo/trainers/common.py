@@ -150,11 +150,12 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
     `max_len` is the run's token budget (`rollout.max_new_tokens`), which shapers check their lengths against.
     """
     from unipo.config import ConfigError
-    from unipo.trainers.inputs import ALWAYS_RUN, INJECTED_BY, PURE_ONLY, unavailable
+    from unipo.trainers.inputs import ALWAYS_RUN, ELSEWHERE, INJECTED_BY, PURE_ONLY, unavailable
 
     for fn in algo.all():  # the KL estimator only when there is a KL term
-        if (fn.kind, fn.id) in ALWAYS_RUN:
-            raise ConfigError(f"{fn.kind} {fn.id!r} runs in {ALWAYS_RUN[fn.kind, fn.id]}")
+        where = ALWAYS_RUN.get((fn.kind, fn.id)) or ELSEWHERE.get((fn.kind, fn.id))
+        if where:
+            raise ConfigError(f"{fn.kind} {fn.id!r} runs in {where}")
         if (fn.kind, fn.id) in PURE_ONLY:
             raise ConfigError(f"{fn.kind} {fn.id!r} cannot run in the on-policy trainer yet: "
                               f"{PURE_ONLY[fn.kind, fn.id]}")  # fmt: skip

@@ -160,11 +160,19 @@ ALWAYS_RUN: dict[tuple[str, str], str] = {
 }
 """Components every trainer runs on its own (a recipe does not list them)."""
 
+ELSEWHERE: dict[tuple[str, str], str] = {
+    ("reward", "barfi"): "unipo verify barfi (a tabular MDP, unipo.testbeds.barfi: its bilevel update of φ needs the "
+    "policy's Hessian, classic RL only, ALGORITHMS.md §5.1)",
+}
+"""Components of an on-policy kind that run outside the on-policy trainer, and where."""
+
 
 def where_it_runs(kind: str, name: str) -> str:
     """`rl`, ..., or `pure only: <reason>` (or `no trainer yet`) for `unipo list` and the catalogue."""
     if (kind, name) in ALWAYS_RUN:
         return ALWAYS_RUN[kind, name]
+    if (kind, name) in ELSEWHERE:
+        return ELSEWHERE[kind, name]
     if (kind, name) in PURE_ONLY:
         return f"pure only: {PURE_ONLY[kind, name]}"
     return RUNS_IN.get(kind, "no trainer yet")
