@@ -124,6 +124,75 @@ def gigpo(
     return traj_broadcast(advantages, turn_ids=turn_ids) + omega * _broadcast(step, turn_ids)
 
 
+@register(
+    "credit",
+    "hgpo",
+    paper="Hierarchy-of-Groups Policy Optimization (HGPO), ALGORITHMS.md seeds 001-30 (citation not checked)",
+    tag="checked: a public copy of the official verl-agent code (core_hgpo.py, appears to be a fork)",
+)
+def hgpo(
+    advantages: torch.Tensor,
+    *,
+    turn_ids: torch.Tensor,
+    group_ids: torch.Tensor,
+    turn_rewards: Sequence[Sequence[float]],
+    state_keys: Sequence[Sequence[Hashable]],
+    omega: float = 1.0,
+    gamma: float = 0.95,
+    history: int = 2,
+    alpha: float = 1.0,
+    std_normalize: bool = False,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """HGPO (ALGORITHMS.md §9, seeds 001-30): Â = A^E + ω·A^S, A^S from a hierarchy of GiGPO's anchor groups.
+
+    For turn k of trajectory i and each level l = 0..`history` with k ≥ l, its level-l group is the turns of the same
+    prompt group that act in the same state and whose previous l states are the same (l = 0: GiGPO's anchor group);
+    a group of one is dropped. A_l = R_{i,k} − mean of the group's discounted returns R (÷ (population std + eps) when
+    `std_normalize`, the code's `mean_std_norm`). A^S = Σ_l w_l·A_l / Σ_l w_l with w_l = (l + 1)^α over the levels
+    whose A_l ≠ 0 (the code skips zero advantages); A^S = 0 when there is none. With `history` = 0 it is GiGPO's step
+    advantage (mean_norm).
+
+    Args:
+        advantages: [N] episode advantages A^E.
+        turn_ids: [N, T] each token's policy turn, -1 on the environment's tokens and padding.
+        group_ids: [N] the prompt group of each trajectory.
+        turn_rewards: per trajectory, the environment's reward after each turn.
+        state_keys: per trajectory, the anchor state of each turn.
+        omega: ω, the weight of the step advantage.
+        gamma: γ of the step returns.
+        history: K, the longest shared history (the code's default `history_length` = 2).
+        alpha: α of the level weights (l + 1)^α (the code: 1).
+        std_normalize: divide by the group's standard deviation (population, as the code's np.std).
+        eps: added to that standard deviation.
+
+    Returns:
+        [N, T] per-token advantages.
+    """
+    returns = [_turn_returns(list(r), len(keys), gamma) for r, keys in zip(turn_rewards, state_keys, strict=True)]
+    levels: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
+    for i, keys in enumerate(state_keys):
+        hashed = [_hashable(key) for key in keys]
+        for k in range(len(keys)):
+            for level in range(min(history, k) + 1):
+                levels[(int(group_ids[i]), level, tuple(hashed[k - level : k + 1]))].append((i, k))
+    parts: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)  # (i, k) -> [(weight, A_l)]
+    for (_, level, _), members in levels.items():
+        if len(members) < 2:
+            continue
+        values = torch.tensor([returns[i][k] for i, k in members], dtype=torch.float64)
+        centred = values - values.mean()
+        if std_normalize:
+            centred = centred / (values.std(unbiased=False) + eps)
+        for (i, k), a in zip(members, centred.tolist(), strict=True):
+            if a != 0:
+                parts[i, k].append(((level + 1) ** alpha, a))
+    step = [[0.0] * len(keys) for keys in state_keys]
+    for (i, k), weighted in parts.items():
+        step[i][k] = sum(w * a for w, a in weighted) / sum(w for w, _ in weighted)
+    return traj_broadcast(advantages, turn_ids=turn_ids) + omega * _broadcast(step, turn_ids)
+
+
 def _hashable(key: object) -> Hashable:
     if isinstance(key, list | tuple):
         return tuple(_hashable(k) for k in key)

@@ -47,8 +47,6 @@ GAPS: dict[tuple[str, str], str] = {
     "distribution's log-probs (q_prop) and a reward; the offline trainer takes fixed pairs or lists",
     ("preference", "spo_aux_recon"): "needs responses with key parts removed and their counts (its self-supervised "
     "labels), a data generator not built",
-    ("credit", "hgpo"): "not built yet: groups turns by their last K anchor states with weights (l+1)^α; the turn data "
-    "(`state_keys`) is there, the component is not",
     ("credit", "salt_recon"): "not built yet: merges identical (state, action) turns into graph nodes; needs each "
     "turn's action identity beside `state_keys`",
     ("credit", "arpo_agentic"): "needs entropy-triggered branching after tool calls: partial rollouts that restart "

@@ -68,3 +68,42 @@ def test_environment_tokens_get_no_advantage(name):
     kw = {} if name == "traj_broadcast" else {"group_ids": GROUPS, "turn_rewards": TURN_REWARDS,
                                                "state_keys": STATE_KEYS}  # fmt: skip
     assert (fn(EPISODE, turn_ids=TURN_IDS, **kw)[TURN_IDS < 0] == 0).all()
+
+
+def _hgpo(**kw):
+    return algos.get("credit", "hgpo")(EPISODE, turn_ids=TURN_IDS, group_ids=GROUPS, turn_rewards=TURN_REWARDS,
+                                       state_keys=STATE_KEYS, **kw)  # fmt: skip
+
+
+def test_hgpo_without_history_is_gigpo():
+    torch.testing.assert_close(_hgpo(history=0, omega=2.0, gamma=0.5), _gigpo(omega=2.0, gamma=0.5))
+
+
+def test_hgpo_hand_worked_levels():
+    # three trajectories of one prompt, states ("", "x", "y"), ("", "z", "y"), ("", "x", "y"); reward 1 after the last
+    # turn of the first two, 0 for the third; γ = 1, so every turn's return is its trajectory's reward: 1, 1, 0.
+    # turn 2 ("y"): level 0 {1, 1, 0} -> A_0 = 1/3, 1/3, -2/3; level 1 (previous state too): ("x","y") holds
+    # trajectories 0 and 2 -> ±1/2, ("z","y") is alone; level 2 ("", "x", "y") the same pair -> ±1/2.
+    # trajectory 0: (1·1/3 + 2·1/2 + 3·1/2)/(1 + 2 + 3) = 17/36; trajectory 1: 1/3 alone; trajectory 2: (−2/3 − 1 −
+    # 3/2)/6 = −19/36. Turn 1: "x" {1, 0} -> ±1/2 at level 0 and level 1 ("", "x") -> ±1/2; "z" alone -> 0.
+    # Turn 0 (""): {1, 1, 0} -> 1/3, 1/3, −2/3 at level 0 only.
+    turn_ids = torch.tensor([[0, 1, 2]] * 3)
+    keys = [["", "x", "y"], ["", "z", "y"], ["", "x", "y"]]
+    rewards = [[0, 0, 1.0], [0, 0, 1.0], [0, 0, 0.0]]
+    hgpo = algos.get("credit", "hgpo")
+    out = hgpo(torch.zeros(3), turn_ids=turn_ids, group_ids=torch.zeros(3), gamma=1.0, turn_rewards=rewards,
+               state_keys=keys)  # fmt: skip
+    want = torch.tensor([[1 / 3, 1 / 2, 17 / 36], [1 / 3, 0.0, 1 / 3], [-2 / 3, -1 / 2, -19 / 36]])
+    torch.testing.assert_close(out, want)
+    # α = 0: the levels weigh the same; trajectory 0's last turn (1/3 + 1/2 + 1/2)/3
+    flat = hgpo(torch.zeros(3), turn_ids=turn_ids, group_ids=torch.zeros(3), gamma=1.0, alpha=0, turn_rewards=rewards,
+                state_keys=keys)  # fmt: skip
+    torch.testing.assert_close(flat[0, 2], torch.tensor(4 / 9))
+
+
+def test_hgpo_identical_trajectories_get_no_step_advantage():
+    # §13 M1, as for GiGPO: every level's group has equal returns
+    turn_ids = torch.tensor([[0, -1, 1, 1]] * 3)
+    out = algos.get("credit", "hgpo")(torch.tensor([0.3] * 3), turn_ids=turn_ids, group_ids=torch.zeros(3),
+                                      turn_rewards=[[0.0, 1.0]] * 3, state_keys=[["", (1, 5)]] * 3)  # fmt: skip
+    torch.testing.assert_close(out, algos.get("credit", "traj_broadcast")(torch.tensor([0.3] * 3), turn_ids=turn_ids))
