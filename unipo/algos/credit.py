@@ -16,7 +16,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from unipo.algos.registry import register
+from unipo.algos.registry import register, warn_reconstruction
 
 
 def _broadcast(per_turn: list[list[float]], turn_ids: torch.Tensor) -> torch.Tensor:
@@ -191,6 +191,54 @@ def hgpo(
     for (i, k), weighted in parts.items():
         step[i][k] = sum(w * a for w, a in weighted) / sum(w for w, _ in weighted)
     return traj_broadcast(advantages, turn_ids=turn_ids) + omega * _broadcast(step, turn_ids)
+
+
+_SALT = "SALT: step-level advantages from a trajectory graph (ALGORITHMS.md seeds 001-43, 002-37; citation not checked)"
+
+
+@register("credit", "salt_recon", paper=_SALT, tag="reconstructed")
+def salt_recon(
+    advantages: torch.Tensor,
+    *,
+    turn_ids: torch.Tensor,
+    group_ids: torch.Tensor,
+    state_keys: Sequence[Sequence[Hashable]],
+    completion_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Reconstruction of SALT's trajectory-graph credit (ALGORITHMS.md §9): turns that act in the same state with the
+    same action, in one prompt's group, are one node of a graph; every turn of a node gets the mean episode advantage
+    of the trajectories that pass through it, Â_{i,t} = mean_{j ∋ node(i, k)} A_j for the tokens t of turn k. A turn
+    no other trajectory shares keeps A_i, so with all actions distinct this is `traj_broadcast`.
+
+    The action is the turn's sampled token ids (exact, no text comparison); the state is its anchor (`state_keys`).
+
+    Args:
+        advantages: [N] episode advantages A_j (any §1 estimator on the trajectory reward).
+        turn_ids: [N, T] each token's policy turn, -1 on the environment's tokens and padding.
+        group_ids: [N] the prompt group of each trajectory.
+        state_keys: per trajectory, the anchor state of each turn.
+        completion_ids: [N, T] the trajectories' token ids.
+
+    Returns:
+        [N, T] per-token advantages.
+    """
+    warn_reconstruction("salt_recon", _SALT)
+    if advantages.dim() != 1:
+        raise ValueError(f"salt_recon: advantages must be [N] episode advantages, got {list(advantages.shape)}")
+    ids, turns = completion_ids.tolist(), turn_ids.tolist()
+    nodes: dict[tuple, set[int]] = defaultdict(set)
+    node_of: list[list[tuple]] = []
+    for i, keys in enumerate(state_keys):
+        actions: dict[int, list[int]] = defaultdict(list)
+        for token, turn in zip(ids[i], turns[i], strict=True):
+            if turn >= 0:
+                actions[turn].append(token)
+        node_of.append([(int(group_ids[i]), _hashable(key), tuple(actions[k])) for k, key in enumerate(keys)])
+        for node in node_of[-1]:
+            nodes[node].add(i)
+    adv = advantages.tolist()
+    per_turn = [[sum(adv[j] for j in nodes[node]) / len(nodes[node]) for node in row] for row in node_of]
+    return _broadcast(per_turn, turn_ids).to(advantages.dtype)
 
 
 def _hashable(key: object) -> Hashable:

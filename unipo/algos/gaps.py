@@ -47,8 +47,6 @@ GAPS: dict[tuple[str, str], str] = {
     "distribution's log-probs (q_prop) and a reward; the offline trainer takes fixed pairs or lists",
     ("preference", "spo_aux_recon"): "needs responses with key parts removed and their counts (its self-supervised "
     "labels), a data generator not built",
-    ("credit", "salt_recon"): "not built yet: merges identical (state, action) turns into graph nodes; needs each "
-    "turn's action identity beside `state_keys`",
     ("credit", "arpo_agentic"): "needs entropy-triggered branching after tool calls: partial rollouts that restart "
     "from a turn of a live trajectory, which the multi-turn rollout does not do",
     ("credit", "seeupo_recon"): "needs one update per turn index in reverse order within a step (the update runs "

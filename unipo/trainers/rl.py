@@ -370,7 +370,7 @@ def step_samples(
 
 def credited(algo: Algo, advantages: torch.Tensor, batch: Rollouts) -> torch.Tensor:
     """The credit stage (`algo.credit`): trajectory advantages to per-token advantages over the turns (N, T)."""
-    turns = {"turn_ids": batch.turn_ids, "group_ids": batch.advantage_groups,
+    turns = {"turn_ids": batch.turn_ids, "group_ids": batch.advantage_groups, "completion_ids": batch.completion_ids,
              "turn_rewards": batch.extras["turn_rewards"], "state_keys": batch.extras["state_keys"]}  # fmt: skip
     return call(algo.credit, advantages, inputs=turns)
 

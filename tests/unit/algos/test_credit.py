@@ -107,3 +107,22 @@ def test_hgpo_identical_trajectories_get_no_step_advantage():
     out = algos.get("credit", "hgpo")(torch.tensor([0.3] * 3), turn_ids=turn_ids, group_ids=torch.zeros(3),
                                       turn_rewards=[[0.0, 1.0]] * 3, state_keys=[["", (1, 5)]] * 3)  # fmt: skip
     torch.testing.assert_close(out, algos.get("credit", "traj_broadcast")(torch.tensor([0.3] * 3), turn_ids=turn_ids))
+
+
+def test_salt_merges_turns_with_the_same_state_and_action():
+    # trajectories 0–2 of one prompt open with the same action (tokens 7 7) in state ""; 0 and 1 then take action 5 in
+    # state "a", trajectory 2 action 6 in state "a"; trajectory 3 (another prompt) opens with 7 7 too
+    ids = torch.tensor([[7, 7, 9, 5], [7, 7, 9, 5], [7, 7, 9, 6], [7, 7, 0, 0]])
+    turn_ids = torch.tensor([[0, 0, -1, 1], [0, 0, -1, 1], [0, 0, -1, 1], [0, 0, -1, -1]])
+    keys = [["", "a"], ["", "a"], ["", "a"], [""]]
+    adv = torch.tensor([1.0, 0.5, -1.5, 2.0])
+    out = algos.get("credit", "salt_recon")(adv, turn_ids=turn_ids, group_ids=torch.tensor([0, 0, 0, 1]),
+                                            state_keys=keys, completion_ids=ids)  # fmt: skip
+    first = (1.0 + 0.5 - 1.5) / 3  # the shared opening: the mean over the three trajectories through it
+    want = torch.tensor([[first, first, 0, 0.75], [first, first, 0, 0.75], [first, first, 0, -1.5], [2.0, 2.0, 0, 0]])
+    torch.testing.assert_close(out, want)
+    # every action distinct: trajectory-level credit
+    distinct = ids + 10 * torch.arange(4)[:, None]
+    out = algos.get("credit", "salt_recon")(adv, turn_ids=turn_ids, group_ids=torch.tensor([0, 0, 0, 1]),
+                                            state_keys=keys, completion_ids=distinct)  # fmt: skip
+    torch.testing.assert_close(out, algos.get("credit", "traj_broadcast")(adv, turn_ids=turn_ids))
