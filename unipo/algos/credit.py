@@ -127,7 +127,8 @@ def gigpo(
 @register(
     "credit",
     "hgpo",
-    paper="Hierarchy-of-Groups Policy Optimization (HGPO), ALGORITHMS.md seeds 001-30 (citation not checked)",
+    paper="Hierarchy-of-Groups Policy Optimization (HGPO), "
+    "https://github.com/langfengQ/verl-agent/tree/master/recipe/hgpo (ALGORITHMS.md seeds 001-30; paper not checked)",
     tag="checked: a public copy of the official verl-agent code (core_hgpo.py, appears to be a fork)",
 )
 def hgpo(
@@ -144,7 +145,7 @@ def hgpo(
     std_normalize: bool = False,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """HGPO (ALGORITHMS.md §9, seeds 001-30): Â = A^E + ω·A^S, A^S from a hierarchy of GiGPO's anchor groups.
+    """HGPO (https://github.com/langfengQ/verl-agent/tree/master/recipe/hgpo): Â = A^E + ω·A^S over history groups.
 
     For turn k of trajectory i and each level l = 0..`history` with k ≥ l, its level-l group is the turns of the same
     prompt group that act in the same state and whose previous l states are the same (l = 0: GiGPO's anchor group);
@@ -238,6 +239,85 @@ def salt_recon(
             nodes[node].add(i)
     adv = advantages.tolist()
     per_turn = [[sum(adv[j] for j in nodes[node]) / len(nodes[node]) for node in row] for row in node_of]
+    return _broadcast(per_turn, turn_ids).to(advantages.dtype)
+
+
+def _turn_sums(values: torch.Tensor, turn_ids: torch.Tensor, turns: int) -> torch.Tensor:
+    """[N, turns] the sum of `values` [N, T] over each policy turn's tokens."""
+    idx = turn_ids.clamp(min=0, max=turns - 1)
+    kept = torch.where(turn_ids >= 0, values, torch.zeros_like(values))
+    return torch.zeros(values.shape[0], turns, dtype=values.dtype, device=values.device).scatter_add(1, idx, kept)
+
+
+@register(
+    "credit",
+    "scores",
+    paper="Kumar et al. 2024, Training Language Models to Self-Correct via Reinforcement Learning (SCoRe), "
+    "arXiv:2409.12917",
+    tag="memory; stage shape and bonus confirmed by secondary sources (ALGORITHMS.md §9); α, β defaults ours",
+    inputs=lambda p: (
+        {"turn_ids", "group_ids", "turn_rewards", "progress"}
+        | ({"old_logp", "ref_logp"} if p["beta_first"] > 0 or p["beta"] > 0 else set())
+    ),
+)
+def scores(
+    advantages: torch.Tensor,
+    *,
+    turn_ids: torch.Tensor,
+    group_ids: torch.Tensor,
+    turn_rewards: Sequence[Sequence[float]],
+    progress: float,
+    old_logp: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    stage1_frac: float = 0.5,
+    alpha: float = 10.0,
+    beta_first: float = 0.1,
+    beta: float = 0.01,
+) -> torch.Tensor:
+    """SCoRe's two-attempt credit (Kumar et al. 2024, arXiv:2409.12917): REINFORCE returns per attempt, stage by stage.
+
+    r(y_k) = the environment's running score after attempt k (Σ_{j≤k} turn rewards: `self_correct` gives r(y₁), then
+    r(y₂) − r(y₁)); KL_k = Σ over attempt k's tokens of log π_old − log π_ref (k1, in the reward).
+    Stage I (the first `stage1_frac` of training): maximise r(y₂) − β₂·KL₁, so R₂ = r(y₂) and R₁ = r(y₂) − β₂·KL₁.
+    Stage II: rewards r(y₁) − β₁·KL₁ and r(y₂) + α·(r(y₂) − r(y₁)) − β₁·KL₂ (the progress bonus), R₂ = the second,
+    R₁ = both. Each attempt's tokens get R_k minus the mean R_k of its prompt's group (our baseline: the group mean).
+    The estimator's episode advantages are not used. A trajectory with one attempt (cut by the budget) has r(y₂) =
+    r(y₁) and KL₂ = 0.
+
+    Args:
+        advantages: [N] episode advantages (unused: SCoRe's returns replace them).
+        turn_ids: [N, T] each token's attempt (0 or 1), -1 on the instruction's tokens and padding.
+        group_ids: [N] the prompt group of each trajectory.
+        turn_rewards: per trajectory, the environment's reward after each attempt.
+        progress: the share of training done (stage I while it is below `stage1_frac`).
+        old_logp, ref_logp: [N, T] log π_old and log π_ref of the sampled tokens; needed when a β > 0.
+        stage1_frac: the share of training spent in stage I (0: stage II only).
+        alpha: α of the progress bonus (the paper: α > 1).
+        beta_first: β₂, stage I's KL weight on the first attempt (stronger than β₁).
+        beta: β₁, stage II's KL weight on each attempt.
+
+    Returns:
+        [N, T] per-token advantages.
+    """
+    n = turn_ids.shape[0]
+    first = torch.tensor([float(r[0]) if len(r) else 0.0 for r in turn_rewards], dtype=torch.float64)
+    second = first + torch.tensor([float(sum(r[1:2])) for r in turn_rewards], dtype=torch.float64)
+    kl = torch.zeros(n, 2, dtype=torch.float64)
+    if beta_first > 0 or beta > 0:
+        if old_logp is None or ref_logp is None:
+            raise ValueError("scores with a KL weight > 0 needs old_logp and ref_logp [N, T]")
+        kl = _turn_sums((old_logp - ref_logp).double(), turn_ids, 2)
+    if progress < stage1_frac:
+        returns = torch.stack([second - beta_first * kl[:, 0], second], 1)
+    else:
+        last = second + alpha * (second - first) - beta * kl[:, 1]
+        returns = torch.stack([first - beta * kl[:, 0] + last, last], 1)
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    count = torch.zeros(int(inverse.max()) + 1, dtype=torch.float64).index_add(
+        0, inverse, torch.ones(n, dtype=torch.float64)
+    )
+    mean = torch.zeros(len(count), 2, dtype=torch.float64).index_add(0, inverse, returns) / count[:, None]
+    per_turn = (returns - mean[inverse]).tolist()
     return _broadcast(per_turn, turn_ids).to(advantages.dtype)
 
 

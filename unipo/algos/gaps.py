@@ -53,8 +53,6 @@ GAPS: dict[tuple[str, str], str] = {
     "once over all turns)",
     ("credit", "refuel"): "needs two continuations of each trajectory from a sampled turn h and a squared regression "
     "loss on their return difference (a paired sampler and loss)",
-    ("credit", "scores"): "not built yet: SCoRe's stage-I KL on turn 1 only and its bonus α·(r(y₂) − r(y₁)); the "
-    "`self_correct` environment gives the turn rewards r(y₁), r(y₂) − r(y₁)",
     ("credit", "r3l_retry_recon"): "needs language feedback that restarts generation from a failure point (a retry "
     "sampler)",
     ("credit", "tir_otb"): "not built yet: the optimal token baseline over the policy tokens of multi-turn "

@@ -292,7 +292,7 @@ def rl_step(s: RLState) -> dict[str, float]:
         all_mask = w.gather_rows(batch.loss_mask)
         all_adv = advantages_of(algo, all_rewards, all_fn, all_groups, all_mask, all_inputs, s.scorer.weights)
         if algo.credit is not None:  # over each rank's own trajectories (a prompt's group never spans ranks)
-            all_adv = w.gather_rows(credited(algo, w.local(all_adv, n, batch.loss_mask.shape[1]), batch))
+            all_adv = w.gather_rows(credited(algo, w.local(all_adv, n, batch.loss_mask.shape[1]), batch, inputs))
         all_adv, post_stats = post_processed(algo, all_adv, all_mask, all_rewards, all_groups)
         advantages = w.local(all_adv, n, batch.loss_mask.shape[1])
     else:  # GAE over the value model's values; the critic then trains on the returns
@@ -368,11 +368,12 @@ def step_samples(
     return completion_samples(batch, s.cfg.log.completions_per_step, **columns)
 
 
-def credited(algo: Algo, advantages: torch.Tensor, batch: Rollouts) -> torch.Tensor:
-    """The credit stage (`algo.credit`): trajectory advantages to per-token advantages over the turns (N, T)."""
+def credited(algo: Algo, advantages: torch.Tensor, batch: Rollouts, inputs: dict[str, Any]) -> torch.Tensor:
+    """The credit stage (`algo.credit`): trajectory advantages to per-token advantages over the turns (N, T), with the
+    turn data and the step's other inputs (progress, old and reference log-probs)."""
     turns = {"turn_ids": batch.turn_ids, "group_ids": batch.advantage_groups, "completion_ids": batch.completion_ids,
              "turn_rewards": batch.extras["turn_rewards"], "state_keys": batch.extras["state_keys"]}  # fmt: skip
-    return call(algo.credit, advantages, inputs=turns)
+    return call(algo.credit, advantages, inputs=inputs | turns)
 
 
 def post_processed(

@@ -126,3 +126,31 @@ def test_salt_merges_turns_with_the_same_state_and_action():
     out = algos.get("credit", "salt_recon")(adv, turn_ids=turn_ids, group_ids=torch.tensor([0, 0, 0, 1]),
                                             state_keys=keys, completion_ids=distinct)  # fmt: skip
     torch.testing.assert_close(out, algos.get("credit", "traj_broadcast")(adv, turn_ids=turn_ids))
+
+
+def test_scores_returns_per_attempt_in_each_stage():
+    # one prompt, three trajectories; turn rewards (r1, r2 − r1): wrong→right, right→right, right→wrong
+    # tokens: attempt 0, the instruction (-1), attempt 1; log π_old − log π_ref = 0.5 on every token
+    turn_ids = torch.tensor([[0, 0, -1, 1]] * 3)
+    rewards = [[0.0, 1.0], [1.0, 0.0], [1.0, -1.0]]
+    old, ref = torch.full((3, 4), -1.0), torch.full((3, 4), -1.5)
+    fn = algos.get("credit", "scores")
+
+    def run(progress):
+        return fn(torch.zeros(3), turn_ids=turn_ids, group_ids=torch.zeros(3), turn_rewards=rewards, progress=progress,
+                  old_logp=old, ref_logp=ref, stage1_frac=0.5, alpha=2.0, beta_first=0.4, beta=0.1)  # fmt: skip
+
+    # stage I: r(y2) = 1, 1, 0; KL1 = 2·0.5 = 1 -> R1 = r2 − 0.4 = 0.6, 0.6, −0.4 (mean 4/15), R2 = r2 (mean 2/3)
+    stage1 = run(0.25)
+    torch.testing.assert_close(stage1[:, 0], torch.tensor([1 / 3, 1 / 3, -2 / 3]))
+    torch.testing.assert_close(stage1[:, 3], torch.tensor([1 / 3, 1 / 3, -2 / 3]))
+    assert (stage1[:, 2] == 0).all()  # the instruction's tokens
+    # stage II: KL1 = 1, KL2 = 0.5; last = r2 + 2(r2 − r1) − 0.05 = 2.95, 0.95, −2.05 (mean 0.6167);
+    # R1 = r1 − 0.1 + last = 2.85, 1.85, −1.15 (mean 1.1833)
+    stage2 = run(0.75)
+    torch.testing.assert_close(stage2[:, 3], torch.tensor([2.95, 0.95, -2.05]) - 1.85 / 3)
+    torch.testing.assert_close(stage2[:, 0], torch.tensor([2.85, 1.85, -1.15]) - 3.55 / 3)
+    assert algos.entry("credit", "scores").needs({"beta_first": 0.0, "beta": 0.0}) == {
+        "turn_ids", "group_ids", "turn_rewards", "progress"}  # fmt: skip
+    with pytest.raises(ValueError, match="needs old_logp and ref_logp"):
+        fn(torch.zeros(3), turn_ids=turn_ids, group_ids=torch.zeros(3), turn_rewards=rewards, progress=0.0)
