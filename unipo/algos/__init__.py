@@ -18,6 +18,7 @@ from unipo.algos import (  # noqa: F401  (registers components)
     preference,
     regularizers,
     reward_bonus,
+    reward_models,
     reward_shaping,
     samplers,
     token_weights,

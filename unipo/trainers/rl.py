@@ -349,7 +349,8 @@ def shaped(
     shaper such as RTO's, for the critic, or None). The (N,) rewards are then each row's sum of its token rewards."""
     if not algo.shaping:
         return all_raw, None
-    inputs = s.world.gather_inputs(shape_inputs(s, batch, per_fn) | frozen, batch.num_completions)
+    needed = {k: v for k, v in frozen.items() if any(k in fn.needs for fn in algo.shaping)}  # gathered only if read
+    inputs = s.world.gather_inputs(shape_inputs(s, batch, per_fn) | needed, batch.num_completions)
     with timer("shape"):
         rewards, s.shaping_states = shape(algo.shaping, all_raw, s.shaping_states, inputs)
     return (rewards, None) if rewards.dim() == 1 else (rewards.sum(1), rewards)
