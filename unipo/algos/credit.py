@@ -16,6 +16,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from unipo.algos.policy_losses._common import group_mean
 from unipo.algos.registry import register, warn_reconstruction
 
 
@@ -60,6 +61,18 @@ def _turn_returns(turn_rewards: list[float], turns: int, gamma: float) -> list[f
         running = rewards[k] + gamma * running
         out[k] = running
     return out
+
+
+def _centred_returns(
+    members: list[tuple[int, int]], returns: list[list[float]], std_normalize: bool, eps: float, unbiased: bool
+) -> list[float]:
+    """Each member turn's return minus the mean over `members` ((trajectory, turn) pairs), ÷ (their std + eps) when
+    `std_normalize` (Bessel-corrected when `unbiased`)."""
+    values = torch.tensor([returns[i][k] for i, k in members], dtype=torch.float64)
+    centred = values - values.mean()
+    if std_normalize:
+        centred = centred / (values.std(unbiased=unbiased) + eps)
+    return centred.tolist()
 
 
 @register(
@@ -115,11 +128,7 @@ def gigpo(
     for members in anchors.values():
         if len(members) < 2:
             continue
-        values = torch.tensor([returns[i][k] for i, k in members], dtype=torch.float64)
-        centred = values - values.mean()
-        if std_normalize:
-            centred = centred / (values.std() + eps)
-        for (i, k), a in zip(members, centred.tolist(), strict=True):
+        for (i, k), a in zip(members, _centred_returns(members, returns, std_normalize, eps, True), strict=True):
             step[i][k] = a
     return traj_broadcast(advantages, turn_ids=turn_ids) + omega * _broadcast(step, turn_ids)
 
@@ -181,11 +190,7 @@ def hgpo(
     for (_, level, _), members in levels.items():
         if len(members) < 2:
             continue
-        values = torch.tensor([returns[i][k] for i, k in members], dtype=torch.float64)
-        centred = values - values.mean()
-        if std_normalize:
-            centred = centred / (values.std(unbiased=False) + eps)
-        for (i, k), a in zip(members, centred.tolist(), strict=True):
+        for (i, k), a in zip(members, _centred_returns(members, returns, std_normalize, eps, False), strict=True):
             if a != 0:
                 parts[i, k].append(((level + 1) ** alpha, a))
     step = [[0.0] * len(keys) for keys in state_keys]
@@ -312,12 +317,8 @@ def scores(
     else:
         last = second + alpha * (second - first) - beta * kl[:, 1]
         returns = torch.stack([first - beta * kl[:, 0] + last, last], 1)
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    count = torch.zeros(int(inverse.max()) + 1, dtype=torch.float64).index_add(
-        0, inverse, torch.ones(n, dtype=torch.float64)
-    )
-    mean = torch.zeros(len(count), 2, dtype=torch.float64).index_add(0, inverse, returns) / count[:, None]
-    per_turn = (returns - mean[inverse]).tolist()
+    baseline = torch.stack([group_mean(returns[:, k], group_ids) for k in range(2)], 1)
+    per_turn = (returns - baseline).tolist()
     return _broadcast(per_turn, turn_ids).to(advantages.dtype)
 
 

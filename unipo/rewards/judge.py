@@ -39,13 +39,17 @@ def label_ids(tokenizer: Any, labels: Sequence[str]) -> list[int]:
     return ids
 
 
+def request_text(prompt: object) -> str:
+    """A prompt as plain text: a string as is, chat messages as their contents, one per line."""
+    return prompt if isinstance(prompt, str) else "\n".join(str(m.get("content", "")) for m in prompt)
+
+
 def judge_texts(tokenizer: Any, prompts: Sequence, completions: Sequence, template: str) -> list[str]:
     """The judge's input for each (prompt, completion): `template` as a user message, through the chat template
     with the assistant turn opened (plain text when the tokenizer has none)."""
     out = []
     for p, c in zip(prompts, completions, strict=True):
-        request = p if isinstance(p, str) else "\n".join(str(m.get("content", "")) for m in p)
-        content = template.format(prompt=request, completion=text_of(c))
+        content = template.format(prompt=request_text(p), completion=text_of(c))
         if getattr(tokenizer, "chat_template", None):
             out.append(tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                      add_generation_prompt=True))  # fmt: skip

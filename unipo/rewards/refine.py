@@ -58,16 +58,14 @@ def refinement(
     first call and stays loaded; the draws are seeded by `seed` and the call's texts, so a score is reproducible."""
     import torch
 
-    from unipo.rewards.judge import frozen_model
+    from unipo.rewards.judge import frozen_model, request_text
     from unipo.rollout.hf import sample
 
     if k < 1:
         raise ValueError(f"refinement: k must be >= 1, got {k}")
     model, tokenizer = frozen_model(path, device)
-    rows = []
-    for p, c in zip(prompts, completions, strict=True):
-        request = p if isinstance(p, str) else "\n".join(str(m.get("content", "")) for m in p)
-        rows.append({"prompt": [{"role": "user", "content": template.format(prompt=request, completion=text_of(c))}]})
+    rows = [{"prompt": [{"role": "user", "content": template.format(prompt=request_text(p), completion=text_of(c))}]}
+            for p, c in zip(prompts, completions, strict=True)]  # fmt: skip
     generator = torch.Generator().manual_seed(seed + sum(map(len, map(str, completions))))
     out = sample(model, tokenizer, rows, n=k, max_new_tokens=max_new_tokens, temperature=temperature,
                  generator=generator)  # fmt: skip
