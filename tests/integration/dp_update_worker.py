@@ -6,7 +6,10 @@ whole batch alone. The optimizer is SGD with lr 1 and no clipping, so each param
 the step used. Written to OUT.json: per case, the largest gap between the data-parallel and the single-process
 change, loss and gradient norm, and the gradient norm itself (so a test sees the change is not zero).
 
-Usage: python -m torch.distributed.run --standalone --nproc_per_node 2 dp_update_worker.py MODEL_DIR OUT.json
+With STRATEGY `fsdp2` the data-parallel run shards the model (and the reference) over the ranks (`World.shard`); the
+change of a parameter is then read from its gathered full tensor.
+
+Usage: python -m torch.distributed.run --standalone --nproc_per_node 2 dp_update_worker.py MODEL_DIR OUT.json [STRATEGY]
 """
 
 from __future__ import annotations
@@ -44,20 +47,30 @@ def run(model_dir: str, overrides: list[str], advantages: torch.Tensor, world: W
         rows = torch.arange(6) + 6 * world.rank
         batch, advantages = batch.select(rows), advantages[rows]
     inputs = {"rewards": torch.zeros(batch.num_completions), "progress": 0.0, "truncated": batch.truncated}
+    model = world.shard(model)
+    if world.sharded:  # each rank holds at most half of every parameter's rows
+        assert all(p.to_local().shape[0] <= -(-p.shape[0] // 2) for p in model.parameters())
     if cfg.algo.kl.coef:
         ref, _ = load_model_and_tokenizer(model_dir, device="cpu", dtype="float32")
-        inputs["ref_logp"] = reference_logps(ref.eval(), batch, cfg)
-    before = [p.detach().clone() for p in model.parameters()]
+        inputs["ref_logp"] = reference_logps(world.shard(ref.eval()), batch, cfg)
+    before = [_full(p).clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     stats = update(cfg, model, optimizer, scheduler, build_algo(cfg), batch, advantages, inputs, world)
-    return [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)], stats
+    return [_full(p) - b for p, b in zip(model.parameters(), before, strict=True)], stats
+
+
+def _full(p: torch.Tensor) -> torch.Tensor:
+    """A parameter's whole value (a sharded one's gathered: a collective)."""
+    p = p.detach()
+    return p.full_tensor() if hasattr(p, "full_tensor") else p
 
 
 def main() -> None:
     model_dir, out = sys.argv[1], sys.argv[2]
+    sharded = sys.argv[3:] == ["fsdp2"]
     dist.init_process_group("gloo")
-    world = World(dist.get_rank(), dist.get_world_size())
+    world = World(dist.get_rank(), dist.get_world_size(), sharded=sharded)
     report = {}
     for name, (overrides, advantages) in CASES.items():
         advantages = torch.tensor(advantages)
@@ -70,6 +83,7 @@ def main() -> None:
                 "grad_norm_gap": abs(dp_stats["grad_norm"] - stats["grad_norm"]),
                 "grad_norm": stats["grad_norm"],
                 "trained_frac_gap": abs(dp_stats["tokens/trained_frac"] - stats["tokens/trained_frac"]),
+                "sharded": sharded,
             }
         dist.barrier()
     if world.main:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from unipo.cli import main
 from unipo.trainers import checkpoint
@@ -38,10 +40,11 @@ def _steps(run):
     return {r["step"]: r for r in rows if "eval/accuracy" not in r}
 
 
-def test_update_on_two_ranks_equals_one_process(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_update_on_two_ranks_equals_one_process(tiny_model_dir, tmp_path, strategy):
     out = tmp_path / "report.json"
     worker = Path(__file__).with_name("dp_update_worker.py")
-    proc = subprocess.run(_torchrun(str(worker), tiny_model_dir, str(out)), env=ENV, cwd=tmp_path,
+    proc = subprocess.run(_torchrun(str(worker), tiny_model_dir, str(out), strategy), env=ENV, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     report = json.loads(out.read_text())
@@ -51,6 +54,7 @@ def test_update_on_two_ranks_equals_one_process(tiny_model_dir, tmp_path):
         assert r["grad_norm"] > 0.1, case
         assert r["param_gap"] < 1e-6 and r["loss_gap"] < 1e-6 and r["grad_norm_gap"] < 1e-6, (case, r)
         assert r["trained_frac_gap"] == 0.0, case
+        assert r["sharded"] == (strategy == "fsdp2"), case  # the worker checked each rank holds half of every row
 
 
 def test_two_rank_run_matches_one_process_and_resumes_after_a_killed_rank(tiny_model_dir, tmp_path):
@@ -97,6 +101,40 @@ def test_two_rank_run_matches_one_process_and_resumes_after_a_killed_rank(tiny_m
     for step in (last + 1, last + 2):
         for key in COMPARED:
             assert k[step][key] == pytest.approx(r[step][key], rel=1e-4, abs=1e-5), (step, key)
+
+
+def _same_steps(run, other, steps):
+    a, b = _steps(run), _steps(other)
+    for step in steps:
+        for key in COMPARED:
+            assert a[step][key] == pytest.approx(b[step][key], rel=1e-4, abs=1e-5), (step, key)
+
+
+def test_fsdp2_run_matches_one_process_and_resumes_into_other_world_sizes(tiny_model_dir, tmp_path):
+    # one process, 5 steps, every checkpoint kept; KL to a reference, so the reference is sharded too
+    kl = ("algo.kl.coef=0.05", "train.save_every=1", "train.keep_checkpoints=5")
+    alone = tmp_path / "alone"
+    assert main(_train_args(tiny_model_dir, alone, "train.max_steps=5", *kl)) == 0
+    # 2 ranks, each with a shard of every parameter: the same 3 steps, and the same checkpoint as one process
+    pair = tmp_path / "pair"
+    cmd = _torchrun("-m", "unipo", *_train_args(tiny_model_dir, pair, "train.max_steps=3", "dist.strategy=fsdp2", *kl))
+    proc = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _same_steps(pair, alone, (1, 2, 3))
+    mine, theirs = (checkpoint.list_checkpoints(r / "checkpoints")[2] for r in (pair, alone))
+    a, b = load_file(mine / "model.safetensors"), load_file(theirs / "model.safetensors")
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    moments = [torch.load(c / checkpoint.STATE, weights_only=False)["optimizer"] for c in (mine, theirs)]
+    assert moments[0]["param_groups"] == moments[1]["param_groups"]  # keyed by parameter index, as one process does
+    for i, state in moments[1]["state"].items():
+        assert torch.allclose(moments[0]["state"][i]["exp_avg_sq"], state["exp_avg_sq"], atol=1e-8), i
+    # the sharded checkpoint resumes in ONE process (step 4), and that one on 2 sharded ranks again (step 5)
+    assert main(_train_args(tiny_model_dir, pair, "train.max_steps=4", *kl)) == 0
+    cmd = _torchrun("-m", "unipo", *_train_args(tiny_model_dir, pair, "train.max_steps=5", "dist.strategy=fsdp2", *kl))
+    proc = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(_steps(pair)) == [1, 2, 3, 4, 5]
+    _same_steps(pair, alone, (4, 5))
 
 
 def _rank_pid(launcher_pid: int, rank: int) -> int:

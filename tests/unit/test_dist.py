@@ -1,9 +1,14 @@
 """trainers/dist.py alone (one process) and the per-completion sampler of rollout/hf.py."""
 
+import pytest
 import torch
 
+from unipo import config
+from unipo.config import ConfigError
 from unipo.rollout.hf import draw
+from unipo.trainers.common import build_algo
 from unipo.trainers.dist import World, sample_generators
+from unipo.trainers.rl import check_data_parallel
 
 
 def test_draw_with_per_row_generators_follows_the_distribution():
@@ -35,3 +40,23 @@ def test_one_rank_world_is_the_identity():
     assert w.gather_inputs({"a": x, "b": [1, 2, 3], "c": 0.5}, 3) == {"a": x, "b": [1, 2, 3], "c": 0.5}
     assert torch.equal(w.local(x, 3, 1), x[:, :1]) and w.sizes(4) == [4]
     assert World(1, 2).share([1, 2, 3, 4]) == [3, 4]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["model.lora.r=4"], ["algo.kl.coef=0.1", "algo.ref_sync={name: ref_sync, alpha: 0.5, every: 2}"]],
+)
+def test_fsdp2_refuses_what_it_does_not_shard_yet(overrides):
+    cfg = config.load("grpo", ["dist.strategy=fsdp2", *overrides])
+    with pytest.raises(ConfigError, match=r"^dist.strategy=fsdp2 does not yet shard a LoRA policy or a moving ref"):
+        check_data_parallel(cfg, build_algo(cfg))
+    check_data_parallel(cfg.model_copy(update={"dist": cfg.dist.model_copy(update={"strategy": "ddp"})}),
+                        build_algo(cfg))  # fmt: skip
+
+
+def test_a_plain_world_neither_shards_nor_pads():
+    world, model = World(), torch.nn.Linear(2, 2)
+    assert world.shard(model) is model and not hasattr(model, "unipo_forward")
+    assert world.padding(3) == 0 and world.full_weights(model) is None
+    optimizer = torch.optim.AdamW(model.parameters())
+    assert world.optimizer_state(model, optimizer) == optimizer.state_dict()

@@ -337,8 +337,10 @@ class DistConfig(_Strict):
     """Data-parallel training under `torchrun --nproc_per_node N -m unipo train ...` (trainers/dist.py); ignored in a
     plain run."""
 
-    strategy: Literal["ddp"] = "ddp"
-    """`ddp`: every rank holds the whole model; gradients are summed over the ranks once per optimizer step."""
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    """`ddp`: every rank holds the whole model; gradients are summed over the ranks once per optimizer step. `fsdp2`:
+    each rank holds a shard of every parameter, gradient and optimizer state (`fully_shard`), gathered layer by layer
+    for the update and whole while sampling."""
     timeout_s: int = Field(1800, ge=1)
     """How long a rank waits for the others at a collective (e.g. while rank 0 evaluates) before the run fails."""
 

@@ -32,14 +32,25 @@ def completion_logprobs(
         logp (N, T) and, if asked, the entropy of the same distribution (N, T), detached unless `entropy_grad`
         (for entropy regularizers); with `keep_logits`, also the temperature-scaled logits (N, T, V).
     """
-    hidden = completion_hidden(model, batch, share_prompt=share_prompt)
-    logits = model.get_output_embeddings()(hidden).float() / temperature  # (N, T, V)
-    logp = logprobs_from_logits(logits, batch.completion_ids)
-    entropy = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = entropy_from_logits(logits)
-    return (logp, entropy, logits) if keep_logits else (logp, entropy)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        hidden = (_share_prompt_hidden if share_prompt else _full_hidden)(model, batch)
+        logits = model.get_output_embeddings()(hidden).float() / temperature  # (N, T, V)
+        logp = logprobs_from_logits(logits, batch.completion_ids)
+        entropy = None
+        if with_entropy:
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                entropy = entropy_from_logits(logits)
+        return (logp, entropy, logits) if keep_logits else (logp, entropy)
+
+    return as_forward(model, run)
+
+
+def as_forward(model: Any, fn: Any) -> Any:
+    """`fn()` as one forward of `model`: a model sharded with FSDP2 (trainers/dist.py) gathers its root's parameters
+    (the embedding and LM head this module calls directly, not through `model.forward`) around it."""
+    forward = getattr(model, "unipo_forward", None)
+    return forward(fn) if forward is not None else fn()
 
 
 def _backbone(model: Any) -> Any:
@@ -53,9 +64,7 @@ def completion_hidden(model: Any, batch: Rollouts, *, share_prompt: bool = True,
     """Last hidden states of the backbone (N, T, H) at the positions that predict each completion token: h_t
     summarises the state s_t = (x, y_<t). With `states`, also the state after the last token: (N, T+1, H), so that
     row i's h[:, L_i] is s_{L_i} (a critic's bootstrap value)."""
-    if share_prompt:
-        return _share_prompt_hidden(model, batch, states)
-    return _full_hidden(model, batch, states)
+    return as_forward(model, lambda: (_share_prompt_hidden if share_prompt else _full_hidden)(model, batch, states))
 
 
 def _share_prompt_hidden(model: Any, batch: Rollouts, states: bool = False) -> torch.Tensor:

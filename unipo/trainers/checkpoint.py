@@ -53,8 +53,10 @@ def trainer_state(optimizer: Any, scheduler: Any, generator: torch.Generator, da
 
 
 def restore(saved: dict[str, Any], optimizer: Any, scheduler: Any, generator: torch.Generator) -> tuple[int, dict]:
-    """Load a `trainer_state` back; returns (step, data position)."""
-    optimizer.load_state_dict(saved["optimizer"])
+    """Load a `trainer_state` back (the optimizer's unless `optimizer` is None: a sharded one loads through
+    `World.load_optimizer`); returns (step, data position)."""
+    if optimizer is not None:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"], generator)
     return saved["step"], saved["data"]
@@ -82,13 +84,15 @@ def save(
     trainer_state: dict[str, Any],
     keep: int = 2,
     extra_models: dict[str, Any] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `folder/step-XXXXXX` atomically and prune all but the `keep` newest checkpoints. Each of `extra_models`
-    (e.g. the value model as `critic`) is saved with its own `save_pretrained` and the tokenizer in a subdirectory."""
+    (e.g. the value model as `critic`) is saved with its own `save_pretrained` and the tokenizer in a subdirectory.
+    `weights`: the model's full state dict when `model` holds only a shard of it (`World.full_weights`)."""
     final = folder / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=folder))
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
         tokenizer.save_pretrained(tmp)
         for name, extra in (extra_models or {}).items():
             extra.save_pretrained(tmp / name)

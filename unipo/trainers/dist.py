@@ -11,13 +11,25 @@ the global state (model, optimizer, stream cursor), so a run resumes into any nu
 
 Sampling is world-size invariant: each completion draws from its own generator, seeded by (train.seed, the
 prompt's position in the stream, its index in the group), so N ranks sample what one process samples.
+
+With `dist.strategy=fsdp2` each rank holds a 1/N shard of every parameter, gradient and optimizer state
+(`fully_shard` on each decoder layer, then on the root, which keeps the tied embedding and LM head): a forward
+all-gathers a layer's parameters and the backward reduce-scatters its gradients (summed, not averaged: the loss is
+already normalised by the global counts). The differences from `ddp`, each from `../shared/notes/scale.md` §1–§2:
+`models/logprobs.py` runs its backbone-plus-head computation as one registered forward of the root; the policy is
+gathered whole while it samples and scores (ranks decode different lengths, which per-layer all-gathers could not
+follow) and sharded again for the update; ranks run the same number of micro-batches (a rank with fewer runs
+zero-weight ones); checkpoints hold the gathered full state (HF weights, and the optimizer state keyed as one
+process keys it), so a run resumes into any number of ranks, with either strategy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +47,8 @@ class World:
     size: int = 1
     device: str = "cpu"
     """Where collectives run (gloo: the CPU; NCCL: this rank's GPU)."""
+    sharded: bool = False
+    """`dist.strategy=fsdp2`: the models are sharded over the ranks (`shard`); gradients are reduced in backward."""
 
     @property
     def main(self) -> bool:
@@ -125,8 +139,9 @@ class World:
         return x if width is None or x.dim() < 2 else x[:, :width]
 
     def all_reduce_grads(self, params: list[torch.Tensor], bucket: int = 2**24) -> None:
-        """Sum the gradients of `params` over the ranks, in buckets of about `bucket` elements."""
-        if self.size == 1:
+        """Sum the gradients of `params` over the ranks, in buckets of about `bucket` elements (sharded models
+        reduce-scatter theirs in the backward pass)."""
+        if self.size == 1 or self.sharded:
             return
         grads = [p.grad for p in params if p.grad is not None]
         start = 0
@@ -142,6 +157,112 @@ class World:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
             start = end
+
+    def padding(self, count: int) -> int:
+        """How many zero-weight micro-batches this rank adds to its `count` so that every rank runs as many forward
+        and backward passes (each one all-gathers and reduce-scatters when sharded): 0 unless sharded."""
+        return max(self.sizes(count)) - count if self.sharded else 0
+
+    def shard(self, model: Any) -> Any:
+        """`model` sharded over the ranks with FSDP2 when `sharded` (each decoder layer, then the root with the
+        embedding and LM head; gradients summed over the ranks), else `model` itself."""
+        if not self.sharded:
+            return model
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        mesh = init_device_mesh(self.device.split(":")[0], (self.size,))  # a CPU mesh for gloo (pytorch#132471)
+        layers = set(getattr(model, "_no_split_modules", None) or ())
+        for module in model.modules():
+            if type(module).__name__ in layers:
+                fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        for module in _fsdp_modules(model):
+            module.set_gradient_divide_factor(1.0)  # a sum over the ranks: the loss has the global normalisers
+            module.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
+        model.unipo_forward = _call.__get__(model)  # `models/logprobs.py` runs through it: the root's hooks run
+        register_fsdp_forward_method(model, "unipo_forward")
+        return model
+
+    def unshard(self, model: Any) -> None:
+        """Gather a sharded model's full parameters on every rank (a collective) and keep them through forwards until
+        `reshard`: sampling then makes no collective, however many tokens each rank decodes."""
+        for module in _fsdp_modules(model) if self.sharded else ():
+            module.set_reshard_after_forward(False, recurse=False)
+            module.unshard()
+
+    def reshard(self, model: Any) -> None:
+        """Free the gathered parameters of `unshard` (a sharded model's forwards gather layer by layer again)."""
+        for module in _fsdp_modules(model) if self.sharded else ():
+            module.reshard()
+            if module is not model:  # the root keeps its parameters from forward to backward (FSDP2's default)
+                module.set_reshard_after_forward(True, recurse=False)
+
+    @contextlib.contextmanager
+    def gathered(self, model: Any) -> Iterator[None]:
+        """`unshard` ... `reshard`: e.g. rank 0's held-out evaluation, while the other ranks wait at a barrier."""
+        self.unshard(model)
+        try:
+            yield
+        finally:
+            self.reshard(model)
+
+    def full_weights(self, model: Any) -> dict | None:
+        """A sharded model's full weights, gathered to rank 0's CPU for a checkpoint (a collective: every rank calls
+        it; the others get an empty dict); None (the model's own `state_dict`) when not sharded."""
+        if not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        unique = {name for name, _ in model.named_parameters()}
+        tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - unique  # e.g. a tied LM head
+        return {name: value for name, value in weights.items() if name not in tied}
+
+    def optimizer_state(self, model: Any, optimizer: Any) -> dict:
+        """The optimizer's state as one process holds it (keyed by parameter index), for a checkpoint: a sharded
+        one's is gathered to rank 0 (a collective: every rank calls it; the others get an empty dict)."""
+        if not self.sharded:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        optim = get_optimizer_state_dict(model, optimizer, options=options)
+        if not optim:  # gathered to rank 0's CPU only: the other ranks get nothing (and save nothing)
+            return {}
+        index = {name: i for i, name in enumerate(_trained_names(model))}
+        state = {index[name]: value for name, value in optim["state"].items()}
+        groups = [{**g, "params": [index[n] for n in g["params"]]} for g in optim["param_groups"]]
+        return {"state": state, "param_groups": groups}
+
+    def load_optimizer(self, model: Any, optimizer: Any, saved: dict) -> None:
+        """Load an optimizer state saved by `optimizer_state` (on any number of ranks) into this rank's optimizer."""
+        if not self.sharded:
+            optimizer.load_state_dict(saved)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = _trained_names(model)
+        state = {names[i]: value for i, value in saved["state"].items()}
+        groups = [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]
+        set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups},
+                                 options=StateDictOptions(full_state_dict=True))  # fmt: skip
+
+
+def _call(_model: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)`; registered as a forward method of a sharded model (`World.shard`)."""
+    return fn(*args, **kwargs)
+
+
+def _fsdp_modules(model: Any) -> list[Any]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def _trained_names(model: Any) -> list[str]:
+    """The names of the parameters an optimizer from `common.build_optimizer` holds, in its order."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
 def launched() -> bool:
@@ -165,7 +286,7 @@ def init_world(cfg: Config) -> World:
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=cfg.dist.timeout_s))
         _joined.append(True)
     device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
-    return World(rank, size, device)
+    return World(rank, size, device, sharded=cfg.dist.strategy == "fsdp2")
 
 
 _joined: list[bool] = []

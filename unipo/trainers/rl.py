@@ -67,7 +67,7 @@ def train(cfg: Config) -> Path:
     if algo.sampler is not None:
         check_sampler(cfg, algo, task)
     if world.size > 1:
-        check_data_parallel(algo)
+        check_data_parallel(cfg, algo)
     if "teacher_logp" in algo.needs and not cfg.model.teacher_path:
         raise ConfigError("model.teacher_path: the recipe reads a frozen second model's log-probs (the teacher of "
                           "`onpolicy_distill`, the DPO model of `rto_token_reward`); set it to a causal LM directory "
@@ -81,6 +81,7 @@ def train(cfg: Config) -> Path:
                           "> 0, or remove algo.ref_sync)")  # fmt: skip
     resume, saved = checkpoint.latest(run.checkpoints)  # verified before anything is loaded from it
     model, tokenizer = load_policy(cfg.model, resume, device_for(cfg))
+    model = world.shard(model)  # dist.strategy=fsdp2: this rank keeps a shard of each parameter
     model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
     ref = None
     if algo.needs_ref and cfg.model.lora.r:  # the initial policy is the model with its adapter disabled
@@ -89,7 +90,7 @@ def train(cfg: Config) -> Path:
         synced = resume is not None and algo.ref_sync is not None and (resume / REFERENCE).is_dir()
         ref, _ = load_model_and_tokenizer(str(resume / REFERENCE) if synced else cfg.model.path,
                                           device=device_for(cfg), dtype=cfg.model.dtype)  # fmt: skip
-        ref.eval().requires_grad_(False)
+        ref = world.shard(ref.eval().requires_grad_(False))
     teacher = load_teacher(cfg, tokenizer) if "teacher_logp" in algo.needs else None
     optimizer, scheduler = build_optimizer(model, cfg)
     critic = critics.build(cfg, resume, saved) if algo.critic else None
@@ -99,7 +100,8 @@ def train(cfg: Config) -> Path:
     start, found = 0, controllers.slots(cfg, algo)
     values = controllers.initial(algo, found)
     if saved is not None:
-        start, position = checkpoint.restore(saved, optimizer, scheduler, generator)
+        start, position = checkpoint.restore(saved, None, scheduler, generator)
+        world.load_optimizer(model, optimizer, saved["optimizer"])
         stream = PromptStream(task.train, cfg.train.seed, **position)
         values |= saved.get("components", {})
         run.truncate_metrics(start)
@@ -116,8 +118,9 @@ def train(cfg: Config) -> Path:
         return rl_step(state)
 
     def evaluate(step: int) -> Any:
-        result = heldout_eval(cfg, run, model, tokenizer, task, step, env) if world.main else None
-        world.barrier()  # the other ranks wait for rank 0's evaluation
+        with world.gathered(model):  # sharded: every rank gathers the policy, rank 0 evaluates, the others wait
+            result = heldout_eval(cfg, run, model, tokenizer, task, step, env) if world.main else None
+            world.barrier()
         return result
 
     try:
@@ -177,8 +180,11 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
     return env
 
 
-def check_data_parallel(algo: Algo) -> None:
+def check_data_parallel(cfg: Config, algo: Algo) -> None:
     """What cannot yet run on several ranks is refused before any model loads."""
+    if cfg.dist.strategy == "fsdp2" and (cfg.model.lora.r or algo.ref_sync is not None):
+        raise ConfigError("dist.strategy=fsdp2 does not yet shard a LoRA policy or a moving reference (algo.ref_sync); "
+                          "use dist.strategy=ddp")  # fmt: skip
     if algo.sampler is not None:
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers run in one process only for now (each rank "
                           "would draw its own extra prompts); launch without torchrun")  # fmt: skip
@@ -258,6 +264,7 @@ class RLState:
 
     def checkpoint_state(self) -> dict[str, Any]:
         state = checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, self.stream.state())
+        state["optimizer"] = self.world.optimizer_state(self.model, self.optimizer)  # sharded: gathered
         state["components"] = dict(self.values)
         if self.critic is not None:
             state["critic"] = self.critic.state()
@@ -270,6 +277,7 @@ def rl_step(s: RLState) -> dict[str, float]:
     """One rollout batch and its `ppo_epochs` optimizer steps; returns the step's scalar metrics."""
     cfg, timer, t0 = s.cfg, Timer(), time.perf_counter()
     algo = controllers.bind(s.algo, s.slots, s.values)  # this step's controlled hyperparameters
+    s.world.unshard(s.model)  # sharded: the whole policy on every rank until the update (ranks decode unequal lengths)
     batch, per_fn, sampler_stats = collect(s, algo, timer)
     w, n = s.world, batch.num_completions  # batch-wide stages see every rank's rows (all_* below; module dist.py)
     raw = s.scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
@@ -310,6 +318,7 @@ def rl_step(s: RLState) -> dict[str, float]:
     if cfg.log.completions_per_step and w.main:
         s.samples = step_samples(s, batch, per_fn, rewards, advantages)
     waits = s.step <= cfg.critic.warmup_steps and s.critic is not None  # critic warm-up: the policy waits
+    w.reshard(s.model)
     with timer("update"):
         stats = {} if waits else update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs, w)
     s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, len(all_raw))

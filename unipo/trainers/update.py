@@ -87,7 +87,9 @@ def update(
         for p in trained:  # zeros, not None: AdamW then steps every parameter, as with a full batch
             p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
         total = torch.zeros(())
-        for idx in active.split(cfg.train.micro_batch_size) if active.numel() else ():
+        chunks = list(active.split(cfg.train.micro_batch_size)) if active.numel() else []
+        _idle_passes(model, batch, world.padding(len(chunks)), precision, share)
+        for idx in chunks:
             mb = batch.select(idx)
             width, mask = mb.completion_ids.shape[1], mb.loss_mask.float()
             with precision:
@@ -133,7 +135,8 @@ def update(
                 sums[key] = sums.get(key, torch.zeros(2)) + pair
         world.all_reduce_grads(trained)
         max_norm = cfg.train.max_grad_norm or float("inf")
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(trained, max_norm)))
+        norm = torch.nn.utils.clip_grad_norm_(trained, max_norm)
+        grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))  # sharded: a DTensor
         optimizer.step()
         scheduler.step()
         losses.append(float(world.sum(total)))
@@ -144,6 +147,15 @@ def update(
     out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in totals.items()})
     out["tokens/trained_frac"] = float(world.sum(batch.loss_mask[active].sum().float()) / num_tokens)
     return out
+
+
+def _idle_passes(model: Any, batch: Rollouts, count: int, precision: Any, share: bool) -> None:
+    """`count` forward and backward passes of weight zero on one completion: a sharded model's rank with fewer
+    micro-batches than the busiest one joins the all-gathers and reduce-scatters of the passes it lacks."""
+    for _ in range(count):
+        with precision:
+            logp, _ = completion_logprobs(model, batch.select(torch.arange(1)), share_prompt=share)
+        (logp.sum() * 0.0).backward()
 
 
 PER_TOKEN = ("ref_logp", "teacher_logp", "ref_logits", "sum_pi_squared", "sum_pi_cubed")
