@@ -6,9 +6,9 @@ import torch
 from unipo import config
 from unipo.config import ConfigError
 from unipo.rollout.hf import draw
+from unipo.trainers.checks import check_data_parallel
 from unipo.trainers.common import build_algo
 from unipo.trainers.dist import World, sample_generators
-from unipo.trainers.rl import check_data_parallel
 
 
 def test_draw_with_per_row_generators_follows_the_distribution():

@@ -97,6 +97,11 @@ class RolloutConfig(_Strict):
     """Nucleus sampling threshold (1: off)."""
     top_k: int = Field(0, ge=0)
     """Top-k sampling (0: off)."""
+    max_staleness: int | None = Field(None, ge=0)
+    """Asynchronous rollouts (trainers/pipeline.py): a producer thread samples and scores the batches of the next
+    steps with a copy of the policy while the trainer updates, each batch at most `max_staleness` policy versions old
+    when trained (the engine's log-probs are the behaviour ones; pair it with `rollout_is` or another correction).
+    0: the producer waits for every update (the synchronous run, in a thread); None: no producer."""
 
 
 class ComponentConfig(BaseModel):

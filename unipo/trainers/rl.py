@@ -19,21 +19,19 @@ import torch
 from unipo import algos
 from unipo.config import Config, ConfigError
 from unipo.data.tasks import PromptStream, get_task
-from unipo.envs import resolve as resolve_env
 from unipo.models.loading import load_model_and_tokenizer, load_policy
 from unipo.models.lora import BaseView
 from unipo.rollout.batch import Origin, Rollouts
-from unipo.rollout.inject import reference_text
 from unipo.rollout.multiturn import metrics as env_metrics
 from unipo.run import completion_samples
 from unipo.trainers import checkpoint, controllers
 from unipo.trainers import critic as critics
-from unipo.trainers.collect import collect, entropy_switched, greedy_rewards, nanmean, prompt_key
+from unipo.trainers.checks import check_setup
+from unipo.trainers.collect import Collected, collect, entropy_switched, greedy_rewards, nanmean, prompt_key
 from unipo.trainers.common import (
     Algo,
     RewardScorer,
     Timer,
-    bound_params,
     build_algo,
     build_optimizer,
     build_rewards,
@@ -45,8 +43,8 @@ from unipo.trainers.common import (
 )
 from unipo.trainers.dist import World, close_world, device_for, init_world
 from unipo.trainers.evaluate import heldout_eval
-from unipo.trainers.inputs import NEEDS_REFERENCE
 from unipo.trainers.loop import run_steps
+from unipo.trainers.pipeline import Pipeline
 from unipo.trainers.segments import segment_values
 from unipo.trainers.update import frozen_forward, update
 
@@ -63,11 +61,7 @@ def train(cfg: Config) -> Path:
     if affine and algo.critic is None and algo.has_fact("advantage", "group_centred"):
         log.warning("algo.shaping: %s is affine in the reward, so the %r advantage (group-centred) cancels it or "
                     "only rescales it (ALGORITHMS.md §5.3)", ", ".join(affine), algo.advantage.id)  # fmt: skip
-    env = check_env(cfg, algo, task)
-    if algo.sampler is not None:
-        check_sampler(cfg, algo, task)
-    if world.size > 1:
-        check_data_parallel(cfg, algo)
+    env = check_setup(cfg, algo, task, world)
     if "teacher_logp" in algo.needs and not cfg.model.teacher_path:
         raise ConfigError("model.teacher_path: the recipe reads a frozen second model's log-probs (the teacher of "
                           "`onpolicy_distill`, the DPO model of `rto_token_reward`); set it to a causal LM directory "
@@ -113,6 +107,9 @@ def train(cfg: Config) -> Path:
                     critic, shaping_states, (saved or {}).get("sampler"), teacher=teacher, world=world,
                     env=env)  # fmt: skip
 
+    if cfg.rollout.max_staleness is not None:  # asynchronous rollouts: a producer samples ahead
+        state.pipeline = Pipeline(state, start, cfg.rollout.max_staleness)
+
     def step_fn(step: int) -> dict[str, float]:
         state.step = step
         return rl_step(state)
@@ -143,81 +140,11 @@ def train(cfg: Config) -> Path:
             samples=lambda: state.samples,
         )
     finally:
+        if state.pipeline is not None:
+            state.pipeline.close()
         scorer.close()
         close_world()
     return run.path
-
-
-def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
-    """The run's multi-turn environment (factory, settings), or None; what cannot run with one is refused before any
-    model loads."""
-    try:
-        env = resolve_env(cfg.env, task.env)
-    except ValueError as e:
-        raise ConfigError(f"env: {e}") from None
-    if env is None:
-        if algo.credit is not None:
-            raise ConfigError(f"algo.credit {algo.credit.id!r} assigns credit over the turns of multi-turn "
-                              "trajectories: set `env`, or a task with an environment (task=guess_number)")  # fmt: skip
-        return None
-    if task.train:  # an environment that cannot start an episode on this task's rows fails here, not in every step
-        try:
-            env[0]().reset(task.train[0])
-        except Exception as e:  # noqa: BLE001 (any failure of user code, reported in one line)
-            raise ConfigError(f"env: the environment cannot start an episode on the first row of task {task.name!r} "
-                              f"({type(e).__name__}: {e}); pick the task it was made for (e.g. task=guess_number "
-                              "with env=guess_number)") from None  # fmt: skip
-    if algo.critic is not None:
-        raise ConfigError(f"algo.critic {algo.critic.id!r}: a value model over multi-turn trajectories (values at the "
-                          "environment's tokens, turn-level GAE) is not built yet; use an estimator")  # fmt: skip
-    if algo.sampler is not None:
-        raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers do not run with a multi-turn environment yet "
-                          "(they re-generate or inject single completions)")  # fmt: skip
-    late = {"baseline_rewards", "segment_values"} & algo.advantage.needs
-    if late:
-        raise ConfigError(f"algo.advantage {algo.advantage.id!r} needs {', '.join(sorted(late))} from single-turn "
-                          "completions, which a multi-turn environment does not give")  # fmt: skip
-    return env
-
-
-def check_data_parallel(cfg: Config, algo: Algo) -> None:
-    """What cannot yet run on several ranks is refused before any model loads."""
-    if cfg.dist.strategy == "fsdp2" and (cfg.model.lora.r or algo.ref_sync is not None):
-        raise ConfigError("dist.strategy=fsdp2 does not yet shard a LoRA policy or a moving reference (algo.ref_sync); "
-                          "use dist.strategy=ddp")  # fmt: skip
-    if algo.sampler is not None:
-        raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers run in one process only for now (each rank "
-                          "would draw its own extra prompts); launch without torchrun")  # fmt: skip
-    if algo.critic is not None:
-        raise ConfigError(f"algo.critic {algo.critic.id!r}: the value model trains in one process only for now; "
-                          "launch without torchrun")  # fmt: skip
-
-
-def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:
-    """The sampler's config-time checks: what it needs from the config, the recipe and the task's rows."""
-    if algo.has_fact("sampler", "budget"):  # the allotment must be possible before any model loads
-        try:
-            algo.sampler(torch.full((cfg.train.prompts_per_step,), 0.5), total=algo.sampler.keywords.get("total") or
-                         cfg.train.prompts_per_step * cfg.rollout.group_size)  # fmt: skip
-        except ValueError as e:
-            raise ConfigError(f"algo.sampler: {e}") from None
-    if algo.has_fact("sampler", "drafts"):
-        drafts = round(cfg.rollout.group_size * bound_params(algo.sampler)["draft_frac"])
-        if drafts < 1 or cfg.rollout.group_size - drafts < 2:
-            raise ConfigError(f"algo.sampler {algo.sampler.id}: {drafts} drafts of rollout.group_size="
-                              f"{cfg.rollout.group_size} leave no draft or fewer than 2 refinements; set "
-                              "algo.sampler.draft_frac")  # fmt: skip
-    late = {"ref_logp", "baseline_rewards", "segment_values"}  # inputs the swap's extra batch does not get
-    if algo.has_fact("sampler", "entropy_switch") and (algo.critic or late & algo.advantage.needs):
-        estimator = algo.critic.id if algo.critic else algo.advantage.id
-        raise ConfigError(f"algo.sampler {algo.sampler.id} computes advantages of extra samples with the step's "
-                          f"estimator, which cannot be {estimator!r} (it needs a critic, a reference, a greedy "
-                          "baseline or Monte Carlo values)")  # fmt: skip
-    if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & NEEDS_REFERENCE and task.train:
-        try:
-            reference_text(task.train[0])
-        except ValueError as e:
-            raise ConfigError(f"algo.sampler {algo.sampler.id!r} on task {task.name!r}: {e}") from None
 
 
 REFERENCE = "reference"
@@ -261,9 +188,12 @@ class RLState:
     step: int = 0
     samples: list[dict[str, Any]] = field(default_factory=list)
     """The last step's first completions with their rewards and advantages (completions.jsonl)."""
+    pipeline: Pipeline | None = None
+    """The producer of asynchronous rollouts (`rollout.max_staleness`); None: each step samples its own batch."""
 
     def checkpoint_state(self) -> dict[str, Any]:
-        state = checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, self.stream.state())
+        position = self.pipeline.position if self.pipeline else self.stream.state()  # after the last batch trained
+        state = checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, position)
         state["optimizer"] = self.world.optimizer_state(self.model, self.optimizer)  # sharded: gathered
         state["components"] = dict(self.values)
         if self.critic is not None:
@@ -278,7 +208,7 @@ def rl_step(s: RLState) -> dict[str, float]:
     cfg, timer, t0 = s.cfg, Timer(), time.perf_counter()
     algo = controllers.bind(s.algo, s.slots, s.values)  # this step's controlled hyperparameters
     s.world.unshard(s.model)  # sharded: the whole policy on every rank until the update (ranks decode unequal lengths)
-    batch, per_fn, sampler_stats = collect(s, algo, timer)
+    batch, per_fn, sampler_stats = collected(s, algo, timer)
     w, n = s.world, batch.num_completions  # batch-wide stages see every rank's rows (all_* below; module dist.py)
     raw = s.scorer.combine(per_fn).to(batch.group_ids.device)  # (N,)
     all_raw, all_fn, all_groups = w.gather_rows(raw), w.gather_rows(per_fn), w.gather_groups(batch.advantage_groups)
@@ -324,6 +254,8 @@ def rl_step(s: RLState) -> dict[str, float]:
     s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, len(all_raw))
     if algo.ref_sync is not None:  # TR-DPO: the reference moves towards the policy
         ctrl_metrics["ref/synced"] = float(algo.ref_sync(s.ref.parameters(), s.model.parameters(), s.step))
+    if s.pipeline is not None:
+        s.pipeline.publish(s.model, s.step)  # the engine loads it before its next batch
     if "entropy" in stats and algo.has_fact("sampler", "entropy_switch"):  # the next step's temperature depends on it
         s.sampler_state = {"entropy": stats["entropy"]}
     lengths = w.gather_rows(batch.completion_mask.sum(1).float())
@@ -349,6 +281,15 @@ def rl_step(s: RLState) -> dict[str, float]:
         **{f"time/{phase}_s": seconds for phase, seconds in timer.totals.items()},  # generate, score, update, ...
         "time/step_s": time.perf_counter() - t0,
     }
+
+
+def collected(s: RLState, algo: Algo, timer: Timer) -> Collected:
+    """The collect stage's batch; with asynchronous rollouts, the one the producer sampled ahead for this step, at
+    most `rollout.max_staleness` versions ago (its lag among the sampler metrics)."""
+    if s.pipeline is None:
+        return collect(s, algo, timer)
+    (batch, per_fn, stats), lag = s.pipeline.take(s.step, timer)
+    return batch, per_fn, {**stats, **lag}
 
 
 def shaped(

@@ -1,0 +1,111 @@
+"""Set-up checks of the on-policy trainer: what a recipe cannot run with (an environment, a sampler, several ranks,
+asynchronous rollouts) is refused in one line before any model loads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from unipo import algos
+from unipo.config import Config, ConfigError
+from unipo.envs import resolve as resolve_env
+from unipo.rollout.inject import reference_text
+from unipo.trainers.common import Algo, bound_params
+from unipo.trainers.dist import World
+from unipo.trainers.inputs import NEEDS_REFERENCE
+
+
+def check_setup(cfg: Config, algo: Algo, task: Any, world: World) -> tuple[Any, Any] | None:
+    """Every check below that applies; returns the run's multi-turn environment (factory, settings) or None."""
+    env = check_env(cfg, algo, task)
+    if algo.sampler is not None:
+        check_sampler(cfg, algo, task)
+    if world.size > 1:
+        check_data_parallel(cfg, algo)
+    if cfg.rollout.max_staleness is not None:
+        check_async(cfg, algo, world)
+    return env
+
+
+def check_async(cfg: Config, algo: Algo, world: World) -> None:
+    """What asynchronous rollouts (trainers/pipeline.py) cannot run with yet."""
+    if world.size > 1:
+        raise ConfigError("rollout.max_staleness: asynchronous rollouts run in one process only for now; launch "
+                          "without torchrun or unset it")  # fmt: skip
+    if algo.sampler is not None:
+        raise ConfigError(f"rollout.max_staleness: the sampler {algo.sampler.id!r} reads and changes the trainer's "
+                          "state between steps, which a producer sampling ahead cannot follow; unset one of "
+                          "them")  # fmt: skip
+
+
+def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
+    """The run's multi-turn environment (factory, settings), or None; what cannot run with one is refused before any
+    model loads."""
+    try:
+        env = resolve_env(cfg.env, task.env)
+    except ValueError as e:
+        raise ConfigError(f"env: {e}") from None
+    if env is None:
+        if algo.credit is not None:
+            raise ConfigError(f"algo.credit {algo.credit.id!r} assigns credit over the turns of multi-turn "
+                              "trajectories: set `env`, or a task with an environment (task=guess_number)")  # fmt: skip
+        return None
+    if task.train:  # an environment that cannot start an episode on this task's rows fails here, not in every step
+        try:
+            env[0]().reset(task.train[0])
+        except Exception as e:  # noqa: BLE001 (any failure of user code, reported in one line)
+            raise ConfigError(f"env: the environment cannot start an episode on the first row of task {task.name!r} "
+                              f"({type(e).__name__}: {e}); pick the task it was made for (e.g. task=guess_number "
+                              "with env=guess_number)") from None  # fmt: skip
+    if algo.critic is not None:
+        raise ConfigError(f"algo.critic {algo.critic.id!r}: a value model over multi-turn trajectories (values at the "
+                          "environment's tokens, turn-level GAE) is not built yet; use an estimator")  # fmt: skip
+    if algo.sampler is not None:
+        raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers do not run with a multi-turn environment yet "
+                          "(they re-generate or inject single completions)")  # fmt: skip
+    late = {"baseline_rewards", "segment_values"} & algo.advantage.needs
+    if late:
+        raise ConfigError(f"algo.advantage {algo.advantage.id!r} needs {', '.join(sorted(late))} from single-turn "
+                          "completions, which a multi-turn environment does not give")  # fmt: skip
+    return env
+
+
+def check_data_parallel(cfg: Config, algo: Algo) -> None:
+    """What cannot yet run on several ranks is refused before any model loads."""
+    if cfg.dist.strategy == "fsdp2" and (cfg.model.lora.r or algo.ref_sync is not None):
+        raise ConfigError("dist.strategy=fsdp2 does not yet shard a LoRA policy or a moving reference (algo.ref_sync); "
+                          "use dist.strategy=ddp")  # fmt: skip
+    if algo.sampler is not None:
+        raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers run in one process only for now (each rank "
+                          "would draw its own extra prompts); launch without torchrun")  # fmt: skip
+    if algo.critic is not None:
+        raise ConfigError(f"algo.critic {algo.critic.id!r}: the value model trains in one process only for now; "
+                          "launch without torchrun")  # fmt: skip
+
+
+def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:
+    """The sampler's config-time checks: what it needs from the config, the recipe and the task's rows."""
+    if algo.has_fact("sampler", "budget"):  # the allotment must be possible before any model loads
+        try:
+            algo.sampler(torch.full((cfg.train.prompts_per_step,), 0.5), total=algo.sampler.keywords.get("total") or
+                         cfg.train.prompts_per_step * cfg.rollout.group_size)  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(f"algo.sampler: {e}") from None
+    if algo.has_fact("sampler", "drafts"):
+        drafts = round(cfg.rollout.group_size * bound_params(algo.sampler)["draft_frac"])
+        if drafts < 1 or cfg.rollout.group_size - drafts < 2:
+            raise ConfigError(f"algo.sampler {algo.sampler.id}: {drafts} drafts of rollout.group_size="
+                              f"{cfg.rollout.group_size} leave no draft or fewer than 2 refinements; set "
+                              "algo.sampler.draft_frac")  # fmt: skip
+    late = {"ref_logp", "baseline_rewards", "segment_values"}  # inputs the swap's extra batch does not get
+    if algo.has_fact("sampler", "entropy_switch") and (algo.critic or late & algo.advantage.needs):
+        estimator = algo.critic.id if algo.critic else algo.advantage.id
+        raise ConfigError(f"algo.sampler {algo.sampler.id} computes advantages of extra samples with the step's "
+                          f"estimator, which cannot be {estimator!r} (it needs a critic, a reference, a greedy "
+                          "baseline or Monte Carlo values)")  # fmt: skip
+    if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & NEEDS_REFERENCE and task.train:
+        try:
+            reference_text(task.train[0])
+        except ValueError as e:
+            raise ConfigError(f"algo.sampler {algo.sampler.id!r} on task {task.name!r}: {e}") from None

@@ -1,0 +1,117 @@
+"""Asynchronous rollouts with bounded staleness (`rollout.max_staleness=k`): a producer thread samples and scores the
+batches of the next steps with its own copy of the policy (the engine) while the trainer updates.
+
+Versions count optimizer-step batches: the trainer's policy before the update of step t is version t − 1, and a
+batch records the version of the engine weights that generated it. Step t's batch is sampled by version
+max(t − 1 − k, start) exactly, as prime-rl's `async_level` (step n samples from checkpoint n − k): the producer waits
+until the trainer has published that version (admission control, as SkyRL's `max_staleness_steps` and AReaL's
+`max_head_offpolicyness`), so no batch is ever older than k versions when it is trained and none has to be dropped,
+and a run is reproducible (the lag does not depend on thread timing). The lag is logged each step
+(`rollout/version_lag`). After each update the trainer publishes a copy of its trainable weights (at most k + 1 are
+held); the producer loads the one it needs between batches, never during one, so every batch has one version
+(`../shared/notes/scale.md` §6). The trainer's first-pass log-probs stay the "old" ones (AReaL's proximal
+policy); the engine's are the behaviour log-probs (`Rollouts.rollout_logp`) that an off-policy correction
+(`rollout_is`, `opsm`, ...) reads. With k = 0 the producer waits for every update, so the run is the synchronous one.
+
+Resume restarts the producer from the data position after the last batch trained (the prefetched ones are sampled
+again, by the resumed policy).
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from unipo.trainers import controllers
+from unipo.trainers.collect import Collected, collect
+from unipo.trainers.common import Timer
+
+if TYPE_CHECKING:
+    from unipo.trainers.rl import RLState
+
+
+@dataclass
+class _Batch:
+    step: int
+    version: int
+    collected: Collected
+    position: dict[str, int]
+    """The data stream's state after this batch's prompts (what a checkpoint after this step saves)."""
+    seconds: dict[str, float]
+
+
+class Pipeline:
+    """The producer of bounded-staleness batches for steps `start + 1 ...` (module docstring)."""
+
+    def __init__(self, s: RLState, start: int, max_staleness: int):
+        self.k, self.state, self.position = max_staleness, s, s.stream.state()
+        self.engine = copy.deepcopy(s.model).eval().requires_grad_(False)
+        moved = [p.requires_grad for p in s.model.parameters()]  # what the trainer publishes, in the same order
+        self.targets = [e for e, m in zip(self.engine.parameters(), moved, strict=True) if m]
+        self.version = start  # the engine's weights: the policy after `start` updates
+        self.published: dict[int, list[torch.Tensor]] = {}
+        self.ready: queue.Queue[_Batch | BaseException] = queue.Queue()
+        self.changed, self.stopped = threading.Condition(), False
+        self.thread = threading.Thread(target=self._produce, args=(start + 1,), name="unipo-rollouts", daemon=True)
+        self.thread.start()
+
+    def take(self, step: int, timer: Timer) -> tuple[Collected, dict[str, float]]:
+        """Step `step`'s batch (waiting for it) and its metrics: the version lag and the producer's phase times."""
+        t0 = time.perf_counter()
+        item = self.ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        assert item.step == step, (item.step, step)
+        timer.totals["wait"] = time.perf_counter() - t0
+        for phase, seconds in item.seconds.items():
+            timer.totals[phase] = timer.totals.get(phase, 0.0) + seconds
+        self.position = item.position
+        lag = (step - 1) - item.version
+        return item.collected, {"rollout/version_lag": float(lag), "rollout/policy_version": float(item.version)}
+
+    def publish(self, model: Any, version: int) -> None:
+        """The trainer's weights after `version` updates, for the engine to load before its next batch."""
+        weights = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        with self.changed:
+            self.published[version] = weights
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.changed:
+            self.stopped = True
+            self.changed.notify_all()
+        self.thread.join(timeout=600)
+
+    def _produce(self, step: int) -> None:
+        try:
+            while step <= self.state.cfg.train.max_steps:
+                need = max(step - 1 - self.k, self.version)
+                with self.changed:  # admission: version step - 1 - k must be published
+                    while not self.stopped and need != self.version and need not in self.published:
+                        self.changed.wait()
+                    if self.stopped:
+                        return
+                    self._load(need)
+                s, timer = self.state, Timer()
+                algo = controllers.bind(s.algo, s.slots, s.values)  # the trainer's current hyperparameters
+                collected = collect(replace(s, model=self.engine, step=step), algo, timer)
+                self.ready.put(_Batch(step, self.version, collected, s.stream.state(), dict(timer.totals)))
+                step += 1
+        except BaseException as e:  # the trainer re-raises it at its next `take`
+            self.ready.put(e)
+
+    def _load(self, version: int) -> None:
+        """Load published `version` into the engine (between batches: the caller holds the lock) and drop the copies
+        no later batch needs."""
+        if version != self.version:
+            with torch.no_grad():
+                for p, w in zip(self.targets, self.published[version], strict=True):
+                    p.copy_(w)
+            self.version = version
+        self.published = {v: w for v, w in self.published.items() if v > version}
