@@ -339,13 +339,18 @@ class LogConfig(_Strict):
 
 
 class DistConfig(_Strict):
-    """Data-parallel training under `torchrun --nproc_per_node N -m unipo train ...` (trainers/dist.py); ignored in a
-    plain run."""
+    """Data-parallel training under `torchrun --nproc_per_node N -m unipo train ...` (trainers/dist.py; `strategy` and
+    `timeout_s` are ignored in a plain run), and Ray for the reward functions (`ray`, any run)."""
 
     strategy: Literal["ddp", "fsdp2"] = "ddp"
     """`ddp`: every rank holds the whole model; gradients are summed over the ranks once per optimizer step. `fsdp2`:
     each rank holds a shard of every parameter, gradient and optimizer state (`fully_shard`), gathered layer by layer
     for the update and whole while sampling."""
+    ray: bool = False
+    """Score rewards in `reward.workers` Ray actors (at least one; `pip install 'unipo[ray]'`), with the isolation of
+    worker processes (rewards/ray_actors.py); a local Ray is started for the run unless `ray_address` is set."""
+    ray_address: str | None = None
+    """An existing Ray cluster (`ray.init(address=...)`, e.g. `auto` or `ray://host:10001`); None: a local Ray."""
     timeout_s: int = Field(1800, ge=1)
     """How long a rank waits for the others at a collective (e.g. while rank 0 evaluates) before the run fails."""
 

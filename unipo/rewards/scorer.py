@@ -15,6 +15,8 @@ Where a function runs:
   prompt group across them. A worker past its limit is killed and the pool started again; a worker that dies
   (segfault, `os._exit`, out of memory) fails only that call. Functions must then be importable (defined at module
   level), which is checked when the run starts.
+- `dist.ray = true`: in `reward.workers` Ray actors (at least one; rewards/ray_actors.py), split and isolated the
+  same way, on a local Ray or an existing cluster.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
@@ -83,6 +86,8 @@ class RewardScorer:
         timeout_s: float = 60.0,
         workers: int = 0,
         scores: list[dict[str, float] | None] | None = None,
+        ray: bool = False,
+        ray_address: str | None = None,
     ):
         self.fns = fns
         self.fn_names = names or [getattr(f, "__name__", f"reward_{i}") for i, f in enumerate(fns)]
@@ -94,19 +99,20 @@ class RewardScorer:
         """One per reward column: a function's name, or `<name>/<score>` for each of its named scores."""
         self.weights = [w * (keys[k] if keys else 1.0) for w, keys in zip(weights, self.scores, strict=True)
                         for k in (keys or [None])]  # fmt: skip
-        self.timeout_s, self.workers = timeout_s, workers
+        self.timeout_s, self.workers, self.ray, self.ray_address = timeout_s, workers, ray, ray_address
         self.failures = {n: 0 for n in self.fn_names}
         """Calls that failed, per function, over the run."""
         self.unscored = {n: 0 for n in self.fn_names}
         """Completions left unscored by a failed call, per function, since the last `take_errors`."""
-        self._pool: cf.ProcessPoolExecutor | None = None
-        if workers:
+        self._pool: cf.ProcessPoolExecutor | Any | None = None  # worker processes, or Ray actors (`RayActors`)
+        self._lock = threading.Lock()  # one call at a time (the trainer and an asynchronous producer both score)
+        if workers or ray:
             for fn, name in zip(fns, self.fn_names, strict=True):
                 try:
                     pickle.dumps(fn)
                 except Exception as e:  # noqa: BLE001 (any pickling failure)
                     raise ValueError(
-                        f"reward {name!r} cannot run in a worker process (reward.workers={workers}): define it at "
+                        f"reward {name!r} cannot run in a worker process or Ray actor: define it at "
                         f"module level and name it by dotted path ({type(e).__name__}: {e})"
                     ) from None
 
@@ -124,7 +130,8 @@ class RewardScorer:
         prompts, columns = reward_inputs(rows, group_ids, truncated, completion_ids, extras)
         out = torch.full((len(completions), len(self.names)), float("nan"))
         failed = torch.zeros(len(completions), dtype=torch.bool)
-        results = self._run_all(prompts, completions, columns, group_ids)
+        with self._lock:
+            results = self._run_all(prompts, completions, columns, group_ids)
         col = 0
         for name, keys, result in zip(self.fn_names, self.scores, results, strict=True):
             width = len(keys) if keys else 1
@@ -156,17 +163,24 @@ class RewardScorer:
         return out
 
     def close(self) -> None:
-        """Stop the worker processes (if any)."""
+        """Stop the worker processes or Ray actors (if any; and a Ray started for them)."""
         if self._pool is not None:
-            _kill(self._pool)
+            self._pool.close() if self.ray else _kill(self._pool)
             self._pool = None
+
+    def _stop(self) -> None:
+        """Kill the workers (one is stuck); the next call starts new ones."""
+        if self.ray:
+            self._pool.kill()
+        else:
+            self.close()
 
     # -- where the calls run ------------------------------------------------------------------------------------
 
     def _run_all(self, prompts: list, completions: list, columns: dict, group_ids: Sequence[int]) -> list[Any]:
         """One result (a list of values, or the exception) per function, in order."""
-        if self.workers:
-            return [self._in_workers(fn, prompts, completions, columns, group_ids) for fn in self.fns]
+        if self.workers or self.ray:
+            return [self._in_workers(k, prompts, completions, columns, group_ids) for k in range(len(self.fns))]
         results: list[Any] = [None] * len(self.fns)
         coros = [k for k, fn in enumerate(self.fns) if inspect.iscoroutinefunction(fn)]
         for k, fn in enumerate(self.fns):
@@ -185,32 +199,41 @@ class RewardScorer:
                 results[k] = value
         return results
 
-    def _in_workers(self, fn: Callable, prompts: list, completions: list, columns: dict, group_ids: Sequence[int]):
-        if self._pool is None:
+    def _submit(self, k: int, prompts: list, completions: list, columns: dict) -> cf.Future:
+        """Function `k` on these inputs in a worker process or Ray actor (started on first use)."""
+        if self._pool is None and self.ray:
+            from unipo.rewards.ray_actors import RayActors
+
+            self._pool = RayActors(self.fns, self.workers, self.ray_address)
+        elif self._pool is None:
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
-        chunks = _group_chunks(group_ids, self.workers)
+        if self.ray:
+            return self._pool.submit(k, prompts, completions, columns)
+        return self._pool.submit(run_call, self.fns[k], prompts, completions, columns)
+
+    def _in_workers(self, k: int, prompts: list, completions: list, columns: dict, group_ids: Sequence[int]):
+        chunks = _group_chunks(group_ids, max(1, self.workers))
         deadline = time.monotonic() + self.timeout_s
         try:
             futures = [
-                self._pool.submit(
-                    run_call,
-                    fn,
+                self._submit(
+                    k,
                     [prompts[i] for i in idx],
                     [completions[i] for i in idx],
-                    {k: [v[i] for i in idx] for k, v in columns.items()},
+                    {c: [v[i] for i in idx] for c, v in columns.items()},
                 )  # fmt: skip
                 for idx in chunks
             ]
             parts = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
             return _reassemble(chunks, parts, len(completions))
         except cf.TimeoutError:
-            self.close()  # the stuck worker is killed; the next call starts a fresh pool
+            self._stop()  # the stuck worker is killed; the next call starts fresh ones
             return RewardError(f"no result within reward.timeout_s={self.timeout_s:g} s (worker killed)")
-        except cf.process.BrokenProcessPool:
+        except BrokenProcessPool:
             self.close()
             return RewardError("its worker process died (killed, crashed or out of memory)")
         except Exception as e:  # noqa: BLE001 (raised by the function in the worker)
-            return e
+            return _worker_error(e)
 
     def _failed(self, name: str, error: BaseException, prompts: list, completions: list) -> None:
         self.failures[name] += 1
@@ -227,6 +250,15 @@ class RewardScorer:
                 "First input: prompt %.200r, completion %.200r. Further failures are only counted.\n%s",
                 name, len(completions), prompts[0] if prompts else None, first, reason,
             )  # fmt: skip
+
+
+def _worker_error(error: BaseException) -> BaseException:
+    """A failed call's error: the reward function's own exception, also from inside a Ray task error; a Ray actor
+    that died is said so."""
+    if type(error).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError"):
+        return RewardError("its Ray actor died (killed, crashed or out of memory)")
+    inner = getattr(error, "cause", None)  # ray.exceptions.RayTaskError
+    return inner if isinstance(inner, BaseException) else error
 
 
 def _named(result: Any, keys: dict[str, float] | None) -> Any:

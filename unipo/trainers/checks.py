@@ -76,6 +76,10 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
     if cfg.dist.strategy == "fsdp2" and (cfg.model.lora.r or algo.ref_sync is not None):
         raise ConfigError("dist.strategy=fsdp2 does not yet shard a LoRA policy or a moving reference (algo.ref_sync); "
                           "use dist.strategy=ddp")  # fmt: skip
+    if cfg.dist.ray and not cfg.dist.ray_address:
+        raise ConfigError("dist.ray: on several ranks, start one Ray cluster (`ray start --head`) and set "
+                          "dist.ray_address=auto, so that the ranks share it instead of each starting "
+                          "its own")  # fmt: skip
     if algo.sampler is not None:
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers run in one process only for now (each rank "
                           "would draw its own extra prompts); launch without torchrun")  # fmt: skip

@@ -373,6 +373,21 @@ def generate_and_score(
     completion; at `temperature` instead of `rollout.temperature`), and their rewards (N, K). With the rows' stream
     `positions`, each completion draws from its own generator (`dist.sample_generators`: the same samples on any
     number of ranks); otherwise from the run's generator."""
+    batch = generate(s, rows, timer, forced, n, temperature, positions)
+    with timer("score"):
+        return batch, s.scorer.score(batch)  # (N, K)
+
+
+def generate(
+    s: RLState,
+    rows: list[dict],
+    timer: Timer,
+    forced: list[list[int]] | None = None,
+    n: list[int] | None = None,
+    temperature: float | None = None,
+    positions: list[int] | None = None,
+) -> Rollouts:
+    """The completions of `generate_and_score`, not scored yet."""
     cfg, r = s.cfg, s.cfg.rollout
     counts = [r.group_size] * len(rows) if n is None else n
     generator = s.generator if positions is None else sample_generators(cfg.train.seed, positions, counts)
@@ -384,8 +399,7 @@ def generate_and_score(
             batch = rollout(s.model, s.tokenizer, rows, *s.env, **sampling)
         else:
             batch = sample(s.model, s.tokenizer, rows, forced=forced, **sampling)
-    with timer("score"):
-        return batch, s.scorer.score(batch)  # (N, K)
+    return batch
 
 
 def _with_ground_truth(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:

@@ -284,7 +284,8 @@ def import_object(dotted: str) -> Any:
 def build_rewards(cfg: Config, task_rewards: list[tuple[Callable, float]]) -> RewardScorer:
     """The config's `rewards` (built-in names or dotted paths, extra keys bound as keyword arguments) when given,
     else the task's own reward functions and weights; called as `cfg.reward` says."""
-    settings = {"timeout_s": cfg.reward.timeout_s, "workers": cfg.reward.workers}
+    settings = {"timeout_s": cfg.reward.timeout_s, "workers": cfg.reward.workers, "ray": cfg.dist.ray,
+                "ray_address": cfg.dist.ray_address}  # fmt: skip
     if not cfg.rewards:
         return RewardScorer([fn for fn, _ in task_rewards], [w for _, w in task_rewards], **settings)
     fns, names = [], []

@@ -9,9 +9,12 @@ until the trainer has published that version (admission control, as SkyRL's `max
 and a run is reproducible (the lag does not depend on thread timing). The lag is logged each step
 (`rollout/version_lag`). After each update the trainer publishes a copy of its trainable weights (at most k + 1 are
 held); the producer loads the one it needs between batches, never during one, so every batch has one version
-(`../shared/notes/scale.md` §6). The trainer's first-pass log-probs stay the "old" ones (AReaL's proximal
-policy); the engine's are the behaviour log-probs (`Rollouts.rollout_logp`) that an off-policy correction
-(`rollout_is`, `opsm`, ...) reads. With k = 0 the producer waits for every update, so the run is the synchronous one.
+(`../shared/notes/scale.md` §6). The producer hands each batch to a scoring thread and goes on to the next batch, so
+scoring (e.g. in Ray actors, `dist.ray`) overlaps the generation of the next batch. The trainer's first-pass
+log-probs stay the "old" ones (AReaL's proximal policy); the engine's are the behaviour log-probs
+(`Rollouts.rollout_logp`) that an off-policy correction (`rollout_is`, `opsm`, ...) reads. With k = 0 the producer
+waits for every update, so the run is the synchronous one. Samplers are refused (trainers/checks.py): the producer
+draws plain batches of `train.prompts_per_step` prompts.
 
 Resume restarts the producer from the data position after the last batch trained (the prefetched ones are sampled
 again, by the resumed policy).
@@ -19,6 +22,7 @@ again, by the resumed policy).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import copy
 import queue
 import threading
@@ -28,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from unipo.trainers import controllers
-from unipo.trainers.collect import Collected, collect
+from unipo.rollout.batch import Rollouts
+from unipo.trainers.collect import Collected, generate
 from unipo.trainers.common import Timer
 
 if TYPE_CHECKING:
@@ -40,10 +44,12 @@ if TYPE_CHECKING:
 class _Batch:
     step: int
     version: int
-    collected: Collected
+    batch: Rollouts
+    scores: cf.Future
+    """The rewards (N, K) and the seconds the scoring took, from the scoring thread."""
     position: dict[str, int]
     """The data stream's state after this batch's prompts (what a checkpoint after this step saves)."""
-    seconds: dict[str, float]
+    seconds: float
 
 
 class Pipeline:
@@ -57,6 +63,7 @@ class Pipeline:
         self.version = start  # the engine's weights: the policy after `start` updates
         self.published: dict[int, list[torch.Tensor]] = {}
         self.ready: queue.Queue[_Batch | BaseException] = queue.Queue()
+        self.scoring = cf.ThreadPoolExecutor(1, thread_name_prefix="unipo-scoring")
         self.changed, self.stopped = threading.Condition(), False
         self.thread = threading.Thread(target=self._produce, args=(start + 1,), name="unipo-rollouts", daemon=True)
         self.thread.start()
@@ -68,12 +75,12 @@ class Pipeline:
         if isinstance(item, BaseException):
             raise item
         assert item.step == step, (item.step, step)
-        timer.totals["wait"] = time.perf_counter() - t0
-        for phase, seconds in item.seconds.items():
-            timer.totals[phase] = timer.totals.get(phase, 0.0) + seconds
+        per_fn, score_s = item.scores.result()
+        timer.totals |= {"wait": time.perf_counter() - t0, "generate": item.seconds, "score": score_s}
         self.position = item.position
         lag = (step - 1) - item.version
-        return item.collected, {"rollout/version_lag": float(lag), "rollout/policy_version": float(item.version)}
+        stats = {"rollout/version_lag": float(lag), "rollout/policy_version": float(item.version)}
+        return (item.batch, per_fn, {}), stats
 
     def publish(self, model: Any, version: int) -> None:
         """The trainer's weights after `version` updates, for the engine to load before its next batch."""
@@ -87,6 +94,7 @@ class Pipeline:
             self.stopped = True
             self.changed.notify_all()
         self.thread.join(timeout=600)
+        self.scoring.shutdown(wait=False, cancel_futures=True)
 
     def _produce(self, step: int) -> None:
         try:
@@ -99,9 +107,10 @@ class Pipeline:
                         return
                     self._load(need)
                 s, timer = self.state, Timer()
-                algo = controllers.bind(s.algo, s.slots, s.values)  # the trainer's current hyperparameters
-                collected = collect(replace(s, model=self.engine, step=step), algo, timer)
-                self.ready.put(_Batch(step, self.version, collected, s.stream.state(), dict(timer.totals)))
+                rows, positions = s.stream.take_with_positions(s.cfg.train.prompts_per_step)
+                batch = generate(replace(s, model=self.engine), rows, timer, positions=positions)
+                scores = self.scoring.submit(_timed, s.scorer.score, batch)
+                self.ready.put(_Batch(step, self.version, batch, scores, s.stream.state(), timer.totals["generate"]))
                 step += 1
         except BaseException as e:  # the trainer re-raises it at its next `take`
             self.ready.put(e)
@@ -115,3 +124,8 @@ class Pipeline:
                     p.copy_(w)
             self.version = version
         self.published = {v: w for v, w in self.published.items() if v > version}
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    return fn(*args), time.perf_counter() - t0
