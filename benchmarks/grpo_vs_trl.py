@@ -34,7 +34,7 @@ def _common(args: argparse.Namespace) -> dict:
     return {
         "steps": args.steps, "prompts": args.prompts, "group": args.group, "max_new_tokens": args.max_new_tokens,
         "lr": args.lr, "eval": args.eval, "seed": args.seed,
-        "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
+        "trl_gradient_checkpointing": args.trl_gradient_checkpointing, "beta": args.beta, "unipo_set": args.unipo_set,
     }  # fmt: skip
 
 
@@ -68,7 +68,7 @@ def run_trl(args: argparse.Namespace) -> dict:
         config = GRPOConfig(
             output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
             learning_rate=args.lr, max_steps=args.steps, per_device_train_batch_size=args.prompts * args.group,
-            num_generations=args.group, max_completion_length=args.max_new_tokens, beta=0.0, seed=args.seed,
+            num_generations=args.group, max_completion_length=args.max_new_tokens, beta=args.beta, seed=args.seed,
             lr_scheduler_type="linear", temperature=1.0, gradient_checkpointing=args.trl_gradient_checkpointing,
             reward_weights=[w for _, w in task.rewards],
         )  # fmt: skip
@@ -140,7 +140,7 @@ def run_unipo(args: argparse.Namespace) -> dict:
                 f"rollout.group_size={args.group}", f"rollout.max_new_tokens={args.max_new_tokens}",
                 f"train.lr={args.lr}", f"train.seed={args.seed}", "eval.num_problems=0", "train.lr_schedule=linear",
                 # TRL 1.16's default loss_type="dapo" is a global token mean
-                "algo.aggregation.name=token_mean",
+                "algo.aggregation.name=token_mean", f"algo.kl.coef={args.beta}", *args.unipo_set,
             ],
         )  # fmt: skip
         from unipo.models.loading import default_model_dir
@@ -181,6 +181,10 @@ def main() -> None:
     p.add_argument("--trl-gradient-checkpointing", action="store_true",
                    help="TRL's own default (recomputes activations in backward); off by default, as unipo does not "
                    "checkpoint, so both do the same work")  # fmt: skip
+    p.add_argument("--beta", type=float, default=0.0, help="KL coefficient to the initial model on both sides (TRL's "
+                   "beta, unipo's algo.kl.coef; k3 on both); > 0 loads a reference model")  # fmt: skip
+    p.add_argument("--unipo-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra unipo override, e.g. rollout.max_staleness=1 (repeatable)")  # fmt: skip
     p.add_argument("--only", choices=["unipo", "trl"], help="run one framework in this process (internal)")
     p.add_argument("--out", default="benchmarks/results/grpo_vs_trl.json")
     args = p.parse_args()

@@ -110,6 +110,24 @@ def _same_steps(run, other, steps):
             assert a[step][key] == pytest.approx(b[step][key], rel=1e-4, abs=1e-5), (step, key)
 
 
+def test_a_critic_trains_on_two_ranks_as_in_one_process(tiny_model_dir, tmp_path):
+    # PPO: GAE whitened over the whole batch, the value model trained on every rank's returns with summed gradients
+    alone, pair = tmp_path / "alone", tmp_path / "pair"
+    ppo = [_train_args(tiny_model_dir, run, "train.max_steps=3", "critic.lr=1e-3") for run in (alone, pair)]
+    for args in ppo:
+        args[1] = "ppo"
+    assert main(ppo[0]) == 0
+    proc = subprocess.run(_torchrun("-m", "unipo", *ppo[1]), env=ENV, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _same_steps(pair, alone, (1, 2, 3))
+    a, b = _steps(alone), _steps(pair)
+    assert a[1]["critic/value_loss"] > 0 and a[3]["critic/values_mean"] != 0  # the critic trains
+    for step in (1, 2, 3):
+        for key in ("critic/value_loss", "critic/grad_norm", "critic/explained_var", "critic/values_mean"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
+
+
 def test_fsdp2_run_matches_one_process_and_resumes_into_other_world_sizes(tiny_model_dir, tmp_path):
     # one process, 5 steps, every checkpoint kept; KL to a reference, so the reference is sharded too
     kl = ("algo.kl.coef=0.05", "train.save_every=1", "train.keep_checkpoints=5")
@@ -135,6 +153,22 @@ def test_fsdp2_run_matches_one_process_and_resumes_into_other_world_sizes(tiny_m
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(_steps(pair)) == [1, 2, 3, 4, 5]
     _same_steps(pair, alone, (4, 5))
+
+
+def test_fsdp2_lora_run_matches_one_process_and_saves_the_adapter(tiny_model_dir, tmp_path):
+    # the adapters are sharded with the frozen base; the reference is the sharded model with its adapter disabled
+    lora = ("model.lora.r=4", "algo.kl.coef=0.05", "train.max_steps=2")
+    alone, pair = tmp_path / "alone", tmp_path / "pair"
+    assert main(_train_args(tiny_model_dir, alone, *lora)) == 0
+    cmd = _torchrun("-m", "unipo", *_train_args(tiny_model_dir, pair, "dist.strategy=fsdp2", *lora))
+    proc = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _same_steps(pair, alone, (1, 2))
+    assert _steps(pair)[2]["kl"] > 0
+    mine, theirs = (r / "checkpoints/step-000002" for r in (pair, alone))
+    assert (mine / "adapter_config.json").is_file() and not (mine / "model.safetensors").exists()
+    a, b = load_file(mine / "adapter_model.safetensors"), load_file(theirs / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5  # Adam, lr 1e-2
 
 
 def _rank_pid(launcher_pid: int, rank: int) -> int:

@@ -73,9 +73,9 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
 
 def check_data_parallel(cfg: Config, algo: Algo) -> None:
     """What cannot yet run on several ranks is refused before any model loads."""
-    if cfg.dist.strategy == "fsdp2" and (cfg.model.lora.r or algo.ref_sync is not None):
-        raise ConfigError("dist.strategy=fsdp2 does not yet shard a LoRA policy or a moving reference (algo.ref_sync); "
-                          "use dist.strategy=ddp")  # fmt: skip
+    if cfg.dist.strategy == "fsdp2" and algo.ref_sync is not None:
+        raise ConfigError("dist.strategy=fsdp2 does not yet move a sharded reference (algo.ref_sync); use "
+                          "dist.strategy=ddp")  # fmt: skip
     if cfg.dist.ray and not cfg.dist.ray_address:
         raise ConfigError("dist.ray: on several ranks, start one Ray cluster (`ray start --head`) and set "
                           "dist.ray_address=auto, so that the ranks share it instead of each starting "
@@ -83,9 +83,6 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
     if algo.sampler is not None:
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers run in one process only for now (each rank "
                           "would draw its own extra prompts); launch without torchrun")  # fmt: skip
-    if algo.critic is not None:
-        raise ConfigError(f"algo.critic {algo.critic.id!r}: the value model trains in one process only for now; "
-                          "launch without torchrun")  # fmt: skip
 
 
 def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:

@@ -15,6 +15,7 @@ from unipo.models.loading import autocast_context
 from unipo.models.value import ValueModel, load_value_model
 from unipo.rollout.batch import Rollouts
 from unipo.trainers.common import build_optimizer
+from unipo.trainers.dist import World
 
 SUBDIR = "critic"
 """Where a checkpoint keeps the value model."""
@@ -53,13 +54,14 @@ def values(critic: Critic, batch: Rollouts, cfg: Config) -> torch.Tensor:
 
 
 def update(
-    critic: Critic, cfg: Config, batch: Rollouts, old_values: torch.Tensor, t: CriticTargets
+    critic: Critic, cfg: Config, batch: Rollouts, old_values: torch.Tensor, t: CriticTargets, world: World | None = None
 ) -> dict[str, float]:
     """`ppo_epochs` optimizer steps of the clipped value loss towards the returns, each over micro-batches, averaged
-    over the value mask with its global token count (so micro-batching never changes it)."""
-    n, model = batch.num_completions, critic.model
+    over the value mask with its global token count (so micro-batching never changes it). On several ranks (`world`)
+    the count is every rank's and the gradients are summed over the ranks before clipping, as the policy's."""
+    n, model, world = batch.num_completions, critic.model, world or World()
     value_mask = t.value_mask.float()
-    count = value_mask.sum().clamp(min=1)
+    count = world.sum(value_mask.sum()).clamp(min=1)
     rows = torch.arange(n, device=value_mask.device)[value_mask.sum(1) > 0]  # rows with a target (finished, scored)
     sums: dict[str, torch.Tensor] = {}
     losses, norms = [], []
@@ -80,16 +82,20 @@ def update(
             for key, value in metrics.items():
                 pair = torch.stack([masked_sum(value, mask).cpu(), mask.sum().cpu()])
                 sums[key] = sums.get(key, torch.zeros(2)) + pair
+        world.all_reduce_grads(list(model.parameters()))
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))))
         critic.optimizer.step()
         critic.scheduler.step()
-        losses.append(float(total))
-    old = old_values[:, :-1]
+        losses.append(float(world.sum(total)))
+    old, returns, mask = (world.gather_rows(x) for x in (old_values[:, :-1], t.returns, value_mask))
+    totals: dict[str, torch.Tensor] = {}
+    for key, pair in world.gather_list(list(sums.items())):  # (masked sum, count) of every rank
+        totals[key] = totals.get(key, torch.zeros(2)) + pair
     return {
         "critic/value_loss": sum(losses) / len(losses),
         "critic/grad_norm": sum(norms) / len(norms),
-        "critic/explained_var": explained_variance(old, t.returns, t.value_mask),
-        "critic/values_mean": float(masked_sum(old, value_mask) / count),
-        "critic/returns_mean": float(masked_sum(t.returns, value_mask) / count),
-        **{k: float(v[0] / v[1].clamp(min=1)) for k, v in sums.items()},
+        "critic/explained_var": explained_variance(old, returns, mask.bool()),
+        "critic/values_mean": float(masked_sum(old, mask) / count),
+        "critic/returns_mean": float(masked_sum(returns, mask) / count),
+        **{k: float(v[0] / v[1].clamp(min=1)) for k, v in totals.items()},
     }

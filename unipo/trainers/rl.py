@@ -234,13 +234,7 @@ def rl_step(s: RLState) -> dict[str, float]:
         all_adv, post_stats = post_processed(algo, all_adv, all_mask, all_rewards, all_groups)
         advantages = w.local(all_adv, n, batch.loss_mask.shape[1])
     else:  # GAE over the value model's values; the critic then trains on the returns
-        with timer("values"):
-            old_values = critics.values(s.critic, batch, cfg)
-        targets = call(algo.critic, rewards, old_values, batch.completion_mask, inputs=inputs)
-        advantages, post_stats = post_processed(algo, targets.advantages, batch.loss_mask, rewards,
-                                                batch.advantage_groups)  # fmt: skip
-        with timer("critic_update"):
-            critic_stats = critics.update(s.critic, cfg, batch, old_values, targets)
+        advantages, post_stats, critic_stats = critic_stage(s, algo, batch, all_rewards, all_groups, inputs, timer)
     if algo.has_fact("sampler", "entropy_switch"):  # AEPO swaps tempered samples in after the advantages
         batch, per_fn, rewards, advantages, inputs, more = tempered_swap(s, algo, batch, per_fn, rewards, advantages,
                                                                          timer)  # fmt: skip
@@ -281,6 +275,27 @@ def rl_step(s: RLState) -> dict[str, float]:
         **{f"time/{phase}_s": seconds for phase, seconds in timer.totals.items()},  # generate, score, update, ...
         "time/step_s": time.perf_counter() - t0,
     }
+
+
+def critic_stage(
+    s: RLState, algo: Algo, batch: Rollouts, all_rewards: torch.Tensor, all_groups: torch.Tensor, inputs: dict,
+    timer: Timer,
+) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:  # fmt: skip
+    """This rank's advantages from the critic estimator (e.g. GAE over the value model's values), with the
+    post-processor's and the critic update's metrics. The estimator runs on every rank's rows (it may whiten over the
+    batch); the value model, whole on every rank, then trains on this rank's returns with summed gradients."""
+    w, n, width = s.world, batch.num_completions, batch.loss_mask.shape[1]
+    with timer("values"):
+        old_values = critics.values(s.critic, batch, s.cfg)
+    needed = w.gather_inputs({k: v for k, v in inputs.items() if k in algo.critic.needs}, n)
+    targets = call(algo.critic, all_rewards, w.gather_rows(old_values), w.gather_rows(batch.completion_mask),
+                   inputs=needed)  # fmt: skip
+    all_adv, post_stats = post_processed(algo, targets.advantages, w.gather_rows(batch.loss_mask), all_rewards,
+                                         all_groups)  # fmt: skip
+    with timer("critic_update"):
+        local = type(targets)(*(w.local(x, n, width) for x in targets))
+        critic_stats = critics.update(s.critic, s.cfg, batch, old_values, local, w)
+    return w.local(all_adv, n, width), post_stats, critic_stats
 
 
 def collected(s: RLState, algo: Algo, timer: Timer) -> Collected:
