@@ -8,6 +8,7 @@ import yaml
 
 from unipo import algos, config
 from unipo.cli import main
+from unipo.data.tasks import get_task
 from unipo.trainers.common import build_algo
 from unipo.trainers.inputs import NEEDS_REFERENCE
 
@@ -60,8 +61,9 @@ def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path)
     facts = algos.entry("sampler", sampler.name).facts if sampler is not None else frozenset()
     demos = "demonstrations" in facts
     task = "arithmetic" if facts & NEEDS_REFERENCE else "lucky7"  # samplers that read rows' answers
-    if config.load(name).algo.credit is not None:  # multi-turn credit: the recipe's task and its environment
-        task = config.load(name).task
+    recipe = config.load(name)
+    if recipe.algo.credit is not None or get_task(recipe.task, recipe.data).env is not None:  # multi-turn: its env
+        task = recipe.task
     args = ["train", name, f"model.path={tiny_model_dir}", f"task={task}", f"output_dir={run}", "train.max_steps=2"]
     args += ["train.prompts_per_step=2", "rollout.max_new_tokens=6", "eval.num_problems=0", "train.lr=1e-3"]
     # a dense reward that differs between completions, so no advantage is all zero and every component runs

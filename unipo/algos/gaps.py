@@ -55,8 +55,6 @@ GAPS: dict[tuple[str, str], str] = {
     "loss on their return difference (a paired sampler and loss)",
     ("credit", "r3l_retry_recon"): "needs language feedback that restarts generation from a failure point (a retry "
     "sampler)",
-    ("credit", "tir_otb"): "not built yet: the optimal token baseline over the policy tokens of multi-turn "
-    "trajectories",
     ("credit", "reseek_judge"): "needs a JUDGE action whose context keeps or drops the last observation, and a "
     "reference judgement column",
     ("critic", "archer"): "needs utterance-level Q and V heads with a target network and a replay of turn transitions",

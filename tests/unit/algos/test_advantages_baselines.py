@@ -227,3 +227,54 @@ def test_v7_otb_equal_energies_and_lengths_give_group_mean_baseline(values, leng
     old, spp = probs.log().expand(6, 4), (probs**2).expand(6, 4)
     adv = otb(rewards, groups, mask=mask, old_logp=old, sum_pi_squared=spp, eps=0.0)
     torch.testing.assert_close(adv, dr_grpo(rewards, groups)[:, None] * mask)
+
+
+tir_otb = algos.get("advantage", "tir_otb")
+
+
+def test_tir_otb_aligns_the_kth_policy_token_of_each_trajectory_by_hand():
+    # row 0's policy tokens sit at columns 0 and 2 (a tool reply at column 1), row 1's at 0 and 1. Counted over policy
+    # tokens both have two, with test_otb_by_hand's energies, so A = [.6, .6] and [-.4, -.4] on their own columns.
+    rewards, groups = t([1.0, 0.0]), torch.tensor([3, 3])
+    mask = torch.tensor([[1, 0, 1], [1, 1, 0]])
+    old = torch.log(t([[0.5, 0.9, 0.5], [0.25, 0.25, 0.9]]))
+    spp = t([[0.5, 0.3, 0.5], [0.25, 0.25, 0.3]])
+    kwargs = dict(mask=mask, old_logp=old, sum_pi_squared=spp, eps=0.0)
+    torch.testing.assert_close(tir_otb(rewards, groups, **kwargs), t([[0.6, 0.0, 0.6], [-0.4, -0.4, 0.0]]))
+    # aligned by column instead, row 0's second token meets nobody at column 2 (zero tail: A = G = 1)
+    torch.testing.assert_close(otb(rewards, groups, **kwargs), t([[0.6, 0.0, 1.0], [-0.4, 0.0, 0.0]]))
+
+
+def _tir_otb_loop(rewards, groups, mask, old, spp):
+    """Reference, as verl's multi-turn loop: each row's policy tokens packed left, the OTB loop, scattered back."""
+    lengths = mask.sum(1).long()
+    width = int(lengths.max())
+    pack = [torch.zeros(len(rewards), width, dtype=torch.float64) for _ in range(3)]
+    for i in range(len(rewards)):
+        cols = mask[i].nonzero().squeeze(1)
+        for k, c in enumerate(cols.tolist()):
+            pack[0][i, k], pack[1][i, k], pack[2][i, k] = 1.0, old[i, c], spp[i, c]
+    packed = _otb_loop(rewards, groups, *pack)
+    out = torch.zeros_like(mask)
+    for i in range(len(rewards)):
+        for k, c in enumerate(mask[i].nonzero().squeeze(1).tolist()):
+            out[i, c] = packed[i, k]
+    return out
+
+
+@PROPS
+@given(st.integers(0, 2**16))
+def test_tir_otb_matches_verl_multi_turn_loop_and_is_otb_without_holes(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n, width = 7, 6
+    groups = torch.tensor([4, 4, 4, -1, -1, 8, 8])
+    rewards = torch.randint(0, 3, (n,), generator=gen).to(torch.float64)
+    mask = (torch.rand(n, width, generator=gen) < 0.6).to(torch.float64)
+    mask[:, 0] = 1.0  # every trajectory has a policy token
+    probs = torch.rand(n, width, generator=gen, dtype=torch.float64) * 0.9 + 0.05
+    old, spp = probs.log(), probs**2 + 0.1
+    adv = tir_otb(rewards, groups, mask=mask, old_logp=old, sum_pi_squared=spp, eps=0.0)
+    torch.testing.assert_close(adv, _tir_otb_loop(rewards, groups, mask, old, spp))
+    right = (torch.arange(width)[None, :] < mask.sum(1, keepdim=True)).to(torch.float64)  # no holes: plain OTB
+    torch.testing.assert_close(tir_otb(rewards, groups, mask=right, old_logp=old, sum_pi_squared=spp, eps=0.0),
+                               otb(rewards, groups, mask=right, old_logp=old, sum_pi_squared=spp, eps=0.0))  # fmt: skip

@@ -20,6 +20,7 @@ from unipo.algos.advantages.baselines import (
     reinforce_pp,
     reinforce_pp_baseline,
     remax,
+    tir_otb,
 )
 from unipo.algos.advantages.group import dr_grpo, gpg, group_mean_batch_std, grpo, grpo_passk, opo, p3o_pairwise, rloo
 from unipo.algos.advantages.multi import bnpo, gdpo
@@ -43,6 +44,7 @@ __all__ = [
     "grpo_passk",
     "opo",
     "optimal_token_baseline",
+    "tir_otb",
     "p3o_pairwise",
     "red_weight",
     "reinforce_pp",

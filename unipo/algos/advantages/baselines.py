@@ -309,3 +309,59 @@ def optimal_token_baseline(
     adv = (returns - baseline) * tok
     one = (valid & (count[inverse] == 1))[:, None]  # (N, 1): a one-response group
     return torch.where(one, returns if singleton == "raw" else torch.zeros_like(adv), adv)
+
+
+@register(
+    "advantage",
+    "tir_otb",
+    paper="Optimal Token Baseline for multi-turn (tool-integrated) trajectories, verl tir_optimal_token_baseline "
+    "(https://github.com/volcengine/verl, compute_multi_turn_optimal_token_baseline_advantage)",
+    tag="checked: verl",
+)
+def tir_otb(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    old_logp: torch.Tensor | None = None,
+    sum_pi_squared: torch.Tensor | None = None,
+    rollout_is_weights: torch.Tensor | None = None,
+    eps: float = 1e-8,
+    handle_zero_tail: bool = True,
+    singleton: str = "raw",
+) -> torch.Tensor:
+    """Multi-turn optimal token baseline (verl, https://github.com/volcengine/verl, ``tir_optimal_token_baseline``).
+
+    ``optimal_token_baseline`` with positions counted over the policy's own tokens: each row's loss-mask tokens (the
+    environment's tokens between turns are out of the mask) are moved left into one contiguous sequence, the baseline
+    B_k = Σ_G G·W / (Σ_G W + eps) is taken at the k-th policy token of every trajectory of the group, and the
+    advantages go back to their tokens. W_{i,k} = Σ_{k′≤k} (1 − 2π_old + Σ_v π_old²) over policy tokens only, as
+    verl's cumulative sum under the response mask. On a mask without holes it is ``optimal_token_baseline``.
+
+    Args:
+        rewards: [N] float outcome rewards; a NaN row is left out of the baseline and gets A = 0.
+        group_ids: [N] long prompt index of each trajectory.
+        mask: [N, T] loss mask, 0 on the environment's tokens (required).
+        old_logp: [N, T] log π_old of the sampled tokens (required).
+        sum_pi_squared: [N, T] Σ_v π_old(v∣s_{i,t})² (required).
+        rollout_is_weights: optional [N, T] truncated rollout IS weights ρ̄; e is multiplied by ρ̄².
+        eps: added to the denominator (verl: 1e-8).
+        handle_zero_tail: zero the baseline past the second-longest trajectory's policy-token count.
+        singleton: "raw" (A = G, verl) or "zero" for a one-trajectory group.
+
+    Returns:
+        [N, T] advantages, 0 on masked tokens.
+    """
+    m = check_mask(mask, rewards.shape[0], "tir_otb")
+    lengths = m.sum(1)
+    order = torch.argsort((~m).to(torch.int8), dim=1, stable=True)[:, : int(lengths.max()) if m.numel() else 0]
+    packed = torch.arange(order.shape[1], device=m.device) < lengths[:, None]  # (N, K): the k-th policy token
+
+    def pack(x: torch.Tensor | None, name: str) -> torch.Tensor | None:
+        return None if x is None else check_token_tensor(x, name, m, rewards, "tir_otb").gather(1, order)
+
+    adv = optimal_token_baseline(rewards, group_ids, mask=packed, old_logp=pack(old_logp, "old_logp"),
+                                 sum_pi_squared=pack(sum_pi_squared, "sum_pi_squared"),
+                                 rollout_is_weights=pack(rollout_is_weights, "rollout_is_weights"), eps=eps,
+                                 handle_zero_tail=handle_zero_tail, singleton=singleton)  # fmt: skip
+    return torch.zeros(m.shape, dtype=adv.dtype, device=adv.device).scatter(1, order, adv * packed)
