@@ -360,20 +360,9 @@ def _stored(batch: Rollouts, groups: list[int], items: list[dict[str, Any]], pad
     )  # fmt: skip
 
 
-def generate_and_score(
-    s: RLState,
-    rows: list[dict],
-    timer: Timer,
-    forced: list[list[int]] | None = None,
-    n: list[int] | None = None,
-    temperature: float | None = None,
-    positions: list[int] | None = None,
-) -> tuple[Rollouts, torch.Tensor]:
-    """`rollout.group_size` completions of each row (or `n[i]` of row i; starting with `forced` tokens, one list per
-    completion; at `temperature` instead of `rollout.temperature`), and their rewards (N, K). With the rows' stream
-    `positions`, each completion draws from its own generator (`dist.sample_generators`: the same samples on any
-    number of ranks); otherwise from the run's generator."""
-    batch = generate(s, rows, timer, forced, n, temperature, positions)
+def generate_and_score(s: RLState, rows: list[dict], timer: Timer, **kwargs: Any) -> tuple[Rollouts, torch.Tensor]:
+    """The completions of `generate` (same arguments) and their rewards (N, K)."""
+    batch = generate(s, rows, timer, **kwargs)
     with timer("score"):
         return batch, s.scorer.score(batch)  # (N, K)
 
@@ -387,7 +376,10 @@ def generate(
     temperature: float | None = None,
     positions: list[int] | None = None,
 ) -> Rollouts:
-    """The completions of `generate_and_score`, not scored yet."""
+    """`rollout.group_size` completions of each row (or `n[i]` of row i; starting with `forced` tokens, one list per
+    completion; at `temperature` instead of `rollout.temperature`), not scored yet. With the rows' stream
+    `positions`, each completion draws from its own generator (`dist.sample_generators`: the same samples on any
+    number of ranks); otherwise from the run's generator."""
     cfg, r = s.cfg, s.cfg.rollout
     counts = [r.group_size] * len(rows) if n is None else n
     generator = s.generator if positions is None else sample_generators(cfg.train.seed, positions, counts)
