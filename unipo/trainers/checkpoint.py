@@ -42,10 +42,11 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainer_state(optimizer: Any, scheduler: Any, generator: torch.Generator, data: dict[str, int]) -> dict[str, Any]:
-    """What a trainer saves besides the model: optimizer, scheduler, every RNG state and the data position."""
+def trainer_state(optimizer: dict, scheduler: Any, generator: torch.Generator, data: dict[str, int]) -> dict[str, Any]:
+    """What a trainer saves besides the model: the optimizer's state dict (a sharded one's gathered by
+    `World.optimizer_state`), the scheduler, every RNG state and the data position."""
     return {
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer,
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(generator),
         "data": data,

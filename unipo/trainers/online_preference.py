@@ -151,7 +151,9 @@ class OnlineState:
     """The last step's first completions with their task reward and win rate (completions.jsonl)."""
 
     def checkpoint_state(self) -> dict[str, Any]:
-        state = checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, self.stream.state())
+        state = checkpoint.trainer_state(
+            self.optimizer.state_dict(), self.scheduler, self.generator, self.stream.state()
+        )
         models = {"anchor": self.anchor, "ref": self.ref if self.ref_refreshed else None}
         state["online_models"] = {k: m.state_dict() for k, m in models.items() if m is not None}
         return state

@@ -197,7 +197,7 @@ def train(cfg: Config) -> Path:
         return result
 
     def state() -> dict[str, Any]:
-        return checkpoint.trainer_state(optimizer, scheduler, generator, stream.state())
+        return checkpoint.trainer_state(optimizer.state_dict(), scheduler, generator, stream.state())
 
     run_steps(cfg, run, model, tokenizer, start, step_fn, evaluate, state, SHOWN, samples=lambda: samples)
     return run.path

@@ -193,8 +193,8 @@ class RLState:
 
     def checkpoint_state(self) -> dict[str, Any]:
         position = self.pipeline.position if self.pipeline else self.stream.state()  # after the last batch trained
-        state = checkpoint.trainer_state(self.optimizer, self.scheduler, self.generator, position)
-        state["optimizer"] = self.world.optimizer_state(self.model, self.optimizer)  # sharded: gathered
+        optimizer = self.world.optimizer_state(self.model, self.optimizer)  # sharded: gathered to rank 0
+        state = checkpoint.trainer_state(optimizer, self.scheduler, self.generator, position)
         state["components"] = dict(self.values)
         if self.critic is not None:
             state["critic"] = self.critic.state()
