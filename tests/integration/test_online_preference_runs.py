@@ -3,6 +3,7 @@ must give (the policy still equals π_t and π_ref there), pairs and win rates f
 learning, and resume in the middle of a Nash-MP iteration."""
 
 import json
+import math
 
 import pytest
 
@@ -14,6 +15,8 @@ pytestmark = pytest.mark.slow
 JUDGE = "tests.integration.rewards_for_tests.lexical_judge"
 ONLINE_RECIPES = ["sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm", "online_dpo",
                   "rebel"]  # fmt: skip
+NO_JUDGE = ["spin", "a_star_po"]
+"""Online recipes without a judge: SPIN's winner is the data, A*-PO regresses rewards on V*."""
 DENSE = "rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]"
 """A reward that differs between two replies (REBEL regresses on reward differences; lucky7's are mostly 0)."""
 
@@ -31,8 +34,8 @@ def _train(tiny_model_dir, run, recipe, *extra):
 
 
 def test_every_online_recipe_loads_and_names_a_paper():
-    assert set(ONLINE_RECIPES) <= set(config.list_recipes())
-    for name in ONLINE_RECIPES:
+    assert set(ONLINE_RECIPES + NO_JUDGE) <= set(config.list_recipes())
+    for name in ONLINE_RECIPES + NO_JUDGE:
         cfg = config.load(name)
         loss = "xpo" if name == "online_dpo" else name  # online DPO is XPO with alpha = 0
         assert cfg.trainer == "online_preference" and cfg.algo.online.name == loss and "arXiv" in cfg.paper
@@ -219,3 +222,69 @@ def test_a_reward_model_oracle_from_the_command_line(tiny_model_dir, tmp_path):
                   f"online.reward_model={rm}", "online.min_margin=0")  # fmt: skip
     # a random reward model still scores every reply differently, so every group has a pair to train
     assert all(r["oracle/failures"] == 0 and r["pairs/kept_frac"] == 1.0 and r["win_rate/std"] > 0 for r in rows)
+
+
+def _completions(run):
+    return [json.loads(line) for line in (run / "completions.jsonl").read_text().splitlines()]
+
+
+def test_spin_pairs_the_data_with_each_reply_and_learns_to_say_it(tiny_model_dir, tmp_path, monkeypatch):
+    data = tmp_path / "seven.jsonl"
+    words = ["pick", "say", "give", "write", "number", "digit", "now", "please"]
+    data.write_text("".join(json.dumps({"prompt": f"{a} {b}:", "answer": "7"}) + "\n" for a in words for b in words))
+    pairs = []
+    real = online_preference._update
+
+    def spy(s, batch, units, win, per_row):
+        pairs.append((batch.texts, units.tolist(), batch.num_completions))
+        return real(s, batch, units, win, per_row)
+
+    monkeypatch.setattr(online_preference, "_update", spy)
+    first = _train(tiny_model_dir, tmp_path / "one", "spin", f"task={data}", "train.max_steps=1")[0]
+    texts, units, n = pairs[0]
+    # 2 prompts x 4 replies: each reply (loser) paired with its prompt's answer, the rows after the replies
+    assert n == 10 and units == [[8 + i // 4, i] for i in range(8)] and texts[8:] == ["7", "7"]
+    assert first["loss"] == pytest.approx(math.log(2), rel=1e-6)  # π_θ = π_t on the first pass
+    assert "win_rate/std" not in first and "pairs/kept_frac" not in first
+    monkeypatch.setattr(online_preference, "_update", real)
+    rows = _train(tiny_model_dir, tmp_path / "learn", "spin", f"task={data}", "train.max_steps=40", "train.lr=1e-2",
+                  "rollout.group_size=1", "train.prompts_per_step=8")  # fmt: skip
+    assert sum(r["reward/task_mean"] for r in rows[:5]) / 5 < 0.1
+    assert sum(r["reward/task_mean"] for r in rows[-5:]) / 5 > 0.5
+
+
+def test_a_star_po_first_loss_is_the_squared_advantage_and_it_learns(tiny_model_dir, tmp_path, monkeypatch):
+    from unipo.algos import nash
+
+    # one prompt, one reply: on the first pass log(π_θ/π_ref) = 0, so the loss is (r − V*)² with V* from 8 replies
+    # of π_ref scored by the same reward
+    calls = []
+    real = nash.optimal_value
+    monkeypatch.setattr(online_preference, "optimal_value", lambda r, b: calls.append((r.clone(), b)) or real(r, b))
+    run = tmp_path / "one"
+    (row,) = _train(tiny_model_dir, run, "a_star_po", "train.max_steps=1", "train.prompts_per_step=1",
+                    "rollout.group_size=1", "online.value_filter=false", DENSE)  # fmt: skip
+    (rewards, beta1), (sample,) = calls[0], _completions(run)
+    assert rewards.shape == (1, 8) and beta1 == 0.5
+    v_star = 0.5 * math.log(sum(math.exp(r / 0.5) for r in rewards[0].tolist()) / 8)
+    assert row["value/v_star_mean"] == pytest.approx(v_star, rel=1e-6)
+    assert row["loss"] == pytest.approx((sample["reward"] - v_star) ** 2, rel=1e-5)
+    # a prompt drawn again is not estimated again, and the estimates survive a restart
+    _train(tiny_model_dir, run, "a_star_po", "train.max_steps=40", "train.prompts_per_step=1",
+           "rollout.group_size=1", "online.value_filter=false", DENSE)  # fmt: skip
+    assert len(calls) < 40
+    # learning: lucky7's reward (share of sevens), one reply per prompt; prompts whose 8 replies of π_ref all score
+    # 0 would be skipped, so the filter is off for the random tiny model
+    rows = _train(tiny_model_dir, tmp_path / "learn", "a_star_po", "train.max_steps=40", "train.prompts_per_step=16",
+                  "train.lr=1e-2", "rollout.group_size=1", "online.value_filter=false")  # fmt: skip
+    assert sum(r["reward/task_mean"] for r in rows[:3]) / 3 < 0.1
+    assert sum(r["reward/task_mean"] for r in rows[-5:]) / 5 > 0.8
+
+
+def test_a_star_po_skips_prompts_whose_reference_replies_all_fail(tiny_model_dir, tmp_path):
+    # lucky7 with the random tiny model: most prompts' 8 replies of π_ref hold no seven (reward 0 each); a step whose
+    # only prompt is skipped trains nothing
+    rows = _train(tiny_model_dir, tmp_path / "run", "a_star_po", "train.max_steps=6", "train.prompts_per_step=1",
+                  "rollout.group_size=1")  # fmt: skip
+    skipped = [r for r in rows if r["value/prompts_kept_frac"] == 0]
+    assert skipped and all(r["loss"] == 0 and r["grad_norm"] == 0 and r["value/v_star_mean"] == 0 for r in skipped)

@@ -17,6 +17,8 @@ The exact tabular update each loss implies (used by the preference-game testbed)
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +33,10 @@ _SPO = "Swamy et al. 2024, A Minimaximalist Approach to RLHF, arXiv:2401.04056"
 _XPO = "Xie et al. 2024, Exploratory Preference Optimization, arXiv:2405.21046"
 _SELM = "Zhang et al. 2024, Self-Exploring Language Models, arXiv:2405.19332"
 _REBEL = "Gao et al. 2024, REBEL: Reinforcement Learning via Regressing Relative Rewards, arXiv:2404.16767"
+_SPIN = (
+    "Chen et al. 2024, Self-Play Fine-Tuning Converts Weak Language Models to Strong Language Models, arXiv:2401.01335"
+)
+_ASTAR = "Brantley et al. 2025, Accelerating RL for LLM Reasoning with Optimal Advantage Regression, arXiv:2505.20686"
 
 
 def _seq(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -113,6 +119,58 @@ def dno(logp: torch.Tensor, prev_logp: torch.Tensor, *, beta: float) -> torch.Te
         [B] per-pair loss.
     """
     return -F.logsigmoid(beta * _margin(logp, prev_logp))
+
+
+@register("online", "spin", paper=_SPIN, tag="memory", facts={"ground_truth_winner"})
+def spin(logp: torch.Tensor, prev_logp: torch.Tensor, *, beta: float = 0.1) -> torch.Tensor:
+    """SPIN self-play loss (Chen et al. 2024, arXiv:2401.01335, §4, with the logistic loss).
+
+    ℓ = −log σ(λ·[log(π_θ/π_t)(y_gt) − log(π_θ/π_t)(y′)]): the winner is always the prompt's reference response y_gt
+    (the SFT data), the loser a response y′ ∼ π_t of the previous iterate, which is also the reference; no judge. It is
+    DNO's loss with the judged winner replaced by the data (the trainer builds the pairs; `dno` computes the term).
+
+    Args:
+        logp: [B, 2] log π_θ of (y_gt, y′).
+        prev_logp: [B, 2] log π_t of the pair.
+        beta: λ, the regularisation of the self-play objective (0.1 is ours; the verl recipe exposes it as β).
+
+    Returns:
+        [B] per-pair loss.
+    """
+    return dno(logp, prev_logp, beta=beta)
+
+
+@register("online", "a_star_po", paper=_ASTAR, tag="checked: TRL experimental a2po", facts={"reference_value"})
+def a_star_po(
+    logp: torch.Tensor, ref_logp: torch.Tensor, *, rewards: torch.Tensor, value: torch.Tensor, beta: float = 1e-3
+) -> torch.Tensor:
+    """A*-PO's stage 2, optimal advantage regression (Brantley et al. 2025, arXiv:2505.20686; TRL ``A2POTrainer``).
+
+    ℓ = (β₂·log(π_θ(y)/π_ref(y)) − (r(x, y) − V*(x)))², one y ∼ π_θ per prompt, where stage 1 estimated
+    V*(x) = β₁·log((1/N)·Σ_i exp(r(x, y_i)/β₁)) from N samples of π_ref (`optimal_value`; the trainer runs it once
+    per prompt). With exact V* and β₁ = β₂ = β the minimiser π_ref·exp((r − V*)/β) is normalised, i.e. it is the
+    KL-regularised optimum π ∝ π_ref·exp(r/β) (ALGORITHMS.md §13 N2).
+
+    Args:
+        logp: [B] log π_θ(y∣x).
+        ref_logp: [B] log π_ref(y∣x).
+        rewards: [B] r(x, y).
+        value: [B] V*(x) of each response's prompt.
+        beta: β₂ (TRL default 1e-3).
+
+    Returns:
+        [B] per-sample loss.
+    """
+    return (beta * (logp - ref_logp.detach()) - (rewards - value)) ** 2
+
+
+def optimal_value(rewards: torch.Tensor, beta: float) -> torch.Tensor:
+    """A*-PO stage 1: V*(x) = β₁·log((1/N)·Σ_i exp(r(x, y_i)/β₁)) over N samples y_i ∼ π_ref, stably as
+    β₁·(logsumexp(r/β₁) − log N) (TRL ``A2POTrainer``): [P, N] rewards -> [P]. It is the soft maximum of the rewards,
+    between their mean (β₁ → ∞) and their maximum (β₁ → 0)."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0; got {beta}")
+    return beta * (torch.logsumexp(rewards / beta, dim=-1) - math.log(rewards.shape[-1]))
 
 
 @register("online", "rebel", paper=_REBEL, tag="memory (the form matches the REFUEL code)")

@@ -72,6 +72,10 @@ FACTS = {
     "zero_at_tie": "online: value and gradient are exactly 0 for a response with win rate 1/2 while the policy is the "
     "anchor, so such responses may skip the forward and backward (SPPO)",
     "explore_from_ref": "online: its exploration response is sampled from the reference, not the policy (XPO)",
+    "ground_truth_winner": "online: each pair's winner is the prompt's reference response (the dataset's `solution`, "
+    "else `answer`) and its loser a sample of π_t; no judge (SPIN)",
+    "reference_value": "online: each response of π_θ is trained on its reward and its prompt's V*(x), estimated once "
+    "per prompt from `online.value_samples` samples of π_ref (A*-PO's stage 1); no judge",
     "rewards_for_rl": "online: turns the group's win rates into rewards for the RL update (SPO)",
     "group_centred": "advantage: subtracts a group or batch mean of the rewards, so an affine map of the reward with "
     "constant coefficients cancels (or only rescales the advantage)",

@@ -303,6 +303,13 @@ class OnlineConfig(_Strict):
     min_margin: float = Field(0.0, ge=0, le=1)
     """Pair methods take the best and worst response of each group by win rate and keep the pair only when their
     win rates differ by more than this (DNO's margin filter; 0 drops exact ties)."""
+    value_samples: int = Field(8, ge=1)
+    """A*-PO's stage 1 (a loss with the `reference_value` fact): samples of π_ref per prompt that estimate
+    V*(x) = β₁·log mean_i exp(r(x, y_i)/β₁), once per prompt (TRL's `num_value_samples`)."""
+    value_beta: float = Field(0.5, gt=0)
+    """β₁ of that estimate (TRL's `beta1`)."""
+    value_filter: bool = True
+    """Skip prompts whose π_ref samples' rewards sum to 0, i.e. all failed (TRL's `filter_all_incorrect`)."""
 
 
 class EvalConfig(_Strict):

@@ -14,7 +14,10 @@ loss takes (ALGORITHMS.md §8; the loss's signature decides):
   rate is y_w and the lowest y_l, kept when their win rates differ by more than `online.min_margin`. `xpo` adds an
   exploration response per prompt sampled from π_ref, `selm` one sampled from the current policy;
 - `spo_selfplay` turns the group win rates into rewards for the RL update (`algo.advantage`, `algo.policy_loss`,
-  `algo.aggregation`, as in trainers/rl.py).
+  `algo.aggregation`, as in trainers/rl.py);
+- two losses need no judge: `spin` pairs each response of π_t (as loser) with its prompt's reference response from
+  the data (as winner), and `a_star_po` trains each response on its reward and its prompt's V*(x), estimated the
+  first time the prompt is drawn from `online.value_samples` samples of π_ref (A*-PO's stage 1) and checkpointed.
 
 Each step then runs `train.ppo_epochs` optimizer steps on its batch (none when nothing is left to learn from, e.g.
 every pair tied; the schedule still advances). The previous iterate π_t (`prev_logp`) is the
@@ -39,7 +42,7 @@ from typing import Any
 import torch
 
 from unipo import algos
-from unipo.algos.nash import spo_selfplay
+from unipo.algos.nash import optimal_value, spo_selfplay
 from unipo.config import Config, ConfigError, component_kwargs
 from unipo.data.tasks import PromptStream, get_task
 from unipo.models.loading import autocast_context, load_model_and_tokenizer, load_policy
@@ -47,8 +50,10 @@ from unipo.models.logprobs import completion_logprobs
 from unipo.rewards import oracles
 from unipo.rollout.batch import Rollouts
 from unipo.rollout.hf import GeometricMixture, sample
+from unipo.rollout.inject import demonstrations
 from unipo.run import completion_samples
 from unipo.trainers import checkpoint, rl
+from unipo.trainers.collect import prompt_key
 from unipo.trainers.common import (
     Timer,
     build_algo,
@@ -81,6 +86,12 @@ class OnlineLoss:
     rewards: bool = False
     """Turns win rates into rewards for the RL update (`spo_selfplay`)."""
 
+    @property
+    def judged(self) -> bool:
+        """Whether it needs the oracle's win rates (not SPIN, whose winner is the data, nor A*-PO, which regresses
+        rewards)."""
+        return not {"ground_truth_winner", "reference_value"} & self.facts
+
     @functools.cached_property
     def explore(self) -> str | None:
         """Where its exploration response comes from (`ref`, `policy`), or None (also when its coefficient `alpha`
@@ -112,12 +123,13 @@ def build_loss(cfg: Config) -> OnlineLoss:
     names = frozenset(inspect.signature(algos.get("online", node.name)).parameters)
     if "rewards_for_rl" in algos.entry("online", node.name).facts:
         return OnlineLoss(node.name, fn, names, rewards=True)
-    loss = OnlineLoss(node.name, fn, names, pairs="win_rate" not in names, per_token="mask" in names)
+    single = "win_rate" in names or "reference_value" in algos.entry("online", node.name).facts
+    loss = OnlineLoss(node.name, fn, names, pairs=not single, per_token="mask" in names)
     b = 3
     shape = (b, 2) if loss.pairs else (b, 4) if loss.per_token else (b,)
     fake = {"logp": -torch.rand(shape) - 1, "prev_logp": -torch.rand(shape) - 1, "ref_logp": -torch.rand(shape) - 1,
             "win_rate": torch.rand(b), "explore_logp": -torch.rand(b), "explore_ref_logp": -torch.rand(b),
-            "mask": torch.ones(b, 4), "rewards": torch.rand(shape)}  # fmt: skip
+            "mask": torch.ones(b, 4), "rewards": torch.rand(shape), "value": torch.rand(b)}  # fmt: skip
     try:
         out = fn(**{k: v for k, v in fake.items() if k in names})
     except (TypeError, ValueError) as e:
@@ -149,6 +161,8 @@ class OnlineState:
     step: int = 0
     samples: list[dict[str, Any]] = field(default_factory=list)
     """The last step's first completions with their task reward and win rate (completions.jsonl)."""
+    values: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    """A*-PO: each prompt's V*(x) and whether it is kept (some π_ref sample scored), by `prompt_key`."""
 
     def checkpoint_state(self) -> dict[str, Any]:
         state = checkpoint.trainer_state(
@@ -156,6 +170,7 @@ class OnlineState:
         )
         models = {"anchor": self.anchor, "ref": self.ref if self.ref_refreshed else None}
         state["online_models"] = {k: m.state_dict() for k, m in models.items() if m is not None}
+        state["online_values"] = dict(self.values)
         return state
 
 
@@ -165,13 +180,13 @@ def train(cfg: Config) -> Path:
     task = get_task(cfg.task, cfg.data)
     scorer = build_rewards(cfg, task.rewards)
     loss = build_loss(cfg)
-    if cfg.online.win_rate == "incl_self" and loss.mixture:
+    if cfg.online.win_rate == "incl_self" and (loss.mixture or not loss.judged):
         raise ConfigError(f"online.win_rate: {loss.name!r} compares each response with one sampled opponent, not its "
                           "group; incl_self applies to group win rates")  # fmt: skip
-    if cfg.online.train_on == "best_worst" and (loss.pairs or loss.rewards or loss.mixture):
+    if cfg.online.train_on == "best_worst" and (loss.pairs or loss.rewards or loss.mixture or not loss.judged):
         raise ConfigError(f"online.train_on: {loss.name!r} does not train on single responses with group win rates; "
                           "best_worst applies to sppo and nash_mp_recon")  # fmt: skip
-    if cfg.rollout.group_size < 2 and not loss.mixture:
+    if cfg.rollout.group_size < 2 and loss.judged and not loss.mixture:
         raise ConfigError(f"rollout.group_size: {loss.name!r} compares responses within a group; it needs at least 2")
     if cfg.model.lora.r and cfg.online.ref_refresh_every:
         raise ConfigError("online.ref_refresh_every: the reference copies the policy's weights, which a LoRA run "
@@ -199,6 +214,7 @@ def train(cfg: Config) -> Path:
         start, position = checkpoint.restore(saved, optimizer, scheduler, generator)
         s.stream = PromptStream(task.train, cfg.train.seed, **position)
         _restore_models(s, saved.get("online_models", {}))
+        s.values = dict(saved.get("online_values", {}))
         run.truncate_metrics(start)
     run.prepare(cfg)
 
@@ -261,38 +277,42 @@ def online_step(s: OnlineState) -> dict[str, float]:
         explore = opponents = None
         if s.loss.explore:
             explore = sample(s.ref if s.loss.explore == "ref" else s.model, s.tokenizer, rows, n=1, **opts)
+        if "ground_truth_winner" in s.loss.facts:  # SPIN: the winners are the data, as one extra row per prompt
+            explore = demonstrations(batch, torch.arange(len(rows)), s.tokenizer, r.max_new_tokens)
         if s.loss.mixture:
             mixture = GeometricMixture(s.model, s.ref, cfg.online.mixture_coef)
             opponents = sample(mixture, s.tokenizer, rows, n=k, **opts)
     with timer("judge"):
         task_reward = s.scorer.combine(s.scorer.score(batch))
-        if opponents is not None:
-            per_response = [rows[g] for g in batch.group_ids.tolist()]
-            win = s.oracle.compare(per_response, batch.texts, opponents.texts).float()
-        elif cfg.online.oracle == "task":  # the task rewards just computed are the oracle's scores: not twice
-            win = spo_selfplay(s.oracle.matrix_from_scores(task_reward.view(len(rows), k))).reshape(-1).float()
-        else:
-            groups = [batch.texts[p * k : (p + 1) * k] for p in range(len(rows))]
-            win = spo_selfplay(s.oracle.matrix(rows, groups)).reshape(-1).float()
-        if cfg.online.win_rate == "incl_self":  # the mean over all K, P(y ≻ y) = ½ included (official SPPO)
-            win = 0.5 + (k - 1) / k * (win - 0.5)
+        win = _judge(s, rows, batch, opponents, task_reward) if s.loss.judged else torch.full_like(task_reward, 0.5)
         win = win.to(batch.group_ids.device)
-    s.samples = completion_samples(batch, cfg.log.completions_per_step, reward=task_reward, win_rate=win)
+        if "reference_value" in s.loss.facts:
+            with autocast_context(s.ref, cfg.model.autocast):
+                value, kept = _reference_values(s, rows, opts)
+    shown = {"win_rate": win} if s.loss.judged else {}
+    s.samples = completion_samples(batch, cfg.log.completions_per_step, reward=task_reward, **shown)
     with timer("update"):
         if s.loss.rewards:
             stats = _rl_update(s, batch, win)
         else:
             units, unit_win = _units(s, batch, win, explore is not None)
-            rewards = None
-            if "rewards" in s.loss.inputs:  # REBEL: no exploration rows; a unit with a failed reward (NaN) is left out
-                rewards = task_reward.to(win.device)
-                keep = ~rewards[units].isnan().any(1)
+            per_row = {}
+            if "rewards" in s.loss.inputs:  # REBEL, A*-PO: no extra rows; a unit with a failed reward (NaN) is left out
+                per_row["rewards"] = task_reward.to(win.device)
+                keep = ~per_row["rewards"][units].isnan().any(1)
                 units, unit_win = units[keep], unit_win[keep]
-            stats = _update(s, batch.concat(explore) if explore is not None else batch, units, unit_win, rewards)
+            if "value" in s.loss.inputs:  # A*-PO: V*(x) of each response's prompt; prompts it filters are left out
+                per_row["value"] = value.to(win.device)[batch.group_ids]
+                keep = kept.to(win.device)[batch.group_ids][units[:, 0]]
+                units, unit_win = units[keep], unit_win[keep]
+            stats = _update(s, batch.concat(explore) if explore is not None else batch, units, unit_win, per_row)
     lengths = batch.completion_mask.sum(1).float()
+    if "reference_value" in s.loss.facts:
+        stats |= {"value/v_star_mean": float(value.mean()), "value/prompts_kept_frac": float(kept.float().mean())}
+    if s.loss.judged:
+        stats["win_rate/std"] = float(win.std()) if win.numel() > 1 else 0.0
     return {
         **stats,
-        "win_rate/std": float(win.std()) if win.numel() > 1 else 0.0,
         "oracle/failures": s.oracle.failures - failures_before,
         "reward/task_mean": float(task_reward[~task_reward.isnan()].mean()) if (~task_reward.isnan()).any() else 0.0,
         "tokens/completion_mean": float(lengths.mean()),
@@ -304,6 +324,23 @@ def online_step(s: OnlineState) -> dict[str, float]:
     }
 
 
+def _judge(s: OnlineState, rows: list[dict], batch: Rollouts, opponents: Rollouts | None,
+           task_reward: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Each response's win rate: against its sampled opponent (Nash-MD), else against its group (`online.win_rate`)."""
+    cfg, k = s.cfg, s.cfg.rollout.group_size
+    if opponents is not None:
+        per_response = [rows[g] for g in batch.group_ids.tolist()]
+        return s.oracle.compare(per_response, batch.texts, opponents.texts).float()
+    if cfg.online.oracle == "task":  # the task rewards just computed are the oracle's scores: not twice
+        win = spo_selfplay(s.oracle.matrix_from_scores(task_reward.view(len(rows), k))).reshape(-1).float()
+    else:
+        groups = [batch.texts[p * k : (p + 1) * k] for p in range(len(rows))]
+        win = spo_selfplay(s.oracle.matrix(rows, groups)).reshape(-1).float()
+    if cfg.online.win_rate == "incl_self":  # the mean over all K, P(y ≻ y) = ½ included (official SPPO)
+        win = 0.5 + (k - 1) / k * (win - 0.5)
+    return win
+
+
 def _units(s: OnlineState, batch: Rollouts, win: torch.Tensor, explore: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of the (batch + exploration) table each loss term uses: [U, 1] single responses, or [U, 2|3] pairs
     (winner, loser[, exploration response]); and the win rate of each unit's first response."""
@@ -311,6 +348,9 @@ def _units(s: OnlineState, batch: Rollouts, win: torch.Tensor, explore: bool) ->
     grouped = win.view(-1, k)
     best, worst = grouped.argmax(1), grouped.argmin(1)
     offset = torch.arange(grouped.shape[0], device=win.device) * k
+    if "ground_truth_winner" in s.loss.facts:  # SPIN: (the prompt's reference response, each response of π_t)
+        rows = torch.arange(n, device=win.device)
+        return torch.stack([n + batch.group_ids.to(win.device), rows], 1), win
     if not s.loss.pairs and s.cfg.online.train_on == "best_worst":  # official SPPO: each group's best and worst
         rows = torch.stack([offset + best, offset + worst], 1).flatten()
         return rows[:, None], win[rows]
@@ -321,6 +361,22 @@ def _units(s: OnlineState, batch: Rollouts, win: torch.Tensor, explore: bool) ->
         [n + torch.arange(grouped.shape[0], device=win.device)] if explore else []
     )
     return torch.stack(cols, 1)[keep], grouped.max(1).values[keep]
+
+
+@torch.no_grad()
+def _reference_values(s: OnlineState, rows: list[dict], opts: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """A*-PO's stage 1 for the prompts of `rows` not seen before: `online.value_samples` samples of π_ref each, scored
+    by the run's reward functions, give V*(x) = β₁·log mean exp(r/β₁) (`optimal_value`; a failed score counts 0) and
+    whether the prompt is kept (`online.value_filter`: some sample's reward is nonzero). Returns V* [P] and kept [P]."""
+    o = s.cfg.online
+    new = list({prompt_key(row): row for row in rows if prompt_key(row) not in s.values}.items())
+    if new:
+        ref_batch = sample(s.ref, s.tokenizer, [row for _, row in new], n=o.value_samples, **opts)
+        r = s.scorer.combine(s.scorer.score(ref_batch)).float().nan_to_num(0.0).view(len(new), o.value_samples)
+        for (key, _), v, total in zip(new, optimal_value(r, o.value_beta).tolist(), r.sum(1).tolist(), strict=True):
+            s.values[key] = (v, total != 0 or not o.value_filter)
+    value, kept = zip(*(s.values[prompt_key(row)] for row in rows), strict=True)
+    return torch.tensor(value), torch.tensor(kept)
 
 
 @torch.no_grad()
@@ -337,10 +393,10 @@ def _fixed_logps(s: OnlineState, model: Any, batch: Rollouts, rows: torch.Tensor
 
 
 def _update(
-    s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Tensor, rewards: torch.Tensor | None
+    s: OnlineState, batch: Rollouts, units: torch.Tensor, win: torch.Tensor, per_row: dict[str, torch.Tensor]
 ) -> dict[str, float]:
     """`ppo_epochs` optimizer steps on the loss averaged over `units`, accumulated over micro-batches of units; a loss
-    that takes `rewards` (REBEL) gets the reward functions' scores of each unit's responses."""
+    that takes `rewards` (REBEL, A*-PO) or `value` (A*-PO) gets `per_row`'s values at each unit's responses."""
     cfg, model, loss = s.cfg, s.model, s.loss
     num_units = normaliser = units.shape[0]
     if "zero_at_tie" in loss.facts and s.anchor is None and cfg.train.ppo_epochs == 1:
@@ -375,8 +431,9 @@ def _update(
             if "ref_logp" in frozen:
                 tokens["ref_logp"] = frozen["ref_logp"][idx, :width]
             args = _loss_args(loss, tokens, mb.completion_mask.float(), win[chunk], units.shape[1])
-            if "rewards" in loss.inputs:
-                args["rewards"] = rewards[units[chunk]]
+            for name, column in per_row.items():  # [b, 2] for pairs, [b] for single responses
+                at = column[units[chunk]]
+                args[name] = at if loss.pairs else at[:, 0]
             value = loss.fn(**{k: v for k, v in args.items() if k in loss.inputs}).sum() / normaliser
             value.backward()
             total += float(value.detach())
@@ -388,7 +445,7 @@ def _update(
             s.scheduler.step()
         losses.append(total)
     out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
-    if loss.pairs:
+    if loss.pairs and loss.judged:
         out["pairs/kept_frac"] = normaliser / cfg.train.prompts_per_step
     return out
 

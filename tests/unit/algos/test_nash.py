@@ -4,6 +4,7 @@ import logging
 import math
 import re
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 import unipo.algos.nash as nash
 from unipo.algos import registry
 
-IDS = {"sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm", "rebel"}
+IDS = {"sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm", "rebel", "spin", "a_star_po"}
 CITATION = re.compile(r"arXiv:\d{4}\.\d{4,5}|https?://\S+")
 T = torch.tensor
 
@@ -73,6 +74,58 @@ def test_rebel_by_hand_and_its_tabular_minimiser():
         opt.step()
     target = torch.softmax(prev + eta * r, -1)
     torch.testing.assert_close(torch.softmax(logits, -1).detach(), target, atol=1e-6, rtol=0)
+
+
+def test_spin_is_dpo_against_the_previous_iterate_with_the_data_as_winner():
+    # λ = .5: Δ = (−1 − (−2)) − (−3 − (−2)) = 2 ; ℓ = −log σ(1) = log(1 + e^{−1})
+    out = nash.spin(T([[-1.0, -3.0]]), T([[-2.0, -2.0]]), beta=0.5)
+    torch.testing.assert_close(out, T([math.log1p(math.exp(-1.0))]))
+    assert "ground_truth_winner" in registry.entry("online", "spin").facts
+
+
+def test_optimal_value_by_hand_and_its_limits():
+    # β₁ = .5, r = (0, 1): V* = .5·(log(e⁰ + e²) − log 2) = .5·log((1 + e²)/2)
+    out = nash.optimal_value(T([[0.0, 1.0]]), 0.5)
+    torch.testing.assert_close(out, T([0.5 * math.log((1 + math.e**2) / 2)]))
+    r = T([[0.0, 0.2, 1.0, 0.5]], dtype=torch.float64)
+    assert float(nash.optimal_value(r, 1e4)) == pytest.approx(float(r.mean()), abs=1e-4)  # β₁ → ∞: the mean
+    assert float(nash.optimal_value(r, 1e-3)) == pytest.approx(1.0 - 1e-3 * math.log(4), abs=1e-6)  # β₁ → 0: max
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        nash.optimal_value(r, 0.0)
+
+
+def test_a_star_po_by_hand():
+    # β₂ = .1: h = −1 − (−3) = 2 ; (.1·2 − (1 − .5))² = (.2 − .5)² = .09
+    out = nash.a_star_po(T([-1.0]), T([-3.0]), rewards=T([1.0]), value=T([0.5]), beta=0.1)
+    torch.testing.assert_close(out, T([0.09]))
+
+
+def test_a_star_po_minimiser_is_the_kl_regularised_optimum():
+    # §13 N2: with β₁ = β₂ = β and the exact V* = β·log E_{π_ref} exp(r/β), the regression's minimiser
+    # π_ref·exp((r − V*)/β) is already normalised, so a softmax policy reaches loss 0 exactly at π ∝ π_ref·exp(r/β),
+    # whatever full-support distribution weights the responses
+    ref = torch.log_softmax(T([0.3, -0.2, 0.0, 1.1, -0.7], dtype=torch.float64), -1)
+    r, beta = T([0.0, 1.0, 0.3, 0.1, 0.8], dtype=torch.float64), 0.4
+    v_star = beta * torch.logsumexp(ref + r / beta, -1)
+    weights = torch.softmax(T([0.5, 0.1, -1.0, 0.0, 0.4], dtype=torch.float64), -1)
+    logits = ref.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([logits], lr=1, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16)
+
+    def closure():
+        opt.zero_grad()
+        loss = (weights * nash.a_star_po(torch.log_softmax(logits, -1), ref, rewards=r, value=v_star.expand(5),
+                                         beta=beta)).sum()  # fmt: skip
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert float(closure().detach()) < 1e-12
+    optimum = torch.log_softmax(ref + r / beta, -1)
+    torch.testing.assert_close(torch.softmax(logits, -1).detach(), optimum.exp(), atol=1e-7, rtol=0)
+    # with another baseline b in place of V* the target is not normalised: at the optimum each term is (b − V*)²
+    b = r.mean()
+    wrong = nash.a_star_po(optimum, ref, rewards=r, value=b.expand(5), beta=beta)
+    torch.testing.assert_close(wrong, (b - v_star).pow(2).expand(5))
 
 
 def test_nash_md_value_and_gradient():
