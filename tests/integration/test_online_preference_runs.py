@@ -14,7 +14,7 @@ from unipo.trainers import online_preference
 pytestmark = pytest.mark.slow
 JUDGE = "tests.integration.rewards_for_tests.lexical_judge"
 ONLINE_RECIPES = ["sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm", "online_dpo",
-                  "rebel"]  # fmt: skip
+                  "rebel", "mmd"]  # fmt: skip
 NO_JUDGE = ["spin", "a_star_po"]
 """Online recipes without a judge: SPIN's winner is the data, A*-PO regresses rewards on V*."""
 DENSE = "rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]"

@@ -33,6 +33,10 @@ _SPO = "Swamy et al. 2024, A Minimaximalist Approach to RLHF, arXiv:2401.04056"
 _XPO = "Xie et al. 2024, Exploratory Preference Optimization, arXiv:2405.21046"
 _SELM = "Zhang et al. 2024, Self-Exploring Language Models, arXiv:2405.19332"
 _REBEL = "Gao et al. 2024, REBEL: Reinforcement Learning via Regressing Relative Rewards, arXiv:2404.16767"
+_MMD = (
+    "Sokota et al. 2023, A Unified Approach to Reinforcement Learning, Quantal Response Equilibria, and Two-Player "
+    "Zero-Sum Games, arXiv:2206.05825"
+)
 _SPIN = (
     "Chen et al. 2024, Self-Play Fine-Tuning Converts Weak Language Models to Strong Language Models, arXiv:2401.01335"
 )
@@ -259,9 +263,58 @@ def nash_mp_recon(
         [B] per-sample loss.
     """
     warn_reconstruction("nash_mp_recon", _NASH_MP)
-    # both KL terms use the score-function form E[(log π − log q)·∇log π] = ∇KL(π‖q) on y ∼ π
-    pull = beta * (logp - ref_logp).detach() + (logp - prev_logp).detach() / eta
+    return _prox_step(logp, prev_logp, ref_logp, win_rate, mask, beta, eta)
+
+
+def _prox_step(
+    logp: torch.Tensor,
+    prev_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    win_rate: torch.Tensor,
+    mask: torch.Tensor | None,
+    coef: float,
+    eta: float,
+) -> torch.Tensor:
+    """Policy-gradient loss of one prox step on y ∼ π_θ, maximising η·[E p − c·KL(π_θ‖π_ref)] − KL(π_θ‖π_t): both KL
+    terms in the score-function form E[(log π − log q)·∇log π] = ∇KL(π‖q)."""
+    pull = coef * (logp - ref_logp).detach() + (logp - prev_logp).detach() / eta
     return _seq(pull * logp, mask) - (win_rate.detach() - 0.5) * _seq(logp, mask)
+
+
+@register("online", "mmd", paper=_MMD, tag="memory")
+def mmd(
+    logp: torch.Tensor,
+    prev_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    *,
+    win_rate: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    alpha: float = 0.1,
+    eta: float = 1.0,
+) -> torch.Tensor:
+    """Magnetic Mirror Descent on the preference game (Sokota et al. 2023, arXiv:2206.05825), one step per
+    iteration with the magnet ρ = π_ref and the action values q = P(y ≻ π_t) of the group.
+
+    Tabular step: π_{t+1} ∝ [π_t·ρ^{αη}·exp(η·q_t)]^{1/(1+αη)} = argmax_π η·[⟨q_t, π⟩ − α·KL(π‖ρ)] − KL(π‖π_t)
+    (`unipo.testbeds.games.mmd_step`); its fixed point is the α-regularised equilibrium π ∝ ρ·exp(P(y ≻ π)/α).
+    As a loss on y ∼ π_θ, with ℓ' = log π_θ(y):
+    ℓ = −(p − ½)·ℓ' + α·sg(log π_θ − log ρ)·ℓ' + (1/η)·sg(log π_θ − log π_t)·ℓ', whose expected gradient is minus
+    that objective's. Nash-MP's prox step has the same form (`nash_mp_recon`), run twice per iteration; MMD runs it
+    once, against the iterate's own samples.
+
+    Args:
+        logp: [B] or [B, T] log π_θ of the sampled response (tokens).
+        prev_logp: same shape, log π_t of the iterate that sampled it.
+        ref_logp: same shape, log ρ of the magnet (the reference policy).
+        win_rate: [B] p = P̂(y ≻ π_t), the response's win rate against its group.
+        mask: optional [B, T] loss mask when the inputs are per token.
+        alpha: α, the magnet's regularisation (the temperature of the equilibrium it reaches; 0.1 is ours).
+        eta: η, the step size (1.0 is ours).
+
+    Returns:
+        [B] per-sample loss.
+    """
+    return _prox_step(logp, prev_logp, ref_logp, win_rate, mask, alpha, eta)
 
 
 @register("online", "spo_selfplay", paper=_SPO, tag="checked: abstract; details memory", facts={"rewards_for_rl"})

@@ -117,6 +117,11 @@ def nash_md_step(pi, pref, ref, *, eta, tau):
     return _normalise_log(mix.log() + eta * win_rates(mix, pref))
 
 
+def mmd_step(pi, pref, ref, *, eta, tau):
+    """Magnetic Mirror Descent with magnet π_ref and α = τ: π_{t+1} = prox_{π_t}(P(· ≻ π_t)), one prox step."""
+    return geometric_md_step(pi, win_rates(pi, pref), ref, eta=eta, tau=tau)
+
+
 def nash_mp_recon_step(pi, pref, ref, *, eta, tau):
     """Nash Mirror Prox (reconstructed, §8): half step π_{k+½} = prox_{π_k}(P(· ≻ π_k)), then the full step
     π_{k+1} = prox_{π_k}(P(· ≻ π_{k+½})), with β = τ."""
@@ -154,6 +159,7 @@ TABULAR: dict[str, Callable[..., torch.Tensor]] = {
     "inpo": inpo_step,
     "nash_md": nash_md_step,
     "nash_mp_recon": nash_mp_recon_step,
+    "mmd": mmd_step,
     "online_dpo": online_dpo_step,
     "xpo": online_dpo_step,
     "selm": online_dpo_step,

@@ -12,7 +12,20 @@ from hypothesis import strategies as st
 import unipo.algos.nash as nash
 from unipo.algos import registry
 
-IDS = {"sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm", "rebel", "spin", "a_star_po"}
+IDS = {
+    "sppo",
+    "inpo",
+    "dno",
+    "nash_md",
+    "nash_mp_recon",
+    "spo_selfplay",
+    "xpo",
+    "selm",
+    "rebel",
+    "spin",
+    "a_star_po",
+    "mmd",
+}
 CITATION = re.compile(r"arXiv:\d{4}\.\d{4,5}|https?://\S+")
 T = torch.tensor
 
@@ -74,6 +87,15 @@ def test_rebel_by_hand_and_its_tabular_minimiser():
         opt.step()
     target = torch.softmax(prev + eta * r, -1)
     torch.testing.assert_close(torch.softmax(logits, -1).detach(), target, atol=1e-6, rtol=0)
+
+
+def test_mmd_by_hand():
+    # α = .5, η = 2, p = .75: pull = .5·(−1 − (−2)) + (−1 − (−1.5))/2 = .5 + .25 = .75 ; ℓ = .75·(−1) − .25·(−1) = −.5
+    logp = T([-1.0], requires_grad=True)
+    out = nash.mmd(logp, T([-1.5]), T([-2.0]), win_rate=T([0.75]), alpha=0.5, eta=2.0)
+    torch.testing.assert_close(out, T([-0.5]))
+    out.sum().backward()
+    torch.testing.assert_close(logp.grad, T([0.5]))  # the pull and the win rate as weights: .75 − .25
 
 
 def test_spin_is_dpo_against_the_previous_iterate_with_the_data_as_winner():

@@ -30,7 +30,7 @@ def test_regularized_nash_is_a_fixed_point(tau):
     star = games.regularized_nash(P, REF, tau=tau)
     torch.testing.assert_close(star, torch.softmax(REF.log() + games.win_rates(star, P) / tau, -1))
     # every regularised update keeps π*_τ fixed (§13 N1: "an exact fixed point")
-    for method in ("inpo", "nash_mp_recon"):
+    for method in ("inpo", "nash_mp_recon", "mmd"):
         torch.testing.assert_close(games.TABULAR[method](star, P, REF, eta=0.3, tau=tau), star)
 
 
@@ -42,7 +42,7 @@ def test_sppo_average_iterate_exploitability_vanishes():
     assert last[-1] > 0.05  # documents the cycling; the average is what converges
 
 
-@pytest.mark.parametrize("method", ["inpo", "nash_mp_recon"])
+@pytest.mark.parametrize("method", ["inpo", "nash_mp_recon", "mmd"])
 def test_last_iterate_reaches_regularized_nash(method):
     star = games.regularized_nash(P, REF, tau=TAU)
     pis = games.trajectory(method, 200, eta=0.5, tau=TAU)
@@ -104,3 +104,25 @@ def test_plot_nash_curves(tmp_path):
     pytest.importorskip("matplotlib")
     path = games.plot_nash_curves(tmp_path / "nash.png", iterations=20)
     assert path.exists() and path.stat().st_size > 0
+
+
+@pytest.mark.parametrize(("method", "coef"), [("mmd", "alpha"), ("nash_mp_recon", "beta")])
+def test_the_registered_prox_loss_is_minimised_at_the_tabular_step(method, coef):
+    # §13 N1 through the registered loss: on the game, with exact expectations over y ∼ π_θ (weights sg(π_θ(y)), the
+    # expectation its score-function terms assume), gradient descent on the loss stops at the closed-form prox step
+    from unipo.algos import nash
+
+    pi_t = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    eta = 0.7
+    logits = pi_t.log().clone().requires_grad_(True)
+    opt = torch.optim.SGD([logits], lr=0.5)
+    win = games.win_rates(pi_t, P)
+    for _ in range(3000):
+        logp = torch.log_softmax(logits, -1)
+        loss = getattr(nash, method)(logp, pi_t.log(), REF.log(), win_rate=win, eta=eta, **{coef: TAU})
+        opt.zero_grad()
+        (logp.exp().detach() * loss).sum().backward()
+        opt.step()
+    step = games.geometric_md_step(pi_t, win, REF, eta=eta, tau=TAU)
+    torch.testing.assert_close(torch.softmax(logits, -1).detach(), step, atol=1e-9, rtol=0)
+    assert method != "mmd" or torch.equal(step, games.mmd_step(pi_t, P, REF, eta=eta, tau=TAU))
