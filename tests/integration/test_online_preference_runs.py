@@ -14,7 +14,7 @@ from unipo.trainers import online_preference
 pytestmark = pytest.mark.slow
 JUDGE = "tests.integration.rewards_for_tests.lexical_judge"
 ONLINE_RECIPES = ["sppo", "inpo", "dno", "nash_md", "nash_mp_recon", "spo_selfplay", "xpo", "selm", "online_dpo",
-                  "rebel", "mmd"]  # fmt: skip
+                  "rebel", "mmd", "iterative_dpo"]  # fmt: skip
 NO_JUDGE = ["spin", "a_star_po"]
 """Online recipes without a judge: SPIN's winner is the data, A*-PO regresses rewards on V*."""
 DENSE = "rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]"
@@ -288,3 +288,24 @@ def test_a_star_po_skips_prompts_whose_reference_replies_all_fail(tiny_model_dir
                   "rollout.group_size=1")  # fmt: skip
     skipped = [r for r in rows if r["value/prompts_kept_frac"] == 0]
     assert skipped and all(r["loss"] == 0 and r["grad_norm"] == 0 and r["value/v_star_mean"] == 0 for r in skipped)
+
+
+def test_iterative_dpo_samples_each_iteration_from_its_start_and_is_online_dpo_with_one_step(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    judge = ["online.oracle=judge", f"online.judge={JUDGE}", "train.lr=1e-3"]
+    one = ["online.anchor_every=1", "rollout.group_size=2"]
+    ours = _train(tiny_model_dir, tmp_path / "a", "iterative_dpo", "train.max_steps=3", *judge, *one)
+    online = _train(tiny_model_dir, tmp_path / "b", "online_dpo", "train.max_steps=3", *judge, *one)
+    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in online], rel=1e-6)
+    # anchor_every = 2: steps 1 and 2 sample from the policy as it was at step 1, so a run with a large learning rate
+    # samples step 2's replies exactly as an untrained run does (same seeds); step 3 samples the trained iterate
+    replies = {}
+    for lr in ("1e-1", "1e-30"):
+        run = tmp_path / lr
+        _train(
+            tiny_model_dir, run, "iterative_dpo", "train.max_steps=3", "online.anchor_every=2", *judge, f"train.lr={lr}"
+        )
+        replies[lr] = {step: [c["completion"] for c in _completions(run) if c["step"] == step] for step in (1, 2, 3)}
+    assert replies["1e-1"][1] == replies["1e-30"][1] and replies["1e-1"][2] == replies["1e-30"][2]
+    assert replies["1e-1"][3] != replies["1e-30"][3]

@@ -37,6 +37,7 @@ _MMD = (
     "Sokota et al. 2023, A Unified Approach to Reinforcement Learning, Quantal Response Equilibria, and Two-Player "
     "Zero-Sum Games, arXiv:2206.05825"
 )
+_RLHF_WORKFLOW = "Dong et al. 2024, RLHF Workflow: From Reward Modeling to Online RLHF, arXiv:2405.07863"
 _SPIN = (
     "Chen et al. 2024, Self-Play Fine-Tuning Converts Weak Language Models to Strong Language Models, arXiv:2401.01335"
 )
@@ -335,6 +336,27 @@ def spo_selfplay(preference: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"preference must be [..., K, K] with K >= 2; got {tuple(preference.shape)}")
     off_diag = 1.0 - torch.eye(k, dtype=preference.dtype, device=preference.device)
     return (preference * off_diag).sum(-1) / (k - 1)
+
+
+@register("online", "iterative_dpo", paper=_RLHF_WORKFLOW, tag="memory", facts={"samples_from_anchor"})
+def iterative_dpo(logp: torch.Tensor, ref_logp: torch.Tensor, *, beta: float = 0.1) -> torch.Tensor:
+    """Iterative DPO of the RLHF Workflow (Dong et al. 2024, arXiv:2405.07863): DPO against the fixed SFT model on
+    each iteration's best-versus-worst pairs.
+
+    Iteration t samples n responses per prompt from π_t (the policy at the iteration's start, for every step of the
+    iteration: `online.anchor_every` steps), a reward model picks y_w = argmax and y_l = argmin, and the policy,
+    initialised from π_t, minimises ℓ = −log σ(β·[log(π_θ/π_ref)(y_w) − log(π_θ/π_ref)(y_l)]) with π_ref the SFT
+    model. With one step per iteration and n = 2 it is online DPO (`xpo` at α = 0).
+
+    Args:
+        logp: [B, 2] log π_θ of (y_w, y_l).
+        ref_logp: [B, 2] log π_ref of the pair.
+        beta: β (0.1, the DPO default; the paper's value is not recorded here).
+
+    Returns:
+        [B] per-pair loss.
+    """
+    return -F.logsigmoid(beta * _margin(logp, ref_logp))
 
 
 @register("online", "xpo", paper=_XPO, tag="checked: TRL", facts={"explore_from_ref"})

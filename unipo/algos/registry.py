@@ -72,6 +72,9 @@ FACTS = {
     "zero_at_tie": "online: value and gradient are exactly 0 for a response with win rate 1/2 while the policy is the "
     "anchor, so such responses may skip the forward and backward (SPPO)",
     "explore_from_ref": "online: its exploration response is sampled from the reference, not the policy (XPO)",
+    "samples_from_anchor": "online: with `online.anchor_every` > 1, every step of an iteration samples from the "
+    "iterate π_t frozen at its start, as a dataset collected per iteration (iterative DPO), not from the current "
+    "policy",
     "ground_truth_winner": "online: each pair's winner is the prompt's reference response (the dataset's `solution`, "
     "else `answer`) and its loser a sample of π_t; no judge (SPIN)",
     "reference_value": "online: each response of π_θ is trained on its reward and its prompt's V*(x), estimated once "

@@ -15,6 +15,7 @@ loss takes (ALGORITHMS.md §8; the loss's signature decides):
   exploration response per prompt sampled from π_ref, `selm` one sampled from the current policy;
 - `spo_selfplay` turns the group win rates into rewards for the RL update (`algo.advantage`, `algo.policy_loss`,
   `algo.aggregation`, as in trainers/rl.py);
+- `iterative_dpo` samples every step of an iteration from π_t (a dataset per iteration, `samples_from_anchor`);
 - two losses need no judge: `spin` pairs each response of π_t (as loser) with its prompt's reference response from
   the data (as winner), and `a_star_po` trains each response on its reward and its prompt's V*(x), estimated the
   first time the prompt is drawn from `online.value_samples` samples of π_ref (A*-PO's stage 1) and checkpointed.
@@ -272,8 +273,10 @@ def online_step(s: OnlineState) -> dict[str, float]:
     opts = dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                 generator=s.generator)  # fmt: skip
     failures_before = s.oracle.failures
+    # the policy samples, or the iteration's π_t for a method that collects a dataset per iteration
+    sampler = s.anchor if "samples_from_anchor" in s.loss.facts and s.anchor is not None else s.model
     with timer("generate"), autocast_context(s.model, cfg.model.autocast):
-        batch = sample(s.model, s.tokenizer, rows, n=k, **opts)
+        batch = sample(sampler, s.tokenizer, rows, n=k, **opts)
         explore = opponents = None
         if s.loss.explore:
             explore = sample(s.ref if s.loss.explore == "ref" else s.model, s.tokenizer, rows, n=1, **opts)
