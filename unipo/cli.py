@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         "reward weight on a tabular chain)",
     )  # fmt: skip
     p_verify.add_argument("testbed", choices=["nash", "preference", "classic", "barfi"])
-    p_verify.add_argument("--methods", default="ppo_classic,mdpo,ppo_kl_adaptive,a2c,reinforce_classic",
+    p_verify.add_argument("--methods", default="ppo_classic,mdpo,ppo_kl_adaptive,a2c,reinforce_classic,trpo",
                           help="classic: the methods to train")  # fmt: skip
     p_verify.add_argument("--env", default="CartPole-v1", help="classic: a gymnasium environment id")
     p_verify.add_argument("--steps", type=int, default=0, help="classic: environment steps (0: each method's)")

@@ -1,4 +1,4 @@
-"""Classic RL on gymnasium (ALGORITHMS.md §11, §13 C2's smoke test): PPO and MDPO solve CartPole-v1."""
+"""Classic RL on gymnasium (ALGORITHMS.md §11, §13 C2's smoke test): PPO, MDPO and TRPO solve CartPole-v1."""
 
 import pytest
 
@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("gymnasium")
 
 
-@pytest.mark.parametrize("method", ["ppo_classic", "mdpo"])
+@pytest.mark.parametrize("method", ["ppo_classic", "mdpo", "trpo"])
 def test_cartpole_is_solved_within_the_budget(method):
     # 100k environment steps (rl-zoo's tuned PPO budget), seed 0: the greedy policy's mean return over 10 held-out
     # episodes reaches 475 (the solved threshold; 500 is the maximum), from ~20 at the start

@@ -13,6 +13,8 @@ metrics)``; ``logits`` / ``old_logits`` are [B, A] for a categorical head and No
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from unipo.algos.kl import kl_full
@@ -120,8 +122,8 @@ def ppo_kl_adaptive(
 ) -> tuple[torch.Tensor, Metrics]:
     """PPO's adaptive KL penalty (Schulman et al. 2017, arXiv:1707.06347, eq. 8): ℓ = −ρ·A + β·KL(π_old‖π_θ), with
     β moved after each iteration by `adapt_kl_beta` (d_targ = `target_kl` = 0.01, β₀ = 1). The KL is exact for a
-    categorical head and the sampled k3 estimate (ρ⁻¹ − 1 + log ρ under π_old: unbiased for KL(π_old‖π_θ)) for a
-    Gaussian one.
+    categorical head and the sampled k3 estimate ρ − 1 − log ρ (a ∼ π_old: unbiased for KL(π_old‖π_θ)) for a Gaussian
+    one.
 
     Args:
         logp: [B] log π_θ(a∣s) of the taken actions.
@@ -136,11 +138,17 @@ def ppo_kl_adaptive(
         (per-transition policy loss [B], metrics).
     """
     ratio = torch.exp(logp - old_logp.detach())
-    if logits is None:
-        kl = 1.0 / ratio - 1.0 + torch.log(ratio)
-    else:
-        kl = categorical_kl(old_logits.detach(), logits)
+    kl = _old_to_new_kl(ratio, logits, old_logits)
     return -ratio * advantages.detach() + beta * kl, {"kl": kl.detach()}
+
+
+def _old_to_new_kl(ratio: torch.Tensor, logits: torch.Tensor | None, old_logits: torch.Tensor | None) -> torch.Tensor:
+    """KL(π_old(·∣s)‖π_θ(·∣s)) per transition [B]: exact over the actions of a categorical head, and for a Gaussian
+    head the k3 estimate ρ − 1 − log ρ on the action a ∼ π_old that was taken (E_{π_old}[ρ] = 1, so it is unbiased;
+    nonnegative; its Hessian at θ_old is ∇log π·∇log πᵀ, whose mean is the Fisher matrix)."""
+    if logits is None:
+        return ratio - 1.0 - torch.log(ratio)
+    return categorical_kl(old_logits.detach(), logits)
 
 
 def adapt_kl_beta(beta: float, kl: float, target_kl: float) -> float:
@@ -206,3 +214,109 @@ def reinforce_classic(
         (per-transition policy loss [B], metrics).
     """
     return a2c(logp, old_logp, advantages)
+
+
+@register("classic", "trpo", paper="Schulman et al. 2015, Trust Region Policy Optimization, arXiv:1502.05477",
+          tag="memory", facts={"trust_region"})  # fmt: skip
+def trpo(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    logits: torch.Tensor | None = None,
+    old_logits: torch.Tensor | None = None,
+    max_kl: float = 0.01,
+    cg_iters: int = 15,
+    damping: float = 0.1,
+    backtrack: int = 10,
+    shrink: float = 0.8,
+) -> tuple[torch.Tensor, Metrics]:
+    """TRPO (Schulman et al. 2015, arXiv:1502.05477, §6 "practical algorithm"): maximise the surrogate E[ρ·A] subject
+    to mean KL(π_old‖π_θ) ≤ δ. This returns the surrogate ℓ = −ρ·A and, as metric `kl`, the per-transition
+    KL(π_old‖π_θ) (exact for a categorical head, k3 for a Gaussian); the step is not SGD on ℓ but `trust_region_step`
+    on the whole batch (the runner's `trust_region` fact): the natural direction x = F⁻¹g by conjugate gradient on
+    Fisher-vector products (the KL's Hessian, plus `damping`), scaled to the boundary √(2δ/xᵀFx), then halved by
+    `shrink` until the KL is at most δ and the surrogate improved (at most `backtrack` tries, else no step).
+    δ = 0.01, 15 CG iterations, damping 0.1, 10 tries at 0.8: stable-baselines3-contrib's TRPO defaults.
+
+    Args:
+        logp: [B] log π_θ(a∣s) of the taken actions.
+        old_logp: [B] log π_old(a∣s), the policy that collected them.
+        advantages: [B] GAE advantages.
+        logits: [B, A] π_θ's action logits (categorical head) or None (Gaussian head).
+        old_logits: [B, A] π_old's, or None.
+        max_kl: δ, the trust region's radius in mean KL.
+        cg_iters: conjugate-gradient iterations.
+        damping: λ added to the Fisher matrix (F + λI) for a stable solve.
+        backtrack: line-search tries.
+        shrink: the line search's factor per try.
+
+    Returns:
+        (per-transition surrogate loss [B], metrics with the per-transition `kl`).
+    """
+    ratio = torch.exp(logp - old_logp.detach())
+    return -ratio * advantages.detach(), {"kl": _old_to_new_kl(ratio, logits, old_logits)}
+
+
+def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int,
+                       tol: float = 1e-10) -> torch.Tensor:  # fmt: skip
+    """x ≈ A⁻¹b for a symmetric positive-definite A given as `matvec(v) = A·v`, by at most `iters` conjugate-gradient
+    iterations from x = 0 (exact after dim(b) iterations in exact arithmetic)."""
+    x, r = torch.zeros_like(b), b.clone()
+    p, rr = r.clone(), r @ r
+    for _ in range(iters):
+        if rr <= tol:
+            break
+        ap = matvec(p)
+        alpha = rr / (p @ ap)
+        x, r = x + alpha * p, r - alpha * ap
+        rr, rr_old = r @ r, rr
+        p = r + (rr / rr_old) * p
+    return x
+
+
+def trust_region_step(
+    params: list[torch.Tensor],
+    evaluate: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    max_kl: float,
+    cg_iters: int,
+    damping: float,
+    backtrack: int,
+    shrink: float,
+) -> dict[str, float]:
+    """One TRPO step of `params` in place (arXiv:1502.05477, Appendix C). `evaluate()` returns (mean surrogate loss,
+    mean KL(π_old‖π_θ)) at the current parameters, the KL's value and gradient being 0 at the start. Returns the
+    accepted KL, the surrogate's improvement and the step's fraction of the full step (0: rejected, nothing moved)."""
+    loss, kl = evaluate()
+    grads = torch.autograd.grad(loss, params, retain_graph=True)
+    g = torch.cat([x.reshape(-1) for x in grads])
+    kl_grads = torch.autograd.grad(kl, params, create_graph=True)
+    flat_kl_grad = torch.cat([x.reshape(-1) for x in kl_grads])
+
+    def fisher(v: torch.Tensor) -> torch.Tensor:
+        hv = torch.autograd.grad(flat_kl_grad @ v, params, retain_graph=True)
+        return torch.cat([x.reshape(-1) for x in hv]) + damping * v
+
+    direction = conjugate_gradient(fisher, -g, cg_iters)
+    curvature = float(direction @ fisher(direction))
+    start = [p.detach().clone() for p in params]
+    full = direction * (2 * max_kl / max(curvature, 1e-12)) ** 0.5 if curvature > 0 else torch.zeros_like(direction)
+    before = float(loss.detach())
+    with torch.no_grad():
+        for k in range(backtrack):
+            _assign(params, start, full * shrink**k)
+            new_loss, new_kl = evaluate()
+            if float(new_kl) <= max_kl and float(new_loss) < before:
+                return {"kl": float(new_kl), "improvement": before - float(new_loss), "step_frac": shrink**k}
+        _assign(params, start, torch.zeros_like(full))
+    return {"kl": 0.0, "improvement": 0.0, "step_frac": 0.0}
+
+
+def _assign(params: list[torch.Tensor], start: list[torch.Tensor], step: torch.Tensor) -> None:
+    """params ← start + step (a flat vector laid out as the parameters)."""
+    offset = 0
+    for p, p0 in zip(params, start, strict=True):
+        n = p.numel()
+        p.copy_(p0 + step[offset : offset + n].view_as(p))
+        offset += n

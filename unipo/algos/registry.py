@@ -67,6 +67,9 @@ TRAINER_INPUTS = frozenset(
 FACTS = {
     "adaptive_kl": "classic: its `beta` is moved after each iteration by PPO's adaptive rule "
     "(`unipo.algos.classic.adapt_kl_beta`, toward `target_kl`)",
+    "trust_region": "classic: its policy moves by one natural-gradient step per iteration with a KL line search "
+    "(`unipo.algos.classic.trust_region_step`, its `kl` metric the constraint), not by minibatch SGD on its loss; "
+    "the value network still trains by SGD (TRPO)",
     "mixture_opponent": "online: its opponent is sampled from the geometric mixture of policy and reference, not the "
     "group (Nash-MD)",
     "zero_at_tie": "online: value and gradient are exactly 0 for a response with win rate 1/2 while the policy is the "

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from unipo import algos
-from unipo.algos.classic import adapt_kl_beta
+from unipo.algos.classic import adapt_kl_beta, trust_region_step
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,11 @@ METHODS: dict[str, Settings] = {
     "ppo_kl_adaptive": Settings(),
     "a2c": Settings(n_steps=5, epochs=1, minibatch=40, lr=7e-4, lam=1.0, gamma=0.99, normalize_advantages=False),
     "reinforce_classic": Settings(n_steps=256, epochs=1, minibatch=2048, lam=1.0, gamma=0.99, episodes_only=True),
+    "trpo": Settings(n_steps=256, epochs=10, minibatch=128, gamma=0.99, lam=0.95),
 }
 """Each classic method's run settings on CartPole-v1 (ppo_kl_adaptive and mdpo keep PPO's, as in their papers'
-comparisons; a2c: SB3's defaults; reinforce: whole episodes, one step per rollout)."""
+comparisons; a2c: SB3's defaults; reinforce: whole episodes, one step per rollout; trpo: sb3-contrib's γ, λ, critic
+minibatch and critic epochs, with 8 × 256 transitions per step)."""
 
 
 ENV_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -200,7 +202,15 @@ def _train(method: str, env_id: str, seed: int, cfg: Settings) -> dict:
         batch = _rollout(envs, policy, obs, cfg, returns, running)
         obs = batch.pop("next_obs")
         schedule = {"progress": it / iterations, "iterations": iterations}  # for a method that anneals (MDPO)
-        _update(policy, optimizer, loss_fn, batch, cfg, {**params, **{k: v for k, v in schedule.items() if k in takes}})
+        _update(
+            policy,
+            optimizer,
+            loss_fn,
+            batch,
+            cfg,
+            {**params, **{k: v for k, v in schedule.items() if k in takes}},
+            trust_region="trust_region" in algos.entry("classic", method).facts,
+        )
         if adaptive:  # PPO's adaptive KL: β moves by the KL(π_old‖π_new) of this iteration's update
             params["beta"] = adapt_kl_beta(params["beta"], _mean_kl(policy, batch), params["target_kl"])
     for env in envs:
@@ -238,28 +248,48 @@ def _rollout(envs: list, policy: ActorCritic, obs: torch.Tensor, cfg: Settings, 
 
 
 def _update(policy: ActorCritic, optimizer: torch.optim.Optimizer, loss_fn: Any, batch: dict, cfg: Settings,
-            params: dict) -> None:  # fmt: skip
-    """`epochs` passes of minibatch steps on the method's policy term + value loss − entropy bonus."""
+            params: dict, trust_region: bool = False) -> None:  # fmt: skip
+    """`epochs` passes of minibatch steps on the method's policy term + value loss − entropy bonus; a `trust_region`
+    method (TRPO) instead moves the policy by one `trust_region_step` on the whole batch, then the value loss alone
+    takes the minibatch steps."""
     keep = batch["keep"].nonzero()[:, 0]
     adv = batch["advantages"][keep]
     if cfg.normalize_advantages and adv.numel() > 1:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     data = {k: v[keep] for k, v in batch.items() if k != "keep"}
     data["advantages"] = adv
+    if trust_region:
+        _trust_region_policy_step(policy, loss_fn, data, params)
     n = keep.numel()
     for _ in range(cfg.epochs):
         for idx in torch.randperm(n).split(cfg.minibatch):
             mb = {k: v[idx] for k, v in data.items()}
-            dist, logits = policy.dist(mb["obs"])
-            logp = policy.log_prob(dist, mb["actions"])
-            entropy = dist.entropy() if policy.discrete else dist.entropy().sum(-1)
-            term, _ = loss_fn(logp, mb["logp"], mb["advantages"], logits=logits, old_logits=mb.get("logits"), **params)
-            value_loss = ((policy.value(mb["obs"]) - mb["returns"]) ** 2).mean()
-            loss = term.mean() + cfg.value_coef * value_loss - cfg.entropy_coef * entropy.mean()
+            loss = cfg.value_coef * ((policy.value(mb["obs"]) - mb["returns"]) ** 2).mean()
+            if not trust_region:
+                dist, logits = policy.dist(mb["obs"])
+                logp = policy.log_prob(dist, mb["actions"])
+                entropy = dist.entropy() if policy.discrete else dist.entropy().sum(-1)
+                term, _ = loss_fn(logp, mb["logp"], mb["advantages"], logits=logits, old_logits=mb.get("logits"),
+                                  **params)  # fmt: skip
+                loss = loss + term.mean() - cfg.entropy_coef * entropy.mean()
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
+
+
+def _trust_region_policy_step(policy: ActorCritic, loss_fn: Any, data: dict, params: dict) -> dict[str, float]:
+    """TRPO's policy step on the whole batch: the method's surrogate and its `kl` metric, to `trust_region_step`."""
+    actor = [p for name, p in policy.named_parameters() if not name.startswith("critic.")]
+
+    def evaluate() -> tuple[torch.Tensor, torch.Tensor]:
+        dist, logits = policy.dist(data["obs"])
+        term, metrics = loss_fn(policy.log_prob(dist, data["actions"]), data["logp"], data["advantages"],
+                                logits=logits, old_logits=data.get("logits"), **params)  # fmt: skip
+        return term.mean(), metrics["kl"].mean()
+
+    region = ("max_kl", "cg_iters", "damping", "backtrack", "shrink")
+    return trust_region_step(actor, evaluate, **{k: params[k] for k in region})
 
 
 def _mean_kl(policy: ActorCritic, batch: dict) -> float:

@@ -1,14 +1,16 @@
 """Classic methods (ALGORITHMS.md §11, §13 C2): each is the policy term of the LLM components on one transition."""
 
+import math
+
 import pytest
 import torch
 
 from unipo import algos
-from unipo.algos.classic import adapt_kl_beta, categorical_kl
+from unipo.algos.classic import adapt_kl_beta, categorical_kl, conjugate_gradient, trust_region_step
 from unipo.algos.critics import _gae
 from unipo.testbeds.classic import gae
 
-METHODS = ["ppo_classic", "mdpo", "ppo_kl_adaptive", "a2c", "reinforce_classic"]
+METHODS = ["ppo_classic", "mdpo", "ppo_kl_adaptive", "a2c", "reinforce_classic", "trpo"]
 
 
 def test_every_method_has_the_a2c_gradient_at_ratio_one():
@@ -64,3 +66,73 @@ def test_gae_with_episode_ends_by_hand_and_as_the_llm_gae():
     ours = gae(r, v, torch.zeros(7, 1), last, gamma=0.9, lam=0.8)[:, 0]
     llm, _ = _gae(r.T, torch.cat([v[:, 0], last])[None], torch.ones(1, 7), last, 0.9, 0.8)
     torch.testing.assert_close(ours, llm[0], atol=1e-6, rtol=0)
+
+
+def test_gaussian_kl_estimate_is_unbiased_for_kl_old_to_new():
+    # a ∼ π_old = N(0, 1), π_θ = N(.5, 1.2²): E[ρ − 1 − log ρ] = KL(π_old‖π_θ) = log(1.2) + (1 + .25)/(2·1.44) − ½
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(400_000, generator=g, dtype=torch.float64)
+    old, new = torch.distributions.Normal(0.0, 1.0), torch.distributions.Normal(0.5, 1.2)
+    logp, old_logp = new.log_prob(a), old.log_prob(a)
+    exact = float(torch.distributions.kl_divergence(old, new))
+    assert exact == pytest.approx(math.log(1.2) + 1.25 / 2.88 - 0.5)
+    for name in ("ppo_kl_adaptive", "trpo"):
+        fn = algos.get("classic", name)
+        kw = {"beta": 1.0} if name == "ppo_kl_adaptive" else {}
+        _, metrics = fn(logp, old_logp, torch.zeros_like(a), **kw)
+        assert float(metrics["kl"].mean()) == pytest.approx(exact, rel=0.02)
+        assert float(metrics["kl"].min()) >= 0
+
+
+def test_conjugate_gradient_solves_a_positive_definite_system_in_dim_steps():
+    g = torch.Generator().manual_seed(1)
+    m = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    a, b = m.T @ m + torch.eye(5, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: a @ v, b, iters=5)
+    torch.testing.assert_close(a @ x, b, atol=1e-9, rtol=0)
+
+
+def test_trust_region_step_on_a_quadratic_kl_is_the_scaled_natural_gradient():
+    # loss gᵀθ and KL ½θᵀFθ from θ = 0: the step is −√(2δ/gᵀF⁻¹g)·F⁻¹g, whose KL is δ (accepted within the line
+    # search's first two tries, the boundary being exact up to rounding)
+    g = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    f = torch.tensor([[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 0.5]], dtype=torch.float64)
+    theta = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    out = trust_region_step([theta], lambda: (g @ theta, 0.5 * theta @ f @ theta), max_kl=0.02, cg_iters=3,
+                            damping=0.0, backtrack=10, shrink=0.8)  # fmt: skip
+    natural = torch.linalg.solve(f, g)
+    full = -((2 * 0.02 / (g @ natural)) ** 0.5) * natural
+    assert out["step_frac"] in (1.0, 0.8)
+    torch.testing.assert_close(theta.detach(), out["step_frac"] * full, atol=1e-12, rtol=0)
+    assert out["kl"] == pytest.approx(0.02 * out["step_frac"] ** 2, rel=1e-9)
+    assert out["improvement"] == pytest.approx(float(-(g @ theta.detach())), rel=1e-12)
+
+
+def test_trpo_post_step_kl_is_within_the_trust_region():
+    # §13 C2: on a categorical policy (logits per state) the accepted step's mean KL(π_old‖π_new) is at most δ and the
+    # surrogate improves; with little damping the quadratic model is close, so the step reaches near the boundary; with
+    # A ≡ 0 no step improves the surrogate and the line search rejects them all (nothing moves)
+    g = torch.Generator().manual_seed(2)
+    old_logits = torch.randn(32, 4, generator=g, dtype=torch.float64)
+    actions = torch.randint(0, 4, (32,), generator=g)
+    adv = torch.randn(32, generator=g, dtype=torch.float64)
+    old_logp = torch.log_softmax(old_logits, -1).gather(1, actions[:, None])[:, 0]
+
+    def step(max_kl, adv=adv, **kw):
+        logits = old_logits.clone().requires_grad_(True)
+
+        def evaluate():
+            logp = torch.log_softmax(logits, -1).gather(1, actions[:, None])[:, 0]
+            loss, metrics = algos.get("classic", "trpo")(logp, old_logp, adv, logits=logits, old_logits=old_logits)
+            return loss.mean(), metrics["kl"].mean()
+
+        out = trust_region_step([logits], evaluate, max_kl=max_kl, backtrack=10, shrink=0.8, **kw)
+        return out, logits.detach()
+
+    for delta in (0.05, 0.01):
+        out, logits = step(delta, cg_iters=128, damping=1e-6)
+        kl = float(categorical_kl(old_logits, logits).mean())
+        assert out["step_frac"] > 0 and out["improvement"] > 0
+        assert kl == pytest.approx(out["kl"], rel=1e-12) and 0.5 * delta < kl <= delta
+    out, logits = step(0.01, adv=torch.zeros_like(adv), cg_iters=15, damping=0.1)
+    assert out["step_frac"] == 0 and torch.equal(logits, old_logits)
