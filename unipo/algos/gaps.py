@@ -41,8 +41,6 @@ GAPS: dict[tuple[str, str], str] = {
     ("preference", "dro_offline"): "needs a learned value V_φ(x) trained jointly on single-trajectory (prompt, "
     "response, reward) data, a critic the preference trainer does not have",
     ("preference", "tpo"): "needs a third, gold response per example (`reference` column) with its own NLL term",
-    ("preference", "alphapo"): "its reward transform (1 − p^{−α})/α over length-averaged log-probs is recalled, not "
-    "checked against TRL's CPO `alpha` (R3 until read)",
     ("preference", "brain_recon"): "needs self-normalised weights over several samples per prompt with a proposal "
     "distribution's log-probs (q_prop) and a reward; the offline trainer takes fixed pairs or lists",
     ("preference", "spo_aux_recon"): "needs responses with key parts removed and their counts (its self-supervised "

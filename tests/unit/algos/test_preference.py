@@ -100,6 +100,11 @@ def test_reference_free_hand_values():
     # simpo: ℓ̄_w − ℓ̄_l = 0.25; β = 2, γ = 0.5 → z = 0 → log 2; γ = 0 → −log σ(0.5) = 0.4740770
     close(pref("simpo")(C, R, RC, RR, **kw, beta=2.0, gamma=0.5), LOG2)
     close(pref("simpo")(C, R, RC, RR, **kw, beta=2.0, gamma=0.0), 0.4740770)
+    # alphapo, α = 1: r = 1 − e^{−ℓ̄}: r_w = 1 − e^{.5} = −.6487213, r_l = 1 − e^{.75} = −1.1170000;
+    # z = 2·.4682787 − .5 = .4365575 → −log σ(z) = .4985044
+    close(pref("alphapo")(C, R, RC, RR, **kw, alpha=1.0, beta=2.0, gamma=0.5), 0.4985044)
+    # α → 0 is simpo
+    close(pref("alphapo")(C, R, RC, RR, **kw, alpha=1e-7, beta=2.0, gamma=0.0), 0.4740770)
     # cpo: −log σ(0.5·(−1 + 3)) + NLL 0.5 = 0.8132617; length_norm: −log σ(0.5·0.25) + 0.5 = 0.6325990 + 0.5
     close(pref("cpo")(C, R, RC, RR, **kw, beta=0.5), 0.8132617)
     close(pref("cpo")(C, R, RC, RR, **kw, beta=0.5, length_norm=True), 1.1325990)
@@ -406,6 +411,7 @@ def test_every_pairwise_loss_returns_one_value_per_pair():
         "rpo": {"chosen_len": lens["chosen_len"]},
         "ipo": lens,
         "simpo": lens,
+        "alphapo": {**lens, "alpha": 0.25},
         "cpo": lens,
         "orpo": lens,
         "copg": {"chosen_rewards": t(1.0, 0.0, 1.0), "rejected_rewards": t(0.0, 0.0, 1.0)},
@@ -518,3 +524,20 @@ def test_p4_dpo_variants_reduce_to_dpo(logp, beta):
     close(
         pref("apo_zero_unpaired")(c, r, rc, rr, beta=beta).view(2, n).sum(0), pref("apo_zero")(c, r, rc, rr, beta=beta)
     )
+
+
+@pytest.mark.parametrize("alpha", [0.25, -0.5, 1.0])
+def test_alphapo_equals_trls_cpo_loss(alpha):
+    # TRL 1.16's CPOTrainer.cpo_loss with loss_type="alphapo" (→ simpo, cpo_alpha 0) on length-averaged log-probs
+    from types import SimpleNamespace
+
+    cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
+    g = torch.Generator().manual_seed(3)
+    c, r = -torch.rand(4, generator=g, dtype=D) * 6, -torch.rand(4, generator=g, dtype=D) * 6
+    lw, ll = t(2.0, 3.0, 5.0, 1.0), t(4.0, 1.0, 2.0, 3.0)
+    trl = SimpleNamespace(alpha=alpha, beta=2.0, loss_type="simpo", simpo_gamma=0.5, label_smoothing=0.1,
+                          accelerator=SimpleNamespace(device="cpu"))  # fmt: skip
+    expected, _, _ = cpo.CPOTrainer.cpo_loss(trl, c / lw, r / ll)
+    ours = pref("alphapo")(c, r, c, r, chosen_len=lw, rejected_len=ll, alpha=alpha, beta=2.0, gamma=0.5,
+                           label_smoothing=0.1)  # fmt: skip
+    torch.testing.assert_close(ours, expected, atol=1e-12, rtol=0)

@@ -57,6 +57,57 @@ def simpo(
 
 @register(
     "preference",
+    "alphapo",
+    paper="Gupta et al. 2025, AlphaPO: Reward Shape Matters for LLM Alignment, arXiv:2501.03884",
+    tag="checked: TRL CPO alpha",
+)
+def alphapo(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    *,
+    chosen_len: torch.Tensor,
+    rejected_len: torch.Tensor,
+    alpha: float,
+    beta: float = 2.0,
+    gamma: float = 0.5,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """AlphaPO (Gupta et al. 2025, arXiv:2501.03884; TRL CPO ``loss_type="alphapo"`` with ``alpha``): SimPO with the
+    reward shaped by α.
+
+    r = (1 − p̄^{−α})/α with p̄ = exp(ℓ̄), ℓ̄ = logp/|y| (the length-normalised likelihood); L = −(1−ε)·log σ(z) −
+    ε·log σ(−z), z = β·(r_w − r_l) − γ, no reference model. As α → 0, r → ℓ̄ and it is `simpo`; α > 0 bounds the
+    reward above by 1/α, α < 0 makes it unbounded in the likelihood.
+
+    Args:
+        chosen_logp: [B] summed log π_θ(y_w∣x).
+        rejected_logp: [B] summed log π_θ(y_l∣x).
+        ref_chosen_logp: ignored (reference-free).
+        ref_rejected_logp: ignored (reference-free).
+        chosen_len: [B] completion tokens of y_w.
+        rejected_len: [B] completion tokens of y_l.
+        alpha: α ≠ 0, the reward's shape (required; TRL's default 0 is SimPO).
+        beta: β (SimPO's scale, as `simpo`'s recipe).
+        gamma: γ, target reward margin (TRL ``simpo_gamma`` 0.5).
+        label_smoothing: ε ∈ [0, ½].
+
+    Returns:
+        [B] per-pair loss.
+    """
+    if alpha == 0:
+        raise ValueError("alpha must be nonzero (alpha -> 0 is simpo)")
+
+    def reward(logp: torch.Tensor, length: torch.Tensor, name: str) -> torch.Tensor:
+        return (1 - torch.exp(-alpha * per_token(logp, length, name))) / alpha
+
+    margin = reward(chosen_logp, chosen_len, "chosen_len") - reward(rejected_logp, rejected_len, "rejected_len")
+    return smoothed_logistic(beta * margin - gamma, label_smoothing)
+
+
+@register(
+    "preference",
     "cpo",
     paper="Xu et al. 2024, Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in "
     "Machine Translation, arXiv:2401.08417",
