@@ -268,3 +268,38 @@ def test_wpo_weighs_each_pair_by_the_policys_likelihood_of_both_responses(tiny_m
     omega = (ell[:8] + ell[8:]).exp().clamp(max=1)
     assert float(omega.max()) < 0.999  # the weights act: off-policy pairs count less
     assert got[0]["loss"] == pytest.approx(math.log(2) * float(omega.mean()), rel=1e-5)
+
+
+def test_tpo_and_slic_hf_add_their_gold_response_terms_as_composed_by_hand(tiny_model_dir, tmp_path, capsys):
+    # policy log-probs of chosen, rejected and the gold `reference` from a forward of every row's prompt + response
+    # done here; TPO's NLL averages over every gold token of the step (micro-batches of 2 pairs must not change it)
+    import torch.nn.functional as F
+
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.models.logprobs import completion_logprobs
+
+    rows = [{"prompt": f"say {i}:", "chosen": "7 7", "rejected": f"no {i}", "reference": "7 " * (1 + i % 3)}
+            for i in range(8)]  # fmt: skip
+    common = ["train.max_steps=1", "train.prompts_per_step=8", "data.eval_frac=0", "model.autocast=off",
+              "train.micro_batch_size=6"]  # fmt: skip
+    tpo = _run(tiny_model_dir, tmp_path, "tpo", rows, *common, name="tpo")[0]
+    slic = _run(tiny_model_dir, tmp_path, "slic_hf", rows, *common, name="slic")[0]
+    model, tok = load_model_and_tokenizer(tiny_model_dir, device="cpu", dtype="float32")
+    batch = preference._response_batch(tok, rows, torch.device("cpu"), 64)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model.eval(), batch, share_prompt=False)
+    m = batch.completion_mask.float()
+    seq, lengths = (logp * m).sum(1).view(3, 8), m.sum(1).view(3, 8)  # chosen, rejected, gold
+    assert lengths[2].tolist() != [lengths[2, 0]] * 8  # unequal gold lengths: the normalisation matters
+    pair = -F.logsigmoid(0.01 * (seq[0] - seq[1]))
+    assert tpo["loss"] == pytest.approx(float(pair.mean() - seq[2].sum() / lengths[2].sum()), rel=1e-5)
+    slic_loss = torch.relu(1.0 - seq[0] + seq[1]) - 0.5 * seq[2]
+    assert slic["loss"] == pytest.approx(float(slic_loss.mean()), rel=1e-5)
+    # a loss without a gold term scores two responses per pair; a gold loss refuses pairs without one
+    dpo = tmp_path / "dpo"
+    _run(tiny_model_dir, tmp_path, "dpo", rows, *common, name="dpo")
+    assert all("reference" not in json.loads(line) for line in (dpo / "completions.jsonl").read_text().splitlines())
+    data = _pairs(tmp_path / "plain.jsonl", GOOD)
+    args = ["train", "tpo", f"model.path={tiny_model_dir}", f"data.path={data}", f"output_dir={tmp_path / 'x'}"]
+    assert main(args) == 2
+    assert "needs a gold response in a `reference` column" in capsys.readouterr().err

@@ -36,11 +36,8 @@ GAPS: dict[tuple[str, str], str] = {
     "diffusion paper); its reference reset is `ref_sync` with alpha = 1",
     ("reward", "dynamic_reward_weights"): "its hypervolume-guided and gradient-based weight updates are unknown (R3); "
     "`weighted_sum` with fixed weights (or `scores` of a multi-score reward) covers the static case",
-    ("preference", "slic_hf"): "its regulariser needs a reference target y_ref per prompt (SLiC-HF's SFT target), a "
-    "column the pair data has no rule for yet; `hinge` is its calibration term",
     ("preference", "dro_offline"): "needs a learned value V_φ(x) trained jointly on single-trajectory (prompt, "
     "response, reward) data, a critic the preference trainer does not have",
-    ("preference", "tpo"): "needs a third, gold response per example (`reference` column) with its own NLL term",
     ("preference", "brain_recon"): "needs self-normalised weights over several samples per prompt with a proposal "
     "distribution's log-probs (q_prop) and a reward; the offline trainer takes fixed pairs or lists",
     ("preference", "spo_aux_recon"): "needs responses with key parts removed and their counts (its self-supervised "

@@ -1,7 +1,8 @@
 """Preference data: loading (JSONL, Parquet, a `datasets` directory), validation with row numbers, a built-in task.
 
 A pair is `{"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}` (TRL's explicit-prompt
-convention), optionally with `score_chosen` / `score_rejected` (UltraFeedback's columns; CoPG needs them). A list is
+convention), optionally with `score_chosen` / `score_rejected` (UltraFeedback's columns; CoPG needs them) and a gold
+`reference` response (TRL's TPO column; TPO and SLiC-HF need it). A list is
 `{"prompt": ..., "responses": [...], "scores": [...]}` (larger is better); every list of a dataset has the same
 length. An unpaired example (TRL's KTO format) is `{"prompt": ..., "completion": ..., "label": true|false}`.
 Chat-form responses use the content of their last message.
@@ -40,6 +41,8 @@ def _pair_problem(row: Pair) -> str | None:
         return f"missing {', '.join(missing)}"
     if not chosen.strip() or not rejected.strip():
         return f"empty {'chosen' if not chosen.strip() else 'rejected'} response"
+    if "reference" in row and not _response(row["reference"]).strip():
+        return "empty reference (gold) response"
     return "chosen == rejected" if chosen == rejected else None
 
 
@@ -124,7 +127,8 @@ def lists_to_pairs(rows: list[Pair]) -> list[Pair]:
 
 
 def arithmetic_pairs(n_train: int = 512) -> tuple[list[Pair], list[Pair]]:
-    """Built-in pairs on the arithmetic task: chosen = the sum, rejected = a nearby wrong number (train, held-out).
+    """Built-in pairs on the arithmetic task: chosen = the sum, rejected = a nearby wrong number, and the sum again as
+    the gold `reference` response (TPO, SLiC-HF) (train, held-out).
 
     `n_train` pairs from the training pool (their reference log-probs are computed up front), the task's 100 held-out
     problems for evaluation."""
@@ -133,7 +137,8 @@ def arithmetic_pairs(n_train: int = 512) -> tuple[list[Pair], list[Pair]]:
     def pair(row: dict[str, Any], k: int) -> Pair:
         answer = int(row["answer"])
         wrong = answer + (1 + k % 5) * (1 if k % 2 else -1)
-        return {"prompt": row["prompt"], "chosen": str(answer), "rejected": str(wrong), "answer": row["answer"]}
+        return {"prompt": row["prompt"], "chosen": str(answer), "rejected": str(wrong), "answer": row["answer"],
+                "reference": str(answer)}  # fmt: skip
 
     train = [pair(r, k) for k, r in enumerate(task.train[:n_train])]
     return train, [pair(r, k) for k, r in enumerate(task.heldout)]

@@ -53,7 +53,7 @@ SUPPLIED = {
     "chosen_len", "rejected_len", "chosen_rewards", "rejected_rewards", "sample_logp", "ref_sample_logp",
     "chosen_mask", "rejected_mask", "guide_chosen_logp", "guide_rejected_logp", "scores",
     "kl_logp", "ref_kl_logp", "reward_shift", "chosen_len_mean", "chosen_log_sum_pi_squared",
-    "rejected_log_sum_pi_squared",
+    "rejected_log_sum_pi_squared", "gold_logp", "gold_len", "gold_len_mean",
 }  # fmt: skip
 """Keyword tensors this trainer can give a preference loss."""
 SHOWN = {"loss": "loss", "margin": "rewards/margins", "acc": "rewards/accuracies", "s/step": "time/step_s"}
@@ -110,7 +110,7 @@ def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[d
         if loss.listwise or "chosen_rewards" in loss.inputs:
             raise ConfigError(f"data.path: {cfg.algo.preference.name!r} needs scored data (lists with `scores`, or "
                               "pairs with `score_chosen`/`score_rejected`); the built-in pairs have none")  # fmt: skip
-        return arithmetic_pairs()
+        return tuple(_gold(cfg, loss, rows, "the built-in pairs") for rows in arithmetic_pairs())
     found = load_pairs(cfg.data.path)
     rows = validate_pairs(found.rows, cfg.data.max_bad_frac, found.where, found.bad)
     if is_unpaired(rows) and not loss.unpaired:
@@ -122,6 +122,7 @@ def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[d
                           "`scores`")  # fmt: skip
     if not loss.listwise and is_listwise(rows):
         rows = lists_to_pairs(rows)
+    rows = _gold(cfg, loss, rows, cfg.data.path)
     if "chosen_rewards" in loss.inputs and any("score_chosen" not in r or "score_rejected" not in r for r in rows):
         raise ConfigError(f"data.path: {cfg.algo.preference.name!r} needs `score_chosen` and `score_rejected` in "
                           "every pair (or lists with `scores`)")  # fmt: skip
@@ -129,6 +130,7 @@ def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[d
         held = load_pairs(cfg.data.eval_path)
         heldout = validate_pairs(held.rows, cfg.data.max_bad_frac, held.where, held.bad)
         heldout = lists_to_pairs(heldout) if not loss.listwise and is_listwise(heldout) else heldout
+        heldout = _gold(cfg, loss, heldout, cfg.data.eval_path)
         train, how = rows, f"data.eval_path={cfg.data.eval_path}"
     else:
         train, heldout = split_heldout(rows, cfg.data.eval_frac, seed=0)
@@ -137,13 +139,26 @@ def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[d
     return train, heldout
 
 
+def _gold(cfg: Config, loss: Loss, rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """Pairs as `loss` uses them: with their `reference` (gold) response for a loss that takes `gold_logp` (TPO,
+    SLiC-HF; every pair must have one), without it otherwise (so no third response is scored)."""
+    if "gold_logp" not in loss.inputs:
+        return [{k: v for k, v in r.items() if k != "reference"} if "reference" in r else r for r in rows]
+    if any("chosen" not in r or not text_of(r.get("reference") or "").strip() for r in rows):
+        raise ConfigError(f"data.path: {cfg.algo.preference.name!r} needs a gold response in a `reference` column "
+                          f"of every pair; {where} has pairs without one")  # fmt: skip
+    return rows
+
+
 def responses(row: dict[str, Any]) -> list[str]:
-    """An example's W responses: [chosen, rejected] for a pair, [completion] for an unpaired example, the list."""
+    """An example's W responses: [chosen, rejected] for a pair ([chosen, rejected, reference] with a gold response),
+    [completion] for an unpaired example, the list."""
     if "responses" in row:
         return [text_of(r) for r in row["responses"]]
     if "completion" in row:
         return [text_of(row["completion"])]
-    return [text_of(row["chosen"]), text_of(row["rejected"])]
+    gold = [text_of(row["reference"])] if "reference" in row else []
+    return [text_of(row["chosen"]), text_of(row["rejected"]), *gold]
 
 
 def train(cfg: Config) -> Path:
@@ -306,9 +321,10 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model
                        for i in range(0, n, per_chunk)]  # fmt: skip
         ref_kl = fixed["kl_ref"].sum(-1)[:, 0].to(kl_logp[0].device)
         step_inputs = {"kl_logp": torch.cat(kl_logp), "ref_kl_logp": ref_kl}
-    if "chosen_len_mean" in loss.inputs:  # a batch-token normalisation over the step, not the micro-batch
-        encoded = _encode(tokenizer, [responses(r)[0] for r in rows], cfg.data.max_response_tokens)
-        step_inputs["chosen_len_mean"] = torch.tensor(sum(map(len, encoded)) / n)
+    for name, w in (("chosen_len_mean", 0), ("gold_len_mean", 2)):  # batch-token normalisations over the step
+        if name in loss.inputs:
+            encoded = _encode(tokenizer, [responses(r)[w] for r in rows], cfg.data.max_response_tokens)
+            step_inputs[name] = torch.tensor(sum(map(len, encoded)) / n)
     for start in range(0, n, per_chunk):
         chunk = rows[start : start + per_chunk]
         logp, mask, *spp = _token_logps(cfg, model, tokenizer, chunk, moments=WPO_INPUT in loss.inputs)  # [b, W, T]
@@ -342,6 +358,9 @@ def _samples(rows: list[dict[str, Any]], ratios: torch.Tensor, beta: float | Non
     for row, ratio in zip(rows[:k], ratios[:k].tolist(), strict=False):
         first, *others = responses(row)
         sample = {"prompt": text_of(row["prompt"]), "completion": first, "reward": scale * ratio[0]}
+        if "reference" in row:  # the gold response (TPO, SLiC-HF): shown, not ranked
+            sample["reference"] = others.pop()
+            ratio = ratio[:2]
         if others:
             names = ["chosen", "rejected"] if len(others) == 1 else [f"response_{i}" for i in range(len(ratio))]
             sample |= {"rejected": others[0] if len(others) == 1 else others,
@@ -405,6 +424,7 @@ def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, ref_m
         args, extra = (seq[:, 0], seq[:, 1], ref_seq[:, 0], ref_seq[:, 1]), {}
     lengths = mask.sum(-1)
     supplied = {"chosen_len": lambda: lengths[:, 0], "rejected_len": lambda: lengths[:, 1]}
+    supplied |= {"gold_logp": lambda: logp.sum(-1)[:, 2], "gold_len": lambda: lengths[:, 2]}
     if "log_sum_pi_squared" in fixed:
         spp = fixed["log_sum_pi_squared"].sum(-1)
         supplied |= {WPO_INPUT: lambda: spp[:, 0], "rejected_log_sum_pi_squared": lambda: spp[:, 1]}

@@ -412,6 +412,8 @@ def test_every_pairwise_loss_returns_one_value_per_pair():
         "ipo": lens,
         "simpo": lens,
         "alphapo": {**lens, "alpha": 0.25},
+        "tpo": {**lens, "gold_logp": c, "gold_len": lens["chosen_len"]},
+        "slic_hf": {"gold_logp": c},
         "cpo": lens,
         "orpo": lens,
         "copg": {"chosen_rewards": t(1.0, 0.0, 1.0), "rejected_rewards": t(0.0, 0.0, 1.0)},
@@ -541,3 +543,21 @@ def test_alphapo_equals_trls_cpo_loss(alpha):
     ours = pref("alphapo")(c, r, c, r, chosen_len=lw, rejected_len=ll, alpha=alpha, beta=2.0, gamma=0.5,
                            label_smoothing=0.1)  # fmt: skip
     torch.testing.assert_close(ours, expected, atol=1e-12, rtol=0)
+
+
+def test_tpo_and_slic_hf_hand_values():
+    kw = {"chosen_len": LEN_W, "rejected_len": LEN_L, "gold_logp": t(-3.0), "gold_len": t(3.0)}
+    # tpo sigmoid, β = .5, α = 1: −log σ(.5·(−1 + 3)) + 3/3 = .3132617 + 1
+    close(pref("tpo")(C, R, RC + 9, RR, **kw, beta=0.5), 1.3132617)
+    # hinge: max(0, 1 − .5·2) = 0 ; ipo on token means (−.5 + .75 = .25): (.25 − 1)² = .5625 ; with α = .5: + .5
+    close(pref("tpo")(C, R, RC, RR, **kw, beta=0.5, loss_type="hinge", alpha=0.0), 0.0)
+    close(pref("tpo")(C, R, RC, RR, **kw, beta=0.5, loss_type="ipo", alpha=0.5), 1.0625)
+    # tpo-l: −log σ(2·.25 − .5) = log 2
+    close(pref("tpo")(C, R, RC, RR, **kw, beta=2.0, loss_type="tpo-l", gamma=0.5, alpha=0.0), LOG2)
+    # the NLL averages over every gold token of the step: per pair −gold / L̄
+    out = pref("tpo")(t(-1.0, -1.0), t(-1.0, -1.0), t(0.0, 0.0), t(0.0, 0.0), chosen_len=t(1.0, 1.0),
+                      rejected_len=t(1.0, 1.0), gold_logp=t(-2.0, -6.0), gold_len=t(1.0, 3.0), beta=1.0)  # fmt: skip
+    close(out.mean() - LOG2, (2.0 + 6.0) / (1.0 + 3.0))
+    # slic_hf: max(0, 1 − (−1) + (−3)) = 0 − .5·(−3) = 1.5 ; δ = 3: 1 + 1.5
+    close(pref("slic_hf")(C, R, RC, RR, gold_logp=t(-3.0)), 1.5)
+    close(pref("slic_hf")(C, R, RC, RR, gold_logp=t(-3.0), delta=3.0), 2.5)

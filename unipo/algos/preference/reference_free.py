@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unipo.algos.preference._common import per_token, smoothed_logistic
+from unipo.algos.ops import check_choice
+from unipo.algos.preference._common import batch_token_nll, per_token, smoothed_logistic
 from unipo.algos.registry import register
 
 
@@ -104,6 +105,111 @@ def alphapo(
 
     margin = reward(chosen_logp, chosen_len, "chosen_len") - reward(rejected_logp, rejected_len, "rejected_len")
     return smoothed_logistic(beta * margin - gamma, label_smoothing)
+
+
+@register(
+    "preference",
+    "tpo",
+    paper="Saeidi et al. 2024, Triple Preference Optimization: Achieving Better Alignment using a Single Step "
+    "Optimization, arXiv:2405.16681",
+    tag="checked: TRL experimental tpo",
+)
+def tpo(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    *,
+    gold_logp: torch.Tensor,
+    gold_len: torch.Tensor,
+    chosen_len: torch.Tensor,
+    rejected_len: torch.Tensor,
+    gold_len_mean: torch.Tensor | None = None,
+    beta: float = 0.01,
+    alpha: float = 1.0,
+    loss_type: str = "sigmoid",
+    gamma: float = 0.5,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """TPO (Saeidi et al. 2024, arXiv:2405.16681; TRL experimental ``TPOTrainer``): a reference-free pair loss on
+    (y_w, y_l) plus α times the NLL of a third, gold response y_gold (the pair data's `reference` column).
+
+    With δ = log π_θ(y_w) − log π_θ(y_l) (summed; token means for ``ipo`` and ``tpo-l``), the pair term is
+    −(1−ε)·log σ(βδ) − ε·log σ(−βδ) (``sigmoid``), max(0, 1 − βδ) (``hinge``), (δ − 1/(2β))² (``ipo``), or the
+    sigmoid of β·δ − γ (``tpo-l``). The NLL is TRL's: averaged over every gold token of the batch, i.e. per pair
+    −log π_θ(y_gold)/L̄ with L̄ the step's mean gold length.
+
+    Args:
+        chosen_logp: [B] summed log π_θ(y_w∣x).
+        rejected_logp: [B] summed log π_θ(y_l∣x).
+        ref_chosen_logp: ignored (reference-free).
+        ref_rejected_logp: ignored (reference-free).
+        gold_logp: [B] summed log π_θ(y_gold∣x).
+        gold_len: [B] completion tokens of y_gold.
+        chosen_len: [B] completion tokens of y_w.
+        rejected_len: [B] completion tokens of y_l.
+        gold_len_mean: the step's mean gold length L̄ (the trainer passes it; None: the mean of ``gold_len``).
+        beta: β (TRL default 0.01).
+        alpha: α, the NLL weight (TRL ``tpo_alpha`` 1.0).
+        loss_type: "sigmoid", "hinge", "ipo" or "tpo-l".
+        gamma: γ, the margin of ``tpo-l`` (TRL ``tpo_l_gamma`` 0.5).
+        label_smoothing: ε for the sigmoid forms.
+
+    Returns:
+        [B] per-pair loss.
+    """
+    check_choice("loss_type", loss_type, ("sigmoid", "hinge", "ipo", "tpo-l"))
+    if loss_type in ("ipo", "tpo-l"):
+        delta = per_token(chosen_logp, chosen_len, "chosen_len") - per_token(
+            rejected_logp, rejected_len, "rejected_len"
+        )
+    else:
+        delta = chosen_logp - rejected_logp
+    if loss_type == "hinge":
+        pair = torch.relu(1 - beta * delta)
+    elif loss_type == "ipo":
+        pair = (delta - 1 / (2 * beta)) ** 2
+    else:
+        pair = smoothed_logistic(beta * delta - (gamma if loss_type == "tpo-l" else 0.0), label_smoothing)
+    return pair + alpha * batch_token_nll(gold_logp, gold_len, gold_len_mean)
+
+
+@register(
+    "preference",
+    "slic_hf",
+    paper="Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human Feedback, arXiv:2305.10425",
+    tag="memory",
+)
+def slic_hf(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    *,
+    gold_logp: torch.Tensor,
+    delta: float = 1.0,
+    lam: float = 0.5,
+) -> torch.Tensor:
+    """SLiC-HF (Zhao et al. 2023, arXiv:2305.10425, eq. 1 with the rank calibration loss): a hinge on the sequence
+    log-likelihoods plus a cross-entropy regulariser on a target sequence y_ref (the SFT target; the pair data's
+    `reference` column).
+
+    L = max(0, δ − log π_θ(y_w∣x) + log π_θ(y_l∣x)) − λ·log π_θ(y_ref∣x). No reference model: the regulariser keeps the
+    model near the SFT data instead. `hinge` (TRL's ``loss_type="hinge"``) is the calibration term on log-ratios.
+
+    Args:
+        chosen_logp: [B] summed log π_θ(y_w∣x).
+        rejected_logp: [B] summed log π_θ(y_l∣x).
+        ref_chosen_logp: ignored (no reference model).
+        ref_rejected_logp: ignored (no reference model).
+        gold_logp: [B] summed log π_θ(y_ref∣x).
+        delta: δ, the calibration margin (1.0).
+        lam: λ, the regulariser's weight (0.5 is ours; the paper's value is not recorded here).
+
+    Returns:
+        [B] per-pair loss.
+    """
+    return torch.relu(delta - chosen_logp + rejected_logp) - lam * gold_logp
 
 
 @register(
