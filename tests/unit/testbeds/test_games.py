@@ -126,3 +126,51 @@ def test_the_registered_prox_loss_is_minimised_at_the_tabular_step(method, coef)
     step = games.geometric_md_step(pi_t, win, REF, eta=eta, tau=TAU)
     torch.testing.assert_close(torch.softmax(logits, -1).detach(), step, atol=1e-9, rtol=0)
     assert method != "mmd" or torch.equal(step, games.mmd_step(pi_t, P, REF, eta=eta, tau=TAU))
+
+
+def test_the_registered_inpo_loss_is_minimised_at_the_tabular_omd_step():
+    # §13 N1 through the registered loss: judged pairs (y_w, y_l) = (y, y′) drawn from π_t × π_t with y winning with
+    # probability P(y ≻ y′), in exact expectation; the weighted least squares on pair differences is solved by
+    # log π = (1 − ητ)·log π_t + ητ·log π_ref + η·P(· ≻ π_t) + const, i.e. INPO's OMD step
+    from unipo.algos import nash
+
+    pi_t, eta = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64), 0.8
+    y, y2 = torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij")
+    y, y2 = y.flatten(), y2.flatten()
+    weight = pi_t[y] * pi_t[y2] * P[y, y2]
+    logits = pi_t.log().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([logits], lr=1, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16)
+
+    def pair(x):
+        return torch.stack([x[y], x[y2]], 1)
+
+    def closure():
+        opt.zero_grad()
+        logp = torch.log_softmax(logits, -1)
+        loss = (weight * nash.inpo(pair(logp), pair(pi_t.log()), pair(REF.log()), eta=eta, tau=TAU)).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    step = games.inpo_step(pi_t, P, REF, eta=eta, tau=TAU)
+    torch.testing.assert_close(torch.softmax(logits, -1).detach(), step, atol=1e-9, rtol=0)
+
+
+def test_the_registered_nash_md_loss_in_self_play_reaches_the_regularised_equilibrium():
+    # §13 N1 through the registered loss: with exact expectations over y ∼ π_θ and the opponent the current policy
+    # (α = 0, detached), the loss's expected gradient is that of β·KL(π‖π_ref) − P(π ≻ sg(π)); its fixed point
+    # π = π_ref·exp(P(· ≻ π)/β) is the β-regularised equilibrium π*_β
+    from unipo.algos import nash
+
+    beta = TAU
+    logits = torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=0.5)
+    for _ in range(4000):
+        logp = torch.log_softmax(logits, -1)
+        pi = logp.exp().detach()
+        loss = nash.nash_md(logp, REF.log(), win_rate=games.win_rates(pi, P), beta=beta)
+        opt.zero_grad()
+        (pi * loss).sum().backward()
+        opt.step()
+    star = games.regularized_nash(P, REF, tau=beta)
+    torch.testing.assert_close(torch.softmax(logits, -1).detach(), star, atol=1e-9, rtol=0)
