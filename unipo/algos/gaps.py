@@ -38,8 +38,6 @@ GAPS: dict[tuple[str, str], str] = {
     "`weighted_sum` with fixed weights (or `scores` of a multi-score reward) covers the static case",
     ("preference", "dro_offline"): "needs a learned value V_φ(x) trained jointly on single-trajectory (prompt, "
     "response, reward) data, a critic the preference trainer does not have",
-    ("preference", "brain_recon"): "needs self-normalised weights over several samples per prompt with a proposal "
-    "distribution's log-probs (q_prop) and a reward; the offline trainer takes fixed pairs or lists",
     ("preference", "spo_aux_recon"): "needs responses with key parts removed and their counts (its self-supervised "
     "labels), a data generator not built",
     ("credit", "arpo_agentic"): "needs entropy-triggered branching after tool calls: partial rollouts that restart "

@@ -423,7 +423,14 @@ def test_every_pairwise_loss_returns_one_value_per_pair():
         "sft": {"chosen_len": lens["chosen_len"]},
         "wpo": {**lens, "chosen_log_sum_pi_squared": c - 1, "rejected_log_sum_pi_squared": r - 2},
     }
-    skip = {"lipo_lambda", "tgdpo", "ld_dpo", "kto", "apo_zero_unpaired"}  # listwise / per-token / unpaired: above
+    skip = {
+        "lipo_lambda",
+        "brain_recon",
+        "tgdpo",
+        "ld_dpo",
+        "kto",
+        "apo_zero_unpaired",
+    }  # listwise / per-token / unpaired: above
     for name in sorted(set(algos.names("preference")) - skip):
         out = pref(name)(c, r, rc, rr, **extra.get(name, {}))
         assert out.shape == (b,) and bool(torch.isfinite(out).all()), name
@@ -561,3 +568,22 @@ def test_tpo_and_slic_hf_hand_values():
     # slic_hf: max(0, 1 − (−1) + (−3)) = 0 − .5·(−3) = 1.5 ; δ = 3: 1 + 1.5
     close(pref("slic_hf")(C, R, RC, RR, gold_logp=t(-3.0)), 1.5)
     close(pref("slic_hf")(C, R, RC, RR, gold_logp=t(-3.0), delta=3.0), 2.5)
+
+
+def test_brain_recon_weights_by_hand_and_its_minimiser_is_the_weighted_list():
+    # scores (1, 0, .5), r̄ = .5: α ∝ σ(.5), σ(−.5), σ(0) = (.41497, .25169, .33333); logp (−1, −2, −3) → 1.9183604
+    logp, scores = t(-1.0, -2.0, -3.0)[None], t(1.0, 0.0, 0.5)[None]
+    close(pref("brain_recon")(logp, logp + 7, scores=scores), 1.9183604)
+    # the list is the whole support of a tabular policy: the cross-entropy's minimiser is π = α
+    logits = torch.zeros(1, 3, dtype=D, requires_grad=True)
+    opt = torch.optim.LBFGS([logits], lr=1, max_iter=200, tolerance_grad=1e-14, tolerance_change=1e-16)
+
+    def closure():
+        opt.zero_grad()
+        loss = pref("brain_recon")(torch.log_softmax(logits, -1), logp, scores=scores).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    alpha = torch.sigmoid(scores - 0.5) / torch.sigmoid(scores - 0.5).sum()
+    torch.testing.assert_close(torch.softmax(logits, -1).detach(), alpha, atol=1e-7, rtol=0)
