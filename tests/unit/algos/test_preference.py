@@ -300,6 +300,26 @@ def test_p1_dpo_tabular_bandit_reaches_kl_regularised_optimum():
     torch.testing.assert_close(_minimise(objective, k), _target(ref_logp, r, beta), atol=1e-3, rtol=0)
 
 
+def test_p1_kl_regularised_policy_gradient_reaches_the_dpo_optimum():
+    # §13 P1's policy-gradient half, through the registered RL components: with exact expectations over y ∼ π_θ
+    # (weights sg(π_θ(y))), the `reinforce` loss with A = r plus β·`k2` (whose on-policy gradient is ∇KL) descends
+    # −E r + β·KL(π‖π_ref), stationary exactly at π ∝ π_ref·exp(r/β), the DPO minimiser of the test above
+    k, beta = 4, 0.5
+    ref_logp = torch.log_softmax(t(0.3, -0.2, 0.5, -0.6), -1)
+    r = t(0.4, -0.3, 0.1, 0.25)
+    theta = torch.zeros(k, dtype=D, requires_grad=True)
+    opt = torch.optim.SGD([theta], lr=0.5)
+    pg, k2 = algos.get("policy_loss", "reinforce"), algos.get("kl", "k2")
+    for _ in range(3000):
+        logp = torch.log_softmax(theta, -1)[:, None]  # K "sequences" of one token
+        term, _ = pg(logp, logp.detach(), r, torch.ones_like(logp))
+        loss = term + beta * k2(logp, ref_logp[:, None])
+        opt.zero_grad()
+        (logp.exp().detach() * loss).sum().backward()
+        opt.step()
+    torch.testing.assert_close(torch.log_softmax(theta.detach(), -1), _target(ref_logp, r, beta), atol=1e-9, rtol=0)
+
+
 def test_p2_ipo_minimiser_matches_closed_form():
     # Pairs ~ μ×μ with the RPS-like P; IPO minimiser: h_i − h_j = (P(i≻μ) − P(j≻μ))/β (Azar et al. 2023, Prop. 4).
     beta = 0.5
