@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         "reward weight on a tabular chain)",
     )  # fmt: skip
     p_verify.add_argument("testbed", choices=["nash", "preference", "classic", "barfi"])
-    p_verify.add_argument("--methods", default="ppo_classic,mdpo,ppo_kl_adaptive,a2c,reinforce_classic,trpo",
+    p_verify.add_argument("--methods", default="ppo_classic,mdpo,ppo_kl_adaptive,a2c,reinforce_classic,trpo,mmd",
                           help="classic: the methods to train")  # fmt: skip
     p_verify.add_argument("--env", default="CartPole-v1", help="classic: a gymnasium environment id")
     p_verify.add_argument("--steps", type=int, default=0, help="classic: environment steps (0: each method's)")
@@ -234,7 +234,10 @@ def _verify_classic(ns: argparse.Namespace) -> int:
     for method in methods:
         settings = classic.settings_for(method, ns.env, **({"total_steps": ns.steps} if ns.steps else {}))
         start = time.perf_counter()
-        out = classic.train(method, ns.env, seed=ns.seed, settings=settings)
+        try:
+            out = classic.train(method, ns.env, seed=ns.seed, settings=settings)
+        except ValueError as e:  # e.g. a method for categorical heads on a continuous environment
+            raise ConfigError(f"--methods: {method} on {ns.env}: {e}") from None
         final = classic.evaluate(out["policy"], ns.env)
         points = " ".join(f"{x:.0f}" for x in classic.curve(out["returns"]))
         print(f"  {method:18s} {settings.total_steps} steps, {time.perf_counter() - start:5.1f} s: {points}  -> "

@@ -1,4 +1,4 @@
-"""Classic RL on gymnasium (ALGORITHMS.md §11, §13 C2's smoke test): PPO, MDPO and TRPO solve CartPole-v1."""
+"""Classic RL on gymnasium (ALGORITHMS.md §11, §13 C2's smoke test): PPO, MDPO, TRPO and MMD solve CartPole-v1."""
 
 import pytest
 
@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("gymnasium")
 
 
-@pytest.mark.parametrize("method", ["ppo_classic", "mdpo", "trpo"])
+@pytest.mark.parametrize("method", ["ppo_classic", "mdpo", "trpo", "mmd"])
 def test_cartpole_is_solved_within_the_budget(method):
     # 100k environment steps (rl-zoo's tuned PPO budget), seed 0: the greedy policy's mean return over 10 held-out
     # episodes reaches 475 (the solved threshold; 500 is the maximum), from ~20 at the start
@@ -33,3 +33,5 @@ def test_verify_classic_prints_curves_and_rejects_unknown_methods(capsys):
     assert "CartPole-v1, seed 0" in out and "a2c" in out and "greedy" in out
     assert main(["verify", "classic", "--methods", "ppo,a2c"]) == 2
     assert "--methods: unknown ppo" in capsys.readouterr().err
+    assert main(["verify", "classic", "--methods", "mmd", "--env", "Pendulum-v1", "--steps", "4096"]) == 2
+    assert "--methods: mmd on Pendulum-v1: mmd needs a categorical head" in capsys.readouterr().err

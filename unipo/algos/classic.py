@@ -216,6 +216,45 @@ def reinforce_classic(
     return a2c(logp, old_logp, advantages)
 
 
+@register("classic", "mmd", paper="Sokota et al. 2023, A Unified Approach to Reinforcement Learning, Quantal Response "
+          "Equilibria, and Two-Player Zero-Sum Games, arXiv:2206.05825", tag="memory")  # fmt: skip
+def mmd(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    logits: torch.Tensor | None = None,
+    old_logits: torch.Tensor | None = None,
+    alpha: float = 0.01,
+    eta: float = 1.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """Magnetic Mirror Descent as a deep RL method (Sokota et al. 2023, arXiv:2206.05825): ℓ = −ρ·A +
+    α·KL(π_θ‖ρ_mag) + (1/η)·KL(π_θ‖π_old), the magnet ρ_mag the uniform policy (a maximum-entropy magnet); the online
+    `mmd` id is the same step on the preference game. Its exact solution per state is
+    π ∝ [π_old·ρ_mag^{αη}·exp(η·A)]^{1/(1+αη)}. It is on-policy `mdpo` (fixed 1/η) plus the magnet term, which for
+    the uniform magnet is α·(log|A| − H(π_θ)), an entropy bonus. Both KLs are exact over the actions of a categorical
+    head; a Gaussian head is refused (the uniform magnet has no Gaussian counterpart here).
+
+    Args:
+        logp: [B] log π_θ(a∣s) of the taken actions.
+        old_logp: [B] log π_old(a∣s), the policy that collected them.
+        advantages: [B] GAE advantages.
+        logits: [B, A] π_θ's action logits.
+        old_logits: [B, A] π_old's.
+        alpha: α, the magnet's weight (0.01 is ours).
+        eta: η, the step size; 1/η weighs the KL to π_old (1.0 is ours).
+
+    Returns:
+        (per-transition policy loss [B], metrics).
+    """
+    if logits is None:
+        raise ValueError("mmd needs a categorical head (its magnet is the uniform policy over the actions)")
+    ratio = torch.exp(logp - old_logp.detach())
+    uniform = torch.zeros_like(logits)
+    magnet, anchor = categorical_kl(logits, uniform), categorical_kl(logits, old_logits.detach())
+    return -ratio * advantages.detach() + alpha * magnet + anchor / eta, {"kl": anchor.detach()}
+
+
 @register("classic", "trpo", paper="Schulman et al. 2015, Trust Region Policy Optimization, arXiv:1502.05477",
           tag="memory", facts={"trust_region"})  # fmt: skip
 def trpo(

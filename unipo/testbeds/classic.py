@@ -50,6 +50,7 @@ METHODS: dict[str, Settings] = {
     "ppo_kl_adaptive": Settings(),
     "a2c": Settings(n_steps=5, epochs=1, minibatch=40, lr=7e-4, lam=1.0, gamma=0.99, normalize_advantages=False),
     "reinforce_classic": Settings(n_steps=256, epochs=1, minibatch=2048, lam=1.0, gamma=0.99, episodes_only=True),
+    "mmd": Settings(),
     "trpo": Settings(n_steps=256, epochs=10, minibatch=128, gamma=0.99, lam=0.95),
 }
 """Each classic method's run settings on CartPole-v1 (ppo_kl_adaptive and mdpo keep PPO's, as in their papers'

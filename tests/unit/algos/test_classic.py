@@ -136,3 +136,37 @@ def test_trpo_post_step_kl_is_within_the_trust_region():
         assert kl == pytest.approx(out["kl"], rel=1e-12) and 0.5 * delta < kl <= delta
     out, logits = step(0.01, adv=torch.zeros_like(adv), cg_iters=15, damping=0.1)
     assert out["step_frac"] == 0 and torch.equal(logits, old_logits)
+
+
+def test_mmd_is_solved_per_state_by_the_magnetic_prox_step():
+    # exact expectation over a ∼ π_old in one state: Σ_a π_old(a)·ℓ(a) = −Σ π_θ·A + α·KL(π_θ‖u) + KL(π_θ‖π_old)/η,
+    # minimised at π ∝ [π_old·u^{αη}·exp(ηA)]^{1/(1+αη)}, the games testbed's `geometric_md_step`
+    from unipo.testbeds.games import geometric_md_step
+
+    old_logits = torch.tensor([[0.4, -0.3, 0.1, 0.0]], dtype=torch.float64)
+    adv = torch.tensor([0.5, -1.0, 0.2, 0.3], dtype=torch.float64)
+    alpha, eta = 0.3, 0.7
+    old = torch.log_softmax(old_logits, -1)[0]
+    logits = old_logits.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([logits], lr=1, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16)
+    fn = algos.get("classic", "mmd")
+
+    def closure():
+        opt.zero_grad()
+        logp = torch.log_softmax(logits, -1)[0]
+        loss, _ = fn(logp, old, adv, logits=logits.expand(4, 4), old_logits=old_logits.expand(4, 4), alpha=alpha,
+                     eta=eta)  # fmt: skip
+        (old.exp() * loss).sum().backward()
+        return loss.sum()
+
+    opt.step(closure)
+    uniform = torch.full((4,), 0.25, dtype=torch.float64)
+    step = geometric_md_step(old.exp(), adv, uniform, eta=eta, tau=alpha)
+    torch.testing.assert_close(torch.softmax(logits, -1)[0].detach(), step, atol=1e-9, rtol=0)
+    # the magnet term is α·(log|A| − H(π)): with A = 0 and π = π_old the loss is α·(log 4 − H(π_old))
+    loss, _ = fn(old, old, torch.zeros(4, dtype=torch.float64), logits=old_logits.expand(4, 4),
+                 old_logits=old_logits.expand(4, 4), alpha=alpha)  # fmt: skip
+    entropy = -(old.exp() * old).sum()
+    torch.testing.assert_close(loss, (alpha * (math.log(4) - entropy)).expand(4))
+    with pytest.raises(ValueError, match="categorical head"):
+        fn(old, old, adv)
