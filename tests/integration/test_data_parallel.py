@@ -74,13 +74,14 @@ def test_two_rank_run_matches_one_process_and_resumes_after_a_killed_rank(tiny_m
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
     assert (pair / "checkpoints").is_dir() and not list(pair.glob("**/*rank*"))  # rank 0 alone writes
 
-    # kill rank 1 once step 2 is checkpointed: the run fails (torchrun stops rank 0), nothing saved is lost
+    # kill rank 1 once step 2 or a later one is checkpointed (only the last 2 are kept, so step 2's may be gone when
+    # this looks): the run fails (torchrun stops rank 0), nothing saved is lost
     killed = tmp_path / "killed"
-    cmd = _torchrun("-m", "unipo", *_train_args(tiny_model_dir, killed, "train.max_steps=50", "train.save_every=1"))
+    cmd = _torchrun("-m", "unipo", *_train_args(tiny_model_dir, killed, "train.max_steps=500", "train.save_every=1"))
     launcher = subprocess.Popen(cmd, env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
-        while not (killed / "checkpoints" / "step-000002").is_dir():
+        while max((int(p.name.split("-")[1]) for p in (killed / "checkpoints").glob("step-*")), default=0) < 2:
             assert launcher.poll() is None and time.monotonic() < deadline, "the 2-rank run ended or stalled early"
             time.sleep(0.2)
         os.kill(_rank_pid(launcher.pid, 1), signal.SIGKILL)
@@ -91,7 +92,7 @@ def test_two_rank_run_matches_one_process_and_resumes_after_a_killed_rank(tiny_m
     saved = checkpoint.list_checkpoints(killed / "checkpoints")
     assert saved and all(checkpoint.verify(c) for c in saved)
     last = checkpoint.verify(saved[-1])["step"]
-    assert 2 <= last < 50
+    assert 2 <= last < 500
     # resume in ONE process to step last + 2: the same steps as the uninterrupted single-process run
     assert main(_train_args(tiny_model_dir, killed, f"train.max_steps={last + 2}", "train.save_every=1")) == 0
     reference = tmp_path / "reference"

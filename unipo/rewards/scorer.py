@@ -233,6 +233,9 @@ class RewardScorer:
             self.close()
             return RewardError("its worker process died (killed, crashed or out of memory)")
         except Exception as e:  # noqa: BLE001 (raised by the function in the worker)
+            if _actor_died(e):  # as a dead worker process: the other actors may be dying too; the next call starts
+                self._stop()  # fresh ones, so a dying actor fails only the call that killed it
+                return RewardError("its Ray actor died (killed, crashed or out of memory)")
             return _worker_error(e)
 
     def _failed(self, name: str, error: BaseException, prompts: list, completions: list) -> None:
@@ -252,11 +255,13 @@ class RewardScorer:
             )  # fmt: skip
 
 
+def _actor_died(error: BaseException) -> bool:
+    """Whether a Ray call failed because its actor died (not because the function raised)."""
+    return type(error).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError")
+
+
 def _worker_error(error: BaseException) -> BaseException:
-    """A failed call's error: the reward function's own exception, also from inside a Ray task error; a Ray actor
-    that died is said so."""
-    if type(error).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError"):
-        return RewardError("its Ray actor died (killed, crashed or out of memory)")
+    """A failed call's error: the reward function's own exception, also from inside a Ray task error."""
     inner = getattr(error, "cause", None)  # ray.exceptions.RayTaskError
     return inner if isinstance(inner, BaseException) else error
 
