@@ -590,20 +590,19 @@ def test_tpo_and_slic_hf_hand_values():
     close(pref("slic_hf")(C, R, RC, RR, gold_logp=t(-3.0), delta=3.0), 2.5)
 
 
-def test_brain_recon_weights_by_hand_and_its_minimiser_is_the_weighted_list():
-    # scores (1, 0, .5), r̄ = .5: α ∝ σ(.5), σ(−.5), σ(0) = (.41497, .25169, .33333); logp (−1, −2, −3) → 1.9183604
+def test_brain_recon_by_hand_and_its_fixed_point_is_the_reward_conditioned_posterior():
+    # scores (1, 0, .5), r̄ = .5: α̂ ∝ σ(.5), σ(−.5), σ(0) = (.41497, .25169, .33333); log π − log π_ref = −7 everywhere,
+    # so the baseline β̂ is uniform; logp (−1, −2, −3): −Σ (α̂ − β̂)·logp = −(−.08164 + .16328) = −.0816396
     logp, scores = t(-1.0, -2.0, -3.0)[None], t(1.0, 0.0, 0.5)[None]
-    close(pref("brain_recon")(logp, logp + 7, scores=scores), 1.9183604)
-    # the list is the whole support of a tabular policy: the cross-entropy's minimiser is π = α
+    close(pref("brain_recon")(logp, logp + 7, scores=scores), -0.0816396)
+    # the list is the whole support of a tabular policy: descending the estimator reaches π ∝ π_ref·σ(r − r̄), where
+    # α̂ = β̂ and the gradient vanishes (without the baseline it would go to the reward-weighted list, ignoring π_ref)
+    ref = torch.log_softmax(t(0.8, -0.4, 0.1), -1)[None]
     logits = torch.zeros(1, 3, dtype=D, requires_grad=True)
-    opt = torch.optim.LBFGS([logits], lr=1, max_iter=200, tolerance_grad=1e-14, tolerance_change=1e-16)
-
-    def closure():
+    opt = torch.optim.SGD([logits], lr=1.0)
+    for _ in range(2000):
         opt.zero_grad()
-        loss = pref("brain_recon")(torch.log_softmax(logits, -1), logp, scores=scores).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    alpha = torch.sigmoid(scores - 0.5) / torch.sigmoid(scores - 0.5).sum()
-    torch.testing.assert_close(torch.softmax(logits, -1).detach(), alpha, atol=1e-7, rtol=0)
+        pref("brain_recon")(torch.log_softmax(logits, -1), ref, scores=scores).sum().backward()
+        opt.step()
+    posterior = torch.softmax(ref + torch.nn.functional.logsigmoid(scores - 0.5), -1)
+    torch.testing.assert_close(torch.softmax(logits, -1).detach(), posterior, atol=1e-9, rtol=0)
