@@ -269,10 +269,13 @@ def test_a_star_po_first_loss_is_the_squared_advantage_and_it_learns(tiny_model_
     v_star = 0.5 * math.log(sum(math.exp(r / 0.5) for r in rewards[0].tolist()) / 8)
     assert row["value/v_star_mean"] == pytest.approx(v_star, rel=1e-6)
     assert row["loss"] == pytest.approx((sample["reward"] - v_star) ** 2, rel=1e-5)
-    # a prompt drawn again is not estimated again, and the estimates survive a restart
+    # a prompt drawn again is not estimated again, and the estimates survive a restart: over steps 1..40 (step 1 in
+    # the first run, the rest resumed) stage 1 runs once per distinct prompt, fewer than the 40 steps
     _train(tiny_model_dir, run, "a_star_po", "train.max_steps=40", "train.prompts_per_step=1",
            "rollout.group_size=1", "online.value_filter=false", DENSE)  # fmt: skip
-    assert len(calls) < 40
+    prompts = {c["step"]: c["prompt"] for c in _completions(run)}
+    assert sorted(prompts) == list(range(1, 41)) and len(set(prompts.values())) < 40
+    assert len(calls) == len(set(prompts.values()))
     # learning: lucky7's reward (share of sevens), one reply per prompt; prompts whose 8 replies of π_ref all score
     # 0 would be skipped, so the filter is off for the random tiny model
     rows = _train(tiny_model_dir, tmp_path / "learn", "a_star_po", "train.max_steps=40", "train.prompts_per_step=16",
