@@ -316,6 +316,7 @@ def _list(kind: str | None) -> int:
         print("\n".join(_LISTINGS[kind]()))
         return 0
     from unipo import algos
+    from unipo.algos.verification import summary
     from unipo.trainers.inputs import RUNS_IN, where_it_runs
 
     if kind is not None and kind not in algos.KINDS:
@@ -330,6 +331,7 @@ def _list(kind: str | None) -> int:
         params = ", ".join(f"{k}={v!r}" for k, v in e.params.items())
         params += "".join(f"; also called {a}" for a in algos.registry.aliases_of(e.kind, e.name))
         print(f"  {e.name:24s} {e.paper}  [{e.tag}]" + (f"\n  {'':24s} params: {params}" if params else ""))
+        print(f"  {'':24s} verified: {summary(e.kind, e.name)}")
         runs = where_it_runs(e.kind, e.name)
         if runs != RUNS_IN.get(e.kind):  # pure only, or run somewhere other than its kind's trainer
             print(f"  {'':24s} {runs}")

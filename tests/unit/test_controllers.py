@@ -21,6 +21,7 @@ def test_adaptive_entropy_coefficient_rises_below_target_and_falls_above():
         "grpo", "algo.regularizers=[{name: adaptive_entropy, coef: 0.1, target: 0.5, delta: 0.02}]"
     )
     assert [s.name for s in found] == ["regularizers[0].coef"] and values == {"regularizers[0].coef": 0.1}
+    assert algos.entry("regularizer", "adaptive_entropy").state.controller == "adaptive_entropy_coef"
     # H = 0.3 <= H* = 0.5: c <- 0.1 + 0.02; then H = 0.9 > H*: c <- 0.12 - 0.02
     up, metrics = controllers.after_step(found, values, {"entropy/token": 0.3}, 8)
     assert up["regularizers[0].coef"] == pytest.approx(0.12) and metrics == pytest.approx(

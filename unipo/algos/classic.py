@@ -297,6 +297,43 @@ def trpo(
     return -ratio * advantages.detach(), {"kl": _old_to_new_kl(ratio, logits, old_logits)}
 
 
+@register("classic", "mdpo_off", paper="Tomar et al. 2020, Mirror Descent Policy Optimization (off-policy MDPO), "
+          "arXiv:2005.09814", tag="checked: official code mdpo_off/mdpo.py (actor loss, Q and V targets, old-policy "
+          "copy)", facts={"off_policy"})  # fmt: skip
+def mdpo_off(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    logits: torch.Tensor | None = None,
+    old_logits: torch.Tensor | None = None,
+    kl_coef: float = 1.0,
+    entropy_coef: float = 0.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """Off-policy MDPO (Tomar et al. 2020, arXiv:2005.09814, §5.2): on states s of a replay buffer and an action
+    ã = tanh(μ_θ(s) + σ_θ(s)·ε) reparameterised from π_θ, ℓ = c·(log π_θ(ã∣s) − log π_k(ã∣s)) + λ·log π_k(ã∣s)
+    − Q(s, ã): the paper's E_{a∼π_θ}[(1/t_k)·(log π_θ − log π_k) − Q^{π_k}] with c = 1/t_k fixed, as the official
+    code (`klconst`, default 1), whose λ (`lamda`) adds an entropy term; λ = c makes the π_k terms cancel, leaving
+    SAC's α·log π − Q with α = c. Here the third argument is Q₁(s, ã) of the runner's SAC-style critics (gradients
+    flow through ã into log π_k and Q, which the runner does not step), not a GAE advantage; π_k is a copy of π_θ
+    refreshed every `old_every` environment steps by the runner (the `off_policy` fact). λ = 0 is the paper's
+    unregularised MDPO (the code's command line defaults to λ = 1, i.e. SAC).
+
+    Args:
+        logp: [B] log π_θ(ã∣s), with the tanh correction.
+        old_logp: [B] log π_k(ã∣s) at the same pre-tanh sample.
+        advantages: [B] Q(s, ã) of the first Q critic.
+        logits: unused (a Gaussian head).
+        old_logits: unused.
+        kl_coef: c = 1/t_k.
+        entropy_coef: λ.
+
+    Returns:
+        (per-state actor loss [B], metrics with the per-state sampled `kl` log π_θ − log π_k).
+    """
+    return kl_coef * (logp - old_logp) + entropy_coef * old_logp - advantages, {"kl": (logp - old_logp).detach()}
+
+
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int,
                        tol: float = 1e-10) -> torch.Tensor:  # fmt: skip
     """x ≈ A⁻¹b for a symmetric positive-definite A given as `matvec(v) = A·v`, by at most `iters` conjugate-gradient

@@ -51,8 +51,6 @@ GAPS: dict[tuple[str, str], str] = {
     ("credit", "reseek_judge"): "needs a JUDGE action whose context keeps or drops the last observation, and a "
     "reference judgement column",
     ("critic", "archer"): "needs utterance-level Q and V heads with a target network and a replay of turn transitions",
-    ("classic", "mdpo_off"): "not built yet: off-policy MDPO needs SAC-style Q critics and a replay buffer, which the "
-    "on-policy classic runner does not have",
 }
 """(kind, id) -> why it is not registered yet."""
 

@@ -70,6 +70,9 @@ FACTS = {
     "trust_region": "classic: its policy moves by one natural-gradient step per iteration with a KL line search "
     "(`unipo.algos.classic.trust_region_step`, its `kl` metric the constraint), not by minibatch SGD on its loss; "
     "the value network still trains by SGD (TRPO)",
+    "off_policy": "classic: trained off-policy by the replay-buffer runner (`unipo.testbeds.classic_off`): SAC-style "
+    "twin Q critics and a value net with a Polyak target, a tanh-squashed Gaussian actor whose reparameterised action "
+    "ã carries the gradient, and π_k a copy of π_θ every `old_every` steps; the third argument is Q(s, ã)",
     "mixture_opponent": "online: its opponent is sampled from the geometric mixture of policy and reference, not the "
     "group (Nash-MD)",
     "zero_at_tie": "online: value and gradient are exactly 0 for a response with win rate 1/2 while the policy is the "

@@ -19,6 +19,8 @@ from torch import nn
 
 from unipo import algos
 from unipo.algos.classic import adapt_kl_beta, trust_region_step
+from unipo.testbeds import classic_off
+from unipo.testbeds.classic_off import OffPolicySettings
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,11 @@ ENV_OVERRIDES: dict[str, dict[str, Any]] = {
 """Settings that depend on the environment (rl-zoo's PPO for Pendulum-v1, with a smaller budget)."""
 
 
-def settings_for(method: str, env_id: str, **overrides: Any) -> Settings:
-    """`method`'s settings on `env_id`, with `overrides` (e.g. total_steps) last."""
+def settings_for(method: str, env_id: str, **overrides: Any) -> Settings | OffPolicySettings:
+    """`method`'s settings on `env_id`, with `overrides` (e.g. total_steps) last; an off-policy method's are the
+    replay-buffer runner's."""
+    if "off_policy" in algos.entry("classic", method).facts:
+        return replace(OffPolicySettings(), **overrides)
     return replace(METHODS[method], **{**ENV_OVERRIDES.get(env_id, {}), **overrides})
 
 
@@ -123,6 +128,11 @@ class ActorCritic(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs)[:, 0]
 
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        """The most likely action [B] (categorical) or the Gaussian's mean [B, A]."""
+        dist, _ = self.dist(obs)
+        return dist.probs.argmax(-1) if self.discrete else dist.mean
+
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor, gamma: float,
         lam: float) -> torch.Tensor:  # fmt: skip
@@ -167,13 +177,17 @@ def _step_envs(
     return next_obs, rewards, dones
 
 
-def train(method: str, env_id: str = "CartPole-v1", seed: int = 0, settings: Settings | None = None) -> dict:
+def train(method: str, env_id: str = "CartPole-v1", seed: int = 0,
+          settings: Settings | OffPolicySettings | None = None) -> dict:  # fmt: skip
     """Train a fresh policy with classic method `method` on `env_id`; returns {"returns": every finished training
-    episode's return, "policy": the trained ActorCritic}."""
+    episode's return, "policy": the trained policy}. An `off_policy` method runs in `classic_off`'s replay loop."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 64-wide MLP gains nothing from intra-op threads, and loses much to their contention
+    settings = settings or settings_for(method, env_id)
     try:
-        return _train(method, env_id, seed, settings or settings_for(method, env_id))
+        if isinstance(settings, OffPolicySettings):
+            return classic_off.train(method, env_id, seed, settings)
+        return _train(method, env_id, seed, settings)
     finally:
         torch.set_num_threads(threads)
 
@@ -300,7 +314,7 @@ def _mean_kl(policy: ActorCritic, batch: dict) -> float:
         return float((batch["logp"] - policy.log_prob(dist, batch["actions"])).mean())
 
 
-def evaluate(policy: ActorCritic, env_id: str = "CartPole-v1", episodes: int = 10, seed: int = 10_000) -> float:
+def evaluate(policy: nn.Module, env_id: str = "CartPole-v1", episodes: int = 10, seed: int = 10_000) -> float:
     """Mean return of the greedy policy (argmax action, or the Gaussian's mean) over `episodes` seeded episodes."""
     import gymnasium as gym
 
@@ -310,8 +324,8 @@ def evaluate(policy: ActorCritic, env_id: str = "CartPole-v1", episodes: int = 1
         done = False
         while not done:
             with torch.no_grad():
-                dist, _ = policy.dist(torch.as_tensor(o, dtype=torch.float32)[None])
-                a = dist.probs.argmax(-1)[0].item() if policy.discrete else dist.mean[0].numpy()
+                a = policy.greedy(torch.as_tensor(o, dtype=torch.float32)[None])[0]
+                a = a.item() if policy.discrete else a.numpy()
             o, r, terminated, truncated, _ = env.step(a)
             total += float(r)
             done = terminated or truncated

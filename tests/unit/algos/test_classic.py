@@ -26,6 +26,9 @@ def test_every_method_has_the_a2c_gradient_at_ratio_one():
         logp = torch.log_softmax(logits, -1).gather(1, actions[:, None])[:, 0]
         loss, _ = algos.get("classic", name)(logp, logp.detach(), adv, logits=logits, old_logits=theta.clone())
         (grads[name],) = torch.autograd.grad(loss.mean(), logits)
+    # a2c's own by hand: ∂/∂logits of mean_i(−A_i·log softmax(θ_i)[a_i]) = −A_i·(onehot(a_i) − softmax(θ_i))/B
+    by_hand = -adv[:, None] * (torch.nn.functional.one_hot(actions, 3) - torch.softmax(theta, -1)) / 6
+    torch.testing.assert_close(grads["a2c"], by_hand, atol=1e-12, rtol=0)
     for name in METHODS:
         torch.testing.assert_close(grads[name], grads["a2c"], atol=1e-12, rtol=0)
     assert float(grads["a2c"].abs().max()) > 0.01
@@ -170,3 +173,68 @@ def test_mmd_is_solved_per_state_by_the_magnetic_prox_step():
     torch.testing.assert_close(loss, (alpha * (math.log(4) - entropy)).expand(4))
     with pytest.raises(ValueError, match="categorical head"):
         fn(old, old, adv)
+
+
+def test_mdpo_off_actor_loss_by_hand_and_sac_at_lambda_equal_c():
+    mdpo_off = algos.get("classic", "mdpo_off")
+    logp, old, q = torch.tensor([-1.0, 0.5]), torch.tensor([-1.5, 0.0]), torch.tensor([2.0, -1.0])
+    # c = 2, λ = 0.5: 2·(−1 + 1.5) + 0.5·(−1.5) − 2 = −1.75; 2·0.5 + 0 + 1 = 2
+    loss, metrics = mdpo_off(logp, old, q, kl_coef=2.0, entropy_coef=0.5)
+    torch.testing.assert_close(loss, torch.tensor([-1.75, 2.0]))
+    torch.testing.assert_close(metrics["kl"], torch.tensor([0.5, 0.5]))
+    # λ = c: the π_k terms cancel, leaving SAC's α·log π − Q with α = c, whatever π_k is
+    old = old.clone().requires_grad_(True)
+    sac, _ = mdpo_off(logp, old, q, kl_coef=0.2, entropy_coef=0.2)
+    torch.testing.assert_close(sac, 0.2 * logp - q)
+    sac.sum().backward()
+    assert old.grad.abs().max() < 1e-6
+
+
+def test_squashed_gaussian_density_is_the_tanh_transformed_normal():
+    from unipo.testbeds.classic_off import SquashedGaussian
+
+    torch.manual_seed(0)
+    actor = SquashedGaussian(3, 2, torch.tensor([2.0, 2.0]))
+    obs = torch.randn(5, 3)
+    u, action, logp = actor.rsample(obs)
+    mu, log_std = actor.stats(obs)
+    base = torch.distributions.Normal(mu, log_std.exp())
+    tanh = torch.distributions.TransformedDistribution(base, [torch.distributions.transforms.TanhTransform()])
+    torch.testing.assert_close(logp, tanh.log_prob(action).sum(-1), atol=1e-4, rtol=1e-4)
+    assert bool((action.abs() < 1).all()) and torch.equal(actor.greedy(obs), 2.0 * torch.tanh(mu))
+
+
+def test_mdpo_off_update_regresses_the_critics_on_the_bootstrapped_targets_and_moves_only_its_networks():
+    import copy
+
+    from unipo.testbeds.classic_off import Critics, OffPolicySettings, SquashedGaussian, update
+
+    torch.manual_seed(0)
+    actor, critics = SquashedGaussian(3, 1, torch.tensor([1.0])), Critics(3, 1)
+    old = copy.deepcopy(actor).requires_grad_(False)
+    batch = {"obs": torch.randn(8, 3), "act": torch.rand(8, 1) * 2 - 1, "rew": torch.randn(8),
+             "next": torch.randn(8, 3), "term": torch.tensor([0.0, 1.0] * 4)}  # fmt: skip
+    cfg = OffPolicySettings(gamma=0.9, tau=0.25)
+    with torch.no_grad():  # Q's target r + γ(1 − terminated)·V̄(s′), before the step
+        target = batch["rew"] + 0.9 * (1 - batch["term"]) * critics.v_target(batch["next"])[:, 0]
+        q1, q2 = critics.q(batch["obs"], batch["act"])
+    v_target_before, v_before = [copy.deepcopy(m.state_dict()) for m in (critics.v_target, critics.v)]
+    torch.manual_seed(1)  # the update's reparameterised sample ã, drawn again here: V's target min Q(s, ã) − λ·log π
+    with torch.no_grad():
+        _, a_pi, _ = actor.rsample(batch["obs"])
+        q1_pi, q2_pi = critics.q(batch["obs"], a_pi)
+        v_part = 0.5 * ((critics.v(batch["obs"])[:, 0] - torch.minimum(q1_pi, q2_pi)) ** 2).mean()
+        mu, log_std = actor.stats(batch["obs"])
+    optimizers = (torch.optim.SGD(actor.parameters(), lr=0.0), torch.optim.SGD(critics.parameters(), lr=0.0))
+    torch.manual_seed(1)
+    out = update(actor, old, critics, optimizers, algos.get("classic", "mdpo_off"), batch, cfg, {})
+    # the critics' halved squared errors; the actor's −Q₁(s, ã) (π_θ = π_k: no KL) plus the Gaussian regulariser
+    q_part = 0.5 * (((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean())
+    assert out["critic_loss"] == pytest.approx(float(q_part + v_part), rel=1e-5)
+    reg = 1e-3 * ((mu**2).mean() + (log_std**2).mean())
+    assert out["actor_loss"] == pytest.approx(float(-q1_pi.mean() + reg), rel=1e-5)
+    assert out["kl"] == pytest.approx(0.0, abs=1e-6)
+    # V̄ ← (1 − τ)·V̄ + τ·V (V unchanged by a zero step)
+    for k, w in critics.v_target.state_dict().items():
+        torch.testing.assert_close(w, 0.75 * v_target_before[k] + 0.25 * v_before[k])
+    assert all(not p.requires_grad for p in old.parameters())
