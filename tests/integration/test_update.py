@@ -116,3 +116,15 @@ def test_zero_advantage_rows_are_skipped_without_changing_the_step(tiny_model_di
         params.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*params, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_micro_batches_keep_groups_whole_when_a_loss_takes_group_statistics():
+    from unipo.trainers.update import micro_batches
+
+    active, groups = torch.arange(7), torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    assert [c.tolist() for c in micro_batches(active, groups, 3, False)] == [[0, 1, 2], [3, 4, 5], [6]]
+    # whole groups packed up to 3: {0,1,2}, then {3,4} (adding {5,6} would make 4), then {5,6}
+    assert [c.tolist() for c in micro_batches(active, groups, 3, True)] == [[0, 1, 2], [3, 4], [5, 6]]
+    # a group larger than the size is a chunk of its own; inactive completions stay out
+    assert [c.tolist() for c in micro_batches(torch.tensor([0, 1, 2, 5]), groups, 2, True)] == [[0, 1, 2], [5]]
+    assert micro_batches(torch.tensor([], dtype=torch.long), groups, 2, True) == []

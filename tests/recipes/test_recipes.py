@@ -4,8 +4,10 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 
+from tests.recipes import wiring
 from unipo import algos, config
 from unipo.cli import main
 from unipo.data.tasks import get_task
@@ -39,7 +41,7 @@ OFFLINE_AND_RL = [n for n in config.list_recipes() if config.load(n).trainer != 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", OFFLINE_AND_RL)
-def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path):
+def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path, monkeypatch):
     run = tmp_path / "run"
     if config.load(name).trainer == "preference":
         args = ["train", name, f"model.path={tiny_model_dir}", f"output_dir={run}", "train.max_steps=2"]
@@ -75,7 +77,21 @@ def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path)
         args.append(f"model.teacher_path={tiny_model_dir}")
     if config.load(name).rollout.group_size == 1:
         args.append("train.prompts_per_step=8")
+    # the first optimizer step is the same for any number of epochs; with one, the logged loss is that step's
+    # in float32 (no bf16 autocast), in micro-batches that cut groups; token weights that normalise over the tokens of
+    # the current log-probs (STEER) see one micro-batch at a time, so for them the micro-batch is the whole batch
+    per_pass = any(algos.entry("token_weight", t.name).needs(t.model_extra) & {"logp", "entropy"}
+                   for t in config.load(name).algo.token_weights)  # fmt: skip
+    args += ["train.ppo_epochs=1", f"train.micro_batch_size={64 if per_pass else 3}", "model.autocast=off"]
+    seen = wiring.record(monkeypatch)
     assert main(args) == 0
+    # wiring: the first step's loss and gradient are the recipe's components composed by hand on the same batch
+    resolved_cfg = config.load(name, [a for a in args[2:] if not a.startswith(("output_dir", "model.path"))])
+    loss, grads = wiring.by_hand(resolved_cfg, seen)
+    assert float(loss) == pytest.approx(seen["out"]["loss"], rel=1e-4, abs=1e-6)
+    assert grads.keys() == seen["grads"].keys()
+    for key, grad in grads.items():
+        torch.testing.assert_close(seen["grads"][key], grad, rtol=1e-3, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:

@@ -307,7 +307,9 @@ def steer(
     """STEER entropy-change reweighting (Hao et al. 2025, arXiv:2510.10150; official ``compute_token_weights``).
 
     Ω_t = (A_t/π_old(y_t))·p(1−p)·(log p + H_t), p = π_θ(y_t). linear: w = w_max − (|Ω| − min|Ω|)·(w_max − w_min)
-    /(max|Ω| − min|Ω|) over the batch; exp: w = exp(−k|Ω|), k = −ln(w_min)/max(max|Ω|, 0.02), clamped to [w_min, 1].
+    /(max|Ω| − min|Ω|) over the tokens it is given (the trainer calls it per micro-batch, since p moves with the
+    update: `train.micro_batch_size` ≥ the batch makes the range the whole batch's); exp: w = exp(−k|Ω|),
+    k = −ln(w_min)/max(max|Ω|, 0.02), clamped to [w_min, 1].
 
     Args:
         mask: [N, T] loss mask.

@@ -70,8 +70,10 @@ def update(
     precision = autocast_context(model, cfg.model.autocast)
     active = torch.arange(batch.num_completions, device=advantages.device)
     surrogate_only = not algo.kl_coef and not algo.token_weights and not algo.regularizers
-    if surrogate_only and "ref_logp" not in algo.policy_loss.needs:
+    if surrogate_only and not {"ref_logp", "rewards"} & algo.policy_loss.needs:  # NFT's loss is its rewards', not A's
         active = active[(advantages != 0).reshape(batch.num_completions, -1).any(1)]
+    # a loss that takes statistics over each prompt's group (NFT's accuracy) sees whole groups in every micro-batch
+    whole_groups = any("group_ids" in fn.needs for fn in (algo.policy_loss, *algo.regularizers))
     entropy_grad = "entropy" in algo.needs
     old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
     derived = {name: (FROM_LOGITS[name], algo.params_for(name), torch.zeros_like(old_logp))
@@ -87,7 +89,7 @@ def update(
         for p in trained:  # zeros, not None: AdamW then steps every parameter, as with a full batch
             p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
         total = torch.zeros(())
-        chunks = list(active.split(cfg.train.micro_batch_size)) if active.numel() else []
+        chunks = micro_batches(active, batch.advantage_groups, cfg.train.micro_batch_size, whole_groups)
         _idle_passes(model, batch, world.padding(len(chunks)), precision, share)
         for idx in chunks:
             mb = batch.select(idx)
@@ -147,6 +149,21 @@ def update(
     out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in totals.items()})
     out["tokens/trained_frac"] = float(world.sum(batch.loss_mask[active].sum().float()) / num_tokens)
     return out
+
+
+def micro_batches(active: torch.Tensor, groups: torch.Tensor, size: int, whole_groups: bool) -> list[torch.Tensor]:
+    """The completions `active` in chunks of at most `size`; with `whole_groups`, consecutive whole advantage groups
+    packed up to `size` (a group larger than `size` is a chunk of its own), so no group is cut."""
+    if not active.numel():
+        return []
+    if not whole_groups:
+        return list(active.split(size))
+    chunks: list[list[int]] = [[]]
+    for members in (active[groups[active] == g].tolist() for g in dict.fromkeys(groups[active].tolist())):
+        if chunks[-1] and len(chunks[-1]) + len(members) > size:
+            chunks.append([])
+        chunks[-1] += members
+    return [torch.tensor(c, device=active.device) for c in chunks]
 
 
 def _idle_passes(model: Any, batch: Rollouts, count: int, precision: Any, share: bool) -> None:
