@@ -42,23 +42,9 @@ OFFLINE_AND_RL = [n for n in config.list_recipes() if config.load(n).trainer != 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", OFFLINE_AND_RL)
 def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path, monkeypatch):
-    run = tmp_path / "run"
     if config.load(name).trainer == "preference":
-        args = ["train", name, f"model.path={tiny_model_dir}", f"output_dir={run}", "train.max_steps=2"]
-        args += ["train.prompts_per_step=4", "eval.num_problems=4", "eval.max_new_tokens=4"]
-        loss = config.load(name).algo.preference.name
-        if loss in ("copg", "lipo_lambda", "brain_recon"):  # they need scores: lists (copg trains on best and worst)
-            lists = tmp_path / "lists.jsonl"
-            lists.write_text("".join(json.dumps({"prompt": f"say {i}:", "responses": ["7 7", f"no {i}", "x"],
-                                                 "scores": [2, 1, 0]}) + "\n" for i in range(20)))  # fmt: skip
-            args.append(f"data.path={lists}")
-        if loss == "tgdpo":
-            args.append(f"model.guide_path={tiny_model_dir}")
-        assert main(args) == 0
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [0, 1, 2, 2]
-        assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
-        return
+        return _preference_recipe_trains_two_steps(name, tiny_model_dir, tmp_path, monkeypatch)
+    run = tmp_path / "run"
     sampler = config.load(name).algo.sampler
     facts = algos.entry("sampler", sampler.name).facts if sampler is not None else frozenset()
     demos = "demonstrations" in facts
@@ -105,3 +91,30 @@ def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path,
             assert r["tokens/trained_frac"] > 0
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["recipe"] == name
+
+
+def _preference_recipe_trains_two_steps(name, tiny_model_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    args = ["train", name, f"model.path={tiny_model_dir}", f"output_dir={run}", "train.max_steps=2"]
+    args += ["train.prompts_per_step=4", "eval.num_problems=4", "eval.max_new_tokens=4"]
+    loss = config.load(name).algo.preference.name
+    if loss in ("copg", "lipo_lambda", "brain_recon"):  # they need scores: lists (copg trains on best and worst)
+        lists = tmp_path / "lists.jsonl"
+        lists.write_text("".join(json.dumps({"prompt": f"say {i}:", "responses": ["7 7", f"no {i}", "x"],
+                                             "scores": [2, 1, 0]}) + "\n" for i in range(20)))  # fmt: skip
+        args.append(f"data.path={lists}")
+    if loss == "tgdpo":
+        args.append(f"model.guide_path={tiny_model_dir}")
+    args += ["model.autocast=off", "train.micro_batch_size=2"]  # float32; micro-batches of one pair
+    seen = wiring.record_preference(monkeypatch)
+    assert main(args) == 0
+    resolved_cfg = config.load(name, [a for a in args[2:] if not a.startswith(("output_dir", "model.path"))])
+    if wiring.preference_inputs(resolved_cfg) <= wiring.PREFERENCE_BY_HAND:  # wiring, as for the RL recipes
+        loss_value, grads = wiring.by_hand_preference(resolved_cfg, seen)
+        assert float(loss_value) == pytest.approx(seen["out"][0]["loss"], rel=1e-4, abs=1e-6)
+        for key, grad in grads.items():
+            torch.testing.assert_close(seen["grads"][key], grad, rtol=1e-3, atol=1e-6,
+                                       msg=lambda m, k=key: f"{k}: {m}")  # fmt: skip
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 2]
+    assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)

@@ -118,3 +118,81 @@ def by_hand(cfg: Any, seen: dict[str, Any]) -> tuple[torch.Tensor, dict[str, tor
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
     scale = min(1.0, (cfg.train.max_grad_norm or float("inf")) / (float(norm) + 1e-6))
     return loss.detach(), {n: g * scale for n, g in grads.items()}
+
+
+def record_preference(monkeypatch: Any) -> dict[str, Any]:
+    """Wrap the offline preference trainer's update; the returned dict fills on its first call (the policy before the
+    step, the step's rows and cached reference log-probs, the loss and the clipped gradient)."""
+    from unipo.trainers import preference
+
+    seen: dict[str, Any] = {}
+    real = preference._update
+
+    def wrapped(cfg, model, tokenizer, rows, fixed, loss, optimizer, *rest):  # noqa: ANN001, ANN002, ANN202
+        if seen:
+            return real(cfg, model, tokenizer, rows, fixed, loss, optimizer, *rest)
+        seen.update(model=copy.deepcopy(model), tokenizer=tokenizer, rows=list(rows), fixed=dict(fixed))
+        step = optimizer.step
+
+        def first_step(*args: Any, **kwargs: Any) -> Any:
+            seen.setdefault("grads", {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            return step(*args, **kwargs)
+
+        optimizer.step = first_step
+        seen["out"] = real(cfg, model, tokenizer, rows, fixed, loss, optimizer, *rest)
+        return seen["out"]
+
+    monkeypatch.setattr(preference, "_update", wrapped)
+    return seen
+
+
+PREFERENCE_BY_HAND = {"chosen_len", "rejected_len", "chosen_len_mean", "gold_logp", "gold_len", "gold_len_mean",
+                      "chosen_mask", "rejected_mask", "scores", "reward_shift"}  # fmt: skip
+"""The loss inputs `by_hand_preference` builds (BCO's optional `reward_shift` the trainer leaves at None, so does
+`by_hand_preference`); a loss that asks for others (a guide model, fresh samples, WPO's
+token moments, KTO's mismatched pairs) is checked by its own test in tests/integration/test_preference_runs.py."""
+
+
+def preference_inputs(cfg: Any) -> frozenset[str]:
+    """The tensors the recipe's preference loss asks for (keyword-only tensor arguments)."""
+    import inspect
+
+    params = inspect.signature(algos.get("preference", cfg.algo.preference.name)).parameters.values()
+    return frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY and "Tensor" in str(p.annotation))
+
+
+def by_hand_preference(cfg: Any, seen: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The recorded step's loss and clipped gradient from the recipe's preference loss called here on all its rows in
+    one pass: the mean over its loss terms of fn(policy and reference log-probs of each response, **hyperparameters,
+    **the inputs it declares, built from the token masks and the rows)."""
+    from unipo.trainers.preference import _token_logps
+
+    model, rows, ref = seen["model"], seen["rows"], seen["fixed"]["ref"]
+    model.zero_grad()
+    node = cfg.algo.preference
+    fn, params, wanted = algos.get("preference", node.name), dict(node.model_extra or {}), preference_inputs(cfg)
+    logp, mask = _token_logps(cfg, model, seen["tokenizer"], rows)  # [n, W, T]
+    ref = ref[:, :, : logp.shape[-1]]
+    seq, ref_seq, lengths = logp.sum(-1), ref.sum(-1), mask.sum(-1)
+    width = {"chosen": 0, "rejected": 1, "gold": 2}
+    available = {f"{k}_len": lengths[:, w] for k, w in width.items() if w < lengths.shape[1]}
+    available |= {f"{k}_len_mean": lengths[:, w].mean() for k, w in width.items() if w < lengths.shape[1]}
+    available |= {"gold_logp": seq[:, 2]} if seq.shape[1] > 2 else {}
+    available |= {"chosen_mask": mask[:, 0], "rejected_mask": mask[:, 1]}
+    if "scores" in wanted:
+        out = fn(seq, ref_seq, **params, scores=torch.tensor([r["scores"] for r in rows], dtype=torch.float32))
+    elif "completion" in rows[0]:  # unpaired: desirable and undesirable examples
+        label = torch.tensor([r["label"] for r in rows])
+        out = fn(seq[label, 0], seq[~label, 0], ref_seq[label, 0], ref_seq[~label, 0], **params)
+    elif "chosen_mask" in wanted:  # per-token losses take the token log-probs
+        kw = {k: available[k] for k in wanted if k in available}
+        out = fn(logp[:, 0], logp[:, 1], ref[:, 0], ref[:, 1], **params, **kw)
+    else:
+        kw = {k: available[k] for k in wanted if k in available}
+        out = fn(seq[:, 0], seq[:, 1], ref_seq[:, 0], ref_seq[:, 1], **params, **kw)
+    loss = out.mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+    scale = min(1.0, (cfg.train.max_grad_norm or float("inf")) / (float(norm) + 1e-6))
+    return loss.detach(), {n: g * scale for n, g in grads.items()}
