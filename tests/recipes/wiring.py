@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 import torch
 
 from unipo import algos
@@ -22,6 +23,25 @@ from unipo.models.logprobs import completion_logprobs
 from unipo.rollout.batch import Origin
 from unipo.trainers import rl
 from unipo.trainers.inputs import FROM_LOGITS
+
+
+def _keep_first_gradient(seen: dict[str, Any], model: Any, optimizer: Any) -> None:
+    """Make `optimizer` record the parameter gradient (already clipped) into `seen["grads"]` at its first step."""
+    step = optimizer.step
+
+    def first_step(*args: Any, **kwargs: Any) -> Any:
+        seen.setdefault("grads", {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        return step(*args, **kwargs)
+
+    optimizer.step = first_step
+
+
+def _clipped_gradient(model: Any, max_norm: float | None) -> dict[str, torch.Tensor]:
+    """The model's gradient by parameter name, scaled as `clip_grad_norm_` scales it."""
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+    scale = min(1.0, (max_norm or float("inf")) / (float(norm) + 1e-6))
+    return {n: g * scale for n, g in grads.items()}
 
 
 def record(monkeypatch: Any) -> dict[str, Any]:
@@ -33,13 +53,7 @@ def record(monkeypatch: Any) -> dict[str, Any]:
         if seen:
             return real(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world)
         seen.update(model=copy.deepcopy(model), batch=batch, advantages=advantages.clone(), inputs=dict(inputs))
-        step = optimizer.step
-
-        def first_step(*args: Any, **kwargs: Any) -> Any:
-            seen.setdefault("grads", {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-            return step(*args, **kwargs)
-
-        optimizer.step = first_step
+        _keep_first_gradient(seen, model, optimizer)
         seen["out"] = real(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world)
         return seen["out"]
 
@@ -114,10 +128,7 @@ def by_hand(cfg: Any, seen: dict[str, Any]) -> tuple[torch.Tensor, dict[str, tor
         params.setdefault("constant", cfg.rollout.max_new_tokens)
     loss = fn(per_token, mask, num_tokens=mask.sum(), num_seqs=batch.num_completions, **params)
     loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
-    scale = min(1.0, (cfg.train.max_grad_norm or float("inf")) / (float(norm) + 1e-6))
-    return loss.detach(), {n: g * scale for n, g in grads.items()}
+    return loss.detach(), _clipped_gradient(model, cfg.train.max_grad_norm)
 
 
 def record_preference(monkeypatch: Any) -> dict[str, Any]:
@@ -132,13 +143,7 @@ def record_preference(monkeypatch: Any) -> dict[str, Any]:
         if seen:
             return real(cfg, model, tokenizer, rows, fixed, loss, optimizer, *rest)
         seen.update(model=copy.deepcopy(model), tokenizer=tokenizer, rows=list(rows), fixed=dict(fixed))
-        step = optimizer.step
-
-        def first_step(*args: Any, **kwargs: Any) -> Any:
-            seen.setdefault("grads", {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-            return step(*args, **kwargs)
-
-        optimizer.step = first_step
+        _keep_first_gradient(seen, model, optimizer)
         seen["out"] = real(cfg, model, tokenizer, rows, fixed, loss, optimizer, *rest)
         return seen["out"]
 
@@ -192,7 +197,13 @@ def by_hand_preference(cfg: Any, seen: dict[str, Any]) -> tuple[torch.Tensor, di
         out = fn(seq[:, 0], seq[:, 1], ref_seq[:, 0], ref_seq[:, 1], **params, **kw)
     loss = out.mean()
     loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
-    scale = min(1.0, (cfg.train.max_grad_norm or float("inf")) / (float(norm) + 1e-6))
-    return loss.detach(), {n: g * scale for n, g in grads.items()}
+    return loss.detach(), _clipped_gradient(model, cfg.train.max_grad_norm)
+
+
+def assert_same_step(by_hand: tuple[torch.Tensor, dict[str, torch.Tensor]], loss: float, grads: dict) -> None:
+    """The composed loss and gradient equal the trainer's (float32, up to the order of summation)."""
+    value, composed = by_hand
+    assert float(value) == pytest.approx(loss, rel=1e-4, abs=1e-6)
+    assert composed.keys() == grads.keys()
+    for key, grad in composed.items():
+        torch.testing.assert_close(grads[key], grad, rtol=1e-3, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
