@@ -1,7 +1,8 @@
 """A recipe's first update, recorded from the trainer and composed again by hand from the recipe's components.
 
 `record` wraps the RL trainer's update stage: on its first call it keeps a copy of the policy, the batch, the
-advantages and the step's inputs, and the parameter gradient at the first optimizer step (after clipping). `by_hand`
+advantages and the step's inputs, and (by a step pre-hook) the parameter gradient at the first optimizer step, after
+clipping. `by_hand`
 then builds the loss of that batch from the recipe's YAML alone: each component is looked up in the registry and
 called with the recipe's hyperparameters and the inputs it declares, taken from the recorded batch — the policy
 loss on the fresh log-probs (old = their detached values at the first step), plus the KL to the reference and the
@@ -26,14 +27,12 @@ from unipo.trainers.inputs import FROM_LOGITS
 
 
 def _keep_first_gradient(seen: dict[str, Any], model: Any, optimizer: Any) -> None:
-    """Make `optimizer` record the parameter gradient (already clipped) into `seen["grads"]` at its first step."""
-    step = optimizer.step
+    """Record the parameter gradient (already clipped) into `seen["grads"]` just before `optimizer`'s first step."""
 
-    def first_step(*args: Any, **kwargs: Any) -> Any:
+    def before_step(*_: Any) -> None:
         seen.setdefault("grads", {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-        return step(*args, **kwargs)
 
-    optimizer.step = first_step
+    optimizer.register_step_pre_hook(before_step)
 
 
 def _clipped_gradient(model: Any, max_norm: float | None) -> dict[str, torch.Tensor]:

@@ -329,9 +329,11 @@ def mdpo_off(
         entropy_coef: λ.
 
     Returns:
-        (per-state actor loss [B], metrics with the per-state sampled `kl` log π_θ − log π_k).
+        (per-state actor loss [B], metrics with the per-state sampled `kl` log π_θ − log π_k and `value_bonus`
+        −λ·log π_θ(ã∣s), which the runner adds to V's target min Q(s, ã), as the code does).
     """
-    return kl_coef * (logp - old_logp) + entropy_coef * old_logp - advantages, {"kl": (logp - old_logp).detach()}
+    metrics = {"kl": (logp - old_logp).detach(), "value_bonus": -entropy_coef * logp.detach()}
+    return kl_coef * (logp - old_logp) + entropy_coef * old_logp - advantages, metrics
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int,

@@ -6,8 +6,8 @@ built on stable-baselines' SAC): after `learning_starts` uniformly random action
 
 - actor: the method's loss on ã = tanh(u), u = μ_θ(s) + σ_θ(s)·ε (reparameterised), with log π_k(ã∣s) of the old
   actor at the same u and Q₁(s, ã), plus 1e-3·(μ² + log σ²) as the code has; only the actor's weights step;
-- critics: Q₁, Q₂ regress on r + γ·(1 − terminated)·V̄(s′), V on min(Q₁, Q₂)(s, ã) − λ·log π_θ(ã∣s), all halved
-  squared errors; V̄ follows V by Polyak averaging (τ);
+- critics: Q₁, Q₂ regress on r + γ·(1 − terminated)·V̄(s′), V on min(Q₁, Q₂)(s, ã) plus the method's
+  `value_bonus` metric (−λ·log π_θ(ã∣s) for `mdpo_off`), all halved squared errors; V̄ follows V by Polyak averaging (τ);
 - every `old_every` steps π_k ← π_θ (the code's `sgd_steps`, m).
 
 A time-limit truncation is not an end: the target bootstraps from V̄(s′) (the 2020 code, on gym, treated it as one).
@@ -138,7 +138,7 @@ def update(actor: SquashedGaussian, old: SquashedGaussian, critics: Critics, opt
     actor_loss = term.mean() + 1e-3 * ((mu**2).mean() + (log_std**2).mean())  # the code's Gaussian regulariser
     with torch.no_grad():
         q_backup = batch["rew"] + cfg.gamma * (1.0 - batch["term"]) * critics.v_target(batch["next"])[:, 0]
-        v_backup = torch.minimum(q1_pi, q2_pi) - params.get("entropy_coef", 0.0) * logp
+        v_backup = torch.minimum(q1_pi, q2_pi) + metrics["value_bonus"]  # the method's soft term (−λ·log π)
     q1, q2 = critics.q(obs, batch["act"])
     critic_loss = 0.5 * (((q1 - q_backup) ** 2).mean() + ((q2 - q_backup) ** 2).mean())
     critic_loss = critic_loss + 0.5 * ((critics.v(obs)[:, 0] - v_backup) ** 2).mean()

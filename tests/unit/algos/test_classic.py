@@ -204,7 +204,7 @@ def test_squashed_gaussian_density_is_the_tanh_transformed_normal():
     assert bool((action.abs() < 1).all()) and torch.equal(actor.greedy(obs), 2.0 * torch.tanh(mu))
 
 
-def test_mdpo_off_update_regresses_the_critics_on_the_bootstrapped_targets_and_moves_only_its_networks():
+def test_mdpo_off_update_regresses_the_critics_on_the_bootstrapped_targets_and_keeps_the_actor_loss_out_of_them():
     import copy
 
     from unipo.testbeds.classic_off import Critics, OffPolicySettings, SquashedGaussian, update
@@ -237,4 +237,9 @@ def test_mdpo_off_update_regresses_the_critics_on_the_bootstrapped_targets_and_m
     # V̄ ← (1 − τ)·V̄ + τ·V (V unchanged by a zero step)
     for k, w in critics.v_target.state_dict().items():
         torch.testing.assert_close(w, 0.75 * v_target_before[k] + 0.25 * v_before[k])
-    assert all(not p.requires_grad for p in old.parameters())
+    # Q₁'s gradient is its regression's alone: the actor's −Q₁(s, ã), which also runs through Q₁, adds nothing to it
+    q1_again = critics.q(batch["obs"], batch["act"])[0]
+    by_hand = torch.autograd.grad(0.5 * ((q1_again - target) ** 2).mean(), list(critics.q1.parameters()))
+    for grad, p in zip(by_hand, critics.q1.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, grad)
+    assert all(p.grad is None for p in old.parameters())
