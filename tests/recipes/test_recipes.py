@@ -94,7 +94,7 @@ def _preference_recipe_trains_two_steps(name, tiny_model_dir, tmp_path, monkeypa
     args = ["train", name, f"model.path={tiny_model_dir}", f"output_dir={run}", "train.max_steps=2"]
     args += ["train.prompts_per_step=4", "eval.num_problems=4", "eval.max_new_tokens=4"]
     loss = config.load(name).algo.preference.name
-    if loss in ("copg", "lipo_lambda", "brain_recon"):  # they need scores: lists (copg trains on best and worst)
+    if loss in ("copg", "lipo_lambda", "brain_recon", "dro_offline"):  # scored lists (copg: on best and worst)
         lists = tmp_path / "lists.jsonl"
         lists.write_text("".join(json.dumps({"prompt": f"say {i}:", "responses": ["7 7", f"no {i}", "x"],
                                              "scores": [2, 1, 0]}) + "\n" for i in range(20)))  # fmt: skip

@@ -36,8 +36,6 @@ GAPS: dict[tuple[str, str], str] = {
     "diffusion paper); its reference reset is `ref_sync` with alpha = 1",
     ("reward", "dynamic_reward_weights"): "its hypervolume-guided and gradient-based weight updates are unknown (R3); "
     "`weighted_sum` with fixed weights (or `scores` of a multi-score reward) covers the static case",
-    ("preference", "dro_offline"): "needs a learned value V_φ(x) trained jointly on single-trajectory (prompt, "
-    "response, reward) data, a critic the preference trainer does not have",
     ("preference", "spo_aux_recon"): "needs responses with key parts removed and their counts (its self-supervised "
     "labels), a data generator not built",
     ("credit", "arpo_agentic"): "needs entropy-triggered branching after tool calls: partial rollouts that restart "

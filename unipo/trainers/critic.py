@@ -53,6 +53,22 @@ def values(critic: Critic, batch: Rollouts, cfg: Config) -> torch.Tensor:
         return critic.model(batch, share_prompt=cfg.model.share_prompt_forward).float()
 
 
+def prompt_values(critic: Critic, batch: Rollouts, cfg: Config) -> torch.Tensor:
+    """(N,) V(x) of each row's prompt (the state before its first token), with gradient: for a loss that trains the
+    value model together with the policy (DRO), followed by `step`."""
+    with autocast_context(critic.model, cfg.model.autocast):
+        return critic.model(batch, share_prompt=cfg.model.share_prompt_forward)[:, 0].float()
+
+
+def step(critic: Critic, cfg: Config) -> dict[str, float]:
+    """One optimizer step of the value model on the gradient a loss left in it, clipped as the policy's."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(critic.model.parameters(), cfg.train.max_grad_norm or float("inf"))
+    critic.optimizer.step()
+    critic.scheduler.step()
+    critic.optimizer.zero_grad(set_to_none=True)
+    return {"critic/grad_norm": float(grad_norm)}
+
+
 def update(
     critic: Critic, cfg: Config, batch: Rollouts, old_values: torch.Tensor, t: CriticTargets, world: World | None = None
 ) -> dict[str, float]:

@@ -45,6 +45,7 @@ from unipo.rollout.batch import Rollouts, right_pad, tokenize_prompts
 from unipo.rollout.hf import sample
 from unipo.run import setup_progress
 from unipo.trainers import checkpoint
+from unipo.trainers import critic as critics
 from unipo.trainers.common import RunDir, build_component, build_optimizer, log, start_run
 from unipo.trainers.evaluate import evaluate
 from unipo.trainers.loop import run_steps
@@ -53,7 +54,7 @@ SUPPLIED = {
     "chosen_len", "rejected_len", "chosen_rewards", "rejected_rewards", "sample_logp", "ref_sample_logp",
     "chosen_mask", "rejected_mask", "guide_chosen_logp", "guide_rejected_logp", "scores",
     "kl_logp", "ref_kl_logp", "reward_shift", "chosen_len_mean", "chosen_log_sum_pi_squared",
-    "rejected_log_sum_pi_squared", "gold_logp", "gold_len", "gold_len_mean",
+    "rejected_log_sum_pi_squared", "gold_logp", "gold_len", "gold_len_mean", "value",
 }  # fmt: skip
 """Keyword tensors this trainer can give a preference loss."""
 SHOWN = {"loss": "loss", "margin": "rewards/margins", "acc": "rewards/accuracies", "s/step": "time/step_s"}
@@ -180,10 +181,12 @@ def train(cfg: Config) -> Path:
         mismatched = [{"prompt": r["prompt"], "responses": [responses(everything[(i + 1) % len(everything)])[0]]}
                       for i, r in enumerate(everything)]  # fmt: skip
         fixed["kl_ref"] = _reference_logps(cfg, run, tokenizer, mismatched, name="kl_ref")
-    ref_model = None
-    if "ref_sample_logp" in loss.inputs:  # HyPO scores fresh samples under the reference during training
-        ref_model, _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
-        ref_model.eval().requires_grad_(False)
+    models: dict[str, Any] = {}  # what a loss needs beside the policy during training
+    if "ref_sample_logp" in loss.inputs:  # HyPO scores fresh samples under the reference
+        models["ref"], _ = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
+        models["ref"].eval().requires_grad_(False)
+    if "value" in loss.inputs:  # DRO's V_φ(x): a value model trained on the same loss (`critic.*`)
+        models["value"] = critics.build(cfg, resume, saved)
     optimizer, scheduler = build_optimizer(model, cfg)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.train.seed)
     stream = PromptStream(list(range(len(train_rows))), cfg.train.seed)
@@ -200,7 +203,7 @@ def train(cfg: Config) -> Path:
         idx = stream.take(cfg.train.prompts_per_step)
         rows, batch_fixed = [train_rows[i] for i in idx], {k: v[idx] for k, v in fixed.items()}
         extra_rows = {"kl": [mismatched[i] for i in idx]} if loss.kl else {}
-        metrics, ratios = _update(cfg, model, tokenizer, rows, batch_fixed, loss, optimizer, ref_model, generator,
+        metrics, ratios = _update(cfg, model, tokenizer, rows, batch_fixed, loss, optimizer, models, generator,
                                   extra_rows)  # fmt: skip
         samples[:] = _samples(rows, ratios, getattr(cfg.algo.preference, "beta", None), cfg.log.completions_per_step)
         scheduler.step()
@@ -212,9 +215,12 @@ def train(cfg: Config) -> Path:
         return result
 
     def state() -> dict[str, Any]:
-        return checkpoint.trainer_state(optimizer.state_dict(), scheduler, generator, stream.state())
+        out = checkpoint.trainer_state(optimizer.state_dict(), scheduler, generator, stream.state())
+        return out | ({"critic": models["value"].state()} if "value" in models else {})
 
-    run_steps(cfg, run, model, tokenizer, start, step_fn, evaluate, state, SHOWN, samples=lambda: samples)
+    value_model = {critics.SUBDIR: models["value"].model} if "value" in models else {}
+    run_steps(cfg, run, model, tokenizer, start, step_fn, evaluate, state, SHOWN, extra_models=value_model,
+              samples=lambda: samples)  # fmt: skip
     return run.path
 
 
@@ -307,9 +313,10 @@ def _fingerprint(path: str) -> object:
     return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file()]
 
 
-def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model, generator, extra_rows) -> tuple:
-    """One optimizer step over `rows`, accumulated over micro-batches (the loss is the mean over all examples).
-    Returns (metrics, each response's log π − log π_ref before the step [n, W])."""
+def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, models, generator, extra_rows) -> tuple:
+    """One optimizer step over `rows`, accumulated over micro-batches (the loss is the mean over all examples), and one
+    of the value model with it when the loss takes `value`. Returns (metrics, each response's log π − log π_ref before
+    the step [n, W])."""
     optimizer.zero_grad(set_to_none=True)
     n, total, chosen, rejected, ratios = len(rows), 0.0, [], [], []
     per_chunk = max(1, cfg.train.micro_batch_size // len(responses(rows[0])))  # micro_batch_size counts responses
@@ -331,7 +338,7 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model
         t = logp.shape[-1]  # per-token caches: the chunk's responses end by t (zeros after); sums have width 1
         part = {k: v[start : start + len(chunk), :, :t].to(logp.device) for k, v in fixed.items() if k != "kl_ref"}
         part |= {"log_sum_pi_squared": spp[0]} if spp else {}  # of the current policy, detached
-        args, extra = _loss_args(cfg, loss, chunk, logp, mask, part, model, tokenizer, ref_model, generator)
+        args, extra = _loss_args(cfg, loss, chunk, logp, mask, part, model, tokenizer, models, generator)
         out = loss.fn(*args, **extra, **{k: v.to(logp.device) for k, v in step_inputs.items()})
         value = out.sum() / (n * (out.shape[0] // len(chunk)))  # mean over loss terms (KTO: 2 per pair)
         value.backward()
@@ -343,6 +350,8 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, ref_model
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf")))
     optimizer.step()
     out = {"loss": total, "grad_norm": grad_norm}
+    if "value" in models:
+        out |= critics.step(models["value"], cfg)
     beta = getattr(cfg.algo.preference, "beta", None)
     out |= _reward_metrics(torch.cat(chosen), torch.cat(rejected), beta, paired="completion" not in rows[0])
     if loss.kl:
@@ -404,12 +413,17 @@ def _accuracy(chosen: torch.Tensor, rejected: torch.Tensor, paired: bool) -> flo
     return float((margin > 0).float().mean())
 
 
-def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, ref_model, generator) -> tuple:
+def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, models, generator) -> tuple:
     """Positional and keyword arguments of the loss for one micro-batch ([b, W, T] token log-probs in)."""
     ref = fixed["ref"]
     if loss.listwise:
         scores = torch.tensor([r["scores"] for r in rows], dtype=torch.float32, device=logp.device)
-        return (logp.sum(-1), ref.sum(-1)), {"scores": scores}
+        extra = {"scores": scores}
+        if "value" in loss.inputs:  # DRO's V_φ(x): the value model's value of the state after each prompt
+            firsts = [{"prompt": r["prompt"], "responses": responses(r)[:1]} for r in rows]
+            batch = _response_batch(tokenizer, firsts, logp.device, cfg.data.max_response_tokens)
+            extra["value"] = critics.prompt_values(models["value"], batch, cfg)
+        return (logp.sum(-1), ref.sum(-1)), extra
     if "completion" in rows[0]:  # unpaired (KTO): desirable and undesirable examples, each with its own count
         label = torch.tensor([r["label"] for r in rows], device=logp.device)
         seq, ref_seq = logp.sum(-1)[:, 0], ref.sum(-1)[:, 0]
@@ -431,7 +445,7 @@ def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, ref_m
     supplied["chosen_rewards"] = lambda: torch.tensor([float(r["score_chosen"]) for r in rows], device=logp.device)
     supplied["rejected_rewards"] = lambda: torch.tensor([float(r["score_rejected"]) for r in rows], device=logp.device)
     if "sample_logp" in loss.inputs:
-        sample_logp, ref_sample_logp = _fresh_samples(cfg, model, ref_model, tokenizer, rows, generator)
+        sample_logp, ref_sample_logp = _fresh_samples(cfg, model, models["ref"], tokenizer, rows, generator)
         supplied |= {"sample_logp": lambda: sample_logp, "ref_sample_logp": lambda: ref_sample_logp}
     extra |= {k: supplied[k]() for k in loss.inputs if k in supplied and k not in extra}
     return args, extra

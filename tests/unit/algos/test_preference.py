@@ -606,3 +606,34 @@ def test_brain_recon_by_hand_and_its_fixed_point_is_the_reward_conditioned_poste
         opt.step()
     posterior = torch.softmax(ref + torch.nn.functional.logsigmoid(scores - 0.5), -1)
     torch.testing.assert_close(torch.softmax(logits, -1).detach(), posterior, atol=1e-9, rtol=0)
+
+
+def test_dro_offline_hand_values_and_gradients():
+    # β = 0.5, h = logp − ref = (0.5, −1); residuals r − V − βh = 1 − 0.2 − 0.25 = 0.55 and 0 − 0.2 + 0.5 = 0.3;
+    # loss ½·mean(0.55², 0.3²) = ½·(0.3025 + 0.09)/2 = 0.098125; ∂/∂V = −mean(residual) = −0.425;
+    # ∂/∂logp_i = −β·residual_i/2 = (−0.1375, −0.075); the reference is a constant
+    logp = t(-1.0, -2.0).reshape(1, 2).requires_grad_()
+    value, ref = t(0.2).requires_grad_(), t(-1.5, -1.0).reshape(1, 2).requires_grad_()
+    loss = pref("dro_offline")(logp, ref, scores=t(1.0, 0.0).reshape(1, 2), value=value, beta=0.5)
+    close(loss, [0.098125])
+    loss.sum().backward()
+    close(value.grad, [-0.425])
+    close(logp.grad, [[-0.1375, -0.075]])
+    assert ref.grad is None or float(ref.grad.abs().sum()) == 0.0
+
+
+def test_dro_offline_minimiser_is_the_kl_regularised_optimum():
+    # one prompt, every response listed with its reward: the joint minimiser over a softmax policy and V is
+    # π* ∝ π_ref·exp(r/β) with V* = β·log Σ π_ref·exp(r/β), where the loss is exactly 0
+    beta, r = 0.5, t(1.0, 0.0, 0.5, -1.0).reshape(1, 4)
+    ref = torch.log_softmax(t(0.3, -0.2, 0.1, 0.0), -1).reshape(1, 4)
+    logits, value = torch.zeros(4, dtype=D, requires_grad=True), torch.zeros(1, dtype=D, requires_grad=True)
+    opt = torch.optim.Adam([logits, value], lr=0.05)
+    for _ in range(3000):
+        opt.zero_grad()
+        pref("dro_offline")(torch.log_softmax(logits, -1).reshape(1, 4), ref, scores=r, value=value,
+                            beta=beta).sum().backward()  # fmt: skip
+        opt.step()
+    target = torch.log_softmax(ref + r / beta, -1)
+    torch.testing.assert_close(torch.log_softmax(logits, -1).reshape(1, 4), target, atol=1e-4, rtol=0)
+    torch.testing.assert_close(value, beta * torch.logsumexp(ref + r / beta, -1), atol=1e-4, rtol=0)

@@ -249,3 +249,42 @@ def brain_recon(logp: torch.Tensor, ref_logp: torch.Tensor, *, scores: torch.Ten
     alpha = torch.softmax(F.logsigmoid(r - r.mean(-1, keepdim=True)), -1)
     baseline = torch.softmax(logp.detach() - ref_logp.detach(), -1)
     return -((alpha - baseline) * logp).sum(-1)
+
+
+@register(
+    "preference",
+    "dro_offline",
+    paper="Richemond et al. 2024, Offline Regularised Reinforcement Learning for Large Language Models Alignment "
+    "(DRO), arXiv:2405.19107",
+    tag="memory",
+)
+def dro_offline(
+    logp: torch.Tensor, ref_logp: torch.Tensor, *, scores: torch.Tensor, value: torch.Tensor, beta: float = 0.1
+) -> torch.Tensor:
+    """arXiv:2405.19107 (DRO, Direct Reward Optimisation): single-trajectory data (x, y, r), no pairs. The policy and a
+    learned value V_φ(x) jointly minimise
+
+        L(θ, φ) = ½·E[(r(x, y) − V_φ(x) − β·log(π_θ(y∣x)/π_ref(y∣x)))²],
+
+    whose minimiser is the KL-regularised optimum π* ∝ π_ref·exp(r/β) with V = β·log Z(x) (the soft value). Its θ
+    gradient is −β·E[(r − V − β·h)·∇log π_θ] (h the log-ratio): a policy gradient with baseline V plus a pull towards
+    π_ref. The trainer learns V_φ with a value model (a copy of the policy's backbone and a scalar head at zero,
+    `critic.*`, as the paper's DRO-V) on the same loss. Each listed response is one trajectory with its reward; the
+    list only groups trajectories of the same prompt.
+
+    Args:
+        logp: [B, L] summed log π_θ of each response.
+        ref_logp: [B, L] summed log π_ref of the same responses.
+        scores: [B, L] rewards r.
+        value: [B] V_φ(x) of each prompt (with gradient into the value model).
+        beta: β, the KL regularisation (> 0; 0.1 is ours).
+
+    Returns:
+        [B] per-prompt loss: the mean over its responses of ½(r − V − β·h)².
+    """
+    check_positive(beta, "dro_offline: beta")
+    if not (logp.dim() == 2 and logp.shape == ref_logp.shape == scores.shape and value.shape == logp.shape[:1]):
+        shapes = [tuple(t.shape) for t in (logp, ref_logp, scores, value)]
+        raise ValueError(f"dro_offline needs [B, L] logp, ref_logp and scores and [B] value; got {shapes}")
+    residual = scores.to(logp.dtype) - value.to(logp.dtype)[:, None] - beta * (logp - ref_logp.detach())
+    return 0.5 * residual.pow(2).mean(-1)
