@@ -77,12 +77,12 @@ def arithmetic(seed: int = 1234, n_heldout: int = 100, max_operand: int = 50) ->
 
 def lucky7(seed: int = 1234, n_train: int = 64, n_heldout: int = 16) -> Task:
     """Toy task for tiny models (SB3's identity-environment idea): the reward is the share of "7" in the reply,
-    so a perfect reply is all sevens."""
+    so a perfect reply is all sevens; each row's `solution` is one (for samplers that mix in demonstrations)."""
     rng = random.Random(seed)
     words = ["pick", "say", "give", "write", "number", "digit", "now", "please"]
 
     def row() -> Row:
-        return {"prompt": " ".join(rng.choice(words) for _ in range(3)) + ":", "target": "7"}
+        return {"prompt": " ".join(rng.choice(words) for _ in range(3)) + ":", "target": "7", "solution": "7 7 7 7"}
 
     rows = [row() for _ in range(n_train + n_heldout)]
     return Task("lucky7", rows[n_heldout:], rows[:n_heldout], share_of_target, "reward = share of 7s in the reply")

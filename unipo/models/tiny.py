@@ -20,12 +20,21 @@ _CHAT_TEMPLATE = (
 
 
 def build_tiny_model(
-    path: str | Path, *, vocab_size: int = 256, hidden: int = 32, layers: int = 2, seed: int = 0, eos_bias: float = 0.0
+    path: str | Path,
+    *,
+    vocab_size: int = 256,
+    hidden: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    eos_bias: float = 0.0,
+    token_biases: dict[str, float] | None = None,
 ) -> Path:
     """Write a tiny LlamaForCausalLM and its tokenizer to `path` (loadable with `model.path=<path>`).
 
     `eos_bias` > 0 turns the end-of-turn token's output row towards the mean final hidden state, so that its logit is
-    about `eos_bias` on average: a random model that ends its turns within a few tokens (multi-turn tests)."""
+    about `eos_bias` on average: a random model that ends its turns within a few tokens (multi-turn tests).
+    `token_biases` does the same for the tokens of the given texts (`{"7": 2.0}`: a model that already writes some
+    7s, so a reward for them is dense from the first step)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -46,11 +55,15 @@ def build_tiny_model(
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    if eos_bias:
+    biases = {fast.eos_token_id: eos_bias} if eos_bias else {}
+    for text, bias in (token_biases or {}).items():
+        biases |= dict.fromkeys(fast(text, add_special_tokens=False)["input_ids"], bias)
+    if biases:
         with torch.no_grad():
             ids = torch.randint(3, len(fast), (8, 40), generator=torch.Generator().manual_seed(seed))
             mean = model.model(input_ids=ids).last_hidden_state.mean((0, 1))
-            model.lm_head.weight[fast.eos_token_id] = eos_bias * mean / mean.norm() ** 2
+            for token, bias in biases.items():
+                model.lm_head.weight[token] = bias * mean / mean.norm() ** 2
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     fast.save_pretrained(path)

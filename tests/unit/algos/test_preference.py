@@ -445,6 +445,7 @@ def test_every_pairwise_loss_returns_one_value_per_pair():
     }
     skip = {
         "lipo_lambda",
+        "dro_offline",
         "brain_recon",
         "tgdpo",
         "ld_dpo",
@@ -637,3 +638,13 @@ def test_dro_offline_minimiser_is_the_kl_regularised_optimum():
     target = torch.log_softmax(ref + r / beta, -1)
     torch.testing.assert_close(torch.log_softmax(logits, -1).reshape(1, 4), target, atol=1e-4, rtol=0)
     torch.testing.assert_close(value, beta * torch.logsumexp(ref + r / beta, -1), atol=1e-4, rtol=0)
+
+
+def test_discopop_loss_rises_with_the_margin_at_the_reference():
+    # L(x) = (1 − σ(x/τ))·(−log σ(x)) + σ(x/τ)·e^{−x}, x = βΔ: L'(0) = (1 − ln 2)/(4τ) − 3/4, positive for τ < 0.102, so
+    # gradient descent from π = π_ref first lowers the margin (tests/recipes/test_learning.py exempts the recipe).
+    # β = 0.1, τ = 0.05: ∂L/∂Δ = 0.1·(0.30685282/0.2 − 0.75) = 0.0784264
+    chosen = t(0.0).requires_grad_()
+    pref("discopop")(chosen, t(0.0), t(0.0), t(0.0), beta=0.1, tau=0.05).sum().backward()
+    close(chosen.grad, 0.1 * ((1 - math.log(2)) / 0.2 - 0.75))
+    assert float(chosen.grad) > 0

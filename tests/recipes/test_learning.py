@@ -1,0 +1,135 @@
+"""Every recipe learns a toy task (issue 12, "recipes checked by what they do"), or its header says why it cannot.
+
+- RL recipes: `lucky7` (the reward is the share of 7s in the reply), from a tiny model that writes a 7 about once in
+  25 tokens (`token_biases`), so a group of 8 replies rarely scores all zero and the check does not hang on the luck
+  of the first hits. The mean reward of the policy's own samples over the last 5 of 20 steps must exceed that of the
+  first 5 by 0.25.
+- Offline preference recipes: scored lists where the best response is sevens, the middle one starts with a 7 and
+  the worst has none; after 15 steps the held-out preference accuracy of the implicit reward must be ≥ 0.9 (at the
+  start every margin is 0 up to rounding, so it is near 0; a loss with its sign flipped ends near 0).
+- Online preference recipes: `lucky7` with the task's reward as the preference oracle, 40 steps; as the RL recipes.
+
+Every run uses a fixed seed, a constant learning rate of 1e-2 (the recipes' own rates are for real models) and
+otherwise the recipe's components and hyperparameters. A recipe that cannot learn here says why in a header line
+`# No learning check: <reason>`.
+"""
+
+import json
+import random
+
+import pytest
+
+from unipo import config
+from unipo.cli import main
+from unipo.models.tiny import build_tiny_model
+from unipo.trainers.common import build_algo
+
+pytestmark = pytest.mark.slow
+
+EXEMPT = "# No learning check:"
+TOY_TASK = {
+    "gdpo": ["rewards=[{name: share_of_target}, {name: share_of_target, weight: 0.5}]"],
+    "pf_ppo": ["train.lr=3e-3", "critic.lr=3e-3"],
+    "opmd": ["train.lr=3e-3"],
+}
+"""What the toy task needs of a recipe beyond the common settings: GDPO normalises each reward column on its own and
+needs two (its recipe's are for math); PF-PPO resamples the batch by reward², so its first updates train on up to 16
+copies of the one reply with a 7, and at 1e-2 they overshoot (the policy returns to uniform and stays there); OPMD
+takes two updates per batch, which at 1e-2 also overshoot (its reward fell to 0 and stayed there)."""
+
+
+@pytest.fixture(scope="module")
+def sevens_model_dir(tmp_path_factory):
+    """The tiny model with the logit of "7" raised: about one token in 50 after a prompt is a 7."""
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny7") / "model", token_biases={"7": 0.75}))
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A teacher for distillation recipes that writes more 7s (once it has written one, mostly 7s)."""
+    return str(build_tiny_model(tmp_path_factory.mktemp("teacher7") / "model", token_biases={"7": 2.0}))
+
+
+def _recipes(trainer):
+    return [n for n in config.list_recipes() if config.load(n).trainer == trainer]
+
+
+def _skip_if_exempt(name):
+    for line in config.recipe_path(name).read_text().splitlines():
+        if line.startswith(EXEMPT):
+            reason = line[len(EXEMPT) :].strip()
+            assert reason, f"{name}.yaml: say why after `{EXEMPT}`"
+            pytest.skip(reason)
+        if not line.startswith("#"):
+            return
+
+
+def _rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _sampled_rewards(rows):
+    """Each step's mean reward of the policy's own samples (not of mixed-in demonstrations)."""
+    keys = ("sampler/sampled_reward", "reward/task_mean", "reward/mean")
+    return [next(r[k] for k in keys if k in r) for r in rows if "loss" in r]
+
+
+def _assert_learns(rewards, steps):
+    assert len(rewards) == steps
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last >= first + 0.25, f"mean reward {first:.3f} over the first 5 steps, {last:.3f} over the last 5"
+
+
+def _common(name, model_dir, run, steps):
+    args = ["train", name, f"model.path={model_dir}", "task=lucky7", f"output_dir={run}", f"train.max_steps={steps}"]
+    return args + ["train.lr=1e-2", "train.lr_schedule=constant", "rollout.max_new_tokens=8", "eval.num_problems=0"]
+
+
+@pytest.mark.parametrize("name", _recipes("rl"))
+def test_rl_recipe_learns_the_toy_task(name, sevens_model_dir, teacher_dir, tmp_path):
+    _skip_if_exempt(name)
+    recipe = config.load(name)
+    args = _common(name, sevens_model_dir, tmp_path / "run", 20) + ["critic.lr=1e-2", *TOY_TASK.get(name, [])]
+    if recipe.rollout.group_size > 1:  # 2 prompts x 8; one completion per prompt: the recipe's batch (>= 16)
+        args += ["train.prompts_per_step=2", "rollout.group_size=8"]
+    if "teacher_logp" in build_algo(recipe).needs:
+        args.append(f"model.teacher_path={teacher_dir}")
+    assert main(args) == 0
+    _assert_learns(_sampled_rewards(_rows(tmp_path / "run")), 20)
+
+
+@pytest.mark.parametrize("name", _recipes("online_preference"))
+def test_online_recipe_learns_the_toy_task(name, sevens_model_dir, tmp_path):
+    _skip_if_exempt(name)
+    args = _common(name, sevens_model_dir, tmp_path / "run", 40) + ["train.prompts_per_step=2"]
+    if config.load(name).rollout.group_size > 1:
+        args.append("rollout.group_size=8")
+    assert main(args) == 0
+    _assert_learns(_sampled_rewards(_rows(tmp_path / "run")), 40)
+
+
+def _lists(path):
+    """48 scored lists: sevens (2) > a 7 and a word (1) > two words (0), with a gold `reference` (the sevens)."""
+    rng, words = random.Random(0), ["pick", "say", "give", "write", "number", "digit", "now", "please"]
+    rows = []
+    for _ in range(48):
+        good, mid = " ".join(["7"] * rng.randint(2, 4)), "7 " + rng.choice(words)
+        bad = " ".join(rng.choice(words) for _ in range(2))
+        prompt = " ".join(rng.choice(words) for _ in range(3)) + ":"
+        rows.append({"prompt": prompt, "responses": [good, mid, bad], "scores": [2, 1, 0], "reference": good})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("name", _recipes("preference"))
+def test_preference_recipe_learns_the_toy_preference(name, tiny_model_dir, tmp_path):
+    _skip_if_exempt(name)
+    run = tmp_path / "run"
+    args = ["train", name, f"model.path={tiny_model_dir}", f"data.path={_lists(tmp_path / 'lists.jsonl')}"]
+    args += [f"output_dir={run}", "train.max_steps=15", "train.lr=1e-2", "train.lr_schedule=constant"]
+    args += ["train.prompts_per_step=8", "data.eval_frac=0.25", "eval.num_problems=12", "critic.lr=1e-2"]
+    if config.load(name).algo.preference.name == "tgdpo":
+        args.append(f"model.guide_path={tiny_model_dir}")  # a guide equal to the reference: TGDPO is then DPO
+    assert main(args) == 0
+    accuracy = [r["eval/pref_accuracy"] for r in _rows(run) if "eval/pref_accuracy" in r]
+    assert accuracy[-1] >= 0.9 > accuracy[0], accuracy
