@@ -1,9 +1,9 @@
 """Every recipe learns a toy task (issue 12, "recipes checked by what they do"), or its header says why it cannot.
 
-- RL recipes: `lucky7` (the reward is the share of 7s in the reply), from a tiny model that writes a 7 about once in
-  25 tokens (`token_biases`), so a group of 8 replies rarely scores all zero and the check does not hang on the luck
-  of the first hits. The mean reward of the policy's own samples over the last 5 of 20 steps must exceed that of the
-  first 5 by 0.25.
+- RL recipes: `lucky7` (the reward is the share of 7s in the reply), from a tiny model whose logit of "7" is raised
+  (`token_biases`; p(7) ≈ 0.01–0.02 after a prompt), so the first hits do not hang on the seed's luck (from the plain
+  tiny model `clip_cov` reached 0.05 with one seed and 0.42 with another). The mean reward of the policy's own
+  samples over the last 5 of 20 steps must exceed that of the first 5 by 0.25.
 - Offline preference recipes: scored lists where the best response is sevens, the middle one starts with a 7 and
   the worst has none; after 15 steps the held-out preference accuracy of the implicit reward must be ≥ 0.9 (at the
   start every margin is 0 up to rounding, so it is near 0; a loss with its sign flipped ends near 0).
@@ -40,7 +40,8 @@ takes two updates per batch, which at 1e-2 also overshoot (its reward fell to 0 
 
 @pytest.fixture(scope="module")
 def sevens_model_dir(tmp_path_factory):
-    """The tiny model with the logit of "7" raised: about one token in 50 after a prompt is a 7."""
+    """The tiny model with the logit of "7" raised by 0.75: p(7) ≈ 0.01–0.02 after a prompt (a bias of 1.25 reached
+    all sevens in 2 GRPO steps and then collapsed at lr 1e-2)."""
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny7") / "model", token_biases={"7": 0.75}))
 
 
