@@ -31,11 +31,17 @@ TOY_TASK = {
     "gdpo": ["rewards=[{name: share_of_target}, {name: share_of_target, weight: 0.5}]"],
     "pf_ppo": ["train.lr=3e-3", "critic.lr=3e-3"],
     "opmd": ["train.lr=3e-3"],
+    "nash_md": ["algo.online.beta=0.01"],
+    "mmd": ["algo.online.alpha=0.01"],
+    "nash_mp_recon": ["algo.online.beta=0.01"],
 }
 """What the toy task needs of a recipe beyond the common settings: GDPO normalises each reward column on its own and
 needs two (its recipe's are for math); PF-PPO resamples the batch by reward², so its first updates train on up to 16
 copies of the one reply with a 7, and at 1e-2 they overshoot (the policy returns to uniform and stays there); OPMD
-takes two updates per batch, which at 1e-2 also overshoot (its reward fell to 0 and stayed there)."""
+takes two updates per batch, which at 1e-2 also overshoot (its reward fell to 0 and stayed there). Nash-MD, MMD and
+Nash-MP regularise the preference game towards π_ref with the recipes' β (or α) = 0.1, and this game's regularised
+equilibrium at 0.1 has a mean reward of 0.12 (tests/unit/testbeds/test_games.py, from a reference that writes a 7 with
+p = 0.015): at 0.1 their rewards wandered between 0 and 0.4 around it, and at 0.01 (equilibrium: only 7s) they rise."""
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +55,25 @@ def sevens_model_dir(tmp_path_factory):
 def teacher_dir(tmp_path_factory):
     """A teacher for distillation recipes that writes more 7s (once it has written one, mostly 7s)."""
     return str(build_tiny_model(tmp_path_factory.mktemp("teacher7") / "model", token_biases={"7": 2.0}))
+
+
+@pytest.fixture(scope="module")
+def dpo_teacher_dir(sevens_model_dir, tmp_path_factory):
+    """A DPO model of the RL recipes' starting model, for RTO, whose token reward β·log(π_dpo/π_ref) is the implicit
+    reward of a DPO model trained from π_ref: 15 DPO steps on the scored lists below (sevens preferred). The biased
+    teacher above is no DPO model of π_ref: its raised row of "7" is also its input embedding (tied), so after a 7 it
+    predicts differently, and its log-ratio to π_ref on the lucky7 samples was about −5 on each 7 and −10 on the token
+    after it (RTO's reward then stayed at 0; with this teacher it rises)."""
+    base = tmp_path_factory.mktemp("dpo7")
+    run = base / "run"
+    assert main(["train", "dpo", f"model.path={sevens_model_dir}", f"data.path={_lists(base / 'lists.jsonl')}",
+                 f"output_dir={run}", "train.max_steps=15", "train.lr=1e-2", "train.lr_schedule=constant",
+                 "train.prompts_per_step=8", "data.eval_frac=0", "eval.num_problems=0"]) == 0  # fmt: skip
+    return str(run / "checkpoints" / "step-000015")
+
+
+DPO_TEACHER = {"rto"}
+"""RL recipes whose `model.teacher_path` is a DPO model of the reference (`dpo_teacher_dir`), not a better sampler."""
 
 
 def _recipes(trainer):
@@ -87,14 +112,15 @@ def _common(name, model_dir, run, steps):
 
 
 @pytest.mark.parametrize("name", _recipes("rl"))
-def test_rl_recipe_learns_the_toy_task(name, sevens_model_dir, teacher_dir, tmp_path):
+def test_rl_recipe_learns_the_toy_task(name, sevens_model_dir, teacher_dir, request, tmp_path):
     _skip_if_exempt(name)
     recipe = config.load(name)
     args = _common(name, sevens_model_dir, tmp_path / "run", 20) + ["critic.lr=1e-2", *TOY_TASK.get(name, [])]
     if recipe.rollout.group_size > 1:  # 2 prompts x 8; one completion per prompt: the recipe's batch (>= 16)
         args += ["train.prompts_per_step=2", "rollout.group_size=8"]
     if "teacher_logp" in build_algo(recipe).needs:
-        args.append(f"model.teacher_path={teacher_dir}")
+        teacher = request.getfixturevalue("dpo_teacher_dir") if name in DPO_TEACHER else teacher_dir
+        args.append(f"model.teacher_path={teacher}")
     assert main(args) == 0
     _assert_learns(_sampled_rewards(_rows(tmp_path / "run")), 20)
 
@@ -102,7 +128,7 @@ def test_rl_recipe_learns_the_toy_task(name, sevens_model_dir, teacher_dir, tmp_
 @pytest.mark.parametrize("name", _recipes("online_preference"))
 def test_online_recipe_learns_the_toy_task(name, sevens_model_dir, tmp_path):
     _skip_if_exempt(name)
-    args = _common(name, sevens_model_dir, tmp_path / "run", 40) + ["train.prompts_per_step=2"]
+    args = _common(name, sevens_model_dir, tmp_path / "run", 40) + ["train.prompts_per_step=2", *TOY_TASK.get(name, [])]
     if config.load(name).rollout.group_size > 1:
         args.append("rollout.group_size=8")
     assert main(args) == 0

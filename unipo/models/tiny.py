@@ -34,7 +34,9 @@ def build_tiny_model(
     `eos_bias` > 0 turns the end-of-turn token's output row towards the mean final hidden state, so that its logit is
     about `eos_bias` on average: a random model that ends its turns within a few tokens (multi-turn tests).
     `token_biases` does the same for the tokens of the given texts (`{"7": 2.0}`: a model that already writes some
-    7s, so a reward for them is dense from the first step)."""
+    7s, so a reward for them is dense from the first step). The output rows are the input embeddings (tied), so such
+    a model also reads those tokens differently: it is not the unbiased model with raised logits, and its log-ratio to
+    another model is no reward for the tokens."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -174,3 +174,16 @@ def test_the_registered_nash_md_loss_in_self_play_reaches_the_regularised_equili
         opt.step()
     star = games.regularized_nash(P, REF, tau=beta)
     torch.testing.assert_close(torch.softmax(logits, -1).detach(), star, atol=1e-9, rtol=0)
+
+
+def test_the_toy_task_equilibrium_at_the_recipes_kl_coefficient_writes_few_sevens():
+    # The learning check's toy task as a game (tests/recipes/test_learning.py): 8 tokens, reward k/8 for k sevens, the
+    # task-reward oracle P(k ≻ k') = σ((k − k')/8/0.1), and a reference that writes a 7 with p = 0.015 per token. P
+    # depends on y only through k, so the sequence-level regularised equilibrium π ∝ π_ref·exp(P(y ≻ π)/τ) sums to
+    # this game on k with π_ref(k) = Binomial(8, 0.015). Nash-MD's, MMD's and Nash-MP's recipes (β or α = 0.1) aim at
+    # a policy whose mean reward is 0.12, so they cannot rise far there; at 0.01 the equilibrium writes only 7s.
+    k = torch.arange(9, dtype=torch.float64)
+    ref = torch.distributions.Binomial(8, probs=torch.tensor(0.015, dtype=torch.float64)).log_prob(k).exp()
+    pref = torch.sigmoid((k[:, None] - k[None, :]) / 8 / 0.1)
+    reward = {tau: float(games.regularized_nash(pref, ref, tau=tau) @ k / 8) for tau in (0.1, 0.01)}
+    assert reward[0.1] == pytest.approx(0.123, abs=1e-3) and reward[0.01] > 0.999
