@@ -101,12 +101,14 @@ def _preference_recipe_trains_two_steps(name, tiny_model_dir, tmp_path, monkeypa
         args.append(f"data.path={lists}")
     if loss == "tgdpo":
         args.append(f"model.guide_path={tiny_model_dir}")
-    args += ["model.autocast=off", "train.micro_batch_size=2"]  # float32; micro-batches of one pair
+    # float32, micro-batches of one pair, and a first step large enough that the second (the one checked) starts from
+    # a policy that is not the reference
+    args += ["model.autocast=off", "train.micro_batch_size=2", "train.lr=1e-2"]
     seen = wiring.record_preference(monkeypatch)
     assert main(args) == 0
     resolved_cfg = config.load(name, [a for a in args[2:] if not a.startswith(("output_dir", "model.path"))])
-    if wiring.preference_inputs(resolved_cfg) <= wiring.PREFERENCE_BY_HAND:  # wiring, as for the RL recipes
-        wiring.assert_same_step(wiring.by_hand_preference(resolved_cfg, seen), seen["out"][0]["loss"], seen["grads"])
+    assert wiring.preference_inputs(resolved_cfg) <= wiring.PREFERENCE_BY_HAND  # wiring, as for the RL recipes
+    wiring.assert_same_step(wiring.by_hand_preference(resolved_cfg, seen), seen["out"][0]["loss"], seen["grads"])
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 2]
     assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)

@@ -131,19 +131,27 @@ def by_hand(cfg: Any, seen: dict[str, Any]) -> tuple[torch.Tensor, dict[str, tor
 
 
 def record_preference(monkeypatch: Any) -> dict[str, Any]:
-    """Wrap the offline preference trainer's update; the returned dict fills on its first call (the policy before the
-    step, the step's rows and cached reference log-probs, the loss and the clipped gradient)."""
+    """Wrap the offline preference trainer's update; the returned dict fills on its second call (the policy before the
+    step, the step's rows, cached reference log-probs and other models, the loss and the clipped gradient). The second
+    step, because at the first the policy is the reference, where terms in log π/π_ref vanish (HyPO's KL, KTO's z₀)
+    whatever their inputs."""
     from unipo.trainers import preference
 
     seen: dict[str, Any] = {}
+    calls = []
     real = preference._update
 
-    def wrapped(cfg, model, tokenizer, rows, fixed, loss, optimizer, *rest):  # noqa: ANN001, ANN002, ANN202
-        if seen:
-            return real(cfg, model, tokenizer, rows, fixed, loss, optimizer, *rest)
-        seen.update(model=copy.deepcopy(model), tokenizer=tokenizer, rows=list(rows), fixed=dict(fixed))
+    def wrapped(cfg, model, tokenizer, rows, fixed, loss, optimizer, models, generator, extra_rows):  # noqa: ANN001, ANN202
+        args = (cfg, model, tokenizer, rows, fixed, loss, optimizer, models, generator, extra_rows)
+        calls.append(1)
+        if len(calls) != 2:
+            return real(*args)
+        state = torch.Generator(generator.device)
+        state.set_state(generator.get_state())
+        seen.update(model=copy.deepcopy(model), tokenizer=tokenizer, rows=list(rows), fixed=dict(fixed),
+                    models=copy.deepcopy(models), generator=state, extra_rows=extra_rows)  # fmt: skip
         _keep_first_gradient(seen, model, optimizer)
-        seen["out"] = real(cfg, model, tokenizer, rows, fixed, loss, optimizer, *rest)
+        seen["out"] = real(*args)
         return seen["out"]
 
     monkeypatch.setattr(preference, "_update", wrapped)
@@ -151,10 +159,12 @@ def record_preference(monkeypatch: Any) -> dict[str, Any]:
 
 
 PREFERENCE_BY_HAND = {"chosen_len", "rejected_len", "chosen_len_mean", "gold_logp", "gold_len", "gold_len_mean",
-                      "chosen_mask", "rejected_mask", "scores", "reward_shift"}  # fmt: skip
+                      "chosen_mask", "rejected_mask", "scores", "reward_shift", "chosen_rewards", "rejected_rewards",
+                      "guide_chosen_logp", "guide_rejected_logp", "chosen_log_sum_pi_squared",
+                      "rejected_log_sum_pi_squared", "kl_logp", "ref_kl_logp", "sample_logp", "ref_sample_logp",
+                      "value"}  # fmt: skip
 """The loss inputs `by_hand_preference` builds (BCO's optional `reward_shift` the trainer leaves at None, so does
-`by_hand_preference`); a loss that asks for others (a guide model, fresh samples, WPO's
-token moments, KTO's mismatched pairs) is checked by its own test in tests/integration/test_preference_runs.py."""
+`by_hand_preference`): every input the trainer supplies."""
 
 
 def preference_inputs(cfg: Any) -> frozenset[str]:
@@ -183,11 +193,14 @@ def by_hand_preference(cfg: Any, seen: dict[str, Any]) -> tuple[torch.Tensor, di
     available |= {f"{k}_len_mean": lengths[:, w].mean() for k, w in width.items() if w < lengths.shape[1]}
     available |= {"gold_logp": seq[:, 2]} if seq.shape[1] > 2 else {}
     available |= {"chosen_mask": mask[:, 0], "rejected_mask": mask[:, 1]}
+    available |= _model_inputs(cfg, seen, wanted, logp.shape[-1])
     if "scores" in wanted:
-        out = fn(seq, ref_seq, **params, scores=torch.tensor([r["scores"] for r in rows], dtype=torch.float32))
+        kw = {k: available[k] for k in wanted - {"scores"}}
+        out = fn(seq, ref_seq, **params, scores=torch.tensor([r["scores"] for r in rows], dtype=torch.float32), **kw)
     elif "completion" in rows[0]:  # unpaired: desirable and undesirable examples
         label = torch.tensor([r["label"] for r in rows])
-        out = fn(seq[label, 0], seq[~label, 0], ref_seq[label, 0], ref_seq[~label, 0], **params)
+        kw = {k: available[k] for k in wanted}
+        out = fn(seq[label, 0], seq[~label, 0], ref_seq[label, 0], ref_seq[~label, 0], **params, **kw)
     elif "chosen_mask" in wanted:  # per-token losses take the token log-probs
         kw = {k: available[k] for k in wanted if k in available}
         out = fn(logp[:, 0], logp[:, 1], ref[:, 0], ref[:, 1], **params, **kw)
@@ -197,6 +210,40 @@ def by_hand_preference(cfg: Any, seen: dict[str, Any]) -> tuple[torch.Tensor, di
     loss = out.mean()
     loss.backward()
     return loss.detach(), _clipped_gradient(model, cfg.train.max_grad_norm)
+
+
+def _model_inputs(cfg: Any, seen: dict[str, Any], wanted: frozenset[str], width: int) -> dict[str, torch.Tensor]:
+    """The inputs of `wanted` that come from the data's score columns or from models other than the policy: the guide
+    model's token log-probs (TGDPO; loaded here from `model.guide_path`), log Σ_v π(v)² per response (WPO), KTO's
+    mismatched pairs under the policy (z₀), HyPO's fresh samples (drawn with the step's generator, per micro-batch as
+    the trainer draws them) and DRO's V(x) (the value model before the step, at the state after the prompt)."""
+    from unipo.models.loading import load_model_and_tokenizer
+    from unipo.trainers.preference import _fresh_samples, _response_batch, _token_logps
+
+    model, tok, rows, out = seen["model"], seen["tokenizer"], seen["rows"], {}
+    for side in ("chosen", "rejected"):
+        out[f"{side}_rewards"] = torch.tensor([float(r.get(f"score_{side}", "nan")) for r in rows])
+    if "guide_chosen_logp" in wanted:
+        guide, _ = load_model_and_tokenizer(cfg.model.guide_path)
+        with torch.no_grad():
+            g = _token_logps(cfg, guide, tok, rows)[0][:, :, :width]
+        out |= {"guide_chosen_logp": g[:, 0], "guide_rejected_logp": g[:, 1]}
+    if "chosen_log_sum_pi_squared" in wanted:
+        moments = _token_logps(cfg, model, tok, rows, moments=True)[2].sum(-1).detach()
+        out |= {"chosen_log_sum_pi_squared": moments[:, 0], "rejected_log_sum_pi_squared": moments[:, 1]}
+    if "kl_logp" in wanted:
+        with torch.no_grad():
+            out["kl_logp"] = _token_logps(cfg, model, tok, seen["extra_rows"]["kl"])[0].sum(-1)[:, 0]
+        out["ref_kl_logp"] = seen["fixed"]["kl_ref"].sum(-1)[:, 0]
+    if "sample_logp" in wanted:
+        per_chunk = max(1, cfg.train.micro_batch_size // 2)
+        drawn = [_fresh_samples(cfg, model, seen["models"]["ref"], tok, rows[i : i + per_chunk], seen["generator"])
+                 for i in range(0, len(rows), per_chunk)]  # fmt: skip
+        out |= {"sample_logp": torch.cat([d[0] for d in drawn]), "ref_sample_logp": torch.cat([d[1] for d in drawn])}
+    if "value" in wanted:
+        batch = _response_batch(tok, rows, torch.device("cpu"), cfg.data.max_response_tokens)  # response-major
+        out["value"] = seen["models"]["value"].model(batch)[: len(rows), 0].float()
+    return out
 
 
 def assert_same_step(by_hand: tuple[torch.Tensor, dict[str, torch.Tensor]], loss: float, grads: dict) -> None:

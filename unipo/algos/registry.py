@@ -85,6 +85,8 @@ FACTS = {
     "else `answer`) and its loser a sample of π_t; no judge (SPIN)",
     "reference_value": "online: each response of π_θ is trained on its reward and its prompt's V*(x), estimated once "
     "per prompt from `online.value_samples` samples of π_ref (A*-PO's stage 1); no judge",
+    "couples_batch": "preference: its loss couples the examples of a batch (AOT sorts them), so the offline trainer "
+    "computes it on the whole step in one pass, not per micro-batch",
     "rewards_for_rl": "online: turns the group's win rates into rewards for the RL update (SPO)",
     "group_centred": "advantage: subtracts a group or batch mean of the rewards, so an affine map of the reward with "
     "constant coefficients cancels (or only rescales the advantage)",

@@ -80,6 +80,9 @@ class Loss:
     """Takes KTO's `kl_logp`/`ref_kl_logp`: each prompt with another example's chosen response."""
     unpaired: bool = False
     """Takes desirable and undesirable examples as two lists (registry fact `unpaired`)."""
+    whole_step: bool = False
+    """Couples the examples of a batch (AOT sorts them; registry fact `couples_batch`): computed on the whole step in
+    one pass, since micro-batches would change it."""
 
     @property
     def per_token(self) -> bool:
@@ -100,8 +103,9 @@ def build_loss(cfg: Config) -> Loss:
     if "guide_chosen_logp" in wanted and not cfg.model.guide_path:
         raise ConfigError(f"model.guide_path: {node.name!r} needs a guide model (a DPO-trained model whose token "
                           "log-ratios to the reference weight the tokens)")  # fmt: skip
-    unpaired = "unpaired" in algos.entry("preference", node.name).facts
-    return Loss(fn, wanted - OPTIONAL, listwise="scores" in wanted, kl="kl_logp" in wanted, unpaired=unpaired)
+    facts = algos.entry("preference", node.name).facts
+    return Loss(fn, wanted - OPTIONAL, listwise="scores" in wanted, kl="kl_logp" in wanted,
+                unpaired="unpaired" in facts, whole_step="couples_batch" in facts)  # fmt: skip
 
 
 def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -320,6 +324,7 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, models, g
     optimizer.zero_grad(set_to_none=True)
     n, total, chosen, rejected, ratios = len(rows), 0.0, [], [], []
     per_chunk = max(1, cfg.train.micro_batch_size // len(responses(rows[0])))  # micro_batch_size counts responses
+    per_chunk = n if loss.whole_step else per_chunk
     step_inputs = {}  # inputs computed over the whole step, not per micro-batch
     if loss.kl:  # KTO's z₀ from the whole step's mismatched pairs (a detached estimate, as micro-batching must not
         with torch.no_grad():  # change it): policy log-probs now, reference ones from the cache

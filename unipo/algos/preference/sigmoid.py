@@ -260,7 +260,7 @@ def exo_pair(
 _AOT = "Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal Transport, arXiv:2406.05882"
 
 
-@register("preference", "aot", paper=_AOT, tag="checked: TRL")
+@register("preference", "aot", paper=_AOT, tag="checked: TRL", facts={"couples_batch"})
 def aot(
     chosen_logp: torch.Tensor,
     rejected_logp: torch.Tensor,
@@ -284,7 +284,8 @@ def aot(
         label_smoothing: ε ∈ [0, ½].
 
     Returns:
-        [B] loss per sorted quantile k (not per original pair; the sort couples the batch, so use large batches).
+        [B] loss per sorted quantile k (not per original pair; the sort couples the batch, so use large batches: the
+        trainer computes it on the whole step in one pass, whatever `train.micro_batch_size`).
     """
     if chosen_logp.dim() != 1:
         raise ValueError(f"aot sorts over the batch and needs [B] log-probs; got {tuple(chosen_logp.shape)}")
@@ -294,7 +295,7 @@ def aot(
     return smoothed_logistic(beta * (policy - ref), label_smoothing)
 
 
-@register("preference", "aot_unpaired", paper=_AOT, tag="checked: TRL")
+@register("preference", "aot_unpaired", paper=_AOT, tag="checked: TRL", facts={"couples_batch"})
 def aot_unpaired(
     chosen_logp: torch.Tensor,
     rejected_logp: torch.Tensor,
