@@ -52,7 +52,7 @@ def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path,
     if recipe.algo.credit is not None or get_task(recipe.task, recipe.data).env is not None:  # multi-turn: its env
         task = recipe.task
     args = ["train", name, f"model.path={tiny_model_dir}", f"task={task}", f"output_dir={run}", "train.max_steps=2"]
-    args += ["train.prompts_per_step=2", "rollout.max_new_tokens=6", "eval.num_problems=0", "train.lr=1e-3"]
+    args += ["train.prompts_per_step=2", "rollout.max_new_tokens=6", "eval.num_problems=0", "train.lr=1e-2"]
     # a dense reward that differs between completions, so no advantage is all zero and every component runs
     rewards = ["{_component_: tests.integration.rewards_for_tests.reply_length}"]
     if config.load(name).rewards:  # recipes with their own rewards (gdpo) get two

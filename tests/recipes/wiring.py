@@ -1,11 +1,11 @@
 """A recipe's first update, recorded from the trainer and composed again by hand from the recipe's components.
 
-`record` wraps the RL trainer's update stage: on its first call it keeps a copy of the policy, the batch, the
+`record` wraps the RL trainer's update stage: on its second call it keeps a copy of the policy, the batch, the
 advantages and the step's inputs, and (by a step pre-hook) the parameter gradient at the first optimizer step, after
 clipping. `by_hand`
 then builds the loss of that batch from the recipe's YAML alone: each component is looked up in the registry and
 called with the recipe's hyperparameters and the inputs it declares, taken from the recorded batch — the policy
-loss on the fresh log-probs (old = their detached values at the first step), plus the KL to the reference and the
+loss on the fresh log-probs (old = their detached values at the step's first pass), plus the KL to the reference and the
 regularizers per token, times the token weights, aggregated with the global token and sequence counts over the whole
 batch in one pass (no micro-batches, no skipped completions). Where the recipe's advantage stage is the estimator
 alone, the advantages are recomputed from the rewards too. The trainer must give the same loss and gradient.
@@ -44,14 +44,18 @@ def _clipped_gradient(model: Any, max_norm: float | None) -> dict[str, torch.Ten
 
 
 def record(monkeypatch: Any) -> dict[str, Any]:
-    """Wrap the RL trainer's update stage; the returned dict fills on its first call."""
+    """Wrap the RL trainer's update stage; the returned dict fills on its second call, where the policy is no longer
+    the reference (at the first, a KL to it has no gradient, so a KL wired wrong would pass)."""
     seen: dict[str, Any] = {}
+    calls = []
     real = rl.update
 
     def wrapped(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world=None):  # noqa: ANN001, ANN202
-        if seen:
+        calls.append(1)
+        if len(calls) != 2:
             return real(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world)
-        seen.update(model=copy.deepcopy(model), batch=batch, advantages=advantages.clone(), inputs=dict(inputs))
+        seen.update(model=copy.deepcopy(model), batch=batch, advantages=advantages.clone(), inputs=dict(inputs),
+                    algo=algo)  # fmt: skip
         _keep_first_gradient(seen, model, optimizer)
         seen["out"] = real(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world)
         return seen["out"]
@@ -81,10 +85,24 @@ def _plain_advantages(cfg: Any) -> bool:
     return not any(special)
 
 
+def _with_controlled_values(cfg: Any, algo: Any) -> Any:
+    """A copy of `cfg` whose controlled hyperparameters (R²VPO's dual variable, an adaptive KL coefficient, ...) have
+    the values the trainer bound for the recorded step, which its controllers moved after the first."""
+    from unipo.trainers import controllers
+
+    cfg = copy.deepcopy(cfg)
+    found = controllers.slots(cfg, algo)
+    for slot, value in zip(found, controllers.initial(algo, found).values(), strict=True):
+        node = cfg.algo.kl if slot.axis == "kl_coef" else getattr(cfg.algo, slot.axis)
+        setattr(node if slot.index is None else node[slot.index], slot.param, value)
+    return cfg
+
+
 def by_hand(cfg: Any, seen: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The recorded batch's loss and parameter gradient (clipped at `train.max_grad_norm` as the trainer does) from
     the recipe's components composed here; also checks recomputed advantages where the stage is plain."""
     model, batch, inputs = seen["model"], seen["batch"], seen["inputs"]
+    cfg = _with_controlled_values(cfg, seen["algo"])
     a, temperature = cfg.algo, cfg.rollout.temperature
     model.zero_grad()
     mask = batch.loss_mask.float()
