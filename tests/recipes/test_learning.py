@@ -3,7 +3,7 @@
 - RL recipes: `lucky7` (the reward is the share of 7s in the reply), from a tiny model whose logit of "7" is raised
   (`token_biases`; p(7) ≈ 0.01–0.02 after a prompt), so the first hits do not hang on the seed's luck (from the plain
   tiny model `clip_cov` reached 0.05 with one seed and 0.42 with another). The mean reward of the policy's own
-  samples over the last 5 of 20 steps must exceed that of the first 5 by 0.25.
+  samples over the last 5 of 20 steps must exceed that of the first step (before any update) by 0.25.
 - Offline preference recipes: scored lists where the best response is sevens, the middle one starts with a 7 and
   the worst has none; after 15 steps the held-out preference accuracy of the implicit reward must be ≥ 0.9 (at the
   start every margin is 0 up to rounding, so it is near 0; a loss with its sign flipped ends near 0).
@@ -29,19 +29,21 @@ pytestmark = pytest.mark.slow
 EXEMPT = "# No learning check:"
 TOY_TASK = {
     "gdpo": ["rewards=[{name: share_of_target}, {name: share_of_target, weight: 0.5}]"],
-    "pf_ppo": ["train.lr=3e-3", "critic.lr=3e-3"],
+    "ppo_max": ["train.lr=3e-3", "critic.lr=3e-3"],
     "opmd": ["train.lr=3e-3"],
     "nash_md": ["algo.online.beta=0.01"],
     "mmd": ["algo.online.alpha=0.01"],
     "nash_mp_recon": ["algo.online.beta=0.01"],
+    "brain_recon": ["train.lr=3e-3"],
 }
 """What the toy task needs of a recipe beyond the common settings: GDPO normalises each reward column on its own and
-needs two (its recipe's are for math); PF-PPO resamples the batch by reward², so its first updates train on up to 16
-copies of the one reply with a 7, and at 1e-2 they overshoot (the policy returns to uniform and stays there); OPMD
+needs two (its recipe's are for math); PPO-max at 1e-2 reached a mean reward of 0.55 within 5 steps and then fell
+to 0.02 (seed 0; 1.0 and 0.76 with seeds 1 and 2), at 3e-3 it rose to 0.89–1.0 with all three; OPMD
 takes two updates per batch, which at 1e-2 also overshoot (its reward fell to 0 and stayed there). Nash-MD, MMD and
 Nash-MP regularise the preference game towards π_ref with the recipes' β (or α) = 0.1, and this game's regularised
 equilibrium at 0.1 has a mean reward of 0.12 (tests/unit/testbeds/test_games.py, from a reference that writes a 7 with
-p = 0.015): at 0.1 their rewards wandered between 0 and 0.4 around it, and at 0.01 (equilibrium: only 7s) they rise."""
+p = 0.015): at 0.1 their rewards wandered between 0 and 0.4 around it, and at 0.01 (equilibrium: only 7s) they rise.
+BRAIn (offline) ended at a held-out accuracy of 0.83 at 1e-2 (1.0 with seed 1) and 1.0 at 3e-3."""
 
 
 @pytest.fixture(scope="module")
@@ -52,28 +54,20 @@ def sevens_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    """A teacher for distillation recipes that writes more 7s (once it has written one, mostly 7s)."""
-    return str(build_tiny_model(tmp_path_factory.mktemp("teacher7") / "model", token_biases={"7": 2.0}))
-
-
-@pytest.fixture(scope="module")
-def dpo_teacher_dir(sevens_model_dir, tmp_path_factory):
-    """A DPO model of the RL recipes' starting model, for RTO, whose token reward β·log(π_dpo/π_ref) is the implicit
-    reward of a DPO model trained from π_ref: 15 DPO steps on the scored lists below (sevens preferred). The biased
-    teacher above is no DPO model of π_ref: its raised row of "7" is also its input embedding (tied), so after a 7 it
-    predicts differently, and its log-ratio to π_ref on the lucky7 samples was about −5 on each 7 and −10 on the token
-    after it (RTO's reward then stayed at 0; with this teacher it rises)."""
+def teacher_dir(sevens_model_dir, tmp_path_factory):
+    """The teacher of the recipes that take one (on-policy distillation, RTO's DPO model): a DPO model of the RL
+    recipes' starting model, 15 DPO steps on the scored lists below (sevens preferred), so that RTO's token reward
+    β·log(π_dpo/π_ref) is the implicit reward of a DPO model trained from π_ref and a distilled policy writes 7s.
+    The tiny model with a larger bias on "7" was no such teacher: its raised row is also its input embedding (tied),
+    so after a 7 it predicts differently; its log-ratio to π_ref on lucky7 samples was about −5 on each 7 and −10 on
+    the token after it (RTO's reward stayed at 0), and distilling it fell to 0 with seeds 0 and 1 (with this teacher:
+    0.84–0.93 over the last 5 steps with seeds 0, 1, 2)."""
     base = tmp_path_factory.mktemp("dpo7")
     run = base / "run"
     assert main(["train", "dpo", f"model.path={sevens_model_dir}", f"data.path={_lists(base / 'lists.jsonl')}",
                  f"output_dir={run}", "train.max_steps=15", "train.lr=1e-2", "train.lr_schedule=constant",
                  "train.prompts_per_step=8", "data.eval_frac=0", "eval.num_problems=0"]) == 0  # fmt: skip
     return str(run / "checkpoints" / "step-000015")
-
-
-DPO_TEACHER = {"rto"}
-"""RL recipes whose `model.teacher_path` is a DPO model of the reference (`dpo_teacher_dir`), not a better sampler."""
 
 
 def _recipes(trainer):
@@ -102,8 +96,8 @@ def _sampled_rewards(rows):
 
 def _assert_learns(rewards, steps):
     assert len(rewards) == steps
-    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    assert last >= first + 0.25, f"mean reward {first:.3f} over the first 5 steps, {last:.3f} over the last 5"
+    first, last = rewards[0], sum(rewards[-5:]) / 5
+    assert last >= first + 0.25, f"mean reward {first:.3f} at the first step, {last:.3f} over the last 5"
 
 
 def _common(name, model_dir, run, steps):
@@ -112,15 +106,14 @@ def _common(name, model_dir, run, steps):
 
 
 @pytest.mark.parametrize("name", _recipes("rl"))
-def test_rl_recipe_learns_the_toy_task(name, sevens_model_dir, teacher_dir, request, tmp_path):
+def test_rl_recipe_learns_the_toy_task(name, sevens_model_dir, request, tmp_path):
     _skip_if_exempt(name)
     recipe = config.load(name)
     args = _common(name, sevens_model_dir, tmp_path / "run", 20) + ["critic.lr=1e-2", *TOY_TASK.get(name, [])]
     if recipe.rollout.group_size > 1:  # 2 prompts x 8; one completion per prompt: the recipe's batch (>= 16)
         args += ["train.prompts_per_step=2", "rollout.group_size=8"]
     if "teacher_logp" in build_algo(recipe).needs:
-        teacher = request.getfixturevalue("dpo_teacher_dir") if name in DPO_TEACHER else teacher_dir
-        args.append(f"model.teacher_path={teacher}")
+        args.append(f"model.teacher_path={request.getfixturevalue('teacher_dir')}")
     assert main(args) == 0
     _assert_learns(_sampled_rewards(_rows(tmp_path / "run")), 20)
 
@@ -155,6 +148,7 @@ def test_preference_recipe_learns_the_toy_preference(name, tiny_model_dir, tmp_p
     args = ["train", name, f"model.path={tiny_model_dir}", f"data.path={_lists(tmp_path / 'lists.jsonl')}"]
     args += [f"output_dir={run}", "train.max_steps=15", "train.lr=1e-2", "train.lr_schedule=constant"]
     args += ["train.prompts_per_step=8", "data.eval_frac=0.25", "eval.num_problems=12", "critic.lr=1e-2"]
+    args += TOY_TASK.get(name, [])
     if config.load(name).algo.preference.name == "tgdpo":
         args.append(f"model.guide_path={tiny_model_dir}")  # a guide equal to the reference: TGDPO is then DPO
     assert main(args) == 0
