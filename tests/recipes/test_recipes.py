@@ -112,3 +112,33 @@ def _preference_recipe_trains_two_steps(name, tiny_model_dir, tmp_path, monkeypa
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 2]
     assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+
+
+ONLINE = [n for n in config.list_recipes() if config.load(n).trainer == "online_preference"]
+JUDGE = "online.judge=tests.integration.rewards_for_tests.lexical_judge"
+"""A judge that orders distinct replies strictly, so every group gives a pair and win rates that are not ½."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ONLINE)
+def test_online_recipe_update_is_its_loss_composed_by_hand(name, tiny_model_dir, tmp_path, monkeypatch):
+    # the second step's loss and gradient (the policy is then neither the reference nor, across an iteration, π_t)
+    args = ["train", name, f"model.path={tiny_model_dir}", "task=lucky7", f"output_dir={tmp_path / 'run'}"]
+    args += ["train.max_steps=2", "train.prompts_per_step=2", "rollout.max_new_tokens=6", "eval.num_problems=0"]
+    args += ["train.lr=1e-2", "train.ppo_epochs=1", "model.autocast=off", "online.oracle=judge", JUDGE]
+    args += ["rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]"]  # REBEL, A*-PO: dense
+    if config.load(name).rollout.group_size == 1:
+        args.append("train.prompts_per_step=8")
+    else:
+        args.append("rollout.group_size=4")
+    spo = "rewards_for_rl" in algos.entry("online", config.load(name).algo.online.name).facts
+    if spo:  # SPO's win rates are rewards for the RL update
+        from unipo.trainers import online_preference
+
+        seen = wiring.record(monkeypatch, online_preference)
+    else:
+        seen = wiring.record_online(monkeypatch)
+    assert main(args) == 0
+    resolved_cfg = config.load(name, [a for a in args[2:] if not a.startswith(("output_dir", "model.path"))])
+    composed = wiring.by_hand(resolved_cfg, seen) if spo else wiring.by_hand_online(resolved_cfg, seen)
+    wiring.assert_same_step(composed, seen["out"]["loss"], seen["grads"])

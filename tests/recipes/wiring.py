@@ -43,12 +43,12 @@ def _clipped_gradient(model: Any, max_norm: float | None) -> dict[str, torch.Ten
     return {n: g * scale for n, g in grads.items()}
 
 
-def record(monkeypatch: Any) -> dict[str, Any]:
+def record(monkeypatch: Any, module: Any = rl) -> dict[str, Any]:
     """Wrap the RL trainer's update stage; the returned dict fills on its second call, where the policy is no longer
     the reference (at the first, a KL to it has no gradient, so a KL wired wrong would pass)."""
     seen: dict[str, Any] = {}
     calls = []
-    real = rl.update
+    real = module.update
 
     def wrapped(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world=None):  # noqa: ANN001, ANN202
         calls.append(1)
@@ -60,7 +60,7 @@ def record(monkeypatch: Any) -> dict[str, Any]:
         seen["out"] = real(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world)
         return seen["out"]
 
-    monkeypatch.setattr(rl, "update", wrapped)
+    monkeypatch.setattr(module, "update", wrapped)
     return seen
 
 
@@ -271,3 +271,69 @@ def assert_same_step(by_hand: tuple[torch.Tensor, dict[str, torch.Tensor]], loss
     assert composed.keys() == grads.keys()
     for key, grad in composed.items():
         torch.testing.assert_close(grads[key], grad, rtol=1e-3, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def record_online(monkeypatch: Any) -> dict[str, Any]:
+    """Wrap the online preference trainer's update; the returned dict fills on its second call (copies of the policy
+    and of the anchor π_t, the reference, the batch with any exploration or demonstration rows, the units, their win
+    rates and per-row inputs, and the clipped gradient before the first optimizer step)."""
+    from unipo.trainers import online_preference
+
+    seen: dict[str, Any] = {}
+    calls = []
+    real = online_preference._update
+
+    def wrapped(s, batch, units, win, per_row):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) != 2:
+            return real(s, batch, units, win, per_row)
+        anchor = copy.deepcopy(s.anchor) if s.anchor is not None else None
+        seen.update(model=copy.deepcopy(s.model), ref=s.ref, anchor=anchor, batch=batch, units=units.clone(),
+                    win=win.clone(), per_row=dict(per_row))  # fmt: skip
+        _keep_first_gradient(seen, s.model, s.optimizer)
+        seen["out"] = real(s, batch, units, win, per_row)
+        return seen["out"]
+
+    monkeypatch.setattr(online_preference, "_update", wrapped)
+    return seen
+
+
+def by_hand_online(cfg: Any, seen: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The recorded step's loss and clipped gradient from the recipe's `algo.online` loss called here once on all its
+    units: the mean over units of fn(log-probs of the policy, of π_t (the anchor, else the policy's detached values)
+    and of π_ref, per token with their mask or summed per response; each unit's response, pair (winner, loser) or
+    pair plus exploration response; its win rate and the per-row rewards or values the trainer supplied)."""
+    import inspect
+
+    node = cfg.algo.online
+    fn, params = algos.get("online", node.name), dict(node.model_extra or {})
+    names = set(inspect.signature(fn).parameters)
+    model, batch, units, t = seen["model"], seen["batch"], seen["units"], cfg.rollout.temperature
+    model.zero_grad()
+    logp, _ = completion_logprobs(model, batch, temperature=t)
+    mask = batch.completion_mask.float()[:, : logp.shape[1]]
+    tokens = {"logp": logp, "prev_logp": logp.detach()}
+    with torch.no_grad():
+        if seen["anchor"] is not None:
+            tokens["prev_logp"] = completion_logprobs(seen["anchor"], batch, temperature=t)[0]
+        if seen["ref"] is not None:
+            tokens["ref_logp"] = completion_logprobs(seen["ref"], batch, temperature=t)[0]
+    args: dict[str, Any] = {}
+    if "mask" in names:  # per token, single responses
+        args |= {k: v[units[:, 0]] for k, v in tokens.items()} | {"mask": mask[units[:, 0]]}
+    else:
+        seq = {k: (v * mask).sum(-1)[units] for k, v in tokens.items()}  # [U, width]
+        pairs = "win_rate" not in names and "value" not in names
+        args |= {k: v[:, :2] if pairs else v[:, 0] for k, v in seq.items()}
+        if units.shape[1] == 3:
+            args["explore_logp"] = seq["logp"][:, 2]
+            if "ref_logp" in seq:
+                args["explore_ref_logp"] = seq["ref_logp"][:, 2]
+        elif "explore_logp" in names:  # XPO at α = 0: the exploration term weighs nothing
+            args |= {"explore_logp": torch.zeros(len(units)), "explore_ref_logp": torch.zeros(len(units))}
+        for name, column in seen["per_row"].items():
+            args[name] = column[units] if pairs else column[units][:, 0]
+    args["win_rate"] = seen["win"]
+    loss = fn(**{k: v for k, v in args.items() if k in names}, **params).mean()
+    loss.backward()
+    return loss.detach(), _clipped_gradient(model, cfg.train.max_grad_norm)
