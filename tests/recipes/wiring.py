@@ -1,14 +1,14 @@
-"""A recipe's first update, recorded from the trainer and composed again by hand from the recipe's components.
+"""A recipe's second update, recorded from the trainer and composed again by hand from the recipe's components.
 
-`record` wraps the RL trainer's update stage: on its second call it keeps a copy of the policy, the batch, the
-advantages and the step's inputs, and (by a step pre-hook) the parameter gradient at the first optimizer step, after
-clipping. `by_hand`
-then builds the loss of that batch from the recipe's YAML alone: each component is looked up in the registry and
-called with the recipe's hyperparameters and the inputs it declares, taken from the recorded batch — the policy
-loss on the fresh log-probs (old = their detached values at the step's first pass), plus the KL to the reference and the
-regularizers per token, times the token weights, aggregated with the global token and sequence counts over the whole
-batch in one pass (no micro-batches, no skipped completions). Where the recipe's advantage stage is the estimator
-alone, the advantages are recomputed from the rewards too. The trainer must give the same loss and gradient.
+`record` wraps the RL trainer's update stage: on its second call (the policy is then no longer the reference) it
+keeps a copy of the policy, the batch, the advantages and the step's inputs, and (by a step pre-hook) the parameter
+gradient at that call's optimizer step, after clipping. `by_hand` then builds the loss of that batch from the
+recipe's YAML alone: each component is looked up in the registry and called with the recipe's hyperparameters and
+the inputs it declares, taken from the recorded batch — the policy loss on the fresh log-probs (old = their detached
+values at the step's first pass), plus the KL to the reference and the regularizers per token, times the token
+weights, aggregated with the global token and sequence counts over the whole batch in one pass (no micro-batches, no
+skipped completions). Where the recipe's advantage stage is the estimator alone, the advantages are recomputed from
+the rewards too. The trainer must give the same loss and gradient.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from unipo.trainers.inputs import FROM_LOGITS
 
 
 def _keep_first_gradient(seen: dict[str, Any], model: Any, optimizer: Any) -> None:
-    """Record the parameter gradient (already clipped) into `seen["grads"]` just before `optimizer`'s first step."""
+    """Record the parameter gradient (already clipped) into `seen["grads"]` just before `optimizer`'s next step."""
 
     def before_step(*_: Any) -> None:
         seen.setdefault("grads", {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -43,25 +43,35 @@ def _clipped_gradient(model: Any, max_norm: float | None) -> dict[str, torch.Ten
     return {n: g * scale for n, g in grads.items()}
 
 
-def record(monkeypatch: Any, module: Any = rl) -> dict[str, Any]:
-    """Wrap the RL trainer's update stage; the returned dict fills on its second call, where the policy is no longer
-    the reference (at the first, a KL to it has no gradient, so a KL wired wrong would pass)."""
+def _on_second_call(monkeypatch: Any, module: Any, name: str, keep: Any) -> dict[str, Any]:
+    """Replace `module.name` by a wrapper that, on its second call only, lets `keep(seen, *args)` copy what the check
+    needs (and install the gradient hook) before the real call, whose result goes to `seen["out"]`; returns `seen`."""
     seen: dict[str, Any] = {}
     calls = []
-    real = module.update
+    real = getattr(module, name)
 
-    def wrapped(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world=None):  # noqa: ANN001, ANN202
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        if len(calls) != 2:
-            return real(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world)
+        if len(calls) == 2:
+            keep(seen, *args, **kwargs)
+            seen["out"] = real(*args, **kwargs)
+            return seen["out"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+    return seen
+
+
+def record(monkeypatch: Any, module: Any = rl) -> dict[str, Any]:
+    """Wrap the RL trainer's update stage (`module.update`); the returned dict fills on its second call, where the
+    policy is no longer the reference (at the first, a KL to it has no gradient, so a KL wired wrong would pass)."""
+
+    def keep(seen, cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world=None):  # noqa: ANN001, ANN202
         seen.update(model=copy.deepcopy(model), batch=batch, advantages=advantages.clone(), inputs=dict(inputs),
                     algo=algo)  # fmt: skip
         _keep_first_gradient(seen, model, optimizer)
-        seen["out"] = real(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world)
-        return seen["out"]
 
-    monkeypatch.setattr(module, "update", wrapped)
-    return seen
+    return _on_second_call(monkeypatch, module, "update", keep)
 
 
 def _bound(kind: str, node: Any) -> tuple[Any, dict[str, Any], frozenset[str]]:
@@ -155,25 +165,14 @@ def record_preference(monkeypatch: Any) -> dict[str, Any]:
     whatever their inputs."""
     from unipo.trainers import preference
 
-    seen: dict[str, Any] = {}
-    calls = []
-    real = preference._update
-
-    def wrapped(cfg, model, tokenizer, rows, fixed, loss, optimizer, models, generator, extra_rows):  # noqa: ANN001, ANN202
-        args = (cfg, model, tokenizer, rows, fixed, loss, optimizer, models, generator, extra_rows)
-        calls.append(1)
-        if len(calls) != 2:
-            return real(*args)
+    def keep(seen, cfg, model, tokenizer, rows, fixed, loss, optimizer, models, generator, extra_rows):  # noqa: ANN001, ANN202
         state = torch.Generator(generator.device)
         state.set_state(generator.get_state())
         seen.update(model=copy.deepcopy(model), tokenizer=tokenizer, rows=list(rows), fixed=dict(fixed),
                     models=copy.deepcopy(models), generator=state, extra_rows=extra_rows)  # fmt: skip
         _keep_first_gradient(seen, model, optimizer)
-        seen["out"] = real(*args)
-        return seen["out"]
 
-    monkeypatch.setattr(preference, "_update", wrapped)
-    return seen
+    return _on_second_call(monkeypatch, preference, "_update", keep)
 
 
 PREFERENCE_BY_HAND = {"chosen_len", "rejected_len", "chosen_len_mean", "gold_logp", "gold_len", "gold_len_mean",
@@ -279,23 +278,12 @@ def record_online(monkeypatch: Any) -> dict[str, Any]:
     rates and per-row inputs, and the clipped gradient before the first optimizer step)."""
     from unipo.trainers import online_preference
 
-    seen: dict[str, Any] = {}
-    calls = []
-    real = online_preference._update
-
-    def wrapped(s, batch, units, win, per_row):  # noqa: ANN001, ANN202
-        calls.append(1)
-        if len(calls) != 2:
-            return real(s, batch, units, win, per_row)
-        anchor = copy.deepcopy(s.anchor) if s.anchor is not None else None
-        seen.update(model=copy.deepcopy(s.model), ref=s.ref, anchor=anchor, batch=batch, units=units.clone(),
-                    win=win.clone(), per_row=dict(per_row))  # fmt: skip
+    def keep(seen, s, batch, units, win, per_row):  # noqa: ANN001, ANN202
+        seen.update(model=copy.deepcopy(s.model), ref=s.ref, anchor=copy.deepcopy(s.anchor), batch=batch,
+                    units=units.clone(), win=win.clone(), per_row=dict(per_row))  # fmt: skip
         _keep_first_gradient(seen, s.model, s.optimizer)
-        seen["out"] = real(s, batch, units, win, per_row)
-        return seen["out"]
 
-    monkeypatch.setattr(online_preference, "_update", wrapped)
-    return seen
+    return _on_second_call(monkeypatch, online_preference, "_update", keep)
 
 
 def by_hand_online(cfg: Any, seen: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

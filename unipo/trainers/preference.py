@@ -323,8 +323,8 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, models, g
     the step [n, W])."""
     optimizer.zero_grad(set_to_none=True)
     n, total, chosen, rejected, ratios = len(rows), 0.0, [], [], []
-    per_chunk = max(1, cfg.train.micro_batch_size // len(responses(rows[0])))  # micro_batch_size counts responses
-    per_chunk = n if loss.whole_step else per_chunk
+    # micro_batch_size counts responses; a loss that couples the batch (AOT) sees the whole step at once
+    per_chunk = n if loss.whole_step else max(1, cfg.train.micro_batch_size // len(responses(rows[0])))
     step_inputs = {}  # inputs computed over the whole step, not per micro-batch
     if loss.kl:  # KTO's z₀ from the whole step's mismatched pairs (a detached estimate, as micro-batching must not
         with torch.no_grad():  # change it): policy log-probs now, reference ones from the cache
