@@ -218,6 +218,22 @@ def _split(rows: list[Row], n_heldout: int, seed: int) -> tuple[list[Row], list[
     return unique[n_heldout:], unique[:n_heldout]
 
 
+CALCULATOR_EXAMPLES = [
+    {"role": "user", "content": "Ivo has 512 pens, gets 37 more, then gives away 4. How many pens now?"},
+    {"role": "assistant", "content": "<calc>512+37-4</calc>"},
+    {"role": "tool", "content": "<result>545</result>"},
+    {"role": "assistant", "content": "545"},
+    {"role": "user", "content": "Lea packs 23 boxes of 6 cups and has 148 loose cups. How many cups in all?"},
+    {"role": "assistant", "content": "<calc>23*6+148</calc>"},
+    {"role": "tool", "content": "<result>286</result>"},
+    {"role": "assistant", "content": "286"},
+]
+"""Two worked episodes (names and things that no task row uses) before each calculator question. From the system
+prompt alone the default model answers in prose and never calls the tool (0 calls in 64 sampled replies to 16
+held-out questions); after one example 8 of 64 replies call it, after these two 41 of 64 (measured 2026-12-02), so
+RL has tool calls to reinforce."""
+
+
 def calculator_rows(n: int = 1200, seed: int = 7) -> list[Row]:
     rng = random.Random(seed)
     system = ("You can use a calculator: write <calc>expression</calc> and stop; the result comes back as "
@@ -233,8 +249,8 @@ def calculator_rows(n: int = 1200, seed: int = 7) -> list[Row]:
                 f"{who} packs {b} boxes of {c} {what} and has {a} loose {what}. How many {what} in all?",
                 (b * c + a),
             )
-        rows.append({"prompt": [{"role": "system", "content": system}, {"role": "user", "content": text}],
-                     "answer": str(answer)})  # fmt: skip
+        prompt = [{"role": "system", "content": system}, *CALCULATOR_EXAMPLES, {"role": "user", "content": text}]
+        rows.append({"prompt": prompt, "answer": str(answer)})
     return rows
 
 
