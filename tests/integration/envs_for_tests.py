@@ -60,3 +60,14 @@ class Raises:
 
     def step(self, action):
         raise RuntimeError("the environment broke")
+
+
+class Drifts(Echo):
+    """Like Echo, but every reply of every instance carries a fresh number: the same actions get other answers (an
+    environment that cannot be replayed)."""
+
+    count = 0
+
+    def step(self, action):
+        Drifts.count += 1
+        return Step(f"obs {Drifts.count}", 0.25, False, {"state_key": Drifts.count})

@@ -160,6 +160,8 @@ def test_every_builtin_environment_is_token_exact_with_a_scripted_policy(case, t
         (["algo.sampler.name=dynamic_sampling"], "samplers do not run with a multi-turn environment yet"),
         (["recipe=ppo", "task=guess_number"], "a value model over multi-turn trajectories"),
         (["env.name=chess"], "env: unknown environment 'chess'"),
+        (["recipe=refuel", "task=lucky7"], "branches multi-turn trajectories at a turn: set `env`"),
+        (["recipe=refuel", "rollout.group_size=4"], "regresses within pairs of samples: set rollout.group_size=2"),
     ],
 )
 def test_what_cannot_run_with_an_environment_is_refused_in_one_line(extra, message, tiny_model_dir, tmp_path, capsys):
@@ -171,3 +173,42 @@ def test_what_cannot_run_with_an_environment_is_refused_in_one_line(extra, messa
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def _branches(eos_model, env, at):
+    model, tokenizer = eos_model
+    settings = EnvSettings(max_turns=3, max_tokens=400)
+    kw = {"max_new_tokens": 10, "generator": torch.Generator().manual_seed(4)}
+    roll_in = rollout(model, tokenizer, ROWS, env, settings, n=1, **kw)
+    at = [min(h, t - 1) for h, t in zip(at, roll_in.extras["turns"], strict=True)]
+    return roll_in, at, multiturn.branch(model, tokenizer, roll_in, at, env, settings, n=2, **kw)
+
+
+def test_branches_restart_at_the_roll_ins_turn_token_for_token_and_train_only_that_turn(eos_model):
+    _, tokenizer = eos_model
+    roll_in, at, batch = _branches(eos_model, envs_for_tests.Echo, [0, 1, 2])
+    assert at[1:] == [1, 2] and batch.num_completions == 6 and batch.group_ids.tolist() == [0, 0, 1, 1, 2, 2]
+    for i in range(6):
+        p, h = i // 2, at[i // 2]
+        turns = batch.turn_ids[i]
+        assert set(turns.tolist()) <= {-1, h} and torch.equal(batch.loss_mask[i].bool(), turns == h)
+        start = int((turns == h).nonzero()[0])  # the branch turn's first token: the roll-in's turn h starts there too
+        assert int((roll_in.turn_ids[p] == h).nonzero()[0]) == start
+        assert torch.equal(batch.completion_ids[i, :start], roll_in.completion_ids[p, :start])
+        assert batch.extras["turn_rewards"][i][:h] == roll_in.extras["turn_rewards"][p][:h] == [0.25] * h
+        assert batch.extras["messages"][i][: 1 + 2 * h] == roll_in.extras["messages"][p][: 1 + 2 * h]
+        assert batch.extras["env_reward"][i] == 0.25 * len(batch.extras["turn_rewards"][i])
+        ids = batch.completion_ids[i][batch.completion_mask[i].bool()]
+        if not batch.truncated[i]:  # the whole branch is the template's rendering of its conversation
+            prompt = batch.prompt_ids[p][batch.prompt_mask[p].bool()]
+            text = tokenizer.decode(torch.cat([prompt, ids]).tolist()).replace(tokenizer.pad_token, "")
+            rendered = tokenizer.apply_chat_template(batch.extras["messages"][i], tokenize=False)
+            assert text == rendered.removesuffix("\n")
+
+
+def test_a_branch_whose_environment_answers_the_replay_differently_is_unscored(eos_model):
+    roll_in, at, batch = _branches(eos_model, envs_for_tests.Drifts, [0, 1, 1])
+    assert at == [0, 1, 1]
+    errors = batch.extras["env_error"]
+    assert errors[:2] == [None, None]  # branch at the first turn: nothing to replay
+    assert all("replay" in e for e in errors[2:]) and batch.extras["env_reward"][2:] == [None] * 4

@@ -110,6 +110,10 @@ FACTS = {
     "from the last step's entropy; the samples it keeps replace the batch's first ones with advantage 1 (AEPO)",
     "tiered_hints": "sampler: the groups it marks get one hinted rollout per hint level (least help first); the first "
     "success replaces one rollout and keeps its hinted prompt, in the original group (Scaf-GRPO)",
+    "branch": "sampler: called with the number of turns of each prompt's roll-in trajectory, it returns the turn to "
+    "branch at; `rollout.group_size` branches restart there (the earlier turns replayed) and finish their episodes, "
+    "only the branch turn trained (REFUEL; multi-turn only)",
+    "pairs": "policy_loss: regresses within pairs of samples of a prompt, so it needs `rollout.group_size=2` (REFUEL)",
     "drafts": "sampler: a share of the budget samples drafts; it marks each prompt's best, and the rest of the budget "
     "samples refinements of the prompt plus that draft, the only samples trained on (iGRPO)",
     "reference_sync": "controller: moves the reference policy's weights towards the policy's after a step "

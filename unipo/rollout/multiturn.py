@@ -82,12 +82,14 @@ class _Trajectory:
     error: str | None = None  # why the environment failed (the episode is then unscored)
     done: bool = False
     truncated: bool = False
+    only_turn: int | None = None  # a branch trains only the turn it branches at (`branch`)
 
     def add(self, ids: list[int], logp: list[float] | None, turn: int) -> None:
+        trained = logp is not None and self.only_turn in (None, turn)
         self.ids += ids
-        self.loss += [int(logp is not None)] * len(ids)
+        self.loss += [int(trained)] * len(ids)
         self.logp += logp if logp is not None else [0.0] * len(ids)
-        self.turn += [turn if logp is not None else -1] * len(ids)
+        self.turn += [turn if trained else -1] * len(ids)
 
 
 def rollout(
@@ -111,28 +113,100 @@ def rollout(
     `messages` (the conversation), `env_reward` (the sum of turn rewards, None when the environment failed),
     `turn_rewards`, `state_keys`, `turns`, `tool_calls`, `tool_errors`."""
     device = next(model.parameters()).device
-    renderer = renderer or Renderer(tokenizer)
-    eos = set(_eos_ids(model, tokenizer, device).tolist())
     counts = [n] * len(rows) if isinstance(n, int) else list(n)
     prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], tokenizer, device)
-    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask, strict=True)]
     trajs = [_Trajectory(g, make_env(), messages=as_messages(rows[g]["prompt"]))
              for g, c in enumerate(counts) for _ in range(c)]  # fmt: skip
+    _reset(trajs, rows, settings)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "greedy": greedy}
+    _waves(model, tokenizer, trajs, rows, (prompt_ids, prompt_mask, counts), settings, renderer or Renderer(tokenizer),
+           max_new_tokens=max_new_tokens, generator=generator, sampling=sampling)  # fmt: skip
+    return _assemble(trajs, prompt_ids, prompt_mask, rows, tokenizer.pad_token_id)
+
+
+def branch(
+    model: Any,
+    tokenizer: Any,
+    roll_in: Rollouts,
+    at: list[int],
+    make_env: Callable[[], Env],
+    settings: EnvSettings,
+    *,
+    n: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    renderer: Renderer | None = None,
+) -> Rollouts:
+    """`n` branches of each trajectory p of `roll_in` (one per row, as `rollout(n=1)` gives) at the start of its
+    turn `at[p]` (REFUEL's roll-in, Gao et al. 2024, arXiv:2410.04612). A branch holds the roll-in's tokens before
+    that turn, out of the loss; its own environment, fresh, is replayed to that state by the roll-in's earlier
+    actions (the replies must come back token for token, else the branch ends unscored: branching needs an
+    environment that answers the same actions the same way); then the policy samples turn `at[p]` and the episode
+    runs to its end as in `rollout`. Only turn `at[p]` is trained (`loss_mask`, `turn_ids`); later turns are
+    sampled only to finish the episode. Returns the branches, `n` per row in row order, with `rollout`'s extras."""
+    renderer = renderer or Renderer(tokenizer)
+    rows = roll_in.rows
+    trajs = [_Trajectory(g, make_env(), messages=as_messages(rows[g]["prompt"]), only_turn=at[g])
+             for g in range(len(rows)) for _ in range(n)]  # fmt: skip
+    _reset(trajs, rows, settings)
+    ids = [roll_in.completion_ids[p][roll_in.completion_mask[p].bool()].tolist() for p in range(len(rows))]
+    said = [[m["content"] for m in ms if m["role"] == "assistant"] for ms in roll_in.extras["messages"]]
+    for k in range(max(at, default=0)):  # replay turn k where it comes before the branch turn
+        now = [t for t in trajs if k < at[t.group] and not t.done]
+        for t in now:
+            turn = (roll_in.turn_ids[t.group] == k).nonzero().squeeze(-1)
+            t.add(ids[t.group][turn[0] : turn[-1] + 1] if turn.numel() else [],
+                  roll_in.rollout_logp[t.group][turn].tolist(), k)  # fmt: skip
+            t.state_keys.append(t.next_key)
+            t.messages.append({"role": "assistant", "content": said[t.group][k]})
+        _step_envs(now, settings, renderer, tokenizer)
+    for t in trajs:
+        if t.error is None and (t.done or t.ids != ids[t.group][: len(t.ids)]):
+            t.error, t.done = "replay: the environment did not answer the roll-in's actions as it did before", True
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "greedy": False}
+    prompts = (roll_in.prompt_ids, roll_in.prompt_mask, [n] * len(rows))
+    _waves(model, tokenizer, trajs, rows, prompts, settings, renderer, max_new_tokens=max_new_tokens,
+           generator=generator, sampling=sampling)  # fmt: skip
+    return _assemble(trajs, roll_in.prompt_ids, roll_in.prompt_mask, rows, tokenizer.pad_token_id)
+
+
+def _reset(trajs: list[_Trajectory], rows: list[dict[str, Any]], settings: EnvSettings) -> None:
+    """Each trajectory's environment starts its episode on its row; one that fails ends the episode unscored."""
     resets = call_all([lambda t=t: t.env.reset(rows[t.group]) for t in trajs], settings.timeout_s)
     for t, result in zip(trajs, resets, strict=True):
         if isinstance(result, BaseException):
             t.error, t.done = f"reset: {_why(result, settings)}", True
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "greedy": greedy}
-    for turn in range(settings.max_turns):
-        live = [i for i, t in enumerate(trajs) if not t.done]
-        if not live:
-            break
+
+
+def _waves(
+    model: Any,
+    tokenizer: Any,
+    trajs: list[_Trajectory],
+    rows: list[dict[str, Any]],
+    prompts: tuple[torch.Tensor, torch.Tensor, list[int]],
+    settings: EnvSettings,
+    renderer: Renderer,
+    *,
+    max_new_tokens: int,
+    generator: torch.Generator | list[torch.Generator] | None,
+    sampling: dict[str, Any],
+) -> None:
+    """Every live trajectory samples its next turn in one batch, then the environments step, until every episode is
+    over (module docstring). `prompts`: the rows' padded prompt ids and mask, and each row's trajectory count."""
+    prompt_ids, prompt_mask, counts = prompts
+    device = prompt_ids.device
+    eos = set(_eos_ids(model, tokenizer, device).tolist())
+    starts = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask, strict=True)]
+    while live := [i for i, t in enumerate(trajs) if not t.done]:
         caps = [min(max_new_tokens, settings.max_tokens - len(trajs[i].ids)) for i in live]
         gens = [generator[i] for i in live] if isinstance(generator, list) else generator
-        if turn == 0 and len(live) == len(trajs):  # every prompt's cache is shared by its group
+        if len(live) == len(trajs) and not any(t.ids for t in trajs):  # every prompt's cache is shared by its group
             ids, mask, n_turn, turn_rows = prompt_ids, prompt_mask, counts, rows
         else:
-            ids, mask = left_pad([prompts[trajs[i].group] + trajs[i].ids for i in live], tokenizer.pad_token_id,
+            ids, mask = left_pad([starts[trajs[i].group] + trajs[i].ids for i in live], tokenizer.pad_token_id,
                                  device)  # fmt: skip
             n_turn, turn_rows = 1, [rows[trajs[i].group] for i in live]
         batch = sample_tokens(model, tokenizer, ids, mask, turn_rows, n=n_turn, max_new_tokens=max(caps),
@@ -141,14 +215,12 @@ def rollout(
         for j, (i, cap) in enumerate(zip(live, caps, strict=True)):
             t = trajs[i]
             sampled = batch.completion_ids[j, : min(lengths[j], cap)].tolist()
-            t.add(sampled, batch.rollout_logp[j, : len(sampled)].tolist(), turn)
+            t.add(sampled, batch.rollout_logp[j, : len(sampled)].tolist(), len(t.state_keys))
             t.state_keys.append(t.next_key)
             t.messages.append({"role": "assistant", "content": tokenizer.decode(sampled, skip_special_tokens=True)})
             if not sampled or sampled[-1] not in eos:  # cut by the budget: not an action the environment sees
                 t.truncated = t.done = True
-        stepping = [trajs[i] for i in live if not trajs[i].done]
-        _step_envs(stepping, turn == settings.max_turns - 1, settings, renderer, tokenizer)
-    return _assemble(trajs, prompt_ids, prompt_mask, rows, tokenizer.pad_token_id)
+        _step_envs([trajs[i] for i in live if not trajs[i].done], settings, renderer, tokenizer)
 
 
 def as_messages(prompt: Any) -> list[dict[str, str]]:
@@ -156,9 +228,10 @@ def as_messages(prompt: Any) -> list[dict[str, str]]:
     return [dict(m) for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
 
 
-def _step_envs(trajs: list[_Trajectory], last: bool, settings: EnvSettings, renderer: Renderer, tokenizer: Any) -> None:
+def _step_envs(trajs: list[_Trajectory], settings: EnvSettings, renderer: Renderer, tokenizer: Any) -> None:
     """Each trajectory's environment takes its last turn; its reply is appended (out of the loss) unless the episode
-    ends: done, the last allowed turn, or no room left in the token budget for the reply and another turn."""
+    ends: done, the last allowed turn (`settings.max_turns`), or no room left in the token budget for the reply and
+    another turn."""
     results = call_all([lambda t=t: t.env.step(t.messages[-1]["content"]) for t in trajs], settings.timeout_s)
     for t, step in zip(trajs, results, strict=True):
         if not isinstance(step, Step):
@@ -168,7 +241,7 @@ def _step_envs(trajs: list[_Trajectory], last: bool, settings: EnvSettings, rend
         t.turn_rewards.append(float(step.reward))
         t.tool_calls += int(step.info.get("tool_calls", 0))
         t.tool_errors += int(step.info.get("tool_errors", 0))
-        if step.done or step.observation is None or last:
+        if step.done or step.observation is None or len(t.state_keys) >= settings.max_turns:
             t.done = True
             continue
         observation = _capped(step.observation, settings.max_obs_tokens, tokenizer)

@@ -18,6 +18,9 @@ from unipo.trainers.inputs import NEEDS_REFERENCE
 
 def check_setup(cfg: Config, algo: Algo, task: Any, world: World) -> tuple[Any, Any] | None:
     """Every check below that applies; returns the run's multi-turn environment (factory, settings) or None."""
+    if algo.has_fact("policy_loss", "pairs") and cfg.rollout.group_size != 2:
+        raise ConfigError(f"algo.policy_loss {algo.policy_loss.id!r} regresses within pairs of samples: set "
+                          f"rollout.group_size=2 (got {cfg.rollout.group_size})")  # fmt: skip
     env = check_env(cfg, algo, task)
     if algo.sampler is not None:
         check_sampler(cfg, algo, task)
@@ -47,6 +50,9 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
     except ValueError as e:
         raise ConfigError(f"env: {e}") from None
     if env is None:
+        if algo.has_fact("sampler", "branch"):
+            raise ConfigError(f"algo.sampler {algo.sampler.id!r} branches multi-turn trajectories at a turn: set "
+                              "`env`, or a task with an environment (task=calculator)")  # fmt: skip
         if algo.credit is not None:
             raise ConfigError(f"algo.credit {algo.credit.id!r} assigns credit over the turns of multi-turn "
                               "trajectories: set `env`, or a task with an environment (task=guess_number)")  # fmt: skip
@@ -61,7 +67,7 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
     if algo.critic is not None:
         raise ConfigError(f"algo.critic {algo.critic.id!r}: a value model over multi-turn trajectories (values at the "
                           "environment's tokens, turn-level GAE) is not built yet; use an estimator")  # fmt: skip
-    if algo.sampler is not None:
+    if algo.sampler is not None and not algo.has_fact("sampler", "branch"):
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers do not run with a multi-turn environment yet "
                           "(they re-generate or inject single completions)")  # fmt: skip
     late = {"baseline_rewards", "segment_values"} & algo.advantage.needs

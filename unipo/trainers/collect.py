@@ -19,6 +19,9 @@ A sampler's registry facts say how it acts (`algos.registry.FACTS`):
   samples refinements, which the step trains on (iGRPO);
 - `ground_truth`: the rollout it marks in a group is replaced by the prompt's reference response, scored like a
   rollout (ViSurf);
+- `branch`: one roll-in trajectory per prompt; it picks a turn of each, where `rollout.group_size` branches restart
+  (the earlier turns replayed) and finish their episodes, only that turn trained; the roll-in is dropped (REFUEL;
+  multi-turn);
 - `entropy_switch`: nothing here; after the advantages, `entropy_switched` samples some prompts again at a temperature
   chosen from the last step's entropy and swaps the samples it keeps into the batch with advantage 1 (AEPO).
 The sampler's state (`RLState.sampler_state`) is checkpointed with the run.
@@ -39,7 +42,7 @@ from unipo.models.loading import autocast_context
 from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups, right_pad
 from unipo.rollout.hf import sample
 from unipo.rollout.inject import demonstrations, reference_text, scaf_hint_levels, with_draft, with_hint
-from unipo.rollout.multiturn import rollout
+from unipo.rollout.multiturn import branch, rollout
 from unipo.trainers.common import Algo, Timer, bound_params, call
 from unipo.trainers.dist import sample_generators
 
@@ -62,6 +65,8 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
         return _budgeted(s, algo, rows, timer)
     if algo.has_fact("sampler", "drafts"):
         return _refined(s, algo, rows, timer)
+    if algo.has_fact("sampler", "branch"):
+        return _branched(s, algo, rows, timer)
     batch, per_fn = generate_and_score(s, rows, timer, positions=positions)
     if algo.sampler is None or algo.has_fact("sampler", "entropy_switch"):
         return batch, per_fn, {}
@@ -247,6 +252,25 @@ def _rolled_in(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collec
     batch.origin[rolled.to(batch.origin.device)] = int(Origin.ROLL_IN)
     stats = {"sampler/roll_in_frac": float(rolled.float().mean()),
              "sampler/forced_tokens": float(batch.forced.sum(1).float().mean())}  # fmt: skip
+    return batch, per_fn, stats
+
+
+def _branched(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collected:
+    """REFUEL: one roll-in trajectory per prompt; the sampler picks a turn h of each; `rollout.group_size` branches
+    restart at turn h on environments replayed to it, sample it afresh and finish their episodes (rollout/multiturn.py
+    `branch`: only turn h is trained); the roll-in itself is not trained on."""
+    r = s.cfg.rollout
+    sampling = {"max_new_tokens": r.max_new_tokens, "top_k": r.top_k, "top_p": r.top_p, "temperature": r.temperature,
+                "generator": s.generator}  # fmt: skip
+    with timer("generate"), autocast_context(s.model, s.cfg.model.autocast):
+        roll_in = rollout(s.model, s.tokenizer, rows, *s.env, n=1, **sampling)
+        at = algo.sampler(torch.tensor(roll_in.extras["turns"]), **sampler_inputs(s, algo.sampler))
+        batch = branch(s.model, s.tokenizer, roll_in, at.tolist(), *s.env, n=r.group_size, **sampling)
+    with timer("score"):
+        per_fn = s.scorer.score(batch)
+    stats = {"sampler/branch_turn": float(at.float().mean()),
+             "sampler/replay_failed": float(sum(e is not None and e.startswith("replay") for e in
+                                                batch.extras["env_error"]))}  # fmt: skip
     return batch, per_fn, stats
 
 

@@ -206,9 +206,43 @@ SPECS = {
 }
 
 
+def refuel_coef(b, eta=1.0):
+    """REFUEL under token_sum: pair (i, j) contributes (n_i + n_j)·ℓ, ℓ = ((s_i − s_j) − η·(r_i − r_j))², s the summed
+    log-ratio and n the token count of each branch; ∂/∂logp_{i,t} = 2·(n_i + n_j)·((s_i − s_j) − η·(r_i − r_j))."""
+
+    def other(x):  # the partner of each row
+        return x.view(-1, 2).flip(-1).reshape(-1)
+
+    s, n = (b.lr * b.mask).sum(-1), b.mask.sum(-1).to(F64)
+    return (2 * (n + other(n)) * ((s - other(s)) - eta * (b.rewards - other(b.rewards))))[:, None]
+
+
+PAIRED = {"refuel": ({}, refuel_coef)}
+"""Losses over pairs of samples: checked on batches whose groups are pairs (rows 2k and 2k + 1)."""
+
+
 def test_every_registered_policy_loss_has_a_w_spec():
     # A new policy loss must declare its effective weight here (§0.4 library contract).
-    assert set(algos.names("policy_loss")) == set(SPECS)
+    assert set(algos.names("policy_loss")) == set(SPECS) | set(PAIRED) and not set(SPECS) & set(PAIRED)
+
+
+@PROPS
+@given(shapes)
+def test_pair_losses_gradient_padding_and_metrics(shape):
+    n, t_, seed = shape
+    b = make_batch(2 * n, t_, seed)
+    b.group_ids = torch.arange(2 * n) // 2
+    pad = ~b.mask
+    for name, (kw, coef) in PAIRED.items():
+        loss, metrics, g = grad(name, b, **kw)
+        torch.testing.assert_close(g, coef(b) * b.mask, msg=name)
+        assert {"clip/frac", "clip/frac_low", "clip/frac_high", "ratio/mean"} <= set(metrics), name
+        assert all(v.shape == (2 * n, t_) and not v.requires_grad for v in metrics.values()), name
+        c = SimpleNamespace(**vars(b))
+        c.logp, c.old = b.logp.masked_fill(pad, -math.inf), b.old.masked_fill(pad, -math.inf)
+        loss_inf, _, g_inf = grad(name, c, **kw)  # -inf at padded positions is inert
+        torch.testing.assert_close(loss_inf, loss, msg=name)
+        torch.testing.assert_close(g_inf, g, msg=name)
 
 
 @PROPS

@@ -28,7 +28,7 @@ from unipo.algos.policy_losses import clipped, offpolicy, recon, sequence, trust
 from unipo.algos.policy_losses.clipped import clip_higher, dual_clip, ppo_clip, ratio_cap_delta
 from unipo.algos.policy_losses.offpolicy import opsm, opsm_keep, rollout_is, rollout_is_weights
 from unipo.algos.policy_losses.recon import dcpo_dist_recon, dispo_recon, etr_recon, r2vpo_recon
-from unipo.algos.policy_losses.sequence import gmpo, gspo, gspo_token, luspo, vespo
+from unipo.algos.policy_losses.sequence import gmpo, gspo, gspo_token, luspo, refuel, vespo
 from unipo.algos.policy_losses.trust_region import bapo, bapo_candidates, dppo_tv, dro, mdpo
 from unipo.algos.policy_losses.weighted import cispo, nft, rec, reinforce, sapo
 
@@ -55,6 +55,7 @@ __all__ = [
     "r2vpo_recon",
     "ratio_cap_delta",
     "rec",
+    "refuel",
     "reinforce",
     "rollout_is",
     "rollout_is_weights",

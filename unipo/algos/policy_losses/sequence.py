@@ -1,4 +1,5 @@
-"""Sequence-ratio surrogates: gspo, gspo_token, luspo, gmpo, vespo (ALGORITHMS.md §2.1).
+"""Sequence-ratio surrogates: gspo, gspo_token, luspo, gmpo, vespo (ALGORITHMS.md §2.1), and REFUEL's pair
+regression of sequence log-ratios (§9).
 
 Each returns the per-token form whose stated aggregation equals the sequence objective (value and gradient).
 """
@@ -260,3 +261,61 @@ def vespo(
     metrics = no_clip_metrics(torch.exp(log_w), loss)
     metrics["vespo/phi"] = phi.detach()
     return loss, metrics
+
+
+@register(
+    "policy_loss",
+    "refuel",
+    paper="Gao et al. 2024, Regressing the Relative Future: Efficient Policy Optimization for Multi-turn RLHF "
+    "(REFUEL), arXiv:2410.04612",
+    tag="checked: official code refuel.py (ALGORITHMS.md §9)",
+    facts={"pairs"},
+)
+def refuel(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    rewards: torch.Tensor | None = None,
+    group_ids: torch.Tensor | None = None,
+    eta: float = 1.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """REFUEL: regress the relative log-ratio of two branches onto their relative future (arXiv:2410.04612, eq. 5).
+
+    For the two branches y, y′ of a roll-in (sampled from π_t at the same turn h and finished with π_t, returns R,
+    R′): ℓ = ((log(π_θ/π_t)(y_h) − log(π_θ/π_t)(y′_h)) − η·(R − R′))², the log-ratios summed over the masked tokens
+    (the branch turn's: rollout/multiturn.py `branch`). It is REBEL's regression (`online` `rebel`) on
+    turn-level pairs. Every token of both branches carries its pair's ℓ, so `seq_mean_token_mean` gives the mean
+    over pairs (value and gradient).
+
+    Args:
+        logp: [N, T] log π_θ.
+        old_logp: [N, T] log π_t (the policy that sampled the branches; constant).
+        advantages: unused (REFUEL regresses on the returns themselves); accepted for the family signature.
+        mask: [N, T] loss mask (the branch turn's tokens).
+        rewards: [N] the branches' returns R; required.
+        group_ids: [N] the roll-in each branch belongs to; each must hold exactly two branches.
+        eta: η > 0, the regression's scale of the return difference (official default 1).
+
+    Returns:
+        (per-token loss [N, T], metrics: "refuel/sign_agree" = 1 where the log-ratio difference has the sign of
+        R − R′, over pairs whose returns differ; "ratio/mean" = the sequence ratio π_θ/π_t of the branch turn; the
+        clip fractions are 0).
+    """
+    n = logp.shape[0]
+    rewards = require(rewards, "rewards", (n,), "REFUEL regresses on the return difference")
+    group_ids = require(group_ids, "group_ids", (n,), "the two branches of a roll-in form a pair")
+    check_positive(eta=eta)
+    same = (group_ids[:, None] == group_ids[None, :]).to(logp.dtype)
+    if not bool((same.sum(-1) == 2).all()):
+        raise ValueError("refuel needs exactly two branches per roll-in (rollout.group_size=2)")
+    s = masked_sum(log_ratio(logp, old_logp, mask), mask, dim=-1)  # [N] log(π_θ/π_t) of the branch turn
+    r = rewards.to(logp.dtype)
+    diff, dr = 2 * s - same @ s, 2 * r - same @ r  # branch minus its partner (each group holds two)
+    loss = (diff - eta * dr) ** 2
+    metrics = no_clip_metrics(torch.exp(s.detach().clamp(max=LOG_RATIO_BOUND))[:, None].expand_as(logp), logp)
+    if bool((dr != 0).any()):
+        agree = (torch.sign(diff.detach()) == torch.sign(dr)) & (dr != 0)
+        metrics["refuel/sign_agree"] = agree.to(logp.dtype)[:, None].expand_as(logp)
+    return zero_masked(loss[:, None].expand_as(logp), mask), metrics

@@ -107,6 +107,31 @@ def dr_po(
 
 @register(
     "sampler",
+    "refuel_branch",
+    paper="Gao et al. 2024, Regressing the Relative Future: Efficient Policy Optimization for Multi-turn RLHF "
+    "(REFUEL), arXiv:2410.04612",
+    tag="checked: ALGORITHMS.md §9 (h uniform over the turns of a roll-in of π_t); for episodes of different lengths, "
+    "uniform over each roll-in's own turns: ours",
+    facts={"branch"},
+)
+def refuel_branch(turns: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """REFUEL's branch turn (Gao et al. 2024, arXiv:2410.04612, Algorithm 1): h ~ U{0, …, H_p − 1} over the H_p
+    policy turns of prompt p's roll-in trajectory (H_p = 0, an episode that never started: h = 0). Two branches then
+    restart at turn h, sample it afresh and finish the episode with π_t; only turn h is trained (`refuel`).
+
+    Args:
+        turns: [P] long, the number of policy turns of each roll-in.
+        generator: the trainer's random generator.
+
+    Returns:
+        [P] long branch turns h (0-based).
+    """
+    u = torch.rand(turns.shape, generator=generator)
+    return (u * turns.clamp(min=1)).floor().long().clamp(max=(turns - 1).clamp(min=0))
+
+
+@register(
+    "sampler",
     "igpo_inpaint",
     paper="Zhao et al. 2025, Inpainting-Guided Policy Optimization for Diffusion LLMs (IGPO), arXiv:2509.10396",
     tag="checked: ALGORITHMS.md §6.3 from the official code (all-wrong trigger, r ~ U[0.2, 0.6] sorted, at most 4 "
