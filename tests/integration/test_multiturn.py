@@ -175,11 +175,16 @@ def test_what_cannot_run_with_an_environment_is_refused_in_one_line(extra, messa
     assert message in err and "Traceback" not in err
 
 
+SHOWN = [{"prompt": [{"role": "user", "content": "say a"}, {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": f"say {i}"}]} for i in range(3)]  # fmt: skip
+"""Prompts that show an exchange first (the policy's turns are the ones after the prompt's)."""
+
+
 def _branches(eos_model, env, at):
     model, tokenizer = eos_model
     settings = EnvSettings(max_turns=3, max_tokens=400)
     kw = {"max_new_tokens": 10, "generator": torch.Generator().manual_seed(4)}
-    roll_in = rollout(model, tokenizer, ROWS, env, settings, n=1, **kw)
+    roll_in = rollout(model, tokenizer, SHOWN, env, settings, n=1, **kw)
     at = [min(h, t - 1) for h, t in zip(at, roll_in.extras["turns"], strict=True)]
     return roll_in, at, multiturn.branch(model, tokenizer, roll_in, at, env, settings, n=2, **kw)
 
@@ -196,7 +201,7 @@ def test_branches_restart_at_the_roll_ins_turn_token_for_token_and_train_only_th
         assert int((roll_in.turn_ids[p] == h).nonzero()[0]) == start
         assert torch.equal(batch.completion_ids[i, :start], roll_in.completion_ids[p, :start])
         assert batch.extras["turn_rewards"][i][:h] == roll_in.extras["turn_rewards"][p][:h] == [0.25] * h
-        assert batch.extras["messages"][i][: 1 + 2 * h] == roll_in.extras["messages"][p][: 1 + 2 * h]
+        assert batch.extras["messages"][i][: 3 + 2 * h] == roll_in.extras["messages"][p][: 3 + 2 * h]
         assert batch.extras["env_reward"][i] == 0.25 * len(batch.extras["turn_rewards"][i])
         ids = batch.completion_ids[i][batch.completion_mask[i].bool()]
         if not batch.truncated[i]:  # the whole branch is the template's rendering of its conversation

@@ -153,7 +153,8 @@ def branch(
              for g in range(len(rows)) for _ in range(n)]  # fmt: skip
     _reset(trajs, rows, settings)
     ids = [roll_in.completion_ids[p][roll_in.completion_mask[p].bool()].tolist() for p in range(len(rows))]
-    said = [[m["content"] for m in ms if m["role"] == "assistant"] for ms in roll_in.extras["messages"]]
+    said = [[m["content"] for m in ms[len(as_messages(row["prompt"])) :] if m["role"] == "assistant"]
+            for ms, row in zip(roll_in.extras["messages"], rows, strict=True)]  # the policy's turns  # fmt: skip
     for k in range(max(at, default=0)):  # replay turn k where it comes before the branch turn
         now = [t for t in trajs if k < at[t.group] and not t.done]
         for t in now:
