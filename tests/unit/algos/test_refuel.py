@@ -23,7 +23,9 @@ def test_refuel_loss_and_gradient_by_hand():
     want = torch.tensor([-1.6, 1.6, -0.3, 0.3])[:, None] * mask
     torch.testing.assert_close(logp.grad, want)
     agree = metrics["refuel/sign_agree"][:, 0]  # pair 0's log-ratio difference has the wrong sign, pair 1's the right
-    torch.testing.assert_close(agree, torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    torch.testing.assert_close(agree, torch.tensor([-1.0, -1.0, 1.0, 1.0]))
+    _, on_policy = refuel(logp.detach(), logp.detach(), torch.zeros(4, 3), mask, rewards=rewards, group_ids=groups)
+    assert (on_policy["refuel/sign_agree"] == 0).all()  # no log-ratio difference yet
 
 
 def test_refuel_scales_the_return_difference_by_eta_and_needs_pairs():

@@ -299,9 +299,9 @@ def refuel(
         eta: η > 0, the regression's scale of the return difference (official default 1).
 
     Returns:
-        (per-token loss [N, T], metrics: "refuel/sign_agree" = 1 where the log-ratio difference has the sign of
-        R − R′, over pairs whose returns differ; "ratio/mean" = the sequence ratio π_θ/π_t of the branch turn; the
-        clip fractions are 0).
+        (per-token loss [N, T], metrics: "refuel/sign_agree" = sign(log-ratio difference)·sign(R − R′): +1 where
+        they agree, −1 where they disagree, 0 where either is 0 (every pair on the first, on-policy pass);
+        "ratio/mean" = the sequence ratio π_θ/π_t of the branch turn; the clip fractions are 0).
     """
     n = logp.shape[0]
     rewards = require(rewards, "rewards", (n,), "REFUEL regresses on the return difference")
@@ -315,7 +315,5 @@ def refuel(
     diff, dr = 2 * s - same @ s, 2 * r - same @ r  # branch minus its partner (each group holds two)
     loss = (diff - eta * dr) ** 2
     metrics = no_clip_metrics(torch.exp(s.detach().clamp(max=LOG_RATIO_BOUND))[:, None].expand_as(logp), logp)
-    if bool((dr != 0).any()):
-        agree = (torch.sign(diff.detach()) == torch.sign(dr)) & (dr != 0)
-        metrics["refuel/sign_agree"] = agree.to(logp.dtype)[:, None].expand_as(logp)
+    metrics["refuel/sign_agree"] = (torch.sign(diff.detach()) * torch.sign(dr))[:, None].expand_as(logp)
     return zero_masked(loss[:, None].expand_as(logp), mask), metrics
