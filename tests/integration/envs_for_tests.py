@@ -71,3 +71,18 @@ class Drifts(Echo):
     def step(self, action):
         Drifts.count += 1
         return Step(f"obs {Drifts.count}", 0.25, False, {"state_key": Drifts.count})
+
+
+class EveryOtherFails(Echo):
+    """Like Echo, but every second instance made raises at its first step (one branch of each pair fails)."""
+
+    made = 0
+
+    def __init__(self):
+        EveryOtherFails.made += 1
+        self.fails = EveryOtherFails.made % 2 == 0
+
+    def step(self, action):
+        if self.fails:
+            raise RuntimeError("the environment broke")
+        return super().step(action)

@@ -258,7 +258,8 @@ def _rolled_in(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collec
 def _branched(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collected:
     """REFUEL: one roll-in trajectory per prompt; the sampler picks a turn h of each; `rollout.group_size` branches
     restart at turn h on environments replayed to it, sample it afresh and finish their episodes (rollout/multiturn.py
-    `branch`: only turn h is trained); the roll-in itself is not trained on."""
+    `branch`: only turn h is trained); the roll-in itself is not trained on. A roll-in with an unscored branch (its
+    environment failed, or answered the replay differently) trains neither: the regression needs both returns."""
     r = s.cfg.rollout
     sampling = {"max_new_tokens": r.max_new_tokens, "top_k": r.top_k, "top_p": r.top_p, "temperature": r.temperature,
                 "generator": s.generator}  # fmt: skip
@@ -268,6 +269,8 @@ def _branched(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collect
         batch = branch(s.model, s.tokenizer, roll_in, at.tolist(), *s.env, n=r.group_size, **sampling)
     with timer("score"):
         per_fn = s.scorer.score(batch)
+    unscored = s.scorer.combine(per_fn).isnan().view(-1, r.group_size).any(1).repeat_interleave(r.group_size)
+    batch.loss_mask[unscored.to(batch.loss_mask.device)] = 0
     stats = {"sampler/branch_turn": float(at.float().mean()),
              "sampler/replay_failed": float(sum(e is not None and e.startswith("replay") for e in
                                                 batch.extras["env_error"]))}  # fmt: skip
