@@ -63,9 +63,10 @@ def test_actors_score_in_order_and_report_what_the_function_raised(local_ray):
 
 
 def test_a_hanging_or_dying_actor_fails_only_its_call(local_ray):
-    # a death is reported as soon as Ray notices it, which took over 3 s once on a loaded CI machine: its time limit
-    # is generous, so that only the hanging function can reach its limit
-    cases = ((hostile.sleeps, 3, "no result within reward.timeout_s=3"), (hostile.dies, 60, "Ray actor died"))
+    # the limit covers the whole batch: after the hang, the next function's fresh actors must start within it too
+    # (over 3 s once on a loaded CI machine), and a death is reported only when Ray notices it (also over 3 s once);
+    # the hanging function sleeps an hour, so it reaches any of these limits
+    cases = ((hostile.sleeps, 20, "no result within reward.timeout_s=20"), (hostile.dies, 60, "Ray actor died"))
     for bad, timeout_s, reason in cases:
         s = _scorer([bad, hostile.length])
         s.timeout_s = timeout_s
