@@ -281,7 +281,7 @@ def refuel(
     group_ids: torch.Tensor | None = None,
     eta: float = 1.0,
 ) -> tuple[torch.Tensor, Metrics]:
-    """REFUEL: regress the relative log-ratio of two branches onto their relative future (arXiv:2410.04612, eq. 5).
+    """REFUEL: regress two branches' relative log-ratio onto their relative future (Gao et al. 2024, arXiv:2410.04612).
 
     For the two branches y, y′ of a roll-in (sampled from π_t at the same turn h and finished with π_t, returns R,
     R′): ℓ = ((log(π_θ/π_t)(y_h) − log(π_θ/π_t)(y′_h)) − η·(R − R′))², the log-ratios summed over the masked tokens
