@@ -158,9 +158,8 @@ def branch(
     for k in range(max(at, default=0)):  # replay turn k where it comes before the branch turn
         now = [t for t in trajs if k < at[t.group] and not t.done]
         for t in now:
-            turn = (roll_in.turn_ids[t.group] == k).nonzero().squeeze(-1)
-            t.add(ids[t.group][turn[0] : turn[-1] + 1] if turn.numel() else [],
-                  roll_in.rollout_logp[t.group][turn].tolist(), k)  # fmt: skip
+            turn = roll_in.turn_ids[t.group] == k  # a turn before the last has tokens: the episode went on
+            t.add(roll_in.completion_ids[t.group][turn].tolist(), roll_in.rollout_logp[t.group][turn].tolist(), k)
             t.state_keys.append(t.next_key)
             t.messages.append({"role": "assistant", "content": said[t.group][k]})
         _step_envs(now, settings, renderer, tokenizer)
