@@ -10,6 +10,8 @@ from tests.recipes import wiring
 from unipo import algos, config
 from unipo.cli import main
 from unipo.data.tasks import get_task
+from unipo.trainers import rl
+from unipo.trainers import update as update_module
 from unipo.trainers.common import build_algo
 from unipo.trainers.inputs import NEEDS_REFERENCE
 
@@ -69,7 +71,10 @@ def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path,
     per_pass = any(algos.entry("token_weight", t.name).needs(t.model_extra) & {"logp", "entropy"}
                    for t in config.load(name).algo.token_weights)  # fmt: skip
     args += ["train.ppo_epochs=1", f"train.micro_batch_size={64 if per_pass else 3}", "model.autocast=off"]
-    seen = wiring.record(monkeypatch)
+    turn_by_turn = (
+        recipe.algo.credit is not None and "turn_sequential" in algos.entry("credit", recipe.algo.credit.name).facts
+    )
+    seen = wiring.record(monkeypatch, update_module if turn_by_turn else rl)  # SeeUPO: the second pass of `update`
     assert main(args) == 0
     # wiring: the first step's loss and gradient are the recipe's components composed by hand on the same batch
     resolved_cfg = config.load(name, [a for a in args[2:] if not a.startswith(("output_dir", "model.path"))])

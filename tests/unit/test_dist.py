@@ -50,6 +50,12 @@ def test_fsdp2_refuses_a_moving_reference():
                         build_algo(cfg))  # fmt: skip
 
 
+def test_a_turn_by_turn_update_is_refused_on_several_ranks():
+    cfg = config.load("seeupo")
+    with pytest.raises(ConfigError, match=r"^algo.credit 'seeupo_recon' updates turn by turn, which runs in one"):
+        check_data_parallel(cfg, build_algo(cfg))
+
+
 def test_a_plain_world_neither_shards_nor_pads():
     world, model = World(), torch.nn.Linear(2, 2)
     assert world.shard(model) is model and not hasattr(model, "unipo_forward")

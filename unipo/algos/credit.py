@@ -322,6 +322,63 @@ def scores(
     return _broadcast(per_turn, turn_ids).to(advantages.dtype)
 
 
+_SEEUPO = (
+    "SeeUPO: sequence-level sequential-update policy optimisation (ALGORITHMS.md seeds 001-06; citation not checked)"
+)
+
+
+@register("credit", "seeupo_recon", paper=_SEEUPO, tag="reconstructed", facts={"turn_sequential"})
+def seeupo_recon(
+    advantages: torch.Tensor,
+    *,
+    turn_ids: torch.Tensor,
+    group_ids: torch.Tensor,
+    turn_rewards: Sequence[Sequence[float]],
+    rewards: torch.Tensor,
+    std_normalize: bool = True,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Reconstruction of SeeUPO's per-turn credit (ALGORITHMS.md §9): each turn index k is a bandit of its own, with
+    a group-relative advantage over the turn-k actions of the prompt's trajectories.
+
+    The return of turn k is undiscounted, R_{i,k} = R_i − Σ_{j<k} r_{i,j}: the trajectory's reward minus the
+    environment's rewards before turn k (Σ_{j≥k} r_{i,j} when the reward is the environment's). A_{i,k} = R_{i,k} −
+    mean of R_{j,k} over the group's trajectories j that reached turn k, ÷ (their std + eps) when `std_normalize`
+    (GRPO's form; our default); a turn no other scored trajectory of its group reached gets 0. The estimator's episode
+    advantages are not used. The trainer then updates turn by turn, the last turn first (fact `turn_sequential`),
+    each pass a REINFORCE step on that turn's tokens alone (recipe `seeupo`).
+
+    Args:
+        advantages: [N] episode advantages (unused: the per-turn returns replace them).
+        turn_ids: [N, T] each token's policy turn, -1 on the environment's tokens and padding.
+        group_ids: [N] the prompt group of each trajectory.
+        turn_rewards: per trajectory, the environment's reward after each turn.
+        rewards: [N] the trajectories' rewards R_i; NaN for an unscored one, which gets 0 and is in no group.
+        std_normalize: divide by the std over the turn's group (unbiased).
+        eps: added to that std.
+
+    Returns:
+        [N, T] per-token advantages.
+    """
+    warn_reconstruction("seeupo_recon", _SEEUPO)
+    turns = (turn_ids.max(1).values + 1).clamp(min=0).tolist()  # policy turns of each trajectory
+    returns = []
+    for i, r in enumerate(turn_rewards):
+        before = [0.0] + [float(sum(r[:k])) for k in range(1, turns[i])]
+        returns.append([float(rewards[i]) - b for b in before[: turns[i]]])
+    members: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for i, n_turns in enumerate(turns):
+        for k in range(n_turns if not rewards[i].isnan() else 0):  # an unscored trajectory is in no group
+            members[int(group_ids[i]), k].append((i, k))
+    per_turn = [[0.0] * n_turns for n_turns in turns]
+    for group in members.values():
+        if len(group) < 2:
+            continue
+        for (i, k), a in zip(group, _centred_returns(group, returns, std_normalize, eps, True), strict=True):
+            per_turn[i][k] = a
+    return _broadcast(per_turn, turn_ids).to(advantages.dtype)
+
+
 def _hashable(key: object) -> Hashable:
     if isinstance(key, list | tuple):
         return tuple(_hashable(k) for k in key)

@@ -40,8 +40,6 @@ GAPS: dict[tuple[str, str], str] = {
     "labels), a data generator not built",
     ("credit", "arpo_agentic"): "needs entropy-triggered branching after tool calls: partial rollouts that restart "
     "from a turn of a live trajectory, which the multi-turn rollout does not do",
-    ("credit", "seeupo_recon"): "needs one update per turn index in reverse order within a step (the update runs "
-    "once over all turns)",
     ("credit", "r3l_retry_recon"): "needs language feedback that restarts generation from a failure point (a retry "
     "sampler)",
     ("credit", "reseek_judge"): "needs a JUDGE action whose context keeps or drops the last observation, and a "

@@ -113,6 +113,9 @@ FACTS = {
     "branch": "sampler: called with the number of turns of each prompt's roll-in trajectory, it returns the turn to "
     "branch at; `rollout.group_size` branches restart there (the earlier turns replayed) and finish their episodes, "
     "only the branch turn trained (REFUEL; multi-turn only)",
+    "turn_sequential": "credit: the update runs once per policy turn index, the last first, each pass an optimizer "
+    "step on that turn's tokens of the trajectories that reached it, normalised by their own counts (SeeUPO; "
+    "multi-turn only)",
     "pairs": "policy_loss: regresses within pairs of samples of a prompt, so it needs `rollout.group_size=2` (REFUEL)",
     "drafts": "sampler: a share of the budget samples drafts; it marks each prompt's best, and the rest of the budget "
     "samples refinements of the prompt plus that draft, the only samples trained on (iGRPO)",

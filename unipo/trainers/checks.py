@@ -86,6 +86,9 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
         raise ConfigError("dist.ray: on several ranks, start one Ray cluster (`ray start --head`) and set "
                           "dist.ray_address=auto, so that the ranks share it instead of each starting "
                           "its own")  # fmt: skip
+    if algo.has_fact("credit", "turn_sequential"):
+        raise ConfigError(f"algo.credit {algo.credit.id!r} updates turn by turn, which runs in one process only for "
+                          "now; launch without torchrun")  # fmt: skip
     if algo.sampler is not None:
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers run in one process only for now (each rank "
                           "would draw its own extra prompts); launch without torchrun")  # fmt: skip

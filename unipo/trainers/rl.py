@@ -46,7 +46,7 @@ from unipo.trainers.evaluate import heldout_eval
 from unipo.trainers.loop import run_steps
 from unipo.trainers.pipeline import Pipeline
 from unipo.trainers.segments import segment_values
-from unipo.trainers.update import frozen_forward, update
+from unipo.trainers.update import frozen_forward, turn_by_turn, update
 
 
 def train(cfg: Config) -> Path:
@@ -230,7 +230,8 @@ def rl_step(s: RLState) -> dict[str, float]:
         all_mask = w.gather_rows(batch.loss_mask)
         all_adv = advantages_of(algo, all_rewards, all_fn, all_groups, all_mask, all_inputs, s.scorer.weights)
         if algo.credit is not None:  # over each rank's own trajectories (a prompt's group never spans ranks)
-            all_adv = w.gather_rows(credited(algo, w.local(all_adv, n, batch.loss_mask.shape[1]), batch, inputs))
+            local_adv = w.local(all_adv, n, batch.loss_mask.shape[1])
+            all_adv = w.gather_rows(credited(algo, local_adv, batch, inputs, rewards))
         all_adv, post_stats = post_processed(algo, all_adv, all_mask, all_rewards, all_groups)
         advantages = w.local(all_adv, n, batch.loss_mask.shape[1])
     else:  # GAE over the value model's values; the critic then trains on the returns
@@ -241,10 +242,9 @@ def rl_step(s: RLState) -> dict[str, float]:
         sampler_stats = {**sampler_stats, **more}
     if cfg.log.completions_per_step and w.main:
         s.samples = step_samples(s, batch, per_fn, rewards, advantages)
-    waits = s.step <= cfg.critic.warmup_steps and s.critic is not None  # critic warm-up: the policy waits
     w.reshard(s.model)
     with timer("update"):
-        stats = {} if waits else update(cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs, w)
+        stats = updated(s, algo, batch, advantages, inputs)
     s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, len(all_raw))
     if algo.ref_sync is not None:  # TR-DPO: the reference moves towards the policy
         ctrl_metrics["ref/synced"] = float(algo.ref_sync(s.ref.parameters(), s.model.parameters(), s.step))
@@ -275,6 +275,16 @@ def rl_step(s: RLState) -> dict[str, float]:
         **{f"time/{phase}_s": seconds for phase, seconds in timer.totals.items()},  # generate, score, update, ...
         "time/step_s": time.perf_counter() - t0,
     }
+
+
+def updated(s: RLState, algo: Algo, batch: Rollouts, advantages: torch.Tensor, inputs: dict) -> dict[str, float]:
+    """The update stage's metrics: none while the critic warms up (the policy waits); one pass per turn, the last
+    first, for a credit with fact `turn_sequential` (SeeUPO); else `ppo_epochs` optimizer steps on the batch."""
+    if s.step <= s.cfg.critic.warmup_steps and s.critic is not None:
+        return {}
+    if algo.has_fact("credit", "turn_sequential"):
+        return turn_by_turn(s.cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs)
+    return update(s.cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs, s.world)
 
 
 def critic_stage(
@@ -334,11 +344,15 @@ def step_samples(
     return completion_samples(batch, s.cfg.log.completions_per_step, **columns)
 
 
-def credited(algo: Algo, advantages: torch.Tensor, batch: Rollouts, inputs: dict[str, Any]) -> torch.Tensor:
+def credited(
+    algo: Algo, advantages: torch.Tensor, batch: Rollouts, inputs: dict[str, Any], rewards: torch.Tensor
+) -> torch.Tensor:
     """The credit stage (`algo.credit`): trajectory advantages to per-token advantages over the turns (N, T), with the
-    turn data and the step's other inputs (progress, old and reference log-probs)."""
+    turn data, the trajectories' `rewards` (N,) (NaN where unscored) and the step's other inputs (progress, old and
+    reference log-probs)."""
     turns = {"turn_ids": batch.turn_ids, "group_ids": batch.advantage_groups, "completion_ids": batch.completion_ids,
-             "turn_rewards": batch.extras["turn_rewards"], "state_keys": batch.extras["state_keys"]}  # fmt: skip
+             "turn_rewards": batch.extras["turn_rewards"], "state_keys": batch.extras["state_keys"],
+             "rewards": rewards}  # fmt: skip
     return call(algo.credit, advantages, inputs=inputs | turns)
 
 

@@ -3,6 +3,7 @@ over micro-batches with the batch's global token and sequence counts (every rank
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -149,6 +150,44 @@ def update(
     out.update({_metric_name(k): float(v[0] / v[1].clamp(min=1)) for k, v in totals.items()})
     out["tokens/trained_frac"] = float(world.sum(batch.loss_mask[active].sum().float()) / num_tokens)
     return out
+
+
+def turn_by_turn(
+    cfg: Config,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    algo: Algo,
+    batch: Rollouts,
+    advantages: torch.Tensor,
+    inputs: dict[str, Any],
+) -> dict[str, float]:
+    """The sequential update of a credit with fact `turn_sequential` (SeeUPO): one `update` per policy turn index k,
+    the last first, on the trajectories that reached turn k with only turn k's tokens in the loss, so each pass is
+    normalised by its own token and sequence counts and sees the parameters the later turns' passes left. The
+    learning-rate schedule moves after the last pass only, once per step as with `update`. Old log-probs are each
+    pass's own first forward (the parameters that sampled the batch only in the first pass); behaviour log-probs stay
+    the sampling policy's. Returns the passes' mean metrics and `turns/passes`. One rank (trainers/checks.py)."""
+    n, per_pass = batch.num_completions, []
+    for k in reversed(range(int(batch.turn_ids.max()) + 1)):
+        at_k = batch.turn_ids == k
+        rows = at_k.any(1).nonzero().squeeze(1)
+        part = batch.select(rows)
+        part = replace(part, loss_mask=part.loss_mask * at_k[rows, : part.loss_mask.shape[1]])
+        rows_of = {key: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
+                   for key, v in inputs.items()}  # fmt: skip
+        held = scheduler if k == 0 else _HeldSchedule()
+        per_pass.append(update(cfg, model, optimizer, held, algo, part, advantages[rows], rows_of))
+    out = {key: sum(p[key] for p in per_pass if key in p) / sum(key in p for p in per_pass)
+           for key in dict.fromkeys(key for p in per_pass for key in p)}  # fmt: skip
+    return {**out, "turns/passes": float(len(per_pass))}
+
+
+class _HeldSchedule:
+    """A learning-rate schedule that does not move (the passes of `turn_by_turn` before its last)."""
+
+    def step(self) -> None:
+        pass
 
 
 def micro_batches(active: torch.Tensor, groups: torch.Tensor, size: int, whole_groups: bool) -> list[torch.Tensor]:

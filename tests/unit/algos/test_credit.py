@@ -154,3 +154,23 @@ def test_scores_returns_per_attempt_in_each_stage():
         "turn_ids", "group_ids", "turn_rewards", "progress"}  # fmt: skip
     with pytest.raises(ValueError, match="needs old_logp and ref_logp"):
         fn(torch.zeros(3), turn_ids=turn_ids, group_ids=torch.zeros(3), turn_rewards=rewards, progress=0.0)
+
+
+def test_seeupo_gives_each_turn_its_group_relative_return_to_go():
+    # group 0: three trajectories (2, 1 and 2 turns); group 1: one scored trajectory and one unscored (NaN reward)
+    turn_ids = torch.tensor([[0, 0, -1, 1], [0, 0, -1, -1], [0, -1, 1, 1], [0, -1, -1, -1], [0, 0, -1, 1]])
+    turn_rewards = [[0.5, 1.0], [0.0], [1.0, 0.0], [2.0], [0.0, 1.0]]
+    rewards = torch.tensor([1.5, 0.0, 1.0, 2.0, float("nan")])
+    fn = algos.get("credit", "seeupo_recon")
+    kw = {"turn_ids": turn_ids, "group_ids": torch.tensor([0, 0, 0, 1, 1]), "turn_rewards": turn_rewards,
+          "rewards": rewards}  # fmt: skip
+    out = fn(torch.zeros(5), std_normalize=False, **kw)
+    # turn 0: returns 1.5, 0, 1 (mean 5/6); turn 1: R − r_0 = 1.0 and 0.0 (mean 0.5), the second trajectory has none
+    torch.testing.assert_close(out[:3, 0], torch.tensor([1.5, 0.0, 1.0]) - 5 / 6)
+    torch.testing.assert_close(out[[0, 2], 3], torch.tensor([0.5, -0.5]))
+    assert (out[turn_ids < 0] == 0).all()
+    assert (out[3:] == 0).all()  # alone in its group once the unscored trajectory leaves it
+    scaled = fn(torch.zeros(5), std_normalize=True, eps=0.0, **kw)
+    torch.testing.assert_close(scaled[:3, 0], (torch.tensor([1.5, 0.0, 1.0]) - 5 / 6) / (7 / 12) ** 0.5)
+    torch.testing.assert_close(scaled[[0, 2], 3], torch.tensor([0.5, -0.5]) / 0.5**0.5)
+    assert "turn_sequential" in algos.entry("credit", "seeupo_recon").facts
