@@ -186,7 +186,9 @@ def _branches(eos_model, env, at):
     kw = {"max_new_tokens": 10, "generator": torch.Generator().manual_seed(4)}
     roll_in = rollout(model, tokenizer, SHOWN, env, settings, n=1, **kw)
     at = [min(h, t - 1) for h, t in zip(at, roll_in.extras["turns"], strict=True)]
-    return roll_in, at, multiturn.branch(model, tokenizer, roll_in, at, env, settings, n=2, **kw)
+    sources = [p for p in range(len(SHOWN)) for _ in range(2)]
+    return roll_in, at, multiturn.branch(model, tokenizer, roll_in, sources, [at[p] for p in sources], env, settings,
+                                         **kw)  # fmt: skip
 
 
 def test_branches_restart_at_the_roll_ins_turn_token_for_token_and_train_only_that_turn(eos_model):
@@ -231,3 +233,59 @@ def test_refuel_trains_no_pair_with_an_unscored_branch(eos_model_dir, tmp_path):
     step = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
     assert step["env/errors"] == 2  # one branch of each of the 2 pairs
     assert step["loss"] == 0 and step["grad_norm"] == 0
+
+
+def test_a_branch_can_train_its_replayed_turns_with_the_roll_ins_log_probs(eos_model):
+    model, tokenizer = eos_model
+    settings = EnvSettings(max_turns=3, max_tokens=400)
+    kw = {"max_new_tokens": 10, "generator": torch.Generator().manual_seed(4)}
+    roll_in = rollout(model, tokenizer, SHOWN, envs_for_tests.Echo, settings, n=1, **kw)
+    p = max(range(3), key=lambda i: roll_in.extras["turns"][i])  # a roll-in with a second turn to branch at
+    assert roll_in.extras["turns"][p] >= 2
+    batch = multiturn.branch(model, tokenizer, roll_in, [p, p], [1, 0], envs_for_tests.Echo, settings,
+                             only_branch_turn=False, **kw)  # fmt: skip
+    assert batch.group_ids.tolist() == [p, p] and batch.extras["env_error"] == [None, None]
+    for i in range(2):
+        assert torch.equal(batch.loss_mask[i].bool(), batch.turn_ids[i] >= 0)  # every policy turn is trained
+    start = int((batch.turn_ids[0] == 1).nonzero()[0])  # the branch turn: the roll-in's turn 0 and reply before it
+    assert torch.equal(batch.completion_ids[0, :start], roll_in.completion_ids[p, :start])
+    assert torch.equal(batch.rollout_logp[0, :start], roll_in.rollout_logp[p, :start])
+    assert torch.equal(batch.turn_ids[0, :start], roll_in.turn_ids[p, :start])
+    with pytest.raises(ValueError, match="sources must be in the order of their prompt rows"):
+        multiturn.branch(model, tokenizer, roll_in, [2, 0], [1, 1], envs_for_tests.Echo, settings, **kw)
+
+
+def test_arpo_fills_each_group_with_branches_that_train_every_turn(eos_model_dir, tmp_path, monkeypatch):
+    import json
+
+    from unipo.cli import main
+    from unipo.trainers import rl
+
+    seen = {}
+    real = rl.update
+
+    def spy(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world=None):  # noqa: ANN001, ANN202
+        seen["batch"], seen["advantages"] = batch, advantages
+        return real(cfg, model, optimizer, scheduler, algo, batch, advantages, inputs, world)
+
+    monkeypatch.setattr(rl, "update", spy)
+    args = ["train", "arpo", f"model.path={eos_model_dir}", f"output_dir={tmp_path / 'run'}", "train.max_steps=1",
+            "train.prompts_per_step=2", "rollout.group_size=4", "env._component_=tests.integration.envs_for_tests.Echo",
+            "env.max_turns=3", "rollout.max_new_tokens=8", "eval.num_problems=0", "algo.sampler.name=arpo_branch",
+            "algo.sampler.alpha=1.0", "algo.sampler.beta=0.0"]  # fmt: skip
+    assert main(args) == 0
+    step = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    batch = seen["batch"]
+    assert batch.group_ids.tolist() == [0] * 4 + [1] * 4  # 2 initial trajectories and 2 branches per prompt
+    assert step["sampler/branches"] + step["sampler/restarts"] == 2 and step["sampler/replay_failed"] == 0
+    turns = batch.extras["turns"]
+    # with P = 1 every initial trajectory with a second turn branches there first
+    assert step["sampler/branches"] == pytest.approx(sum(min(2, sum(t >= 2 for t in turns[g * 4 : g * 4 + 2]) +
+                                                          sum(t >= 3 for t in turns[g * 4 : g * 4 + 2]))
+                                                      for g in range(2)) / 2)  # fmt: skip
+    assert torch.equal(batch.loss_mask.bool(), batch.turn_ids >= 0)
+    # soft attribution: every policy token of a trajectory carries its trajectory's advantage
+    adv = seen["advantages"]
+    for i in range(8):
+        values = adv[i][batch.turn_ids[i] >= 0]
+        assert torch.allclose(values, values[0].expand_as(values))

@@ -322,6 +322,60 @@ def scores(
     return _broadcast(per_turn, turn_ids).to(advantages.dtype)
 
 
+_ARPO = "Dong et al. 2025, Agentic Reinforced Policy Optimization (ARPO), arXiv:2507.19849"
+
+
+@register("credit", "arpo_agentic", paper=_ARPO, tag="memory (ALGORITHMS.md §9): hard and soft attribution")
+def arpo_agentic(
+    advantages: torch.Tensor,
+    *,
+    turn_ids: torch.Tensor,
+    group_ids: torch.Tensor,
+    completion_ids: torch.Tensor,
+    attribution: str = "soft",
+) -> torch.Tensor:
+    """ARPO's advantage attribution over branched trajectories (Dong et al. 2025, arXiv:2507.19849, §3; the branches
+    come from the `arpo_branch` sampler, each holding its source's tokens before the branch turn).
+
+    `soft` (the paper's default): Â_{i,t} = A_i on every policy token, GRPO on the full sequences; a prefix that d
+    trajectories share is trained d times, each copy with its own trajectory's advantage. `hard`: the tokens of turn
+    k of trajectory i get the mean advantage of the trajectories of its group that hold the same tokens up to the end
+    of that turn and end their turn k there too (i included), Â_{i,t} = mean_{j ∈ S(i,k)} A_j; a turn no other
+    trajectory shares keeps A_i. The
+    copies of a shared token carry Σ_{j∈S} A_j either way, so with a token-sum or token-mean loss at the sampling
+    policy (ratio 1) both give the same gradient, as the paper argues for `soft`.
+
+    Shared prefixes are found from the token ids and the turn ids alone.
+
+    Args:
+        advantages: [N] episode advantages A_j (any §1 estimator on the trajectory reward).
+        turn_ids: [N, T] each token's policy turn, -1 on the environment's tokens and padding.
+        group_ids: [N] the prompt group of each trajectory.
+        completion_ids: [N, T] the trajectories' token ids.
+        attribution: "soft" or "hard".
+
+    Returns:
+        [N, T] per-token advantages.
+    """
+    if attribution not in ("soft", "hard"):
+        raise ValueError(f"arpo_agentic: attribution must be 'soft' or 'hard', got {attribution!r}")
+    if attribution == "soft":
+        return traj_broadcast(advantages, turn_ids=turn_ids)
+    if advantages.dim() != 1:
+        raise ValueError(f"arpo_agentic: advantages must be [N] episode advantages, got {list(advantages.shape)}")
+    ids, turns, adv, groups = completion_ids.tolist(), turn_ids.tolist(), advantages.tolist(), group_ids.tolist()
+    ends = [{k: t + 1 for t, k in enumerate(row) if k >= 0} for row in turns]  # turn -> the end of its last token
+    per_turn = []
+    for i, row_ends in enumerate(ends):
+        values = [0.0] * (max(row_ends, default=-1) + 1)
+        for k, e in row_ends.items():
+            shared = [adv[j] for j in range(len(ids)) if groups[j] == groups[i] and ends[j].get(k) == e
+                      and ids[j][:e] == ids[i][:e]]  # fmt: skip
+            values[k] = sum(shared) / len(shared)
+        per_turn.append(values)
+    return _broadcast(per_turn, turn_ids).to(advantages.dtype)
+
+
 _SEEUPO = (
     "SeeUPO: sequence-level sequential-update policy optimisation (ALGORITHMS.md seeds 001-06; citation not checked)"
 )

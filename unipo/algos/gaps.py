@@ -38,8 +38,6 @@ GAPS: dict[tuple[str, str], str] = {
     "`weighted_sum` with fixed weights (or `scores` of a multi-score reward) covers the static case",
     ("preference", "spo_aux_recon"): "needs responses with key parts removed and their counts (its self-supervised "
     "labels), a data generator not built",
-    ("credit", "arpo_agentic"): "needs entropy-triggered branching after tool calls: partial rollouts that restart "
-    "from a turn of a live trajectory, which the multi-turn rollout does not do",
     ("credit", "r3l_retry_recon"): "needs language feedback that restarts generation from a failure point (a retry "
     "sampler)",
     ("credit", "reseek_judge"): "needs a JUDGE action whose context keeps or drops the last observation, and a "

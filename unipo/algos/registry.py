@@ -116,6 +116,10 @@ FACTS = {
     "turn_sequential": "credit: the update runs once per policy turn index, the last first, each pass an optimizer "
     "step on that turn's tokens of the trajectories that reached it, normalised by their own counts (SeeUPO; "
     "multi-turn only)",
+    "entropy_branch": "sampler: called with the initial trajectories' mean entropy over the first tokens of each turn, "
+    "it returns how many branches restart at each (trajectory, turn), the earlier turns replayed (turn 0: a fresh "
+    "trajectory); initial trajectories and branches make `rollout.group_size` per prompt, every turn trained (ARPO; "
+    "multi-turn only)",
     "pairs": "policy_loss: regresses within pairs of samples of a prompt, so it needs `rollout.group_size=2` (REFUEL)",
     "drafts": "sampler: a share of the budget samples drafts; it marks each prompt's best, and the rest of the budget "
     "samples refinements of the prompt plus that draft, the only samples trained on (iGRPO)",

@@ -128,49 +128,64 @@ def branch(
     model: Any,
     tokenizer: Any,
     roll_in: Rollouts,
+    sources: list[int],
     at: list[int],
     make_env: Callable[[], Env],
     settings: EnvSettings,
     *,
-    n: int,
     max_new_tokens: int,
+    only_branch_turn: bool = True,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | list[torch.Generator] | None = None,
     renderer: Renderer | None = None,
 ) -> Rollouts:
-    """`n` branches of each trajectory p of `roll_in` (one per row, as `rollout(n=1)` gives) at the start of its
-    turn `at[p]` (REFUEL's roll-in, Gao et al. 2024, arXiv:2410.04612). A branch holds the roll-in's tokens before
-    that turn, out of the loss; its own environment, fresh, is replayed to that state by the roll-in's earlier
-    actions (the replies must come back token for token, else the branch ends unscored: branching needs an
-    environment that answers the same actions the same way); then the policy samples turn `at[p]` and the episode
-    runs to its end as in `rollout`. Only turn `at[p]` is trained (`loss_mask`, `turn_ids`); later turns are
-    sampled only to finish the episode. Returns the branches, `n` per row in row order, with `rollout`'s extras."""
+    """One branch of trajectory `sources[b]` of `roll_in` at the start of its turn `at[b]` for each b, the sources in
+    row order (REFUEL's roll-in, Gao et al. 2024, arXiv:2410.04612; ARPO's partial rollouts, Dong et al. 2025,
+    arXiv:2507.19849). A branch holds the roll-in's tokens before that turn; its own environment, fresh, is replayed
+    to that state by the roll-in's earlier actions (the replies must come back token for token, else the branch ends
+    unscored: branching needs an environment that answers the same actions the same way); then the policy samples
+    turn `at[b]` and the episode runs to its end as in `rollout`. A branch at turn 0 is a fresh trajectory. With
+    `only_branch_turn` only turn `at[b]` is trained (`loss_mask`, `turn_ids`; REFUEL), the later turns sampled only to
+    finish the episode; else every turn is, the replayed ones with the roll-in's behaviour log-probs (ARPO). Returns
+    the branches in the order of `sources`, in the roll-in's prompt rows (`group_ids`), with `rollout`'s extras."""
     renderer = renderer or Renderer(tokenizer)
-    rows = roll_in.rows
-    trajs = [_Trajectory(g, make_env(), messages=as_messages(rows[g]["prompt"]), only_turn=at[g])
-             for g in range(len(rows)) for _ in range(n)]  # fmt: skip
+    rows, groups = roll_in.rows, roll_in.group_ids.tolist()
+    if any(groups[a] > groups[b] for a, b in zip(sources, sources[1:], strict=False)):
+        raise ValueError("branch: the sources must be in the order of their prompt rows")
+    only = [h if only_branch_turn else None for h in at]
+    trajs = [_Trajectory(groups[p], make_env(), messages=as_messages(rows[groups[p]]["prompt"]), only_turn=o)
+             for p, o in zip(sources, only, strict=True)]  # fmt: skip
     _reset(trajs, rows, settings)
-    ids = [roll_in.completion_ids[p][roll_in.completion_mask[p].bool()].tolist() for p in range(len(rows))]
-    said = [[m["content"] for m in ms[len(as_messages(row["prompt"])) :] if m["role"] == "assistant"]
-            for ms, row in zip(roll_in.extras["messages"], rows, strict=True)]  # the policy's turns  # fmt: skip
+    said = {p: _said(roll_in, p) for p in set(sources)}
     for k in range(max(at, default=0)):  # replay turn k where it comes before the branch turn
-        now = [t for t in trajs if k < at[t.group] and not t.done]
-        for t in now:
-            turn = roll_in.turn_ids[t.group] == k  # a turn before the last has tokens: the episode went on
-            t.add(roll_in.completion_ids[t.group][turn].tolist(), roll_in.rollout_logp[t.group][turn].tolist(), k)
+        now = [(t, p) for t, p, h in zip(trajs, sources, at, strict=True) if k < h and not t.done]
+        for t, p in now:
+            turn = roll_in.turn_ids[p] == k  # a turn before the last has tokens: the episode went on
+            t.add(roll_in.completion_ids[p][turn].tolist(), roll_in.rollout_logp[p][turn].tolist(), k)
             t.state_keys.append(t.next_key)
-            t.messages.append({"role": "assistant", "content": said[t.group][k]})
-        _step_envs(now, settings, renderer, tokenizer)
-    for t in trajs:
-        if t.error is None and (t.done or t.ids != ids[t.group][: len(t.ids)]):
+            t.messages.append({"role": "assistant", "content": said[p][k]})
+        _step_envs([t for t, _ in now], settings, renderer, tokenizer)
+    for t, p in zip(trajs, sources, strict=True):
+        sampled = roll_in.completion_ids[p][roll_in.completion_mask[p].bool()].tolist()
+        if t.error is None and (t.done or t.ids != sampled[: len(t.ids)]):
             t.error, t.done = "replay: the environment did not answer the roll-in's actions as it did before", True
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "greedy": False}
-    prompts = (roll_in.prompt_ids, roll_in.prompt_mask, [n] * len(rows))
+    prompts = (
+        roll_in.prompt_ids,
+        roll_in.prompt_mask,
+        [[groups[p] for p in sources].count(g) for g in range(len(rows))],
+    )
     _waves(model, tokenizer, trajs, rows, prompts, settings, renderer, max_new_tokens=max_new_tokens,
            generator=generator, sampling=sampling)  # fmt: skip
     return _assemble(trajs, roll_in.prompt_ids, roll_in.prompt_mask, rows, tokenizer.pad_token_id)
+
+
+def _said(batch: Rollouts, p: int) -> list[str]:
+    """The policy's turns of trajectory p as text (its assistant messages after the prompt's own)."""
+    prompt = as_messages(batch.rows[int(batch.group_ids[p])]["prompt"])
+    return [m["content"] for m in batch.extras["messages"][p][len(prompt) :] if m["role"] == "assistant"]
 
 
 def _reset(trajs: list[_Trajectory], rows: list[dict[str, Any]], settings: EnvSettings) -> None:

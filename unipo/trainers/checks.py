@@ -50,7 +50,7 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
     except ValueError as e:
         raise ConfigError(f"env: {e}") from None
     if env is None:
-        if algo.has_fact("sampler", "branch"):
+        if branches(algo):
             raise ConfigError(f"algo.sampler {algo.sampler.id!r} branches multi-turn trajectories at a turn: set "
                               "`env`, or a task with an environment (task=calculator)")  # fmt: skip
         if algo.credit is not None:
@@ -67,7 +67,9 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
     if algo.critic is not None:
         raise ConfigError(f"algo.critic {algo.critic.id!r}: a value model over multi-turn trajectories (values at the "
                           "environment's tokens, turn-level GAE) is not built yet; use an estimator")  # fmt: skip
-    if algo.sampler is not None and not algo.has_fact("sampler", "branch"):
+    if algo.sampler is not None and not (
+        algo.has_fact("sampler", "branch") or algo.has_fact("sampler", "entropy_branch")
+    ):
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers do not run with a multi-turn environment yet "
                           "(they re-generate or inject single completions)")  # fmt: skip
     late = {"baseline_rewards", "segment_values"} & algo.advantage.needs
@@ -75,6 +77,12 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
         raise ConfigError(f"algo.advantage {algo.advantage.id!r} needs {', '.join(sorted(late))} from single-turn "
                           "completions, which a multi-turn environment does not give")  # fmt: skip
     return env
+
+
+def branches(algo: Algo) -> bool:
+    """Whether the recipe's sampler branches multi-turn trajectories (REFUEL, ARPO): the samplers that need an
+    environment, and the only ones that run with one."""
+    return algo.has_fact("sampler", "branch") or algo.has_fact("sampler", "entropy_branch")
 
 
 def check_data_parallel(cfg: Config, algo: Algo) -> None:

@@ -19,9 +19,8 @@ A sampler's registry facts say how it acts (`algos.registry.FACTS`):
   samples refinements, which the step trains on (iGRPO);
 - `ground_truth`: the rollout it marks in a group is replaced by the prompt's reference response, scored like a
   rollout (ViSurf);
-- `branch`: one roll-in trajectory per prompt; it picks a turn of each, where `rollout.group_size` branches restart
-  (the earlier turns replayed) and finish their episodes, only that turn trained; the roll-in is dropped (REFUEL;
-  multi-turn);
+- `branch` and `entropy_branch`: multi-turn trajectories that restart at a turn of an earlier one, the earlier
+  turns replayed (trainers/branching.py: REFUEL, ARPO);
 - `entropy_switch`: nothing here; after the advantages, `entropy_switched` samples some prompts again at a temperature
   chosen from the last step's entropy and swaps the samples it keeps into the batch with advantage 1 (AEPO).
 The sampler's state (`RLState.sampler_state`) is checkpointed with the run.
@@ -42,7 +41,8 @@ from unipo.models.loading import autocast_context
 from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups, right_pad
 from unipo.rollout.hf import sample
 from unipo.rollout.inject import demonstrations, reference_text, scaf_hint_levels, with_draft, with_hint
-from unipo.rollout.multiturn import branch, rollout
+from unipo.rollout.multiturn import rollout
+from unipo.trainers import branching
 from unipo.trainers.common import Algo, Timer, bound_params, call
 from unipo.trainers.dist import sample_generators
 
@@ -66,7 +66,9 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
     if algo.has_fact("sampler", "drafts"):
         return _refined(s, algo, rows, timer)
     if algo.has_fact("sampler", "branch"):
-        return _branched(s, algo, rows, timer)
+        return branching.branched(s, algo, rows, timer, sampler_inputs(s, algo.sampler))
+    if algo.has_fact("sampler", "entropy_branch"):
+        return branching.entropy_branched(s, algo, rows, timer, sampler_inputs(s, algo.sampler))
     batch, per_fn = generate_and_score(s, rows, timer, positions=positions)
     if algo.sampler is None or algo.has_fact("sampler", "entropy_switch"):
         return batch, per_fn, {}
@@ -255,28 +257,6 @@ def _rolled_in(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collec
     return batch, per_fn, stats
 
 
-def _branched(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collected:
-    """REFUEL: one roll-in trajectory per prompt; the sampler picks a turn h of each; `rollout.group_size` branches
-    restart at turn h on environments replayed to it, sample it afresh and finish their episodes (rollout/multiturn.py
-    `branch`: only turn h is trained); the roll-in itself is not trained on. A roll-in with an unscored branch (its
-    environment failed, or answered the replay differently) trains neither: the regression needs both returns."""
-    r = s.cfg.rollout
-    sampling = {"max_new_tokens": r.max_new_tokens, "top_k": r.top_k, "top_p": r.top_p, "temperature": r.temperature,
-                "generator": s.generator}  # fmt: skip
-    with timer("generate"), autocast_context(s.model, s.cfg.model.autocast):
-        roll_in = rollout(s.model, s.tokenizer, rows, *s.env, n=1, **sampling)
-        at = algo.sampler(torch.tensor(roll_in.extras["turns"]), **sampler_inputs(s, algo.sampler))
-        batch = branch(s.model, s.tokenizer, roll_in, at.tolist(), *s.env, n=r.group_size, **sampling)
-    with timer("score"):
-        per_fn = s.scorer.score(batch)
-    unscored = s.scorer.combine(per_fn).isnan().view(-1, r.group_size).any(1).repeat_interleave(r.group_size)
-    batch.loss_mask[unscored.to(batch.loss_mask.device)] = 0
-    stats = {"sampler/branch_turn": float(at.float().mean()),
-             "sampler/replay_failed": float(sum(e is not None and e.startswith("replay") for e in
-                                                batch.extras["env_error"]))}  # fmt: skip
-    return batch, per_fn, stats
-
-
 def _inpainted(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
     """IGPO: the groups the sampler marks are regenerated with the fraction r_i of the reference it gives each
     completion forced at the start (kept in the loss, marked `forced` for `hint_mask`); up to `max_replace`
@@ -410,9 +390,7 @@ def generate(
     cfg, r = s.cfg, s.cfg.rollout
     counts = [r.group_size] * len(rows) if n is None else n
     generator = s.generator if positions is None else sample_generators(cfg.train.seed, positions, counts)
-    temperature = r.temperature if temperature is None else temperature
-    sampling = {"n": counts, "max_new_tokens": r.max_new_tokens, "top_k": r.top_k, "top_p": r.top_p,
-                "temperature": temperature, "generator": generator}  # fmt: skip
+    sampling = {"n": counts, **branching.sampling(s, temperature, generator)}
     with timer("generate"), autocast_context(s.model, cfg.model.autocast):
         if s.env is not None:  # multi-turn trajectories (samplers that force tokens are refused with an env)
             batch = rollout(s.model, s.tokenizer, rows, *s.env, **sampling)

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unipo import algos
 
@@ -174,3 +176,51 @@ def test_seeupo_gives_each_turn_its_group_relative_return_to_go():
     torch.testing.assert_close(scaled[:3, 0], (torch.tensor([1.5, 0.0, 1.0]) - 5 / 6) / (7 / 12) ** 0.5)
     torch.testing.assert_close(scaled[[0, 2], 3], torch.tensor([0.5, -0.5]) / 0.5**0.5)
     assert "turn_sequential" in algos.entry("credit", "seeupo_recon").facts
+
+
+def _arpo_group():
+    # a: turns 0 and 1; b: a branch of a at turn 1 (a's turn 0 and the reply replayed); c: a fresh trajectory
+    ids = torch.tensor([[1, 2, 9, 3, 4], [1, 2, 9, 5, 0], [7, 8, 0, 0, 0]])
+    turn_ids = torch.tensor([[0, 0, -1, 1, 1], [0, 0, -1, 1, -1], [0, 0, -1, -1, -1]])
+    return ids, turn_ids, torch.zeros(3, dtype=torch.long), torch.tensor([1.0, -1.0, 0.5])
+
+
+def test_arpo_hard_attribution_gives_a_shared_prefix_the_mean_advantage_of_its_branches():
+    ids, turn_ids, groups, adv = _arpo_group()
+    fn = algos.get("credit", "arpo_agentic")
+    hard = fn(adv, turn_ids=turn_ids, group_ids=groups, completion_ids=ids, attribution="hard")
+    # a's and b's turn 0 are shared: (1 − 1)/2 = 0; their turns 1 differ and c shares nothing
+    torch.testing.assert_close(hard, torch.tensor([[0.0, 0, 0, 1, 1], [0, 0, 0, -1, 0], [0.5, 0.5, 0, 0, 0]]))
+    soft = fn(adv, turn_ids=turn_ids, group_ids=groups, completion_ids=ids, attribution="soft")
+    torch.testing.assert_close(soft, algos.get("credit", "traj_broadcast")(adv, turn_ids=turn_ids))
+    with pytest.raises(ValueError, match="attribution must be 'soft' or 'hard'"):
+        fn(adv, turn_ids=turn_ids, group_ids=groups, completion_ids=ids, attribution="mean")
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3)), min_size=1, max_size=6), st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_arpo_hard_and_soft_carry_the_same_advantage_sum_on_every_shared_token(branch_points, seed):
+    # a random branching tree: each new trajectory copies an earlier one up to the start of one of its turns and
+    # samples its own tokens from there; per distinct (prefix, token) node, the copies' advantages sum alike
+    g = torch.Generator().manual_seed(seed)
+    trajs = [[(k, int(x)) for k in range(3) for x in torch.randint(1, 50, (2,), generator=g)]]
+    for source, turn in branch_points:
+        base = trajs[source % len(trajs)]
+        keep = [tok for tok in base if tok[0] < turn]
+        trajs.append(keep + [(k, int(x)) for k in range(turn, 3) for x in torch.randint(50, 99, (2,), generator=g)])
+    width = max(len(t) for t in trajs)
+    ids = torch.tensor([[x for _, x in t] + [0] * (width - len(t)) for t in trajs])
+    turn_ids = torch.tensor([[k for k, _ in t] + [-1] * (width - len(t)) for t in trajs])
+    adv = torch.randn(len(trajs), generator=g)
+    kw = {"turn_ids": turn_ids, "group_ids": torch.zeros(len(trajs), dtype=torch.long), "completion_ids": ids}
+    fn = algos.get("credit", "arpo_agentic")
+    hard, soft = fn(adv, attribution="hard", **kw), fn(adv, attribution="soft", **kw)
+    sums: dict[tuple, list[float]] = {}
+    for i in range(len(trajs)):
+        for t in range(len(trajs[i])):
+            node = tuple(ids[i, : t + 1].tolist())
+            pair = sums.setdefault(node, [0.0, 0.0])
+            pair[0] += float(hard[i, t])
+            pair[1] += float(soft[i, t])
+    for h, s in sums.values():
+        assert h == pytest.approx(s, abs=1e-5)

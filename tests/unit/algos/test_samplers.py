@@ -395,3 +395,29 @@ def test_xrpo_allocator_gives_each_rollout_where_the_interval_shrinks_most_by_ha
     assert xrpo_alloc_recon(torch.tensor([0.5, 0.0]), total=10, n_max=6).tolist() == [6, 4]
     with pytest.raises(ValueError, match="cannot share"):
         xrpo_alloc_recon(torch.tensor([0.5, 0.5]), total=3)
+
+
+def test_arpo_branches_where_the_entropy_rose_and_restarts_with_the_rest():
+    # one prompt, two initial trajectories of turns 0, 1, 2 (the environment's token between them is -1)
+    turn_ids = torch.tensor([[0, 0, 0, -1, 1, 1, -1, 2], [0, 0, 0, -1, 1, 1, -1, 2]])
+    # window 2: H_0 = mean of the first two tokens of turn 0 = 2 (the third, 9, is outside the window)
+    entropy = torch.tensor([[2.0, 2.0, 9.0, 0.0, 3.0, 3.0, 0.0, 1.0], [2.0, 2.0, 9.0, 0.0, 2.0, 2.0, 0.0, 4.0]])
+    fn = algos.get("sampler", "arpo_branch")
+    kw = {"window": 2, "alpha": 0.4, "beta": 0.2, "beam_size": 2}
+    out = fn(entropy, turn_ids, torch.zeros(2, dtype=torch.long), 3, generator=torch.Generator().manual_seed(0), **kw)
+    # ΔH: (3 − 2)/2 = 0.5 and (1 − 2)/2 = −0.5 for the first; 0 and 1 for the second -> P = 0.5, 0.3 | 0.4, 0.6
+    # draws in the order t = 1 (trajectory 0, 1), then t = 2 (0, 1), while the budget of 3 lasts
+    u = torch.rand(4, generator=torch.Generator().manual_seed(0)).tolist()
+    expected = torch.zeros(2, 3, dtype=torch.long)
+    left = 3
+    for (i, t), p, draw in zip([(0, 1), (1, 1), (0, 2), (1, 2)], [0.5, 0.4, 0.3, 0.6], u, strict=True):
+        if left and draw < p:
+            expected[i, t], left = 1, left - 1
+    expected[0, 0] = left  # the rest restarts from the prompt
+    assert torch.equal(out, expected) and int(out.sum()) == 3
+    # P = 1 everywhere: the budget goes to the earliest turns in order; P = 0: all of it restarts
+    always = fn(entropy, turn_ids, torch.zeros(2, dtype=torch.long), 3, alpha=1.0, beta=0.0)
+    assert always.tolist() == [[0, 1, 1], [0, 1, 0]]
+    never = fn(entropy, turn_ids, torch.zeros(2, dtype=torch.long), 3, alpha=0.0, beta=0.0)
+    assert never.tolist() == [[3, 0, 0], [0, 0, 0]]
+    assert "entropy_branch" in algos.entry("sampler", "arpo_branch").facts

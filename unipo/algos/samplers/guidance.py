@@ -130,6 +130,93 @@ def refuel_branch(turns: torch.Tensor, *, generator: torch.Generator | None = No
     return (u * turns.clamp(min=1)).floor().long().clamp(max=(turns - 1).clamp(min=0))
 
 
+def _turn_start_means(values: torch.Tensor, turn_ids: torch.Tensor, window: int) -> torch.Tensor:
+    """[N, K] the mean of `values` [N, T] over the first `window` tokens of each policy turn (NaN for no such turn)."""
+    turns = int(turn_ids.max()) + 1 if turn_ids.numel() else 0
+    out = torch.full((turn_ids.shape[0], max(turns, 1)), float("nan"))
+    for k in range(turns):
+        at_k = turn_ids == k
+        first = at_k & (at_k.long().cumsum(1) <= window)
+        count = first.sum(1)
+        out[:, k] = torch.where(count > 0, (values.float() * first).sum(1) / count.clamp(min=1), float("nan"))
+    return out
+
+
+@register(
+    "sampler",
+    "arpo_branch",
+    paper="Dong et al. 2025, Agentic Reinforced Policy Optimization (ARPO), arXiv:2507.19849",
+    tag="memory (ALGORITHMS.md §9) and a public copy of the official rollout (initial_rollouts = M/2, beam_size 2, "
+    "branch_probability 0.5, entropy_weight 0.2, restarts from the prompt while the budget lasts); ΔH relative to the "
+    "first turn's entropy and branching only from the initial rollouts: ours",
+    facts={"entropy_branch"},
+)
+def arpo_branch(
+    entropy: torch.Tensor,
+    turn_ids: torch.Tensor,
+    group_ids: torch.Tensor,
+    budget: int,
+    *,
+    generator: torch.Generator | None = None,
+    initial_frac: float = 0.5,
+    window: int = 10,
+    alpha: float = 0.5,
+    beta: float = 0.2,
+    beam_size: int = 2,
+) -> torch.Tensor:
+    """ARPO's entropy-based adaptive rollout (Dong et al. 2025, arXiv:2507.19849, §3): where to branch the initial
+    trajectories of each prompt, and how many times.
+
+    For t = 1, 2, … (the turns after a tool or environment reply, in the order a rollout reaches them) and each
+    initial trajectory i with a turn t, in order: ΔH_{i,t} = (H_{i,t} − H_{i,0}) / H_{i,0}, where H_{i,t} is the
+    policy's mean entropy over the first k = `window` tokens of turn t (H_{i,0}: of the first turn, the paper's
+    H_initial); the
+    branch probability is P = clip(α + β·ΔH_{i,t}, 0, 1), and each of `beam_size` − 1 draws u ~ U(0, 1) with u < P
+    adds one branch at (i, t) while the prompt's `budget` lasts. Whatever budget is left restarts from the prompt
+    (a branch at turn 0 of the prompt's first trajectory), as the official rollout does for finished samples.
+
+    The paper normalises ΔH without saying how; dividing by the initial entropy is ours, and so is branching only
+    from the initial trajectories (the official rollout lets branches branch again).
+
+    Args:
+        entropy: [N, T] the policy's entropy at each token of the N initial trajectories (at the sampling
+            temperature).
+        turn_ids: [N, T] each token's policy turn, -1 on the environment's tokens and padding.
+        group_ids: [N] the prompt of each trajectory (each prompt's trajectories together, in order).
+        budget: branches per prompt (the group size M minus the initial trajectories).
+        generator: the trainer's random generator.
+        initial_frac: the share of the group size sampled as initial trajectories (read by the trainer; the official
+            script: 8 of 16).
+        window: k, the tokens at the start of each turn whose entropy is averaged (the paper's k; 10 is ours).
+        alpha: α, the base branch probability (official `branch_probability` 0.5).
+        beta: β, the weight of the entropy change (official `entropy_weight` 0.2).
+        beam_size: each branch point draws `beam_size` − 1 times (official 2).
+
+    Returns:
+        [N, K] long, the number of branches at each (trajectory, turn) (K: the most turns of a trajectory); per
+        prompt they sum to `budget`.
+    """
+    turn_entropy = _turn_start_means(entropy, turn_ids, window)
+    n, k = turn_entropy.shape
+    out = torch.zeros(n, k, dtype=torch.long)
+    left = {g: budget for g in group_ids.tolist()}
+    first = turn_entropy[:, 0]
+    delta = (turn_entropy - first[:, None]) / first[:, None].clamp(min=1e-8)
+    p = (alpha + beta * delta).clamp(0.0, 1.0)
+    for t in range(1, k):
+        for i in range(n):
+            g = int(group_ids[i])
+            if turn_entropy[i, t].isnan():
+                continue
+            for _ in range(beam_size - 1):
+                if left[g] > 0 and float(torch.rand((), generator=generator)) < float(p[i, t]):
+                    out[i, t] += 1
+                    left[g] -= 1
+    for g, rest in left.items():
+        out[int((group_ids == g).nonzero()[0]), 0] += rest
+    return out
+
+
 @register(
     "sampler",
     "igpo_inpaint",
