@@ -172,11 +172,8 @@ def branch(
         if t.error is None and (t.done or t.ids != sampled[: len(t.ids)]):
             t.error, t.done = "replay: the environment did not answer the roll-in's actions as it did before", True
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "greedy": False}
-    prompts = (
-        roll_in.prompt_ids,
-        roll_in.prompt_mask,
-        [[groups[p] for p in sources].count(g) for g in range(len(rows))],
-    )
+    counts = [sum(groups[p] == g for p in sources) for g in range(len(rows))]  # branches per row
+    prompts = (roll_in.prompt_ids, roll_in.prompt_mask, counts)
     _waves(model, tokenizer, trajs, rows, prompts, settings, renderer, max_new_tokens=max_new_tokens,
            generator=generator, sampling=sampling)  # fmt: skip
     return _assemble(trajs, roll_in.prompt_ids, roll_in.prompt_mask, rows, tokenizer.pad_token_id)

@@ -67,9 +67,7 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
     if algo.critic is not None:
         raise ConfigError(f"algo.critic {algo.critic.id!r}: a value model over multi-turn trajectories (values at the "
                           "environment's tokens, turn-level GAE) is not built yet; use an estimator")  # fmt: skip
-    if algo.sampler is not None and not (
-        algo.has_fact("sampler", "branch") or algo.has_fact("sampler", "entropy_branch")
-    ):
+    if algo.sampler is not None and not branches(algo):
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers do not run with a multi-turn environment yet "
                           "(they re-generate or inject single completions)")  # fmt: skip
     late = {"baseline_rewards", "segment_values"} & algo.advantage.needs
