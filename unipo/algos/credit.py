@@ -416,10 +416,7 @@ def seeupo_recon(
     """
     warn_reconstruction("seeupo_recon", _SEEUPO)
     turns = (turn_ids.max(1).values + 1).clamp(min=0).tolist()  # policy turns of each trajectory
-    returns = []
-    for i, r in enumerate(turn_rewards):
-        before = [0.0] + [float(sum(r[:k])) for k in range(1, turns[i])]
-        returns.append([float(rewards[i]) - b for b in before[: turns[i]]])
+    returns = [[float(rewards[i]) - float(sum(r[:k])) for k in range(turns[i])] for i, r in enumerate(turn_rewards)]
     members: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
     for i, n_turns in enumerate(turns):
         for k in range(n_turns if not rewards[i].isnan() else 0):  # an unscored trajectory is in no group
