@@ -50,9 +50,16 @@ def test_fsdp2_refuses_a_moving_reference():
                         build_algo(cfg))  # fmt: skip
 
 
-def test_a_turn_by_turn_update_is_refused_on_several_ranks():
-    cfg = config.load("seeupo")
-    with pytest.raises(ConfigError, match=r"^algo.credit 'seeupo_recon' updates turn by turn, which runs in one"):
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ("seeupo", r"^algo.credit 'seeupo_recon' updates turn by turn, which runs in one"),
+        ("archer", r"^algo.critic 'archer' trains on a replay of past trajectories, which runs in one"),
+    ],
+)
+def test_a_turn_by_turn_update_or_a_replayed_critic_is_refused_on_several_ranks(recipe, message):
+    cfg = config.load(recipe)
+    with pytest.raises(ConfigError, match=message):
         check_data_parallel(cfg, build_algo(cfg))
 
 

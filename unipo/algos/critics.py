@@ -229,3 +229,115 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
     denom = var(returns)
     return float("nan") if float(denom) == 0 else float(1 - var(returns - values) / denom)
+
+
+def _turn_spans(turn_ids: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, end), each [N, K]: the first token of each row's policy turn k and one past its last (-1 where the row
+    has no turn k). A turn's tokens must be contiguous, and a row's turns numbered 0, 1, ... without a gap."""
+    n, t = turn_ids.shape
+    turns = int(turn_ids.max()) + 1 if turn_ids.numel() else 0
+    start = torch.full((n, max(turns, 1)), -1, dtype=torch.long, device=turn_ids.device)  # a column even with none
+    end = start.clone()
+    for k in range(turns):
+        at = turn_ids == k
+        has = at.any(1)
+        first, last = at.int().argmax(1), t - 1 - at.flip(1).int().argmax(1)
+        if bool((has & (last - first + 1 != at.sum(1))).any()):
+            raise ValueError(f"{name}: the tokens of turn {k} must be contiguous in each row")
+        if k and bool((has & (start[:, k - 1] < 0)).any()):
+            raise ValueError(f"{name}: a row has turn {k} without turn {k - 1} (every turn must be trained)")
+        start[:, k], end[:, k] = torch.where(has, first, -1), torch.where(has, last + 1, -1)
+    return start, end
+
+
+_ARCHER = "Zhou et al. 2024, ArCHer: Training Language Model Agents via Hierarchical Multi-Turn RL, arXiv:2402.19446"
+
+
+@register(
+    "critic",
+    "archer",
+    paper=_ARCHER,
+    tag="checked: official code (YifeiZhou02/ArCHer archer/algorithms/archer/trainer.py); ours: one value head read "
+    "before and after each utterance for V and Q, V's target on the sampled utterance, no twin critics",
+    facts={"td_replay"},
+)
+def archer(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    turn_ids: torch.Tensor,
+    turn_rewards: list[list[float]],
+    target_values: torch.Tensor | None = None,
+    gamma: float = 0.9,
+    whiten_advantages: bool = False,
+    eps: float = 1e-8,
+) -> CriticTargets:
+    """ArCHer's utterance-level critic and advantage (Zhou et al. 2024, arXiv:2402.19446; ALGORITHMS.md §10).
+
+    Each policy turn k is one action a_k (an utterance) in state s_k (everything before it). One value model over
+    prefixes gives both critics [ours]: V(s_k) = values[s_k's position] (the state before the turn's first token)
+    and Q(s_k, a_k) = values[the position after its last token] (before the environment answers). With r_k the
+    environment's reward after turn k (`turn_rewards`) and, on the last turn K−1, the rest of the trajectory reward
+    R_i (so Σ_k r_k = R_i), the TD targets are those of the official trainer, from the target network (V̄, Q̄):
+
+        y^Q_k = r_k + γ·V̄(s_{k+1})  (V̄ = 0 after the last turn: the episode ended);  y^V_k = Q̄(s_k, a_k),
+
+    the official code taking Q̄ at a fresh action of the current policy, this function at the sampled one [ours]. The
+    actor's advantage A_k = Q(s_k, a_k) − V(s_k), from `values` (the current critic), is broadcast to the turn's tokens
+    (the official actor: −A·Σ_t log π over the utterance, i.e. REINFORCE at the sequence level). The trainer (fact
+    `td_replay`) trains the value model on replayed trajectories towards these targets, ½·(V − y)² averaged over the
+    targets, with a Polyak target (`critic.target_tau`; the official trainer: γ = 0.9, τ = 0.1, 3 critic steps).
+
+    Args:
+        rewards: [N] trajectory rewards R_i; a NaN row (unscored) gets A = 0 and no targets.
+        values: [N, T+1] the current critic's values of every prefix (values[:, t]: before completion token t).
+        mask: [N, T] completion mask (unused: the turns are `turn_ids`; shape-checked).
+        turn_ids: [N, T] each token's policy turn, -1 on the environment's tokens and padding.
+        turn_rewards: per trajectory, the environment's reward after each turn (the last turn's is replaced by the
+            rest of R_i).
+        target_values: [N, T+1] the target network's values (None: `values`).
+        gamma: γ between turns (the official default 0.9).
+        whiten_advantages: normalise A over the batch's policy tokens (the official code does not).
+        eps: added to the std in the whitening.
+
+    Returns:
+        CriticTargets: advantages [N, T]; returns and value_mask [N, T+1], the targets at the positions of V(s_k) and
+        Q(s_k, a_k) of every turn of a scored row.
+    """
+    check_range("gamma", gamma, 0.0, 1.0)
+    n, t = turn_ids.shape
+    if mask is not None and mask.shape != turn_ids.shape:
+        raise ValueError(f"archer: mask must be [N, T] = {[n, t]}, got {list(mask.shape)}")
+    target = values if target_values is None else target_values
+    for label, v in (("values", values), ("target_values", target)):
+        if v.shape != (n, t + 1):
+            raise ValueError(f"archer: {label} must be [N, T+1] = {[n, t + 1]}, got {list(v.shape)}")
+    start, end = _turn_spans(turn_ids, "archer")
+    has = start >= 0  # (N, K)
+    if bool((has[:, 1:] & (end[:, :-1] == start[:, 1:])).any()):
+        raise ValueError("archer: the environment gave no token between two turns, so Q(s_k, a_k) and V(s_{k+1}) "
+                         "would share a position")  # fmt: skip
+    turns = has.sum(1).tolist()
+    r = torch.zeros(has.shape, dtype=torch.float32, device=values.device)  # r_k, the last turn's the rest of R_i
+    for i, (k_i, given) in enumerate(zip(turns, turn_rewards, strict=True)):
+        if k_i:
+            before = [float(x) for x in list(given)[: k_i - 1]]
+            r[i, : len(before)] = torch.tensor(before, dtype=torch.float32)
+            r[i, k_i - 1] = float(rewards[i]) - sum(before)
+    valid = has & ~rewards.isnan()[:, None]
+    s_pos, e_pos = start.clamp(min=0), end.clamp(min=0)
+    adv_turn = torch.where(valid, values.gather(1, e_pos) - values.gather(1, s_pos), 0.0)
+    next_v = torch.cat([torch.where(has[:, 1:], target.gather(1, s_pos[:, 1:]), 0.0), r.new_zeros(n, 1)], 1)
+    y_q, y_v = r + gamma * next_v, target.gather(1, e_pos)
+    returns = torch.zeros_like(values, dtype=torch.float32)
+    value_mask = torch.zeros_like(returns, dtype=torch.bool)
+    rows, ks = valid.nonzero(as_tuple=True)
+    for pos, y in ((start, y_v), (end, y_q)):
+        returns[rows, pos[rows, ks]] = y[rows, ks].float()
+        value_mask[rows, pos[rows, ks]] = True
+    policy = turn_ids >= 0
+    adv = torch.where(policy, adv_turn.gather(1, turn_ids.clamp(min=0, max=has.shape[1] - 1)), 0.0)
+    if whiten_advantages:
+        adv = whiten(adv, policy & ~rewards.isnan()[:, None], eps=eps)
+    return CriticTargets(adv, returns, value_mask)

@@ -42,7 +42,6 @@ GAPS: dict[tuple[str, str], str] = {
     "sampler)",
     ("credit", "reseek_judge"): "needs a JUDGE action whose context keeps or drops the last observation, and a "
     "reference judgement column",
-    ("critic", "archer"): "needs utterance-level Q and V heads with a target network and a replay of turn transitions",
 }
 """(kind, id) -> why it is not registered yet."""
 

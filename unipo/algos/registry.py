@@ -60,7 +60,7 @@ TRAINER_INPUTS = frozenset(
      "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards", "demo_mask",
      "lengths", "max_len", "correct", "reward_components", "prompt_keys", "hint_mask",
      "teacher_logp", "segment_values", "logits", "ref_logits", "sum_pi_squared", "sum_pi_cubed", "turn_ids",
-     "turn_rewards", "state_keys", "token_rewards"}
+     "turn_rewards", "state_keys", "token_rewards", "target_values"}
 )  # fmt: skip
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 
@@ -120,6 +120,10 @@ FACTS = {
     "it returns how many branches restart at each (trajectory, turn), the earlier turns replayed (turn 0: a fresh "
     "trajectory); initial trajectories and branches make `rollout.group_size` per prompt, every turn trained (ARPO; "
     "multi-turn only)",
+    "td_replay": "critic: an off-policy TD critic over turns: each step's trajectories join a replay of the last "
+    "`critic.replay_size`, and `critic.replay_updates` optimizer steps each fit the value model to the targets the "
+    "function gives on `critic.replay_batch` replayed trajectories (its `target_values` from a Polyak-averaged copy, "
+    "`critic.target_tau`); the policy's advantages come after, from the updated critic (ArCHer; multi-turn only)",
     "pairs": "policy_loss: regresses within pairs of samples of a prompt, so it needs `rollout.group_size=2` (REFUEL)",
     "drafts": "sampler: a share of the budget samples drafts; it marks each prompt's best, and the rest of the budget "
     "samples refinements of the prompt plus that draft, the only samples trained on (iGRPO)",

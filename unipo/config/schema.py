@@ -178,6 +178,15 @@ class CriticConfig(_Strict):
     """ε_v of the clipped value loss (verl `cliprange_value`; 0: unclipped)."""
     warmup_steps: int = Field(0, ge=0)
     """Steps at the start that train only the critic, the policy frozen (OpenRLHF `critic.freezing_steps`)."""
+    replay_size: int = Field(1024, ge=1)
+    """A TD critic's (fact `td_replay`, ArCHer) replay: the last this many trajectories (the official buffer: 10000
+    transitions)."""
+    replay_updates: int = Field(3, ge=1)
+    """A TD critic's optimizer steps per training step (the official trainer's critic `epochs`: 3)."""
+    replay_batch: int = Field(16, ge=1)
+    """Trajectories a TD critic's step draws from its replay, with replacement, as the official buffer samples."""
+    target_tau: float = Field(0.1, gt=0, le=1)
+    """τ of a TD critic's Polyak-averaged target network, θ̄ ← (1 − τ)·θ̄ + τ·θ after each critic step (official: 0.1)."""
 
 
 class RewardConfig(BaseModel):

@@ -53,9 +53,10 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
         if branches(algo):
             raise ConfigError(f"algo.sampler {algo.sampler.id!r} branches multi-turn trajectories at a turn: set "
                               "`env`, or a task with an environment (task=calculator)")  # fmt: skip
-        if algo.credit is not None:
-            raise ConfigError(f"algo.credit {algo.credit.id!r} assigns credit over the turns of multi-turn "
-                              "trajectories: set `env`, or a task with an environment (task=guess_number)")  # fmt: skip
+        if algo.credit is not None or algo.has_fact("critic", "td_replay"):
+            which = f"algo.credit {algo.credit.id!r}" if algo.credit else f"algo.critic {algo.critic.id!r}"
+            raise ConfigError(f"{which} assigns credit over the turns of multi-turn trajectories: set `env`, or a task "
+                              "with an environment (task=guess_number)")  # fmt: skip
         return None
     if task.train:  # an environment that cannot start an episode on this task's rows fails here, not in every step
         try:
@@ -64,9 +65,12 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
             raise ConfigError(f"env: the environment cannot start an episode on the first row of task {task.name!r} "
                               f"({type(e).__name__}: {e}); pick the task it was made for (e.g. task=guess_number "
                               "with env=guess_number)") from None  # fmt: skip
-    if algo.critic is not None:
-        raise ConfigError(f"algo.critic {algo.critic.id!r}: a value model over multi-turn trajectories (values at the "
-                          "environment's tokens, turn-level GAE) is not built yet; use an estimator")  # fmt: skip
+    if algo.critic is not None and not algo.has_fact("critic", "td_replay"):
+        raise ConfigError(f"algo.critic {algo.critic.id!r} runs GAE over single completions; over multi-turn "
+                          "trajectories use a turn-level critic (algo.critic=archer) or an estimator")  # fmt: skip
+    if algo.critic is not None and algo.credit is not None:
+        raise ConfigError(f"algo.critic {algo.critic.id!r} gives the turns' advantages itself: unset algo.credit "
+                          f"{algo.credit.id!r}")  # fmt: skip
     if algo.sampler is not None and not branches(algo):
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers do not run with a multi-turn environment yet "
                           "(they re-generate or inject single completions)")  # fmt: skip
@@ -95,6 +99,9 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
     if algo.has_fact("credit", "turn_sequential"):
         raise ConfigError(f"algo.credit {algo.credit.id!r} updates turn by turn, which runs in one process only for "
                           "now; launch without torchrun")  # fmt: skip
+    if algo.has_fact("critic", "td_replay"):
+        raise ConfigError(f"algo.critic {algo.critic.id!r} trains on a replay of past trajectories, which runs in one "
+                          "process only for now; launch without torchrun")  # fmt: skip
     if algo.sampler is not None:
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers run in one process only for now (each rank "
                           "would draw its own extra prompts); launch without torchrun")  # fmt: skip

@@ -71,6 +71,7 @@ PRODUCED_AT: dict[str, Stage] = {
     # [N, T] per-token rewards from a shaper with the fact `token_rewards` (RTO), for a critic that takes them
     "token_rewards": Stage.SHAPE,
     "advantages": Stage.ADVANTAGE,
+    "target_values": Stage.ADVANTAGE,  # [N, T+1] a TD critic's target network's values (fact `td_replay`)
     "logp": Stage.UPDATE,
     "logits": Stage.UPDATE,  # [N, T, V] the current policy's logits (temperature-scaled), with their graph
     "entropy": Stage.UPDATE,

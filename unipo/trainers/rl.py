@@ -87,7 +87,7 @@ def train(cfg: Config) -> Path:
         ref = world.shard(ref.eval().requires_grad_(False))
     teacher = load_teacher(cfg, tokenizer) if "teacher_logp" in algo.needs else None
     optimizer, scheduler = build_optimizer(model, cfg)
-    critic = critics.build(cfg, resume, saved) if algo.critic else None
+    critic = critics.build(cfg, resume, saved, td=algo.has_fact("critic", "td_replay")) if algo.critic else None
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(cfg.train.seed)
     stream = PromptStream(task.train, cfg.train.seed)
@@ -133,7 +133,7 @@ def train(cfg: Config) -> Path:
             SHOWN,
             lambda: scorer.failures,
             extra_models={
-                **({critics.SUBDIR: critic.model} if critic else {}),
+                **(critic.models() if critic else {}),
                 **({REFERENCE: ref} if algo.ref_sync else {}),
             },
             world=world,
@@ -295,6 +295,8 @@ def critic_stage(
     post-processor's and the critic update's metrics. The estimator runs on every rank's rows (it may whiten over the
     batch); the value model, whole on every rank, then trains on this rank's returns with summed gradients."""
     w, n, width = s.world, batch.num_completions, batch.loss_mask.shape[1]
+    if algo.has_fact("critic", "td_replay"):  # ArCHer: the critic learns first, then gives the advantages
+        return td_critic_stage(s, algo, batch, all_rewards, all_groups, timer)
     with timer("values"):
         old_values = critics.values(s.critic, batch, s.cfg)
     needed = w.gather_inputs({k: v for k, v in inputs.items() if k in algo.critic.needs}, n)
@@ -306,6 +308,31 @@ def critic_stage(
         local = type(targets)(*(w.local(x, n, width) for x in targets))
         critic_stats = critics.update(s.critic, s.cfg, batch, old_values, local, w)
     return w.local(all_adv, n, width), post_stats, critic_stats
+
+
+def td_critic_stage(
+    s: RLState, algo: Algo, batch: Rollouts, rewards: torch.Tensor, groups: torch.Tensor, timer: Timer
+) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
+    """A TD critic's stage (fact `td_replay`; one process): the batch joins the replay, the critic takes its steps on
+    replayed trajectories, then the recipe's critic gives the batch's advantages from the updated value model and its
+    target network."""
+    critic, cfg = s.critic, s.cfg
+    critic.replay = critics.remember(critic.replay, batch, rewards, cfg.critic.replay_size, s.tokenizer.pad_token_id)
+    with timer("critic_update"):
+        critic_stats = critics.td_update(critic, cfg, algo.critic, s.generator, turn_inputs)
+    with timer("values"):
+        now, target = critics.values(critic, batch, cfg), critics.values(critic, batch, cfg, target=True)
+    targets = call(
+        algo.critic, rewards, now, batch.completion_mask, inputs=turn_inputs(batch) | {"target_values": target}
+    )
+    advantages, post_stats = post_processed(algo, targets.advantages, batch.loss_mask, rewards, groups)
+    return advantages, post_stats, critic_stats
+
+
+def turn_inputs(batch: Rollouts) -> dict[str, Any]:
+    """The turn data of a multi-turn batch, as credit and TD critics take it."""
+    return {"turn_ids": batch.turn_ids, "turn_rewards": batch.extras["turn_rewards"],
+            "state_keys": batch.extras["state_keys"]}  # fmt: skip
 
 
 def collected(s: RLState, algo: Algo, timer: Timer) -> Collected:
@@ -350,9 +377,8 @@ def credited(
     """The credit stage (`algo.credit`): trajectory advantages to per-token advantages over the turns (N, T), with the
     turn data, the trajectories' `rewards` (N,) (NaN where unscored) and the step's other inputs (progress, old and
     reference log-probs)."""
-    turns = {"turn_ids": batch.turn_ids, "group_ids": batch.advantage_groups, "completion_ids": batch.completion_ids,
-             "turn_rewards": batch.extras["turn_rewards"], "state_keys": batch.extras["state_keys"],
-             "rewards": rewards}  # fmt: skip
+    turns = turn_inputs(batch) | {"group_ids": batch.advantage_groups, "completion_ids": batch.completion_ids,
+                                  "rewards": rewards}  # fmt: skip
     return call(algo.credit, advantages, inputs=inputs | turns)
 
 

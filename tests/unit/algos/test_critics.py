@@ -136,3 +136,59 @@ def test_explained_variance():
     r, mask = torch.tensor([[1.0, 2.0, 3.0]]), torch.ones(1, 3)
     assert explained_variance(r, r, mask) == pytest.approx(1.0)
     assert explained_variance(torch.full((1, 3), 2.0), r, mask) == pytest.approx(0.0)
+
+
+archer = algos.get("critic", "archer")
+TWO_TURNS = torch.tensor([[0, 0, 0, -1, -1, 1, 1, -1], [0, 0, 0, 0, -1, -1, -1, -1]])
+"""Row 0: turn 0 on tokens 0–2, the environment's tokens 3–4, turn 1 on 5–6, padding; row 1: one turn on 0–3."""
+
+
+def test_archer_on_hand_worked_turns():
+    # values[i, t] = (9·i + t)/10 (V before token t), the target network's 1 higher; γ = 0.5.
+    # Row 0: V(s_0) = v[0] = 0, Q(s_0, a_0) = v[3] = 0.3 -> A_0 = 0.3; V(s_1) = v[5] = 0.5, Q(s_1, a_1) = v[7] = 0.7
+    # -> A_1 = 0.2. r_0 = 0.5 (the environment's), r_1 = R − r_0 = 1.0 (its own 9.0 replaced). Targets: at 0,
+    # Q̄(s_0, a_0) = 1.3; at 3, r_0 + γ·V̄(s_1) = 0.5 + 0.5·1.5 = 1.25; at 5, Q̄(s_1, a_1) = 1.7; at 7, r_1 = 1.0.
+    # Row 1: A_0 = v[4] − v[0] = 1.3 − 0.9 = 0.4; targets at 0, Q̄ = 2.3; at 4, R = 0.
+    values = torch.arange(18.0).reshape(2, 9) / 10
+    out = archer(torch.tensor([1.5, 0.0]), values, torch.ones(2, 8), turn_ids=TWO_TURNS,
+                 turn_rewards=[[0.5, 9.0], []], target_values=values + 1, gamma=0.5)  # fmt: skip
+    torch.testing.assert_close(out.advantages, torch.tensor([[0.3, 0.3, 0.3, 0, 0, 0.2, 0.2, 0], [0.4] * 4 + [0] * 4]))
+    expected = torch.zeros(2, 9)
+    expected[0, [0, 3, 5, 7]] = torch.tensor([1.3, 1.25, 1.7, 1.0])
+    expected[1, 0] = 2.3
+    torch.testing.assert_close(out.returns, expected)
+    assert out.value_mask.nonzero().tolist() == [[0, 0], [0, 3], [0, 5], [0, 7], [1, 0], [1, 4]]
+    # without a target network the targets come from `values`; an unscored row gets nothing
+    out = archer(torch.tensor([float("nan"), 0.0]), values, turn_ids=TWO_TURNS, turn_rewards=[[0.5], [0.0]])
+    assert out.advantages[0].abs().sum() == 0 and not out.value_mask[0].any()
+    torch.testing.assert_close(out.returns[1, 0], values[1, 4])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-1, 1), min_size=3, max_size=3), st.floats(0.0, 1.0))
+def test_archer_bellman_consistent_values_are_its_fixed_point(rewards, gamma):
+    # values with V(s_k) = Q(s_k, a_k) = r_k + γ·V(s_{k+1}) at every turn of a three-turn row: every target equals
+    # the value at its position and every advantage is 0 (TD's fixed point); values elsewhere are arbitrary
+    turn_ids = torch.tensor([[0, 0, -1, 1, -1, -1, 2, 2, 2]])
+    r0, r1, r2 = rewards
+    q2 = r2
+    q1 = r1 + gamma * q2
+    q0 = r0 + gamma * q1
+    values = torch.full((1, 10), 7.0)
+    values[0, [0, 2, 3, 4, 6, 9]] = torch.tensor([q0, q0, q1, q1, q2, q2])
+    out = archer(torch.tensor([r0 + r1 + r2]), values, turn_ids=turn_ids, turn_rewards=[[r0, r1]], gamma=gamma)
+    torch.testing.assert_close(out.returns[out.value_mask], values[out.value_mask])
+    torch.testing.assert_close(out.advantages, torch.zeros(1, 9), atol=1e-5, rtol=0)
+
+
+def test_archer_refuses_turns_it_cannot_read():
+    values = torch.zeros(1, 5)
+    for turn_ids, message in [
+        ([[0, 1, 1, -1]], "gave no token between two turns"),
+        ([[0, -1, 0, -1]], "tokens of turn 0 must be contiguous"),
+        ([[-1, -1, 1, 1]], "has turn 1 without turn 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            archer(torch.ones(1), values, turn_ids=torch.tensor(turn_ids), turn_rewards=[[]])
+    with pytest.raises(ValueError, match=r"target_values must be \[N, T\+1\]"):
+        archer(torch.ones(1), values, turn_ids=torch.zeros(1, 4).long(), turn_rewards=[[]], target_values=values[:, 1:])
