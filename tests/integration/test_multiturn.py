@@ -1,6 +1,8 @@
 """Multi-turn rollouts on a tiny model: token-exact trajectories under the chat template, masks, budgets, failing
 environments, and an agent that learns (ALGORITHMS.md §9, §13 M1)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -291,3 +293,68 @@ def test_arpo_fills_each_group_with_branches_that_train_every_turn(eos_model_dir
     for i in range(8):
         values = adv[i][batch.turn_ids[i] >= 0]
         assert torch.allclose(values, values[0].expand_as(values))
+
+
+def test_environments_in_worker_processes_give_the_same_trajectories(eos_model):
+    from unipo.envs import env_factory
+    from unipo.envs.workers import EnvPool
+
+    model, tokenizer = eos_model
+    settings = EnvSettings(max_turns=3, max_tokens=400, timeout_s=30)
+    kw = {"n": 3, "max_new_tokens": 10}
+    here = rollout(model, tokenizer, ROWS, env_factory(None, "tests.integration.envs_for_tests.Echo", {}), settings,
+                   generator=torch.Generator().manual_seed(2), **kw)  # fmt: skip
+    settings = dataclasses.replace(settings, workers=2)
+    pool = EnvPool(None, "tests.integration.envs_for_tests.Echo", {}, 2, 30)
+    try:
+        there = rollout(model, tokenizer, ROWS, pool.make, settings, generator=torch.Generator().manual_seed(2), **kw)
+        assert torch.equal(here.completion_ids, there.completion_ids) and torch.equal(here.turn_ids, there.turn_ids)
+        assert here.extras["messages"] == there.extras["messages"] and max(there.extras["turns"]) > 1
+        assert here.extras["turn_rewards"] == there.extras["turn_rewards"]
+        assert all(w.drops for w in pool.workers)  # the finished episodes leave with each worker's next request
+    finally:
+        pool.close()
+
+
+def test_a_hanging_step_in_a_worker_is_stopped_and_the_worker_replaced(eos_model):
+    from unipo.envs.workers import EnvPool
+
+    model, tokenizer = eos_model
+    settings = EnvSettings(max_turns=3, max_tokens=400, timeout_s=1.0, workers=1)
+    pool = EnvPool(None, "tests.integration.envs_for_tests.Hangs", {}, 1, settings.timeout_s)
+    try:
+        batch = rollout(model, tokenizer, ROWS[:1], pool.make, settings, n=3, max_new_tokens=10,
+                        generator=torch.Generator().manual_seed(1))  # fmt: skip
+        worker = pool.workers[0]
+        # every episode whose second turn reached the environment ends unscored: the first such step hung and was
+        # stopped with its worker, the others' environments were in that worker
+        stepped = [i for i in range(3) if batch.extras["turns"][i] > 1 and not batch.truncated[i]]
+        errors = [batch.extras["env_error"][i] for i in stepped]
+        assert stepped and worker.generation == 1 and all(batch.extras["env_reward"][i] is None for i in stepped)
+        assert "TimeoutError" in errors[0] and all("LostEnvironment" in e for e in errors[1:])
+        assert worker.process.poll() is None  # the fresh worker runs
+        env = pool.make()  # the fresh worker serves new episodes
+        env.reset({"prompt": "x"})
+        assert env.step("a").observation == "go on"
+    finally:
+        pool.close()
+
+
+def test_env_workers_in_the_config_put_each_environment_in_a_worker():
+    from unipo.config.schema import EnvConfig
+    from unipo.envs import resolve
+    from unipo.envs.workers import RemoteEnv
+
+    make, settings = resolve(EnvConfig(name="calculator", workers=2, timeout_s=20), None)
+    assert settings.workers == 2
+    envs = [make() for _ in range(3)]
+    pool = envs[0].pool
+    try:
+        assert (
+            all(isinstance(e, RemoteEnv) for e in envs) and [e.worker for e in envs] == pool.workers + pool.workers[:1]
+        )
+        envs[0].reset({"prompt": "What is 6*7?", "answer": "42"})
+        step = envs[0].step("<calc>6*7</calc>")
+        assert envs[0].role == "tool" and "42" in step.observation and step.info["tool_calls"] == 1
+    finally:
+        pool.close()

@@ -243,6 +243,10 @@ class EnvConfig(BaseModel):
     timeout_s: float = Field(30.0, gt=0)
     """Seconds one environment step may take; past it (or when it raises) the episode ends unscored and is counted
     (`env/errors`); the run goes on."""
+    workers: int = Field(0, ge=0)
+    """Worker processes the environments live and step in (envs/workers.py); 0: threads of the trainer's process.
+    In a worker, a step past `timeout_s` is stopped (the worker is killed and replaced; the episodes it held end
+    unscored); in a thread it is abandoned, still running."""
 
     @model_validator(mode="after")
     def _at_most_one_source(self) -> EnvConfig:

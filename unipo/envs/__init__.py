@@ -6,10 +6,12 @@ An environment is any object with
   turn's reward, whether the episode is done, and `info` out. `info["state_key"]` is a hashable canonical state
   (what GiGPO-style credit groups turns by; default: the observation's text), `info["tool_calls"]` and
   `info["tool_errors"]` are counted into the run's metrics;
-- `role`: the chat role its observations are sent as (`tool` or `user`).
+- `role`: the chat role its observations are sent as (`tool` or `user`);
+- `close()` (optional): called once the rollout is done with the episode.
 
 Environments are configured by built-in name or dotted path, like rewards (`env: {name: calculator, max_turns: 4}`);
-other keys are the constructor's keyword arguments. One instance serves one trajectory. Only
+other keys are the constructor's keyword arguments. One instance serves one trajectory. With `env.workers` > 0 the
+instances live in worker processes (envs/workers.py), where a step past `env.timeout_s` is stopped, not abandoned. Only
 `rollout/multiturn.py` turns their text into token ids, so a trajectory is never re-tokenised.
 
 `ToolEnv` is the base of tool-using environments: it parses a call from the turn's own text (tagged, Search-R1 style
@@ -58,11 +60,12 @@ class Late(TimeoutError):
     """A call still running at its deadline."""
 
 
-def call_all(calls: list[Callable[[], Any]], timeout_s: float) -> list[Any]:
+def call_all(calls: list[Callable[[], Any]], timeout_s: float | None) -> list[Any]:
     """Each call's result, in a daemon thread of its own, all under one deadline: the exception it raised instead, or
     `Late` for one still running at the deadline (its thread is abandoned: something that can really hang must run
-    in a subprocess, as the `python` tool does through the sandbox)."""
-    results: list[Any] = [Late(f"no result within {timeout_s:g} s")] * len(calls)
+    in a subprocess, as the `python` tool does through the sandbox, or the environments in workers, `env.workers`).
+    `timeout_s` None: wait for every call (each bounded on its own, as a worker's requests are)."""
+    results: list[Any] = [Late(f"no result within {timeout_s} s")] * len(calls)
 
     def body(k: int) -> None:
         try:
@@ -73,9 +76,9 @@ def call_all(calls: list[Callable[[], Any]], timeout_s: float) -> list[Any]:
     threads = [threading.Thread(target=body, args=(k,), daemon=True, name="unipo-env") for k in range(len(calls))]
     for th in threads:
         th.start()
-    deadline = time.monotonic() + timeout_s
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     for th in threads:
-        th.join(max(0.0, deadline - time.monotonic()))
+        th.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
     return list(results)
 
 
@@ -162,9 +165,10 @@ class EnvSettings:
     max_tokens: int = 256
     max_obs_tokens: int = 64
     timeout_s: float = 30.0
+    workers: int = 0
 
 
-SETTINGS = ("max_turns", "max_tokens", "max_obs_tokens", "timeout_s")
+SETTINGS = ("max_turns", "max_tokens", "max_obs_tokens", "timeout_s", "workers")
 
 
 def resolve(env: Any, task_env: dict[str, Any] | None) -> tuple[Callable[[], Env], EnvSettings] | None:
@@ -182,7 +186,13 @@ def resolve(env: Any, task_env: dict[str, Any] | None) -> tuple[Callable[[], Env
                              "this task has none of its own")  # fmt: skip
         return None
     settings = EnvSettings(**{k: spec.pop(k) for k in SETTINGS if k in spec})
-    return env_factory(spec.pop("name", None), spec.pop("component", None), spec), settings
+    name, component = spec.pop("name", None), spec.pop("component", None)
+    make = env_factory(name, component, spec)  # checked here, in this process, also when workers will make them
+    if settings.workers:
+        from unipo.envs.workers import EnvPool
+
+        make = EnvPool(name, component, spec, settings.workers, settings.timeout_s).make
+    return make, settings
 
 
 def builtin_envs() -> dict[str, type]:

@@ -10,9 +10,10 @@ boundary tokens the policy does not sample (ChatML's `\\n` after `<|im_end|>`) a
 that does not render `[user, assistant]` as a prefix of `[user, assistant, tool]` is refused at start-up.
 
 Waves: every live trajectory samples its next turn in one batch (the first turn shares each prompt's KV cache across
-its group; later turns left-pad each history); the environments' steps run in threads, each under
-`env.timeout_s`. An environment that raises or runs past it ends its episode unscored (`env_reward` None: no
-gradient), counted in `env/errors`; tools report their own failures to the model (envs.ToolEnv).
+its group; later turns left-pad each history); the environments' steps run in threads, each under `env.timeout_s`
+(with `env.workers`, each thread waits on an environment in a worker process: envs/workers.py). An environment that
+raises or runs past it ends its episode unscored (`env_reward` None: no gradient), counted in `env/errors`; tools
+report their own failures to the model (envs.ToolEnv).
 
 A trajectory ends when the environment says done, after `env.max_turns` turns, or when the token budget
 (`env.max_tokens` tokens after the prompt, the environment's included) runs out: a turn cut by the budget is not
@@ -121,6 +122,7 @@ def rollout(
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "greedy": greedy}
     _waves(model, tokenizer, trajs, rows, (prompt_ids, prompt_mask, counts), settings, renderer or Renderer(tokenizer),
            max_new_tokens=max_new_tokens, generator=generator, sampling=sampling)  # fmt: skip
+    _close(trajs, settings)
     return _assemble(trajs, prompt_ids, prompt_mask, rows, tokenizer.pad_token_id)
 
 
@@ -176,6 +178,7 @@ def branch(
     prompts = (roll_in.prompt_ids, roll_in.prompt_mask, counts)
     _waves(model, tokenizer, trajs, rows, prompts, settings, renderer, max_new_tokens=max_new_tokens,
            generator=generator, sampling=sampling)  # fmt: skip
+    _close(trajs, settings)
     return _assemble(trajs, roll_in.prompt_ids, roll_in.prompt_mask, rows, tokenizer.pad_token_id)
 
 
@@ -187,10 +190,21 @@ def _said(batch: Rollouts, p: int) -> list[str]:
 
 def _reset(trajs: list[_Trajectory], rows: list[dict[str, Any]], settings: EnvSettings) -> None:
     """Each trajectory's environment starts its episode on its row; one that fails ends the episode unscored."""
-    resets = call_all([lambda t=t: t.env.reset(rows[t.group]) for t in trajs], settings.timeout_s)
+    resets = call_all([lambda t=t: t.env.reset(rows[t.group]) for t in trajs], _deadline(settings))
     for t, result in zip(trajs, resets, strict=True):
         if isinstance(result, BaseException):
             t.error, t.done = f"reset: {_why(result, settings)}", True
+
+
+def _deadline(settings: EnvSettings) -> float | None:
+    """How long a wave of environment calls may take: `env.timeout_s` in threads; in workers each request is timed on
+    its own (a worker runs its requests one at a time, and stops one past `env.timeout_s`), so no overall deadline."""
+    return None if settings.workers else settings.timeout_s
+
+
+def _close(trajs: list[_Trajectory], settings: EnvSettings) -> None:
+    """The episodes are over: each environment with a `close()` is closed (an environment in a worker leaves it)."""
+    call_all([t.env.close for t in trajs if callable(getattr(t.env, "close", None))], _deadline(settings))
 
 
 def _waves(
@@ -244,7 +258,7 @@ def _step_envs(trajs: list[_Trajectory], settings: EnvSettings, renderer: Render
     """Each trajectory's environment takes its last turn; its reply is appended (out of the loss) unless the episode
     ends: done, the last allowed turn (`settings.max_turns`), or no room left in the token budget for the reply and
     another turn."""
-    results = call_all([lambda t=t: t.env.step(t.messages[-1]["content"]) for t in trajs], settings.timeout_s)
+    results = call_all([lambda t=t: t.env.step(t.messages[-1]["content"]) for t in trajs], _deadline(settings))
     for t, step in zip(trajs, results, strict=True):
         if not isinstance(step, Step):
             what = _why(step, settings) if isinstance(step, BaseException) else f"returned {step!r}"
