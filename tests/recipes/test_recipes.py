@@ -71,6 +71,7 @@ def test_recipe_trains_two_steps_on_a_tiny_model(name, tiny_model_dir, tmp_path,
     per_pass = any(algos.entry("token_weight", t.name).needs(t.model_extra) & {"logp", "entropy"}
                    for t in config.load(name).algo.token_weights)  # fmt: skip
     args += ["train.ppo_epochs=1", f"train.micro_batch_size={64 if per_pass else 3}", "model.autocast=off"]
+    args.append("critic.warmup_steps=0")  # a recipe's critic warm-up (ArCHer) would leave the policy unchecked
     turn_by_turn = (
         recipe.algo.credit is not None and "turn_sequential" in algos.entry("credit", recipe.algo.credit.name).facts
     )
