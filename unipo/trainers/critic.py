@@ -158,7 +158,8 @@ def td_update(
     `critic.replay_batch` trajectories drawn from the replay with replacement. `fn` (the recipe's critic) gives each
     draw's targets from the target network's values (`target_values`, with `inputs(draw)`, its turn data); the loss
     is ½·(V − y)² averaged over the draw's targets (over micro-batches, with its global count). After each step the
-    target moves: θ̄ ← θ̄ + τ·(θ − θ̄)."""
+    target moves: θ̄ ← θ̄ + τ·(θ − θ̄). A draw's trajectories mostly come from different prompts, so a micro-batch
+    shares no prompt forward: `train.micro_batch_size` bounds its memory (the recipe `archer` sets 8)."""
     assert critic.replay is not None and critic.target is not None, "a TD critic remembers the batch first"
     losses, norms, explained = [], [], []
     for _ in range(cfg.critic.replay_updates):
