@@ -65,7 +65,7 @@ def call_all(calls: list[Callable[[], Any]], timeout_s: float | None) -> list[An
     `Late` for one still running at the deadline (its thread is abandoned: something that can really hang must run
     in a subprocess, as the `python` tool does through the sandbox, or the environments in workers, `env.workers`).
     `timeout_s` None: wait for every call (each bounded on its own, as a worker's requests are)."""
-    results: list[Any] = [Late(f"no result within {timeout_s} s")] * len(calls)
+    results: list[Any] = [Late(f"no result within {timeout_s or 0:g} s")] * len(calls)  # None: never read
 
     def body(k: int) -> None:
         try:

@@ -36,6 +36,7 @@ class RemoteError(Exception):
 class _Worker:
     def __init__(self, spec: tuple[str | None, str | None, dict[str, Any]]):
         self.spec, self.lock, self.drops, self.drop_lock = spec, threading.Lock(), [], threading.Lock()
+        self.generation = -1  # how many times the process was replaced; each start adds one
         self._start()
 
     def _start(self) -> None:
@@ -57,7 +58,7 @@ class _Worker:
         except (RuntimeError, EOFError) as e:
             self.stop()
             raise RuntimeError(f"an environment worker {e or 'ended at start-up'}") from None
-        self.generation = getattr(self, "generation", -1) + 1
+        self.generation += 1
 
     def stop(self) -> None:
         """Kill the process (a step in it may hang) and wait for it."""

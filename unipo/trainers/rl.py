@@ -294,9 +294,9 @@ def critic_stage(
     """This rank's advantages from the critic estimator (e.g. GAE over the value model's values), with the
     post-processor's and the critic update's metrics. The estimator runs on every rank's rows (it may whiten over the
     batch); the value model, whole on every rank, then trains on this rank's returns with summed gradients."""
-    w, n, width = s.world, batch.num_completions, batch.loss_mask.shape[1]
     if algo.has_fact("critic", "td_replay"):  # ArCHer: the critic learns first, then gives the advantages
         return td_critic_stage(s, algo, batch, all_rewards, all_groups, timer)
+    w, n, width = s.world, batch.num_completions, batch.loss_mask.shape[1]
     with timer("values"):
         old_values = critics.values(s.critic, batch, s.cfg)
     needed = w.gather_inputs({k: v for k, v in inputs.items() if k in algo.critic.needs}, n)
