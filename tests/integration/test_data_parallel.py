@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from unipo.cli import main
 from unipo.trainers import checkpoint
+from unipo.trainers.rl import REFERENCE
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +155,26 @@ def test_fsdp2_run_matches_one_process_and_resumes_into_other_world_sizes(tiny_m
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(_steps(pair)) == [1, 2, 3, 4, 5]
     _same_steps(pair, alone, (4, 5))
+
+
+def test_fsdp2_moves_a_sharded_reference_as_one_process(tiny_model_dir, tmp_path):
+    # TR-DPO's refresh every step: each rank mixes its shard of the reference towards its shard of the policy
+    sync = ("algo.kl.coef=0.05", "algo.ref_sync={name: ref_sync, alpha: 0.5, every: 1}", "train.max_steps=3")
+    alone, pair = tmp_path / "alone", tmp_path / "pair"
+    assert main(_train_args(tiny_model_dir, alone, *sync)) == 0
+    cmd = _torchrun("-m", "unipo", *_train_args(tiny_model_dir, pair, "dist.strategy=fsdp2", *sync))
+    proc = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _same_steps(pair, alone, (1, 2, 3))
+    a, b = _steps(alone), _steps(pair)
+    for step in (2, 3):  # the KL to the moved reference
+        assert a[step]["ref/synced"] == b[step]["ref/synced"] == 1.0
+        assert b[step]["kl"] == pytest.approx(a[step]["kl"], rel=1e-4, abs=1e-7) and a[step]["kl"] > 0, step
+    # the reference is gathered from its shards into the checkpoint: one process's, and moved from the initial model
+    mine, theirs = (r / "checkpoints/step-000003" / REFERENCE / "model.safetensors" for r in (pair, alone))
+    x, y, initial = load_file(mine), load_file(theirs), load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert x.keys() == y.keys() and max(float((x[k] - y[k]).abs().max()) for k in x) < 1e-5
+    assert max(float((y[k] - initial[k]).abs().max()) for k in y) > 1e-3
 
 
 def test_fsdp2_lora_run_matches_one_process_and_saves_the_adapter(tiny_model_dir, tmp_path):

@@ -42,14 +42,6 @@ def test_one_rank_world_is_the_identity():
     assert World(1, 2).share([1, 2, 3, 4]) == [3, 4]
 
 
-def test_fsdp2_refuses_a_moving_reference():
-    cfg = config.load("grpo", ["dist.strategy=fsdp2", "algo.kl.coef=0.1", "algo.ref_sync={name: ref_sync, alpha: 0.5}"])
-    with pytest.raises(ConfigError, match=r"^dist.strategy=fsdp2 does not yet move a sharded reference"):
-        check_data_parallel(cfg, build_algo(cfg))
-    check_data_parallel(cfg.model_copy(update={"dist": cfg.dist.model_copy(update={"strategy": "ddp"})}),
-                        build_algo(cfg))  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("recipe", "message"),
     [

@@ -86,17 +86,20 @@ def save(
     keep: int = 2,
     extra_models: dict[str, Any] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
+    extra_weights: dict[str, dict[str, torch.Tensor] | None] | None = None,
 ) -> Path:
     """Write `folder/step-XXXXXX` atomically and prune all but the `keep` newest checkpoints. Each of `extra_models`
     (e.g. the value model as `critic`) is saved with its own `save_pretrained` and the tokenizer in a subdirectory.
-    `weights`: the model's full state dict when `model` holds only a shard of it (`World.full_weights`)."""
+    `weights`: the model's full state dict when `model` holds only a shard of it (`World.full_weights`);
+    `extra_weights`: the same for each of `extra_models` that is sharded (e.g. a moving reference under FSDP2)."""
     final = folder / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=folder))
     try:
         model.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
         tokenizer.save_pretrained(tmp)
         for name, extra in (extra_models or {}).items():
-            extra.save_pretrained(tmp / name)
+            full = (extra_weights or {}).get(name)
+            extra.save_pretrained(tmp / name, **({"state_dict": full} if full is not None else {}))
             tokenizer.save_pretrained(tmp / name)
         torch.save({"step": step, **trainer_state}, tmp / STATE)
         files = sorted(p for p in tmp.rglob("*") if p.is_file())

@@ -89,9 +89,6 @@ def branches(algo: Algo) -> bool:
 
 def check_data_parallel(cfg: Config, algo: Algo) -> None:
     """What cannot yet run on several ranks is refused before any model loads."""
-    if cfg.dist.strategy == "fsdp2" and algo.ref_sync is not None:
-        raise ConfigError("dist.strategy=fsdp2 does not yet move a sharded reference (algo.ref_sync); use "
-                          "dist.strategy=ddp")  # fmt: skip
     if cfg.dist.ray and not cfg.dist.ray_address:
         raise ConfigError("dist.ray: on several ranks, start one Ray cluster (`ray start --head`) and set "
                           "dist.ray_address=auto, so that the ranks share it instead of each starting "

@@ -209,8 +209,9 @@ class World:
 
     def full_weights(self, model: Any) -> dict | None:
         """A sharded model's full weights, gathered to rank 0's CPU for a checkpoint (a collective: every rank calls
-        it; the others get an empty dict); None (the model's own `state_dict`) when not sharded."""
-        if not self.sharded:
+        it; the others get an empty dict); None (the model's own `state_dict`) when not sharded (e.g. a critic, whole on
+        every rank)."""
+        if not self.sharded or not _fsdp_modules(model):
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

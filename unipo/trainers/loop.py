@@ -48,9 +48,11 @@ def run_steps(
             progress.update(step, metrics)
             if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
                 weights, state = world.full_weights(model), checkpoint_state()  # every rank: sharded states gather
+                extra_weights = {name: world.full_weights(m) for name, m in (extra_models or {}).items()}
                 if world.main:
                     checkpoint.save(run.checkpoints, step, model, tokenizer, state, keep=cfg.train.keep_checkpoints,
-                                    extra_models=extra_models, weights=weights)  # fmt: skip
+                                    extra_models=extra_models, weights=weights,
+                                    extra_weights=extra_weights)  # fmt: skip
                 world.barrier()
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.max_steps:
                 evaluate(step)

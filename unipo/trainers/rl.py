@@ -247,6 +247,7 @@ def rl_step(s: RLState) -> dict[str, float]:
         stats = updated(s, algo, batch, advantages, inputs)
     s.values, ctrl_metrics = controllers.after_step(s.slots, s.values, stats, len(all_raw))
     if algo.ref_sync is not None:  # TR-DPO: the reference moves towards the policy
+        w.reshard(s.ref)  # FSDP2: the reference's root keeps its gathered weights after a forward; mix shard by shard
         ctrl_metrics["ref/synced"] = float(algo.ref_sync(s.ref.parameters(), s.model.parameters(), s.step))
     if s.pipeline is not None:
         s.pipeline.publish(s.model, s.step)  # the engine loads it before its next batch
