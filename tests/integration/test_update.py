@@ -59,6 +59,35 @@ def test_shared_prompt_forward_equals_full_forward(tiny):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_chunked_log_probs_equal_whole_ones_and_keep_no_logits_for_backward(tiny, entropy_grad):
+    model, tokenizer = tiny
+    batch = _batch(model, tokenizer)
+    vocab, m = model.config.vocab_size, batch.completion_mask.bool()
+    params = list(model.parameters())
+    results = []
+    for chunk in (0, 5):  # 5 positions a chunk: chunks straddle rows, the last one is short
+        saved = []  # the tensors autograd keeps for backward, outside checkpointed regions
+
+        def keep(t, saved=saved):
+            saved.append(tuple(t.shape))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            logp, entropy = completion_logprobs(model, batch, temperature=0.7, with_entropy=True,
+                                                entropy_grad=entropy_grad, chunk=chunk)  # fmt: skip
+        loss = logp[m].sum() + (entropy[m].sum() if entropy_grad else 0)
+        results.append((logp, entropy, torch.autograd.grad(loss, params)))
+        kept_logits = [shape for shape in saved if shape and shape[-1] == vocab]
+        assert bool(kept_logits) == (chunk == 0), (chunk, kept_logits)  # unchunked: (N, T, V) logits are kept
+    (logp_a, ent_a, grads_a), (logp_b, ent_b, grads_b) = results
+    torch.testing.assert_close(logp_b, logp_a, atol=1e-5, rtol=1e-6)  # matmuls of other shapes: float rounding
+    torch.testing.assert_close(ent_b, ent_a, atol=1e-5, rtol=1e-6)
+    assert ent_b.requires_grad == entropy_grad
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
 def test_greedy_sampling_is_argmax(tiny):
     model, tokenizer = tiny
     batch = sample(model, tokenizer, ROWS[:1], n=2, max_new_tokens=5, greedy=True)
@@ -97,6 +126,24 @@ def test_update_does_not_depend_on_micro_batch_size(tiny_model_dir, aggregation)
     assert loss_a == pytest.approx(loss_b, rel=1e-5, abs=1e-7)
     for a, b in zip(params_a, params_b, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [[], ["algo.regularizers=[{name: entropy_bonus, coef: 0.01}]"]])
+def test_update_with_a_chunked_head_equals_the_whole_one(tiny_model_dir, extra):
+    results = []
+    for chunk in (0, 7):
+        model, tokenizer = load_model_and_tokenizer(tiny_model_dir, device="cpu", dtype="float32")
+        ref, _ = load_model_and_tokenizer(tiny_model_dir, device="cpu", dtype="float32")
+        cfg = config.load("grpo", ["model.autocast=off", "algo.kl.coef=0.1", "train.lr=1e-3",
+                                   f"model.logit_chunk={chunk}", *extra])  # fmt: skip
+        batch = _batch(model.eval(), tokenizer)
+        stats = _update(cfg, model, ref.eval(), tokenizer, batch, torch.linspace(-1, 1, batch.num_completions))
+        results.append((stats, [p.detach().clone() for p in model.parameters()]))
+    (a, params_a), (b, params_b) = results
+    for key in ("loss", "grad_norm", "kl", "entropy"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    for x, y in zip(params_a, params_b, strict=True):  # AdamW's first step at lr 1e-3 moves each weight by ~1e-3
+        torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-5)
 
 
 def test_zero_advantage_rows_are_skipped_without_changing_the_step(tiny_model_dir):

@@ -46,6 +46,11 @@ class ModelConfig(_Strict):
     tokenizer, whose log-probs score the student's samples."""
     share_prompt_forward: bool = True
     """Run each prompt once and reuse its KV cache for its whole group (in sampling and in the update)."""
+    logit_chunk: int = Field(0, ge=0)
+    """Positions per chunk of the LM head in the update and the reference pass: the (N, T, V) logits never exist at
+    once, and the backward pass recomputes each chunk's logits (one extra LM-head matmul per token). 0: all at once.
+    Components that read the full logits or values derived from them (`kl_full`, the `sum_pi_squared` inputs) keep
+    them whole."""
     lora: LoraSettings = LoraSettings()
     """`model.lora.r > 0` trains LoRA adapters; the reference policy is then the model with its adapter disabled."""
 

@@ -20,6 +20,7 @@ def completion_logprobs(
     entropy_grad: bool = False,
     share_prompt: bool = True,
     keep_logits: bool = False,
+    chunk: int = 0,
 ) -> tuple[torch.Tensor, ...]:
     """log π(y_t | x, y_<t) for every completion token, with softmax(logits / temperature).
 
@@ -28,6 +29,10 @@ def completion_logprobs(
     LM head runs only on the T positions that predict completion tokens. Both paths agree to float tolerance
     (tests/integration/test_logprobs.py).
 
+    With `chunk` > 0 (and without `keep_logits`) the LM head runs on `chunk` positions at a time and each chunk's
+    logits are recomputed in the backward pass instead of kept (`chunked_token_stats`): the (N, T, V) logits never
+    exist at once.
+
     Returns:
         logp (N, T) and, if asked, the entropy of the same distribution (N, T), detached unless `entropy_grad`
         (for entropy regularizers); with `keep_logits`, also the temperature-scaled logits (N, T, V).
@@ -35,6 +40,10 @@ def completion_logprobs(
 
     def run() -> tuple[torch.Tensor, ...]:
         hidden = (_share_prompt_hidden if share_prompt else _full_hidden)(model, batch)
+        if chunk > 0 and not keep_logits:
+            return chunked_token_stats(model.get_output_embeddings(), hidden, batch.completion_ids, chunk,
+                                       temperature=temperature, with_entropy=with_entropy,
+                                       entropy_grad=entropy_grad)  # fmt: skip
         logits = model.get_output_embeddings()(hidden).float() / temperature  # (N, T, V)
         logp = logprobs_from_logits(logits, batch.completion_ids)
         entropy = None
@@ -44,6 +53,54 @@ def completion_logprobs(
         return (logp, entropy, logits) if keep_logits else (logp, entropy)
 
     return as_forward(model, run)
+
+
+def chunked_token_stats(
+    head: Any,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    chunk: int,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(head(h_t) / temperature)[y_t] and, if asked, the entropy, computed `chunk` positions at a time.
+
+    With autograd on, each chunk runs under activation checkpointing (non-reentrant): its forward keeps only the
+    chunk's hidden states, and the backward pass recomputes the chunk's logits, so at most `chunk` × V logits exist at
+    once in either pass, for one extra LM-head matmul per position in the backward (verl's and Liger's chunked
+    log-prob idea, done with torch's checkpoint instead of a fused kernel). Values and gradients equal the unchunked
+    ones (tests/integration/test_logprobs.py).
+
+    Args:
+        head: the LM head (a module mapping (..., H) to (..., V)).
+        hidden: (N, T, H) states that predict `ids`.
+        ids: (N, T) the tokens whose log-probs are taken.
+        chunk: positions per chunk (over the flattened N·T positions).
+
+    Returns:
+        logp (N, T); the entropy (N, T) or None, detached unless `entropy_grad`.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    n, t = ids.shape
+    flat, labels = hidden.reshape(n * t, -1), ids.reshape(n * t)
+
+    def piece(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = head(h).float() / temperature
+        logp = logprobs_from_logits(logits, y)
+        if not with_entropy:
+            return logp, None
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            return logp, entropy_from_logits(logits)
+
+    graph = torch.is_grad_enabled() and (flat.requires_grad or any(p.requires_grad for p in head.parameters()))
+    parts = [checkpoint(piece, flat[i : i + chunk], labels[i : i + chunk], use_reentrant=False) if graph
+             else piece(flat[i : i + chunk], labels[i : i + chunk]) for i in range(0, n * t, chunk)]  # fmt: skip
+    logp = torch.cat([p[0] for p in parts]).view(n, t)
+    entropy = torch.cat([p[1] for p in parts]).view(n, t) if with_entropy else None
+    return logp, entropy
 
 
 def as_forward(model: Any, fn: Any) -> Any:

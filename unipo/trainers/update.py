@@ -31,9 +31,12 @@ def frozen_forward(model: Any, batch: Rollouts, cfg: Config, *, full: bool = Fal
     """A no-grad forward of a model that does not move this step (the reference, or the policy before its update):
     `logp` (N, T) of the sampled tokens; with `full`, `log_softmax` (N, T, V) at every completion position; with
     `moments`, `sum_pi_squared` and `sum_pi_cubed` (N, T), Σ_v π(v)^k. All at the sampling temperature, in float32."""
+    keep = full or moments
     with lora.reference(model) as m, autocast_context(m, cfg.model.autocast):
-        logp, _, logits = completion_logprobs(m, batch, temperature=cfg.rollout.temperature, keep_logits=True,
-                                              share_prompt=cfg.model.share_prompt_forward)  # fmt: skip
+        logp, _, *logits = completion_logprobs(m, batch, temperature=cfg.rollout.temperature, keep_logits=keep,
+                                               share_prompt=cfg.model.share_prompt_forward,
+                                               chunk=cfg.model.logit_chunk)  # fmt: skip
+    logits = logits[0] if keep else None
     out = {"logp": logp.float()}
     if full:
         out["log_softmax"] = torch.log_softmax(logits.float(), dim=-1)
@@ -76,6 +79,7 @@ def update(
     # a loss that takes statistics over each prompt's group (NFT's accuracy) sees whole groups in every micro-batch
     whole_groups = any("group_ids" in fn.needs for fn in (algo.policy_loss, *algo.regularizers))
     entropy_grad = "entropy" in algo.needs
+    keep_logits = "logits" in algo.needs or bool(FROM_LOGITS.keys() & algo.needs)  # else the head may run in chunks
     old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
     derived = {name: (FROM_LOGITS[name], algo.params_for(name), torch.zeros_like(old_logp))
                for name in FROM_LOGITS.keys() & algo.needs}  # fmt: skip
@@ -87,8 +91,8 @@ def update(
     sums: dict[str, torch.Tensor] = {}
     losses, grad_norms = [], []
     for epoch in range(cfg.train.ppo_epochs):
-        for p in trained:  # zeros, not None: AdamW then steps every parameter, as with a full batch
-            p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
+        for p in trained:  # the backward pass allocates each gradient when it reaches it (none held in the forward)
+            p.grad = None
         total = torch.zeros(())
         chunks = micro_batches(active, batch.advantage_groups, cfg.train.micro_batch_size, whole_groups)
         _idle_passes(model, batch, world.padding(len(chunks)), precision, share)
@@ -96,10 +100,11 @@ def update(
             mb = batch.select(idx)
             width, mask = mb.completion_ids.shape[1], mb.loss_mask.float()
             with precision:
-                logp, entropy, logits = completion_logprobs(
+                logp, entropy, *logits = completion_logprobs(
                     model, mb, temperature=temperature, with_entropy=epoch == 0 or entropy_grad,
-                    entropy_grad=entropy_grad, share_prompt=share, keep_logits=True,
+                    entropy_grad=entropy_grad, share_prompt=share, keep_logits=keep_logits, chunk=cfg.model.logit_chunk,
                 )  # fmt: skip
+            logits = logits[0] if keep_logits else None
             if epoch == 0:  # the parameters still are the sampling ones: old log-probs are these, detached
                 old_logp[idx, :width] = logp.detach().float()
             adv = advantages[idx] if advantages.dim() == 1 else advantages[idx, :width]
@@ -136,12 +141,7 @@ def update(
             for key, value in metrics.items():
                 pair = torch.stack([masked_sum(value.detach().float(), mask).cpu(), mask.sum().cpu()])
                 sums[key] = sums.get(key, torch.zeros(2)) + pair
-        world.all_reduce_grads(trained)
-        max_norm = cfg.train.max_grad_norm or float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(trained, max_norm)
-        grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))  # sharded: a DTensor
-        optimizer.step()
-        scheduler.step()
+        grad_norms.append(_step(cfg, optimizer, scheduler, trained, world))
         losses.append(float(world.sum(total)))
     out = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms)}
     totals: dict[str, torch.Tensor] = {}
@@ -203,6 +203,21 @@ def micro_batches(active: torch.Tensor, groups: torch.Tensor, size: int, whole_g
             chunks.append([])
         chunks[-1] += members
     return [torch.tensor(c, device=active.device) for c in chunks]
+
+
+def _step(cfg: Config, optimizer: Any, scheduler: Any, trained: list[torch.Tensor], world: World) -> float:
+    """Sum the gradients over the ranks, clip them to `train.max_grad_norm`, step, and free them until the next
+    backward pass (sampling and the next forward run without them). Returns the norm before clipping."""
+    for p in trained:  # zeros, not None: AdamW then steps every parameter, as with a full batch
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    world.all_reduce_grads(trained)
+    norm = torch.nn.utils.clip_grad_norm_(trained, cfg.train.max_grad_norm or float("inf"))
+    optimizer.step()
+    scheduler.step()
+    for p in trained:
+        p.grad = None
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded: a DTensor
 
 
 def _idle_passes(model: Any, batch: Rollouts, count: int, precision: Any, share: bool) -> None:
