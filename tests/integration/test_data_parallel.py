@@ -109,7 +109,8 @@ def _same_steps(run, other, steps):
     a, b = _steps(run), _steps(other)
     for step in steps:
         for key in COMPARED:
-            assert a[step][key] == pytest.approx(b[step][key], rel=1e-4, abs=1e-5), (step, key)
+            if key in a[step] or key in b[step]:  # a step that trains nothing has no entropy or clip fraction
+                assert a[step][key] == pytest.approx(b[step][key], rel=1e-4, abs=1e-5), (step, key)
 
 
 def test_a_critic_trains_on_two_ranks_as_in_one_process(tiny_model_dir, tmp_path):
@@ -155,6 +156,30 @@ def test_fsdp2_run_matches_one_process_and_resumes_into_other_world_sizes(tiny_m
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(_steps(pair)) == [1, 2, 3, 4, 5]
     _same_steps(pair, alone, (4, 5))
+
+
+@pytest.mark.parametrize(("prompts", "rounds"), [(4, 6), (2, 1)])
+def test_a_group_filter_keeps_on_two_ranks_what_one_process_keeps(tiny_model_dir, tmp_path, prompts, rounds):
+    # DAPO's dynamic sampling on a coin-flip reward with groups of 2: about half the groups are all-equal and dropped,
+    # and more prompts are drawn and shared out until `prompts` groups are kept (or `rounds` ran: with 1 round and 2
+    # prompts, a step may keep one rank's group only, the other rank training on none)
+    even = "{_component_: tests.integration.rewards_for_tests.even_length}"
+    ds = (f"algo.sampler={{name: dynamic_sampling, max_gen_batches: {rounds}}}", "rollout.group_size=2",
+          f"rewards=[{even}]", "train.max_steps=3", f"train.prompts_per_step={prompts}")  # fmt: skip
+    alone, pair = tmp_path / "alone", tmp_path / "pair"
+    assert main(_train_args(tiny_model_dir, alone, *ds)) == 0
+    proc = subprocess.run(_torchrun("-m", "unipo", *_train_args(tiny_model_dir, pair, *ds)), env=ENV, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _same_steps(pair, alone, (1, 2, 3))
+    a, b = _steps(alone), _steps(pair)
+    if rounds > 1:  # groups were dropped and replaced
+        assert any(a[step]["sampler/gen_batches"] > 1 for step in (1, 2, 3))
+    else:  # a step kept one of the 2 groups
+        assert any(a[step]["sampler/groups"] == 1 for step in (1, 2, 3))
+    for step in (1, 2, 3):
+        for key in ("sampler/gen_batches", "sampler/kept_frac", "sampler/groups"):
+            assert b[step][key] == a[step][key], (step, key)
 
 
 def test_fsdp2_moves_a_sharded_reference_as_one_process(tiny_model_dir, tmp_path):

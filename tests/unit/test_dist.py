@@ -42,6 +42,19 @@ def test_one_rank_world_is_the_identity():
     assert World(1, 2).share([1, 2, 3, 4]) == [3, 4]
 
 
+def test_only_group_filters_run_on_several_ranks_and_with_ddp():
+    refused = [
+        ("pf_ppo", "ddp", r"^algo.sampler 'pf_ppo': of the samplers, only group filters"),
+        ("dynamic_sampling", "fsdp2", r"^algo.sampler 'dynamic_sampling' runs on several ranks with dist.strat"),
+    ]
+    for sampler, strategy, message in refused:
+        cfg = config.load("grpo", [f"dist.strategy={strategy}", f"algo.sampler={{name: {sampler}}}"])
+        with pytest.raises(ConfigError, match=message):
+            check_data_parallel(cfg, build_algo(cfg))
+    cfg = config.load("grpo", ["algo.sampler={name: dynamic_sampling}"])
+    check_data_parallel(cfg, build_algo(cfg))
+
+
 @pytest.mark.parametrize(
     ("recipe", "message"),
     [

@@ -11,6 +11,7 @@ from unipo import algos
 from unipo.config import Config, ConfigError
 from unipo.envs import resolve as resolve_env
 from unipo.rollout.inject import reference_text
+from unipo.trainers.collect import FILTERS_ONLY
 from unipo.trainers.common import Algo, bound_params
 from unipo.trainers.dist import World
 from unipo.trainers.inputs import NEEDS_REFERENCE
@@ -99,9 +100,13 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
     if algo.has_fact("critic", "td_replay"):
         raise ConfigError(f"algo.critic {algo.critic.id!r} trains on a replay of past trajectories, which runs in one "
                           "process only for now; launch without torchrun")  # fmt: skip
-    if algo.sampler is not None:
-        raise ConfigError(f"algo.sampler {algo.sampler.id!r}: samplers run in one process only for now (each rank "
-                          "would draw its own extra prompts); launch without torchrun")  # fmt: skip
+    if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & FILTERS_ONLY:
+        raise ConfigError(f"algo.sampler {algo.sampler.id!r}: of the samplers, only group filters (e.g. "
+                          "dynamic_sampling) run on several ranks for now; launch without torchrun")  # fmt: skip
+    if algo.sampler is not None and cfg.dist.strategy == "fsdp2":  # a rank may keep no group, and run no forward
+        raise ConfigError(f"algo.sampler {algo.sampler.id!r} runs on several ranks with dist.strategy=ddp only for "
+                          "now (a rank whose groups the filter drops has no sample to join the sharded passes "
+                          "with)")  # fmt: skip
 
 
 def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:

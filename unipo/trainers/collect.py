@@ -88,29 +88,47 @@ def _marks(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor) -> tor
     return out.to(batch.group_ids.device)
 
 
+FILTERS_ONLY = frozenset({"roll_in", "budget", "drafts", "branch", "entropy_branch", "entropy_switch", "demonstrations",
+                          "hints", "inpaint", "replay", "resample", "ground_truth", "tiered_hints"})  # fmt: skip
+"""The sampler facts that act otherwise than as a group filter (module docstring); a sampler with none of them is a
+filter, which also runs on several ranks (`_filtered`)."""
+
+
 def _filtered(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
     """A group filter keeps the groups it keeps, and more prompts are generated until exactly `prompts_per_step`
-    groups are kept (or `max_gen_batches` rounds ran; the step then trains on the groups kept so far)."""
-    want = s.cfg.train.prompts_per_step
+    groups are kept (or `max_gen_batches` rounds ran; the step then trains on the groups kept so far).
+
+    On several ranks the filter sees every rank's groups, in rank order (the order one process holds them in), every
+    rank keeps the same first `prompts_per_step` of them, each rank its own, and each round's extra prompts are shared
+    out as the step's are: the kept samples are those one process keeps."""
+    w, want = s.world, s.cfg.train.prompts_per_step
     parts: list[tuple[Rollouts, torch.Tensor]] = []
     kept = generated = rounds = 0
     limit = bound_params(algo.sampler).get("max_gen_batches", 1)  # a filter with no regeneration: 1
     while True:
         rounds += 1
-        keep = _marks(s, algo, batch, per_fn)
+        every = w.gather_rows(per_fn)  # (N, K) of all ranks, and their group ids
+        group_ids = w.gather_groups(batch.group_ids.cpu())
+        keep = call(algo.sampler, s.scorer.combine(every), group_ids,
+                    inputs=sampler_inputs(s, algo.sampler, every)).cpu()  # fmt: skip
         generated += want
         if bool(keep.any()):
-            groups = torch.unique(batch.group_ids[keep])[: want - kept]  # never more than the batch needs
-            keep &= torch.isin(batch.group_ids, groups)
-            parts.append((keep_groups(batch, keep), per_fn[keep.cpu()]))
+            groups = torch.unique(group_ids[keep])[: want - kept]  # never more than the batch needs
+            mine = w.local(keep & torch.isin(group_ids, groups), batch.num_completions)
+            if bool(mine.any()):
+                parts.append((keep_groups(batch, mine.to(batch.group_ids.device)), per_fn[mine]))
             kept += groups.numel()
         if kept == want or (limit > 0 and rounds >= limit):
             break
-        batch, per_fn = generate_and_score(s, s.stream.take(want), timer)
+        rows, positions = s.stream.take_with_positions(want)
+        batch, per_fn = generate_and_score(s, w.share(rows), timer, positions=w.share(positions))
     stats = {"sampler/gen_batches": float(rounds), "sampler/kept_frac": kept / generated,
              "sampler/groups": float(kept)}  # fmt: skip
-    if not parts:  # nothing kept within the limit: train on the last batch (its advantages are all 0)
+    if not kept:  # nothing kept within the limit: train on the last batch (its advantages are all 0)
         return batch, per_fn, stats
+    if not parts:  # another rank holds every group kept: this rank trains on none of them
+        empty = keep_groups(batch, torch.zeros_like(batch.group_ids, dtype=torch.bool))
+        return empty, per_fn[:0], stats
     merged = cat([b for b, _ in parts], s.tokenizer.pad_token_id) if len(parts) > 1 else parts[0][0]
     return merged, torch.cat([p for _, p in parts]), stats
 

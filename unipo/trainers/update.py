@@ -75,7 +75,8 @@ def update(
     active = torch.arange(batch.num_completions, device=advantages.device)
     surrogate_only = not algo.kl_coef and not algo.token_weights and not algo.regularizers
     if surrogate_only and not {"ref_logp", "rewards"} & algo.policy_loss.needs:  # NFT's loss is its rewards', not A's
-        active = active[(advantages != 0).reshape(batch.num_completions, -1).any(1)]
+        nonzero = advantages != 0  # (N) or (N, T); N may be 0 (a rank whose groups a filter dropped)
+        active = active[nonzero.any(1) if nonzero.dim() > 1 else nonzero]
     # a loss that takes statistics over each prompt's group (NFT's accuracy) sees whole groups in every micro-batch
     whole_groups = any("group_ids" in fn.needs for fn in (algo.policy_loss, *algo.regularizers))
     entropy_grad = "entropy" in algo.needs
