@@ -158,6 +158,16 @@ def test_fsdp2_run_matches_one_process_and_resumes_into_other_world_sizes(tiny_m
     _same_steps(pair, alone, (4, 5))
 
 
+def _alone_and_pair(model_dir, tmp_path, *args, strategy="ddp"):
+    """The same run in one process and on 2 ranks with `strategy`: their run directories."""
+    alone, pair = tmp_path / "alone", tmp_path / "pair"
+    assert main(_train_args(model_dir, alone, *args)) == 0
+    cmd = _torchrun("-m", "unipo", *_train_args(model_dir, pair, f"dist.strategy={strategy}", *args))
+    proc = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return alone, pair
+
+
 @pytest.mark.parametrize(("prompts", "rounds"), [(4, 6), (2, 1)])
 def test_a_group_filter_keeps_on_two_ranks_what_one_process_keeps(tiny_model_dir, tmp_path, prompts, rounds):
     # DAPO's dynamic sampling on a coin-flip reward with groups of 2: about half the groups are all-equal and dropped,
@@ -166,11 +176,7 @@ def test_a_group_filter_keeps_on_two_ranks_what_one_process_keeps(tiny_model_dir
     even = "{_component_: tests.integration.rewards_for_tests.even_length}"
     ds = (f"algo.sampler={{name: dynamic_sampling, max_gen_batches: {rounds}}}", "rollout.group_size=2",
           f"rewards=[{even}]", "train.max_steps=3", f"train.prompts_per_step={prompts}")  # fmt: skip
-    alone, pair = tmp_path / "alone", tmp_path / "pair"
-    assert main(_train_args(tiny_model_dir, alone, *ds)) == 0
-    proc = subprocess.run(_torchrun("-m", "unipo", *_train_args(tiny_model_dir, pair, *ds)), env=ENV, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *ds)
     _same_steps(pair, alone, (1, 2, 3))
     a, b = _steps(alone), _steps(pair)
     if rounds > 1:  # groups were dropped and replaced
@@ -185,11 +191,7 @@ def test_a_group_filter_keeps_on_two_ranks_what_one_process_keeps(tiny_model_dir
 def test_fsdp2_moves_a_sharded_reference_as_one_process(tiny_model_dir, tmp_path):
     # TR-DPO's refresh every step: each rank mixes its shard of the reference towards its shard of the policy
     sync = ("algo.kl.coef=0.05", "algo.ref_sync={name: ref_sync, alpha: 0.5, every: 1}", "train.max_steps=3")
-    alone, pair = tmp_path / "alone", tmp_path / "pair"
-    assert main(_train_args(tiny_model_dir, alone, *sync)) == 0
-    cmd = _torchrun("-m", "unipo", *_train_args(tiny_model_dir, pair, "dist.strategy=fsdp2", *sync))
-    proc = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *sync, strategy="fsdp2")
     _same_steps(pair, alone, (1, 2, 3))
     a, b = _steps(alone), _steps(pair)
     for step in (2, 3):  # the KL to the moved reference
@@ -205,11 +207,7 @@ def test_fsdp2_moves_a_sharded_reference_as_one_process(tiny_model_dir, tmp_path
 def test_fsdp2_lora_run_matches_one_process_and_saves_the_adapter(tiny_model_dir, tmp_path):
     # the adapters are sharded with the frozen base; the reference is the sharded model with its adapter disabled
     lora = ("model.lora.r=4", "algo.kl.coef=0.05", "train.max_steps=2")
-    alone, pair = tmp_path / "alone", tmp_path / "pair"
-    assert main(_train_args(tiny_model_dir, alone, *lora)) == 0
-    cmd = _torchrun("-m", "unipo", *_train_args(tiny_model_dir, pair, "dist.strategy=fsdp2", *lora))
-    proc = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *lora, strategy="fsdp2")
     _same_steps(pair, alone, (1, 2))
     assert _steps(pair)[2]["kl"] > 0
     mine, theirs = (r / "checkpoints/step-000002" for r in (pair, alone))
