@@ -27,7 +27,7 @@ def completion_logprobs(
     With `share_prompt`, each prompt of the batch runs once and its KV cache (with its autograd graph) is
     gathered to its completions, so a group of G completions costs one prompt forward instead of G; the
     LM head runs only on the T positions that predict completion tokens. Both paths agree to float tolerance
-    (tests/integration/test_logprobs.py).
+    (tests/integration/test_update.py).
 
     With `chunk` > 0 (and without `keep_logits`) the LM head runs on `chunk` positions at a time and each chunk's
     logits are recomputed in the backward pass instead of kept (`chunked_token_stats`): the (N, T, V) logits never
@@ -71,7 +71,7 @@ def chunked_token_stats(
     chunk's hidden states, and the backward pass recomputes the chunk's logits, so at most `chunk` × V logits exist at
     once in either pass, for one extra LM-head matmul per position in the backward (verl's and Liger's chunked
     log-prob idea, done with torch's checkpoint instead of a fused kernel). Values and gradients equal the unchunked
-    ones (tests/integration/test_logprobs.py).
+    ones (tests/integration/test_update.py).
 
     Args:
         head: the LM head (a module mapping (..., H) to (..., V)).

@@ -11,7 +11,7 @@ from unipo import algos
 from unipo.config import Config, ConfigError
 from unipo.envs import resolve as resolve_env
 from unipo.rollout.inject import reference_text
-from unipo.trainers.collect import FILTERS_ONLY
+from unipo.trainers.collect import NON_FILTER_FACTS
 from unipo.trainers.common import Algo, bound_params
 from unipo.trainers.dist import World
 from unipo.trainers.inputs import NEEDS_REFERENCE
@@ -100,7 +100,7 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
     if algo.has_fact("critic", "td_replay"):
         raise ConfigError(f"algo.critic {algo.critic.id!r} trains on a replay of past trajectories, which runs in one "
                           "process only for now; launch without torchrun")  # fmt: skip
-    if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & FILTERS_ONLY:
+    if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & NON_FILTER_FACTS:
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: of the samplers, only group filters (e.g. "
                           "dynamic_sampling) run on several ranks for now; launch without torchrun")  # fmt: skip
     if algo.sampler is not None and cfg.dist.strategy == "fsdp2":  # a rank may keep no group, and run no forward

@@ -88,8 +88,9 @@ def _marks(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor) -> tor
     return out.to(batch.group_ids.device)
 
 
-FILTERS_ONLY = frozenset({"roll_in", "budget", "drafts", "branch", "entropy_branch", "entropy_switch", "demonstrations",
-                          "hints", "inpaint", "replay", "resample", "ground_truth", "tiered_hints"})  # fmt: skip
+NON_FILTER_FACTS = frozenset({"roll_in", "budget", "drafts", "branch", "entropy_branch", "entropy_switch",
+                              "demonstrations", "hints", "inpaint", "replay", "resample", "ground_truth",
+                              "tiered_hints"})  # fmt: skip
 """The sampler facts that act otherwise than as a group filter (module docstring); a sampler with none of them is a
 filter, which also runs on several ranks (`_filtered`)."""
 
