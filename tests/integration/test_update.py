@@ -129,7 +129,12 @@ def test_update_does_not_depend_on_micro_batch_size(tiny_model_dir, aggregation)
 
 
 @pytest.mark.parametrize("extra", [[], ["algo.regularizers=[{name: entropy_bonus, coef: 0.01}]"]])
-def test_update_with_a_chunked_head_equals_the_whole_one(tiny_model_dir, extra):
+def test_update_with_a_chunked_head_equals_the_whole_one(tiny_model_dir, extra, monkeypatch):
+    from unipo.models import logprobs
+
+    calls = []  # the chunked path runs (policy and reference) only when asked for
+    chunked = logprobs.chunked_token_stats
+    monkeypatch.setattr(logprobs, "chunked_token_stats", lambda *a, **k: calls.append(a[3]) or chunked(*a, **k))
     results = []
     for chunk in (0, 7):
         model, tokenizer = load_model_and_tokenizer(tiny_model_dir, device="cpu", dtype="float32")
@@ -139,6 +144,7 @@ def test_update_with_a_chunked_head_equals_the_whole_one(tiny_model_dir, extra):
         batch = _batch(model.eval(), tokenizer)
         stats = _update(cfg, model, ref.eval(), tokenizer, batch, torch.linspace(-1, 1, batch.num_completions))
         results.append((stats, [p.detach().clone() for p in model.parameters()]))
+        assert bool(calls) == (chunk > 0) and set(calls) <= {chunk}, (chunk, calls)
     (a, params_a), (b, params_b) = results
     for key in ("loss", "grad_norm", "kl", "entropy"):
         assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key

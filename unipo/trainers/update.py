@@ -80,10 +80,10 @@ def update(
     # a loss that takes statistics over each prompt's group (NFT's accuracy) sees whole groups in every micro-batch
     whole_groups = any("group_ids" in fn.needs for fn in (algo.policy_loss, *algo.regularizers))
     entropy_grad = "entropy" in algo.needs
-    keep_logits = "logits" in algo.needs or bool(FROM_LOGITS.keys() & algo.needs)  # else the head may run in chunks
     old_logp = torch.zeros_like(batch.completion_mask, dtype=torch.float32)
     derived = {name: (FROM_LOGITS[name], algo.params_for(name), torch.zeros_like(old_logp))
                for name in FROM_LOGITS.keys() & algo.needs}  # fmt: skip
+    keep_logits = "logits" in algo.needs or bool(derived)  # else the head may run in chunks
     whole = {**inputs, "old_logp": batch.rollout_logp, "rollout_logp": batch.rollout_logp, "advantages": advantages,
              "group_ids": batch.advantage_groups, "completion_ids": batch.completion_ids, "truncated": batch.truncated,
              "demo_mask": batch.origin == Origin.DEMONSTRATION, "hint_mask": batch.forced}  # fmt: skip
