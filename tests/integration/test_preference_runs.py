@@ -318,3 +318,43 @@ def test_dro_offline_trains_its_value_model_with_the_policy(tiny_model_dir, tmp_
     # bias by about the learning rate per step, up to 1e-2 on the recipe's schedule; a sign error moves it down)
     value = load_value_model(str(tmp_path / "dro" / "checkpoints" / "step-000003" / "critic"))
     assert 0.01 < float(value.head.bias) <= 0.03
+
+
+SINGLES = [{"prompt": f"say {i}:", "completion": ["7 7 7", f"no {i}", "x"][i % 3], "score": [2, 1, 0][i % 3]}
+           for i in range(60)]  # fmt: skip
+
+
+def test_dro_offline_on_single_trajectory_rows_and_pairwise_losses_refuse_them(tiny_model_dir, tmp_path, capsys):
+    six = ["train.prompts_per_step=6", "log.completions_per_step=6"]
+    rows = _run(tiny_model_dir, tmp_path, "dro_offline", SINGLES, "train.max_steps=1", *six, "model.autocast=off",
+                name="single")  # fmt: skip
+    # π = π_ref and V ≡ 0 at the first step: ½·mean r² over the step's six trajectories; the stream draws the rows in
+    # a seeded order, so the step's rewards are read back from its samples
+    samples = [json.loads(line) for line in (tmp_path / "single" / "completions.jsonl").read_text().splitlines()]
+    scores = [s["score"] for s in samples]
+    assert len(scores) == 6 and {s["completion"] for s in samples} <= {"7 7 7", "x"} | {f"no {i}" for i in range(60)}
+    assert rows[0]["loss"] == pytest.approx(sum(r * r for r in scores) / 12, rel=1e-5)
+    assert "rewards/margins" not in rows[0]  # nothing is ranked
+    data = _pairs(tmp_path / "singles.jsonl", SINGLES)
+    args = ["train", "dpo", f"model.path={tiny_model_dir}", f"data.path={data}", f"output_dir={tmp_path / 'r'}"]
+    assert main(args) == 2
+    assert "single-trajectory rows (`completion` + `score`) need a loss that trains on each trajectory alone" in (
+        capsys.readouterr().err
+    )
+
+
+def test_dro_offline_resumes_exactly_with_its_value_model(tiny_model_dir, tmp_path):
+    from unipo.models.value import load_value_model
+
+    common = ["train.save_every=2", "train.lr=1e-2", "train.lr_schedule=constant", "critic.lr=1e-2",
+              "eval.num_problems=0", "model.autocast=off"]  # fmt: skip
+    straight = _run(tiny_model_dir, tmp_path, "dro_offline", SINGLES, "train.max_steps=4", *common, name="straight")
+    _run(tiny_model_dir, tmp_path, "dro_offline", SINGLES, "train.max_steps=2", *common, name="resumed")
+    resumed = _run(tiny_model_dir, tmp_path, "dro_offline", SINGLES, "train.max_steps=4", *common, name="resumed")
+    keys = ("step", "loss", "grad_norm", "critic/loss", "critic/grad_norm")
+    assert [[r.get(k) for k in keys] for r in straight] == [[r.get(k) for k in keys] for r in resumed]
+    assert straight[3]["loss"] != straight[1]["loss"]  # the steps differ, so a restored step 2 is not a re-run
+    heads = [
+        load_value_model(str(tmp_path / n / "checkpoints/step-000004/critic")).head for n in ("straight", "resumed")
+    ]
+    assert torch.equal(heads[0].weight, heads[1].weight) and torch.equal(heads[0].bias, heads[1].bias)

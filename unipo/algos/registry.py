@@ -87,6 +87,8 @@ FACTS = {
     "per prompt from `online.value_samples` samples of π_ref (A*-PO's stage 1); no judge",
     "couples_batch": "preference: its loss couples the examples of a batch (AOT sorts them), so the offline trainer "
     "computes it on the whole step in one pass, not per micro-batch",
+    "single_trajectory": "preference: each listed response is its own trajectory with its own reward, nothing is "
+    "ranked, so it also trains on single-trajectory rows `{prompt, completion, score}` and lists of one (DRO)",
     "rewards_for_rl": "online: turns the group's win rates into rewards for the RL update (SPO)",
     "group_centred": "advantage: subtracts a group or batch mean of the rewards, so an affine map of the reward with "
     "constant coefficients cancels (or only rescales the advantage)",

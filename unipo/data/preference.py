@@ -4,8 +4,10 @@ A pair is `{"prompt": str | messages, "chosen": str | messages, "rejected": str 
 convention), optionally with `score_chosen` / `score_rejected` (UltraFeedback's columns; CoPG needs them) and a gold
 `reference` response (TRL's TPO column; TPO and SLiC-HF need it). A list is
 `{"prompt": ..., "responses": [...], "scores": [...]}` (larger is better); every list of a dataset has the same
-length. An unpaired example (TRL's KTO format) is `{"prompt": ..., "completion": ..., "label": true|false}`.
-Chat-form responses use the content of their last message.
+length. An unpaired example (TRL's KTO format) is `{"prompt": ..., "completion": ..., "label": true|false}`. A single
+trajectory with its reward (DRO's data, a loss with the `single_trajectory` fact) is
+`{"prompt": ..., "completion": ..., "score": number}`; it trains as a list of one. Chat-form responses use the content
+of their last message.
 """
 
 from __future__ import annotations
@@ -46,20 +48,28 @@ def _pair_problem(row: Pair) -> str | None:
     return "chosen == rejected" if chosen == rejected else None
 
 
-def _list_problem(row: Pair, width: int | None) -> str | None:
+def _scores_problem(scores: list[Any]) -> str | None:
+    finite = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scores)
+    return None if finite else f"score{'s' if len(scores) > 1 else ''} must be finite numbers"
+
+
+def _list_problem(row: Pair, width: int | None, trajectories: bool = False) -> str | None:
     missing = [k for k in ("prompt", "responses", "scores") if k not in row or row[k] in (None, "", [])]
     if missing:
         return f"missing {', '.join(missing)}"
     responses, scores = row["responses"], row["scores"]
     if not isinstance(responses, list) or not isinstance(scores, list) or len(responses) != len(scores):
         return "responses and scores must be lists of the same length"
-    if len(responses) < 2 or (width is not None and len(responses) != width):
-        return f"{len(responses)} responses; every list needs {width or 'at least 2'}"
+    least = 1 if trajectories else 2
+    if len(responses) < least or (width is not None and len(responses) != width):
+        return f"{len(responses)} responses; every list needs {width or f'at least {least}'}"
     texts = [_response(r) for r in responses]
     if any(not t.strip() for t in texts):
         return "empty response"
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scores):
-        return "scores must be finite numbers"
+    if problem := _scores_problem(scores):
+        return problem
+    if trajectories:  # each response is its own trajectory: nothing is ranked
+        return None
     if len(set(scores)) == 1:
         return "all scores are equal"
     best, worst = best_and_worst(scores)  # what a pairwise loss trains on
@@ -75,6 +85,25 @@ def _unpaired_problem(row: Pair) -> str | None:
     return None if isinstance(row["label"], bool) else f"label must be true or false, got {row['label']!r}"
 
 
+def _single_problem(row: Pair) -> str | None:
+    missing = [k for k in ("prompt", "completion", "score") if k not in row or row[k] in (None, "", [])]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    return "empty completion" if not _response(row["completion"]).strip() else _scores_problem([row["score"]])
+
+
+def is_single(rows: list[Pair]) -> bool:
+    """Rows in the single-trajectory format (`completion` + `score`, DRO's (x, y, r))."""
+    return bool(rows) and "completion" in rows[0] and "score" in rows[0]
+
+
+def singles_to_lists(rows: list[Pair]) -> list[Pair]:
+    """Each single trajectory -> a list of one (`responses: [completion]`, `scores: [score]`)."""
+    keep = ("completion", "score")
+    return [{k: v for k, v in r.items() if k not in keep} | {"responses": [r["completion"]], "scores": [r["score"]]}
+            for r in rows]  # fmt: skip
+
+
 def is_unpaired(rows: list[Pair]) -> bool:
     """Rows in the unpaired format (`completion` + `label`, as TRL's KTO datasets)."""
     return bool(rows) and "completion" in rows[0] and "label" in rows[0]
@@ -86,18 +115,27 @@ def is_listwise(rows: list[Pair]) -> bool:
 
 
 def validate_pairs(
-    rows: list[Pair], max_bad_frac: float, where: list[str] | None = None, unreadable: list[str] | None = None
+    rows: list[Pair],
+    max_bad_frac: float,
+    where: list[str] | None = None,
+    unreadable: list[str] | None = None,
+    trajectories: bool = False,
 ) -> list[Pair]:
     """Drop bad rows, reporting each by where it came from (`where[i]`, default `row i`), and stop before training
     when more than `max_bad_frac` of the rows (`unreadable` lines included) are bad. Pairs: missing field, empty
     response, chosen == rejected. Lists: missing field, lengths that differ, fewer than two responses, an empty
-    response, non-finite or all-equal scores, the same text best and worst. Unpaired rows: missing field, empty
-    completion, a label that is not a boolean."""
+    response, non-finite or all-equal scores, the same text best and worst; with `trajectories` (each response is
+    its own trajectory, DRO) one response and equal scores are fine. Unpaired rows: missing field, empty completion, a
+    label that is not a boolean. Single trajectories: missing field, empty completion, a score that is not a finite
+    number."""
     good, bad = [], list(unreadable or [])
-    listwise, unpaired = is_listwise(rows), is_unpaired(rows)
+    listwise, unpaired, single = is_listwise(rows), is_unpaired(rows), is_single(rows)
     width = None
     for i, row in enumerate(rows):
-        problem = _list_problem(row, width) if listwise else _unpaired_problem(row) if unpaired else _pair_problem(row)
+        if listwise:
+            problem = _list_problem(row, width, trajectories)
+        else:
+            problem = _single_problem(row) if single else _unpaired_problem(row) if unpaired else _pair_problem(row)
         if problem:
             bad.append(f"{where[i] if where else f'row {i + 1}'}: {problem}")
         else:

@@ -31,9 +31,11 @@ from unipo.data.preference import (
     arithmetic_pairs,
     best_and_worst,
     is_listwise,
+    is_single,
     is_unpaired,
     lists_to_pairs,
     load_pairs,
+    singles_to_lists,
     validate_pairs,
 )
 from unipo.data.sources import split_heldout
@@ -83,6 +85,9 @@ class Loss:
     whole_step: bool = False
     """Couples the examples of a batch (AOT sorts them; registry fact `couples_batch`): computed on the whole step in
     one pass, since micro-batches would change it."""
+    single: bool = False
+    """Trains on each listed response as its own trajectory (registry fact `single_trajectory`, DRO): takes
+    single-trajectory rows and lists of one."""
 
     @property
     def per_token(self) -> bool:
@@ -105,7 +110,8 @@ def build_loss(cfg: Config) -> Loss:
                           "log-ratios to the reference weight the tokens)")  # fmt: skip
     facts = algos.entry("preference", node.name).facts
     return Loss(fn, wanted - OPTIONAL, listwise="scores" in wanted, kl="kl_logp" in wanted,
-                unpaired="unpaired" in facts, whole_step="couples_batch" in facts)  # fmt: skip
+                unpaired="unpaired" in facts, whole_step="couples_batch" in facts,
+                single="single_trajectory" in facts)  # fmt: skip
 
 
 def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -116,32 +122,37 @@ def load_examples(cfg: Config, loss: Loss) -> tuple[list[dict[str, Any]], list[d
             raise ConfigError(f"data.path: {cfg.algo.preference.name!r} needs scored data (lists with `scores`, or "
                               "pairs with `score_chosen`/`score_rejected`); the built-in pairs have none")  # fmt: skip
         return tuple(_gold(cfg, loss, rows, "the built-in pairs") for rows in arithmetic_pairs())
-    found = load_pairs(cfg.data.path)
-    rows = validate_pairs(found.rows, cfg.data.max_bad_frac, found.where, found.bad)
-    if is_unpaired(rows) and not loss.unpaired:
-        raise ConfigError(f"data.path: unpaired rows (`completion` + `label`) need an unpaired loss (kto, "
-                          f"apo_zero_unpaired), not "
-                          f"{cfg.algo.preference.name!r}")  # fmt: skip
-    if loss.listwise and not is_listwise(rows):
-        raise ConfigError(f"data.path: {cfg.algo.preference.name!r} is listwise and needs rows with `responses` and "
-                          "`scores`")  # fmt: skip
-    if not loss.listwise and is_listwise(rows):
-        rows = lists_to_pairs(rows)
-    rows = _gold(cfg, loss, rows, cfg.data.path)
+    rows = _gold(cfg, loss, _as_the_loss_reads(cfg, loss, "path"), cfg.data.path)
     if "chosen_rewards" in loss.inputs and any("score_chosen" not in r or "score_rejected" not in r for r in rows):
         raise ConfigError(f"data.path: {cfg.algo.preference.name!r} needs `score_chosen` and `score_rejected` in "
                           "every pair (or lists with `scores`)")  # fmt: skip
     if cfg.data.eval_path:
-        held = load_pairs(cfg.data.eval_path)
-        heldout = validate_pairs(held.rows, cfg.data.max_bad_frac, held.where, held.bad)
-        heldout = lists_to_pairs(heldout) if not loss.listwise and is_listwise(heldout) else heldout
-        heldout = _gold(cfg, loss, heldout, cfg.data.eval_path)
+        heldout = _gold(cfg, loss, _as_the_loss_reads(cfg, loss, "eval_path"), cfg.data.eval_path)
         train, how = rows, f"data.eval_path={cfg.data.eval_path}"
     else:
         train, heldout = split_heldout(rows, cfg.data.eval_frac, seed=0)
         how = f"data.eval_frac={cfg.data.eval_frac}" + ("" if heldout else "; nothing held out")
     log.info("data %s: %d training examples, %d held out (%s)", cfg.data.path, len(train), len(heldout), how)
     return train, heldout
+
+
+def _as_the_loss_reads(cfg: Config, loss: Loss, field: str) -> list[dict[str, Any]]:
+    """The valid rows of the file at `cfg.data.<field>` in the form `loss` trains on: lists become pairs for a
+    pairwise loss and single trajectories lists of one; a format the loss cannot read is a ConfigError."""
+    key, found = f"data.{field}", load_pairs(getattr(cfg.data, field))
+    rows = validate_pairs(found.rows, cfg.data.max_bad_frac, found.where, found.bad, trajectories=loss.single)
+    name = cfg.algo.preference.name
+    if is_unpaired(rows) and not loss.unpaired:
+        raise ConfigError(f"{key}: unpaired rows (`completion` + `label`) need an unpaired loss (kto, "
+                          f"apo_zero_unpaired), not {name!r}")  # fmt: skip
+    if is_single(rows):
+        if not loss.single:
+            raise ConfigError(f"{key}: single-trajectory rows (`completion` + `score`) need a loss that trains on "
+                              f"each trajectory alone (dro_offline), not {name!r}")  # fmt: skip
+        rows = singles_to_lists(rows)
+    if loss.listwise and not is_listwise(rows):
+        raise ConfigError(f"{key}: {name!r} is listwise and needs rows with `responses` and `scores`")
+    return lists_to_pairs(rows) if not loss.listwise and is_listwise(rows) else rows
 
 
 def _gold(cfg: Config, loss: Loss, rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
@@ -381,6 +392,8 @@ def _samples(rows: list[dict[str, Any]], ratios: torch.Tensor, beta: float | Non
                        "rewards": {name: scale * r for name, r in zip(names, ratio, strict=True)}}  # fmt: skip
         if "label" in row:
             sample["label"] = bool(row["label"])
+        if len(row.get("scores", ())) == 1:  # a single trajectory: its reward in the data
+            sample["score"] = row["scores"][0]
         out.append(sample)
     return out
 
@@ -392,6 +405,8 @@ def _chosen_rejected(rows: list[dict[str, Any]], x: torch.Tensor) -> tuple[torch
     if "completion" in rows[0]:
         label = torch.tensor([r["label"] for r in rows])
         return x[label, 0], x[~label, 0]
+    if x.shape[1] == 1:  # single trajectories: nothing is ranked
+        return x[:0, 0], x[:0, 0]
     best, worst = torch.tensor([best_and_worst(r["scores"]) if "scores" in r else (0, 1) for r in rows]).T
     return x[torch.arange(len(rows)), best], x[torch.arange(len(rows)), worst]
 

@@ -53,6 +53,45 @@ def test_unpaired_rows_are_validated_with_row_numbers():
     assert "row 4: missing label" in msg
 
 
+def test_single_trajectories_are_validated_and_become_lists_of_one():
+    from unipo.data.preference import is_single, is_unpaired, singles_to_lists
+
+    rows = [
+        {"prompt": "p", "completion": "a", "score": 0.5, "id": 1},
+        {"prompt": "q", "completion": "", "score": 1},
+        {"prompt": "r", "completion": "b", "score": float("inf")},
+        {"prompt": "s", "completion": "c", "score": True},
+        {"prompt": "t", "completion": "d"},
+        {"prompt": "u", "completion": "e", "score": -2},
+    ]
+    assert is_single(rows) and not is_unpaired(rows) and not is_listwise(rows)
+    with pytest.raises(ConfigError) as e:
+        validate_pairs(rows, 0.5)
+    msg = str(e.value)
+    assert "4 of 6 rows are bad" in msg and "row 2: missing completion" in msg
+    assert "row 3: score must be finite numbers" in msg and "row 4: score must be finite numbers" in msg
+    assert "row 5: missing score" in msg
+    good = validate_pairs(rows, 1.0)
+    assert good == [rows[0], rows[5]]
+    assert singles_to_lists(good) == [
+        {"prompt": "p", "id": 1, "responses": ["a"], "scores": [0.5]},
+        {"prompt": "u", "responses": ["e"], "scores": [-2]},
+    ]
+
+
+def test_lists_of_trajectories_may_have_one_response_and_equal_scores():
+    rows = [{"prompt": "p", "responses": ["a"], "scores": [1]}, {"prompt": "q", "responses": ["b"], "scores": [1]}]
+    with pytest.raises(ConfigError, match="row 1: 1 responses; every list needs at least 2"):
+        validate_pairs(rows, 0.0)
+    assert validate_pairs(rows, 0.0, trajectories=True) == rows
+    pairs = [
+        {"prompt": "p", "responses": ["a", "a"], "scores": [2, 2]},
+        {"prompt": "q", "responses": ["b"], "scores": [1]},
+    ]
+    with pytest.raises(ConfigError, match="row 2: 1 responses; every list needs 2"):
+        validate_pairs(pairs, 0.0, trajectories=True)  # one width per dataset, equal texts and scores are fine
+
+
 def test_a_preference_file_reports_bad_lines_by_file_and_line(tmp_path):
     from unipo.data.preference import load_pairs
 

@@ -257,6 +257,7 @@ def brain_recon(logp: torch.Tensor, ref_logp: torch.Tensor, *, scores: torch.Ten
     paper="Richemond et al. 2024, Offline Regularised Reinforcement Learning for Large Language Models Alignment "
     "(DRO), arXiv:2405.19107",
     tag="memory",
+    facts={"single_trajectory"},
 )
 def dro_offline(
     logp: torch.Tensor, ref_logp: torch.Tensor, *, scores: torch.Tensor, value: torch.Tensor, beta: float = 0.1
@@ -270,7 +271,8 @@ def dro_offline(
     gradient is −β·E[(r − V − β·h)·∇log π_θ] (h the log-ratio): a policy gradient with baseline V plus a pull towards
     π_ref. The trainer learns V_φ with a value model (a copy of the policy's backbone and a scalar head at zero,
     `critic.*`, as the paper's DRO-V) on the same loss. Each listed response is one trajectory with its reward; the
-    list only groups trajectories of the same prompt.
+    list only groups trajectories of the same prompt, and the paper's rows `{prompt, completion, score}` train as lists
+    of one (fact `single_trajectory`).
 
     Args:
         logp: [B, L] summed log π_θ of each response.
