@@ -1,4 +1,5 @@
-"""Classic RL on gymnasium (ALGORITHMS.md §11, §13 C2's smoke test): PPO, MDPO, TRPO and MMD solve CartPole-v1."""
+"""Classic RL on gymnasium (ALGORITHMS.md §11, §13 C2's smoke test): PPO, MDPO, TRPO and MMD solve CartPole-v1; TRPO
+and off-policy MDPO swing up Pendulum-v1."""
 
 import pytest
 
@@ -42,6 +43,16 @@ def test_off_policy_mdpo_swings_up_the_pendulum():
     # rises from about −1200 (the random first episodes) to above −300 (measured: about −150)
     out = classic.train("mdpo_off", "Pendulum-v1", seed=0)
     assert sum(out["returns"][:5]) / 5 < -900
+    assert classic.evaluate(out["policy"], "Pendulum-v1") > -300
+
+
+def test_trpo_swings_up_the_pendulum_with_a_gaussian_head():
+    # Pendulum's settings (4 envs x 1024 steps per iteration, gamma 0.9, 200k environment steps), seed 0: the natural
+    # gradient step with its KL line search on a Gaussian head; the mean training return rises from about -1100 over
+    # the first tenth of the episodes to about -160 over the last, and the greedy policy's mean return over 10 held-out
+    # episodes reaches above -300 (measured: -132, in about 45 s)
+    out = classic.train("trpo", "Pendulum-v1", seed=0)
+    assert sum(out["returns"][:20]) / 20 < -900
     assert classic.evaluate(out["policy"], "Pendulum-v1") > -300
 
 

@@ -35,6 +35,7 @@ TOY_TASK = {
     "mmd": ["algo.online.alpha=0.01"],
     "nash_mp_recon": ["algo.online.beta=0.01"],
     "brain_recon": ["train.lr=3e-3"],
+    "pf_ppo": ["train.prompts_per_step=4"],
 }
 """What the toy task needs of a recipe beyond the common settings: GDPO normalises each reward column on its own and
 needs two (its recipe's are for math); PPO-max at 1e-2 reached a mean reward of 0.55 within 5 steps and then fell
@@ -43,7 +44,11 @@ takes two updates per batch, which at 1e-2 also overshoot (its reward fell to 0 
 Nash-MP regularise the preference game towards π_ref with the recipes' β (or α) = 0.1, and this game's regularised
 equilibrium at 0.1 has a mean reward of 0.12 (tests/unit/testbeds/test_games.py, from a reference that writes a 7 with
 p = 0.015): at 0.1 their rewards wandered between 0 and 0.4 around it, and at 0.01 (equilibrium: only 7s) they rise.
-BRAIn (offline) ended at a held-out accuracy of 0.83 at 1e-2 (1.0 with seed 1) and 1.0 at 3e-3."""
+BRAIn (offline) ended at a held-out accuracy of 0.83 at 1e-2 (1.0 with seed 1) and 1.0 at 3e-3. PF-PPO resamples the
+batch with weights r², so with lucky7's rewards in [0, 1] a batch with a single rewarded reply becomes copies of it,
+whose whitened advantages are 0: it learns from the first batch with two different rewarded replies. From 2 × 8
+replies that came at step 2 with seed 2 and never with seed 0 (0.00 over the last 5 steps; 0.98 and 0.99 with seeds 1
+and 2); from 4 × 8 the last 5 steps average 0.98–0.99 with seeds 0, 1 and 2."""
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +114,10 @@ def _common(name, model_dir, run, steps):
 def test_rl_recipe_learns_the_toy_task(name, sevens_model_dir, request, tmp_path):
     _skip_if_exempt(name)
     recipe = config.load(name)
-    args = _common(name, sevens_model_dir, tmp_path / "run", 20) + ["critic.lr=1e-2", *TOY_TASK.get(name, [])]
+    args = _common(name, sevens_model_dir, tmp_path / "run", 20) + ["critic.lr=1e-2"]
     if recipe.rollout.group_size > 1:  # 2 prompts x 8; one completion per prompt: the recipe's batch (>= 16)
         args += ["train.prompts_per_step=2", "rollout.group_size=8"]
+    args += TOY_TASK.get(name, [])
     if "teacher_logp" in build_algo(recipe).needs:
         args.append(f"model.teacher_path={request.getfixturevalue('teacher_dir')}")
     assert main(args) == 0

@@ -148,10 +148,15 @@ def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> d
 
 
 def _resampled(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
-    """PF-PPO: sample i enters the batch `counts[i]` times (duplicates stay in their group)."""
+    """PF-PPO: sample i enters the batch `counts[i]` times (duplicates stay in their group). `reward/mean` is then
+    the resampled batch's (weighted towards large |r|); `sampler/sampled_reward` is the policy's own samples'."""
     counts = _marks(s, algo, batch, per_fn).cpu()
     idx = torch.arange(batch.num_completions).repeat_interleave(counts)
-    stats = {"sampler/unique_frac": float((counts > 0).float().mean()), "sampler/kept": float(idx.numel())}
+    stats = {
+        "sampler/unique_frac": float((counts > 0).float().mean()),
+        "sampler/kept": float(idx.numel()),
+        "sampler/sampled_reward": nanmean(s.scorer.combine(per_fn)),
+    }  # the policy's, before the resampling
     return batch.select(idx.to(batch.group_ids.device)), per_fn[idx], stats
 
 
