@@ -91,6 +91,8 @@ def run_config(cfg: Config) -> Path:
         from unipo.trainers import preference as trainer
     elif cfg.trainer == "online_preference":
         from unipo.trainers import online_preference as trainer
+    elif cfg.trainer == "staged":
+        from unipo.trainers import staged as trainer
     else:
         from unipo.trainers import rl as trainer
     return Path(trainer.train(cfg))
@@ -181,7 +183,7 @@ def _data(cfg: Config, dataset: Any, eval_dataset: Any, out: Path) -> dict[str, 
     train_path = None if dataset is None else _data_path(dataset, out / "data", "train")
     eval_path = None if eval_dataset is None else _data_path(eval_dataset, out / "data", "eval")
     data: dict[str, Any] = {"eval_path": eval_path} if eval_path else {}
-    if cfg.trainer == "preference":
+    if cfg.trainer in ("preference", "staged"):  # a staged recipe's stages read `data.path` (mpo_mixed)
         return {"data": {**data, **({"path": train_path} if train_path else {})}}
     return {"data": data, **({"task": train_path} if train_path else {})}
 

@@ -32,12 +32,23 @@ def test_recipe_loads_and_cites_its_paper(name):
     text = config.recipe_path(name).read_text()
     assert text.startswith("#"), f"{name}.yaml should open with a comment naming its method and paper"
     # a recipe built on a reconstruction says so
-    uses_recon = "_recon" in yaml.safe_dump(yaml.safe_load(text)["algo"])
+    uses_recon = "_recon" in yaml.safe_dump(yaml.safe_load(text).get("algo", {}))
     assert not uses_recon or "RECONSTRUCTION" in text or "Reconstruction" in cfg.paper
 
 
-OFFLINE_AND_RL = [n for n in config.list_recipes() if config.load(n).trainer != "online_preference"]
-"""Online recipes train in tests/integration/test_online_preference_runs.py (with a judge and exact values)."""
+OFFLINE_AND_RL = [n for n in config.list_recipes() if config.load(n).trainer in ("rl", "preference")]
+"""Online recipes train in tests/integration/test_online_preference_runs.py (with a judge and exact values); staged
+ones run shipped recipes (below)."""
+STAGED = [n for n in config.list_recipes() if config.load(n).trainer == "staged"]
+
+
+@pytest.mark.parametrize("name", STAGED)
+def test_a_staged_recipe_runs_shipped_recipes(name):
+    # each stage is a shipped recipe, whose wiring and learning this file and test_learning.py check; the staged run
+    # itself (data split, start and reference models, resume) is tests/integration/test_staged.py
+    stages = config.load(name).stages
+    assert len(stages) >= 2 and all(s.recipe in config.list_recipes() for s in stages)
+    assert all(config.load(s.recipe).trainer in ("rl", "preference") for s in stages)
 
 
 @pytest.mark.slow

@@ -78,7 +78,8 @@ def load(recipe: str | None = None, overrides: list[str] | None = None, extra: d
     extra = merge(parse_overrides(overrides or []), extra or {})
     _drop_params_of_replaced_components(data, extra)
     merged = merge(data, extra)
-    _task_token_budget(merged)
+    if merged.get("trainer") != "staged":  # a stage sets its own task's budget
+        _task_token_budget(merged)
     return from_dict(merged)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -285,6 +285,11 @@ class DataConfig(_Strict):
     fewer are skipped with a warning."""
     max_response_tokens: int = Field(64, ge=1)
     """Preference responses are cut to this many tokens (EOS included)."""
+    margin_at_least: float | None = None
+    """Train only on the rows whose score margin (`score_chosen − score_rejected`, or a list's highest score minus
+    its lowest) is at least this: MPO's "easy" pairs. Read from `data.path` (preference) or the task file (RL)."""
+    margin_below: float | None = None
+    """Train only on the rows whose score margin is below this: MPO's "hard" prompts (the same columns)."""
 
 
 class OnlineConfig(_Strict):
@@ -380,14 +385,30 @@ class DistConfig(_Strict):
     """How long a rank waits for the others at a collective (e.g. while rank 0 evaluates) before the run fails."""
 
 
+class StageConfig(_Strict):
+    """One stage of a staged recipe (`trainer: staged`): a recipe run with its own settings, from the model the
+    previous stage ended with (trainers/staged.py)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Names the stage's run directory, `<output_dir>/<k>-<name>`."""
+    recipe: str
+    """The recipe this stage runs (a name or a YAML file)."""
+    set: dict[str, Any] = {}
+    """This stage's settings over its recipe (a nested mapping); a value `${key}` is that dotted key of the staged run
+    (e.g. `task: ${data.path}`). The command line's keys apply to every stage, after these."""
+
+
 class Config(_Strict):
     recipe: str = "grpo"
     """Name of the recipe this config came from (informational)."""
     paper: str = ""
     """The paper the recipe follows."""
-    trainer: Literal["rl", "preference", "online_preference"] = "rl"
+    trainer: Literal["rl", "preference", "online_preference", "staged"] = "rl"
     """`rl`: on-policy RL (trainers/rl.py); `preference`: offline pairs (trainers/preference.py);
-    `online_preference`: sampled responses judged by a preference oracle (trainers/online_preference.py)."""
+    `online_preference`: sampled responses judged by a preference oracle (trainers/online_preference.py); `staged`:
+    the recipes of `stages` in turn, each from the model the previous one ended with (trainers/staged.py)."""
+    stages: list[StageConfig] = Field([], validate_default=True)
+    """The stages of `trainer: staged`, in order."""
     model: ModelConfig = ModelConfig()
     task: str = "arithmetic"
     """Built-in task name (see `unipo list tasks`) or a data file (.jsonl, .csv, .parquet, a `datasets` directory) with
@@ -409,6 +430,13 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
     dist: DistConfig = DistConfig()
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_iff_staged(cls, v: list[StageConfig], info: Any) -> list[StageConfig]:
+        if (info.data.get("trainer") == "staged") != bool(v):
+            raise ValueError("`trainer: staged` needs stages, and no other trainer takes them")
+        return v
 
     @field_validator("env", mode="before")
     @classmethod

@@ -158,3 +158,34 @@ def split_heldout(rows: list[Any], frac: float, seed: int) -> tuple[list[Any], l
     n = min(len(rows) - 1, max(1, round(len(rows) * frac)))
     held = set(random.Random(seed).sample(range(len(rows)), n))
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def score_margin(row: dict[str, Any]) -> float | None:
+    """A row's score margin: `score_chosen − score_rejected`, or a list's highest score minus its lowest; None when it
+    has neither as numbers."""
+    try:
+        if "score_chosen" in row and "score_rejected" in row:
+            return float(row["score_chosen"]) - float(row["score_rejected"])
+        if isinstance(row.get("scores"), list) and row["scores"]:
+            return float(max(row["scores"])) - float(min(row["scores"]))
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+def select_by_margin(rows: list[dict[str, Any]], data: Any, key: str) -> list[dict[str, Any]]:
+    """The rows whose score margin lies in [`data.margin_at_least`, `data.margin_below`) (either bound may be None:
+    all rows when both are), as MPO splits pairs into easy and hard by a reward model's margin; logged."""
+    low, high = data.margin_at_least, data.margin_below
+    if low is None and high is None:
+        return rows
+    margins = [score_margin(r) for r in rows]
+    if any(m is None for m in margins):
+        raise ConfigError(f"{key}: data.margin_at_least and data.margin_below need numeric `score_chosen` and "
+                          f"`score_rejected` (or `scores`) in every row; row {margins.index(None) + 1} has "
+                          "none")  # fmt: skip
+    kept = [r for r, m in zip(rows, margins, strict=True) if (low is None or m >= low) and (high is None or m < high)]
+    if not kept:
+        raise ConfigError(f"{key}: no row has a score margin in [{low}, {high})")
+    log.info("%s: %d of %d rows have a score margin in [%s, %s)", key, len(kept), len(rows), low, high)
+    return kept

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from unipo.config import ConfigError
-from unipo.data.sources import is_data_path, read_rows, report_bad, split_heldout
+from unipo.data.sources import is_data_path, read_rows, report_bad, select_by_margin, split_heldout
 from unipo.rewards import bare_answer, final_answer, math_answer, share_of_target
 
 log = logging.getLogger("unipo")
@@ -126,14 +126,15 @@ def file_task(path: str, data: Any = None, seed: int = 0) -> Task:
     becomes one user message, sent through the model's chat template, unless `data.chat` is false.
 
     Bad rows (unparseable line, missing or empty prompt or answer, wrong type) are reported by file and line and
-    skipped, up to `data.max_bad_frac`. Held out for evaluation: the rows of `data.eval_path`, else the rows with
-    `split: test`, else a seeded `data.eval_frac` of the rows (logged). The reward and metric is `math_answer`: a
-    finished reply whose final answer (last `\boxed{}`, `<answer>` or number) equals the answer.
+    skipped, up to `data.max_bad_frac`. `data.margin_at_least`/`margin_below` keep the rows whose score margin lies
+    between them (`select_by_margin`, before the hold-out). Held out for evaluation: the rows of `data.eval_path`,
+    else the rows with `split: test`, else a seeded `data.eval_frac` of the rows (logged). The reward and metric is
+    `math_answer`: a finished reply whose final answer (last `\boxed{}`, `<answer>` or number) equals the answer.
     """
     from unipo.config import DataConfig
 
     data = data or DataConfig()
-    rows = _task_rows(path, data, "task")
+    rows = select_by_margin(_task_rows(path, data, "task"), data, "task")
     if data.eval_path:
         train, test, how = rows, _task_rows(data.eval_path, data, "data.eval_path"), f"data.eval_path={data.eval_path}"
     elif any(r.get("split") == "test" for r in rows):
@@ -164,6 +165,8 @@ def get_task(name: str, data: Any = None, seed: int = 0) -> Task:
     tasks = builtin_tasks()
     if name not in tasks:
         raise KeyError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(tasks))}")
+    if data is not None and (data.margin_at_least is not None or data.margin_below is not None):
+        raise ConfigError(f"data.margin_at_least/margin_below: the built-in task {name!r} has no score columns")
     return tasks[name][0]()
 
 

@@ -38,7 +38,7 @@ from unipo.data.preference import (
     singles_to_lists,
     validate_pairs,
 )
-from unipo.data.sources import split_heldout
+from unipo.data.sources import select_by_margin, split_heldout
 from unipo.data.tasks import PromptStream, arithmetic
 from unipo.models.loading import autocast_context, default_model_dir, load_model_and_tokenizer, load_policy
 from unipo.models.logprobs import completion_logprobs
@@ -141,6 +141,8 @@ def _as_the_loss_reads(cfg: Config, loss: Loss, field: str) -> list[dict[str, An
     pairwise loss and single trajectories lists of one; a format the loss cannot read is a ConfigError."""
     key, found = f"data.{field}", load_pairs(getattr(cfg.data, field))
     rows = validate_pairs(found.rows, cfg.data.max_bad_frac, found.where, found.bad, trajectories=loss.single)
+    if field == "path":  # MPO's easy or hard pairs (the held-out file is kept whole)
+        rows = select_by_margin(rows, cfg.data, key)
     name = cfg.algo.preference.name
     if is_unpaired(rows) and not loss.unpaired:
         raise ConfigError(f"{key}: unpaired rows (`completion` + `label`) need an unpaired loss (kto, "

@@ -104,3 +104,32 @@ def test_a_preference_file_reports_bad_lines_by_file_and_line(tmp_path):
         validate_pairs(found.rows, 0.25, found.where, found.bad)
     assert "2 of 4 rows are bad" in str(e.value) and f"{path}:3: chosen == rejected" in str(e.value)
     assert len(validate_pairs(found.rows, 0.5, found.where, found.bad)) == 2
+
+
+def test_rows_are_selected_by_their_score_margin():
+    from unipo.config import DataConfig
+    from unipo.data.sources import select_by_margin
+
+    rows = [
+        {"score_chosen": 3, "score_rejected": 1},
+        {"scores": [0.5, 0, 1.5]},
+        {"score_chosen": 1, "score_rejected": 0.5},
+    ]
+    assert select_by_margin(rows, DataConfig(), "k") == rows  # margins 2, 1.5 and 0.5; no bound: every row
+    assert select_by_margin(rows, DataConfig(margin_at_least=1.5), "k") == rows[:2]  # MPO's easy pairs
+    assert select_by_margin(rows, DataConfig(margin_below=1.5), "k") == rows[2:]  # and its hard ones
+    with pytest.raises(ConfigError, match="data.path: .* in every row; row 4 has none"):
+        select_by_margin([*rows, {"score_chosen": "x", "score_rejected": 0}], DataConfig(margin_below=1), "data.path")
+    with pytest.raises(ConfigError, match=r"k: no row has a score margin in \[5.0, None\)"):
+        select_by_margin(rows, DataConfig(margin_at_least=5), "k")
+
+
+def test_a_staged_config_needs_stages_and_only_it_takes_them():
+    from unipo import config
+
+    with pytest.raises(ConfigError, match="stages: `trainer: staged` needs stages"):
+        config.load("grpo", extra={"trainer": "staged"})
+    with pytest.raises(ConfigError, match="stages: `trainer: staged` needs stages, and no other trainer takes them"):
+        config.load("grpo", extra={"stages": [{"name": "a", "recipe": "dpo"}]})
+    with pytest.raises(ConfigError, match="stages.0.name"):
+        config.load("mpo_mixed", extra={"stages": [{"name": "a b", "recipe": "dpo"}]})
