@@ -60,5 +60,6 @@ def markdown() -> str:
         parts = [f"{axis}: `{node['name']}`" for axis, node in algo.items() if isinstance(node, dict)]
         parts += [f"{axis}: " + ", ".join(f"`{n['name']}`" for n in nodes) for axis, nodes in algo.items()
                   if isinstance(nodes, list)]  # fmt: skip
+        parts += [f"stage {k}: `{stage['recipe']}`" for k, stage in enumerate(data.get("stages", []), 1)]
         lines.append(f"| `{name}` | {_cell(data.get('paper', ''))} | {'; '.join(parts)} |")
     return "\n".join(lines) + "\n"

@@ -49,9 +49,9 @@ equilibrium at 0.1 has a mean reward of 0.12 (tests/unit/testbeds/test_games.py,
 p = 0.015): at 0.1 their rewards wandered between 0 and 0.4 around it, and at 0.01 (equilibrium: only 7s) they rise.
 BRAIn (offline) ended at a held-out accuracy of 0.83 at 1e-2 (1.0 with seed 1) and 1.0 at 3e-3. PF-PPO resamples the
 batch with weights r², so with lucky7's rewards in [0, 1] a batch with a single rewarded reply becomes copies of it,
-whose whitened advantages are 0: it learns from the first batch with two different rewarded replies. From 2 × 8
-replies that came at step 2 with seed 2 and never with seed 0 (0.00 over the last 5 steps; 0.98 and 0.99 with seeds 1
-and 2); from 4 × 8 the last 5 steps average 0.98–0.99 with seeds 0, 1 and 2."""
+identical advantages that whitening centres on 0: it learns from the first batch with two different rewarded
+replies. From 2 × 8 replies that came at step 2 with seed 2 and never with seed 0 (0.00 over the last 5 steps; 0.98
+and 0.99 with seeds 1 and 2); from 4 × 8 the last 5 steps average 0.98–0.99 with seeds 0, 1 and 2."""
 
 
 @pytest.fixture(scope="module")
