@@ -49,7 +49,9 @@ def test_dpo_learns_the_preference_and_computes_the_reference_once(tiny_model_di
 
     cfg = config.load("dpo", [f"model.path={tiny_model_dir}", f"data.path={data}"])
     _, tok = load_model_and_tokenizer(tiny_model_dir)
-    pairs = preference.validate_pairs(preference.load_pairs(str(data)).rows, 0.05)
+    from unipo.data.preference import load_pairs, validate_pairs
+
+    pairs = validate_pairs(load_pairs(str(data)).rows, 0.05)
     cached = torch.load(run / "ref_logps.pt")["values"]
 
     def no_reference(*_, **__):

@@ -164,6 +164,17 @@ def lists_to_pairs(rows: list[Pair]) -> list[Pair]:
     return out
 
 
+def responses(row: Pair) -> list[str]:
+    """An example's W responses: [chosen, rejected] for a pair ([chosen, rejected, reference] with a gold response),
+    [completion] for an unpaired example, the list."""
+    if "responses" in row:
+        return [text_of(r) for r in row["responses"]]
+    if "completion" in row:
+        return [text_of(row["completion"])]
+    gold = [text_of(row["reference"])] if "reference" in row else []
+    return [text_of(row["chosen"]), text_of(row["rejected"]), *gold]
+
+
 def arithmetic_pairs(n_train: int = 512) -> tuple[list[Pair], list[Pair]]:
     """Built-in pairs on the arithmetic task: chosen = the sum, rejected = a nearby wrong number, and the sum again as
     the gold `reference` response (TPO, SLiC-HF) (train, held-out).
