@@ -360,3 +360,35 @@ def test_dro_offline_resumes_exactly_with_its_value_model(tiny_model_dir, tmp_pa
         load_value_model(str(tmp_path / n / "checkpoints/step-000004/critic")).head for n in ("straight", "resumed")
     ]
     assert torch.equal(heads[0].weight, heads[1].weight) and torch.equal(heads[0].bias, heads[1].bias)
+
+
+KEYED = [{"prompt": f"say {i}:", "chosen": "red apples, blue sea. 7 7", "rejected": f"no {i}"} for i in range(40)]
+"""Chosen responses with three key phrases of equal RAKE score (red apples, blue sea, 7 7), so SPO's copies lose 0, 1
+and 2 of them."""
+
+
+def test_spo_aux_recon_adds_a_degree_classifier_that_learns_and_resumes(tiny_model_dir, tmp_path):
+    common = ["train.lr=1e-2", "train.lr_schedule=constant", "eval.num_problems=0", "model.autocast=off",
+              "train.micro_batch_size=3"]  # fmt: skip
+    rows = _run(tiny_model_dir, tmp_path, "spo_aux_recon", KEYED, "train.max_steps=25", *common, name="spo")
+    # step 1: π = π_ref (DPO term log 2) and the head at zero (each copy's CE is log 3; argmax picks class 0, the label
+    # of one copy in three)
+    assert rows[0]["loss"] == pytest.approx(math.log(2) + 0.1 * math.log(3), rel=1e-5)
+    assert rows[0]["degree/accuracy"] == pytest.approx(1 / 3)
+    assert rows[0]["degree/grad_norm"] > 0
+    assert [r["degree/accuracy"] for r in rows[-5:]] == [1.0] * 5  # it tells the copies apart (from step 20 on)
+    assert rows[-1]["rewards/accuracies"] == 1.0
+    # with λ = 0 the policy's run is DPO's: the degree term is the only difference
+    spo0 = _run(tiny_model_dir, tmp_path, "spo_aux_recon", KEYED, "train.max_steps=3", "algo.preference.weight=0",
+                *common, name="spo0")  # fmt: skip
+    dpo = _run(tiny_model_dir, tmp_path, "dpo", KEYED, "train.max_steps=3", *common, name="dpo")
+    pick = [k for r in spo0 for k in (r["loss"], r["grad_norm"])]
+    assert pick == pytest.approx([k for r in dpo for k in (r["loss"], r["grad_norm"])], rel=1e-5)
+    assert rows[1]["grad_norm"] != pytest.approx(dpo[1]["grad_norm"])  # λ = 0.1: the classifier's gradient reaches π
+    # resume: 2 + 2 steps are 4 steps, the head and its optimizer included
+    common += ["train.save_every=2"]
+    straight = _run(tiny_model_dir, tmp_path, "spo_aux_recon", KEYED, "train.max_steps=4", *common, name="straight")
+    _run(tiny_model_dir, tmp_path, "spo_aux_recon", KEYED, "train.max_steps=2", *common, name="resumed")
+    resumed = _run(tiny_model_dir, tmp_path, "spo_aux_recon", KEYED, "train.max_steps=4", *common, name="resumed")
+    keys = ("step", "loss", "grad_norm", "degree/accuracy", "degree/grad_norm")
+    assert [[r[k] for k in keys] for r in straight] == [[r[k] for k in keys] for r in resumed]

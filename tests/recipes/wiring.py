@@ -179,7 +179,7 @@ PREFERENCE_BY_HAND = {"chosen_len", "rejected_len", "chosen_len_mean", "gold_log
                       "chosen_mask", "rejected_mask", "scores", "reward_shift", "chosen_rewards", "rejected_rewards",
                       "guide_chosen_logp", "guide_rejected_logp", "chosen_log_sum_pi_squared",
                       "rejected_log_sum_pi_squared", "kl_logp", "ref_kl_logp", "sample_logp", "ref_sample_logp",
-                      "value"}  # fmt: skip
+                      "value", "degree_logits", "degree_labels"}  # fmt: skip
 """The loss inputs `by_hand_preference` builds (BCO's optional `reward_shift` the trainer leaves at None, so does
 `by_hand_preference`): every input the trainer supplies."""
 
@@ -233,7 +233,8 @@ def _model_inputs(cfg: Any, seen: dict[str, Any], wanted: frozenset[str], width:
     """The inputs of `wanted` that come from the data's score columns or from models other than the policy: the guide
     model's token log-probs (TGDPO; loaded here from `model.guide_path`), log Σ_v π(v)² per response (WPO), KTO's
     mismatched pairs under the policy (z₀), HyPO's fresh samples (drawn with the step's generator, per micro-batch as
-    the trainer draws them) and DRO's V(x) (the value model before the step, at the state after the prompt)."""
+    the trainer draws them), DRO's V(x) (the value model before the step, at the state after the prompt) and SPO's
+    degree logits (the head before the step on the policy's last state after each copy of the chosen response)."""
     from unipo.models.loading import load_model_and_tokenizer
     from unipo.trainers.preference import _fresh_samples, _response_batch, _token_logps
 
@@ -260,7 +261,28 @@ def _model_inputs(cfg: Any, seen: dict[str, Any], wanted: frozenset[str], width:
     if "value" in wanted:
         batch = _response_batch(tok, rows, torch.device("cpu"), cfg.data.max_response_tokens)  # response-major
         out["value"] = seen["models"]["value"].model(batch)[: len(rows), 0].float()
+    if "degree_logits" in wanted:
+        out |= _degree_inputs(cfg, seen)
     return out
+
+
+def _degree_inputs(cfg: Any, seen: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """SPO's classifier inputs: copies j = 0..K of each chosen response (RAKE phrases removed), the policy's last
+    hidden state after each (its EOS), the head's logits [b, K + 1, K + 1], and the copies' labels."""
+    from unipo.data.keyphrases import degraded_copies
+    from unipo.data.preference import responses
+    from unipo.models.logprobs import completion_hidden
+    from unipo.trainers.preference import _response_batch
+
+    head, rows = seen["models"]["degree"], seen["rows"]
+    width = head.max_removed + 1
+    copies = [degraded_copies(responses(r)[0], head.max_removed) for r in rows]
+    batch_rows = [{"prompt": r["prompt"], "responses": c} for r, (c, _) in zip(rows, copies, strict=True)]
+    batch = _response_batch(seen["tokenizer"], batch_rows, torch.device("cpu"), cfg.data.max_response_tokens)
+    states = completion_hidden(seen["model"], batch, states=True)
+    hidden = states[torch.arange(len(states)), batch.completion_mask.sum(-1)]
+    logits = head.linear(hidden).view(width, len(rows), width).transpose(0, 1)
+    return {"degree_logits": logits, "degree_labels": torch.tensor([k for _, k in copies])}
 
 
 def assert_same_step(by_hand: tuple[torch.Tensor, dict[str, torch.Tensor]], loss: float, grads: dict) -> None:

@@ -36,9 +36,6 @@ GAPS: dict[tuple[str, str], str] = {
     "diffusion paper); its reference reset is `ref_sync` with alpha = 1",
     ("reward", "dynamic_reward_weights"): "its hypervolume-guided and gradient-based weight updates are unknown (R3); "
     "`weighted_sum` with fixed weights (or `scores` of a multi-score reward) covers the static case",
-    ("preference", "spo_aux_recon"): "needs responses with k key parts removed (its self-supervised labels; how "
-    "key parts are found is not in our notes) and a classifier of k on the policy, whose head and input are unknown "
-    "(R3): neither is built",
     ("credit", "r3l_retry_recon"): "needs language feedback that restarts generation from a failure point (a retry "
     "sampler)",
     ("credit", "reseek_judge"): "needs a JUDGE action whose context keeps or drops the last observation, and a "

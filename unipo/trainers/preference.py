@@ -8,7 +8,8 @@ KV-cache sharing as the RL loop). A pairwise loss given list data trains on each
 The loss's signature decides what it is fed (ALGORITHMS.md §7): `chosen_len`/`rejected_len` (token counts),
 `chosen_rewards`/`rejected_rewards` (the `score_chosen`/`score_rejected` columns), `sample_logp`/`ref_sample_logp`
 (`rollout.group_size` fresh samples of the current policy per prompt, HyPO), per-token log-probs with masks and
-`guide_*_logp` (TGDPO, guide model `model.guide_path`), and `scores` with [B, L] log-probs (listwise LiPO). KTO
+`guide_*_logp` (TGDPO, guide model `model.guide_path`), `scores` with [B, L] log-probs (listwise LiPO), `value`
+(DRO's value model) and `degree_logits`/`degree_labels` (SPO's preference-degree classifier, trainers/degree.py). KTO
 trains on the pairs' chosen responses as desirable and rejected ones as undesirable; its reference point z₀ is
 estimated, as in TRL, from mismatched pairs (each prompt with the next example's chosen response).
 """
@@ -38,6 +39,7 @@ from unipo.run import setup_progress
 from unipo.trainers import checkpoint
 from unipo.trainers import critic as critics
 from unipo.trainers.common import RunDir, build_component, build_optimizer, start_run
+from unipo.trainers.degree import DegreeHead, accuracy
 from unipo.trainers.evaluate import evaluate
 from unipo.trainers.loop import run_steps
 from unipo.trainers.preference_data import load_examples
@@ -46,7 +48,7 @@ SUPPLIED = {
     "chosen_len", "rejected_len", "chosen_rewards", "rejected_rewards", "sample_logp", "ref_sample_logp",
     "chosen_mask", "rejected_mask", "guide_chosen_logp", "guide_rejected_logp", "scores",
     "kl_logp", "ref_kl_logp", "reward_shift", "chosen_len_mean", "chosen_log_sum_pi_squared",
-    "rejected_log_sum_pi_squared", "gold_logp", "gold_len", "gold_len_mean", "value",
+    "rejected_log_sum_pi_squared", "gold_logp", "gold_len", "gold_len_mean", "value", "degree_logits", "degree_labels",
 }  # fmt: skip
 """Keyword tensors this trainer can give a preference loss."""
 SHOWN = {"loss": "loss", "margin": "rewards/margins", "acc": "rewards/accuracies", "s/step": "time/step_s"}
@@ -129,6 +131,9 @@ def train(cfg: Config) -> Path:
         models["ref"].eval().requires_grad_(False)
     if "value" in loss.inputs:  # DRO's V_φ(x): a value model trained on the same loss (`critic.*`)
         models["value"] = critics.build(cfg, resume, saved)
+    if "degree_logits" in loss.inputs:  # SPO's preference-degree classifier, trained with the policy
+        removed = loss.fn.keywords.get("max_removed", inspect.signature(loss.fn.func).parameters["max_removed"].default)
+        models["degree"] = DegreeHead(cfg, model, removed, saved)
     optimizer, scheduler = build_optimizer(model, cfg)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.train.seed)
     stream = PromptStream(list(range(len(train_rows))), cfg.train.seed)
@@ -158,6 +163,7 @@ def train(cfg: Config) -> Path:
 
     def state() -> dict[str, Any]:
         out = checkpoint.trainer_state(optimizer.state_dict(), scheduler, generator, stream.state())
+        out |= models["degree"].state() if "degree" in models else {}
         return out | ({"critic": models["value"].state()} if "value" in models else {})
 
     value_model = {critics.SUBDIR: models["value"].model} if "value" in models else {}
@@ -260,7 +266,7 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, models, g
     of the value model with it when the loss takes `value`. Returns (metrics, each response's log π − log π_ref before
     the step [n, W])."""
     optimizer.zero_grad(set_to_none=True)
-    n, total, chosen, rejected, ratios = len(rows), 0.0, [], [], []
+    n, total, chosen, rejected, ratios, degree = len(rows), 0.0, [], [], [], [0.0, 0]
     # micro_batch_size counts responses; a loss that couples the batch (AOT) sees the whole step at once
     per_chunk = n if loss.whole_step else max(1, cfg.train.micro_batch_size // len(responses(rows[0])))
     step_inputs = {}  # inputs computed over the whole step, not per micro-batch
@@ -286,6 +292,9 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, models, g
         value = out.sum() / (n * (out.shape[0] // len(chunk)))  # mean over loss terms (KTO: 2 per pair)
         value.backward()
         total += float(value.detach())
+        if "degree_logits" in extra:  # SPO's classifier: how many copies it labels right
+            correct, count = accuracy(extra["degree_logits"], extra["degree_labels"])
+            degree = [degree[0] + correct, degree[1] + count]
         seq = logp.detach().float().sum(-1)
         ratios.append((seq - part["ref"].float().sum(-1)).cpu())
         pairs = _chosen_rejected(chunk, torch.stack([seq, ratios[-1]], -1))
@@ -295,6 +304,8 @@ def _update(cfg, model, tokenizer, rows, fixed, loss: Loss, optimizer, models, g
     out = {"loss": total, "grad_norm": grad_norm}
     if "value" in models:
         out |= critics.step(models["value"], cfg)
+    if "degree" in models:
+        out |= models["degree"].step(cfg) | {"degree/accuracy": degree[0] / degree[1]}
     beta = getattr(cfg.algo.preference, "beta", None)
     out |= _reward_metrics(torch.cat(chosen), torch.cat(rejected), beta, paired="completion" not in rows[0])
     if loss.kl:
@@ -391,6 +402,8 @@ def _loss_args(cfg, loss: Loss, rows, logp, mask, fixed, model, tokenizer, model
         supplied |= {WPO_INPUT: lambda: spp[:, 0], "rejected_log_sum_pi_squared": lambda: spp[:, 1]}
     supplied["chosen_rewards"] = lambda: torch.tensor([float(r["score_chosen"]) for r in rows], device=logp.device)
     supplied["rejected_rewards"] = lambda: torch.tensor([float(r["score_rejected"]) for r in rows], device=logp.device)
+    if "degree_logits" in loss.inputs:
+        extra["degree_logits"], extra["degree_labels"] = models["degree"].logits(cfg, model, tokenizer, rows)
     if "sample_logp" in loss.inputs:
         sample_logp, ref_sample_logp = _fresh_samples(cfg, model, models["ref"], tokenizer, rows, generator)
         supplied |= {"sample_logp": lambda: sample_logp, "ref_sample_logp": lambda: ref_sample_logp}

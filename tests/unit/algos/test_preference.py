@@ -442,6 +442,7 @@ def test_every_pairwise_loss_returns_one_value_per_pair():
         "lr_dpo": lens,
         "sft": {"chosen_len": lens["chosen_len"]},
         "wpo": {**lens, "chosen_log_sum_pi_squared": c - 1, "rejected_log_sum_pi_squared": r - 2},
+        "spo_aux_recon": {"degree_logits": torch.zeros(b, 3, 3, dtype=D), "degree_labels": torch.zeros(b, 3)},
     }
     skip = {
         "lipo_lambda",
@@ -648,3 +649,17 @@ def test_discopop_loss_rises_with_the_margin_at_the_reference():
     pref("discopop")(chosen, t(0.0), t(0.0), t(0.0), beta=0.1, tau=0.05).sum().backward()
     close(chosen.grad, 0.1 * ((1 - math.log(2)) / 0.2 - 0.75))
     assert float(chosen.grad) > 0
+
+
+def test_spo_aux_recon_by_hand_and_its_degree_gradient():
+    # Δ = 2 (the shared pair): DPO's −log σ(0.1·2). K = 1, two copies: logits (0, ln 3) with label 1 cost
+    # −ln(3/4); (0, 0) with label 0 costs ln 2; their mean times λ = 0.5 is 0.25·ln(8/3)
+    logits = torch.tensor([[[0.0, math.log(3)], [0.0, 0.0]]], dtype=D, requires_grad=True)
+    labels = torch.tensor([[1, 0]])
+    loss = pref("spo_aux_recon")(C, R, RC, RR, degree_logits=logits, degree_labels=labels, weight=0.5, max_removed=1)
+    close(loss, NLS(0.2) + 0.25 * math.log(8 / 3))
+    loss.sum().backward()
+    # λ/(K + 1)·(softmax − one-hot): 0.25·((1/4, 3/4) − (0, 1)) and 0.25·((1/2, 1/2) − (1, 0))
+    close(logits.grad, [[[1 / 16, -1 / 16], [-1 / 8, 1 / 8]]])
+    with pytest.raises(ValueError, match=r"max_removed=2 needs \[B, 3, 3\] degree_logits"):
+        pref("spo_aux_recon")(C, R, RC, RR, degree_logits=logits, degree_labels=labels)

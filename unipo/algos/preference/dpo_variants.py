@@ -1,5 +1,6 @@
 """DPO variants that change the score, weight the pair or add a term to the logistic loss (ALGORITHMS.md §7.1):
-sigmoid_norm, f_dpo, ld_dpo, wpo, dpop, lr_dpo, and the plain SFT loss on chosen responses.
+sigmoid_norm, f_dpo, ld_dpo, wpo, dpop, lr_dpo, the plain SFT loss on chosen responses, and spo_aux_recon (DPO plus a
+self-supervised preference-degree classifier).
 
 Same signature as the family (``unipo.algos.preference``): summed log-probs [B] in, per-pair loss [B] out; ``ld_dpo``
 takes per-token [B, T] log-probs with masks.
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from unipo.algos.ops import check_choice
 from unipo.algos.preference._common import batch_token_nll, check_positive, check_unit, log_ratios, per_token
-from unipo.algos.registry import register
+from unipo.algos.registry import register, warn_reconstruction
 
 _F_DIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
 
@@ -307,3 +308,58 @@ def sft(
         [B] per-pair loss.
     """
     return batch_token_nll(chosen_logp, chosen_len, chosen_len_mean)
+
+
+_SPO = "Li et al. 2024, Self-supervised Preference Optimization (SPO), arXiv:2409.17791"
+
+
+@register("preference", "spo_aux_recon", paper=f"{_SPO} (seeds_000_001.md 001-47)", tag="reconstructed")
+def spo_aux_recon(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    *,
+    degree_logits: torch.Tensor,
+    degree_labels: torch.Tensor,
+    beta: float = 0.1,
+    weight: float = 0.1,
+    max_removed: int = 2,
+) -> torch.Tensor:
+    """Reconstruction of SPO, Self-supervised Preference Optimization (Li et al. 2024, arXiv:2409.17791): DPO plus a
+    self-supervised preference-degree loss. Known from the abstract: responses whose key content is removed have a
+    lower preference degree, a self-supervised module classifies the degree, and its loss is added to the alignment
+    loss; from a review: key content is found by RAKE. Ours (the paper body was not read): the copies, the classifier
+    and every default. The trainer builds copies j = 0..K of each chosen response without its min(j, P) best RAKE
+    phrases (`unipo.data.keyphrases`) and classifies how many were removed with a linear head (starting at zero) on
+    the policy's last hidden state after the copy, trained with the policy:
+
+        L = −log σ(β·(h_w − h_l)) + λ·(1/(K + 1))·Σ_j CE(softmax(z_j), k_j),
+
+    h the log-ratios log π_θ/π_ref, z_j the head's logits for copy j and k_j its label. The degree term's gradient
+    reaches the policy through the hidden states.
+
+    Args:
+        chosen_logp: [B] summed log π_θ(y_w∣x).
+        rejected_logp: [B] summed log π_θ(y_l∣x).
+        ref_chosen_logp: [B] summed log π_ref(y_w∣x).
+        ref_rejected_logp: [B] summed log π_ref(y_l∣x).
+        degree_logits: [B, K + 1, K + 1] the classifier's logits for each copy of the chosen response.
+        degree_labels: [B, K + 1] how many key phrases each copy lost (0..K).
+        beta: DPO's β (0.1, DPO's usual value).
+        weight: λ, the degree loss's weight (0.1 is ours).
+        max_removed: K, the most key phrases a copy loses (2 is ours); the classifier has K + 1 classes.
+
+    Returns:
+        [B] per-pair loss.
+    """
+    warn_reconstruction("spo_aux_recon", _SPO)
+    check_positive(beta, "spo_aux_recon: beta")
+    classes = max_removed + 1
+    if degree_logits.shape != (*chosen_logp.shape, classes, classes) or degree_labels.shape != degree_logits.shape[:2]:
+        raise ValueError(f"spo_aux_recon with max_removed={max_removed} needs [B, {classes}, {classes}] degree_logits "
+                         f"and [B, {classes}] degree_labels; got {tuple(degree_logits.shape)} and "
+                         f"{tuple(degree_labels.shape)}")  # fmt: skip
+    h_w, h_l = log_ratios(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp)
+    ce = F.cross_entropy(degree_logits.flatten(0, 1).float(), degree_labels.flatten().long(), reduction="none")
+    return -F.logsigmoid(beta * (h_w - h_l)) + weight * ce.view(degree_labels.shape).mean(-1).to(h_w.dtype)
