@@ -127,7 +127,8 @@ def by_hand(cfg: Any, seen: dict[str, Any]) -> tuple[torch.Tensor, dict[str, tor
     available = {**inputs, "old_logp": old, "rollout_logp": batch.rollout_logp, "logp": logp, "entropy": entropy,
                  "group_ids": batch.advantage_groups, "completion_ids": batch.completion_ids,
                  "truncated": batch.truncated, "demo_mask": batch.origin == Origin.DEMONSTRATION,
-                 "hint_mask": batch.forced, "logits": logits, "mask": mask}  # fmt: skip
+                 "hint_mask": batch.forced, "retry_pairs": batch.pairs, "logits": logits,
+                 "mask": mask}  # fmt: skip
     for kind, node, names in needs:  # inputs from the sampling policy's logits (Lp-Reg, DCPO)
         for name in FROM_LOGITS.keys() & names:
             params = {**algos.entry(kind, node.name).params, **_bound(kind, node)[1]}

@@ -194,7 +194,8 @@ def test_every_on_policy_component_runs_in_the_trainer_or_is_listed_pure_only():
         extra = ["algo.kl.coef=0.1"] if e.kind == "kl" else []
         for name, fact in INJECTED_BY.items():  # reads injected samples: only with a sampler that injects them
             if name in e.needs():
-                extra.append(f"algo.sampler={{name: {'hpt' if fact == 'demonstrations' else 'igpo_inpaint'}}}")
+                injector = {"demonstrations": "hpt", "inpaint": "igpo_inpaint", "retry": "r3l_retry_recon"}[fact]
+                extra.append(f"algo.sampler={{name: {injector}}}")
                 with pytest.raises(ConfigError, match="no sampler of this recipe injects any"):
                     check_runnable(build_algo(config.load("grpo", [override])))
         ppo = e.kind == "critic" or "token_rewards" in e.facts  # per-token rewards need a critic (RTO)

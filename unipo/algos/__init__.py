@@ -16,6 +16,7 @@ from unipo.algos import (  # noqa: F401  (registers components)
     nash,
     policy_losses,
     preference,
+    r3l,
     regularizers,
     reward_bonus,
     reward_models,

@@ -26,8 +26,6 @@ GAPS: dict[tuple[str, str], str] = {
     ("policy_loss", "rex_rag_mis_recon"): "weights the probe samples of `rex_rag_probe`, which is not built",
     ("policy_loss", "bupo_recon"): "needs an internal layer's policy softmax(W_U·norm(h^l)) in the update's forward, "
     "which the log-prob path does not expose",
-    ("token_weight", "r3l_pivot_recon"): "needs R³L's reflect-then-retry sampler (a retry of each failed attempt) to "
-    "find the pivot; its other half is `positive_amplify_recon`",
     ("regularizer", "otr_recon"): "needs K samples from the policy's full next-token distribution at every prefix of "
     "a demonstration (a demonstration forward that keeps the logits)",
     ("regularizer", "srpo_routed_recon"): "needs the same model conditioned on feedback as teacher: a second forward "
@@ -36,8 +34,6 @@ GAPS: dict[tuple[str, str], str] = {
     "diffusion paper); its reference reset is `ref_sync` with alpha = 1",
     ("reward", "dynamic_reward_weights"): "its hypervolume-guided and gradient-based weight updates are unknown (R3); "
     "`weighted_sum` with fixed weights (or `scores` of a multi-score reward) covers the static case",
-    ("credit", "r3l_retry_recon"): "needs language feedback that restarts generation from a failure point (a retry "
-    "sampler)",
     ("credit", "reseek_judge"): "needs a JUDGE action whose context keeps or drops the last observation, and a "
     "reference judgement column",
 }

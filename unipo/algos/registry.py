@@ -60,7 +60,7 @@ TRAINER_INPUTS = frozenset(
      "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards", "demo_mask",
      "lengths", "max_len", "correct", "reward_components", "prompt_keys", "hint_mask",
      "teacher_logp", "segment_values", "logits", "ref_logits", "sum_pi_squared", "sum_pi_cubed", "turn_ids",
-     "turn_rewards", "state_keys", "token_rewards", "target_values"}
+     "turn_rewards", "state_keys", "token_rewards", "target_values", "retry_pairs"}
 )  # fmt: skip
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 
@@ -126,6 +126,9 @@ FACTS = {
     "`critic.replay_size`, and `critic.replay_updates` optimizer steps each fit the value model to the targets the "
     "function gives on `critic.replay_batch` replayed trajectories (its `target_values` from a Polyak-averaged copy, "
     "`critic.target_tau`); the policy's advantages come after, from the updated critic (ArCHer; multi-turn only)",
+    "retry": "sampler: it gives the failed attempts to retry a failure point; each is retried from its prefix up to "
+    "that point (forced, out of the loss) on the prompt plus feedback, and the retry joins the group as an answer to "
+    "the bare prompt, paired with its attempt (`retry_pairs`) (R³L)",
     "pairs": "policy_loss: regresses within pairs of samples of a prompt, so it needs `rollout.group_size=2` (REFUEL)",
     "drafts": "sampler: a share of the budget samples drafts; it marks each prompt's best, and the rest of the budget "
     "samples refinements of the prompt plus that draft, the only samples trained on (iGRPO)",

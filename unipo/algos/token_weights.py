@@ -425,36 +425,3 @@ def d3s_token_recon(
         raise ValueError(f"keep fractions must lie in [0, 1]; got {keep_frac_start}, {keep_frac_end}")
     score = expand_advantages(advantages, mask).abs().to(entropy.dtype) * entropy.detach()
     return _weights(_keep_top_fraction(score, mask, frac), mask, entropy)
-
-
-@register(
-    "token_weight",
-    "positive_amplify_recon",
-    paper="Reconstruction of R³L's positive amplification (seeds_003_004.md 003-37)",
-    tag="reconstructed",
-)
-def positive_amplify_recon(
-    mask: torch.Tensor, *, rewards: torch.Tensor | None = None, kappa: float = 2.0, threshold: float = 1.0
-) -> torch.Tensor:
-    """Reconstruction of R³L's positive amplification (seeds_003_004.md 003-37); not the published rule.
-
-    w_{i,t} = κ·m_{i,t} for a successful trajectory (r_i ≥ threshold), m_{i,t} otherwise: the gradient of the
-    replies that solved the task is scaled by κ > 1, so that the rare successes of hard prompts are not drowned out by
-    the failures.
-
-    Args:
-        mask: [N, T] loss mask.
-        rewards: [N] the replies' rewards (after shaping).
-        kappa: κ > 1 (R³L's value is not known: 2 is ours).
-        threshold: the reward from which a reply counts as a success (1: a solved verifiable task).
-
-    Returns:
-        [N, T] weights in {0, 1, κ}.
-    """
-    warn_reconstruction("positive_amplify_recon", "R³L positive amplification")
-    require_inputs("token_weight", "positive_amplify_recon", rewards=rewards)
-    if kappa < 1.0:
-        raise ValueError(f"kappa={kappa} must be ≥ 1 (it amplifies successes)")
-    success = rewards.detach() >= threshold  # (N,)
-    w = torch.where(success, kappa, 1.0).to(torch.get_default_dtype())[:, None].expand(mask.shape)
-    return torch.where(mask.bool(), w, torch.zeros_like(w))

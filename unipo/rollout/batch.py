@@ -29,6 +29,9 @@ class Origin(IntEnum):
     TEMPERED = 5
     """sampled from the policy at another temperature than the batch's (AEPO's entropy-control samples); its behaviour
     log-probs are those of that temperature."""
+    RETRY = 6
+    """a retry of a failed attempt (R³L): the attempt's prefix forced, continued by the policy on the prompt plus
+    feedback, trained as an answer to the bare prompt (its behaviour log-probs are those under the feedback)."""
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Rollouts:
     groups: torch.Tensor | None = None  # (N,) long advantage group of each completion; None: `group_ids`
     turn_ids: torch.Tensor | None = None  # (N, T) long: the policy turn of each token, -1 elsewhere; None: turn 0
     extras: dict[str, list[Any]] = field(default_factory=dict)  # per-completion columns (multi-turn)
+    pairs: torch.Tensor | None = None  # (N,) long: a failed attempt and its retry share an id >= 0 (R³L); else -1
 
     def __post_init__(self) -> None:
         if self.loss_mask is None:
@@ -75,6 +79,8 @@ class Rollouts:
             self.forced = torch.zeros_like(self.completion_mask, dtype=torch.bool)
         if self.turn_ids is None:
             self.turn_ids = torch.where(self.loss_mask.bool(), 0, -1).long()
+        if self.pairs is None:
+            self.pairs = torch.full_like(self.group_ids, -1)
 
     @property
     def num_completions(self) -> int:
@@ -132,6 +138,7 @@ PER_COMPLETION = (
     "origin",
     "forced",
     "turn_ids",
+    "pairs",
 )
 """The fields of `Rollouts` with one entry (or row) per completion."""
 _PAD = {"turn_ids": -1}

@@ -34,6 +34,15 @@ def with_hint(row: dict, fraction: float) -> dict:
     return appended(row, GHPO_HINT + solution[: round(len(solution) * fraction)])
 
 
+R3L_FEEDBACK = "\n\nA previous attempt at this was wrong:\n{attempt}\nFind the mistake and try again."
+"""The language feedback of a retry (`r3l_retry_recon`, ours): the failed attempt and that it was wrong."""
+
+
+def with_feedback(row: dict, attempt: str) -> dict:
+    """`row` with R³L's feedback on a failed `attempt` appended to its prompt."""
+    return appended(row, R3L_FEEDBACK.format(attempt=attempt))
+
+
 def appended(row: dict, text: str) -> dict:
     """`row` with `text` appended to its prompt: to the last user message of a chat prompt, to a plain one's text."""
     prompt = row["prompt"]

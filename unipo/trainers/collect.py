@@ -17,6 +17,8 @@ A sampler's registry facts say how it acts (`algos.registry.FACTS`):
   group's first rollout, with its hinted prompt, in the original group (Scaf-GRPO);
 - `drafts`: before the step's rollouts, drafts; each prompt's best draft is appended to it and the rest of the budget
   samples refinements, which the step trains on (iGRPO);
+- `retry`: failed attempts are retried from a prefix with feedback; the retries join their groups (trainers/retry.py:
+  R³L);
 - `ground_truth`: the rollout it marks in a group is replaced by the prompt's reference response, scored like a
   rollout (ViSurf);
 - `branch` and `entropy_branch`: multi-turn trajectories that restart at a turn of an earlier one, the earlier
@@ -45,6 +47,7 @@ from unipo.rollout.multiturn import rollout
 from unipo.trainers import branching
 from unipo.trainers.common import Algo, Timer, bound_params, call
 from unipo.trainers.dist import sample_generators
+from unipo.trainers.retry import retried
 
 if TYPE_CHECKING:
     from unipo.trainers.rl import RLState
@@ -74,7 +77,7 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
         return batch, per_fn, {}
     acts = (("demonstrations", _with_demonstrations), ("hints", _with_hints), ("inpaint", _inpainted),
             ("replay", _with_replay), ("resample", _resampled), ("ground_truth", _with_ground_truth),
-            ("tiered_hints", _scaffolded))  # fmt: skip
+            ("tiered_hints", _scaffolded), ("retry", retried))  # fmt: skip
     for fact, act in acts:
         if algo.has_fact("sampler", fact):
             return act(s, algo, batch, per_fn, timer)
@@ -90,7 +93,7 @@ def _marks(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor) -> tor
 
 NON_FILTER_FACTS = frozenset({"roll_in", "budget", "drafts", "branch", "entropy_branch", "entropy_switch",
                               "demonstrations", "hints", "inpaint", "replay", "resample", "ground_truth",
-                              "tiered_hints"})  # fmt: skip
+                              "tiered_hints", "retry"})  # fmt: skip
 """The sampler facts that act otherwise than as a group filter (module docstring); a sampler with none of them is a
 filter, which also runs on several ranks (`_filtered`)."""
 

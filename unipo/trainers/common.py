@@ -186,6 +186,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
         "lengths": torch.tensor([3, 1, 2, 3]).clamp(max=max_len), "max_len": max_len,
         "correct": torch.tensor([True, False, True, False]), "teacher_logp": logp + 0.2,
         "prompt_keys": ["a", "a", "b", "b"], "hint_mask": torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]]),
+        "retry_pairs": torch.tensor([0, -1, 0, -1]),
         "segment_values": torch.tensor([[0.5, nan, nan, nan], [nan, 0.2, nan, nan], [nan] * 4, [0.0, 1.0, nan, nan]]),
         "turn_ids": torch.tensor([[0, 0, -1], [0, -1, 1], [0, 0, 0], [0, -1, 1]]),
         "turn_rewards": [[1.0], [0.0, 1.0], [0.0], [0.0, 0.0]], "state_keys": [[""], ["", "x"], [""], ["", "x"]],

@@ -57,6 +57,7 @@ PRODUCED_AT: dict[str, Stage] = {
     "reward_components": Stage.COLLECT,  # [N, K] each reward function's score (NaN: None or failed)
     "prompt_keys": Stage.COLLECT,  # N strings identifying each completion's prompt
     "hint_mask": Stage.COLLECT,  # [N, T] tokens forced from the reference (an `inpaint` sampler's, kept in the loss)
+    "retry_pairs": Stage.COLLECT,  # [N] a failed attempt and its retry share an id >= 0 (a `retry` sampler's), else -1
     "turn_ids": Stage.COLLECT,  # [N, T] each token's policy turn, -1 on the environment's tokens (multi-turn)
     "turn_rewards": Stage.COLLECT,  # per trajectory, the environment's reward after each turn (multi-turn)
     "state_keys": Stage.COLLECT,  # per trajectory, the canonical state each turn acted in (multi-turn)
@@ -125,7 +126,7 @@ PURE_ONLY: dict[tuple[str, str], str] = {}
 """Registered components that no trainer can run yet, with the reason: `unipo list` and docs/algorithms.md show
 them as "pure only", and the on-policy trainer refuses them at setup with this reason."""
 
-INJECTED_BY: dict[str, str] = {"demo_mask": "demonstrations", "hint_mask": "inpaint"}
+INJECTED_BY: dict[str, str] = {"demo_mask": "demonstrations", "hint_mask": "inpaint", "retry_pairs": "retry"}
 """Inputs that mark injected samples, and the sampler fact (registry.FACTS) whose sampler injects them: a component
 that reads one needs such a sampler in its recipe."""
 

@@ -86,7 +86,8 @@ def update(
     keep_logits = "logits" in algo.needs or bool(derived)  # else the head may run in chunks
     whole = {**inputs, "old_logp": batch.rollout_logp, "rollout_logp": batch.rollout_logp, "advantages": advantages,
              "group_ids": batch.advantage_groups, "completion_ids": batch.completion_ids, "truncated": batch.truncated,
-             "demo_mask": batch.origin == Origin.DEMONSTRATION, "hint_mask": batch.forced}  # fmt: skip
+             "demo_mask": batch.origin == Origin.DEMONSTRATION, "hint_mask": batch.forced,
+             "retry_pairs": batch.pairs}  # fmt: skip
     early = {i: call(fn, batch.loss_mask.float(), inputs=whole).detach()  # token weights of the whole batch
              for i, fn in enumerate(algo.token_weights) if not fn.needs & UPDATE_INPUTS}  # fmt: skip
     sums: dict[str, torch.Tensor] = {}
@@ -123,6 +124,7 @@ def update(
                 "truncated": mb.truncated,
                 "demo_mask": mb.origin == Origin.DEMONSTRATION,
                 "hint_mask": mb.forced,
+                "retry_pairs": mb.pairs,
             }
             for name, (make, params, values) in derived.items():  # of the sampling policy (= the current one, pass 1)
                 if epoch == 0:

@@ -421,3 +421,17 @@ def test_arpo_branches_where_the_entropy_rose_and_restarts_with_the_rest():
     never = fn(entropy, turn_ids, torch.zeros(2, dtype=torch.long), 3, alpha=0.0, beta=0.0)
     assert never.tolist() == [[3, 0, 0], [0, 0, 0]]
     assert "entropy_branch" in algos.entry("sampler", "arpo_branch").facts
+
+
+def test_r3l_retries_the_first_failures_of_each_group_from_a_cut_in_range():
+    r3l = algos.get("sampler", "r3l_retry_recon")
+    # group 0: failures at 0, 2, 3 (1 solved) -> the first two, 0 and 2; group 1: failure at 4 only (NaN: unscored,
+    # a failure); group 2: all solved
+    acc = torch.tensor([0.0, 1.0, 0.0, -1.0, float("nan"), 1.0, 1.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    cuts = r3l(acc, groups, reward_components=acc[:, None], generator=torch.Generator().manual_seed(0),
+               max_retries=2, cut_low=0.1, cut_high=0.3)  # fmt: skip
+    assert (~cuts.isnan()).nonzero().squeeze(-1).tolist() == [0, 2, 4]
+    assert bool(((cuts[[0, 2, 4]] >= 0.1) & (cuts[[0, 2, 4]] <= 0.3)).all())
+    with pytest.raises(ValueError, match="cut_low <= cut_high < 1"):
+        r3l(acc, groups, cut_low=0.5, cut_high=0.2)

@@ -34,6 +34,7 @@ def test_registered_ids_and_defaults():
         "d3s_token_recon",
         "positive_amplify_recon",
         "capo_recon",
+        "r3l_pivot_recon",
     }
     assert "tw_grpo_weights" not in W and "tw_grpo_weights_recon" not in W  # [unknown] rule: known gap (R3)
     params = {name: algos.entry("token_weight", name).params for name in W}
@@ -191,6 +192,16 @@ def test_positive_amplify_scales_only_the_successes():
     torch.testing.assert_close(w, torch.tensor([[3.0, 3.0, 0.0], [1.0, 1.0, 1.0], [3.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match="kappa"):
         W["positive_amplify_recon"](mask, rewards=torch.ones(3), kappa=0.5)
+
+
+def test_r3l_pivot_trains_an_attempt_and_its_retry_after_their_common_prefix():
+    # pair 4: rows 0 and 2 share [5, 6] and differ at t = 2 -> pivot 2; pair 7: rows 1 and 3 are the same up to the
+    # end -> pivot 4 (nothing trained); row 4 is in no pair and keeps its mask
+    ids = torch.tensor([[5, 6, 7, 2], [1, 2, 3, 4], [5, 6, 9, 9], [1, 2, 3, 4], [5, 6, 7, 2]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [0, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])
+    w = W["r3l_pivot_recon"](mask, completion_ids=ids, retry_pairs=torch.tensor([4, 7, 4, 7, -1]))
+    expected = [[0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0], [1, 1, 1, 0]]
+    torch.testing.assert_close(w, torch.tensor(expected, dtype=w.dtype))
 
 
 def test_d3s_token_recon_by_hand_and_warns_once(caplog):

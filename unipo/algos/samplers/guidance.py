@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from unipo.algos.registry import register
+from unipo.algos.registry import register, warn_reconstruction
 from unipo.algos.samplers._common import last_of_group, solved_per_group, unsolved_groups
 
 
@@ -385,3 +385,52 @@ def igrpo(rewards: torch.Tensor, group_ids: torch.Tensor, *, draft_frac: float =
     position = torch.where(top, torch.arange(n), n)
     first = torch.full((g,), n, dtype=torch.long).scatter_reduce(0, group_ids.cpu(), position, "amin")
     return (torch.arange(n) == first[group_ids.cpu()]).to(group_ids.device)
+
+
+_R3L = "R³L: Reflect-then-Retry Reinforcement Learning (seeds_003_004.md 003-37, github.com/shiweijiezero/R3L)"
+
+
+@register("sampler", "r3l_retry_recon", paper=_R3L, tag="reconstructed", facts={"retry"})
+def r3l_retry_recon(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    reward_components: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    max_retries: int = 2,
+    cut_low: float = 0.0,
+    cut_high: float = 0.5,
+) -> torch.Tensor:
+    """Reconstruction of R³L's reflect-then-retry (seeds_003_004.md 003-37; from the abstract: language feedback
+    diagnoses a failure, generation restarts from the failure point, and the retries, off-policy, are trained with
+    pivotal credit and positive amplification). Ours: which failures are retried, the feedback and the failure point.
+
+    The first `max_retries` failed attempts of each group (the first reward function ≤ 0, in batch order) are
+    retried: the collect stage appends language feedback to the prompt (the failed attempt and that it was wrong:
+    `rollout.inject.R3L_FEEDBACK`), forces the attempt's first ⌊c·L⌋ tokens (L its tokens before EOS) and lets the
+    policy continue; the retry joins the group and is trained as an answer to the bare prompt, the forced prefix out
+    of the loss, paired with its attempt for `r3l_pivot_recon`. Without a model that can point at its own mistake, the
+    failure point c is drawn uniformly from [cut_low, cut_high].
+
+    Args:
+        rewards: [N] combined rewards (unused: the rule reads the accuracy column).
+        group_ids: [N] prompt index of each completion.
+        reward_components: [N, K] each reward function's score; column 0 is the accuracy.
+        generator: the trainer's random generator (the failure points).
+        max_retries: at most this many retries per group [ours: 2].
+        cut_low: the least failure point, as a fraction of the attempt [ours: 0].
+        cut_high: the greatest [ours: 0.5].
+
+    Returns:
+        [N] float: the failure point c ∈ [cut_low, cut_high] of each attempt to retry, NaN for the others.
+    """
+    warn_reconstruction("r3l_retry_recon", _R3L)
+    if not 0.0 <= cut_low <= cut_high < 1.0:
+        raise ValueError(f"r3l_retry_recon: need 0 <= cut_low <= cut_high < 1; got {cut_low}, {cut_high}")
+    first = (rewards if reward_components is None else reward_components[:, 0]).cpu()
+    ids = group_ids.cpu()
+    failed = torch.nan_to_num(first, nan=0.0) <= 0
+    earlier = (ids[None, :] == ids[:, None]) & failed[None, :] & torch.ones(len(ids), len(ids)).tril(-1).bool()
+    chosen = failed & (earlier.sum(1) < max_retries)  # the group's first `max_retries` failures
+    cut = cut_low + (cut_high - cut_low) * torch.rand(ids.shape, generator=generator)
+    return torch.where(chosen, cut, float("nan")).to(group_ids.device)
