@@ -45,8 +45,7 @@ def key_phrases(text: str) -> list[str]:
     scores: dict[str, float] = {}
     for phrase in candidates:
         scores.setdefault(" ".join(phrase), sum(degree[w] / freq[w] for w in phrase))
-    order = list(scores)  # first occurrence
-    return sorted(order, key=lambda p: (-scores[p], order.index(p)))
+    return sorted(scores, key=lambda p: -scores[p])  # stable: ties stay in order of first occurrence
 
 
 def without_phrases(text: str, phrases: list[str]) -> str:

@@ -17,6 +17,7 @@ import torch
 from unipo.algos.ops import logprobs_from_logits
 from unipo.algos.registry import TRAINER_INPUTS
 from unipo.algos.regularizers import lp_reg_proxy_logp
+from unipo.rollout.batch import Origin, Rollouts
 
 
 class Stage(IntEnum):
@@ -101,6 +102,18 @@ UPDATE_INPUTS = frozenset(name for name, stage in PRODUCED_AT.items() if stage i
 """Inputs that exist only inside the update's micro-batch loop. A token weight that reads none of them is computed
 once on the whole batch before the loop, so that its batch statistics (quantiles, group overlaps) do not depend on
 how the batch is cut into micro-batches."""
+
+
+def batch_inputs(batch: Rollouts) -> dict[str, torch.Tensor]:
+    """The inputs read off a batch's own fields (of the whole batch or of a micro-batch)."""
+    return {
+        "group_ids": batch.advantage_groups,
+        "completion_ids": batch.completion_ids,
+        "truncated": batch.truncated,
+        "demo_mask": batch.origin == Origin.DEMONSTRATION,
+        "hint_mask": batch.forced,
+        "retry_pairs": batch.pairs,
+    }
 
 
 def _tempered_old_logp(logits: torch.Tensor, ids: torch.Tensor, params: dict, temperature: float) -> torch.Tensor:

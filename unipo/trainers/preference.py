@@ -38,7 +38,7 @@ from unipo.rollout.hf import sample
 from unipo.run import setup_progress
 from unipo.trainers import checkpoint
 from unipo.trainers import critic as critics
-from unipo.trainers.common import RunDir, build_component, build_optimizer, start_run
+from unipo.trainers.common import RunDir, bound_params, build_component, build_optimizer, start_run
 from unipo.trainers.degree import DegreeHead, accuracy
 from unipo.trainers.evaluate import evaluate
 from unipo.trainers.loop import run_steps
@@ -132,8 +132,7 @@ def train(cfg: Config) -> Path:
     if "value" in loss.inputs:  # DRO's V_φ(x): a value model trained on the same loss (`critic.*`)
         models["value"] = critics.build(cfg, resume, saved)
     if "degree_logits" in loss.inputs:  # SPO's preference-degree classifier, trained with the policy
-        removed = loss.fn.keywords.get("max_removed", inspect.signature(loss.fn.func).parameters["max_removed"].default)
-        models["degree"] = DegreeHead(cfg, model, removed, saved)
+        models["degree"] = DegreeHead(cfg, model, bound_params(loss.fn)["max_removed"], saved)
     optimizer, scheduler = build_optimizer(model, cfg)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.train.seed)
     stream = PromptStream(list(range(len(train_rows))), cfg.train.seed)

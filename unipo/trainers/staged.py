@@ -6,10 +6,9 @@ Stage k is a run of its own in `<output_dir>/<k>-<name>`: its recipe, then the s
 staged config itself sets (the staged recipe's and the command line's, except `trainer`, `stages`, `recipe`, `paper`
 and `output_dir`), so `train.max_steps=4` applies to every stage. A value `${key}` left in a stage's settings after
 that is the staged config's dotted key (`task: ${data.path}`: the RL stage reads the preference stage's file as its
-prompts). Stage
-k > 1 starts from the last checkpoint of stage k − 1, which is also its reference model (the trainers load the
-reference from `model.path`). Running again with the same output_dir resumes: a finished stage has no step left
-(each run resumes from its last checkpoint), so only the unfinished stage and those after it train.
+prompts). Stage k > 1 starts from the last checkpoint of stage k − 1, which is also its reference model (the
+trainers load the reference from `model.path`). Running again with the same output_dir resumes: a finished stage has
+no step left (each run resumes from its last checkpoint), so only the unfinished stage and those after it train.
 """
 
 from __future__ import annotations

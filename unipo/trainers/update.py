@@ -13,10 +13,10 @@ from unipo.config import Config
 from unipo.models import lora
 from unipo.models.loading import autocast_context
 from unipo.models.logprobs import completion_logprobs
-from unipo.rollout.batch import Origin, Rollouts
+from unipo.rollout.batch import Rollouts
 from unipo.trainers.common import Algo, call
 from unipo.trainers.dist import World
-from unipo.trainers.inputs import FROM_LOGITS, UPDATE_INPUTS
+from unipo.trainers.inputs import FROM_LOGITS, UPDATE_INPUTS, batch_inputs
 
 
 @torch.no_grad()
@@ -85,9 +85,7 @@ def update(
                for name in FROM_LOGITS.keys() & algo.needs}  # fmt: skip
     keep_logits = "logits" in algo.needs or bool(derived)  # else the head may run in chunks
     whole = {**inputs, "old_logp": batch.rollout_logp, "rollout_logp": batch.rollout_logp, "advantages": advantages,
-             "group_ids": batch.advantage_groups, "completion_ids": batch.completion_ids, "truncated": batch.truncated,
-             "demo_mask": batch.origin == Origin.DEMONSTRATION, "hint_mask": batch.forced,
-             "retry_pairs": batch.pairs}  # fmt: skip
+             **batch_inputs(batch)}  # fmt: skip
     early = {i: call(fn, batch.loss_mask.float(), inputs=whole).detach()  # token weights of the whole batch
              for i, fn in enumerate(algo.token_weights) if not fn.needs & UPDATE_INPUTS}  # fmt: skip
     sums: dict[str, torch.Tensor] = {}
@@ -118,13 +116,8 @@ def update(
                 "advantages": adv,
                 "logp": logp,
                 "rewards": inputs["rewards"][idx],
-                "group_ids": mb.advantage_groups,
                 "entropy": entropy,
-                "completion_ids": mb.completion_ids,
-                "truncated": mb.truncated,
-                "demo_mask": mb.origin == Origin.DEMONSTRATION,
-                "hint_mask": mb.forced,
-                "retry_pairs": mb.pairs,
+                **batch_inputs(mb),
             }
             for name, (make, params, values) in derived.items():  # of the sampling policy (= the current one, pass 1)
                 if epoch == 0:
