@@ -86,3 +86,12 @@ class EveryOtherFails(Echo):
         if self.fails:
             raise RuntimeError("the environment broke")
         return super().step(action)
+
+
+class Forgets(Echo):
+    """Echo that forgets its previous reply at every step after the first (`info["forget"]`, ReSeek's context rule)."""
+
+    def step(self, action):
+        step = super().step(action)
+        step.info["forget"] = self.k > 1
+        return step

@@ -31,8 +31,9 @@ class ScriptedLM(torch.nn.Module):
         return target[done] if done < len(target) else self.eos
 
     def forward(self, input_ids, attention_mask, cache=None, **_):
-        if cache is None:  # the prefill: each row's real tokens
-            cache = _History([ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)])
+        if cache is None:  # the prefill: each row's real tokens (under a 4D mask: those its last token attends to)
+            seen = attention_mask.bool() if attention_mask.dim() == 2 else attention_mask[:, 0, -1] == 0
+            cache = _History([ids[mask].tolist() for ids, mask in zip(input_ids, seen, strict=True)])
         else:  # one new token per row
             cache.append(input_ids[:, -1].tolist())
         logits = torch.full((len(cache.rows), 1, self.vocab), -30.0)

@@ -34,8 +34,6 @@ GAPS: dict[tuple[str, str], str] = {
     "diffusion paper); its reference reset is `ref_sync` with alpha = 1",
     ("reward", "dynamic_reward_weights"): "its hypervolume-guided and gradient-based weight updates are unknown (R3); "
     "`weighted_sum` with fixed weights (or `scores` of a multi-score reward) covers the static case",
-    ("credit", "reseek_judge"): "needs a JUDGE action whose context keeps or drops the last observation, and a "
-    "reference judgement column",
 }
 """(kind, id) -> why it is not registered yet."""
 

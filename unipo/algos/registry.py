@@ -60,7 +60,7 @@ TRAINER_INPUTS = frozenset(
      "truncated", "progress", "generator", "logp", "proxy_logp", "tempered_old_logp", "baseline_rewards", "demo_mask",
      "lengths", "max_len", "correct", "reward_components", "prompt_keys", "hint_mask",
      "teacher_logp", "segment_values", "logits", "ref_logits", "sum_pi_squared", "sum_pi_cubed", "turn_ids",
-     "turn_rewards", "state_keys", "token_rewards", "target_values", "retry_pairs"}
+     "turn_rewards", "turn_info", "state_keys", "token_rewards", "target_values", "retry_pairs"}
 )  # fmt: skip
 """The inputs a trainer may feed a component by keyword (the producers are in `unipo.trainers.inputs`)."""
 

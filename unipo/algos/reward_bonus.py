@@ -4,12 +4,14 @@ Shapers here follow `reward_shaping.py`'s contract (`fn(rewards [N], **inputs, *
 A behaviour the reward functions cannot see in the text alone (a tool call, an auxiliary construction) is counted by
 a reward function of the user's, read from `reward_components` at the index the shaper names (give that function
 weight 0 when it should not add to the sum). The two scoring rules (`soft_multichoice`, `judge_expected_score`) are
-the math behind the built-in reward functions of the same names, which every trainer runs.
+the math behind the built-in reward functions of the same names, which every trainer runs. `reseek_judge` scores
+a multi-turn agent's judgements of its search results from the environment's `turn_info`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -208,3 +210,47 @@ def judge_expected_score(score_logits: torch.Tensor, scores: torch.Tensor) -> to
         [N] expected scores.
     """
     return torch.softmax(score_logits.double(), dim=-1) @ scores.double()
+
+
+@register(
+    "reward",
+    "reseek_judge",
+    paper="ReSeek, a self-correcting search agent with a JUDGE action (TencentBAC 2025, "
+    "github.com/TencentBAC/ReSeek; ALGORITHMS.md §9)",
+    tag="checked: official code (the regex-reference variant's magnitudes and reference judgement)",
+)
+def reseek_judge(
+    rewards: torch.Tensor,
+    *,
+    turn_info: Sequence[Sequence[dict]],
+    right: float = 0.3,
+    false_yes: float = -0.6,
+    false_no: float = -0.3,
+) -> torch.Tensor:
+    """ReSeek's judge reward (https://github.com/TencentBAC/ReSeek), added to the answer reward.
+
+    r ← r + Σ_t R_judge(j_t, ĵ_t) over the trajectory's judgements: R_judge = `right` when the agent's judgement j_t
+    of a search result agrees with the reference ĵ_t, `false_yes` when it calls a useless result useful, `false_no`
+    when it calls a useful one useless. The defaults and the reference (the result holds the gold answer:
+    envs.builtin.SearchEnv with `judge`) are the official code's regex variant; its release scores the reference with
+    a reranker instead, and a "yes" in an episode whose answer is right always counts as right there (not here). The
+    paper states only the sign: ± for agreement. A turn without a judgement adds nothing; NaN stays NaN.
+
+    Args:
+        rewards: [N] the trajectories' rewards (the environment's answer reward).
+        turn_info: per trajectory, each environment step's `info`; a judged step's holds `judgement` = {said,
+            reference} (bools: the agent and the reference call the result useful).
+        right, false_yes, false_no: R_judge of an agreeing judgement and of the two disagreements.
+
+    Returns:
+        [N] shaped rewards.
+    """
+    bonus = []
+    for steps in turn_info:
+        total = 0.0
+        for info in steps:
+            j = info.get("judgement")
+            if j is not None:
+                total += right if j["said"] == j["reference"] else false_yes if j["said"] else false_no
+        bonus.append(total)
+    return rewards + torch.tensor(bonus, dtype=rewards.dtype, device=rewards.device)

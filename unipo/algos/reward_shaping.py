@@ -13,6 +13,7 @@ The trainer inputs a shaper may take (from the collect and reference stages):
 - `correct` [N] bool: the first reward function scored >= 1 (the task's metric in every built-in task: list a
   correctness reward first);
 - `prompt_keys` a list of N strings identifying each completion's prompt (for per-prompt memories);
+- `turn_info` (multi-turn trajectories only) per trajectory, each environment step's `info` dict;
 - `ref_logp`, `teacher_logp` [N, T]: the reference's and a frozen second model's (`model.teacher_path`) log-probs of
   the sampled tokens (the reference stage runs before the shape stage);
 - `state`: a stateful shaper's own state (None on the first step) — it then returns `(shaped, new_state)`, and the

@@ -5,7 +5,9 @@ An environment is any object with
 - `step(action) -> Step`: the policy's turn as text (its sampled tokens decoded) in, the environment's reply, this
   turn's reward, whether the episode is done, and `info` out. `info["state_key"]` is a hashable canonical state
   (what GiGPO-style credit groups turns by; default: the observation's text), `info["tool_calls"]` and
-  `info["tool_errors"]` are counted into the run's metrics;
+  `info["tool_errors"]` are counted into the run's metrics; `info["forget"]` true hides the environment's previous
+  reply from every turn after this one (ReSeek's context rule: rollout/multiturn.py); each step's `info` reaches
+  reward shapers as `turn_info`;
 - `role`: the chat role its observations are sent as (`tool` or `user`);
 - `close()` (optional): called once the rollout is done with the episode.
 

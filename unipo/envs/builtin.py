@@ -8,6 +8,8 @@ training rows).
 - `guess_number`: a number from 1 to `high`; each guess gets "higher" or "lower" (reward 1 when found). Its state
   key is the interval still possible, so turns of different trajectories that know the same meet in one anchor
   state (GiGPO).
+- `search` (with `judge`, the `reseek` task): questions about a shipped corpus of fictional facts, a BM25 search tool;
+  with `judge`, ReSeek's JUDGE action on each result, and a result judged useless leaves the context.
 - `self_correct`: SCoRe's two attempts on an arithmetic question: after the first answer a fixed instruction asks
   for a correction. Turn rewards are r(y₁) and r(y₂) − r(y₁), so the trajectory's reward is r(y₂).
 """
@@ -160,15 +162,45 @@ class BM25:
         return [self.docs[i] for i in order[:k] if scores[i] > 0]
 
 
+RESEEK = "ReSeek, a self-correcting search agent with a JUDGE action (TencentBAC 2025, github.com/TencentBAC/ReSeek)"
+
+_JUDGE = re.compile(r"<judge>\s*(yes|no|good|bad)\s*</judge>", re.I)
+
+
 class SearchEnv(ToolEnv):
     """Search-R1-style retrieval (Jin et al. 2025, arXiv:2503.09516): `<search>query</search>` returns the `top_k`
     passages of a small local corpus shipped with unipo (fictional facts, so the answer must be looked up) by BM25;
-    the final reply scores 1 when its last number is the answer."""
+    the final reply scores 1 when its last number is the answer.
 
-    def __init__(self, top_k: int = 2, **kwargs: Any):
+    With `judge`, ReSeek's JUDGE action (RESEEK): the turn after a search result opens with `<judge>Yes</judge>` or
+    `<judge>No</judge>` (is the result useful?) before its next call or answer, as the official prompt asks. Its
+    `info["judgement"]` is {said, reference}, the reference being whether the result holds the gold answer (the
+    official code's substring rule); the `reseek_judge` reward shaper scores it. With `forget`, a result judged
+    useless leaves the context of every later turn (`info["forget"]`: the paper's rule C_t = τ_{t−1} ⊕ 1[j_t =
+    good]·o_t; the official code keeps it, so `forget=False` is the code's behaviour)."""
+
+    def __init__(self, top_k: int = 2, judge: bool = False, forget: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
-        self.top_k = top_k
+        self.top_k, self.judge, self.forget = top_k, judge, forget
         self.tools = {"search": lambda query: " ".join(_search_index().top(query, self.top_k)) or "no passage found"}
+        self.unjudged: str | None = None  # the last search result, until the next turn
+
+    def reset(self, row: Row) -> None:
+        super().reset(row)
+        self.unjudged = None
+
+    def step(self, action: str) -> Step:
+        judged: dict[str, Any] = {}
+        said = _JUDGE.search(action) if self.unjudged is not None else None
+        if said is not None:
+            good = said.group(1).lower() in ("yes", "good")
+            reference = re.search(rf"\b{re.escape(str(self.row['answer']))}\b", self.unjudged) is not None
+            judged = {"judgement": {"said": good, "reference": reference}, "forget": self.forget and not good}
+        step = super().step(action)
+        result = self.judge and step.observation is not None and not step.info.get("tool_errors")
+        self.unjudged = step.observation if result else None
+        step.info.update(judged)
+        return step
 
     def answer_reward(self, text: str) -> float:
         return _correct(text, self.row["answer"])
@@ -308,6 +340,20 @@ def search_rows() -> list[Row]:
             for _, q, a in search_corpus()]  # fmt: skip
 
 
+RESEEK_INSTRUCTION = (
+    "You can search a small encyclopedia: write <search>query</search> and stop; the best passages come back as "
+    "<result>passages</result>. Begin your next reply by judging them: <judge>Yes</judge> if they answer the "
+    "question, else <judge>No</judge> and search again. When you know the answer, reply with the judgement and only "
+    "the number."
+)
+"""The `reseek` task's system prompt: the official prompt's judge step (search results judged in `<judge>` tags,
+Yes or No, before the next search or the answer), with this corpus's format."""
+
+
+def reseek_rows() -> list[Row]:
+    return [{**r, "prompt": [{"role": "system", "content": RESEEK_INSTRUCTION}, r["prompt"][1]]} for r in search_rows()]
+
+
 def guess_rows(high: int = 20, n: int = 400, seed: int = 11) -> list[Row]:
     rng = random.Random(seed)
     text = (f"I am thinking of a whole number from 1 to {high}. Guess it: reply with only a number, and I will say "
@@ -355,6 +401,14 @@ def search_task() -> Task:
     return _env_task("search", search_rows(), 20, what + " last number is the answer", max_turns=4)
 
 
+def reseek_task() -> Task:
+    train, heldout = _split(reseek_rows(), 20, seed=1234)
+    what = ("search with ReSeek's judge step (<judge>Yes|No</judge> on each result; a result judged No leaves the "
+            "context); correct: the final reply's last number is the answer")  # fmt: skip
+    return Task("reseek", train, heldout, env_reward, what, env={"name": "search", "judge": True, "max_turns": 4})
+
+
 ENV_TASKS = {"calculator": (calculator_task, 48), "python": (python_task, 96), "guess_number": (guess_number_task, 8),
-             "self_correct": (self_correct_task, 16), "search": (search_task, 48)}  # fmt: skip
+             "self_correct": (self_correct_task, 16), "search": (search_task, 48),
+             "reseek": (reseek_task, 48)}  # fmt: skip
 """Each environment task and its per-turn token budget (`rollout.max_new_tokens`, `eval.max_new_tokens`)."""

@@ -8,7 +8,7 @@ import torch
 
 from unipo.algos.ops import entropy_from_logits, logprobs_from_logits
 from unipo.rollout.batch import Rollouts
-from unipo.rollout.hf import prompt_positions
+from unipo.rollout.hf import prompt_positions, visibility_mask
 
 
 def completion_logprobs(
@@ -120,12 +120,16 @@ def _backbone(model: Any) -> Any:
 def completion_hidden(model: Any, batch: Rollouts, *, share_prompt: bool = True, states: bool = False) -> torch.Tensor:
     """Last hidden states of the backbone (N, T, H) at the positions that predict each completion token: h_t
     summarises the state s_t = (x, y_<t). With `states`, also the state after the last token: (N, T+1, H), so that
-    row i's h[:, L_i] is s_{L_i} (a critic's bootstrap value)."""
+    row i's h[:, L_i] is s_{L_i} (a critic's bootstrap value). A batch with hidden tokens (`Rollouts.hide_from`, a
+    forgotten environment reply) runs each row whole, under the mask its turns were sampled with."""
     return as_forward(model, lambda: (_share_prompt_hidden if share_prompt else _full_hidden)(model, batch, states))
 
 
 def _share_prompt_hidden(model: Any, batch: Rollouts, states: bool = False) -> torch.Tensor:
-    """Hidden states (N, T, H) at the positions that predict each completion token, prompts run once each."""
+    """Hidden states (N, T, H) at the positions that predict each completion token, prompts run once each (a batch
+    with hidden tokens runs each row whole: `_full_hidden`)."""
+    if batch.hide_from.any():
+        return _full_hidden(model, batch, states)
     used, inverse = torch.unique(batch.group_ids, return_inverse=True)
     prompt_ids, prompt_mask = batch.prompt_ids[used], batch.prompt_mask[used]
     out = _backbone(model)(
@@ -151,6 +155,12 @@ def _full_hidden(model: Any, batch: Rollouts, states: bool = False) -> torch.Ten
     prompt_ids, prompt_mask = batch.prompt_ids[batch.group_ids], batch.prompt_mask[batch.group_ids]
     ids = torch.cat([prompt_ids, batch.completion_ids], dim=1)
     attn = torch.cat([prompt_mask, batch.completion_mask], dim=1)
-    hidden = _backbone(model)(input_ids=ids, attention_mask=attn, position_ids=prompt_positions(attn)).last_hidden_state
     width = prompt_ids.shape[1]
+    attend = attn
+    if batch.hide_from.any():
+        hide = torch.cat([torch.zeros_like(prompt_mask), (batch.hide_from + width) * (batch.hide_from > 0)], dim=1)
+        attend = visibility_mask(attn, hide, next(model.parameters()).dtype)
+    hidden = _backbone(model)(
+        input_ids=ids, attention_mask=attend, position_ids=prompt_positions(attn)
+    ).last_hidden_state
     return hidden[:, width - 1 :] if states else hidden[:, width - 1 : -1]

@@ -69,6 +69,9 @@ class Rollouts:
     turn_ids: torch.Tensor | None = None  # (N, T) long: the policy turn of each token, -1 elsewhere; None: turn 0
     extras: dict[str, list[Any]] = field(default_factory=dict)  # per-completion columns (multi-turn)
     pairs: torch.Tensor | None = None  # (N,) long: a failed attempt and its retry share an id >= 0 (R³L); else -1
+    # (N, T) long: token k is hidden from every token at index >= hide_from[k] (an environment reply forgotten: ReSeek);
+    # 0: never hidden. None: zeros
+    hide_from: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.loss_mask is None:
@@ -81,6 +84,8 @@ class Rollouts:
             self.turn_ids = torch.where(self.loss_mask.bool(), 0, -1).long()
         if self.pairs is None:
             self.pairs = torch.full_like(self.group_ids, -1)
+        if self.hide_from is None:
+            self.hide_from = torch.zeros_like(self.completion_ids, dtype=torch.long)
 
     @property
     def num_completions(self) -> int:
@@ -139,6 +144,7 @@ PER_COMPLETION = (
     "forced",
     "turn_ids",
     "pairs",
+    "hide_from",
 )
 """The fields of `Rollouts` with one entry (or row) per completion."""
 _PAD = {"turn_ids": -1}

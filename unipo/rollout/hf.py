@@ -19,6 +19,16 @@ def prompt_positions(prompt_mask: torch.Tensor) -> torch.Tensor:
     return (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def visibility_mask(mask: torch.Tensor, hide_from: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive (B, 1, L, L) attention mask of sequences (B, L) with tokens hidden part-way: query q attends to
+    key k ≤ q when `mask[k]` is 1 and `hide_from[k]` is 0 or above q (`Rollouts.hide_from`, in the same coordinates:
+    the tokens of a reply that an environment forgot stay visible to the turn that read it, and to nothing after)."""
+    at = torch.arange(mask.shape[1], device=mask.device)
+    hidden = (hide_from[:, None, :] > 0) & (at[None, :, None] >= hide_from[:, None, :])  # (B, q, k)
+    seen = (at[None, :, None] >= at[None, None, :]) & mask.bool()[:, None, :] & ~hidden
+    return torch.zeros(seen.shape, dtype=dtype, device=mask.device).masked_fill(~seen, torch.finfo(dtype).min)[:, None]
+
+
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Top-k then nucleus (top-p) filtering of (B, V) logits; filtered entries become -inf."""
     if top_k > 0:
@@ -83,16 +93,23 @@ def sample_tokens(
     greedy: bool = False,
     generator: torch.Generator | list[torch.Generator] | None = None,
     forced: list[list[int]] | None = None,
+    hide_from: torch.Tensor | None = None,
 ) -> Rollouts:
     """`sample` on prompts given as left-padded token ids (P, Lp) and their mask: the entry point of a multi-turn
-    rollout, whose later turns continue a history held as token ids (never re-tokenised text)."""
+    rollout, whose later turns continue a history held as token ids (never re-tokenised text). `hide_from` (P, Lp):
+    prompt tokens hidden from the tokens at and after that index (`visibility_mask`), so from every sampled token;
+    they keep their positions."""
     device = prompt_ids.device
     num_prompts = prompt_ids.shape[0]
     counts = torch.as_tensor(n, device=device)
     group_ids = torch.arange(num_prompts, device=device).repeat_interleave(counts)
+    attend = prompt_mask
+    if hide_from is not None:
+        dtype = next(model.parameters()).dtype
+        attend = visibility_mask(prompt_mask, hide_from, dtype)
     out = model(
         input_ids=prompt_ids,
-        attention_mask=prompt_mask,
+        attention_mask=attend,
         position_ids=prompt_positions(prompt_mask),
         use_cache=True,
         logits_to_keep=1,
@@ -100,7 +117,7 @@ def sample_tokens(
     cache = out.cache
     cache.reorder_cache(group_ids)
     logits = out.logits[group_ids, -1]
-    attn = prompt_mask[group_ids]
+    attn = (prompt_mask if hide_from is None else prompt_mask * (hide_from == 0))[group_ids]
     next_pos = prompt_mask.sum(-1)[group_ids]
     eos_ids = _eos_ids(model, tokenizer, device)
     pad = tokenizer.pad_token_id

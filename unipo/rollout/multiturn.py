@@ -15,6 +15,12 @@ its group; later turns left-pad each history); the environments' steps run in th
 raises or runs past it ends its episode unscored (`env_reward` None: no gradient), counted in `env/errors`; tools
 report their own failures to the model (envs.ToolEnv).
 
+An environment may forget its last reply: a step whose `info["forget"]` is true hides that reply (its message, not
+the header of the assistant turn after it) from every token after the turn that answered it, which still saw it
+(ReSeek's context rule, envs/builtin.py). The reply's tokens stay in the trajectory with their positions;
+`Rollouts.hide_from` records the cut, and the later turns are sampled, and their log-probs recomputed, under the same
+attention mask (rollout/hf.py `visibility_mask`).
+
 A trajectory ends when the environment says done, after `env.max_turns` turns, or when the token budget
 (`env.max_tokens` tokens after the prompt, the environment's included) runs out: a turn cut by the budget is not
 sent to the environment and the trajectory is `truncated`.
@@ -65,6 +71,19 @@ class Renderer:
     def ids(self, role: str, content: str) -> list[int]:
         return self.tokenizer(self.text(role, content), add_special_tokens=False)["input_ids"]
 
+    def message_len(self, role: str, content: str) -> int:
+        """How many of `ids(role, content)` render the reply itself: all but the header of the next assistant turn
+        that the template appends (`<|im_start|>assistant\n`), when the reply's tokens end with that header's own.
+        Forgetting a reply hides these tokens, so the turns after it still open with their header."""
+        ids = self.ids(role, content)
+        if not self.chat:
+            return len(ids)
+        message = [*self.BASE, {"role": role, "content": content}]
+        plain = self.tokenizer.apply_chat_template(message, tokenize=False)
+        header = self.tokenizer.apply_chat_template(message, tokenize=False, add_generation_prompt=True)[len(plain) :]
+        tail = self.tokenizer(header, add_special_tokens=False)["input_ids"] if header else []
+        return len(ids) - len(tail) if tail and ids[-len(tail) :] == tail else len(ids)
+
 
 @dataclass
 class _Trajectory:
@@ -76,6 +95,7 @@ class _Trajectory:
     turn: list[int] = field(default_factory=list)  # policy turn of each token, -1 elsewhere
     messages: list[dict[str, str]] = field(default_factory=list)
     turn_rewards: list[float] = field(default_factory=list)
+    turn_info: list[dict[str, Any]] = field(default_factory=list)  # each step's `info`
     state_keys: list[Any] = field(default_factory=list)  # the state each policy turn acts in ("" for the prompt)
     next_key: Any = ""
     tool_calls: int = 0
@@ -84,10 +104,13 @@ class _Trajectory:
     done: bool = False
     truncated: bool = False
     only_turn: int | None = None  # a branch trains only the turn it branches at (`branch`)
+    hide_from: list[int] = field(default_factory=list)  # `Rollouts.hide_from`: 0, or where a forgotten reply hides
+    reply: tuple[int, str, str] | None = None  # the last environment reply: its first index, role and text
 
     def add(self, ids: list[int], logp: list[float] | None, turn: int) -> None:
         trained = logp is not None and self.only_turn in (None, turn)
         self.ids += ids
+        self.hide_from += [0] * len(ids)
         self.loss += [int(trained)] * len(ids)
         self.logp += logp if logp is not None else [0.0] * len(ids)
         self.turn += [turn if trained else -1] * len(ids)
@@ -112,7 +135,7 @@ def rollout(
     """`n` trajectories of each row (or `n[i]` of row i), each turn at most `max_new_tokens` tokens (module
     docstring). The batch's completions are whole trajectories; `texts` are their last policy turns; `extras` holds
     `messages` (the conversation), `env_reward` (the sum of turn rewards, None when the environment failed),
-    `turn_rewards`, `state_keys`, `turns`, `tool_calls`, `tool_errors`."""
+    `turn_rewards`, `turn_info` (each step's `info`), `state_keys`, `turns`, `tool_calls`, `tool_errors`."""
     device = next(model.parameters()).device
     counts = [n] * len(rows) if isinstance(n, int) else list(n)
     prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], tokenizer, device)
@@ -235,8 +258,9 @@ def _waves(
             ids, mask = left_pad([starts[trajs[i].group] + trajs[i].ids for i in live], tokenizer.pad_token_id,
                                  device)  # fmt: skip
             n_turn, turn_rows = 1, [rows[trajs[i].group] for i in live]
+        hide = _hidden(trajs, live, starts, mask) if any(any(trajs[i].hide_from) for i in live) else None
         batch = sample_tokens(model, tokenizer, ids, mask, turn_rows, n=n_turn, max_new_tokens=max(caps),
-                              generator=gens, **sampling)  # fmt: skip
+                              generator=gens, hide_from=hide, **sampling)  # fmt: skip
         lengths = batch.completion_mask.sum(1).tolist()
         for j, (i, cap) in enumerate(zip(live, caps, strict=True)):
             t = trajs[i]
@@ -247,6 +271,17 @@ def _waves(
             if not sampled or sampled[-1] not in eos:  # cut by the budget: not an action the environment sees
                 t.truncated = t.done = True
         _step_envs([trajs[i] for i in live if not trajs[i].done], settings, renderer, tokenizer)
+
+
+def _hidden(trajs: list[_Trajectory], live: list[int], starts: list[list[int]], mask: torch.Tensor) -> torch.Tensor:
+    """The live trajectories' `hide_from` in the coordinates of their left-padded histories (prompt included)."""
+    width = mask.shape[1]
+    out = torch.zeros_like(mask, dtype=torch.long)
+    for j, i in enumerate(live):
+        t = trajs[i]
+        offset = width - len(t.ids)  # where the trajectory's first token after the prompt sits
+        out[j, offset:] = torch.tensor([h + offset if h else 0 for h in t.hide_from], dtype=torch.long)
+    return out
 
 
 def as_messages(prompt: Any) -> list[dict[str, str]]:
@@ -265,6 +300,7 @@ def _step_envs(trajs: list[_Trajectory], settings: EnvSettings, renderer: Render
             t.error, t.done = f"step: {what}", True
             continue
         t.turn_rewards.append(float(step.reward))
+        t.turn_info.append(dict(step.info))
         t.tool_calls += int(step.info.get("tool_calls", 0))
         t.tool_errors += int(step.info.get("tool_errors", 0))
         if step.done or step.observation is None or len(t.state_keys) >= settings.max_turns:
@@ -276,6 +312,11 @@ def _step_envs(trajs: list[_Trajectory], settings: EnvSettings, renderer: Render
         if len(t.ids) + len(reply) >= settings.max_tokens:
             t.done = t.truncated = True
             continue
+        if step.info.get("forget") and t.reply is not None:  # the last reply leaves the context of every later token
+            start, said_by, text = t.reply
+            for k in range(start, start + renderer.message_len(said_by, text)):
+                t.hide_from[k] = len(t.ids)
+        t.reply = (len(t.ids), role, observation)
         t.add(reply, None, -1)
         t.messages.append({"role": role, "content": observation})
         t.next_key = step.info.get("state_key", step.observation)
@@ -301,11 +342,13 @@ def _assemble(trajs: list[_Trajectory], prompt_ids: torch.Tensor, prompt_mask: t
     loss, _ = right_pad([t.loss for t in trajs], 0, device)
     logp, _ = right_pad([t.logp for t in trajs], 0.0, device)
     turns, _ = right_pad([t.turn for t in trajs], -1, device)
+    hide, _ = right_pad([t.hide_from for t in trajs], 0, device)
     last = [next((m["content"] for m in reversed(t.messages) if m["role"] == "assistant"), "") for t in trajs]
     extras = {
         "messages": [t.messages for t in trajs],
         "env_reward": [None if t.error else sum(t.turn_rewards) for t in trajs],
         "turn_rewards": [t.turn_rewards for t in trajs],
+        "turn_info": [t.turn_info for t in trajs],
         "state_keys": [t.state_keys for t in trajs],
         "turns": [len(t.state_keys) for t in trajs],
         "tool_calls": [t.tool_calls for t in trajs],
@@ -315,7 +358,7 @@ def _assemble(trajs: list[_Trajectory], prompt_ids: torch.Tensor, prompt_mask: t
     return Rollouts(
         prompt_ids, prompt_mask, ids.long(), mask.long(), torch.tensor([t.group for t in trajs], device=device),
         torch.tensor([t.truncated for t in trajs], device=device), logp.float(), list(rows), last,
-        loss_mask=loss.long(), turn_ids=turns.long(), extras=extras,
+        loss_mask=loss.long(), turn_ids=turns.long(), extras=extras, hide_from=hide.long(),
     )  # fmt: skip
 
 

@@ -58,6 +58,10 @@ def check_env(cfg: Config, algo: Algo, task: Any) -> tuple[Any, Any] | None:
             which = f"algo.credit {algo.credit.id!r}" if algo.credit else f"algo.critic {algo.critic.id!r}"
             raise ConfigError(f"{which} assigns credit over the turns of multi-turn trajectories: set `env`, or a task "
                               "with an environment (task=guess_number)")  # fmt: skip
+        turned = [fn for fn in algo.all() if fn.needs & {"turn_rewards", "turn_info", "state_keys"}]
+        if turned:
+            raise ConfigError(f"{turned[0].kind} {turned[0].id!r} reads what an environment says after each turn: set "
+                              "`env`, or a task with an environment (task=reseek)")  # fmt: skip
         return None
     if task.train:  # an environment that cannot start an episode on this task's rows fails here, not in every step
         try:

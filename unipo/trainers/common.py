@@ -190,6 +190,7 @@ def check_runnable(algo: Algo, num_rewards: int = 1, max_len: int = 3) -> None:
         "segment_values": torch.tensor([[0.5, nan, nan, nan], [nan, 0.2, nan, nan], [nan] * 4, [0.0, 1.0, nan, nan]]),
         "turn_ids": torch.tensor([[0, 0, -1], [0, -1, 1], [0, 0, 0], [0, -1, 1]]),
         "turn_rewards": [[1.0], [0.0, 1.0], [0.0], [0.0, 0.0]], "state_keys": [[""], ["", "x"], [""], ["", "x"]],
+        "turn_info": [[{}], [{"judgement": {"said": True, "reference": False}}, {}], [{}], [{}, {}]],
     }  # fmt: skip
     logits = torch.randn(n, t, 5, generator=g)  # a 5-token vocabulary for the full-distribution inputs
     inputs["logits"], inputs["ref_logits"] = (

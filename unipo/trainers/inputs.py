@@ -62,6 +62,7 @@ PRODUCED_AT: dict[str, Stage] = {
     "turn_ids": Stage.COLLECT,  # [N, T] each token's policy turn, -1 on the environment's tokens (multi-turn)
     "turn_rewards": Stage.COLLECT,  # per trajectory, the environment's reward after each turn (multi-turn)
     "state_keys": Stage.COLLECT,  # per trajectory, the canonical state each turn acted in (multi-turn)
+    "turn_info": Stage.COLLECT,  # per trajectory, each environment step's `info` dict (multi-turn)
     "ref_logp": Stage.REFERENCE,
     "teacher_logp": Stage.REFERENCE,  # a frozen teacher's log-probs of the sampled tokens (`model.teacher_path`)
     # [N, T, V] the reference's log-softmax at every completion position (same forward as `ref_logp`)

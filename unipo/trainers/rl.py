@@ -470,6 +470,7 @@ def shape_inputs(s: RLState, batch: Rollouts, per_fn: torch.Tensor) -> dict[str,
         "reward_components": per_fn.to(device),
         "correct": torch.nan_to_num(per_fn[:, 0], nan=0.0).to(device) >= 1,
         "prompt_keys": [prompt_key(batch.rows[g]) for g in batch.group_ids.tolist()],
+        **({"turn_info": batch.extras["turn_info"]} if "turn_info" in batch.extras else {}),
     }
 
 

@@ -213,3 +213,26 @@ def test_rto_token_reward_by_hand():
     assert "token_rewards" in algos.entry("reward", "rto_token_reward").facts
     with pytest.raises(ValueError, match="must both be"):
         shaper("rto_token_reward")(torch.ones(3), lengths=torch.ones(3), ref_logp=ref, teacher_logp=dpo[:, :2])
+
+
+def test_reseek_judge_adds_each_judgements_reward_to_the_answer_reward_by_hand():
+    """reseek_judge: R_judge = 0.3 for agreement, −0.6 for "useful" on a useless result, −0.3 for "useless" on a
+    useful one (the official regex variant), summed over the judged steps; an unjudged step adds 0, NaN stays NaN."""
+    from unipo.algos import get
+
+    def judged(said, reference):
+        return {"judgement": {"said": said, "reference": reference}, "forget": not said}
+
+    rewards = torch.tensor([1.0, 0.0, 1.0, float("nan")])
+    turn_info = [
+        [judged(False, False), judged(True, True), {}],  # 1 + 0.3 + 0.3
+        [judged(True, False), judged(False, True)],  # 0 − 0.6 − 0.3
+        [{"tool_calls": 1}, {}],  # no judgement
+        [judged(True, True)],
+    ]
+    out = get("reward", "reseek_judge")(rewards, turn_info=turn_info)
+    torch.testing.assert_close(out[:3], torch.tensor([1.6, -0.9, 1.0]))
+    assert out[3].isnan()
+    custom = get("reward", "reseek_judge")(rewards[:2], turn_info=turn_info[:2], right=1.0, false_yes=-1.0,
+                                           false_no=-1.0)  # fmt: skip
+    torch.testing.assert_close(custom, torch.tensor([3.0, -2.0]))  # the paper's ±1 agreement

@@ -151,7 +151,7 @@ def test_a_parquet_task_file(tmp_path):
 
 def test_unknown_task():
     names = "arithmetic, calculator, code, countdown, critique, gsm_style, guess_number, json_struct, lucky7, python, "
-    names += "search, self_correct"
+    names += "reseek, search, self_correct"
     with pytest.raises(KeyError, match=f"built-in tasks: {names}"):
         get_task("chess")
 
