@@ -333,10 +333,47 @@ def _search_index() -> BM25:
     return BM25([doc for doc, _, _ in search_corpus()])
 
 
-def search_rows() -> list[Row]:
-    system = ("You can search a small encyclopedia: write <search>query</search> and stop; the best passages come "
-              "back as <result>passages</result>. When you know the answer, reply with only the number.")  # fmt: skip
-    return [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": q}], "answer": a}
+SEARCH_EXAMPLES = [
+    {"role": "user", "content": "How long is the river Tobarun, in km?"},
+    {"role": "assistant", "content": "<search>river Tobarun</search>"},
+    {"role": "tool", "content": "<result>The river Tobarun in the land of Kesh is 873 km long.</result>"},
+    {"role": "assistant", "content": "873"},
+    {"role": "user", "content": "In which year was the tower of Vimsal built?"},
+    {"role": "assistant", "content": "<search>tower of Vimsal</search>"},
+    {
+        "role": "tool",
+        "content": "<result>The tower of Vimsal was built in the year 1402 by the people of Orn.</result>",
+    },
+    {"role": "assistant", "content": "1402"},
+]
+"""Two worked episodes before each search question (names no corpus entry can have: its names are made of other
+syllables), as the calculator task's: from the system prompt alone the default model answers from memory and never
+searches (held-out greedy success 0.00)."""
+
+RESEEK_EXAMPLES = [
+    {"role": "user", "content": "How many thousand people live in Ardmoth?"},
+    {"role": "assistant", "content": "<search>Ardmoth</search>"},
+    {"role": "tool", "content": "<result>Mount Ardmoth, the highest peak of Gund, rises 1210 metres.</result>"},
+    {"role": "assistant", "content": "<judge>No</judge><search>city of Ardmoth inhabitants</search>"},
+    {
+        "role": "tool",
+        "content": "<result>The city of Ardmoth has 530 thousand inhabitants and lies east of Gund.</result>",
+    },  # fmt: skip
+    {"role": "assistant", "content": "<judge>Yes</judge> 530"},
+    *SEARCH_EXAMPLES[:2],
+    {"role": "tool", "content": "<result>The river Tobarun in the land of Kesh is 873 km long.</result>"},
+    {"role": "assistant", "content": "<judge>Yes</judge> 873"},
+]
+"""Worked episodes of the `reseek` task: a result judged useless and searched again, and one judged useful."""
+
+
+def search_rows(instruction: str | None = None, examples: list[dict[str, str]] | None = None) -> list[Row]:
+    system = instruction or (
+        "You can search a small encyclopedia: write <search>query</search> and stop; the best passages come back as "
+        "<result>passages</result>. When you know the answer, reply with only the number."
+    )
+    shown = SEARCH_EXAMPLES if examples is None else examples
+    return [{"prompt": [{"role": "system", "content": system}, *shown, {"role": "user", "content": q}], "answer": a}
             for _, q, a in search_corpus()]  # fmt: skip
 
 
@@ -351,7 +388,7 @@ Yes or No, before the next search or the answer), with this corpus's format."""
 
 
 def reseek_rows() -> list[Row]:
-    return [{**r, "prompt": [{"role": "system", "content": RESEEK_INSTRUCTION}, r["prompt"][1]]} for r in search_rows()]
+    return search_rows(RESEEK_INSTRUCTION, RESEEK_EXAMPLES)
 
 
 def guess_rows(high: int = 20, n: int = 400, seed: int = 11) -> list[Row]:
