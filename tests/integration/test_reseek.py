@@ -15,6 +15,7 @@ from unipo.models.logprobs import completion_logprobs
 from unipo.models.tiny import build_tiny_model
 from unipo.rollout import multiturn
 from unipo.rollout.multiturn import Renderer, rollout
+from unipo.trainers.dist import World
 
 ROWS = [{"prompt": [{"role": "user", "content": f"say {i}"}]} for i in range(3)]
 
@@ -59,6 +60,8 @@ def test_a_forgotten_reply_is_hidden_from_the_turns_after_the_one_that_read_it(e
     logp, _ = completion_logprobs(model, batch)
     policy = batch.loss_mask.bool()
     torch.testing.assert_close(logp[policy], batch.rollout_logp[policy], atol=1e-5, rtol=1e-5)
+    whole, _ = completion_logprobs(model, batch, share_prompt=False)  # each row's prompt run again: the same mask
+    torch.testing.assert_close(whole[policy], batch.rollout_logp[policy], atol=1e-5, rtol=1e-5)
 
     i = three[0]
     prompt = batch.prompt_ids[batch.group_ids[i]][batch.prompt_mask[batch.group_ids[i]].bool()]
@@ -133,3 +136,6 @@ def test_the_search_environment_judges_forgets_and_scores_as_reseek(forget, tiny
     assert env.tolist() == [1.0]
     shaped = get("reward", "reseek_judge")(env, turn_info=batch.extras["turn_info"])
     torch.testing.assert_close(shaped, torch.tensor([1.6]))
+    logged = multiturn.metrics(batch, World())
+    assert logged["env/forgotten_mean"] == float(forget) and logged["env/judgements_mean"] == 2.0
+    assert logged["env/judge_agreement"] == 1.0 and logged["env/tool_calls_mean"] == 2.0

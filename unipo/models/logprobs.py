@@ -121,15 +121,12 @@ def completion_hidden(model: Any, batch: Rollouts, *, share_prompt: bool = True,
     """Last hidden states of the backbone (N, T, H) at the positions that predict each completion token: h_t
     summarises the state s_t = (x, y_<t). With `states`, also the state after the last token: (N, T+1, H), so that
     row i's h[:, L_i] is s_{L_i} (a critic's bootstrap value). A batch with hidden tokens (`Rollouts.hide_from`, a
-    forgotten environment reply) runs each row whole, under the mask its turns were sampled with."""
+    forgotten environment reply) runs under the mask its turns were sampled with (`visibility_mask`)."""
     return as_forward(model, lambda: (_share_prompt_hidden if share_prompt else _full_hidden)(model, batch, states))
 
 
 def _share_prompt_hidden(model: Any, batch: Rollouts, states: bool = False) -> torch.Tensor:
-    """Hidden states (N, T, H) at the positions that predict each completion token, prompts run once each (a batch
-    with hidden tokens runs each row whole: `_full_hidden`)."""
-    if batch.hide_from.any():
-        return _full_hidden(model, batch, states)
+    """Hidden states (N, T, H) at the positions that predict each completion token, prompts run once each."""
     used, inverse = torch.unique(batch.group_ids, return_inverse=True)
     prompt_ids, prompt_mask = batch.prompt_ids[used], batch.prompt_mask[used]
     out = _backbone(model)(
@@ -143,6 +140,10 @@ def _share_prompt_hidden(model: Any, batch: Rollouts, states: bool = False) -> t
     cache.reorder_cache(inverse)
     completion_in = batch.completion_ids[:, :keep]
     attn = torch.cat([prompt_mask[inverse], batch.completion_mask[:, :keep]], dim=1)
+    if batch.hide_from.any():  # the completion's queries under the mask its turns were sampled with
+        width, hide_from = prompt_mask.shape[1], batch.hide_from[:, :keep]
+        hide = torch.cat([torch.zeros_like(prompt_mask[inverse]), (hide_from + width) * (hide_from > 0)], dim=1)
+        attn = visibility_mask(attn, hide, next(model.parameters()).dtype)[:, :, width:]
     positions = prompt_mask.sum(-1)[inverse, None] + torch.arange(completion_in.shape[1], device=attn.device)
     rest = _backbone(model)(
         input_ids=completion_in, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True

@@ -258,7 +258,7 @@ def _waves(
             ids, mask = left_pad([starts[trajs[i].group] + trajs[i].ids for i in live], tokenizer.pad_token_id,
                                  device)  # fmt: skip
             n_turn, turn_rows = 1, [rows[trajs[i].group] for i in live]
-        hide = _hidden(trajs, live, starts, mask) if any(any(trajs[i].hide_from) for i in live) else None
+        hide = _hidden(trajs, live, mask) if any(any(trajs[i].hide_from) for i in live) else None
         batch = sample_tokens(model, tokenizer, ids, mask, turn_rows, n=n_turn, max_new_tokens=max(caps),
                               generator=gens, hide_from=hide, **sampling)  # fmt: skip
         lengths = batch.completion_mask.sum(1).tolist()
@@ -273,7 +273,7 @@ def _waves(
         _step_envs([trajs[i] for i in live if not trajs[i].done], settings, renderer, tokenizer)
 
 
-def _hidden(trajs: list[_Trajectory], live: list[int], starts: list[list[int]], mask: torch.Tensor) -> torch.Tensor:
+def _hidden(trajs: list[_Trajectory], live: list[int], mask: torch.Tensor) -> torch.Tensor:
     """The live trajectories' `hide_from` in the coordinates of their left-padded histories (prompt included)."""
     width = mask.shape[1]
     out = torch.zeros_like(mask, dtype=torch.long)
@@ -364,11 +364,18 @@ def _assemble(trajs: list[_Trajectory], prompt_ids: torch.Tensor, prompt_mask: t
 
 def metrics(batch: Rollouts, world: Any) -> dict[str, float]:
     """The environments' side of a multi-turn batch on every rank: mean turns, tool calls and tool errors per
-    trajectory, and the episodes the environment failed (`env/errors`)."""
+    trajectory, the episodes the environment failed (`env/errors`), replies forgotten per trajectory, and, where the
+    environment judges (`info["judgement"]`: ReSeek), judgements per trajectory and the share that agree with the
+    reference."""
     x = batch.extras
-    rows = [[t, c, e, float(err is not None)] for t, c, e, err in
-            zip(x["turns"], x["tool_calls"], x["tool_errors"], x["env_error"], strict=True)]  # fmt: skip
-    table = world.gather_rows(torch.tensor(rows, dtype=torch.float32, device=batch.group_ids.device).view(-1, 4))
-    mean = table.mean(0).tolist() if table.shape[0] else [0.0] * 4
-    return {"env/turns_mean": mean[0], "env/tool_calls_mean": mean[1], "env/tool_errors_mean": mean[2],
-            "env/errors": float(table[:, 3].sum())}  # fmt: skip
+    judged = [[i["judgement"] for i in steps if i.get("judgement")] for steps in x["turn_info"]]
+    rows = [[t, c, e, float(err is not None), len(set(h.tolist()) - {0}), len(j), sum(a["said"] == a["reference"]
+             for a in j)] for t, c, e, err, h, j in zip(x["turns"], x["tool_calls"], x["tool_errors"], x["env_error"],
+                                                       batch.hide_from, judged, strict=True)]  # fmt: skip
+    table = world.gather_rows(torch.tensor(rows, dtype=torch.float32, device=batch.group_ids.device).view(-1, 7))
+    mean = table.mean(0).tolist() if table.shape[0] else [0.0] * 7
+    out = {"env/turns_mean": mean[0], "env/tool_calls_mean": mean[1], "env/tool_errors_mean": mean[2],
+           "env/errors": float(table[:, 3].sum()), "env/forgotten_mean": mean[4]}  # fmt: skip
+    if table[:, 5].sum() > 0:
+        out |= {"env/judgements_mean": mean[5], "env/judge_agreement": float(table[:, 6].sum() / table[:, 5].sum())}
+    return out
