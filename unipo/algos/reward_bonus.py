@@ -226,6 +226,7 @@ def reseek_judge(
     right: float = 0.3,
     false_yes: float = -0.6,
     false_no: float = -0.3,
+    answered_only: bool = True,
 ) -> torch.Tensor:
     """ReSeek's judge reward (https://github.com/TencentBAC/ReSeek), added to the answer reward.
 
@@ -234,13 +235,18 @@ def reseek_judge(
     when it calls a useful one useless. The defaults and the reference (the result holds the gold answer:
     envs.builtin.SearchEnv with `judge`) are the official code's regex variant; its release scores the reference with
     a reranker instead, and a "yes" in an episode whose answer is right always counts as right there (not here). The
-    paper states only the sign: ± for agreement. A turn without a judgement adds nothing; NaN stays NaN.
+    paper states only the sign: ± for agreement. As in the official code, only a trajectory that ends in an answer
+    (a step's `info["answered"]`, envs.ToolEnv) earns judge rewards (`answered_only`): without that, GRPO on the
+    default model learned to search and judge until the turns ran out (measured 2026-12-03: over 12 steps the
+    shaped reward rose from 0.00 to 0.26 and judge agreement from 0.38 to 0.87, the answer reward stayed at 0.00-0.03).
+    A turn without a judgement adds nothing; NaN stays NaN.
 
     Args:
         rewards: [N] the trajectories' rewards (the environment's answer reward).
         turn_info: per trajectory, each environment step's `info`; a judged step's holds `judgement` = {said,
             reference} (bools: the agent and the reference call the result useful).
         right, false_yes, false_no: R_judge of an agreeing judgement and of the two disagreements.
+        answered_only: judge rewards only for trajectories with an answered step.
 
     Returns:
         [N] shaped rewards.
@@ -248,6 +254,8 @@ def reseek_judge(
     bonus = []
     for steps in turn_info:
         total = 0.0
+        if answered_only and not any(info.get("answered") for info in steps):
+            steps = []
         for info in steps:
             j = info.get("judgement")
             if j is not None:

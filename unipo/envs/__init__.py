@@ -19,7 +19,8 @@ instances live in worker processes (envs/workers.py), where a step past `env.tim
 `ToolEnv` is the base of tool-using environments: it parses a call from the turn's own text (tagged, Search-R1 style
 `<calc>2*3</calc>`, or JSON, Hermes/Qwen style `<tool_call>{"name": "calc", "arguments": "2*3"}</tool_call>`), runs
 the tool under a time limit and answers with its result; a malformed call, an unknown tool, a tool that raises or
-runs past its limit gets an error observation (counted), never a crash. A turn with no call is the final answer.
+runs past its limit gets an error observation (counted), never a crash. A turn with no call is the final answer
+(`info["answered"]`).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class ToolEnv:
         except ToolError as e:
             return Step(f"<error>{e}</error>", 0.0, False, {"tool_calls": 1, "tool_errors": 1})
         if call is None:
-            return Step(None, self.answer_reward(action), True, {})
+            return Step(None, self.answer_reward(action), True, {"answered": True})
         name, argument = call
         try:
             result = str(run_with_limit(lambda: self.tools[name](argument), self.tool_timeout_s))

@@ -392,11 +392,17 @@ def reseek_rows() -> list[Row]:
 
 
 def guess_rows(high: int = 20, n: int = 400, seed: int = 11) -> list[Row]:
+    """Each game opens with a worked one, halving the interval (as the calculator and search tasks' examples: from
+    the rules alone the default model answers in prose, held-out greedy success 0.00)."""
     rng = random.Random(seed)
     text = (f"I am thinking of a whole number from 1 to {high}. Guess it: reply with only a number, and I will say "
             "whether mine is higher or lower.")  # fmt: skip
-    return [{"prompt": [{"role": "user", "content": text}], "secret": rng.randint(1, high), "episode": i}
-            for i in range(n)]  # fmt: skip
+    mid = (high + 1) // 2
+    shown = [{"role": "user", "content": text}, {"role": "assistant", "content": str(mid)},
+             {"role": "user", "content": "Higher."}, {"role": "assistant", "content": str((mid + 1 + high) // 2)},
+             {"role": "user", "content": "Lower."}, {"role": "assistant", "content": str(mid + 2)},
+             {"role": "user", "content": f"Right, it was {mid + 2}. New game. {text}"}]  # fmt: skip
+    return [{"prompt": shown, "secret": rng.randint(1, high), "episode": i} for i in range(n)]
 
 
 def self_correct_rows() -> list[Row]:

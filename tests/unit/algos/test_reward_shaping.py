@@ -217,22 +217,27 @@ def test_rto_token_reward_by_hand():
 
 def test_reseek_judge_adds_each_judgements_reward_to_the_answer_reward_by_hand():
     """reseek_judge: R_judge = 0.3 for agreement, −0.6 for "useful" on a useless result, −0.3 for "useless" on a
-    useful one (the official regex variant), summed over the judged steps; an unjudged step adds 0, NaN stays NaN."""
+    useful one (the official regex variant), summed over the judged steps of a trajectory that answered; an unjudged
+    step adds 0, NaN stays NaN."""
     from unipo.algos import get
 
     def judged(said, reference):
         return {"judgement": {"said": said, "reference": reference}, "forget": not said}
 
-    rewards = torch.tensor([1.0, 0.0, 1.0, float("nan")])
+    rewards = torch.tensor([1.0, 0.0, 1.0, float("nan"), 0.0])
+    answered = {"answered": True}
     turn_info = [
-        [judged(False, False), judged(True, True), {}],  # 1 + 0.3 + 0.3
-        [judged(True, False), judged(False, True)],  # 0 − 0.6 − 0.3
-        [{"tool_calls": 1}, {}],  # no judgement
-        [judged(True, True)],
+        [judged(False, False), judged(True, True), answered],  # 1 + 0.3 + 0.3
+        [judged(True, False), {**judged(False, True), **answered}],  # 0 − 0.6 − 0.3
+        [{"tool_calls": 1}, answered],  # no judgement
+        [judged(True, True), answered],
+        [judged(False, False), judged(False, False)],  # never answered: no judge reward (the official code's rule)
     ]
     out = get("reward", "reseek_judge")(rewards, turn_info=turn_info)
-    torch.testing.assert_close(out[:3], torch.tensor([1.6, -0.9, 1.0]))
+    torch.testing.assert_close(out[[0, 1, 2, 4]], torch.tensor([1.6, -0.9, 1.0, 0.0]))
     assert out[3].isnan()
+    every = get("reward", "reseek_judge")(rewards[4:], turn_info=turn_info[4:], answered_only=False)
+    torch.testing.assert_close(every, torch.tensor([0.6]))
     custom = get("reward", "reseek_judge")(rewards[:2], turn_info=turn_info[:2], right=1.0, false_yes=-1.0,
                                            false_no=-1.0)  # fmt: skip
     torch.testing.assert_close(custom, torch.tensor([3.0, -2.0]))  # the paper's ±1 agreement

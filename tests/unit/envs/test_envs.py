@@ -54,7 +54,7 @@ def test_calculator_env_runs_a_tool_then_scores_the_final_answer():
     assert step == Step("<result>66</result>", 0.0, False, {"tool_calls": 1})
     bad = env.step("<calc>37 +* 2</calc>")
     assert bad.observation.startswith("<error>") and not bad.done and bad.info == {"tool_calls": 1, "tool_errors": 1}
-    assert env.step("So 66.") == Step(None, 1.0, True, {})
+    assert env.step("So 66.") == Step(None, 1.0, True, {"answered": True})
     assert env.step("It is 65").reward == 0.0
 
 
