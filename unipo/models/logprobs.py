@@ -141,9 +141,8 @@ def _share_prompt_hidden(model: Any, batch: Rollouts, states: bool = False) -> t
     completion_in = batch.completion_ids[:, :keep]
     attn = torch.cat([prompt_mask[inverse], batch.completion_mask[:, :keep]], dim=1)
     if batch.hide_from.any():  # the completion's queries under the mask its turns were sampled with
-        width, hide_from = prompt_mask.shape[1], batch.hide_from[:, :keep]
-        hide = torch.cat([torch.zeros_like(prompt_mask[inverse]), (hide_from + width) * (hide_from > 0)], dim=1)
-        attn = visibility_mask(attn, hide, next(model.parameters()).dtype)[:, :, width:]
+        width = prompt_mask.shape[1]
+        attn = _visibility(model, attn, width, batch.hide_from[:, :keep])[:, :, width:]
     positions = prompt_mask.sum(-1)[inverse, None] + torch.arange(completion_in.shape[1], device=attn.device)
     rest = _backbone(model)(
         input_ids=completion_in, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True
@@ -159,9 +158,15 @@ def _full_hidden(model: Any, batch: Rollouts, states: bool = False) -> torch.Ten
     width = prompt_ids.shape[1]
     attend = attn
     if batch.hide_from.any():
-        hide = torch.cat([torch.zeros_like(prompt_mask), (batch.hide_from + width) * (batch.hide_from > 0)], dim=1)
-        attend = visibility_mask(attn, hide, next(model.parameters()).dtype)
+        attend = _visibility(model, attn, width, batch.hide_from)
     hidden = _backbone(model)(
         input_ids=ids, attention_mask=attend, position_ids=prompt_positions(attn)
     ).last_hidden_state
     return hidden[:, width - 1 :] if states else hidden[:, width - 1 : -1]
+
+
+def _visibility(model: Any, attn: torch.Tensor, width: int, hide_from: torch.Tensor) -> torch.Tensor:
+    """The (N, 1, L, L) mask of prompt (`width` columns) + completion under `attn`, the completion's `hide_from` moved
+    into the sequence's coordinates (`rollout.hf.visibility_mask`)."""
+    hide = torch.cat([torch.zeros_like(attn[:, :width]), (hide_from + width) * (hide_from > 0)], dim=1)
+    return visibility_mask(attn, hide, next(model.parameters()).dtype)
