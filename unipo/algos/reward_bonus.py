@@ -251,14 +251,11 @@ def reseek_judge(
     Returns:
         [N] shaped rewards.
     """
-    bonus = []
-    for steps in turn_info:
-        total = 0.0
-        if answered_only and not any(info.get("answered") for info in steps):
-            steps = []
-        for info in steps:
-            j = info.get("judgement")
-            if j is not None:
-                total += right if j["said"] == j["reference"] else false_yes if j["said"] else false_no
-        bonus.append(total)
+
+    def judge_reward(j: dict) -> float:
+        return right if j["said"] == j["reference"] else false_yes if j["said"] else false_no
+
+    bonus = [sum(judge_reward(i["judgement"]) for i in steps if i.get("judgement"))
+             if not answered_only or any(i.get("answered") for i in steps) else 0.0
+             for steps in turn_info]  # fmt: skip
     return rewards + torch.tensor(bonus, dtype=rewards.dtype, device=rewards.device)

@@ -162,8 +162,6 @@ class BM25:
         return [self.docs[i] for i in order[:k] if scores[i] > 0]
 
 
-RESEEK = "ReSeek, a self-correcting search agent with a JUDGE action (TencentBAC 2025, github.com/TencentBAC/ReSeek)"
-
 _JUDGE = re.compile(r"<judge>\s*(yes|no|good|bad)\s*</judge>", re.I)
 
 
@@ -172,12 +170,12 @@ class SearchEnv(ToolEnv):
     passages of a small local corpus shipped with unipo (fictional facts, so the answer must be looked up) by BM25;
     the final reply scores 1 when its last number is the answer.
 
-    With `judge`, ReSeek's JUDGE action (RESEEK): the turn after a search result opens with `<judge>Yes</judge>` or
-    `<judge>No</judge>` (is the result useful?) before its next call or answer, as the official prompt asks. Its
-    `info["judgement"]` is {said, reference}, the reference being whether the result holds the gold answer (the
-    official code's substring rule); the `reseek_judge` reward shaper scores it. With `forget`, a result judged
-    useless leaves the context of every later turn (`info["forget"]`: the paper's rule C_t = τ_{t−1} ⊕ 1[j_t =
-    good]·o_t; the official code keeps it, so `forget=False` is the code's behaviour)."""
+    With `judge`, ReSeek's JUDGE action (TencentBAC 2025, github.com/TencentBAC/ReSeek): the turn after a search
+    result opens with `<judge>Yes</judge>` or `<judge>No</judge>` (is the result useful?) before its next call or
+    answer, as the official prompt asks. Its `info["judgement"]` is {said, reference}, the reference being whether the
+    result holds the gold answer (the official code's substring rule); the `reseek_judge` reward shaper scores it.
+    With `forget`, a result judged useless leaves the context of every later turn (`info["forget"]`: the paper's rule
+    C_t = τ_{t−1} ⊕ 1[j_t = good]·o_t; the official code keeps it, so `forget=False` is the code's behaviour)."""
 
     def __init__(self, top_k: int = 2, judge: bool = False, forget: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
@@ -360,8 +358,7 @@ RESEEK_EXAMPLES = [
         "content": "<result>The city of Ardmoth has 530 thousand inhabitants and lies east of Gund.</result>",
     },  # fmt: skip
     {"role": "assistant", "content": "<judge>Yes</judge> 530"},
-    *SEARCH_EXAMPLES[:2],
-    {"role": "tool", "content": "<result>The river Tobarun in the land of Kesh is 873 km long.</result>"},
+    *SEARCH_EXAMPLES[:3],
     {"role": "assistant", "content": "<judge>Yes</judge> 873"},
 ]
 """Worked episodes of the `reseek` task: a result judged useless and searched again, and one judged useful."""
