@@ -83,7 +83,9 @@ def run_trl(args: argparse.Namespace) -> dict:
         trainer.train()
         seconds = time.perf_counter() - start
     after = _heldout_accuracy(trainer.model, tokenizer, args.eval) if args.eval else None
-    return {"train_s": seconds, "accuracy_before": before, "accuracy_after": after}
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    tokens = sum(lengths) * args.prompts * args.group  # logged every step: the batch's mean completion length
+    return {"train_s": seconds, "accuracy_before": before, "accuracy_after": after, "completion_tokens": tokens}
 
 
 def _as_list(ids) -> list:
@@ -166,6 +168,7 @@ def run_unipo(args: argparse.Namespace) -> dict:
         "accuracy_before": before if args.eval else None,
         "accuracy_after": after,
         "step_s_mean": sum(r["time/step_s"] for r in steps) / len(steps),
+        "completion_tokens": sum(r["tokens/completion_mean"] for r in steps) * args.prompts * args.group,
     }
 
 
@@ -200,9 +203,15 @@ def main() -> None:
         "results": results,
         "speedup_train_time": t["train_s"] / u["train_s"],
         "memory_ratio_trl_over_unipo": t["peak_rss_mb"] / u["peak_rss_mb"],
+        # time per completion token: the two runs sample different lengths (both count through the EOS token)
+        "time_per_token_ratio_unipo_over_trl": (u["train_s"] / u["completion_tokens"])
+        / (t["train_s"] / t["completion_tokens"]),
     }
     speed, mem = summary["speedup_train_time"], summary["memory_ratio_trl_over_unipo"]
     print(f"train time: TRL {t['train_s']:.0f} s, unipo {u['train_s']:.0f} s -> unipo is {speed:.2f}x faster")
+    print(f"per completion token: TRL {1e3 * t['train_s'] / t['completion_tokens']:.0f} ms, unipo "
+          f"{1e3 * u['train_s'] / u['completion_tokens']:.0f} ms -> unipo/TRL "
+          f"{summary['time_per_token_ratio_unipo_over_trl']:.2f}")  # fmt: skip
     print(f"peak RSS: TRL {t['peak_rss_mb']:.0f} MB, unipo {u['peak_rss_mb']:.0f} MB -> TRL/unipo {mem:.2f}")
     if args.eval:
         print(f"held-out accuracy: TRL {t['accuracy_before']:.2f} -> {t['accuracy_after']:.2f}, "

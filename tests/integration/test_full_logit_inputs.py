@@ -6,7 +6,7 @@ import torch
 
 from unipo import algos, config
 from unipo.algos.aggregation import token_mean
-from unipo.models.loading import load_model_and_tokenizer
+from unipo.models.loading import load_model_and_tokenizer, store_as_autocast
 from unipo.models.logprobs import completion_logprobs
 from unipo.rollout.hf import sample
 from unipo.trainers.common import build_algo, build_optimizer
@@ -143,3 +143,24 @@ def test_adv_post_whitens_and_clips_what_the_update_receives(tiny_model_dir, tmp
         expected = ((adv - tokens.mean()) / (tokens.std() + 1e-8)).clamp(-1.5, 1.5)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert spread >= 2  # the check ran on batches with reward spread
+
+
+def test_a_frozen_model_stored_as_autocast_gives_the_same_outputs_bit_for_bit_in_half_the_linear_memory(
+    tiny_model_dir,
+):
+    model, tokenizer = _tiny(tiny_model_dir)
+    stored, _ = _tiny(tiny_model_dir)
+    linear = [m for m in stored.modules() if isinstance(m, torch.nn.Linear)]
+    tied = stored.get_input_embeddings().weight
+    expect = sum(m.weight.numel() for m in linear if m.weight is not tied)
+    assert store_as_autocast(stored, "off") == 0 and all(p.dtype == torch.float32 for p in stored.parameters())
+    assert store_as_autocast(stored, "bf16") == expect > 0
+    assert all(m.weight.dtype == (torch.float32 if m.weight is tied else torch.bfloat16) for m in linear)
+    assert stored.get_input_embeddings().weight.dtype == torch.float32  # the lookup runs outside autocast
+    batch = _batch(model, tokenizer)
+    cfg = config.load("grpo", ["model.autocast=bf16"])
+    a, b = frozen_forward(model, batch, cfg, full=True), frozen_forward(stored, batch, cfg, full=True)
+    assert torch.equal(a["logp"], b["logp"]) and torch.equal(a["log_softmax"], b["log_softmax"])
+    # without autocast the float32 model computes something else: the equality above is autocast's rounding
+    plain = frozen_forward(model, batch, config.load("grpo", ["model.autocast=off"]))
+    assert not torch.equal(plain["logp"], a["logp"])

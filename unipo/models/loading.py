@@ -121,6 +121,34 @@ def autocast_context(model: Any, mode: str) -> contextlib.AbstractContextManager
     return torch.autocast(param.device.type, dtype=torch.bfloat16)
 
 
+def store_as_autocast(model: Any, mode: str) -> int:
+    """Store a frozen model's `nn.Linear` weights in bf16 when its forwards run under bf16 autocast
+    (`autocast_context`); returns how many parameters were cast.
+
+    Autocast casts a Linear's float32 weight (and bias) to bf16 at every call, rounding to nearest even; a weight
+    stored already rounded the same way passes through uncast, so every output is bit for bit what it was, and the
+    model holds half the memory for these weights (on SmolLM2-135M 0.21 GB of a reference model). A weight shared
+    with the input embedding (a tied LM head) is left alone: the embedding lookup runs outside autocast. The other
+    parameters are copied out of the safetensors file's memory mapping, which would otherwise stay resident whole
+    (measured: 0.5 GB of file pages for SmolLM2-135M after the cast, without the copies). For frozen models only: a
+    weight that is trained or mixed into (`ref_sync`) needs float32.
+    """
+    import torch
+
+    if isinstance(autocast_context(model, mode), contextlib.nullcontext):
+        return 0
+    tied = model.get_input_embeddings().weight
+    linear = {id(p) for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False)}
+    cast = 0
+    for p in model.parameters():
+        if id(p) in linear and p is not tied:
+            p.data = p.data.to(torch.bfloat16)
+            cast += p.numel()
+        else:  # its own storage: the loaded weights are a mapping of the file, which one kept tensor keeps resident
+            p.data = p.data.clone()
+    return cast
+
+
 def _cpu_autocast_pays(param: torch.Tensor) -> bool:
     import torch
 

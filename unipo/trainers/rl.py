@@ -19,7 +19,7 @@ import torch
 from unipo import algos
 from unipo.config import Config, ConfigError
 from unipo.data.tasks import PromptStream, get_task
-from unipo.models.loading import load_model_and_tokenizer, load_policy
+from unipo.models.loading import load_model_and_tokenizer, load_policy, store_as_autocast
 from unipo.models.lora import BaseView
 from unipo.rollout.batch import Origin, Rollouts
 from unipo.rollout.multiturn import metrics as env_metrics
@@ -77,14 +77,7 @@ def train(cfg: Config) -> Path:
     model, tokenizer = load_policy(cfg.model, resume, device_for(cfg))
     model = world.shard(model)  # dist.strategy=fsdp2: this rank keeps a shard of each parameter
     model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
-    ref = None
-    if algo.needs_ref and cfg.model.lora.r:  # the initial policy is the model with its adapter disabled
-        ref = BaseView(model)
-    elif algo.needs_ref:  # the initial policy, also on resume, unless `ref_sync` moves it (then it is checkpointed)
-        synced = resume is not None and algo.ref_sync is not None and (resume / REFERENCE).is_dir()
-        ref, _ = load_model_and_tokenizer(str(resume / REFERENCE) if synced else cfg.model.path,
-                                          device=device_for(cfg), dtype=cfg.model.dtype)  # fmt: skip
-        ref = world.shard(ref.eval().requires_grad_(False))
+    ref = load_reference(cfg, algo, model, resume, world) if algo.needs_ref else None
     teacher = load_teacher(cfg, tokenizer) if "teacher_logp" in algo.needs else None
     optimizer, scheduler = build_optimizer(model, cfg)
     critic = critics.build(cfg, resume, saved, td=algo.has_fact("critic", "td_replay")) if algo.critic else None
@@ -434,6 +427,19 @@ def frozen_logps(s: RLState, batch: Rollouts, timer: Timer) -> dict[str, torch.T
     return out
 
 
+def load_reference(cfg: Config, algo: Algo, model: Any, resume: Path | None, world: World) -> Any:
+    """The reference policy: the initial policy, also on resume, unless `ref_sync` moves it (then it is
+    checkpointed); with LoRA, the policy with its adapter disabled."""
+    if cfg.model.lora.r:
+        return BaseView(model)
+    synced = resume is not None and algo.ref_sync is not None and (resume / REFERENCE).is_dir()
+    ref, _ = load_model_and_tokenizer(str(resume / REFERENCE) if synced else cfg.model.path,
+                                      device=device_for(cfg), dtype=cfg.model.dtype)  # fmt: skip
+    if algo.ref_sync is None and not world.sharded:  # FSDP2 gathers one dtype per layer
+        store_as_autocast(ref, cfg.model.autocast)
+    return world.shard(ref.eval().requires_grad_(False))
+
+
 def load_teacher(cfg: Config, tokenizer: Any) -> Any:
     """The frozen teacher (`model.teacher_path`), which must share the student's tokenizer: it scores the student's
     token ids as they are."""
@@ -442,6 +448,7 @@ def load_teacher(cfg: Config, tokenizer: Any) -> Any:
     if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ConfigError(f"model.teacher_path: {cfg.model.teacher_path} has another tokenizer than the student; "
                           "the teacher scores the student's token ids, so both need one")  # fmt: skip
+    store_as_autocast(teacher, cfg.model.autocast)
     return teacher.eval().requires_grad_(False)
 
 
