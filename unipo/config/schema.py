@@ -51,6 +51,9 @@ class ModelConfig(_Strict):
     once, and the backward pass recomputes each chunk's logits (one extra LM-head matmul per token). 0: all at once.
     Components that read the full logits or values derived from them (`kl_full`, the `sum_pi_squared` inputs) keep
     them whole."""
+    activation_checkpointing: bool = False
+    """Keep only each decoder layer's input in the update's forward and recompute the layer in the backward pass
+    (about one extra forward; KV cache of the shared prompt kept, `models/checkpointing.py`)."""
     lora: LoraSettings = LoraSettings()
     """`model.lora.r > 0` trains LoRA adapters; the reference policy is then the model with its adapter disabled."""
 

@@ -184,11 +184,18 @@ def load_model_and_tokenizer(path: str, *, device: str = "auto", dtype: str = "a
 
 def load_policy(model_cfg: Any, resume: Path | None, device: str | None = None) -> tuple[Any, Any]:
     """The model a trainer trains, and its tokenizer: the checkpoint being resumed, else `model.path`. With LoRA
-    (`model.lora.r > 0`), the base from `model.path` plus adapters: new ones, or the checkpoint's when resuming."""
+    (`model.lora.r > 0`), the base from `model.path` plus adapters: new ones, or the checkpoint's when resuming; its
+    decoder layers checkpointed with `model.activation_checkpointing`."""
+    from unipo.models.checkpointing import checkpoint_layers
     from unipo.models.lora import with_lora
 
     device, dtype = device or model_cfg.device, model_cfg.dtype
     if not model_cfg.lora.r:
-        return load_model_and_tokenizer(str(resume) if resume else model_cfg.path, device=device, dtype=dtype)
-    model, tokenizer = load_model_and_tokenizer(model_cfg.path, device=device, dtype=dtype)
-    return with_lora(model, model_cfg.lora, resume), tokenizer
+        model, tokenizer = load_model_and_tokenizer(str(resume) if resume else model_cfg.path, device=device,
+                                                    dtype=dtype)  # fmt: skip
+    else:
+        model, tokenizer = load_model_and_tokenizer(model_cfg.path, device=device, dtype=dtype)
+        model = with_lora(model, model_cfg.lora, resume)
+    if model_cfg.activation_checkpointing:
+        checkpoint_layers(model)
+    return model, tokenizer
