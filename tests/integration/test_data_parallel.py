@@ -188,6 +188,30 @@ def test_a_group_filter_keeps_on_two_ranks_what_one_process_keeps(tiny_model_dir
             assert b[step][key] == a[step][key], (step, key)
 
 
+@pytest.mark.parametrize(
+    ("strategy", "sampler", "frac"),
+    [("ddp", "{name: hpt, solved_above: 0.8}", "sampler/demo_frac"),
+     ("fsdp2", "{name: gt_in_group_recon}", "sampler/ground_truth_frac")],
+)  # fmt: skip
+def test_a_per_group_sampler_acts_on_two_ranks_as_one_process_does(tiny_model_dir, tmp_path, strategy, sampler, frac):
+    # HPT: a group with no reply above 0.8 (about 0.8^4 of them) trains on its demonstration instead, with `sft_nll`;
+    # ViSurf: a rollout of each group is replaced by the reference, trained with the group's advantage. Each rank acts
+    # on its own groups; the step's gradient (global counts per loss term) and the sampler's batch statistics are the
+    # one process's
+    sft = ("algo.regularizers=[{name: sft_nll, coef: 1.0}]",) if "hpt" in sampler else ()
+    args = (f"algo.sampler={sampler}", *sft, "task=arithmetic", "train.max_steps=3")
+    alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *args, strategy=strategy)
+    _same_steps(pair, alone, (1, 2, 3))
+    a, b = _steps(alone), _steps(pair)
+    for step in (1, 2, 3):
+        for key in [k for k in a[step] if k.startswith(("sampler/", "sft/"))]:
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-6), (step, key)
+    if "hpt" in sampler:  # some groups switched and some not, on some step
+        assert any(0 < a[step][frac] < 1 for step in (1, 2, 3)), [a[step][frac] for step in (1, 2, 3)]
+    else:
+        assert all(a[step][frac] == 1 for step in (1, 2, 3))
+
+
 def test_fsdp2_moves_a_sharded_reference_as_one_process(tiny_model_dir, tmp_path):
     # TR-DPO's refresh every step: each rank mixes its shard of the reference towards its shard of the policy
     sync = ("algo.kl.coef=0.05", "algo.ref_sync={name: ref_sync, alpha: 0.5, every: 1}", "train.max_steps=3")

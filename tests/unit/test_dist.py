@@ -1,5 +1,7 @@
 """trainers/dist.py alone (one process) and the per-completion sampler of rollout/hf.py."""
 
+import math
+
 import pytest
 import torch
 
@@ -42,7 +44,7 @@ def test_one_rank_world_is_the_identity():
     assert World(1, 2).share([1, 2, 3, 4]) == [3, 4]
 
 
-def test_only_group_filters_run_on_several_ranks_and_with_ddp():
+def test_only_group_filters_and_per_group_replacements_run_on_several_ranks():
     refused = [
         ("pf_ppo", "ddp", r"^algo.sampler 'pf_ppo': of the samplers, only group filters"),
         ("dynamic_sampling", "fsdp2", r"^algo.sampler 'dynamic_sampling' runs on several ranks with dist.strat"),
@@ -53,6 +55,10 @@ def test_only_group_filters_run_on_several_ranks_and_with_ddp():
             check_data_parallel(cfg, build_algo(cfg))
     cfg = config.load("grpo", ["algo.sampler={name: dynamic_sampling}"])
     check_data_parallel(cfg, build_algo(cfg))
+    for sampler in ("hpt", "gt_in_group_recon"):  # every group kept: FSDP2 too
+        cfg = config.load("grpo", ["dist.strategy=fsdp2", f"algo.sampler={{name: {sampler}}}"])
+        check_data_parallel(cfg, build_algo(cfg))
+    assert World().ratio(3, 4) == 0.75 and math.isnan(World().ratio(0, 0))
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,11 @@ def branches(algo: Algo) -> bool:
     return algo.has_fact("sampler", "branch") or algo.has_fact("sampler", "entropy_branch")
 
 
+PER_GROUP_FACTS = frozenset({"demonstrations", "ground_truth"})
+"""The sampler facts whose act on a group depends on that group's own samples alone and generates nothing, so that
+each rank acts on its own groups as one process acts on all of them (`collect`); every group is kept."""
+
+
 def check_data_parallel(cfg: Config, algo: Algo) -> None:
     """What cannot yet run on several ranks is refused before any model loads."""
     if cfg.dist.ray and not cfg.dist.ray_address:
@@ -104,10 +109,14 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
     if algo.has_fact("critic", "td_replay"):
         raise ConfigError(f"algo.critic {algo.critic.id!r} trains on a replay of past trajectories, which runs in one "
                           "process only for now; launch without torchrun")  # fmt: skip
-    if algo.sampler is not None and algos.entry("sampler", algo.sampler.id).facts & NON_FILTER_FACTS:
+    facts = algos.entry("sampler", algo.sampler.id).facts if algo.sampler is not None else frozenset()
+    if facts & NON_FILTER_FACTS - PER_GROUP_FACTS:
         raise ConfigError(f"algo.sampler {algo.sampler.id!r}: of the samplers, only group filters (e.g. "
-                          "dynamic_sampling) run on several ranks for now; launch without torchrun")  # fmt: skip
-    if algo.sampler is not None and cfg.dist.strategy == "fsdp2":  # a rank may keep no group, and run no forward
+                          "dynamic_sampling) and those that replace samples within their group from the group alone "
+                          "(hpt, gt_in_group_recon) run on several ranks for now; launch without "
+                          "torchrun")  # fmt: skip
+    if algo.sampler is not None and not facts & PER_GROUP_FACTS and cfg.dist.strategy == "fsdp2":
+        # a rank may keep no group, and run no forward
         raise ConfigError(f"algo.sampler {algo.sampler.id!r} runs on several ranks with dist.strategy=ddp only for "
                           "now (a rank whose groups the filter drops has no sample to join the sharded passes "
                           "with)")  # fmt: skip

@@ -46,7 +46,7 @@ from unipo.rollout.inject import demonstrations, reference_text, scaf_hint_level
 from unipo.rollout.multiturn import rollout
 from unipo.trainers import branching
 from unipo.trainers.common import Algo, Timer, bound_params, call
-from unipo.trainers.dist import sample_generators
+from unipo.trainers.dist import World, sample_generators
 from unipo.trainers.retry import retried
 
 if TYPE_CHECKING:
@@ -168,8 +168,8 @@ def _with_demonstrations(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.
     no policy gradient) and trained on by `sft_nll`."""
     switch = algo.sampler(s.scorer.combine(per_fn), batch.group_ids.cpu()).to(batch.group_ids.device)
     prompts = torch.unique(batch.group_ids[switch])
-    stats = {"sampler/demo_frac": prompts.numel() / batch.prompt_ids.shape[0],
-             "sampler/sampled_reward": nanmean(s.scorer.combine(per_fn))}  # before the switch  # fmt: skip
+    stats = {"sampler/demo_frac": s.world.ratio(prompts.numel(), batch.prompt_ids.shape[0]),
+             "sampler/sampled_reward": nanmean(s.scorer.combine(per_fn), s.world)}  # before the switch  # fmt: skip
     if prompts.numel() == 0:
         return batch, per_fn, stats
     demos = demonstrations(batch, prompts, s.tokenizer, s.cfg.rollout.max_new_tokens)
@@ -431,14 +431,14 @@ def _with_ground_truth(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Te
     EOS, `Origin.DEMONSTRATION`), scored by the reward functions like a rollout and trained with the group's
     advantage."""
     out = _marks(s, algo, batch, per_fn).nonzero().squeeze(-1)
-    stats = {"sampler/ground_truth_frac": out.numel() / batch.prompt_ids.shape[0]}
-    if out.numel() == 0:
-        return batch, per_fn, stats
+    stats = {"sampler/ground_truth_frac": s.world.ratio(out.numel(), batch.prompt_ids.shape[0])}
     prompts = batch.group_ids[out]
-    truth = demonstrations(batch, prompts, s.tokenizer, s.cfg.rollout.max_new_tokens)
+    truth = demonstrations(batch, prompts, s.tokenizer, s.cfg.rollout.max_new_tokens) if out.numel() else None
     with timer("score"):
-        truth_fn = s.scorer.score(truth)
-    stats["sampler/ground_truth_reward"] = nanmean(s.scorer.combine(truth_fn))
+        truth_fn = s.scorer.score(truth) if truth is not None else per_fn[:0]
+    stats["sampler/ground_truth_reward"] = nanmean(s.scorer.combine(truth_fn), s.world)  # every rank joins the sum
+    if truth is None:
+        return batch, per_fn, stats
     truth.group_ids = prompts[truth.group_ids]  # index batch's prompts (the same rows)
     keep = torch.ones(batch.num_completions + out.numel(), dtype=torch.bool, device=batch.group_ids.device)
     keep[out] = False
@@ -493,7 +493,7 @@ def greedy_rewards(s: RLState, batch: Rollouts) -> torch.Tensor:
     return per_prompt[batch.group_ids]
 
 
-def nanmean(x: torch.Tensor) -> float:
-    """The mean of the entries that are not NaN (NaN when there are none)."""
+def nanmean(x: torch.Tensor, world: World | None = None) -> float:
+    """The mean of the entries that are not NaN (NaN when there are none), over every rank's `x` with `world`."""
     x = x[~x.isnan()]
-    return float(x.mean()) if x.numel() else float("nan")
+    return (world or World()).ratio(float(x.sum()), x.numel())

@@ -68,6 +68,12 @@ class World:
         dist.all_reduce(y)
         return y.to(x.device)
 
+    def ratio(self, num: float, den: float) -> float:
+        """Σ num / Σ den over the ranks (NaN when Σ den is 0): a statistic of the whole batch from each rank's
+        share, where a mean of the ranks' own ratios would weigh them wrongly."""
+        total = self.sum(torch.tensor([float(num), float(den)], dtype=torch.float64))
+        return float(total[0] / total[1]) if total[1] else float("nan")
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""
         if self.size == 1:
