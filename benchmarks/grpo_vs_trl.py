@@ -11,7 +11,7 @@ to benchmarks/results/.
     python benchmarks/grpo_vs_trl.py --steps 2 --eval 8   # a quick check
 
 TRL 1.16's GRPOConfig turns gradient checkpointing on by default; here it is off (`--trl-gradient-checkpointing`
-turns it back on), since unipo does not checkpoint and the comparison is of the same work.
+turns it back on; pair it with `--unipo-set model.activation_checkpointing=true`), so that both do the same work.
 """
 
 from __future__ import annotations
@@ -182,8 +182,8 @@ def main() -> None:
     p.add_argument("--eval", type=int, default=100, help="held-out problems scored before and after (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trl-gradient-checkpointing", action="store_true",
-                   help="TRL's own default (recomputes activations in backward); off by default, as unipo does not "
-                   "checkpoint, so both do the same work")  # fmt: skip
+                   help="TRL's own default (recomputes activations in backward); off by default, as unipo's "
+                   "model.activation_checkpointing is, so both do the same work")  # fmt: skip
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient to the initial model on both sides (TRL's "
                    "beta, unipo's algo.kl.coef; k3 on both); > 0 loads a reference model")  # fmt: skip
     p.add_argument("--unipo-set", action="append", default=[], metavar="KEY=VALUE",
