@@ -137,11 +137,14 @@ def store_as_autocast(model: Any, mode: str) -> int:
 
     if isinstance(autocast_context(model, mode), contextlib.nullcontext):
         return 0
-    tied = model.get_input_embeddings().weight
+    tied = id(model.get_input_embeddings().weight)
     linear = {id(p) for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False)}
+    linear.discard(tied)
+    if id(next(model.parameters())) in linear:  # `autocast_context` reads the first parameter's dtype: keep it
+        return 0
     cast = 0
     for p in model.parameters():
-        if id(p) in linear and p is not tied:
+        if id(p) in linear:
             p.data = p.data.to(torch.bfloat16)
             cast += p.numel()
         else:  # its own storage: the loaded weights are a mapping of the file, which one kept tensor keeps resident
