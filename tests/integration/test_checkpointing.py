@@ -3,10 +3,12 @@ same log-probs and gradients on both forward paths, far fewer tensors kept by th
 own weights."""
 
 import copy
+import json
 
 import pytest
 import torch
 
+from unipo.cli import main
 from unipo.models.checkpointing import checkpoint_layers
 from unipo.models.loading import load_model_and_tokenizer
 from unipo.models.logprobs import completion_logprobs
@@ -67,10 +69,6 @@ def test_without_autograd_and_in_a_copy_the_layers_run_their_own_weights(tiny_mo
 
 
 def test_a_run_with_checkpointed_layers_equals_the_plain_run(tiny_model_dir, tmp_path):
-    import json
-
-    from unipo.cli import main
-
     def run(name, *extra):
         out = tmp_path / name
         args = ["train", "grpo", f"model.path={tiny_model_dir}", "task=lucky7", f"output_dir={out}",

@@ -40,12 +40,10 @@ def _checkpointed(cls: type) -> type:
                 return run(*args, **kwargs)
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             before = _CacheState(cache) if cache is not None else None
-            replay = [False]
 
             def body(*a: Any, **k: Any) -> Any:
-                if replay[0] and before is not None:  # the backward's replay: the cache as the layer found it
+                if before is not None:  # the cache as the layer found it (in the forward: as it is)
                     before.restore()
-                replay[0] = True
                 return run(*a, **k)
 
             return checkpoint(body, *args, use_reentrant=False, **kwargs)
