@@ -21,22 +21,6 @@ class Echo:
         return Step(f"obs {self.k}", 0.25, False, {"state_key": self.k})
 
 
-class Letters:
-    """Two turns: anything, then "Now write words."; the second turn's reward is the share of ASCII letters in it (a
-    dense reward a random byte-level model starts near 0.2 on)."""
-
-    role = "user"
-
-    def reset(self, row):
-        self.turn = 0
-
-    def step(self, action):
-        self.turn += 1
-        if self.turn == 1:
-            return Step("Now write words.", 0.0, False, {})
-        return Step(None, sum(c.isascii() and c.isalpha() for c in action) / max(1, len(action)), True, {})
-
-
 class Hangs:
     """Its second step blocks until the tests release it."""
 
@@ -95,3 +79,26 @@ class Forgets(Echo):
         step = super().step(action)
         step.info["forget"] = self.k > 1
         return step
+
+
+class Sevens:
+    """The multi-turn toy task of tests/recipes/test_learning.py: `turns` turns, each answered "Again:"; a turn's
+    reward is the share of 7s among its non-space characters (lucky7's reward) over `turns`, so the episode's reward,
+    their sum, is the mean share over the turns (a turn cut by the token budget scores nothing); the state key is the
+    turn (GiGPO's anchor states)."""
+
+    role = "user"
+
+    def __init__(self, turns: int = 2):
+        self.turns = turns
+
+    def reset(self, row):
+        self.k = 0
+
+    def step(self, action):
+        chars = [c for c in action if not c.isspace()]
+        share = sum(c == "7" for c in chars) / len(chars) if chars else 0.0
+        self.k += 1
+        done = self.k >= self.turns
+        said = "Good. Again:" if share else "Again:"
+        return Step(None if done else said, share / self.turns, done, {"state_key": (self.k, said)})

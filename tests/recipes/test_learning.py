@@ -7,6 +7,9 @@
 - Offline preference recipes: scored lists where the best response is sevens, the middle one starts with a 7 and
   the worst has none; after 15 steps the held-out preference accuracy of the implicit reward must be ≥ 0.9 (at the
   start every margin is 0 up to rounding, so it is near 0; a loss with its sign flipped ends near 0).
+- Multi-turn recipes: a two-turn lucky7 (`envs_for_tests.Sevens`: each turn's reward is its share of 7s over the
+  number of turns, and a turn the token budget cuts ends the episode unscored), from a tiny model whose logits of "7"
+  and of the end-of-turn token are raised; 40 steps at 3e-3; as the RL recipes.
 - Online preference recipes: `lucky7` with the task's reward as the preference oracle, 40 steps; as the RL recipes.
 - Staged recipes (MPO): pairs on lucky7-like prompts, half easy (sevens over words) and half hard (a 7 and a word
   over words), 20 steps per stage: the first stage's held-out preference accuracy as above, and the last stage's
@@ -24,6 +27,7 @@ import pytest
 
 from unipo import config
 from unipo.cli import main
+from unipo.data.tasks import get_task
 from unipo.models.tiny import build_tiny_model
 from unipo.trainers.common import build_algo
 
@@ -82,6 +86,15 @@ def _recipes(trainer):
     return [n for n in config.list_recipes() if config.load(n).trainer == trainer]
 
 
+def _multiturn(name):
+    recipe = config.load(name)
+    return recipe.algo.credit is not None or get_task(recipe.task, recipe.data).env is not None
+
+
+SINGLE_TURN = [n for n in _recipes("rl") if not _multiturn(n)]
+MULTI_TURN = [n for n in _recipes("rl") if _multiturn(n)]
+
+
 def _skip_if_exempt(name):
     for line in config.recipe_path(name).read_text().splitlines():
         if line.startswith(EXEMPT):
@@ -97,9 +110,10 @@ def _rows(run):
 
 
 def _sampled_rewards(rows):
-    """Each step's mean reward of the policy's own samples (not of mixed-in demonstrations)."""
+    """Each step's mean reward of the policy's own samples (not of mixed-in demonstrations), also of the steps that
+    train only a critic (ArCHer's warm-up)."""
     keys = ("sampler/sampled_reward", "reward/task_mean", "reward/mean")
-    return [next(r[k] for k in keys if k in r) for r in rows if "loss" in r]
+    return [next(r[k] for k in keys if k in r) for r in rows if any(k in r for k in keys)]
 
 
 def _assert_learns(rewards, steps):
@@ -113,7 +127,7 @@ def _common(name, model_dir, run, steps):
     return args + ["train.lr=1e-2", "train.lr_schedule=constant", "rollout.max_new_tokens=8", "eval.num_problems=0"]
 
 
-@pytest.mark.parametrize("name", _recipes("rl"))
+@pytest.mark.parametrize("name", SINGLE_TURN)
 def test_rl_recipe_learns_the_toy_task(name, sevens_model_dir, request, tmp_path):
     _skip_if_exempt(name)
     recipe = config.load(name)
@@ -125,6 +139,42 @@ def test_rl_recipe_learns_the_toy_task(name, sevens_model_dir, request, tmp_path
         args.append(f"model.teacher_path={request.getfixturevalue('teacher_dir')}")
     assert main(args) == 0
     _assert_learns(_sampled_rewards(_rows(tmp_path / "run")), 20)
+
+
+@pytest.fixture(scope="module")
+def turns_model_dir(tmp_path_factory):
+    """The tiny model with the logits of "7" and of the end-of-turn token raised by 1.5 and 2.0: its first turn ends
+    within the 8-token budget in about half the episodes, and about one reply in ten holds a 7 (first steps' mean
+    reward 0.04–0.11). With the end-of-turn bias of the other multi-turn tests (3.0) every turn ended empty and the
+    reward stayed at 0; with 2.5 or with a "7" bias of 1.25, GRPO stayed near 0 with two of three seeds."""
+    path = tmp_path_factory.mktemp("tiny_turns") / "model"
+    return str(build_tiny_model(path, eos_bias=2.0, token_biases={"7": 1.5}))
+
+
+MULTI_TURN_TOY = {"hgpo": ["env.turns=3", "env.max_turns=3"], "tir_otb": ["train.lr=1e-3"]}
+"""HGPO's groups of equal histories differ from GiGPO's groups of equal states only from a third turn on. The
+multi-turn optimal token baseline at 3e-3 reached 0.89 and 0.87 over the last 5 steps with seeds 1 and 2, but with
+seed 0 its entropy fell from 5.2 to 0.25 in two steps and from step 6 on every first turn ran to the budget (reward
+0); at 1e-3 it ended at 0.39, 0.50 and 0.30 with seeds 0, 1 and 2 (from 0.06, 0.11 and 0.07)."""
+
+
+@pytest.mark.parametrize("name", MULTI_TURN)
+def test_multiturn_recipe_learns_the_toy_game(name, turns_model_dir, tmp_path):
+    """At 1e-2 one step of GiGPO (grad norm 2.5) took the end-of-turn token's probability so low that every later
+    first turn ran to the budget (reward 0 from step 3 on); at 3e-3 every multi-turn recipe rose from 0.04–0.11 to
+    0.57–0.95 over the last 5 of 40 steps (seed 0; REFUEL, one pair per prompt, needs the 40)."""
+    _skip_if_exempt(name)
+    run = tmp_path / "run"
+    args = ["train", name, f"model.path={turns_model_dir}", "task=lucky7", f"output_dir={run}", "train.max_steps=40"]
+    args += ["train.lr=3e-3", "train.lr_schedule=constant", "critic.lr=1e-2", "rollout.max_new_tokens=8"]
+    args += ["eval.num_problems=0", "env._component_=tests.integration.envs_for_tests.Sevens", "env.max_turns=2"]
+    args += ["rewards=[{name: env_reward}]", *MULTI_TURN_TOY.get(name, [])]
+    if config.load(name).rollout.group_size == 2:  # pairs (REFUEL): 8 prompts x 2
+        args += ["train.prompts_per_step=8"]
+    else:
+        args += ["train.prompts_per_step=2", "rollout.group_size=8"]
+    assert main(args) == 0
+    _assert_learns(_sampled_rewards(_rows(run)), 40)
 
 
 @pytest.mark.parametrize("name", _recipes("online_preference"))
