@@ -253,3 +253,35 @@ def _rank_pid(launcher_pid: int, rank: int) -> int:
         if ppid == launcher_pid and f"RANK={rank}".encode() in environ:
             return int(entry.name)
     raise AssertionError(f"no rank {rank} process under torchrun {launcher_pid}")
+
+
+EVEN = "{_component_: tests.integration.rewards_for_tests.even_length}"  # a coin flip: some groups fail everywhere
+FAIL_SOME = (f"rewards=[{EVEN}]", "rollout.group_size=2", "train.prompts_per_step=8")  # a quarter of the groups fail
+
+
+@pytest.mark.parametrize(
+    ("sampler", "extra", "acted"),
+    [("{name: ghpo}", FAIL_SOME, "sampler/hinted_frac"),
+     ("{name: scaf_grpo, warmup_steps: 0}", (*FAIL_SOME, "train.seed=3"), "sampler/rescued_frac"),
+     ("{name: igpo_inpaint}", FAIL_SOME, "sampler/inpainted_frac"),
+     ("{name: r3l_retry_recon}", (f"rewards=[{EVEN}]", "train.prompts_per_step=8"), "sampler/retried_frac"),
+     ("{name: igrpo}", (), "sampler/draft_reward"),
+     ("{name: dr_po}", (), "sampler/roll_in_frac"),
+     ("{name: pf_ppo}", (), "sampler/unique_frac")],
+)  # fmt: skip
+def test_a_sampler_that_generates_more_acts_on_two_ranks_as_one_process_does(tiny_model_dir, tmp_path, sampler, extra,
+                                                                             acted):  # fmt: skip
+    # GHPO, Scaf-GRPO, IGPO and R³L generate more samples of the groups (or attempts) that failed, iGRPO drafts before
+    # its rollouts and DR-PO forces reference prefixes; the draws of PF-PPO, DR-PO, IGPO and R³L are over the whole
+    # batch. Each rank generates for its own prompts, keyed by their stream positions: the samples, the gradient and
+    # every sampler statistic are the one process's. (A mutation that draws the extra samples from the run's generator
+    # fails the GHPO, IGPO, R³L and iGRPO cases; Scaf-GRPO's one rescue here is on one rank, and passes it. Arithmetic's
+    # references are 1-2 tokens, so DR-PO drawing on each rank alone also passes: the gather is checked by PF-PPO)
+    args = (f"algo.sampler={sampler}", "task=arithmetic", "train.max_steps=2", *extra)
+    alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *args)
+    _same_steps(pair, alone, (1, 2))
+    a, b = _steps(alone), _steps(pair)
+    for step in (1, 2):
+        for key in [k for k in a[step] if k.startswith("sampler/")]:
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-6, nan_ok=True), (step, key)
+    assert any(a[step][acted] > 0 for step in (1, 2)), [a[step] for step in (1, 2)]

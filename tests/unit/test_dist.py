@@ -44,17 +44,21 @@ def test_one_rank_world_is_the_identity():
     assert World(1, 2).share([1, 2, 3, 4]) == [3, 4]
 
 
-def test_only_group_filters_and_per_group_replacements_run_on_several_ranks():
+def test_which_samplers_run_on_several_ranks():
     refused = [
-        ("pf_ppo", "ddp", r"^algo.sampler 'pf_ppo': of the samplers, only group filters"),
+        ("knapsack_rl", "ddp", r"^algo.sampler 'knapsack_rl' keeps state across steps, allots rollouts, branches"),
+        ("arpo_gui_replay", "ddp", r"^algo.sampler 'arpo_gui_replay' keeps state across steps"),
         ("dynamic_sampling", "fsdp2", r"^algo.sampler 'dynamic_sampling' runs on several ranks with dist.strat"),
+        ("ghpo", "fsdp2", r"^algo.sampler 'ghpo' runs on several ranks with dist.strategy=ddp only"),
     ]
     for sampler, strategy, message in refused:
         cfg = config.load("grpo", [f"dist.strategy={strategy}", f"algo.sampler={{name: {sampler}}}"])
         with pytest.raises(ConfigError, match=message):
             check_data_parallel(cfg, build_algo(cfg))
-    cfg = config.load("grpo", ["algo.sampler={name: dynamic_sampling}"])
-    check_data_parallel(cfg, build_algo(cfg))
+    for sampler in ("dynamic_sampling", "ghpo", "scaf_grpo", "igrpo", "dr_po", "igpo_inpaint", "r3l_retry_recon",
+                    "pf_ppo"):  # fmt: skip
+        cfg = config.load("grpo", [f"algo.sampler={{name: {sampler}}}"])
+        check_data_parallel(cfg, build_algo(cfg))
     for sampler in ("hpt", "gt_in_group_recon"):  # every group kept: FSDP2 too
         cfg = config.load("grpo", ["dist.strategy=fsdp2", f"algo.sampler={{name: {sampler}}}"])
         check_data_parallel(cfg, build_algo(cfg))

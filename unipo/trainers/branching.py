@@ -18,7 +18,7 @@ from unipo.rollout.multiturn import branch, rollout
 from unipo.trainers.common import Algo, Timer, bound_params
 
 if TYPE_CHECKING:
-    from unipo.trainers.collect import Collected
+    from unipo.trainers.generation import Collected
     from unipo.trainers.rl import RLState
 
 

@@ -96,6 +96,11 @@ PER_GROUP_FACTS = frozenset({"demonstrations", "ground_truth"})
 """The sampler facts whose act on a group depends on that group's own samples alone and generates nothing, so that
 each rank acts on its own groups as one process acts on all of them (`collect`); every group is kept."""
 
+KEYED_FACTS = frozenset({"hints", "tiered_hints", "drafts", "roll_in", "inpaint", "retry", "resample"})
+"""The sampler facts whose act sees the whole batch's marks (`generation.marks`) and generates more samples of a
+rank's own prompts, keyed by their stream positions (trainers/hinted.py): on several ranks they give the samples of
+one process. Ranks then generate different amounts, which ddp allows and fsdp2's sharded passes do not."""
+
 
 def check_data_parallel(cfg: Config, algo: Algo) -> None:
     """What cannot yet run on several ranks is refused before any model loads."""
@@ -110,16 +115,15 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
         raise ConfigError(f"algo.critic {algo.critic.id!r} trains on a replay of past trajectories, which runs in one "
                           "process only for now; launch without torchrun")  # fmt: skip
     facts = algos.entry("sampler", algo.sampler.id).facts if algo.sampler is not None else frozenset()
-    if facts & NON_FILTER_FACTS - PER_GROUP_FACTS:
-        raise ConfigError(f"algo.sampler {algo.sampler.id!r}: of the samplers, only group filters (e.g. "
-                          "dynamic_sampling) and those that replace samples within their group from the group alone "
-                          "(hpt, gt_in_group_recon) run on several ranks for now; launch without "
-                          "torchrun")  # fmt: skip
+    if facts & NON_FILTER_FACTS - PER_GROUP_FACTS - KEYED_FACTS:
+        raise ConfigError(f"algo.sampler {algo.sampler.id!r} keeps state across steps, allots rollouts, branches "
+                          "trajectories or re-samples at another temperature, which runs in one process only for now "
+                          "(every other sampler runs on several ranks); launch without torchrun")  # fmt: skip
     if algo.sampler is not None and not facts & PER_GROUP_FACTS and cfg.dist.strategy == "fsdp2":
-        # a rank may keep no group, and run no forward
+        # a rank may keep no group, or generate more than another
         raise ConfigError(f"algo.sampler {algo.sampler.id!r} runs on several ranks with dist.strategy=ddp only for "
-                          "now (a rank whose groups the filter drops has no sample to join the sharded passes "
-                          "with)")  # fmt: skip
+                          "now (a rank whose groups the filter drops, or that generates more samples than another, "
+                          "cannot join the sharded passes in step)")  # fmt: skip
 
 
 def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:

@@ -42,18 +42,14 @@ from unipo.algos.samplers import aepo_temperature
 from unipo.models.loading import autocast_context
 from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups, right_pad
 from unipo.rollout.hf import sample
-from unipo.rollout.inject import demonstrations, reference_text, scaf_hint_levels, with_draft, with_hint
-from unipo.rollout.multiturn import rollout
-from unipo.trainers import branching
+from unipo.rollout.inject import demonstrations
+from unipo.trainers import branching, hinted
 from unipo.trainers.common import Algo, Timer, bound_params, call
-from unipo.trainers.dist import World, sample_generators
+from unipo.trainers.generation import Collected, generate_and_score, marks, nanmean, sampler_inputs
 from unipo.trainers.retry import retried
 
 if TYPE_CHECKING:
     from unipo.trainers.rl import RLState
-
-Collected = tuple[Rollouts, torch.Tensor, dict[str, float]]
-"""The batch, its rewards (N, K: one column per reward function) and the sampler's metrics."""
 
 
 def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
@@ -63,11 +59,11 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
     rows, positions = s.stream.take_with_positions(want)
     rows, positions = s.world.share(rows), s.world.share(positions)  # this rank's prompts (all of them when alone)
     if algo.has_fact("sampler", "roll_in"):
-        return _rolled_in(s, algo, rows, timer)
+        return hinted.rolled_in(s, algo, rows, timer, positions)
     if algo.has_fact("sampler", "budget"):
         return _budgeted(s, algo, rows, timer)
     if algo.has_fact("sampler", "drafts"):
-        return _refined(s, algo, rows, timer)
+        return hinted.refined(s, algo, rows, timer, positions)
     if algo.has_fact("sampler", "branch"):
         return branching.branched(s, algo, rows, timer, sampler_inputs(s, algo.sampler))
     if algo.has_fact("sampler", "entropy_branch"):
@@ -75,20 +71,17 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
     batch, per_fn = generate_and_score(s, rows, timer, positions=positions)
     if algo.sampler is None or algo.has_fact("sampler", "entropy_switch"):
         return batch, per_fn, {}
-    acts = (("demonstrations", _with_demonstrations), ("hints", _with_hints), ("inpaint", _inpainted),
-            ("replay", _with_replay), ("resample", _resampled), ("ground_truth", _with_ground_truth),
-            ("tiered_hints", _scaffolded), ("retry", retried))  # fmt: skip
+    keyed = (("hints", hinted.with_hints), ("tiered_hints", hinted.scaffolded), ("inpaint", hinted.inpainted),
+             ("retry", retried))  # fmt: skip
+    for fact, act in keyed:  # they generate more samples of the batch's prompts, keyed by the prompts' positions
+        if algo.has_fact("sampler", fact):
+            return act(s, algo, batch, per_fn, timer, positions)
+    acts = (("demonstrations", _with_demonstrations), ("replay", _with_replay), ("resample", _resampled),
+            ("ground_truth", _with_ground_truth))  # fmt: skip
     for fact, act in acts:
         if algo.has_fact("sampler", fact):
             return act(s, algo, batch, per_fn, timer)
     return _filtered(s, algo, batch, per_fn, timer)
-
-
-def _marks(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor) -> torch.Tensor:
-    """The sampler's per-completion output on a scored batch (keep / hint / fraction / count), on the batch's device."""
-    out = call(algo.sampler, s.scorer.combine(per_fn), batch.group_ids.cpu(),
-               inputs=sampler_inputs(s, algo.sampler, per_fn))  # fmt: skip
-    return out.to(batch.group_ids.device)
 
 
 NON_FILTER_FACTS = frozenset({"roll_in", "budget", "drafts", "branch", "entropy_branch", "entropy_switch",
@@ -137,28 +130,16 @@ def _filtered(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, tim
     return merged, torch.cat([p for _, p in parts]), stats
 
 
-def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> dict[str, Any]:
-    """The trainer inputs a sampler may take: each reward function's scores, the training progress, and a CPU
-    generator seeded from the run's (which may live on the GPU) so that its draws resume exactly, drawn only for a
-    sampler that declares it."""
-    inputs: dict[str, Any] = {} if per_fn is None else {"reward_components": per_fn}
-    if "progress" in fn.needs:
-        inputs["progress"] = (s.step - 1) / max(1, s.cfg.train.max_steps)
-    if "generator" in fn.needs:
-        seed = torch.randint(0, 2**62, (1,), generator=s.generator, device=s.generator.device)
-        inputs["generator"] = torch.Generator().manual_seed(int(seed))
-    return inputs
-
-
 def _resampled(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
     """PF-PPO: sample i enters the batch `counts[i]` times (duplicates stay in their group). `reward/mean` is then
     the resampled batch's (weighted towards large |r|); `sampler/sampled_reward` is the policy's own samples'."""
-    counts = _marks(s, algo, batch, per_fn).cpu()
+    counts = marks(s, algo, batch, per_fn).cpu()
     idx = torch.arange(batch.num_completions).repeat_interleave(counts)
+    w = s.world
     stats = {
-        "sampler/unique_frac": float((counts > 0).float().mean()),
-        "sampler/kept": float(idx.numel()),
-        "sampler/sampled_reward": nanmean(s.scorer.combine(per_fn)),
+        "sampler/unique_frac": w.ratio(int((counts > 0).sum()), counts.numel()),
+        "sampler/kept": float(w.sum(torch.tensor(idx.numel(), dtype=torch.float64))),
+        "sampler/sampled_reward": nanmean(s.scorer.combine(per_fn), w),
     }  # the policy's, before the resampling
     return batch.select(idx.to(batch.group_ids.device)), per_fn[idx], stats
 
@@ -176,150 +157,6 @@ def _with_demonstrations(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.
     parts = [demos] if bool(switch.all()) else [keep_groups(batch, ~switch), demos]
     unscored = torch.full((demos.num_completions, per_fn.shape[1]), float("nan"))
     return cat(parts, s.tokenizer.pad_token_id), torch.cat([per_fn[~switch.cpu()], unscored]), stats
-
-
-def _with_hints(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
-    """GHPO: the groups the sampler marks are regenerated on their prompt plus a hint of the first fraction of the
-    reference solution, for each fraction in turn while they still fail; they replace the failed groups (the step
-    trains on the hinted prompts)."""
-    params = bound_params(algo.sampler)
-    originals = list(batch.rows)  # each prompt's row without a hint, aligned with batch.rows
-    hinted = torch.zeros(len(originals), dtype=torch.bool)
-    stats = {"sampler/hinted_frac": 0.0, "sampler/hint_rounds": 0.0}
-    if s.step < params["start_step"]:
-        return batch, per_fn, stats
-    for rounds, fraction in enumerate(params["fractions"], 1):
-        fail = _marks(s, algo, batch, per_fn)
-        prompts = torch.unique(batch.group_ids[fail]).tolist()
-        if not prompts:
-            break
-        stats["sampler/hint_rounds"] = float(rounds)
-        rows = [with_hint(originals[p], fraction) for p in prompts]
-        again, again_fn = generate_and_score(s, rows, timer)
-        again.origin.fill_(int(Origin.HINT))
-        keep = ~fail
-        parts = [keep_groups(batch, keep), again] if bool(keep.any()) else [again]
-        kept_prompts = torch.unique(batch.group_ids[keep]).tolist()
-        originals = [originals[p] for p in kept_prompts] + [originals[p] for p in prompts]
-        hinted = torch.cat([hinted[kept_prompts], torch.ones(len(prompts), dtype=torch.bool)])
-        batch = cat(parts, s.tokenizer.pad_token_id)
-        per_fn = torch.cat([per_fn[keep.cpu()], again_fn])
-    stats["sampler/hinted_frac"] = float(hinted.float().mean())
-    return batch, per_fn, stats
-
-
-def _scaffolded(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
-    """Scaf-GRPO: after the warm-up, each group the sampler marks gets one rollout per hint level (least help first);
-    the lowest level that solves it (first reward function > 0) replaces the group's first rollout, generated on and
-    trained with its hinted prompt (a new prompt row) but in the original group (`Rollouts.groups`)."""
-    params = bound_params(algo.sampler)
-    num_prompts = batch.prompt_ids.shape[0]
-    stats = {"sampler/hinted_frac": 0.0, "sampler/rescued_frac": 0.0}
-    if s.step <= params["warmup_steps"]:
-        return batch, per_fn, stats
-    prompts = torch.unique(batch.group_ids[_marks(s, algo, batch, per_fn)]).tolist()
-    levels = {p: scaf_hint_levels(batch.rows[p], tuple(params["tiers"]), params["per_tier"]) for p in prompts}
-    owners = [p for p in prompts for _ in levels[p]]
-    stats["sampler/hinted_frac"] = len(prompts) / num_prompts
-    if not owners:
-        return batch, per_fn, stats
-    hinted, hinted_fn = generate_and_score(s, [row for p in prompts for row in levels[p]], timer, n=1)
-    solved = torch.nan_to_num(hinted_fn[:, 0], nan=0.0) > 0
-    chosen = {}  # original prompt -> its hinted sample of the lowest level that solves it
-    for i, p in enumerate(owners):
-        if bool(solved[i]) and p not in chosen:
-            chosen[p] = i
-    stats["sampler/rescued_frac"] = len(chosen) / num_prompts
-    if not chosen:
-        return batch, per_fn, stats
-    picks = torch.tensor(sorted(chosen.values()))
-    rescued = keep_groups(hinted, torch.isin(torch.arange(len(owners)), picks).to(hinted.group_ids.device))
-    rescued.origin.fill_(int(Origin.HINT))
-    merged = cat([batch, rescued], s.tokenizer.pad_token_id)
-    device = batch.group_ids.device
-    merged.groups = merged.group_ids.clone()
-    merged.groups[batch.num_completions :] = torch.tensor([owners[i] for i in picks.tolist()], device=device)
-    first = [int((batch.group_ids == p).nonzero()[0]) for p in chosen]  # each rescued group's first rollout
-    keep = torch.ones(merged.num_completions, dtype=torch.bool, device=device)
-    keep[first] = False
-    return merged.select(keep.nonzero().squeeze(-1)), torch.cat([per_fn, hinted_fn[picks]])[keep.cpu()], stats
-
-
-def _refined(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collected:
-    """iGRPO: N = round(draft_frac · G) drafts per prompt (scored, not trained on), then G − N refinements of each
-    prompt with its best draft appended; the step trains on the refinements."""
-    group = s.cfg.rollout.group_size
-    n_drafts = round(group * bound_params(algo.sampler)["draft_frac"])
-    drafts, drafts_fn = generate_and_score(s, rows, timer, n=n_drafts)
-    best = _marks(s, algo, drafts, drafts_fn).nonzero().squeeze(-1).tolist()
-    draft_of = {int(drafts.group_ids[i]): drafts.texts[i] for i in best}
-    refined = [with_draft(row, draft_of[q]) if q in draft_of else row for q, row in enumerate(rows)]
-    batch, per_fn = generate_and_score(s, refined, timer, n=group - n_drafts)
-    batch.origin[torch.isin(batch.group_ids, torch.tensor(list(draft_of), device=batch.group_ids.device))] = int(
-        Origin.HINT
-    )
-    combined = s.scorer.combine(drafts_fn)
-    stats = {"sampler/draft_reward": nanmean(combined),
-             "sampler/best_draft_reward": nanmean(combined[torch.tensor(best, dtype=torch.long)])}  # fmt: skip
-    return batch, per_fn, stats
-
-
-def _reference_tokens(s: RLState, rows: list[dict]) -> list[list[int]]:
-    """Each row's reference solution as token ids (no special tokens): the source of forced prefixes."""
-    return [s.tokenizer(reference_text(r), add_special_tokens=False)["input_ids"] for r in rows]
-
-
-def _rolled_in(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collected:
-    """DR-PO: each completion starts with the first h reference tokens the sampler draws (h = 0: a plain rollout);
-    the policy continues in the same decode, the whole sequence is scored, and the forced tokens are out of the loss."""
-    n = s.cfg.rollout.group_size
-    refs = [ref for ref in _reference_tokens(s, rows) for _ in range(n)]
-    lengths = algo.sampler(torch.tensor([len(r) for r in refs]), **sampler_inputs(s, algo.sampler))
-    forced = [ref[:h] for ref, h in zip(refs, lengths.tolist(), strict=True)]
-    batch, per_fn = generate_and_score(s, rows, timer, forced=forced)
-    rolled = lengths > 0
-    batch.origin[rolled.to(batch.origin.device)] = int(Origin.ROLL_IN)
-    stats = {"sampler/roll_in_frac": float(rolled.float().mean()),
-             "sampler/forced_tokens": float(batch.forced.sum(1).float().mean())}  # fmt: skip
-    return batch, per_fn, stats
-
-
-def _inpainted(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
-    """IGPO: the groups the sampler marks are regenerated with the fraction r_i of the reference it gives each
-    completion forced at the start (kept in the loss, marked `forced` for `hint_mask`); up to `max_replace`
-    regenerated completions that are correct (first reward function > 0) replace wrong originals of their group."""
-    fractions = _marks(s, algo, batch, per_fn).cpu()
-    target = (fractions > 0).to(batch.group_ids.device)
-    prompts = torch.unique(batch.group_ids[target]).tolist()
-    stats = {"sampler/inpainted_frac": len(prompts) / batch.prompt_ids.shape[0], "sampler/replaced": 0.0}
-    if not prompts:
-        return batch, per_fn, stats
-    n = s.cfg.rollout.group_size
-    refs = _reference_tokens(s, [batch.rows[p] for p in prompts])
-    r = fractions[target.cpu()].view(len(prompts), n)  # every group has group_size completions before the sampler
-    forced = [refs[j][: int(r[j, i] * len(refs[j]))] for j in range(len(prompts)) for i in range(n)]
-    again, again_fn = generate_and_score(s, [batch.rows[p] for p in prompts], timer, forced=forced)
-    again.loss_mask = again.completion_mask.clone()  # IGPO trains the fixed tokens (igpo_hint_mask weighs them)
-    again.origin.fill_(int(Origin.ROLL_IN))
-    correct = torch.nan_to_num(again_fn[:, 0], nan=0.0) > 0
-    max_replace = bound_params(algo.sampler)["max_replace"]
-    swap_in, swap_out = [], []
-    for j, p in enumerate(prompts):
-        good = [j * n + i for i in range(n) if bool(correct[j * n + i])][:max_replace]
-        wrong = (batch.group_ids == p).nonzero().squeeze(-1).tolist()[: len(good)]  # all originals are wrong
-        swap_in += good[: len(wrong)]
-        swap_out += wrong[: len(good)]
-    stats["sampler/replaced"] = float(len(swap_in))
-    if not swap_in:
-        return batch, per_fn, stats
-    device = batch.group_ids.device
-    again.group_ids = torch.tensor(prompts, device=device)[again.group_ids]  # index batch's prompts (same rows)
-    keep = torch.ones(batch.num_completions + again.num_completions, dtype=torch.bool, device=device)
-    keep[swap_out] = False
-    keep[batch.num_completions :] = False
-    keep[[batch.num_completions + i for i in swap_in]] = True
-    merged = batch.concat(again).select(keep.nonzero().squeeze(-1))
-    return merged, torch.cat([per_fn, again_fn])[keep.cpu()], stats
 
 
 def _budgeted(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collected:
@@ -394,43 +231,11 @@ def _stored(batch: Rollouts, groups: list[int], items: list[dict[str, Any]], pad
     )  # fmt: skip
 
 
-def generate_and_score(s: RLState, rows: list[dict], timer: Timer, **kwargs: Any) -> tuple[Rollouts, torch.Tensor]:
-    """The completions of `generate` (same arguments) and their rewards (N, K)."""
-    batch = generate(s, rows, timer, **kwargs)
-    with timer("score"):
-        return batch, s.scorer.score(batch)  # (N, K)
-
-
-def generate(
-    s: RLState,
-    rows: list[dict],
-    timer: Timer,
-    forced: list[list[int]] | None = None,
-    n: list[int] | None = None,
-    temperature: float | None = None,
-    positions: list[int] | None = None,
-) -> Rollouts:
-    """`rollout.group_size` completions of each row (or `n[i]` of row i; starting with `forced` tokens, one list per
-    completion; at `temperature` instead of `rollout.temperature`), not scored yet. With the rows' stream
-    `positions`, each completion draws from its own generator (`dist.sample_generators`: the same samples on any
-    number of ranks); otherwise from the run's generator."""
-    cfg, r = s.cfg, s.cfg.rollout
-    counts = [r.group_size] * len(rows) if n is None else n
-    generator = s.generator if positions is None else sample_generators(cfg.train.seed, positions, counts)
-    sampling = {"n": counts, **branching.sampling(s, temperature, generator)}
-    with timer("generate"), autocast_context(s.model, cfg.model.autocast):
-        if s.env is not None:  # multi-turn trajectories (samplers that force tokens are refused with an env)
-            batch = rollout(s.model, s.tokenizer, rows, *s.env, **sampling)
-        else:
-            batch = sample(s.model, s.tokenizer, rows, forced=forced, **sampling)
-    return batch
-
-
 def _with_ground_truth(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
     """ViSurf: the rollout the sampler marks in a group is replaced by the prompt's reference response (its tokens plus
     EOS, `Origin.DEMONSTRATION`), scored by the reward functions like a rollout and trained with the group's
     advantage."""
-    out = _marks(s, algo, batch, per_fn).nonzero().squeeze(-1)
+    out = marks(s, algo, batch, per_fn).nonzero().squeeze(-1)
     stats = {"sampler/ground_truth_frac": s.world.ratio(out.numel(), batch.prompt_ids.shape[0])}
     prompts = batch.group_ids[out]
     truth = demonstrations(batch, prompts, s.tokenizer, s.cfg.rollout.max_new_tokens) if out.numel() else None
@@ -491,9 +296,3 @@ def greedy_rewards(s: RLState, batch: Rollouts) -> torch.Tensor:
                         greedy=True)  # fmt: skip
     per_prompt = s.scorer.combine(s.scorer.score(greedy)).to(batch.group_ids.device)  # (P,)
     return per_prompt[batch.group_ids]
-
-
-def nanmean(x: torch.Tensor, world: World | None = None) -> float:
-    """The mean of the entries that are not NaN (NaN when there are none), over every rank's `x` with `world`."""
-    x = x[~x.isnan()]
-    return (world or World()).ratio(float(x.sum()), x.numel())

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from unipo.rollout.batch import Rollouts
-from unipo.trainers.collect import Collected, generate
 from unipo.trainers.common import Timer
+from unipo.trainers.generation import Collected, generate
 
 if TYPE_CHECKING:
     from unipo.trainers.rl import RLState

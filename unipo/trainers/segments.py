@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from unipo.algos.advantages import spo_cut_states
-from unipo.trainers.collect import generate_and_score
 from unipo.trainers.common import Algo, Timer, bound_params
+from unipo.trainers.generation import generate_and_score
 
 if TYPE_CHECKING:
     from unipo.rollout.batch import Rollouts

@@ -1,0 +1,94 @@
+"""Generation and scoring for the collect stage (trainers/collect.py) and the samplers that generate more
+(trainers/hinted.py, trainers/retry.py, trainers/segments.py, trainers/pipeline.py).
+
+Same samples on any number of ranks: a completion generated with stream keys draws from its own generator, seeded by
+(the run's seed, its prompt's key, its index among the prompt's completions) (`dist.sample_generators`). The step's
+own samples are keyed by their prompts' stream positions; a sampler's extra samples by those positions and a tag
+(`tagged`), so that they differ from the step's and from each other, and do not depend on which rank draws them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from unipo.models.loading import autocast_context
+from unipo.rollout.batch import Rollouts
+from unipo.rollout.hf import sample
+from unipo.rollout.multiturn import rollout
+from unipo.trainers import branching
+from unipo.trainers.common import Algo, Timer, call
+from unipo.trainers.dist import World, sample_generators
+
+if TYPE_CHECKING:
+    from unipo.trainers.rl import RLState
+
+Collected = tuple[Rollouts, torch.Tensor, dict[str, float]]
+"""The batch, its rewards (N, K: one column per reward function) and the sampler's metrics."""
+
+
+def generate_and_score(s: RLState, rows: list[dict], timer: Timer, **kwargs: Any) -> tuple[Rollouts, torch.Tensor]:
+    """The completions of `generate` (same arguments) and their rewards (N, K)."""
+    batch = generate(s, rows, timer, **kwargs)
+    with timer("score"):
+        return batch, s.scorer.score(batch)  # (N, K)
+
+
+def generate(
+    s: RLState,
+    rows: list[dict],
+    timer: Timer,
+    forced: list[list[int]] | None = None,
+    n: list[int] | None = None,
+    temperature: float | None = None,
+    positions: list[int | str] | None = None,
+) -> Rollouts:
+    """`rollout.group_size` completions of each row (or `n[i]` of row i; starting with `forced` tokens, one list per
+    completion; at `temperature` instead of `rollout.temperature`), not scored yet. With the rows' stream keys
+    (`positions`), each completion draws from its own generator (module docstring); otherwise from the run's."""
+    cfg, r = s.cfg, s.cfg.rollout
+    counts = [r.group_size] * len(rows) if n is None else n
+    generator = s.generator if positions is None else sample_generators(cfg.train.seed, positions, counts)
+    sampling = {"n": counts, **branching.sampling(s, temperature, generator)}
+    with timer("generate"), autocast_context(s.model, cfg.model.autocast):
+        if s.env is not None:  # multi-turn trajectories (samplers that force tokens are refused with an env)
+            batch = rollout(s.model, s.tokenizer, rows, *s.env, **sampling)
+        else:
+            batch = sample(s.model, s.tokenizer, rows, forced=forced, **sampling)
+    return batch
+
+
+def tagged(keys: list[int | str], tag: str) -> list[str]:
+    """Stream keys of a sampler's extra samples of the prompts with `keys` (module docstring)."""
+    return [f"{k}.{tag}" for k in keys]
+
+
+def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> dict[str, Any]:
+    """The trainer inputs a sampler may take: each reward function's scores, the training progress, and a CPU
+    generator seeded from the run's (which may live on the GPU) so that its draws resume exactly, drawn only for a
+    sampler that declares it."""
+    inputs: dict[str, Any] = {} if per_fn is None else {"reward_components": per_fn}
+    if "progress" in fn.needs:
+        inputs["progress"] = (s.step - 1) / max(1, s.cfg.train.max_steps)
+    if "generator" in fn.needs:
+        seed = torch.randint(0, 2**62, (1,), generator=s.generator, device=s.generator.device)
+        inputs["generator"] = torch.Generator().manual_seed(int(seed))
+    return inputs
+
+
+def marks(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor) -> torch.Tensor:
+    """The sampler's per-completion output on a freshly scored batch (keep / hint / fraction / count / cut), on the
+    batch's device. On several ranks the sampler sees every rank's samples in rank order, as one process holds them
+    (so a sampler that draws, draws for the whole batch), and each rank takes its own rows: every rank calls it."""
+    w = s.world
+    every = w.gather_rows(per_fn)
+    out = call(algo.sampler, s.scorer.combine(every), w.gather_groups(batch.group_ids.cpu()),
+               inputs=sampler_inputs(s, algo.sampler, every))  # fmt: skip
+    return w.local(out.cpu(), batch.num_completions).to(batch.group_ids.device)
+
+
+def nanmean(x: torch.Tensor, world: World | None = None) -> float:
+    """The mean of the entries that are not NaN (NaN when there are none), over every rank's `x` with `world`."""
+    x = x[~x.isnan()]
+    return (world or World()).ratio(float(x.sum()), x.numel())
