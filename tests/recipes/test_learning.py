@@ -161,8 +161,8 @@ seed 0 its entropy fell from 5.2 to 0.25 in two steps and from step 6 on every f
 @pytest.mark.parametrize("name", MULTI_TURN)
 def test_multiturn_recipe_learns_the_toy_game(name, turns_model_dir, tmp_path):
     """At 1e-2 one step of GiGPO (grad norm 2.5) took the end-of-turn token's probability so low that every later
-    first turn ran to the budget (reward 0 from step 3 on); at 3e-3 every multi-turn recipe rose from 0.04–0.11 to
-    0.57–0.95 over the last 5 of 40 steps (seed 0; REFUEL, one pair per prompt, needs the 40)."""
+    first turn ran to the budget (reward 0 from step 3 on); at 3e-3 every multi-turn recipe rose from 0.04–0.08 to
+    0.82–0.97 over the last 5 of 40 steps (seed 0; REFUEL, one pair per prompt, needs the 40; tir_otb at 1e-3: 0.39)."""
     _skip_if_exempt(name)
     run = tmp_path / "run"
     args = ["train", name, f"model.path={turns_model_dir}", "task=lucky7", f"output_dir={run}", "train.max_steps=40"]

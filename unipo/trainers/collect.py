@@ -25,7 +25,9 @@ A sampler's registry facts say how it acts (`algos.registry.FACTS`):
   turns replayed (trainers/branching.py: REFUEL, ARPO);
 - `entropy_switch`: nothing here; after the advantages, `entropy_switched` samples some prompts again at a temperature
   chosen from the last step's entropy and swaps the samples it keeps into the batch with advantage 1 (AEPO).
-The sampler's state (`RLState.sampler_state`) is checkpointed with the run.
+The sampler's state (`RLState.sampler_state`) is checkpointed with the run. Generation and the sampler's marks are in
+trainers/generation.py, the acts of `hints`, `tiered_hints`, `drafts`, `roll_in` and `inpaint` in trainers/hinted.py
+(with how they run on several ranks).
 Injected samples are carried as token ids from here on (never re-tokenised) and marked by `Rollouts.origin`,
 `loss_mask` and `forced`.
 """
