@@ -46,8 +46,8 @@ from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups, right_pad
 from unipo.rollout.hf import sample
 from unipo.rollout.inject import demonstrations
 from unipo.trainers import branching, hinted
-from unipo.trainers.common import Algo, Timer, bound_params, call
-from unipo.trainers.generation import Collected, generate_and_score, marks, nanmean, sampler_inputs
+from unipo.trainers.common import Algo, Timer, bound_params
+from unipo.trainers.generation import Collected, every_mark, generate_and_score, marks, nanmean, sampler_inputs
 from unipo.trainers.retry import retried
 
 if TYPE_CHECKING:
@@ -106,10 +106,7 @@ def _filtered(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, tim
     limit = bound_params(algo.sampler).get("max_gen_batches", 1)  # a filter with no regeneration: 1
     while True:
         rounds += 1
-        every = w.gather_rows(per_fn)  # (N, K) of all ranks, and their group ids
-        group_ids = w.gather_groups(batch.group_ids.cpu())
-        keep = call(algo.sampler, s.scorer.combine(every), group_ids,
-                    inputs=sampler_inputs(s, algo.sampler, every)).cpu()  # fmt: skip
+        keep, group_ids = every_mark(s, algo, batch, per_fn)  # over all ranks' groups
         generated += want
         if bool(keep.any()):
             groups = torch.unique(group_ids[keep])[: want - kept]  # never more than the batch needs

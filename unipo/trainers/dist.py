@@ -314,9 +314,10 @@ def device_for(cfg: Config) -> str:
     return cfg.model.device
 
 
-def sample_generators(seed: int, prompt_ids: list[int], counts: list[int]) -> list[torch.Generator]:
-    """One CPU generator per completion (prompt-major), seeded by (seed, the prompt's stream position, its index in
-    the group): the draws of a completion do not depend on which rank or batch samples it."""
+def sample_generators(seed: int, prompt_ids: list[int | str], counts: list[int]) -> list[torch.Generator]:
+    """One CPU generator per completion (prompt-major), seeded by (seed, the prompt's stream key: its position, or that
+    and a tag for a sampler's extra samples, its index in the group): the draws of a completion do not depend on
+    which rank or batch samples it."""
     out = []
     for pid, n in zip(prompt_ids, counts, strict=True):
         for j in range(n):

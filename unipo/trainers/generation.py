@@ -77,15 +77,20 @@ def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> d
     return inputs
 
 
-def marks(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor) -> torch.Tensor:
-    """The sampler's per-completion output on a freshly scored batch (keep / hint / fraction / count / cut), on the
-    batch's device. On several ranks the sampler sees every rank's samples in rank order, as one process holds them
-    (so a sampler that draws, draws for the whole batch), and each rank takes its own rows: every rank calls it."""
+def every_mark(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler's per-completion output on every rank's freshly scored samples, in rank order (as one process
+    holds them), and their group ids among all ranks' groups; every rank calls it."""
     w = s.world
-    every = w.gather_rows(per_fn)
-    out = call(algo.sampler, s.scorer.combine(every), w.gather_groups(batch.group_ids.cpu()),
-               inputs=sampler_inputs(s, algo.sampler, every))  # fmt: skip
-    return w.local(out.cpu(), batch.num_completions).to(batch.group_ids.device)
+    every, group_ids = w.gather_rows(per_fn), w.gather_groups(batch.group_ids.cpu())
+    out = call(algo.sampler, s.scorer.combine(every), group_ids, inputs=sampler_inputs(s, algo.sampler, every))
+    return out.cpu(), group_ids
+
+
+def marks(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of `every_mark` (keep / hint / fraction / count / cut), on the batch's device: a sampler that
+    draws, draws for the whole batch, so its marks are those of one process."""
+    out, _ = every_mark(s, algo, batch, per_fn)
+    return s.world.local(out, batch.num_completions).to(batch.group_ids.device)
 
 
 def nanmean(x: torch.Tensor, world: World | None = None) -> float:

@@ -46,9 +46,9 @@ def with_hints(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, ti
         again.origin.fill_(int(Origin.HINT))
         keep = ~fail
         parts = [keep_groups(batch, keep), again] if bool(keep.any()) else [again]
-        order = torch.unique(batch.group_ids[keep]).tolist() + prompts
-        originals, keys = [originals[p] for p in order], [keys[p] for p in order]
-        hinted = torch.cat([hinted[order[: len(order) - len(prompts)]], torch.ones(len(prompts), dtype=torch.bool)])
+        kept = torch.unique(batch.group_ids[keep]).tolist()
+        originals, keys = [originals[p] for p in kept + prompts], [keys[p] for p in kept + prompts]
+        hinted = torch.cat([hinted[kept], torch.ones(len(prompts), dtype=torch.bool)])
         batch = cat(parts, s.tokenizer.pad_token_id)
         per_fn = torch.cat([per_fn[keep.cpu()], again_fn])
     stats["sampler/hinted_frac"] = s.world.ratio(int(hinted.sum()), hinted.numel())
