@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from unipo.cli import main
+from unipo.models.tiny import build_tiny_model
 from unipo.trainers import checkpoint
 from unipo.trainers.rl import REFERENCE
 
@@ -285,3 +286,34 @@ def test_a_sampler_that_generates_more_acts_on_two_ranks_as_one_process_does(tin
         for key in [k for k in a[step] if k.startswith("sampler/")]:
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-6, nan_ok=True), (step, key)
     assert any(a[step][acted] > 0 for step in (1, 2)), [a[step] for step in (1, 2)]
+
+
+SEVENS = ("env._component_=tests.integration.envs_for_tests.Sevens", "env.max_turns=2", "rewards=[{name: env_reward}]",
+          "train.lr=3e-3", "critic.lr=1e-2", "train.max_steps=3")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def turns_model_dir(tmp_path_factory):
+    """The tiny model whose first turns end within the budget about half the time (tests/recipes/test_learning.py)."""
+    return str(build_tiny_model(tmp_path_factory.mktemp("turns") / "model", eos_bias=2.0, token_biases={"7": 1.5}))
+
+
+@pytest.mark.parametrize("recipe", ["gigpo"])
+def test_a_multiturn_run_on_two_ranks_matches_one_process(turns_model_dir, tmp_path, recipe):
+    # two-turn episodes, each rank playing its own prompts' episodes: each episode draws from its own generator through
+    # both turns (a reply that ended early draws nothing while the rest of its batch goes on, so its next turn does
+    # not depend on which episodes it was batched with); GiGPO's anchor-state groups are each prompt's own
+    alone, pair = tmp_path / "alone", tmp_path / "pair"
+    runs = [_train_args(turns_model_dir, run, *SEVENS) for run in (alone, pair)]
+    for args in runs:
+        args[1] = recipe
+    assert main(runs[0]) == 0
+    proc = subprocess.run(_torchrun("-m", "unipo", *runs[1]), env=ENV, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _same_steps(pair, alone, (1, 2, 3))
+    a, b = _steps(alone), _steps(pair)
+    assert any(a[step]["env/turns_mean"] > 1 for step in (1, 2, 3))  # second turns were played
+    for step in (1, 2, 3):
+        for key in [k for k in a[step] if k.startswith(("env/", "critic/"))]:
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)

@@ -35,6 +35,19 @@ def test_a_completions_draws_do_not_depend_on_its_batch():
     assert float(torch.rand((), generator=sample_generators(8, [10], [1])[0])) != float(first[0])
 
 
+def test_a_finished_row_draws_nothing_so_its_generator_goes_on_as_alone():
+    # a multi-turn episode's generator samples its next turn after the batch's longest reply of this turn: the rows
+    # that ended earlier must not have used it meanwhile, or its next turn depends on the rest of its batch
+    probs = torch.softmax(torch.randn(2, 50, generator=torch.Generator().manual_seed(1)), -1)
+    batch, alone = sample_generators(7, [10, 11], [1, 1]), sample_generators(7, [10], [1])
+    first = draw(probs, batch)
+    assert int(first[0]) == int(draw(probs[:1], alone)[0])
+    for _ in range(3):  # row 0 has ended; row 1 goes on
+        draw(probs, batch, done=torch.tensor([True, False]))
+    assert float(torch.rand((), generator=batch[0])) == float(torch.rand((), generator=alone[0]))
+    assert float(torch.rand((), generator=batch[1])) != float(torch.rand((), generator=alone[0]))
+
+
 def test_one_rank_world_is_the_identity():
     w = World()
     x = torch.arange(6).view(3, 2)

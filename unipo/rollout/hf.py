@@ -132,7 +132,7 @@ def sample_tokens(
             tok = scaled.argmax(-1)
         else:
             probs = torch.softmax(filter_logits(scaled, top_k, top_p), dim=-1)
-            tok = draw(probs, generator)
+            tok = draw(probs, generator, done)
         is_forced = t < forced_len
         if t < forced_ids.shape[1]:
             tok = torch.where(is_forced, forced_ids[:, t], tok)
@@ -174,14 +174,20 @@ def sample_tokens(
     )
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+def draw(
+    probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None, done: torch.Tensor | None = None
+) -> torch.Tensor:
     """One token per row of `probs` (N, V): with a list of generators, row i takes the first token whose cumulative
-    probability reaches u_i · total, u_i ~ U(0, 1) from generator i (a zero-probability token is never taken)."""
+    probability reaches u_i · total, u_i ~ U(0, 1) from generator i (a zero-probability token is never taken). A row
+    that is `done` (N,) draws nothing from its generator (its token is then padding): a generator that goes on to a
+    later turn of a multi-turn episode is where one alone would be, however long the rest of its batch ran."""
     if not isinstance(generator, list):
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    u = 1 - torch.stack(
-        [torch.rand((), generator=g, dtype=torch.float64) for g in generator]
-    )  # in (0, 1].to(probs.device)
+    finished = [False] * len(generator) if done is None else done.tolist()
+    u = 1 - torch.tensor(
+        [0.0 if stop else float(torch.rand((), generator=g, dtype=torch.float64))
+         for g, stop in zip(generator, finished, strict=True)], dtype=torch.float64, device=probs.device
+    )  # fmt: skip  # in (0, 1]
     cdf = probs.double().cumsum(-1)
     tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
     return tok.clamp(max=probs.shape[-1] - 1)
