@@ -114,10 +114,14 @@ def _same_steps(run, other, steps):
                 assert a[step][key] == pytest.approx(b[step][key], rel=1e-4, abs=1e-5), (step, key)
 
 
-def test_a_critic_trains_on_two_ranks_as_in_one_process(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_a_critic_trains_on_two_ranks_as_in_one_process(tiny_model_dir, tmp_path, strategy):
     # PPO: GAE whitened over the whole batch, the value model trained on every rank's returns with summed gradients
+    # (under fsdp2 too, where the policy's gradients are reduced in its backward and the critic, whole on every rank,
+    # is not sharded: its gradients were once left unsummed there, and the ranks' critics drifted apart)
     alone, pair = tmp_path / "alone", tmp_path / "pair"
     ppo = [_train_args(tiny_model_dir, run, "train.max_steps=3", "critic.lr=1e-3") for run in (alone, pair)]
+    ppo[1].append(f"dist.strategy={strategy}")
     for args in ppo:
         args[1] = "ppo"
     assert main(ppo[0]) == 0

@@ -145,11 +145,14 @@ class World:
         return x if width is None or x.dim() < 2 else x[:, :width]
 
     def all_reduce_grads(self, params: list[torch.Tensor], bucket: int = 2**24) -> None:
-        """Sum the gradients of `params` over the ranks, in buckets of about `bucket` elements (sharded models
-        reduce-scatter theirs in the backward pass)."""
-        if self.size == 1 or self.sharded:
+        """Sum the gradients of `params` over the ranks, in buckets of about `bucket` elements. A sharded model's
+        parameters (DTensors) are skipped, as it reduce-scatters their gradients in the backward pass; a model that is
+        never sharded (the critic, under `fsdp2` too) is summed here."""
+        if self.size == 1:
             return
-        grads = [p.grad for p in params if p.grad is not None]
+        from torch.distributed.tensor import DTensor
+
+        grads = [p.grad for p in params if p.grad is not None and not isinstance(p, DTensor)]
         start = 0
         while start < len(grads):
             end, numel = start, 0
