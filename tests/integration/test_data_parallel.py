@@ -302,15 +302,19 @@ def turns_model_dir(tmp_path_factory):
     return str(build_tiny_model(tmp_path_factory.mktemp("turns") / "model", eos_bias=2.0, token_biases={"7": 1.5}))
 
 
-@pytest.mark.parametrize("recipe", ["gigpo"])
-def test_a_multiturn_run_on_two_ranks_matches_one_process(turns_model_dir, tmp_path, recipe):
+@pytest.mark.parametrize(("recipe", "strategy"), [("gigpo", "ddp"), ("archer", "ddp"), ("seeupo", "fsdp2")])
+def test_a_multiturn_run_on_two_ranks_matches_one_process(turns_model_dir, tmp_path, recipe, strategy):
     # two-turn episodes, each rank playing its own prompts' episodes: each episode draws from its own generator through
     # both turns (a reply that ended early draws nothing while the rest of its batch goes on, so its next turn does
-    # not depend on which episodes it was batched with); GiGPO's anchor-state groups are each prompt's own
+    # not depend on which episodes it was batched with); GiGPO's anchor-state groups are each prompt's own. ArCHer's
+    # critic: every rank holds the whole replay, draws the same rows and trains on its share with summed gradients;
+    # its advantages are whitened over every rank's turns (2 critic-only steps, then one policy step). SeeUPO's
+    # passes, last turn first: every rank runs one per turn index any rank reached, with every rank's counts
     alone, pair = tmp_path / "alone", tmp_path / "pair"
     runs = [_train_args(turns_model_dir, run, *SEVENS) for run in (alone, pair)]
     for args in runs:
         args[1] = recipe
+    runs[1].append(f"dist.strategy={strategy}")
     assert main(runs[0]) == 0
     proc = subprocess.run(_torchrun("-m", "unipo", *runs[1]), env=ENV, cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)  # fmt: skip

@@ -78,16 +78,10 @@ def test_which_samplers_run_on_several_ranks():
     assert World().ratio(3, 4) == 0.75 and math.isnan(World().ratio(0, 0))
 
 
-@pytest.mark.parametrize(
-    ("recipe", "message"),
-    [
-        ("seeupo", r"^algo.credit 'seeupo_recon' updates turn by turn, which runs in one"),
-        ("archer", r"^algo.critic 'archer' trains on a replay of past trajectories, which runs in one"),
-    ],
-)
-def test_a_turn_by_turn_update_or_a_replayed_critic_is_refused_on_several_ranks(recipe, message):
-    cfg = config.load(recipe)
-    with pytest.raises(ConfigError, match=message):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_a_turn_by_turn_update_and_a_replayed_critic_run_on_several_ranks(strategy):
+    for recipe in ("seeupo", "archer"):  # tests/integration/test_data_parallel.py runs them against one process
+        cfg = config.load(recipe, [f"dist.strategy={strategy}"])
         check_data_parallel(cfg, build_algo(cfg))
 
 

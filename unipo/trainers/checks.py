@@ -108,12 +108,6 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
         raise ConfigError("dist.ray: on several ranks, start one Ray cluster (`ray start --head`) and set "
                           "dist.ray_address=auto, so that the ranks share it instead of each starting "
                           "its own")  # fmt: skip
-    if algo.has_fact("credit", "turn_sequential"):
-        raise ConfigError(f"algo.credit {algo.credit.id!r} updates turn by turn, which runs in one process only for "
-                          "now; launch without torchrun")  # fmt: skip
-    if algo.has_fact("critic", "td_replay"):
-        raise ConfigError(f"algo.critic {algo.critic.id!r} trains on a replay of past trajectories, which runs in one "
-                          "process only for now; launch without torchrun")  # fmt: skip
     facts = algos.entry("sampler", algo.sampler.id).facts if algo.sampler is not None else frozenset()
     if facts & NON_FILTER_FACTS - PER_GROUP_FACTS - KEYED_FACTS:
         raise ConfigError(f"algo.sampler {algo.sampler.id!r} keeps state across steps, allots rollouts, branches "

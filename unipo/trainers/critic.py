@@ -152,26 +152,31 @@ def remember(replay: Rollouts | None, batch: Rollouts, rewards: torch.Tensor, si
 
 
 def td_update(
-    critic: Critic, cfg: Config, fn: Callable, generator: torch.Generator, inputs: Callable[[Rollouts], dict]
-) -> dict[str, float]:
+    critic: Critic, cfg: Config, fn: Callable, generator: torch.Generator, inputs: Callable[[Rollouts], dict],
+    world: World | None = None,
+) -> dict[str, float]:  # fmt: skip
     """A TD critic's update (fact `td_replay`, ArCHer's critic loop): `critic.replay_updates` optimizer steps, each on
     `critic.replay_batch` trajectories drawn from the replay with replacement. `fn` (the recipe's critic) gives each
     draw's targets from the target network's values (`target_values`, with `inputs(draw)`, its turn data); the loss
     is ½·(V − y)² averaged over the draw's targets (over micro-batches, with its global count). After each step the
     target moves: θ̄ ← θ̄ + τ·(θ − θ̄). A draw's trajectories mostly come from different prompts, so a micro-batch
-    shares no prompt forward: `train.micro_batch_size` bounds its memory (the recipe `archer` sets 8)."""
+    shares no prompt forward: `train.micro_batch_size` bounds its memory (the recipe `archer` sets 8). On several ranks
+    (`world`) every rank holds the whole replay and draws the same rows (the run's generator is in step on every rank);
+    each takes its contiguous share of the draw, the count is every rank's and the gradients are summed over the ranks,
+    so the critic and its target stay the one process's."""
     assert critic.replay is not None and critic.target is not None, "a TD critic remembers the batch first"
+    world = world or World()
     losses, norms, explained = [], [], []
     for _ in range(cfg.critic.replay_updates):
         idx = torch.randint(critic.replay.num_completions, (cfg.critic.replay_batch,), generator=generator,
                             device=generator.device).to(critic.replay.group_ids.device)  # fmt: skip
-        draw = critic.replay.select(idx)
+        draw = critic.replay.select(idx.tensor_split(world.size)[world.rank])
         target_values = values(critic, draw, cfg, target=True)
         rewards = torch.tensor(draw.extras["reward"], dtype=torch.float32, device=target_values.device)
         t = call(
             fn, rewards, target_values, draw.completion_mask, inputs=inputs(draw) | {"target_values": target_values}
         )
-        count = t.value_mask.sum().clamp(min=1)
+        count = world.sum(t.value_mask.sum()).clamp(min=1)
         critic.optimizer.zero_grad(set_to_none=True)
         total, fitted = torch.zeros(()), []
         for part in torch.arange(draw.num_completions).split(cfg.train.micro_batch_size):
@@ -184,6 +189,7 @@ def td_update(
             loss.backward()
             total += loss.detach().cpu()
             fitted.append(torch.nn.functional.pad(v.detach(), (0, t.returns.shape[1] - width)))
+        world.all_reduce_grads(list(critic.model.parameters()))
         norms.append(float(torch.nn.utils.clip_grad_norm_(critic.model.parameters(),
                                                           cfg.train.max_grad_norm or float("inf"))))  # fmt: skip
         critic.optimizer.step()
@@ -191,8 +197,9 @@ def td_update(
         with torch.no_grad():
             for slow, fast in zip(critic.target.parameters(), critic.model.parameters(), strict=True):
                 slow.lerp_(fast, cfg.critic.target_tau)
-        losses.append(float(total))
-        explained.append(explained_variance(torch.cat(fitted), t.returns, t.value_mask))
+        losses.append(float(world.sum(total)))
+        fit, returns, mask = (world.gather_rows(x) for x in (torch.cat(fitted), t.returns, t.value_mask))
+        explained.append(explained_variance(fit, returns, mask))
     return {
         "critic/value_loss": sum(losses) / len(losses),
         "critic/grad_norm": sum(norms) / len(norms),

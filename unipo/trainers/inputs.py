@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import IntEnum
+from typing import Any
 
 import torch
 
@@ -115,6 +116,12 @@ def batch_inputs(batch: Rollouts) -> dict[str, torch.Tensor]:
         "hint_mask": batch.forced,
         "retry_pairs": batch.pairs,
     }
+
+
+def turn_inputs(batch: Rollouts) -> dict[str, Any]:
+    """The turn data of a multi-turn batch, as credit and TD critics take it."""
+    return {"turn_ids": batch.turn_ids, "turn_rewards": batch.extras["turn_rewards"],
+            "state_keys": batch.extras["state_keys"]}  # fmt: skip
 
 
 def _tempered_old_logp(logits: torch.Tensor, ids: torch.Tensor, params: dict, temperature: float) -> torch.Tensor:

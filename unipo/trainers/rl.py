@@ -21,7 +21,7 @@ from unipo.config import Config, ConfigError
 from unipo.data.tasks import PromptStream, get_task
 from unipo.models.loading import load_model_and_tokenizer, load_policy, store_as_autocast
 from unipo.models.lora import BaseView
-from unipo.rollout.batch import Origin, Rollouts
+from unipo.rollout.batch import Origin, Rollouts, cat
 from unipo.rollout.multiturn import metrics as env_metrics
 from unipo.run import completion_samples
 from unipo.trainers import checkpoint, controllers
@@ -43,6 +43,7 @@ from unipo.trainers.common import (
 )
 from unipo.trainers.dist import World, close_world, device_for, init_world
 from unipo.trainers.evaluate import heldout_eval
+from unipo.trainers.inputs import turn_inputs
 from unipo.trainers.loop import run_steps
 from unipo.trainers.pipeline import Pipeline
 from unipo.trainers.segments import segment_values
@@ -277,7 +278,7 @@ def updated(s: RLState, algo: Algo, batch: Rollouts, advantages: torch.Tensor, i
     if s.step <= s.cfg.critic.warmup_steps and s.critic is not None:
         return {}
     if algo.has_fact("credit", "turn_sequential"):
-        return turn_by_turn(s.cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs)
+        return turn_by_turn(s.cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs, s.world)
     return update(s.cfg, s.model, s.optimizer, s.scheduler, algo, batch, advantages, inputs, s.world)
 
 
@@ -307,26 +308,21 @@ def critic_stage(
 def td_critic_stage(
     s: RLState, algo: Algo, batch: Rollouts, rewards: torch.Tensor, groups: torch.Tensor, timer: Timer
 ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
-    """A TD critic's stage (fact `td_replay`; one process): the batch joins the replay, the critic takes its steps on
-    replayed trajectories, then the recipe's critic gives the batch's advantages from the updated value model and its
-    target network."""
-    critic, cfg = s.critic, s.cfg
-    critic.replay = critics.remember(critic.replay, batch, rewards, cfg.critic.replay_size, s.tokenizer.pad_token_id)
+    """A TD critic's stage (fact `td_replay`): every rank's trajectories join the replay (whole on every rank, as in
+    one process), the critic takes its steps on replayed trajectories, then the recipe's critic gives the advantages
+    of every rank's rows from the updated value model and its target network (it may whiten over the batch)."""
+    critic, cfg, w, n = s.critic, s.cfg, s.world, batch.num_completions
+    whole = cat(w.gather_list([batch]), s.tokenizer.pad_token_id) if w.size > 1 else batch
+    critic.replay = critics.remember(critic.replay, whole, rewards, cfg.critic.replay_size, s.tokenizer.pad_token_id)
     with timer("critic_update"):
-        critic_stats = critics.td_update(critic, cfg, algo.critic, s.generator, turn_inputs)
+        critic_stats = critics.td_update(critic, cfg, algo.critic, s.generator, turn_inputs, w)
     with timer("values"):
-        now, target = critics.values(critic, batch, cfg), critics.values(critic, batch, cfg, target=True)
+        now, target = (w.gather_rows(critics.values(critic, batch, cfg, target=t)) for t in (False, True))
     targets = call(
-        algo.critic, rewards, now, batch.completion_mask, inputs=turn_inputs(batch) | {"target_values": target}
+        algo.critic, rewards, now, whole.completion_mask, inputs=turn_inputs(whole) | {"target_values": target}
     )
-    advantages, post_stats = post_processed(algo, targets.advantages, batch.loss_mask, rewards, groups)
-    return advantages, post_stats, critic_stats
-
-
-def turn_inputs(batch: Rollouts) -> dict[str, Any]:
-    """The turn data of a multi-turn batch, as credit and TD critics take it."""
-    return {"turn_ids": batch.turn_ids, "turn_rewards": batch.extras["turn_rewards"],
-            "state_keys": batch.extras["state_keys"]}  # fmt: skip
+    advantages, post_stats = post_processed(algo, targets.advantages, whole.loss_mask, rewards, groups)
+    return w.local(advantages, n, batch.loss_mask.shape[1]), post_stats, critic_stats
 
 
 def collected(s: RLState, algo: Algo, timer: Timer) -> Collected:

@@ -157,15 +157,18 @@ def turn_by_turn(
     batch: Rollouts,
     advantages: torch.Tensor,
     inputs: dict[str, Any],
+    world: World | None = None,
 ) -> dict[str, float]:
     """The sequential update of a credit with fact `turn_sequential` (SeeUPO): one `update` per policy turn index k,
     the last first, on the trajectories that reached turn k with only turn k's tokens in the loss, so each pass is
     normalised by its own token and sequence counts and sees the parameters the later turns' passes left. The
     learning-rate schedule moves after the last pass only, once per step as with `update`. Old log-probs are each
     pass's own first forward (the parameters that sampled the batch only in the first pass); behaviour log-probs stay
-    the sampling policy's. Returns the passes' mean metrics and `turns/passes`. One rank (trainers/checks.py)."""
+    the sampling policy's. Returns the passes' mean metrics and `turns/passes`. On several ranks (`world`) every rank
+    runs a pass for each turn index any rank reached (with no rows where none of its trajectories did), each pass
+    normalised by every rank's counts, as one process's."""
     n, per_pass = batch.num_completions, []
-    for k in reversed(range(int(batch.turn_ids.max()) + 1)):
+    for k in reversed(range(max((world or World()).sizes(int(batch.turn_ids.max()))) + 1)):
         at_k = batch.turn_ids == k
         rows = at_k.any(1).nonzero().squeeze(1)
         part = batch.select(rows)
@@ -173,7 +176,7 @@ def turn_by_turn(
         rows_of = {key: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
                    for key, v in inputs.items()}  # fmt: skip
         held = scheduler if k == 0 else _HeldSchedule()
-        per_pass.append(update(cfg, model, optimizer, held, algo, part, advantages[rows], rows_of))
+        per_pass.append(update(cfg, model, optimizer, held, algo, part, advantages[rows], rows_of, world))
     out = {key: sum(p[key] for p in per_pass if key in p) / sum(key in p for p in per_pass)
            for key in dict.fromkeys(key for p in per_pass for key in p)}  # fmt: skip
     return {**out, "turns/passes": float(len(per_pass))}
