@@ -302,16 +302,22 @@ def turns_model_dir(tmp_path_factory):
     return str(build_tiny_model(tmp_path_factory.mktemp("turns") / "model", eos_bias=2.0, token_biases={"7": 1.5}))
 
 
-@pytest.mark.parametrize(("recipe", "strategy"), [("gigpo", "ddp"), ("archer", "ddp"), ("seeupo", "fsdp2")])
-def test_a_multiturn_run_on_two_ranks_matches_one_process(turns_model_dir, tmp_path, recipe, strategy):
+@pytest.mark.parametrize(
+    ("recipe", "strategy", "extra"),
+    [("gigpo", "ddp", ()), ("archer", "ddp", ()), ("seeupo", "fsdp2", ()),
+     ("refuel", "ddp", ("rollout.group_size=2", "train.prompts_per_step=8")), ("arpo", "fsdp2", ())],
+)  # fmt: skip
+def test_a_multiturn_run_on_two_ranks_matches_one_process(turns_model_dir, tmp_path, recipe, strategy, extra):
     # two-turn episodes, each rank playing its own prompts' episodes: each episode draws from its own generator through
     # both turns (a reply that ended early draws nothing while the rest of its batch goes on, so its next turn does
     # not depend on which episodes it was batched with); GiGPO's anchor-state groups are each prompt's own. ArCHer's
     # critic: every rank holds the whole replay, draws the same rows and trains on its share with summed gradients;
     # its advantages are whitened over every rank's turns (2 critic-only steps, then one policy step). SeeUPO's
-    # passes, last turn first: every rank runs one per turn index any rank reached, with every rank's counts
+    # passes, last turn first: every rank runs one per turn index any rank reached, with every rank's counts. REFUEL's
+    # and ARPO's roll-ins and branches draw from generators keyed by their prompts, and their samplers draw once for
+    # every rank's roll-ins (ARPO's from the entropies of all of them)
     alone, pair = tmp_path / "alone", tmp_path / "pair"
-    runs = [_train_args(turns_model_dir, run, *SEVENS) for run in (alone, pair)]
+    runs = [_train_args(turns_model_dir, run, *SEVENS, *extra) for run in (alone, pair)]
     for args in runs:
         args[1] = recipe
     runs[1].append(f"dist.strategy={strategy}")
@@ -322,6 +328,8 @@ def test_a_multiturn_run_on_two_ranks_matches_one_process(turns_model_dir, tmp_p
     _same_steps(pair, alone, (1, 2, 3))
     a, b = _steps(alone), _steps(pair)
     assert any(a[step]["env/turns_mean"] > 1 for step in (1, 2, 3))  # second turns were played
+    if recipe in ("refuel", "arpo"):  # some branch started at a later turn, its first turn replayed
+        assert any(a[step].get("sampler/branch_turn", a[step].get("sampler/branches", 0)) > 0 for step in (1, 2, 3))
     for step in (1, 2, 3):
-        for key in [k for k in a[step] if k.startswith(("env/", "critic/"))]:
+        for key in [k for k in a[step] if k.startswith(("env/", "critic/", "sampler/"))]:
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)

@@ -232,10 +232,10 @@ def test_refuel_trains_no_pair_with_an_unscored_branch(eos_model_dir, tmp_path):
 
     args = ["train", "refuel", f"model.path={eos_model_dir}", f"output_dir={tmp_path / 'run'}", "train.max_steps=1",
             "train.prompts_per_step=2", "env._component_=tests.integration.envs_for_tests.EveryOtherFails",
-            "env.max_turns=2", "rollout.max_new_tokens=8", "eval.num_problems=0"]  # fmt: skip
+            "env.max_turns=2", "rollout.max_new_tokens=16", "eval.num_problems=0"]  # fmt: skip
     assert main(args) == 0
     step = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
-    assert step["env/errors"] == 2  # one branch of each of the 2 pairs
+    assert step["env/errors"] == 2  # one branch of each of the 2 pairs (one cut by the token budget would not step)
     assert step["loss"] == 0 and step["grad_norm"] == 0
 
 

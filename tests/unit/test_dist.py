@@ -59,7 +59,7 @@ def test_one_rank_world_is_the_identity():
 
 def test_which_samplers_run_on_several_ranks():
     refused = [
-        ("knapsack_rl", "ddp", r"^algo.sampler 'knapsack_rl' keeps state across steps, allots rollouts, branches"),
+        ("knapsack_rl", "ddp", r"^algo.sampler 'knapsack_rl' keeps state across steps, allots rollouts or re-samples"),
         ("arpo_gui_replay", "ddp", r"^algo.sampler 'arpo_gui_replay' keeps state across steps"),
         ("dynamic_sampling", "fsdp2", r"^algo.sampler 'dynamic_sampling' runs on several ranks with dist.strat"),
         ("ghpo", "fsdp2", r"^algo.sampler 'ghpo' runs on several ranks with dist.strategy=ddp only"),
@@ -79,8 +79,8 @@ def test_which_samplers_run_on_several_ranks():
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_a_turn_by_turn_update_and_a_replayed_critic_run_on_several_ranks(strategy):
-    for recipe in ("seeupo", "archer"):  # tests/integration/test_data_parallel.py runs them against one process
+def test_multiturn_updates_critics_and_branching_samplers_run_on_several_ranks(strategy):
+    for recipe in ("seeupo", "archer", "refuel", "arpo"):  # test_data_parallel.py runs them against one process
         cfg = config.load(recipe, [f"dist.strategy={strategy}"])
         check_data_parallel(cfg, build_algo(cfg))
 

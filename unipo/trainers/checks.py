@@ -96,6 +96,11 @@ PER_GROUP_FACTS = frozenset({"demonstrations", "ground_truth"})
 """The sampler facts whose act on a group depends on that group's own samples alone and generates nothing, so that
 each rank acts on its own groups as one process acts on all of them (`collect`); every group is kept."""
 
+BRANCH_FACTS = frozenset({"branch", "entropy_branch"})
+"""The multi-turn samplers' facts (REFUEL, ARPO; trainers/branching.py): their roll-ins and branches draw from
+generators keyed by the prompts' stream positions and the sampler draws once for every rank's trajectories; every
+prompt gets `rollout.group_size` trajectories, so the ranks' batches keep their sizes (ddp and fsdp2)."""
+
 KEYED_FACTS = frozenset({"hints", "tiered_hints", "drafts", "roll_in", "inpaint", "retry", "resample"})
 """The sampler facts whose act sees the whole batch's marks (`generation.marks`) and generates more samples of a
 rank's own prompts, keyed by their stream positions (trainers/hinted.py): on several ranks they give the samples of
@@ -109,11 +114,11 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
                           "dist.ray_address=auto, so that the ranks share it instead of each starting "
                           "its own")  # fmt: skip
     facts = algos.entry("sampler", algo.sampler.id).facts if algo.sampler is not None else frozenset()
-    if facts & NON_FILTER_FACTS - PER_GROUP_FACTS - KEYED_FACTS:
-        raise ConfigError(f"algo.sampler {algo.sampler.id!r} keeps state across steps, allots rollouts, branches "
-                          "trajectories or re-samples at another temperature, which runs in one process only for now "
+    if facts & NON_FILTER_FACTS - PER_GROUP_FACTS - KEYED_FACTS - BRANCH_FACTS:
+        raise ConfigError(f"algo.sampler {algo.sampler.id!r} keeps state across steps, allots rollouts or re-samples "
+                          "at another temperature, which runs in one process only for now "
                           "(every other sampler runs on several ranks); launch without torchrun")  # fmt: skip
-    if algo.sampler is not None and not facts & PER_GROUP_FACTS and cfg.dist.strategy == "fsdp2":
+    if algo.sampler is not None and not facts & (PER_GROUP_FACTS | BRANCH_FACTS) and cfg.dist.strategy == "fsdp2":
         # a rank may keep no group, or generate more than another
         raise ConfigError(f"algo.sampler {algo.sampler.id!r} runs on several ranks with dist.strategy=ddp only for "
                           "now (a rank whose groups the filter drops, or that generates more samples than another, "

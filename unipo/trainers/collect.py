@@ -67,9 +67,9 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
     if algo.has_fact("sampler", "drafts"):
         return hinted.refined(s, algo, rows, timer, positions)
     if algo.has_fact("sampler", "branch"):
-        return branching.branched(s, algo, rows, timer, sampler_inputs(s, algo.sampler))
+        return branching.branched(s, algo, rows, timer, sampler_inputs(s, algo.sampler), positions)
     if algo.has_fact("sampler", "entropy_branch"):
-        return branching.entropy_branched(s, algo, rows, timer, sampler_inputs(s, algo.sampler))
+        return branching.entropy_branched(s, algo, rows, timer, sampler_inputs(s, algo.sampler), positions)
     batch, per_fn = generate_and_score(s, rows, timer, positions=positions)
     if algo.sampler is None or algo.has_fact("sampler", "entropy_switch"):
         return batch, per_fn, {}

@@ -94,8 +94,8 @@ class World:
         dist.all_gather_object(out, n)
         return out
 
-    def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """Every rank's rows of `x` (dim 0) in rank order; a dim 1 of unequal widths is right-padded with zeros."""
+    def gather_rows(self, x: torch.Tensor, fill: float = 0) -> torch.Tensor:
+        """Every rank's rows of `x` (dim 0) in rank order; a dim 1 of unequal widths is right-padded with `fill`."""
         if self.size == 1:
             return x
         shapes = self.sizes(tuple(x.shape))
@@ -103,7 +103,7 @@ class World:
         kind = x.dtype
         padded = x.to(torch.uint8) if kind == torch.bool else x  # gloo gathers no bool
         if x.dim() > 1:
-            padded = torch.nn.functional.pad(padded, (0, 0) * (x.dim() - 2) + (0, width - x.shape[1]))
+            padded = torch.nn.functional.pad(padded, (0, 0) * (x.dim() - 2) + (0, width - x.shape[1]), value=fill)
         padded = torch.cat([padded, padded.new_zeros((rows - x.shape[0], *padded.shape[1:]))])
         padded = padded.to(self.device).contiguous()
         parts = [torch.empty_like(padded) for _ in range(self.size)]
@@ -327,3 +327,8 @@ def sample_generators(seed: int, prompt_ids: list[int | str], counts: list[int])
             digest = hashlib.blake2b(f"{seed}-{pid}-{j}".encode(), digest_size=8).digest()
             out.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1))
     return out
+
+
+def tagged(keys: list[int | str], tag: str) -> list[str]:
+    """Stream keys of a sampler's extra samples of the prompts with `keys` (`sample_generators`)."""
+    return [f"{k}.{tag}" for k in keys]

@@ -59,11 +59,6 @@ def generate(
     return batch
 
 
-def tagged(keys: list[int | str], tag: str) -> list[str]:
-    """Stream keys of a sampler's extra samples of the prompts with `keys` (module docstring)."""
-    return [f"{k}.{tag}" for k in keys]
-
-
 def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> dict[str, Any]:
     """The trainer inputs a sampler may take: each reward function's scores, the training progress, and a CPU
     generator seeded from the run's (which may live on the GPU) so that its draws resume exactly, drawn only for a

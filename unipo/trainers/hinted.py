@@ -2,7 +2,7 @@
 GHPO (`hints`), Scaf-GRPO (`tiered_hints`), iGRPO (`drafts`), DR-PO (`roll_in`) and IGPO (`inpaint`).
 
 On several ranks (ddp) each rank acts on its own groups: the sampler's marks see every rank's samples
-(`generation.marks`), every extra sample is keyed by its prompt's stream position and a tag (`generation.tagged`),
+(`generation.marks`), every extra sample is keyed by its prompt's stream position and a tag (`dist.tagged`),
 and every statistic is a ratio of sums over the ranks, so a run on any number of ranks trains on the samples one
 process trains on. Every rank runs the same rounds (each calls the collectives), also one with nothing to generate.
 """
@@ -16,7 +16,8 @@ import torch
 from unipo.rollout.batch import Origin, Rollouts, cat, keep_groups
 from unipo.rollout.inject import reference_text, scaf_hint_levels, with_draft, with_hint
 from unipo.trainers.common import Algo, Timer, bound_params
-from unipo.trainers.generation import Collected, generate_and_score, marks, nanmean, sampler_inputs, tagged
+from unipo.trainers.dist import tagged
+from unipo.trainers.generation import Collected, generate_and_score, marks, nanmean, sampler_inputs
 
 if TYPE_CHECKING:
     from unipo.trainers.rl import RLState
