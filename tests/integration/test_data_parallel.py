@@ -333,3 +333,29 @@ def test_a_multiturn_run_on_two_ranks_matches_one_process(turns_model_dir, tmp_p
     for step in (1, 2, 3):
         for key in [k for k in a[step] if k.startswith(("env/", "critic/", "sampler/"))]:
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "sampler", "size"),
+    [("ddp", "{name: knapsack_rl}", 6), ("fsdp2", "{name: arpo_gui_replay}", 2)],
+)  # fmt: skip
+def test_a_sampler_with_a_memory_keeps_one_process_memory_on_two_ranks(tiny_model_dir, tmp_path, strategy, sampler,
+                                                                       size):  # fmt: skip
+    # 4 prompts, each revisited at every step: Knapsack RL allots the step's rollouts over every rank's prompts from
+    # their last pass rates (every rank remembers every prompt's), and each rank samples its own prompts' budgets;
+    # the ARPO replay puts a stored success in place of the last rollout of a group that failed everywhere (every rank
+    # stores every rank's successes). Memories, budgets, samples and gradients are one process's
+    task = tmp_path / "four.jsonl"
+    task.write_text("".join(json.dumps({"prompt": f"question number {i}:", "answer": "1"}) + "\n" for i in range(4)))
+    args = (f"algo.sampler={sampler}", f"task={task}", "data.eval_frac=0", "eval.num_problems=0",
+            f"rewards=[{EVEN}]", f"rollout.group_size={size}", "train.max_steps=3")  # fmt: skip
+    alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *args, strategy=strategy)
+    _same_steps(pair, alone, (1, 2, 3))
+    a, b = _steps(alone), _steps(pair)
+    for step in (1, 2, 3):
+        for key in [k for k in a[step] if k.startswith("sampler/")]:
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-6), (step, key)
+    if "knapsack" in sampler:  # the pass rates moved the budgets off the even split of 6 per prompt
+        assert any(a[step]["sampler/budget_max"] > 6 for step in (2, 3)), a
+    else:  # a stored success took the place of a rollout
+        assert any(a[step]["sampler/replayed"] > 0 for step in (2, 3)), a

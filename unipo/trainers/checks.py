@@ -92,19 +92,21 @@ def branches(algo: Algo) -> bool:
     return algo.has_fact("sampler", "branch") or algo.has_fact("sampler", "entropy_branch")
 
 
-PER_GROUP_FACTS = frozenset({"demonstrations", "ground_truth"})
-"""The sampler facts whose act on a group depends on that group's own samples alone and generates nothing, so that
-each rank acts on its own groups as one process acts on all of them (`collect`); every group is kept."""
+PER_GROUP_FACTS = frozenset({"demonstrations", "ground_truth", "replay"})
+"""The sampler facts whose act on a group depends on that group's own samples alone (and, for the ARPO replay, on a
+buffer every rank holds whole) and generates nothing, so that each rank acts on its own groups as one process acts on
+all of them (`collect`); every group is kept."""
 
 BRANCH_FACTS = frozenset({"branch", "entropy_branch"})
 """The multi-turn samplers' facts (REFUEL, ARPO; trainers/branching.py): their roll-ins and branches draw from
 generators keyed by the prompts' stream positions and the sampler draws once for every rank's trajectories; every
 prompt gets `rollout.group_size` trajectories, so the ranks' batches keep their sizes (ddp and fsdp2)."""
 
-KEYED_FACTS = frozenset({"hints", "tiered_hints", "drafts", "roll_in", "inpaint", "retry", "resample"})
-"""The sampler facts whose act sees the whole batch's marks (`generation.marks`) and generates more samples of a
-rank's own prompts, keyed by their stream positions (trainers/hinted.py): on several ranks they give the samples of
-one process. Ranks then generate different amounts, which ddp allows and fsdp2's sharded passes do not."""
+KEYED_FACTS = frozenset({"hints", "tiered_hints", "drafts", "roll_in", "inpaint", "retry", "resample", "budget"})
+"""The sampler facts whose act sees the whole batch's marks (`generation.marks`) or prompts (Knapsack RL's allotment)
+and generates more samples of a rank's own prompts, keyed by their stream positions (trainers/hinted.py): on several
+ranks they give the samples of one process. Ranks then generate different amounts, which ddp allows and fsdp2's
+sharded passes do not."""
 
 
 def check_data_parallel(cfg: Config, algo: Algo) -> None:
@@ -115,8 +117,8 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
                           "its own")  # fmt: skip
     facts = algos.entry("sampler", algo.sampler.id).facts if algo.sampler is not None else frozenset()
     if facts & NON_FILTER_FACTS - PER_GROUP_FACTS - KEYED_FACTS - BRANCH_FACTS:
-        raise ConfigError(f"algo.sampler {algo.sampler.id!r} keeps state across steps, allots rollouts or re-samples "
-                          "at another temperature, which runs in one process only for now "
+        raise ConfigError(f"algo.sampler {algo.sampler.id!r} re-samples at another temperature "
+                          "set by the last step's entropy, which runs in one process only for now "
                           "(every other sampler runs on several ranks); launch without torchrun")  # fmt: skip
     if algo.sampler is not None and not facts & (PER_GROUP_FACTS | BRANCH_FACTS) and cfg.dist.strategy == "fsdp2":
         # a rank may keep no group, or generate more than another

@@ -63,7 +63,7 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
     if algo.has_fact("sampler", "roll_in"):
         return hinted.rolled_in(s, algo, rows, timer, positions)
     if algo.has_fact("sampler", "budget"):
-        return _budgeted(s, algo, rows, timer)
+        return _budgeted(s, algo, rows, timer, positions)
     if algo.has_fact("sampler", "drafts"):
         return hinted.refined(s, algo, rows, timer, positions)
     if algo.has_fact("sampler", "branch"):
@@ -158,26 +158,31 @@ def _with_demonstrations(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.
     return cat(parts, s.tokenizer.pad_token_id), torch.cat([per_fn[~switch.cpu()], unscored]), stats
 
 
-def _budgeted(s: RLState, algo: Algo, rows: list[dict], timer: Timer) -> Collected:
+def _budgeted(s: RLState, algo: Algo, rows: list[dict], timer: Timer, positions: list[int]) -> Collected:
     """Knapsack RL: each prompt gets the number of rollouts the sampler allots from its pass rate when last seen (an
     unseen prompt: the sampler's `prior`), within the uniform split's total; then each prompt's pass rate (the mean of
-    the first reward function, clamped to [0, 1]) is remembered for its next visit."""
-    params = bound_params(algo.sampler)
+    the first reward function, clamped to [0, 1]) is remembered for its next visit. On several ranks (ddp) the
+    allotment is over every rank's prompts, each rank samples its own prompts' rollouts (keyed by their `positions`),
+    and every rank remembers every prompt's rate, so the budgets and the memory are one process's."""
+    w, params = s.world, bound_params(algo.sampler)
     rates: dict[str, float] = s.sampler_state if s.sampler_state is not None else {}
-    keys = [prompt_key(r) for r in rows]
-    total = params["total"] or len(rows) * s.cfg.rollout.group_size
+    mine = [prompt_key(r) for r in rows]
+    keys = w.gather_list(mine)
+    total = params["total"] or len(keys) * s.cfg.rollout.group_size
     budgets = algo.sampler(torch.tensor([rates.get(k, params["prior"]) for k in keys]), total=total)
-    batch, per_fn = generate_and_score(s, rows, timer, n=budgets.tolist())
+    batch, per_fn = generate_and_score(s, rows, timer, n=w.local(budgets, len(rows)).tolist(), positions=positions)
     first = per_fn[:, 0].clamp(0, 1)
     groups = batch.group_ids.cpu()
-    for g, key in enumerate(keys):
+    seen = []
+    for g, key in enumerate(mine):
         scored = first[(groups == g) & ~first.isnan()]
         if scored.numel():
-            rates[key] = float(scored.mean())
+            seen.append((key, float(scored.mean())))
+    rates.update(w.gather_list(seen))
     s.sampler_state = rates
-    spread = [float(first[groups == g].nan_to_num(0).std()) > 0 for g in range(len(keys))]
+    spread = sum(float(first[groups == g].nan_to_num(0).std()) > 0 for g in range(len(rows)))
     stats = {"sampler/budget_min": float(budgets.min()), "sampler/budget_max": float(budgets.max()),
-             "sampler/spread_frac": sum(spread) / len(spread)}  # groups with a gradient  # fmt: skip
+             "sampler/spread_frac": w.ratio(spread, len(rows))}  # groups with a gradient  # fmt: skip
     return batch, per_fn, stats
 
 
@@ -189,23 +194,26 @@ def prompt_key(row: dict) -> str:
 def _with_replay(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
     """ARPO: in a group that failed everywhere, the rollout the sampler marks is replaced by the latest stored success
     of its prompt (its tokens, its behaviour log-probs and its rewards as stored, `Origin.REPLAY`); then every new
-    success of this batch is stored, one per prompt (the latest)."""
+    success of this batch is stored, one per prompt (the latest). On several ranks each rank marks its own groups and
+    every rank stores every rank's successes, in one process's order, so every rank holds one process's buffer."""
     buffer: dict[str, dict[str, Any]] = s.sampler_state if s.sampler_state is not None else {}
     keys = [prompt_key(r) for r in batch.rows]
     stored = torch.tensor([k in buffer for k in keys], dtype=torch.bool)
     first = per_fn[:, 0]
     replace = algo.sampler(first, batch.group_ids.cpu(), stored).to(batch.group_ids.device)
     success = first > bound_params(algo.sampler)["success_above"]
-    tokens = batch.token_lists()
+    tokens, found = batch.token_lists(), []
     for i in success.nonzero().squeeze(-1).tolist():
         n = len(tokens[i])
-        buffer[keys[int(batch.group_ids[i])]] = {
+        found.append((keys[int(batch.group_ids[i])], {
             "ids": tokens[i], "logp": batch.rollout_logp[i, :n].tolist(), "truncated": bool(batch.truncated[i]),
             "rewards": per_fn[i].tolist(), "text": batch.texts[i] if batch.texts else "",
-        }  # fmt: skip
+        }))  # fmt: skip
+    buffer.update(s.world.gather_list(found))
     s.sampler_state = buffer
     out = replace.nonzero().squeeze(-1).tolist()
-    stats = {"sampler/replayed": float(len(out)), "sampler/buffer_size": float(len(buffer))}
+    replayed = s.world.sum(torch.tensor(float(len(out))))
+    stats = {"sampler/replayed": float(replayed), "sampler/buffer_size": float(len(buffer))}
     if not out:
         return batch, per_fn, stats
     items = [buffer[keys[int(batch.group_ids[i])]] for i in out]
