@@ -30,8 +30,8 @@ def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
 
 
-def _train_args(model_dir, run, *extra):
-    return ["train", "grpo", f"model.path={model_dir}", "task=lucky7", f"output_dir={run}", "model.autocast=off",
+def _train_args(model_dir, run, *extra, recipe="grpo"):
+    return ["train", recipe, f"model.path={model_dir}", "task=lucky7", f"output_dir={run}", "model.autocast=off",
             "rollout.max_new_tokens=8", "rollout.group_size=4", "eval.num_problems=4", "train.prompts_per_step=4",
             "train.lr=1e-2", "train.lr_schedule=constant", "eval.show_replies=0", f"rewards=[{LENGTH}]",
             *extra]  # fmt: skip
@@ -119,15 +119,8 @@ def test_a_critic_trains_on_two_ranks_as_in_one_process(tiny_model_dir, tmp_path
     # PPO: GAE whitened over the whole batch, the value model trained on every rank's returns with summed gradients
     # (under fsdp2 too, where the policy's gradients are reduced in its backward and the critic, whole on every rank,
     # is not sharded: its gradients were once left unsummed there, and the ranks' critics drifted apart)
-    alone, pair = tmp_path / "alone", tmp_path / "pair"
-    ppo = [_train_args(tiny_model_dir, run, "train.max_steps=3", "critic.lr=1e-3") for run in (alone, pair)]
-    ppo[1].append(f"dist.strategy={strategy}")
-    for args in ppo:
-        args[1] = "ppo"
-    assert main(ppo[0]) == 0
-    proc = subprocess.run(_torchrun("-m", "unipo", *ppo[1]), env=ENV, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = ("train.max_steps=3", "critic.lr=1e-3")
+    alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *args, strategy=strategy, recipe="ppo")
     _same_steps(pair, alone, (1, 2, 3))
     a, b = _steps(alone), _steps(pair)
     assert a[1]["critic/value_loss"] > 0 and a[3]["critic/values_mean"] != 0  # the critic trains
@@ -163,11 +156,11 @@ def test_fsdp2_run_matches_one_process_and_resumes_into_other_world_sizes(tiny_m
     _same_steps(pair, alone, (4, 5))
 
 
-def _alone_and_pair(model_dir, tmp_path, *args, strategy="ddp"):
-    """The same run in one process and on 2 ranks with `strategy`: their run directories."""
+def _alone_and_pair(model_dir, tmp_path, *args, strategy="ddp", recipe="grpo"):
+    """The same run of `recipe` in one process and on 2 ranks with `strategy`: their run directories."""
     alone, pair = tmp_path / "alone", tmp_path / "pair"
-    assert main(_train_args(model_dir, alone, *args)) == 0
-    cmd = _torchrun("-m", "unipo", *_train_args(model_dir, pair, f"dist.strategy={strategy}", *args))
+    assert main(_train_args(model_dir, alone, *args, recipe=recipe)) == 0
+    cmd = _torchrun("-m", "unipo", *_train_args(model_dir, pair, f"dist.strategy={strategy}", *args, recipe=recipe))
     proc = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return alone, pair
@@ -316,15 +309,7 @@ def test_a_multiturn_run_on_two_ranks_matches_one_process(turns_model_dir, tmp_p
     # passes, last turn first: every rank runs one per turn index any rank reached, with every rank's counts. REFUEL's
     # and ARPO's roll-ins and branches draw from generators keyed by their prompts, and their samplers draw once for
     # every rank's roll-ins (ARPO's from the entropies of all of them)
-    alone, pair = tmp_path / "alone", tmp_path / "pair"
-    runs = [_train_args(turns_model_dir, run, *SEVENS, *extra) for run in (alone, pair)]
-    for args in runs:
-        args[1] = recipe
-    runs[1].append(f"dist.strategy={strategy}")
-    assert main(runs[0]) == 0
-    proc = subprocess.run(_torchrun("-m", "unipo", *runs[1]), env=ENV, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    alone, pair = _alone_and_pair(turns_model_dir, tmp_path, *SEVENS, *extra, strategy=strategy, recipe=recipe)
     _same_steps(pair, alone, (1, 2, 3))
     a, b = _steps(alone), _steps(pair)
     assert any(a[step]["env/turns_mean"] > 1 for step in (1, 2, 3))  # second turns were played
