@@ -344,3 +344,17 @@ def test_a_sampler_with_a_memory_keeps_one_process_memory_on_two_ranks(tiny_mode
         assert any(a[step]["sampler/budget_max"] > 6 for step in (2, 3)), a
     else:  # a stored success took the place of a rollout
         assert any(a[step]["sampler/replayed"] > 0 for step in (2, 3)), a
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_asynchronous_rollouts_on_two_ranks_match_one_process(tiny_model_dir, tmp_path, strategy):
+    # each rank's producer samples its share of the step's prompts, one version late, with its own whole copy of the
+    # policy; after each update every rank publishes the whole weights (gathered from the shards under fsdp2)
+    args = ("train.max_steps=3", "rollout.max_staleness=1", "algo.policy_loss.name=rollout_is")
+    alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *args, strategy=strategy)
+    _same_steps(pair, alone, (1, 2, 3))
+    a, b = _steps(alone), _steps(pair)
+    assert [b[t]["rollout/version_lag"] for t in (1, 2, 3)] == [0.0, 1.0, 1.0]
+    assert abs(a[3]["rollout_is/weight"] - 1.0) > 1e-4  # off-policy: the correction acts
+    for step in (1, 2, 3):
+        assert b[step]["rollout_is/weight"] == pytest.approx(a[step]["rollout_is/weight"], rel=1e-5), step

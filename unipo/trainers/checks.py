@@ -28,15 +28,12 @@ def check_setup(cfg: Config, algo: Algo, task: Any, world: World) -> tuple[Any, 
     if world.size > 1:
         check_data_parallel(cfg, algo)
     if cfg.rollout.max_staleness is not None:
-        check_async(cfg, algo, world)
+        check_async(cfg, algo)
     return env
 
 
-def check_async(cfg: Config, algo: Algo, world: World) -> None:
+def check_async(cfg: Config, algo: Algo) -> None:
     """What asynchronous rollouts (trainers/pipeline.py) cannot run with yet."""
-    if world.size > 1:
-        raise ConfigError("rollout.max_staleness: asynchronous rollouts run in one process only for now; launch "
-                          "without torchrun or unset it")  # fmt: skip
     if algo.sampler is not None:
         raise ConfigError(f"rollout.max_staleness: the sampler {algo.sampler.id!r} reads and changes the trainer's "
                           "state between steps, which a producer sampling ahead cannot follow; unset one of "

@@ -14,7 +14,9 @@ scoring (e.g. in Ray actors, `dist.ray`) overlaps the generation of the next bat
 log-probs stay the "old" ones (AReaL's proximal policy); the engine's are the behaviour log-probs
 (`Rollouts.rollout_logp`) that an off-policy correction (`rollout_is`, `opsm`, ...) reads. With k = 0 the producer
 waits for every update, so the run is the synchronous one. Samplers are refused (trainers/checks.py): the producer
-draws plain batches of `train.prompts_per_step` prompts.
+draws plain batches of `train.prompts_per_step` prompts. On several ranks each rank's producer samples the rank's
+share of them (keyed by their stream positions, as the synchronous step does) with a whole copy of the policy made
+before the trainer's is sharded; under `fsdp2` every rank gathers the shards when it publishes.
 
 Resume restarts the producer from the data position after the last batch trained (the prefetched ones are sampled
 again, by the resumed policy).
@@ -55,9 +57,8 @@ class _Batch:
 class Pipeline:
     """The producer of bounded-staleness batches for steps `start + 1 ...` (module docstring)."""
 
-    def __init__(self, s: RLState, start: int, max_staleness: int):
-        self.k, self.state, self.position = max_staleness, s, s.stream.state()
-        self.engine = copy.deepcopy(s.model).eval().requires_grad_(False)
+    def __init__(self, s: RLState, start: int, max_staleness: int, engine: Any):
+        self.k, self.state, self.position, self.engine = max_staleness, s, s.stream.state(), engine
         moved = [p.requires_grad for p in s.model.parameters()]  # what the trainer publishes, in the same order
         self.targets = [e for e, m in zip(self.engine.parameters(), moved, strict=True) if m]
         self.version = start  # the engine's weights: the policy after `start` updates
@@ -67,6 +68,12 @@ class Pipeline:
         self.changed, self.stopped = threading.Condition(), False
         self.thread = threading.Thread(target=self._produce, args=(start + 1,), name="unipo-rollouts", daemon=True)
         self.thread.start()
+
+    @staticmethod
+    def engine_of(model: Any) -> Any:
+        """The producer's copy of the policy, made before the trainer's is sharded (`dist.strategy=fsdp2`): whole on
+        every rank, so sampling makes no collective."""
+        return copy.deepcopy(model).eval().requires_grad_(False)
 
     def take(self, step: int, timer: Timer) -> tuple[Collected, dict[str, float]]:
         """Step `step`'s batch (waiting for it) and its metrics: the version lag and the producer's phase times."""
@@ -83,8 +90,10 @@ class Pipeline:
         return (item.batch, per_fn, {}), stats
 
     def publish(self, model: Any, version: int) -> None:
-        """The trainer's weights after `version` updates, for the engine to load before its next batch."""
-        weights = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        """The trainer's weights after `version` updates, for the engine to load before its next batch (a sharded
+        parameter is gathered whole: a collective, which every rank makes after each update)."""
+        with torch.no_grad():
+            weights = [_whole(p) for p in model.parameters() if p.requires_grad]
         with self.changed:
             self.published[version] = weights
             self.changed.notify_all()
@@ -108,6 +117,7 @@ class Pipeline:
                     self._load(need)
                 s, timer = self.state, Timer()
                 rows, positions = s.stream.take_with_positions(s.cfg.train.prompts_per_step)
+                rows, positions = s.world.share(rows), s.world.share(positions)  # this rank's prompts
                 batch = generate(replace(s, model=self.engine), rows, timer, positions=positions)
                 scores = self.scoring.submit(_timed, s.scorer.score, batch)
                 self.ready.put(_Batch(step, self.version, batch, scores, s.stream.state(), timer.totals["generate"]))
@@ -124,6 +134,13 @@ class Pipeline:
                     p.copy_(w)
             self.version = version
         self.published = {v: w for v, w in self.published.items() if v > version}
+
+
+def _whole(p: torch.Tensor) -> torch.Tensor:
+    """A copy of parameter `p`, gathered from every rank's shard when it is sharded (a DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    return p.full_tensor() if isinstance(p, DTensor) else p.detach().clone()
 
 
 def _timed(fn: Any, *args: Any) -> tuple[Any, float]:

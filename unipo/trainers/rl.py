@@ -76,6 +76,7 @@ def train(cfg: Config) -> Path:
                           "> 0, or remove algo.ref_sync)")  # fmt: skip
     resume, saved = checkpoint.latest(run.checkpoints)  # verified before anything is loaded from it
     model, tokenizer = load_policy(cfg.model, resume, device_for(cfg))
+    engine = Pipeline.engine_of(model) if cfg.rollout.max_staleness is not None else None  # whole, before sharding
     model = world.shard(model)  # dist.strategy=fsdp2: this rank keeps a shard of each parameter
     model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
     ref = load_reference(cfg, algo, model, resume, world) if algo.needs_ref else None
@@ -102,7 +103,7 @@ def train(cfg: Config) -> Path:
                     env=env)  # fmt: skip
 
     if cfg.rollout.max_staleness is not None:  # asynchronous rollouts: a producer samples ahead
-        state.pipeline = Pipeline(state, start, cfg.rollout.max_staleness)
+        state.pipeline = Pipeline(state, start, cfg.rollout.max_staleness, engine)
 
     def step_fn(step: int) -> dict[str, float]:
         state.step = step
