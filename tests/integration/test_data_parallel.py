@@ -166,15 +166,18 @@ def _alone_and_pair(model_dir, tmp_path, *args, strategy="ddp", recipe="grpo"):
     return alone, pair
 
 
-@pytest.mark.parametrize(("prompts", "rounds"), [(4, 6), (2, 1)])
-def test_a_group_filter_keeps_on_two_ranks_what_one_process_keeps(tiny_model_dir, tmp_path, prompts, rounds):
+@pytest.mark.parametrize(("prompts", "rounds", "strategy"), [(4, 6, "ddp"), (2, 1, "ddp"), (2, 1, "fsdp2")])
+def test_a_group_filter_keeps_on_two_ranks_what_one_process_keeps(tiny_model_dir, tmp_path, prompts, rounds,
+                                                                  strategy):  # fmt: skip
     # DAPO's dynamic sampling on a coin-flip reward with groups of 2: about half the groups are all-equal and dropped,
     # and more prompts are drawn and shared out until `prompts` groups are kept (or `rounds` ran: with 1 round and 2
-    # prompts, a step may keep one rank's group only, the other rank training on none)
+    # prompts, a step may keep one rank's group only, the other rank training on none: under fsdp2 it still joins the
+    # sharded reference's and the update's gathers, with a placeholder row)
     even = "{_component_: tests.integration.rewards_for_tests.even_length}"
     ds = (f"algo.sampler={{name: dynamic_sampling, max_gen_batches: {rounds}}}", "rollout.group_size=2",
-          f"rewards=[{even}]", "train.max_steps=3", f"train.prompts_per_step={prompts}")  # fmt: skip
-    alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *ds)
+          f"rewards=[{even}]", "train.max_steps=3", f"train.prompts_per_step={prompts}",
+          "algo.kl.coef=0.05")  # fmt: skip
+    alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *ds, strategy=strategy)
     _same_steps(pair, alone, (1, 2, 3))
     a, b = _steps(alone), _steps(pair)
     if rounds > 1:  # groups were dropped and replaced
@@ -184,6 +187,7 @@ def test_a_group_filter_keeps_on_two_ranks_what_one_process_keeps(tiny_model_dir
     for step in (1, 2, 3):
         for key in ("sampler/gen_batches", "sampler/kept_frac", "sampler/groups"):
             assert b[step][key] == a[step][key], (step, key)
+        assert b[step]["kl"] == pytest.approx(a[step]["kl"], rel=1e-4, abs=1e-7), step
 
 
 @pytest.mark.parametrize(
@@ -265,7 +269,8 @@ FAIL_SOME = (f"rewards=[{EVEN}]", "rollout.group_size=2", "train.prompts_per_ste
      ("{name: r3l_retry_recon}", (f"rewards=[{EVEN}]", "train.prompts_per_step=8"), "sampler/retried_frac"),
      ("{name: igrpo}", (), "sampler/draft_reward"),
      ("{name: dr_po}", (), "sampler/roll_in_frac"),
-     ("{name: pf_ppo}", (), "sampler/unique_frac")],
+     ("{name: pf_ppo}", (), "sampler/unique_frac"),
+     ("{name: ghpo}", (*FAIL_SOME, "algo.kl.coef=0.05", "dist.strategy=fsdp2"), "sampler/hinted_frac")],
 )  # fmt: skip
 def test_a_sampler_that_generates_more_acts_on_two_ranks_as_one_process_does(tiny_model_dir, tmp_path, sampler, extra,
                                                                              acted):  # fmt: skip
@@ -274,7 +279,9 @@ def test_a_sampler_that_generates_more_acts_on_two_ranks_as_one_process_does(tin
     # batch. Each rank generates for its own prompts, keyed by their stream positions: the samples, the gradient and
     # every sampler statistic are the one process's. (A mutation that draws the extra samples from the run's generator
     # fails the GHPO, IGPO, R³L and iGRPO cases; Scaf-GRPO's one rescue here is on one rank, and passes it. Arithmetic's
-    # references are 1-2 tokens, so DR-PO drawing on each rank alone also passes: the gather is checked by PF-PPO)
+    # references are 1-2 tokens, so DR-PO drawing on each rank alone also passes: the gather is checked by PF-PPO.)
+    # Under fsdp2 (GHPO's last case, with a sharded reference) the ranks' batches differ in size: the one with fewer
+    # micro-batches runs zero-weight passes to join the others' gathers
     args = (f"algo.sampler={sampler}", "task=arithmetic", "train.max_steps=2", *extra)
     alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *args)
     _same_steps(pair, alone, (1, 2))
@@ -322,18 +329,21 @@ def test_a_multiturn_run_on_two_ranks_matches_one_process(turns_model_dir, tmp_p
 
 @pytest.mark.parametrize(
     ("strategy", "sampler", "size"),
-    [("ddp", "{name: knapsack_rl}", 6), ("fsdp2", "{name: arpo_gui_replay}", 2)],
+    [("ddp", "{name: knapsack_rl}", 6), ("fsdp2", "{name: knapsack_rl}", 6), ("fsdp2", "{name: arpo_gui_replay}", 2)],
 )  # fmt: skip
 def test_a_sampler_with_a_memory_keeps_one_process_memory_on_two_ranks(tiny_model_dir, tmp_path, strategy, sampler,
                                                                        size):  # fmt: skip
     # 4 prompts, each revisited at every step: Knapsack RL allots the step's rollouts over every rank's prompts from
     # their last pass rates (every rank remembers every prompt's), and each rank samples its own prompts' budgets;
     # the ARPO replay puts a stored success in place of the last rollout of a group that failed everywhere (every rank
-    # stores every rank's successes). Memories, budgets, samples and gradients are one process's
+    # stores every rank's successes). Memories, budgets, samples and gradients are one process's. Knapsack's ranks
+    # hold different numbers of rollouts, so in micro-batches of 4 one runs more passes: under fsdp2 the other joins
+    # their gathers with zero-weight passes
     task = tmp_path / "four.jsonl"
     task.write_text("".join(json.dumps({"prompt": f"question number {i}:", "answer": "1"}) + "\n" for i in range(4)))
     args = (f"algo.sampler={sampler}", f"task={task}", "data.eval_frac=0", "eval.num_problems=0",
-            f"rewards=[{EVEN}]", f"rollout.group_size={size}", "train.max_steps=3")  # fmt: skip
+            f"rewards=[{EVEN}]", f"rollout.group_size={size}", "train.max_steps=3",
+            "train.micro_batch_size=4")  # fmt: skip
     alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *args, strategy=strategy)
     _same_steps(pair, alone, (1, 2, 3))
     a, b = _steps(alone), _steps(pair)

@@ -134,20 +134,21 @@ def _share_prompt_hidden(model: Any, batch: Rollouts, states: bool = False) -> t
     )
     first = out.last_hidden_state[inverse, -1:]  # (N, 1, H): predicts completion token 0
     keep = batch.completion_ids.shape[1] - (0 if states else 1)  # completion tokens fed in
-    if keep == 0:
+    fed = max(keep, int(hasattr(model, "unipo_forward")))  # a sharded model's ranks run both forwards, or gathers part
+    if fed == 0:
         return first
     cache = out.cache
     cache.reorder_cache(inverse)
-    completion_in = batch.completion_ids[:, :keep]
-    attn = torch.cat([prompt_mask[inverse], batch.completion_mask[:, :keep]], dim=1)
+    completion_in = batch.completion_ids[:, :fed]
+    attn = torch.cat([prompt_mask[inverse], batch.completion_mask[:, :fed]], dim=1)
     if batch.hide_from.any():  # the completion's queries under the mask its turns were sampled with
         width = prompt_mask.shape[1]
-        attn = _visibility(model, attn, width, batch.hide_from[:, :keep])[:, :, width:]
+        attn = _visibility(model, attn, width, batch.hide_from[:, :fed])[:, :, width:]
     positions = prompt_mask.sum(-1)[inverse, None] + torch.arange(completion_in.shape[1], device=attn.device)
     rest = _backbone(model)(
         input_ids=completion_in, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True
     ).last_hidden_state
-    return torch.cat([first, rest], dim=1)
+    return torch.cat([first, rest[:, :keep]], dim=1)
 
 
 def _full_hidden(model: Any, batch: Rollouts, states: bool = False) -> torch.Tensor:

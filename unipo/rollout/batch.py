@@ -151,6 +151,21 @@ _PAD = {"turn_ids": -1}
 """Right padding of a per-token field other than 0."""
 
 
+def placeholder(like: Rollouts) -> Rollouts:
+    """One one-token completion (token id 0) of a one-token prompt, on `like`'s device: what a rank that holds no
+    completion runs through a sharded model, so that its forward (and backward) joins every rank's collectives."""
+    one = torch.ones((1, 1), dtype=torch.long, device=like.group_ids.device)
+    return Rollouts(
+        prompt_ids=one * 0,
+        prompt_mask=one,
+        completion_ids=one * 0,
+        completion_mask=one,
+        group_ids=one[0] * 0,
+        truncated=one[0] < 0,
+        rollout_logp=torch.zeros((1, 1), device=one.device),
+    )
+
+
 def keep_groups(batch: Rollouts, keep: torch.Tensor) -> Rollouts:
     """The completions with `keep` [N] True and only their prompts (group ids renumbered 0..P'-1, in order)."""
     idx = keep.nonzero().squeeze(-1)

@@ -102,8 +102,8 @@ prompt gets `rollout.group_size` trajectories, so the ranks' batches keep their 
 KEYED_FACTS = frozenset({"hints", "tiered_hints", "drafts", "roll_in", "inpaint", "retry", "resample", "budget"})
 """The sampler facts whose act sees the whole batch's marks (`generation.marks`) or prompts (Knapsack RL's allotment)
 and generates more samples of a rank's own prompts, keyed by their stream positions (trainers/hinted.py): on several
-ranks they give the samples of one process. Ranks then generate different amounts, which ddp allows and fsdp2's
-sharded passes do not."""
+ranks they give the samples of one process. Ranks then generate different amounts: under fsdp2 the one with fewer
+micro-batches joins the others' sharded passes with zero-weight ones (update.py)."""
 
 
 def check_data_parallel(cfg: Config, algo: Algo) -> None:
@@ -117,11 +117,6 @@ def check_data_parallel(cfg: Config, algo: Algo) -> None:
         raise ConfigError(f"algo.sampler {algo.sampler.id!r} re-samples at another temperature "
                           "set by the last step's entropy, which runs in one process only for now "
                           "(every other sampler runs on several ranks); launch without torchrun")  # fmt: skip
-    if algo.sampler is not None and not facts & (PER_GROUP_FACTS | BRANCH_FACTS) and cfg.dist.strategy == "fsdp2":
-        # a rank may keep no group, or generate more than another
-        raise ConfigError(f"algo.sampler {algo.sampler.id!r} runs on several ranks with dist.strategy=ddp only for "
-                          "now (a rank whose groups the filter drops, or that generates more samples than another, "
-                          "cannot join the sharded passes in step)")  # fmt: skip
 
 
 def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:

@@ -13,7 +13,7 @@ from unipo.config import Config
 from unipo.models import lora
 from unipo.models.loading import autocast_context
 from unipo.models.logprobs import completion_logprobs
-from unipo.rollout.batch import Rollouts
+from unipo.rollout.batch import Rollouts, placeholder
 from unipo.trainers.common import Algo, call
 from unipo.trainers.dist import World
 from unipo.trainers.inputs import FROM_LOGITS, UPDATE_INPUTS, batch_inputs
@@ -31,6 +31,9 @@ def frozen_forward(model: Any, batch: Rollouts, cfg: Config, *, full: bool = Fal
     """A no-grad forward of a model that does not move this step (the reference, or the policy before its update):
     `logp` (N, T) of the sampled tokens; with `full`, `log_softmax` (N, T, V) at every completion position; with
     `moments`, `sum_pi_squared` and `sum_pi_cubed` (N, T), Σ_v π(v)^k. All at the sampling temperature, in float32."""
+    if batch.num_completions == 0:  # a rank whose groups a filter dropped: a placeholder's forward (a sharded model's
+        out = frozen_forward(model, placeholder(batch), cfg, full=full, moments=moments)  # gathers meet the others)
+        return {k: v.new_zeros((0, batch.completion_ids.shape[1], *v.shape[2:])) for k, v in out.items()}
     keep = full or moments
     with lora.reference(model) as m, autocast_context(m, cfg.model.autocast):
         logp, _, *logits = completion_logprobs(m, batch, temperature=cfg.rollout.temperature, keep_logits=keep,
@@ -222,9 +225,10 @@ def _step(cfg: Config, optimizer: Any, scheduler: Any, trained: list[torch.Tenso
 def _idle_passes(model: Any, batch: Rollouts, count: int, precision: Any, share: bool) -> None:
     """`count` forward and backward passes of weight zero on one completion: a sharded model's rank with fewer
     micro-batches than the busiest one joins the all-gathers and reduce-scatters of the passes it lacks."""
+    one = batch.select(torch.arange(1)) if batch.num_completions else placeholder(batch)
     for _ in range(count):
         with precision:
-            logp, _ = completion_logprobs(model, batch.select(torch.arange(1)), share_prompt=share)
+            logp, _ = completion_logprobs(model, one, share_prompt=share)
         (logp.sum() * 0.0).backward()
 
 
