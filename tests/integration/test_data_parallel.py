@@ -368,3 +368,22 @@ def test_asynchronous_rollouts_on_two_ranks_match_one_process(tiny_model_dir, tm
     assert abs(a[3]["rollout_is/weight"] - 1.0) > 1e-4  # off-policy: the correction acts
     for step in (1, 2, 3):
         assert b[step]["rollout_is/weight"] == pytest.approx(a[step]["rollout_is/weight"], rel=1e-5), step
+
+
+def test_aepo_swaps_in_one_process_tempered_samples_on_two_ranks(tiny_model_dir, tmp_path):
+    # every prompt is sampled again (prompt_frac 1): each rank samples its own, every rank draws the kept ones from all
+    # of them (advantage above -0.5: most), and rank 0's rows among the batch's first m take samples of rank 1's
+    # prompts too (with their prompts); hot on step 1 (every kept sample swaps in), cold after (half of them). Each
+    # rank keeping its own samples fails, and so does a sample put on a prompt of the rank it lands on
+    args = (
+        "algo.sampler={name: aepo, prompt_frac: 1.0, entropy_target: 1.0, adv_threshold: -0.5}",
+        "train.max_steps=3",
+    )
+    alone, pair = _alone_and_pair(tiny_model_dir, tmp_path, *args, recipe="aepo")
+    _same_steps(pair, alone, (1, 2, 3))
+    a, b = _steps(alone), _steps(pair)
+    assert [a[t]["sampler/temperature"] for t in (1, 2, 3)] == [1.2, 0.8, 0.8]
+    assert a[1]["sampler/tempered"] > 8  # past rank 0's 8 rows
+    for step in (1, 2, 3):
+        for key in ("sampler/temperature", "sampler/tempered"):
+            assert b[step][key] == a[step][key], (step, key)

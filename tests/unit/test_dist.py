@@ -9,7 +9,6 @@ from unipo import config
 from unipo.config import ConfigError
 from unipo.rollout.hf import draw
 from unipo.trainers.checks import check_data_parallel
-from unipo.trainers.common import build_algo
 from unipo.trainers.dist import World, sample_generators
 
 
@@ -57,24 +56,11 @@ def test_one_rank_world_is_the_identity():
     assert World(1, 2).share([1, 2, 3, 4]) == [3, 4]
 
 
-def test_which_samplers_run_on_several_ranks():
-    for strategy in ("ddp", "fsdp2"):
-        cfg = config.load("grpo", [f"dist.strategy={strategy}", "algo.sampler={name: aepo}"])
-        with pytest.raises(ConfigError, match=r"^algo.sampler 'aepo' re-samples at another temperature set by the l"):
-            check_data_parallel(cfg, build_algo(cfg))
-        for sampler in ("dynamic_sampling", "ghpo", "scaf_grpo", "igrpo", "dr_po", "igpo_inpaint", "r3l_retry_recon",
-                        "pf_ppo", "knapsack_rl", "xrpo_alloc_recon", "hpt", "gt_in_group_recon",
-                        "arpo_gui_replay"):  # fmt: skip
-            cfg = config.load("grpo", [f"dist.strategy={strategy}", f"algo.sampler={{name: {sampler}}}"])
-            check_data_parallel(cfg, build_algo(cfg))
+def test_ray_on_several_ranks_needs_one_shared_cluster():
+    with pytest.raises(ConfigError, match=r"^dist.ray: on several ranks, start one Ray cluster"):
+        check_data_parallel(config.load("grpo", ["dist.ray=true"]))
+    check_data_parallel(config.load("grpo", ["dist.ray=true", "dist.ray_address=auto"]))
     assert World().ratio(3, 4) == 0.75 and math.isnan(World().ratio(0, 0))
-
-
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_multiturn_updates_critics_and_branching_samplers_run_on_several_ranks(strategy):
-    for recipe in ("seeupo", "archer", "refuel", "arpo"):  # test_data_parallel.py runs them against one process
-        cfg = config.load(recipe, [f"dist.strategy={strategy}"])
-        check_data_parallel(cfg, build_algo(cfg))
 
 
 def test_a_plain_world_neither_shards_nor_pads():

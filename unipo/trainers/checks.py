@@ -11,7 +11,6 @@ from unipo import algos
 from unipo.config import Config, ConfigError
 from unipo.envs import resolve as resolve_env
 from unipo.rollout.inject import reference_text
-from unipo.trainers.collect import NON_FILTER_FACTS
 from unipo.trainers.common import Algo, bound_params
 from unipo.trainers.dist import World
 from unipo.trainers.inputs import NEEDS_REFERENCE
@@ -26,7 +25,7 @@ def check_setup(cfg: Config, algo: Algo, task: Any, world: World) -> tuple[Any, 
     if algo.sampler is not None:
         check_sampler(cfg, algo, task)
     if world.size > 1:
-        check_data_parallel(cfg, algo)
+        check_data_parallel(cfg)
     if cfg.rollout.max_staleness is not None:
         check_async(cfg, algo)
     return env
@@ -89,34 +88,13 @@ def branches(algo: Algo) -> bool:
     return algo.has_fact("sampler", "branch") or algo.has_fact("sampler", "entropy_branch")
 
 
-PER_GROUP_FACTS = frozenset({"demonstrations", "ground_truth", "replay"})
-"""The sampler facts whose act on a group depends on that group's own samples alone (and, for the ARPO replay, on a
-buffer every rank holds whole) and generates nothing, so that each rank acts on its own groups as one process acts on
-all of them (`collect`); every group is kept."""
-
-BRANCH_FACTS = frozenset({"branch", "entropy_branch"})
-"""The multi-turn samplers' facts (REFUEL, ARPO; trainers/branching.py): their roll-ins and branches draw from
-generators keyed by the prompts' stream positions and the sampler draws once for every rank's trajectories; every
-prompt gets `rollout.group_size` trajectories, so the ranks' batches keep their sizes (ddp and fsdp2)."""
-
-KEYED_FACTS = frozenset({"hints", "tiered_hints", "drafts", "roll_in", "inpaint", "retry", "resample", "budget"})
-"""The sampler facts whose act sees the whole batch's marks (`generation.marks`) or prompts (Knapsack RL's allotment)
-and generates more samples of a rank's own prompts, keyed by their stream positions (trainers/hinted.py): on several
-ranks they give the samples of one process. Ranks then generate different amounts: under fsdp2 the one with fewer
-micro-batches joins the others' sharded passes with zero-weight ones (update.py)."""
-
-
-def check_data_parallel(cfg: Config, algo: Algo) -> None:
-    """What cannot yet run on several ranks is refused before any model loads."""
+def check_data_parallel(cfg: Config) -> None:
+    """What cannot run on several ranks as launched is refused before any model loads (every component and sampler
+    runs there: trainers/dist.py)."""
     if cfg.dist.ray and not cfg.dist.ray_address:
         raise ConfigError("dist.ray: on several ranks, start one Ray cluster (`ray start --head`) and set "
                           "dist.ray_address=auto, so that the ranks share it instead of each starting "
                           "its own")  # fmt: skip
-    facts = algos.entry("sampler", algo.sampler.id).facts if algo.sampler is not None else frozenset()
-    if facts & NON_FILTER_FACTS - PER_GROUP_FACTS - KEYED_FACTS - BRANCH_FACTS:
-        raise ConfigError(f"algo.sampler {algo.sampler.id!r} re-samples at another temperature "
-                          "set by the last step's entropy, which runs in one process only for now "
-                          "(every other sampler runs on several ranks); launch without torchrun")  # fmt: skip
 
 
 def check_sampler(cfg: Config, algo: Algo, task: Any) -> None:

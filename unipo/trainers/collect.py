@@ -24,7 +24,8 @@ A sampler's registry facts say how it acts (`algos.registry.FACTS`):
 - `branch` and `entropy_branch`: multi-turn trajectories that restart at a turn of an earlier one, the earlier
   turns replayed (trainers/branching.py: REFUEL, ARPO);
 - `entropy_switch`: nothing here; after the advantages, `entropy_switched` samples some prompts again at a temperature
-  chosen from the last step's entropy and swaps the samples it keeps into the batch with advantage 1 (AEPO).
+  chosen from the last step's entropy and swaps the samples it keeps into the batch with advantage 1 (AEPO; its
+  samples are keyed by the step and the prompt, and on several ranks drawn from every rank's).
 The sampler's state (`RLState.sampler_state`) is checkpointed with the run. Generation and the sampler's marks are in
 trainers/generation.py, the acts of `hints`, `tiered_hints`, `drafts`, `roll_in` and `inpaint` in trainers/hinted.py
 (with how they run on several ranks).
@@ -47,6 +48,7 @@ from unipo.rollout.hf import sample
 from unipo.rollout.inject import demonstrations
 from unipo.trainers import branching, hinted
 from unipo.trainers.common import Algo, Timer, bound_params
+from unipo.trainers.dist import tagged
 from unipo.trainers.generation import Collected, every_mark, generate_and_score, marks, nanmean, sampler_inputs
 from unipo.trainers.retry import retried
 
@@ -84,13 +86,6 @@ def collect(s: RLState, algo: Algo, timer: Timer) -> Collected:
         if algo.has_fact("sampler", fact):
             return act(s, algo, batch, per_fn, timer)
     return _filtered(s, algo, batch, per_fn, timer)
-
-
-NON_FILTER_FACTS = frozenset({"roll_in", "budget", "drafts", "branch", "entropy_branch", "entropy_switch",
-                              "demonstrations", "hints", "inpaint", "replay", "resample", "ground_truth",
-                              "tiered_hints", "retry"})  # fmt: skip
-"""The sampler facts that act otherwise than as a group filter (module docstring); a sampler with none of them is a
-filter, which also runs on several ranks (`_filtered`)."""
 
 
 def _filtered(s: RLState, algo: Algo, batch: Rollouts, per_fn: torch.Tensor, timer: Timer) -> Collected:
@@ -270,29 +265,43 @@ def entropy_switched(
     a temperature chosen from the last step's entropy (the sampler's state), their advantages computed by the step's
     estimator, and the m samples the sampler keeps replace the batch's first m with advantage 1 (`Origin.TEMPERED`;
     their behaviour log-probs are those of that temperature, their old log-probs the update's). Returns the batch, its
-    rewards (N, K), its advantages and the sampler's metrics."""
-    params = bound_params(algo.sampler)
+    rewards (N, K), its advantages and the sampler's metrics.
+
+    On several ranks the first prompts and samples are those of every rank's batch in rank order (one process's): each
+    rank samples its own prompts among the first ones, from generators keyed by the step and the prompt's index, every
+    rank gathers these samples and draws the same m, and each replaces its own rows among the batch's first m. A
+    sample whose prompt another rank holds comes with its prompt."""
+    params, w = bound_params(algo.sampler), s.world
     last = float((s.sampler_state or {}).get("entropy", 0.0))  # 0 before the first update, as the official code
     temperature = aepo_temperature(last, params)
-    rows = batch.rows[: max(1, int(len(batch.rows) * params["prompt_frac"]))]
-    extra, extra_fn = generate_and_score(s, rows, timer, temperature=temperature)
+    counts = w.sizes(len(batch.rows))
+    first, total = sum(counts[: w.rank]), sum(counts)  # this rank's first prompt among every rank's
+    mine = range(first, min(first + len(batch.rows), max(1, int(total * params["prompt_frac"]))))
+    keys = tagged([f"{s.step}:{g}" for g in mine], "aepo")
+    if mine:
+        extra, extra_fn = generate_and_score(s, batch.rows[: len(mine)], timer, temperature=temperature, positions=keys)
+    if w.size > 1:  # every rank's resampled prompts, in rank order (rank 0 holds the first): group ids index them
+        extra = cat(w.gather_list([extra] if mine else []), s.tokenizer.pad_token_id)
+        extra_fn = w.gather_rows(extra_fn if mine else per_fn[:0])
     extra_adv = advantages_for(extra, extra_fn)
-    first = extra_adv if extra_adv.dim() == 1 else extra_adv[:, 0]
-    chosen = algo.sampler(first.cpu(), last).nonzero().squeeze(-1).to(batch.group_ids.device)
-    m = chosen.numel()
-    stats = {"sampler/temperature": temperature, "sampler/tempered": float(m)}
+    chosen = algo.sampler((extra_adv if extra_adv.dim() == 1 else extra_adv[:, 0]).cpu(), last).nonzero().squeeze(-1)
+    stats = {"sampler/temperature": temperature, "sampler/tempered": float(chosen.numel())}
+    n, start = batch.num_completions, sum(w.sizes(batch.num_completions)[: w.rank])
+    picked = chosen[start : start + n]  # the samples that replace this rank's rows among the batch's first m
+    m = picked.numel()
     if m == 0:
         return batch, per_fn, advantages, stats
-    swapped = extra.select(chosen)
-    swapped.origin.fill_(int(Origin.TEMPERED))  # its group ids index the first prompts of `batch`, the same rows
-    n = batch.num_completions
-    order = torch.cat([torch.arange(n, n + m), torch.arange(m, n)]).to(batch.group_ids.device)
-    merged = batch.concat(swapped).select(order)
+    joined = cat([batch, extra], s.tokenizer.pad_token_id)  # the extra samples' prompts after this rank's
+    merged = joined.select(torch.cat([n + picked, torch.arange(m, n)]).to(batch.group_ids.device))
+    own = merged.group_ids[:m] - len(batch.rows) - first  # a prompt of this rank: the group of its other samples
+    held = (own >= 0) & (own < len(batch.rows))
+    merged.group_ids[:m] = torch.where(held, own, merged.group_ids[:m])
+    merged.origin[:m] = int(Origin.TEMPERED)
     if advantages.dim() == 2:  # per-token advantages: one width for the merged batch
         width = merged.completion_ids.shape[1]
         advantages = torch.nn.functional.pad(advantages, (0, max(0, width - advantages.shape[1])))[:, :width]
     ones = torch.ones((m, *advantages.shape[1:]), dtype=advantages.dtype, device=advantages.device)
-    return merged, torch.cat([extra_fn[chosen.cpu()], per_fn[m:]]), torch.cat([ones, advantages[m:]]), stats
+    return merged, torch.cat([extra_fn[picked], per_fn[m:]]), torch.cat([ones, advantages[m:]]), stats
 
 
 def greedy_rewards(s: RLState, batch: Rollouts) -> torch.Tensor:

@@ -12,6 +12,16 @@ the global state (model, optimizer, stream cursor), so a run resumes into any nu
 Sampling is world-size invariant: each completion draws from its own generator, seeded by (train.seed, the
 prompt's position in the stream, its index in the group), so N ranks sample what one process samples.
 
+Every sampler runs on several ranks (trainers/collect.py). A group filter sees every rank's groups and shares out the
+extra prompts of each round like the step's. A sampler that acts on a group from its own samples (HPT, ViSurf, the
+ARPO replay, whose buffer every rank holds whole) acts on each rank's groups. A sampler that generates more samples
+(hints, drafts, roll-ins, inpainting, retries, Knapsack RL's budgets, REFUEL's and ARPO's branches, AEPO's tempered
+samples) draws each from a generator keyed by its prompt (`tagged`), so the samples do not depend on the rank; its
+draws and marks see every rank's batch (Knapsack's pass rates and ArCHer's replay are held whole on every rank).
+Ranks may then hold different numbers of completions, or none: under fsdp2 a rank with fewer micro-batches runs
+zero-weight passes and a rank with no completion runs the frozen models' forward on a placeholder row, so every rank
+meets every gather.
+
 With `dist.strategy=fsdp2` each rank holds a 1/N shard of every parameter, gradient and optimizer state
 (`fully_shard` on each decoder layer, then on the root, which keeps the tied embedding and LM head): a forward
 all-gathers a layer's parameters and the backward reduce-scatters its gradients (summed, not averaged: the loss is

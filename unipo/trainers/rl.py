@@ -397,7 +397,7 @@ def tempered_swap(
                              step_inputs(s, extra, extra_rewards), s.scorer.weights)  # fmt: skip
 
     batch, per_fn, advantages, stats = entropy_switched(s, algo, batch, per_fn, advantages, advantages_for, timer)
-    m = int(stats["sampler/tempered"])  # the first m samples were swapped
+    m = int((batch.origin == Origin.TEMPERED).sum())  # this rank's first m samples were swapped
     rewards = torch.cat([s.scorer.combine(per_fn[:m]).to(rewards.device), rewards[m:]])
     inputs = step_inputs(s, batch, rewards) | frozen_logps(s, batch, timer)
     return batch, per_fn, rewards, advantages, inputs, stats
