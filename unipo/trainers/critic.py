@@ -73,6 +73,8 @@ def build(cfg: Config, resume: Any, saved: dict[str, Any] | None, *, td: bool = 
 def values(critic: Critic, batch: Rollouts, cfg: Config, *, target: bool = False) -> torch.Tensor:
     """(N, T+1) V(s_t) of the batch under the critic as it is now (the advantage stage's input), or under its target
     network."""
+    if batch.num_completions == 0:  # a rank whose groups a filter dropped (the critic is whole on every rank)
+        return torch.zeros((0, batch.completion_ids.shape[1] + 1), device=batch.completion_ids.device)
     model = critic.target if target else critic.model
     with autocast_context(model, cfg.model.autocast):
         return model(batch, share_prompt=cfg.model.share_prompt_forward).float()
