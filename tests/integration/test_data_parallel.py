@@ -343,7 +343,8 @@ def test_a_sampler_with_a_memory_keeps_one_process_memory_on_two_ranks(tiny_mode
     # the ARPO replay puts a stored success in place of the last rollout of a group that failed everywhere (every rank
     # stores every rank's successes). Memories, budgets, samples and gradients are one process's. Knapsack's ranks
     # hold different numbers of rollouts, so in micro-batches of 4 one runs more passes: under fsdp2 the other joins
-    # their gathers with zero-weight passes
+    # their gathers with zero-weight passes (without them it hangs). Remembering only the rank's own pass rates, or
+    # storing only its own successes, fails every case
     task = tmp_path / "four.jsonl"
     task.write_text("".join(json.dumps({"prompt": f"question number {i}:", "answer": "1"}) + "\n" for i in range(4)))
     args = (f"algo.sampler={sampler}", f"task={task}", "data.eval_frac=0", "eval.num_problems=0",
