@@ -277,8 +277,8 @@ def entropy_switched(
     counts = w.sizes(len(batch.rows))
     first, total = sum(counts[: w.rank]), sum(counts)  # this rank's first prompt among every rank's
     mine = range(first, min(first + len(batch.rows), max(1, int(total * params["prompt_frac"]))))
-    keys = tagged([f"{s.step}:{g}" for g in mine], "aepo")
     if mine:
+        keys = tagged([f"{s.step}:{g}" for g in mine], "aepo")
         extra, extra_fn = generate_and_score(s, batch.rows[: len(mine)], timer, temperature=temperature, positions=keys)
     if w.size > 1:  # every rank's resampled prompts, in rank order (rank 0 holds the first): group ids index them
         extra = cat(w.gather_list([extra] if mine else []), s.tokenizer.pad_token_id)
