@@ -94,6 +94,16 @@ class TrainConfig(_Strict):
     """torch CPU threads (0: leave torch's default)."""
 
 
+class VLLMConfig(_Strict):
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    """The share of the GPU's memory vLLM takes for its weights and KV cache (the trainer needs the rest)."""
+    sleep_level: Literal[1, 2] = 1
+    """While the trainer updates, vLLM frees its KV cache and 1: moves its weights to CPU memory; 2: discards them
+    (the updated ones are loaded before it samples again, so 2 saves the copy)."""
+    max_model_len: int | None = Field(None, ge=1)
+    """The longest prompt plus completion vLLM reserves cache for; None: the model's."""
+
+
 class RolloutConfig(_Strict):
     group_size: int = Field(8, ge=1)
     """Completions per prompt (G)."""
@@ -105,6 +115,13 @@ class RolloutConfig(_Strict):
     """Nucleus sampling threshold (1: off)."""
     top_k: int = Field(0, ge=0)
     """Top-k sampling (0: off)."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """What samples the completions (rollout/engine.py): `hf`, the policy itself (a KV-cached loop over its
+    forward); `vllm`, vLLM in the trainer's process on its GPU (`pip install 'unipo[vllm]'`, rollout/vllm.py), loaded
+    with the policy's weights after every update and asleep while the trainer updates (or sampling ahead, with
+    `max_staleness`). Its log-probs are the behaviour ones (`rollout_is`, `opsm` correct the mismatch)."""
+    vllm: VLLMConfig = VLLMConfig()
+    """vLLM's settings, with `engine: vllm`."""
     max_staleness: int | None = Field(None, ge=0)
     """Asynchronous rollouts (trainers/pipeline.py): a producer thread samples and scores the batches of the next
     steps with a copy of the policy while the trainer updates, each batch at most `max_staleness` policy versions old

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from unipo.config import Config
 from unipo.models.loading import autocast_context
 from unipo.rollout.batch import Rollouts
-from unipo.rollout.hf import sample
+from unipo.rollout.engine import Engine, HFEngine
 from unipo.rollout.multiturn import rollout
 from unipo.trainers import branching
 from unipo.trainers.common import Algo, Timer, call
@@ -55,8 +56,32 @@ def generate(
         if s.env is not None:  # multi-turn trajectories (samplers that force tokens are refused with an env)
             batch = rollout(s.model, s.tokenizer, rows, *s.env, **sampling)
         else:
-            batch = sample(s.model, s.tokenizer, rows, forced=forced, **sampling)
+            engine = s.engine or HFEngine(s.model, s.tokenizer)  # none: the trainer's own model samples
+            batch = engine.generate(rows, forced=forced, **sampling)
     return batch
+
+
+def build_engine(cfg: Config, model: Any, tokenizer: Any) -> Engine | None:
+    """The run's generation engine (`rollout.engine`), made from the loaded policy before it is sharded: vLLM, loaded
+    with the policy's weights (a resumed or LoRA run's, not only `model.path`'s), asleep between batches unless it
+    samples ahead; an HF copy of the policy for the producer of asynchronous rollouts; None: the trainer's own model
+    samples."""
+    if cfg.rollout.engine == "vllm":
+        from unipo.rollout.vllm import VLLMEngine
+
+        engine = VLLMEngine.from_config(cfg, sleeps=cfg.rollout.max_staleness is None)
+        engine.load_weights(engine.weights(model))
+        return engine
+    return HFEngine.copy_of(model, tokenizer) if cfg.rollout.max_staleness is not None else None
+
+
+def publish(s: RLState) -> None:
+    """After an update: the policy's new weights for the engine that samples the next batches (the producer's loads
+    them before its next batch; a synchronous vLLM engine at once)."""
+    if s.pipeline is not None:
+        s.pipeline.publish(s.model, s.step)
+    elif s.engine is not None:
+        s.engine.load_weights(s.engine.weights(s.model))
 
 
 def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> dict[str, Any]:

@@ -25,16 +25,14 @@ again, by the resumed policy).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import copy
 import queue
 import threading
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from unipo.rollout.batch import Rollouts
+from unipo.rollout.engine import Weights
 from unipo.trainers.common import Timer
 from unipo.trainers.generation import Collected, generate
 
@@ -57,23 +55,15 @@ class _Batch:
 class Pipeline:
     """The producer of bounded-staleness batches for steps `start + 1 ...` (module docstring)."""
 
-    def __init__(self, s: RLState, start: int, max_staleness: int, engine: Any):
-        self.k, self.state, self.position, self.engine = max_staleness, s, s.stream.state(), engine
-        moved = [p.requires_grad for p in s.model.parameters()]  # what the trainer publishes, in the same order
-        self.targets = [e for e, m in zip(self.engine.parameters(), moved, strict=True) if m]
+    def __init__(self, s: RLState, start: int, max_staleness: int):
+        self.k, self.state, self.position, self.engine = max_staleness, s, s.stream.state(), s.engine
         self.version = start  # the engine's weights: the policy after `start` updates
-        self.published: dict[int, list[torch.Tensor]] = {}
+        self.published: dict[int, Weights] = {}
         self.ready: queue.Queue[_Batch | BaseException] = queue.Queue()
         self.scoring = cf.ThreadPoolExecutor(1, thread_name_prefix="unipo-scoring")
         self.changed, self.stopped = threading.Condition(), False
         self.thread = threading.Thread(target=self._produce, args=(start + 1,), name="unipo-rollouts", daemon=True)
         self.thread.start()
-
-    @staticmethod
-    def engine_of(model: Any) -> Any:
-        """The producer's copy of the policy, made before the trainer's is sharded (`dist.strategy=fsdp2`): whole on
-        every rank, so sampling makes no collective."""
-        return copy.deepcopy(model).eval().requires_grad_(False)
 
     def take(self, step: int, timer: Timer) -> tuple[Collected, dict[str, float]]:
         """Step `step`'s batch (waiting for it) and its metrics: the version lag and the producer's phase times."""
@@ -92,8 +82,7 @@ class Pipeline:
     def publish(self, model: Any, version: int) -> None:
         """The trainer's weights after `version` updates, for the engine to load before its next batch (a sharded
         parameter is gathered whole: a collective, which every rank makes after each update)."""
-        with torch.no_grad():
-            weights = [_whole(p) for p in model.parameters() if p.requires_grad]
+        weights = self.engine.weights(model)
         with self.changed:
             self.published[version] = weights
             self.changed.notify_all()
@@ -118,7 +107,7 @@ class Pipeline:
                 s, timer = self.state, Timer()
                 rows, positions = s.stream.take_with_positions(s.cfg.train.prompts_per_step)
                 rows, positions = s.world.share(rows), s.world.share(positions)  # this rank's prompts
-                batch = generate(replace(s, model=self.engine), rows, timer, positions=positions)
+                batch = generate(replace(s, engine=self.engine), rows, timer, positions=positions)
                 scores = self.scoring.submit(_timed, s.scorer.score, batch)
                 self.ready.put(_Batch(step, self.version, batch, scores, s.stream.state(), timer.totals["generate"]))
                 step += 1
@@ -129,18 +118,9 @@ class Pipeline:
         """Load published `version` into the engine (between batches: the caller holds the lock) and drop the copies
         no later batch needs."""
         if version != self.version:
-            with torch.no_grad():
-                for p, w in zip(self.targets, self.published[version], strict=True):
-                    p.copy_(w)
+            self.engine.load_weights(self.published[version])
             self.version = version
         self.published = {v: w for v, w in self.published.items() if v > version}
-
-
-def _whole(p: torch.Tensor) -> torch.Tensor:
-    """A copy of parameter `p`, gathered from every rank's shard when it is sharded (a DTensor)."""
-    from torch.distributed.tensor import DTensor
-
-    return p.full_tensor() if isinstance(p, DTensor) else p.detach().clone()
 
 
 def _timed(fn: Any, *args: Any) -> tuple[Any, float]:

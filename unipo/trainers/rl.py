@@ -22,6 +22,7 @@ from unipo.data.tasks import PromptStream, get_task
 from unipo.models.loading import load_model_and_tokenizer, load_policy, store_as_autocast
 from unipo.models.lora import BaseView
 from unipo.rollout.batch import Origin, Rollouts, cat
+from unipo.rollout.engine import Engine
 from unipo.rollout.multiturn import metrics as env_metrics
 from unipo.run import completion_samples
 from unipo.trainers import checkpoint, controllers
@@ -43,6 +44,7 @@ from unipo.trainers.common import (
 )
 from unipo.trainers.dist import World, close_world, device_for, init_world
 from unipo.trainers.evaluate import heldout_eval
+from unipo.trainers.generation import build_engine, publish
 from unipo.trainers.inputs import turn_inputs
 from unipo.trainers.loop import run_steps
 from unipo.trainers.pipeline import Pipeline
@@ -76,7 +78,7 @@ def train(cfg: Config) -> Path:
                           "> 0, or remove algo.ref_sync)")  # fmt: skip
     resume, saved = checkpoint.latest(run.checkpoints)  # verified before anything is loaded from it
     model, tokenizer = load_policy(cfg.model, resume, device_for(cfg))
-    engine = Pipeline.engine_of(model) if cfg.rollout.max_staleness is not None else None  # whole, before sharding
+    engine = build_engine(cfg, model, tokenizer)  # from the whole policy, before sharding
     model = world.shard(model)  # dist.strategy=fsdp2: this rank keeps a shard of each parameter
     model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
     ref = load_reference(cfg, algo, model, resume, world) if algo.needs_ref else None
@@ -100,10 +102,10 @@ def train(cfg: Config) -> Path:
     shaping_states = (saved or {}).get("shaping", [None] * len(algo.shaping))  # each reward shaper's state
     state = RLState(cfg, model, ref, tokenizer, algo, scorer, stream, optimizer, scheduler, generator, found, values,
                     critic, shaping_states, (saved or {}).get("sampler"), teacher=teacher, world=world,
-                    env=env)  # fmt: skip
+                    env=env, engine=engine)  # fmt: skip
 
     if cfg.rollout.max_staleness is not None:  # asynchronous rollouts: a producer samples ahead
-        state.pipeline = Pipeline(state, start, cfg.rollout.max_staleness, engine)
+        state.pipeline = Pipeline(state, start, cfg.rollout.max_staleness)
 
     def step_fn(step: int) -> dict[str, float]:
         state.step = step
@@ -185,6 +187,8 @@ class RLState:
     """The last step's first completions with their rewards and advantages (completions.jsonl)."""
     pipeline: Pipeline | None = None
     """The producer of asynchronous rollouts (`rollout.max_staleness`); None: each step samples its own batch."""
+    engine: Engine | None = None
+    """The generation engine (rollout/engine.py; a pipeline's producer samples with it); None: the model samples."""
 
     def checkpoint_state(self) -> dict[str, Any]:
         position = self.pipeline.position if self.pipeline else self.stream.state()  # after the last batch trained
@@ -244,8 +248,7 @@ def rl_step(s: RLState) -> dict[str, float]:
     if algo.ref_sync is not None:  # TR-DPO: the reference moves towards the policy
         w.reshard(s.ref)  # FSDP2: the reference's root keeps its gathered weights after a forward; mix shard by shard
         ctrl_metrics["ref/synced"] = float(algo.ref_sync(s.ref.parameters(), s.model.parameters(), s.step))
-    if s.pipeline is not None:
-        s.pipeline.publish(s.model, s.step)  # the engine loads it before its next batch
+    publish(s)  # the engine loads the update before its next batch
     if "entropy" in stats and algo.has_fact("sampler", "entropy_switch"):  # the next step's temperature depends on it
         s.sampler_state = {"entropy": stats["entropy"]}
     lengths = w.gather_rows(batch.completion_mask.sum(1).float())
