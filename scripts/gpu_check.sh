@@ -28,5 +28,41 @@ python3 - <<PY
 import json
 rows = [json.loads(l) for l in open("$OUT/mid/metrics.jsonl") if "loss" in l]
 print("mid-size steps:", [(r["step"], round(r["time/step_s"], 2), round(r["time/generate_s"], 2), round(r["time/update_s"], 2), round(r["tokens/completion_mean"])) for r in rows])
-print("peak GPU MB", torch.cuda.max_memory_allocated() // 2**20 if False else "n/a")
 PY
+
+# vLLM (rollout.engine=vllm): its GPU tests, then GRPO with each engine on SmolLM2 and on a 0.5B llama with random
+# weights (SmolLM2's tokenizer), reporting generated and updated tokens per second and the peak GPU memory in use
+if ! python3 -c "import vllm" 2>/dev/null; then
+  echo "vLLM is not installed: its checks are skipped (pip install 'unipo[vllm]')"; exit 0
+fi
+python3 -m pytest -q -s -m gpu tests/gpu 2>&1 | grep -E "vLLM vs trainer|passed|failed|Error" || true
+python3 - <<'PY'
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from unipo.models.loading import default_model_dir
+tok = AutoTokenizer.from_pretrained(default_model_dir())
+cfg = LlamaConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                  num_attention_heads=16, num_key_value_heads=4, tie_word_embeddings=True, torch_dtype="bfloat16",
+                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+model = LlamaForCausalLM(cfg)
+print(f"0.5B model: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters")
+model.save_pretrained("/tmp/half"); tok.save_pretrained("/tmp/half")
+PY
+for model in default /tmp/half; do
+  for engine in hf vllm; do
+    run="$OUT/$(basename $model)-$engine"
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$run.mem" & smi=$!
+    python3 -m unipo train grpo task=countdown model.path=$model output_dir="$run" rollout.engine=$engine \
+      train.max_steps=5 train.prompts_per_step=8 rollout.group_size=8 rollout.max_new_tokens=256 \
+      eval.num_problems=0 log.progress=false algo.kl.coef=0.04 2>&1 | grep -iE "error|Traceback" || true
+    kill $smi
+    python3 - "$run" <<'PY'
+import json, sys
+run = sys.argv[1]
+rows = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if "loss" in l][1:]  # the first step warms up
+tokens = sum(r["tokens/completion_mean"] * 64 for r in rows)  # 8 prompts x 8 completions
+gen, upd = sum(r["time/generate_s"] for r in rows), sum(r["time/update_s"] for r in rows)
+peak = max(int(x) for x in open(f"{run}.mem").read().split() if x.strip().isdigit())
+print(f"{run}: generate {tokens / gen:.0f} tokens/s, update {tokens / upd:.0f} tokens/s, peak GPU memory {peak} MiB")
+PY
+  done
+done

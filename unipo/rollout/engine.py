@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import torch
 
-from unipo.rollout.batch import Rollouts
+from unipo.rollout.batch import Rollouts, right_pad
 from unipo.rollout.hf import sample
 
 Weights = list[tuple[str, torch.Tensor]]
@@ -128,3 +128,24 @@ def _merged(module: Any) -> torch.Tensor:
         delta = whole(module.lora_B[name].weight) @ whole(module.lora_A[name].weight) * module.scaling[name]
         weight += delta.T if getattr(module, "fan_in_fan_out", False) else delta.to(weight.dtype)
     return weight
+
+
+def from_token_lists(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    rows: list[dict[str, Any]],
+    counts: list[int],
+    tokens: list[list[int]],
+    logps: list[list[float]],
+    truncated: list[bool],
+    tokenizer: Any,
+) -> Rollouts:
+    """The batch of an engine that returns lists: `counts[i]` completions of prompt i (prompt-major), each its token
+    ids through its EOS (or cut at the length limit: `truncated`) with the engine's log-probs of them."""
+    device = prompt_ids.device
+    ids, mask = right_pad(tokens, tokenizer.pad_token_id, device)
+    logp, _ = right_pad(logps, 0.0, device)
+    texts = tokenizer.batch_decode([list(t) for t in tokens], skip_special_tokens=True)
+    group_ids = torch.arange(len(counts), device=device).repeat_interleave(torch.tensor(counts, device=device))
+    return Rollouts(prompt_ids, prompt_mask, ids.long(), mask.long(), group_ids, torch.tensor(truncated, device=device),
+                    logp.float(), list(rows), texts)  # fmt: skip

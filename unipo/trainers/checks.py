@@ -11,6 +11,7 @@ from unipo import algos
 from unipo.config import Config, ConfigError
 from unipo.envs import resolve as resolve_env
 from unipo.rollout.inject import reference_text
+from unipo.rollout.vllm import import_vllm
 from unipo.trainers.common import Algo, bound_params
 from unipo.trainers.dist import World
 from unipo.trainers.inputs import NEEDS_REFERENCE
@@ -28,7 +29,23 @@ def check_setup(cfg: Config, algo: Algo, task: Any, world: World) -> tuple[Any, 
         check_data_parallel(cfg)
     if cfg.rollout.max_staleness is not None:
         check_async(cfg, algo)
+    if cfg.rollout.engine == "vllm":
+        check_vllm(cfg, algo, env)
     return env
+
+
+def check_vllm(cfg: Config, algo: Algo, env: Any) -> None:
+    """What the vLLM engine (rollout/vllm.py) cannot sample: it draws single-turn completions of prompts, at any
+    temperature (the other samplers generate with it too)."""
+    if env is not None:
+        raise ConfigError("rollout.engine=vllm: a multi-turn environment's episodes are sampled turn by turn by the "
+                          "policy itself; use rollout.engine=hf")  # fmt: skip
+    forcing = [fact for fact in ("roll_in", "inpaint", "retry") if algo.has_fact("sampler", fact)]
+    if forcing or "segment_values" in algo.advantage.needs:
+        what = f"the sampler {algo.sampler.id!r}" if forcing else f"the advantage {algo.advantage.id!r}"
+        raise ConfigError(f"rollout.engine=vllm: {what} continues completions from forced tokens, which vLLM does "
+                          "not sample; use rollout.engine=hf")  # fmt: skip
+    import_vllm()
 
 
 def check_async(cfg: Config, algo: Algo) -> None:

@@ -69,7 +69,8 @@ def build_engine(cfg: Config, model: Any, tokenizer: Any) -> Engine | None:
     if cfg.rollout.engine == "vllm":
         from unipo.rollout.vllm import VLLMEngine
 
-        engine = VLLMEngine.from_config(cfg, sleeps=cfg.rollout.max_staleness is None)
+        device = next(model.parameters()).device
+        engine = VLLMEngine.from_config(cfg, tokenizer, device, sleeps=cfg.rollout.max_staleness is None)
         engine.load_weights(engine.weights(model))
         return engine
     return HFEngine.copy_of(model, tokenizer) if cfg.rollout.max_staleness is not None else None
