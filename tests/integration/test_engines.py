@@ -23,9 +23,9 @@ from unipo.rollout.engine import HFEngine, checkpoint_weights
 from unipo.rollout.hf import sample_tokens
 from unipo.rollout.vllm import VLLMEngine
 from unipo.trainers import checkpoint
-from unipo.trainers.checks import check_vllm
+from unipo.trainers.checks import check_ray_engines, check_vllm
 from unipo.trainers.common import build_algo
-from unipo.trainers.dist import sample_generators
+from unipo.trainers.dist import World, sample_generators
 
 pytestmark = pytest.mark.slow
 
@@ -178,3 +178,42 @@ def test_grpo_on_vllm_loads_every_update(monkeypatch, tiny_model_dir, tmp_path, 
         torch.testing.assert_close(held[name], value, rtol=0, atol=1e-6, msg=name)
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if "loss" in r] == [1, 2]
+
+
+def _grpo(model_dir, run, *extra):
+    return main(["train", "grpo", f"model.path={model_dir}", "task=lucky7", f"output_dir={run}", "model.autocast=off",
+                 "rollout.max_new_tokens=8", "rollout.group_size=4", "eval.num_problems=0", "train.prompts_per_step=4",
+                 "train.lr=1e-2", "train.max_steps=3", "log.progress=false", "log.completions_per_step=16",
+                 "rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]", *extra])  # fmt: skip
+
+
+def _completions(run):
+    return [(r["step"], r["prompt"], r["completion"]) for r in map(json.loads, (run / "completions.jsonl").open())]
+
+
+@pytest.mark.parametrize("staleness", [None, 1], ids=["sync", "async"])
+def test_two_ray_engines_sample_what_the_trainers_process_does(tiny_model_dir, tmp_path, staleness):
+    """The prompts split over two engine actors, each completion keyed by its prompt, weights loaded after every update:
+    every step's completions and metrics are the in-process run's (without the loads, steps 2 and 3 differ)."""
+    extra = [] if staleness is None else [f"rollout.max_staleness={staleness}"]
+    here, actors = tmp_path / "here", tmp_path / "actors"
+    assert _grpo(tiny_model_dir, here, *extra) == 0
+    assert _grpo(tiny_model_dir, actors, "dist.ray=true", "dist.ray_engines=2", "reward.workers=1", *extra) == 0
+    assert _completions(actors) == _completions(here) and len({c[0] for c in _completions(here)}) == 3
+    a, b = (_steps(run) for run in (here, actors))
+    for step in (1, 2, 3):
+        for key in ("reward/mean", "loss", "grad_norm", "entropy"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
+
+
+def _steps(run):
+    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").open()) if "loss" in r}
+
+
+def test_ray_engines_refusals():
+    cfg = config.load("grpo", ["dist.ray_engines=2"])
+    with pytest.raises(ConfigError, match="dist.ray_engines: the engines run in Ray actors; set dist.ray=true"):
+        check_ray_engines(cfg, None, World())
+    cfg = config.load("grpo", ["dist.ray_engines=2", "dist.ray=true", "dist.ray_address=auto"])
+    with pytest.raises(ConfigError, match="each rank would start its own engines"):
+        check_ray_engines(cfg, None, World(0, 2))

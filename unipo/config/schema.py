@@ -390,7 +390,7 @@ class LogConfig(_Strict):
 
 class DistConfig(_Strict):
     """Data-parallel training under `torchrun --nproc_per_node N -m unipo train ...` (trainers/dist.py; `strategy` and
-    `timeout_s` are ignored in a plain run), and Ray for the reward functions (`ray`, any run)."""
+    `timeout_s` are ignored in a plain run), and Ray for the reward functions and the engines (`ray`, `ray_engines`)."""
 
     strategy: Literal["ddp", "fsdp2"] = "ddp"
     """`ddp`: every rank holds the whole model; gradients are summed over the ranks once per optimizer step. `fsdp2`:
@@ -399,6 +399,10 @@ class DistConfig(_Strict):
     ray: bool = False
     """Score rewards in `reward.workers` Ray actors (at least one; `pip install 'unipo[ray]'`), with the isolation of
     worker processes (rewards/ray_actors.py); a local Ray is started for the run unless `ray_address` is set."""
+    ray_engines: int = Field(0, ge=0)
+    """Sample in this many Ray actors (with `ray`), each holding an engine (`rollout.engine`; one GPU each on a GPU
+    machine): the batch's prompts are split across them and each loads the policy's weights after every update
+    (rollout/ray_engines.py). 0: the engine runs in the trainer's process."""
     ray_address: str | None = None
     """An existing Ray cluster (`ray.init(address=...)`, e.g. `auto` or `ray://host:10001`); None: a local Ray."""
     timeout_s: int = Field(1800, ge=1)

@@ -30,19 +30,27 @@ class _Actor:
         return run_call(self.fns[k], prompts, completions, columns)
 
 
+def start_ray(address: str | None, cpus: int) -> bool:
+    """Join the Ray cluster at `address`, or start a local one with `cpus` CPUs, unless this process is in one
+    already; whether it started one (which the caller then shuts down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, runtime_env=None if address else {"env_vars": {"PYTHONPATH": path}})  # fmt: skip
+    return True
+
+
 class RayActors:
     """`reward.workers` Ray actors holding `fns`; `submit` is a call of function `k` in the next one, as a future."""
 
     def __init__(self, fns: list[Any], actors: int, address: str | None = None):
         import ray
 
-        self.ray, self.fns, self.count, self.started = ray, fns, max(1, actors), False
-        if not ray.is_initialized():
-            path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-            ray.init(address=address, num_cpus=None if address else self.count, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False,
-                     runtime_env=None if address else {"env_vars": {"PYTHONPATH": path}})  # fmt: skip
-            self.started = True
+        self.ray, self.fns, self.count = ray, fns, max(1, actors)
+        self.started = start_ray(address, self.count)
         self.actors: list[Any] = []
         self.turn = 0
 
@@ -56,8 +64,9 @@ class RayActors:
         return actor.call.remote(k, prompts, completions, columns).future()
 
     def kill(self) -> None:
-        """Stop the actors (a stuck call with them); the next `submit` starts new ones."""
-        for actor in self.actors:
+        """Stop the actors (a stuck call with them); the next `submit` starts new ones. (Once Ray is shut down, e.g.
+        by the engines that started it, they are gone.)"""
+        for actor in self.actors if self.ray.is_initialized() else ():
             self.ray.kill(actor, no_restart=True)
         self.actors = []
 

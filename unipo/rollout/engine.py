@@ -9,6 +9,7 @@ corrections such as `rollout_is` and `opsm` read), and loads new weights between
   its own, so any number of ranks samples the same completions).
 - `weights(model)`: what the engine loads, taken from the trainer's model (a collective when it is sharded: every
   rank calls it); `load_weights(weights)`: load them (the caller counts the policy versions).
+- `close()`: release what the engine holds (its actors, its GPU memory) when the run ends.
 - `logprobs`: the distribution the log-probs are of. "tempered": softmax(z / T) before top-k/top-p filtering, the
   distribution the loss scores (`HFEngine`); "sampled": the one the tokens were drawn from, after filtering and
   renormalised (vLLM's `processed_logprobs`). The two agree when `rollout.top_k=0` and `rollout.top_p=1`
@@ -45,6 +46,8 @@ class Engine(Protocol):
 
     def load_weights(self, weights: Weights) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class HFEngine:
     """`hf.sample` on `model`: the trainer's own (nothing to load) or a frozen copy (`copy_of`), which loads the
@@ -64,7 +67,8 @@ class HFEngine:
     def generate(self, rows: list[dict[str, Any]], **sampling: Any) -> Rollouts:
         return sample(self.model, self.tokenizer, rows, **sampling)
 
-    def weights(self, model: Any) -> Weights:
+    @staticmethod
+    def weights(model: Any) -> Weights:
         with torch.no_grad():
             return [(name, whole(p)) for name, p in model.named_parameters() if p.requires_grad]
 
@@ -73,6 +77,9 @@ class HFEngine:
         with torch.no_grad():
             for name, w in weights:
                 params[name].copy_(w)
+
+    def close(self) -> None:
+        """Nothing to release (the model is the trainer's or a copy the garbage collector frees)."""
 
 
 def whole(p: torch.Tensor) -> torch.Tensor:

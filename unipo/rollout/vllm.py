@@ -115,7 +115,8 @@ class VLLMEngine:
         truncated = [c.finish_reason == "length" for c in done]
         return from_token_lists(prompt_ids, prompt_mask, rows, counts, tokens, logps, truncated, self.tokenizer)
 
-    def weights(self, model: Any) -> Weights:
+    @staticmethod
+    def weights(model: Any) -> Weights:
         """`model`'s weights under their checkpoint names, LoRA merged, one tensor at a time (a generator: a sharded
         model gathers each when it is loaded, so every rank must load them)."""
         return checkpoint_weights(model)
@@ -126,6 +127,12 @@ class VLLMEngine:
         self.llm.apply_model(lambda model: model.load_weights(weights=weights))
         self.llm.reset_prefix_cache()
         self.loaded = True
+
+    def close(self) -> None:
+        """Free vLLM's GPU memory for the rest of the process (its engine stops with the `LLM`)."""
+        self.llm = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _wake(self, part: str) -> None:
         if part == "kv_cache":

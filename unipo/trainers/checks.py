@@ -31,7 +31,21 @@ def check_setup(cfg: Config, algo: Algo, task: Any, world: World) -> tuple[Any, 
         check_async(cfg, algo)
     if cfg.rollout.engine == "vllm":
         check_vllm(cfg, algo, env)
+    if cfg.dist.ray_engines:
+        check_ray_engines(cfg, env, world)
     return env
+
+
+def check_ray_engines(cfg: Config, env: Any, world: World) -> None:
+    """Engines in Ray actors (rollout/ray_engines.py) sample single-turn completions for one trainer process."""
+    if not cfg.dist.ray:
+        raise ConfigError("dist.ray_engines: the engines run in Ray actors; set dist.ray=true")
+    if env is not None:
+        raise ConfigError("dist.ray_engines: a multi-turn environment's episodes are sampled turn by turn by the "
+                          "policy itself; set dist.ray_engines=0")  # fmt: skip
+    if world.size > 1:
+        raise ConfigError("dist.ray_engines: each rank would start its own engines; run one process (torchrun "
+                          "--nproc_per_node 1) or set dist.ray_engines=0")  # fmt: skip
 
 
 def check_vllm(cfg: Config, algo: Algo, env: Any) -> None:

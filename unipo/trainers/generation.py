@@ -62,10 +62,14 @@ def generate(
 
 
 def build_engine(cfg: Config, model: Any, tokenizer: Any) -> Engine | None:
-    """The run's generation engine (`rollout.engine`), made from the loaded policy before it is sharded: vLLM, loaded
-    with the policy's weights (a resumed or LoRA run's, not only `model.path`'s), asleep between batches unless it
-    samples ahead; an HF copy of the policy for the producer of asynchronous rollouts; None: the trainer's own model
-    samples."""
+    """The run's generation engine (`rollout.engine`), made from the loaded policy before it is sharded: engines in
+    Ray actors (`dist.ray_engines`); vLLM, loaded with the policy's weights (a resumed or LoRA run's, not only
+    `model.path`'s), asleep between batches unless it samples ahead; an HF copy of the policy for the producer of
+    asynchronous rollouts; None: the trainer's own model samples."""
+    if cfg.dist.ray_engines:
+        from unipo.rollout.ray_engines import RayEngines
+
+        return RayEngines(cfg, model, tokenizer, cfg.dist.ray_engines)
     if cfg.rollout.engine == "vllm":
         from unipo.rollout.vllm import VLLMEngine
 
@@ -83,6 +87,14 @@ def publish(s: RLState) -> None:
         s.pipeline.publish(s.model, s.step)
     elif s.engine is not None:
         s.engine.load_weights(s.engine.weights(s.model))
+
+
+def close_engines(s: RLState) -> None:
+    """Stop the producer of asynchronous rollouts and release the engine."""
+    if s.pipeline is not None:
+        s.pipeline.close()
+    if s.engine is not None:
+        s.engine.close()
 
 
 def sampler_inputs(s: RLState, fn: Any, per_fn: torch.Tensor | None = None) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from unipo.trainers.common import (
 )
 from unipo.trainers.dist import World, close_world, device_for, init_world
 from unipo.trainers.evaluate import heldout_eval
-from unipo.trainers.generation import build_engine, publish
+from unipo.trainers.generation import build_engine, close_engines, publish
 from unipo.trainers.inputs import turn_inputs
 from unipo.trainers.loop import run_steps
 from unipo.trainers.pipeline import Pipeline
@@ -137,8 +137,7 @@ def train(cfg: Config) -> Path:
             samples=lambda: state.samples,
         )
     finally:
-        if state.pipeline is not None:
-            state.pipeline.close()
+        close_engines(state)
         scorer.close()
         close_world()
     return run.path
