@@ -1,22 +1,23 @@
 """Asynchronous rollouts with bounded staleness (`rollout.max_staleness=k`): a producer thread samples and scores the
-batches of the next steps with its own copy of the policy (the engine) while the trainer updates.
+batches of the next steps with its own engine (rollout/engine.py: a copy of the policy, vLLM, or engines in Ray
+actors) while the trainer updates.
 
-Versions count optimizer-step batches: the trainer's policy before the update of step t is version t − 1, and a
-batch records the version of the engine weights that generated it. Step t's batch is sampled by version
-max(t − 1 − k, start) exactly, as prime-rl's `async_level` (step n samples from checkpoint n − k): the producer waits
-until the trainer has published that version (admission control, as SkyRL's `max_staleness_steps` and AReaL's
-`max_head_offpolicyness`), so no batch is ever older than k versions when it is trained and none has to be dropped,
-and a run is reproducible (the lag does not depend on thread timing). The lag is logged each step
-(`rollout/version_lag`). After each update the trainer publishes a copy of its trainable weights (at most k + 1 are
-held); the producer loads the one it needs between batches, never during one, so every batch has one version
+Versions count optimizer-step batches: the trainer's policy before the update of step t is version t − 1, and a batch
+records the version of the engine weights that generated it. Step t's batch is sampled by version max(t − 1 − k, start)
+exactly, as prime-rl's `async_level` (step n samples from checkpoint n − k): the producer waits until the trainer has
+published that version (admission control, as SkyRL's `max_staleness_steps` and AReaL's `max_head_offpolicyness`), so no
+batch is ever older than k versions when it is trained and none has to be dropped, and a run is reproducible (the lag
+does not depend on thread timing). The lag is logged each step (`rollout/version_lag`). After each update the trainer
+publishes what its engine loads (`Engine.weights`: the copy's trainable weights, vLLM's whole checkpoint; at most k + 1
+are held); the producer loads the one it needs between batches, never during one, so every batch has one version
 (`../shared/notes/scale.md` §6). The producer hands each batch to a scoring thread and goes on to the next batch, so
-scoring (e.g. in Ray actors, `dist.ray`) overlaps the generation of the next batch. The trainer's first-pass
-log-probs stay the "old" ones (AReaL's proximal policy); the engine's are the behaviour log-probs
-(`Rollouts.rollout_logp`) that an off-policy correction (`rollout_is`, `opsm`, ...) reads. With k = 0 the producer
-waits for every update, so the run is the synchronous one. Samplers are refused (trainers/checks.py): the producer
-draws plain batches of `train.prompts_per_step` prompts. On several ranks each rank's producer samples the rank's
-share of them (keyed by their stream positions, as the synchronous step does) with a whole copy of the policy made
-before the trainer's is sharded; under `fsdp2` every rank gathers the shards when it publishes.
+scoring (e.g. in Ray actors, `dist.ray`) overlaps the generation of the next batch. The trainer's first-pass log-probs
+stay the "old" ones (AReaL's proximal policy); the engine's are the behaviour log-probs (`Rollouts.rollout_logp`) that
+an off-policy correction (`rollout_is`, `opsm`, ...) reads. With k = 0 the producer waits for every update, so the run
+is the synchronous one. Samplers are refused (trainers/checks.py): the producer draws plain batches of
+`train.prompts_per_step` prompts. On several ranks each rank's producer samples the rank's share of them (keyed by their
+stream positions, as the synchronous step does) with an engine made from the whole policy before the trainer's is
+sharded; under `fsdp2` every rank gathers the shards when it publishes.
 
 Resume restarts the producer from the data position after the last batch trained (the prefetched ones are sampled
 again, by the resumed policy).
