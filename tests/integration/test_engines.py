@@ -22,9 +22,9 @@ from unipo.rollout.batch import tokenize_prompts
 from unipo.rollout.engine import HFEngine, checkpoint_weights
 from unipo.rollout.hf import sample_tokens
 from unipo.rollout.vllm import VLLMEngine
-from unipo.trainers import checkpoint
+from unipo.trainers import checkpoint, generation
 from unipo.trainers.checks import check_ray_engines, check_vllm
-from unipo.trainers.common import build_algo
+from unipo.trainers.common import Timer, build_algo
 from unipo.trainers.dist import World, sample_generators
 
 pytestmark = pytest.mark.slow
@@ -217,3 +217,16 @@ def test_ray_engines_refusals():
     cfg = config.load("grpo", ["dist.ray_engines=2", "dist.ray=true", "dist.ray_address=auto"])
     with pytest.raises(ConfigError, match="each rank would start its own engines"):
         check_ray_engines(cfg, None, World(0, 2))
+
+
+def test_multi_turn_episodes_are_sampled_by_the_engines_model(tiny, monkeypatch):
+    """The producer of asynchronous rollouts samples episodes with its engine's copy of the policy, never with the
+    model the trainer is updating meanwhile."""
+    model, tokenizer = tiny
+    used = []
+    monkeypatch.setattr(generation, "rollout", lambda m, *args, **kwargs: used.append(m))
+    engine = HFEngine.copy_of(model, tokenizer)
+    s = SimpleNamespace(cfg=config.load("grpo", ["model.autocast=off"]), model=model, tokenizer=tokenizer,
+                        env=(None, None), engine=engine, generator=torch.Generator())  # fmt: skip
+    generation.generate(s, ROWS, Timer())
+    assert used == [s.engine.model] and s.engine.model is not model

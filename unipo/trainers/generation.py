@@ -52,11 +52,11 @@ def generate(
     counts = [r.group_size] * len(rows) if n is None else n
     generator = s.generator if positions is None else sample_generators(cfg.train.seed, positions, counts)
     sampling = {"n": counts, **branching.sampling(s, temperature, generator)}
+    engine = s.engine or HFEngine(s.model, s.tokenizer)  # none: the trainer's own model samples
     with timer("generate"), autocast_context(s.model, cfg.model.autocast):
-        if s.env is not None:  # multi-turn trajectories (samplers that force tokens are refused with an env)
-            batch = rollout(s.model, s.tokenizer, rows, *s.env, **sampling)
+        if s.env is not None:  # multi-turn trajectories, turn by turn by an HF engine's model (checks.py refuses the
+            batch = rollout(engine.model, s.tokenizer, rows, *s.env, **sampling)  # others and forcing samplers)
         else:
-            engine = s.engine or HFEngine(s.model, s.tokenizer)  # none: the trainer's own model samples
             batch = engine.generate(rows, forced=forced, **sampling)
     return batch
 
