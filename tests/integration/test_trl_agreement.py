@@ -138,7 +138,8 @@ def _fixed_sample(model, tokenizer, rows, *, n, **_):
 
 
 def test_grpo_loss_and_gradient_match_trl_on_fixed_completions(tiny_model_dir, tmp_path, monkeypatch):
-    from unipo.trainers import common, generation, rl
+    from unipo.rollout import engine
+    from unipo.trainers import common, rl
 
     grads = _Gradients()
     handle = register_optimizer_step_pre_hook(grads)
@@ -147,7 +148,7 @@ def test_grpo_loss_and_gradient_match_trl_on_fixed_completions(tiny_model_dir, t
         trl_grads, grads.grads = grads.grads, {}
         rows = tmp_path / "prompts.jsonl"
         rows.write_text("".join(json.dumps({"prompt": p, "answer": "7"}) + "\n" for p in PROMPTS))
-        monkeypatch.setattr(generation, "sample", _fixed_sample)
+        monkeypatch.setattr(engine, "sample", _fixed_sample)  # the HF engine's sampler
         original = common.build_optimizer
         monkeypatch.setattr(
             rl, "build_optimizer", lambda model, cfg, **kw: grads.watch(model) or original(model, cfg, **kw)
