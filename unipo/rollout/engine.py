@@ -133,7 +133,7 @@ def _merged(module: Any) -> torch.Tensor:
         if name not in module.lora_A:
             continue
         delta = whole(module.lora_B[name].weight) @ whole(module.lora_A[name].weight) * module.scaling[name]
-        weight += delta.T if getattr(module, "fan_in_fan_out", False) else delta.to(weight.dtype)
+        weight += (delta.T if getattr(module, "fan_in_fan_out", False) else delta).to(weight.dtype)
     return weight
 
 
