@@ -6,6 +6,7 @@ The real engine runs in tests/gpu/test_vllm.py."""
 import copy
 import json
 from pathlib import Path
+from threading import Condition
 from types import SimpleNamespace
 
 import pytest
@@ -26,6 +27,7 @@ from unipo.trainers import checkpoint, generation
 from unipo.trainers.checks import check_ray_engines, check_vllm
 from unipo.trainers.common import Timer, build_algo
 from unipo.trainers.dist import World, sample_generators
+from unipo.trainers.pipeline import Pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -230,3 +232,16 @@ def test_multi_turn_episodes_are_sampled_by_the_engines_model(tiny, monkeypatch)
                         env=(None, None), engine=engine, generator=torch.Generator())  # fmt: skip
     generation.generate(s, ROWS, Timer())
     assert used == [s.engine.model] and s.engine.model is not model
+
+
+def test_a_published_update_is_the_weights_at_publishing(tiny):
+    """The producer loads a published version later, after further updates: vLLM's weight stream is read when the
+    trainer publishes (in its thread, where a sharded model gathers), not when the producer loads it."""
+    model, _ = tiny
+    pipeline = Pipeline.__new__(Pipeline)  # its publishing alone, without the producer thread
+    pipeline.engine, pipeline.changed, pipeline.published = SimpleNamespace(weights=VLLMEngine.weights), Condition(), {}
+    before = model.model.norm.weight.detach().clone()
+    pipeline.publish(model, 1)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(2)  # the next update
+    assert torch.equal(dict(pipeline.published[1])["model.norm.weight"], before)

@@ -95,6 +95,8 @@ class TrainConfig(_Strict):
 
 
 class VLLMConfig(_Strict):
+    """The vLLM engine's settings (`rollout.engine=vllm`, rollout/vllm.py)."""
+
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     """The share of the GPU's memory vLLM takes for its weights and KV cache (the trainer needs the rest)."""
     sleep_level: Literal[1, 2] = 1

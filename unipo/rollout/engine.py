@@ -24,7 +24,7 @@ trainer's process, asleep while the trainer updates.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -32,7 +32,8 @@ import torch
 from unipo.rollout.batch import Rollouts, right_pad
 from unipo.rollout.hf import sample
 
-Weights = list[tuple[str, torch.Tensor]]
+Weights = Iterable[tuple[str, torch.Tensor]]
+"""(name, tensor) pairs: a list, or a stream that gathers each tensor when it is read (vLLM's)."""
 
 
 class Engine(Protocol):

@@ -38,14 +38,14 @@ class _EngineActor:
 
     def generate(self, rows: list[dict], sampling: dict[str, Any], states: Any) -> tuple[Rollouts, Any]:
         """The engine's batch (on the CPU) and, for one generator given by its state, that generator's state after."""
-        if isinstance(states, list):
-            sampling["generator"] = [torch.Generator().set_state(s) for s in states]
-        elif states is not None:
+        one = states is not None and not isinstance(states, list)
+        if one:
             device, state = states
             sampling["generator"] = torch.Generator(device).set_state(state)
+        elif states is not None:
+            sampling["generator"] = [torch.Generator().set_state(s) for s in states]
         batch = self.engine.generate(rows, **sampling)
-        after = sampling["generator"].get_state() if states is not None and not isinstance(states, list) else None
-        return on(batch, "cpu"), after
+        return on(batch, "cpu"), sampling["generator"].get_state() if one else None
 
     def load_weights(self, weights: Weights) -> None:
         self.engine.load_weights(weights)
@@ -71,7 +71,7 @@ class RayEngines:
             self.load_weights(self.weights(model))  # a resumed or LoRA run's weights, not only `model.path`'s
 
     def weights(self, model: Any) -> Weights:
-        return list(self.kind.weights(model))
+        return self.kind.weights(model)
 
     def load_weights(self, weights: Weights) -> None:
         shared = self.ray.put(list(weights))

@@ -32,8 +32,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from unipo.rollout.batch import Rollouts
-from unipo.rollout.engine import Weights
 from unipo.trainers.common import Timer
 from unipo.trainers.generation import Collected, generate
 
@@ -59,7 +60,7 @@ class Pipeline:
     def __init__(self, s: RLState, start: int, max_staleness: int):
         self.k, self.state, self.position, self.engine = max_staleness, s, s.stream.state(), s.engine
         self.version = start  # the engine's weights: the policy after `start` updates
-        self.published: dict[int, Weights] = {}
+        self.published: dict[int, list[tuple[str, torch.Tensor]]] = {}
         self.ready: queue.Queue[_Batch | BaseException] = queue.Queue()
         self.scoring = cf.ThreadPoolExecutor(1, thread_name_prefix="unipo-scoring")
         self.changed, self.stopped = threading.Condition(), False
@@ -83,7 +84,7 @@ class Pipeline:
     def publish(self, model: Any, version: int) -> None:
         """The trainer's weights after `version` updates, for the engine to load before its next batch (a sharded
         parameter is gathered whole: a collective, which every rank makes after each update)."""
-        weights = self.engine.weights(model)
+        weights = list(self.engine.weights(model))  # gathered now, in the trainer's thread (vLLM's stream)
         with self.changed:
             self.published[version] = weights
             self.changed.notify_all()
