@@ -1,4 +1,4 @@
-"""`unipo train | eval | report | compare | export | verify | list`: the command line (also `python -m unipo`).
+"""`unipo train | serve | eval | report | compare | export | verify | list`: the command line (also `python -m unipo`).
 Heavy imports stay lazy."""
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ import os
 import sys
 
 USAGE_TRAIN = "unipo train [RECIPE|path.yaml] [key=value ...]   (default recipe: grpo)"
+USAGE_SERVE = (
+    "unipo serve [key=value ...]   e.g. model.path=DIR rollout.engine=vllm rollout.server.url=http://0.0.0.0:8765"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train a model with a recipe", usage=USAGE_TRAIN)
     p_train.add_argument("args", nargs="*", help="a recipe name or YAML file, then dotted key=value overrides")
+    p_serve = sub.add_parser("serve", help="host a generation engine for trainers with rollout.engine=server",
+                             usage=USAGE_SERVE)  # fmt: skip
+    p_serve.add_argument("args", nargs="*", help="dotted key=value settings: model.*, rollout.engine (hf or vllm), "
+                         "rollout.vllm.*, rollout.server.url (where to listen)")  # fmt: skip
     p_eval = sub.add_parser("eval", help="score models or run directories on tasks' held-out splits, in one table")
     p_eval.add_argument(
         "args", nargs="*", help="run directories (their latest checkpoint) or model paths, then task=NAME[,NAME...] "
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(ns.args)
         if ns.command == "eval":
             return _eval(ns.args)
+        if ns.command == "serve":
+            return _serve(ns.args)
         if ns.command == "export":
             return _export(ns.source, ns.out)
         if ns.command == "report":
@@ -94,6 +103,14 @@ def _train(args: list[str]) -> int:
 
     recipe = args[0] if args and "=" not in args[0] else None
     api.train(recipe or "grpo", overrides=args[1:] if recipe else args)
+    return 0
+
+
+def _serve(args: list[str]) -> int:
+    from unipo.config import load
+    from unipo.rollout.server import serve
+
+    serve(load("grpo", overrides=args))
     return 0
 
 

@@ -24,7 +24,7 @@ from unipo.rollout.engine import HFEngine, checkpoint_weights
 from unipo.rollout.hf import sample_tokens
 from unipo.rollout.vllm import VLLMEngine
 from unipo.trainers import checkpoint, generation
-from unipo.trainers.checks import check_ray_engines, check_vllm
+from unipo.trainers.checks import check_engine, check_ray_engines
 from unipo.trainers.common import Timer, build_algo
 from unipo.trainers.dist import World, sample_generators
 from unipo.trainers.pipeline import Pipeline
@@ -132,21 +132,23 @@ def test_vllm_engine_sleeps_between_batches_and_loads_awake(monkeypatch, tiny, t
 def test_vllm_engine_refusals():
     def check(*overrides):
         cfg = config.load("grpo", ["rollout.engine=vllm", *overrides])
-        check_vllm(cfg, build_algo(cfg), None)
+        check_engine(cfg, build_algo(cfg), None, World())
 
     with pytest.raises(ConfigError, match="the sampler 'dr_po' continues completions from forced tokens"):
         check("algo.sampler.name=dr_po")
     with pytest.raises(ConfigError, match="the advantage 'spo_segment' continues completions from forced tokens"):
         check("algo.advantage.name=spo_segment")
     with pytest.raises(ConfigError, match="multi-turn environment"):
-        check_vllm(config.load("grpo", ["rollout.engine=vllm"]), build_algo(config.load("grpo", [])), object())
+        check_engine(
+            config.load("grpo", ["rollout.engine=vllm"]), build_algo(config.load("grpo", [])), object(), World()
+        )
 
 
 def test_vllm_engine_missing_is_one_line(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "vllm", None)
     cfg = config.load("grpo", ["rollout.engine=vllm"])
     with pytest.raises(ConfigError, match=r"rollout.engine=vllm needs vLLM on a GPU machine: pip install"):
-        check_vllm(cfg, build_algo(cfg), None)
+        check_engine(cfg, build_algo(cfg), None, World())
 
 
 def _run(model_dir, run, *extra):

@@ -106,6 +106,19 @@ class VLLMConfig(_Strict):
     """The longest prompt plus completion vLLM reserves cache for; None: the model's."""
 
 
+class ServerConfig(_Strict):
+    """A generation server in its own process (`unipo serve`; `rollout.engine=server`, rollout/server.py)."""
+
+    url: str = "http://127.0.0.1:8765"
+    """Where `unipo serve` listens (its own config's value) and where the trainer finds it."""
+    timeout_s: float = Field(600.0, gt=0)
+    """The longest one request (a generation, a weight transfer) may take before the run fails."""
+    bucket_mb: float = Field(256.0, gt=0)
+    """The weights go in broadcasts of about this many MB (each its tensors' bytes packed together)."""
+    weight_host: str | None = None
+    """The trainer's address the server connects to for the weights; None: its address on the route to the server."""
+
+
 class RolloutConfig(_Strict):
     group_size: int = Field(8, ge=1)
     """Completions per prompt (G)."""
@@ -117,13 +130,16 @@ class RolloutConfig(_Strict):
     """Nucleus sampling threshold (1: off)."""
     top_k: int = Field(0, ge=0)
     """Top-k sampling (0: off)."""
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "vllm", "server"] = "hf"
     """What samples the completions (rollout/engine.py): `hf`, the policy itself (a KV-cached loop over its
     forward); `vllm`, vLLM in the trainer's process on its GPU (`pip install 'unipo[vllm]'`, rollout/vllm.py), loaded
     with the policy's weights after every update and asleep while the trainer updates (or sampling ahead, with
-    `max_staleness`). Its log-probs are the behaviour ones (`rollout_is`, `opsm` correct the mismatch)."""
+    `max_staleness`); `server`, the engine of a `unipo serve` process (rollout/server.py), sent the policy's weights
+    after every update. Its log-probs are the behaviour ones (`rollout_is`, `opsm` correct the mismatch)."""
     vllm: VLLMConfig = VLLMConfig()
-    """vLLM's settings, with `engine: vllm`."""
+    """vLLM's settings, with `engine: vllm` (and in a server hosting vLLM)."""
+    server: ServerConfig = ServerConfig()
+    """The generation server's address and limits, with `engine: server` (and in `unipo serve`)."""
     max_staleness: int | None = Field(None, ge=0)
     """Asynchronous rollouts (trainers/pipeline.py): a producer thread samples and scores the batches of the next
     steps with a copy of the policy while the trainer updates, each batch at most `max_staleness` policy versions old

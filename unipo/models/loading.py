@@ -161,7 +161,7 @@ def _cpu_autocast_pays(param: torch.Tensor) -> bool:
 def load_model_and_tokenizer(path: str, *, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer (a LoRA adapter directory: its base with the adapter merged in); sets a pad
     token (EOS) when the tokenizer has none."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from unipo.config import ConfigError
     from unipo.models.lora import is_adapter_dir, merged_base
@@ -170,12 +170,7 @@ def load_model_and_tokenizer(path: str, *, device: str = "auto", dtype: str = "a
     if path.startswith(("/", ".", "~")) and not Path(resolved).expanduser().is_dir():
         raise ConfigError(f"model.path: {path} is not a directory (give a local model directory or a hub id)")
     dev = pick_device(device)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved)
-    except OSError as e:  # a hub id without network, or a directory without a tokenizer
-        raise ConfigError(f"model.path: cannot load a tokenizer from {path!r}: {e}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(path)
     if is_adapter_dir(resolved):  # a LoRA checkpoint: its base with the adapter merged in
         model = merged_base(resolved, lambda base: AutoModelForCausalLM.from_pretrained(base, dtype=pick_dtype(dtype)))
     else:
@@ -183,6 +178,21 @@ def load_model_and_tokenizer(path: str, *, device: str = "auto", dtype: str = "a
     model.to(dev)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer of the model at `path`, with a pad token (EOS) when it has none."""
+    from transformers import AutoTokenizer
+
+    from unipo.config import ConfigError
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    except OSError as e:  # a hub id without network, or a directory without a tokenizer
+        raise ConfigError(f"model.path: cannot load a tokenizer from {path!r}: {e}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_policy(model_cfg: Any, resume: Path | None, device: str | None = None) -> tuple[Any, Any]:

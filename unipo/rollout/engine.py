@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from unipo.rollout.batch import Rollouts, right_pad
-from unipo.rollout.hf import sample
+from unipo.rollout.hf import sample, sample_tokens
 
 Weights = Iterable[tuple[str, torch.Tensor]]
 """(name, tensor) pairs: a list, or a stream that gathers each tensor when it is read (vLLM's)."""
@@ -67,6 +67,13 @@ class HFEngine:
 
     def generate(self, rows: list[dict[str, Any]], **sampling: Any) -> Rollouts:
         return sample(self.model, self.tokenizer, rows, **sampling)
+
+    def generate_tokens(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: list[dict[str, Any]],
+                        **sampling: Any) -> Rollouts:  # fmt: skip
+        """`generate` on prompts given as left-padded token ids and their mask (a generation server's requests)."""
+        device = next(self.model.parameters()).device
+        return sample_tokens(self.model, self.tokenizer, prompt_ids.to(device), prompt_mask.to(device), rows,
+                             **sampling)  # fmt: skip
 
     @staticmethod
     def weights(model: Any) -> Weights:

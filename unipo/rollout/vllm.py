@@ -91,11 +91,32 @@ class VLLMEngine:
     ) -> Rollouts:
         """`hf.sample`'s completions, drawn by vLLM (forced tokens are not supported: the collect stage's samplers
         that force them run with `rollout.engine=hf`)."""
+        prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], self.tokenizer, self.device)
+        return self.generate_tokens(prompt_ids, prompt_mask, rows, n=n, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                                    generator=generator, forced=forced)  # fmt: skip
+
+    def generate_tokens(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        rows: list[dict[str, Any]],
+        *,
+        n: int | list[int],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        forced: list[list[int]] | None = None,
+    ) -> Rollouts:
+        """`generate` on prompts given as left-padded token ids and their mask (a generation server's requests)."""
         if forced is not None:
             raise ValueError("rollout.engine=vllm cannot force tokens (a roll-in); use rollout.engine=hf")
         if not self.loaded:
             raise RuntimeError("vLLM discarded its weights (rollout.vllm.sleep_level=2) and none were loaded since")
-        prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], self.tokenizer, self.device)
+        prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         counts = [n] * len(rows) if isinstance(n, int) else list(n)
         seeds = _seeds(generator, sum(counts))
         requests, params = [], []

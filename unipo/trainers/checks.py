@@ -29,8 +29,8 @@ def check_setup(cfg: Config, algo: Algo, task: Any, world: World) -> tuple[Any, 
         check_data_parallel(cfg)
     if cfg.rollout.max_staleness is not None:
         check_async(cfg, algo)
-    if cfg.rollout.engine == "vllm":
-        check_vllm(cfg, algo, env)
+    if cfg.rollout.engine != "hf":
+        check_engine(cfg, algo, env, world)
     if cfg.dist.ray_engines:
         check_ray_engines(cfg, env, world)
     return env
@@ -48,18 +48,27 @@ def check_ray_engines(cfg: Config, env: Any, world: World) -> None:
                           "--nproc_per_node 1) or set dist.ray_engines=0")  # fmt: skip
 
 
-def check_vllm(cfg: Config, algo: Algo, env: Any) -> None:
-    """What the vLLM engine (rollout/vllm.py) cannot sample: it draws single-turn completions of prompts, at any
-    temperature (the other samplers generate with it too)."""
+def check_engine(cfg: Config, algo: Algo, env: Any, world: World) -> None:
+    """What the vLLM engine (rollout/vllm.py) and a generation server (rollout/server.py, which may host vLLM) cannot
+    sample: they draw single-turn completions of prompts, at any temperature (the other samplers generate with them
+    too)."""
+    engine = f"rollout.engine={cfg.rollout.engine}"
     if env is not None:
-        raise ConfigError("rollout.engine=vllm: a multi-turn environment's episodes are sampled turn by turn by the "
-                          "policy itself; use rollout.engine=hf")  # fmt: skip
+        raise ConfigError(f"{engine}: a multi-turn environment's episodes are sampled turn by turn by the policy "
+                          "itself; use rollout.engine=hf")  # fmt: skip
     forcing = [fact for fact in ("roll_in", "inpaint", "retry") if algo.has_fact("sampler", fact)]
     if forcing or "segment_values" in algo.advantage.needs:
         what = f"the sampler {algo.sampler.id!r}" if forcing else f"the advantage {algo.advantage.id!r}"
-        raise ConfigError(f"rollout.engine=vllm: {what} continues completions from forced tokens, which vLLM does "
-                          "not sample; use rollout.engine=hf")  # fmt: skip
-    import_vllm()
+        raise ConfigError(f"{engine}: {what} continues completions from forced tokens, which vLLM does not sample; "
+                          "use rollout.engine=hf")  # fmt: skip
+    if cfg.rollout.engine == "vllm":
+        import_vllm()
+    elif cfg.dist.ray_engines:
+        raise ConfigError("dist.ray_engines: the generation server (rollout.engine=server) is the engine; set "
+                          "dist.ray_engines=0")  # fmt: skip
+    elif cfg.rollout.max_staleness is not None and world.size > 1:
+        raise ConfigError("rollout.max_staleness: the ranks' producers would share one server at different policy "
+                          "versions; with rollout.engine=server, train on one process or synchronously")  # fmt: skip
 
 
 def check_async(cfg: Config, algo: Algo) -> None:

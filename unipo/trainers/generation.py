@@ -63,13 +63,17 @@ def generate(
 
 def build_engine(cfg: Config, model: Any, tokenizer: Any) -> Engine | None:
     """The run's generation engine (`rollout.engine`), made from the loaded policy before it is sharded: engines in
-    Ray actors (`dist.ray_engines`); vLLM, loaded with the policy's weights (a resumed or LoRA run's, not only
-    `model.path`'s), asleep between batches unless it samples ahead; an HF copy of the policy for the producer of
-    asynchronous rollouts; None: the trainer's own model samples."""
+    Ray actors (`dist.ray_engines`); a generation server's (`unipo serve`) or vLLM, loaded with the policy's weights
+    (a resumed or LoRA run's, not only `model.path`'s), vLLM asleep between batches unless it samples ahead; an HF
+    copy of the policy for the producer of asynchronous rollouts; None: the trainer's own model samples."""
     if cfg.dist.ray_engines:
         from unipo.rollout.ray_engines import RayEngines
 
         return RayEngines(cfg, model, tokenizer, cfg.dist.ray_engines)
+    if cfg.rollout.engine == "server":
+        from unipo.rollout.server import ServerEngine
+
+        return ServerEngine.from_config(cfg, model, tokenizer)
     if cfg.rollout.engine == "vllm":
         from unipo.rollout.vllm import VLLMEngine
 
