@@ -88,14 +88,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unipo: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from unipo.trainers.checkpoint import CheckpointError
+        message = _known_failure(e)
+        if message is None:
+            raise
+        print(f"unipo: error: {message}", file=sys.stderr)
+        return 1
 
-        if isinstance(e, CheckpointError):
-            print(
-                f"unipo: error: {e}. Delete that checkpoint directory to resume from an earlier one.", file=sys.stderr
-            )
-            return 1
-        raise
+
+def _known_failure(e: Exception) -> str | None:
+    """The one-line message of a failure that is not a bug (a corrupt checkpoint, a generation server that failed),
+    else None."""
+    from unipo.trainers.checkpoint import CheckpointError
+
+    if isinstance(e, CheckpointError):
+        return f"{e}. Delete that checkpoint directory to resume from an earlier one."
+    server = sys.modules.get("unipo.rollout.server")  # imported by a run with a generation server
+    if server is not None and isinstance(e, server.ServerError):
+        return f"{e}. The same command resumes from the last checkpoint."
+    return None
 
 
 def _train(args: list[str]) -> int:

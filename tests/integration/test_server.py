@@ -168,18 +168,27 @@ def test_server_engine_refusals():
         serve(config.load("grpo", ["rollout.engine=server"]))
 
 
-@pytest.fixture(scope="module")
-def served(tiny_model_dir):
-    """`unipo serve` in a process of its own, hosting the tiny model (as many threads as this process uses, so its
-    float sums are this process's)."""
+def _free_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _serve(model_dir, url):
+    """`unipo serve` in a process of its own, hosting the tiny model (as many threads as this process uses, so its
+    float sums are this process's)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    args = [f"model.path={tiny_model_dir}", "model.device=cpu", "model.dtype=float32", f"rollout.server.url={url}"]
+    args = [f"model.path={model_dir}", "model.device=cpu", "model.dtype=float32", f"rollout.server.url={url}"]
     proc = subprocess.Popen([sys.executable, "-m", "unipo", "serve", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     assert f"with the hf engine at {url}" in proc.stdout.readline()
+    return proc
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir):
+    url = _free_url()
+    proc = _serve(tiny_model_dir, url)
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -235,3 +244,36 @@ def test_two_ranks_share_one_server(served, tiny_model_dir, tmp_path):
         for key in ("reward/mean", "loss", "grad_norm", "entropy"):
             # float sums in another order (two ranks' gradients added)
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
+
+
+def test_a_server_that_dies_stops_the_run_in_one_line_and_it_resumes(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """The server is killed once step 1's weights are sent: step 2's generation fails the run with one line, the
+    checkpoint of step 1 is kept, and the same command with a new server resumes into the uninterrupted run."""
+    here, there, url = tmp_path / "here", tmp_path / "there", _free_url()
+    assert main(_grpo(tiny_model_dir, here)) == 0
+    proc = _serve(tiny_model_dir, url)
+    loads = []
+    real = ServerEngine.load_weights
+
+    def load_then_kill(self, weights):
+        real(self, weights)
+        loads.append(self.version)
+        if self.version == 2:  # step 1's update
+            proc.kill()
+            proc.wait(timeout=30)
+
+    monkeypatch.setattr(ServerEngine, "load_weights", load_then_kill)
+    args = _grpo(tiny_model_dir, there, "rollout.engine=server", f"rollout.server.url={url}", "train.save_every=1")
+    assert main(args) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"unipo: error: rollout.server: the server at {url} did not answer /generate: ")
+    assert error.endswith("The same command resumes from the last checkpoint.")
+    assert sorted(_steps(there)) == [1]
+    monkeypatch.undo()
+    proc = _serve(tiny_model_dir, url)
+    try:
+        assert main(args) == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    _same(here, there)

@@ -46,6 +46,11 @@ from unipo.rollout.engine import Weights, checkpoint_weights
 log = logging.getLogger(__name__)
 
 
+class ServerError(RuntimeError):
+    """The generation server failed a request or stopped answering (the run stops; it resumes from its last
+    checkpoint)."""
+
+
 def pack(obj: Any) -> bytes:
     """A request's or reply's body."""
     buffer = io.BytesIO()
@@ -99,7 +104,7 @@ class ServerEngine:
         self.group: Any = None
         try:
             info = self._call("info", timeout=min(timeout_s, 30.0))
-        except RuntimeError:
+        except ServerError:
             raise ConfigError(f"rollout.server.url: no unipo server answers at {self.url}; start one with `unipo "
                               f"serve model.path=... rollout.server.url={self.url}`") from None  # fmt: skip
         if info["vocab"] != len(tokenizer):
@@ -190,7 +195,7 @@ class ServerEngine:
         if self.group is not None:
             try:
                 self._call("detach", {}, timeout=min(self.timeout_s, 30.0))
-            except RuntimeError as e:
+            except ServerError as e:
                 log.warning("%s", e)
             self.group = None
 
@@ -201,10 +206,10 @@ class ServerEngine:
             with self.opener.open(request, timeout=timeout or self.timeout_s) as reply:
                 return unpack(reply.read())
         except urllib.error.HTTPError as e:
-            raise RuntimeError(f"rollout.server: {self.url}/{path}: {e.read().decode(errors='replace')}") from None
+            raise ServerError(f"rollout.server: {self.url}/{path}: {e.read().decode(errors='replace')}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise RuntimeError(f"rollout.server: the server at {self.url} did not answer /{path}: {reason}") from None
+            raise ServerError(f"rollout.server: the server at {self.url} did not answer /{path}: {reason}") from None
 
     def _background(self, path: str, body: Any) -> Callable[[], Any]:
         """`_call` in a thread (while this thread takes part in a collective); returns the function that waits for
