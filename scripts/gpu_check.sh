@@ -47,13 +47,23 @@ model = LlamaForCausalLM(cfg)
 print(f"0.5B model: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters")
 model.save_pretrained("/tmp/half"); tok.save_pretrained("/tmp/half")
 PY
+# server: `unipo serve` hosting vLLM in a second process on the same GPU (its weights come through gloo: NCCL joins
+# two processes only on two GPUs)
+URL=http://127.0.0.1:8765
 for model in default /tmp/half; do
-  for engine in hf vllm; do
+  for engine in hf vllm server; do
     run="$OUT/$(basename $model)-$engine"
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$run.mem" & smi=$!
+    if [ $engine = server ]; then
+      python3 -m unipo serve model.path=$model rollout.engine=vllm rollout.vllm.gpu_memory_utilization=0.3 \
+        rollout.server.url=$URL > "$run.serve.log" 2>&1 & served=$!
+      for _ in $(seq 120); do grep -q "unipo: serving" "$run.serve.log" && break; sleep 2; done
+    fi
     python3 -m unipo train grpo task=countdown model.path=$model output_dir="$run" rollout.engine=$engine \
-      train.max_steps=5 train.prompts_per_step=8 rollout.group_size=8 rollout.max_new_tokens=256 \
-      eval.num_problems=0 log.progress=false algo.kl.coef=0.04 2>&1 | grep -iE "error|Traceback" || true
+      rollout.server.url=$URL train.max_steps=5 train.prompts_per_step=8 rollout.group_size=8 \
+      rollout.max_new_tokens=256 eval.num_problems=0 log.progress=false algo.kl.coef=0.04 2>&1 \
+      | grep -iE "error|Traceback" || true
+    if [ $engine = server ]; then kill $served; wait $served || true; fi
     kill $smi
     python3 - "$run" <<'PY'
 import json, sys

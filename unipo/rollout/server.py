@@ -4,8 +4,8 @@ machine) than the update, and the policy's weights are sent to it after every up
 
 The server listens at its config's `rollout.server.url` and hosts the engine its `rollout.engine` names (`hf`, or
 `vllm`, never asleep), loaded from `model.path`. The trainer finds it at its own `rollout.server.url` and attaches:
-it opens a weight group, a two-process torch.distributed group over a TCPStore the trainer hosts (NCCL when both
-sides are on GPUs, else gloo), which the server joins as rank 1. After every update rank 0 sends the policy's
+it opens a weight group, a two-process torch.distributed group over a TCPStore the trainer hosts (NCCL when the two
+are on two GPUs, else gloo), which the server joins as rank 1. After every update rank 0 sends the policy's
 weights under their checkpoint names (`engine.checkpoint_weights`: LoRA merged, a sharded model gathered one tensor
 at a time on every rank) in buckets of about `rollout.server.bucket_mb`, each one broadcast of its tensors' bytes
 packed together (TRL's packed transfer, trl#6765) announced by a request naming them, their dtypes and shapes; the
@@ -110,7 +110,7 @@ class ServerEngine:
         if info["vocab"] != len(tokenizer):
             raise ConfigError(f"rollout.server.url: the server at {self.url} serves {info['model']} with a vocabulary "
                               f"of {info['vocab']} tokens; the policy's has {len(tokenizer)}")  # fmt: skip
-        self.logprobs, self.server_device = info["logprobs"], info["device"]
+        self.logprobs, self.server_gpu = info["logprobs"], info["gpu"]
         log.info("sampling with the %s engine of the server at %s (%s)", info["engine"], self.url, info["model"])
 
     @classmethod
@@ -131,7 +131,8 @@ class ServerEngine:
     def attach(self, host: str | None = None) -> None:
         """Open the weight group, its store hosted here at `host` (None: this machine's address on the route to the
         server)."""
-        backend = "nccl" if self.device.type == "cuda" and self.server_device == "cuda" else "gloo"
+        gpu = gpu_id(self.device)
+        backend = "nccl" if gpu is not None and self.server_gpu not in (None, gpu) else "gloo"  # NCCL: 2 GPUs
         parts = urlsplit(self.url)
         host = host or _address_towards(parts.hostname or "127.0.0.1", parts.port or 80)
         timeout = datetime.timedelta(seconds=self.timeout_s)
@@ -234,6 +235,12 @@ class ServerEngine:
         return joined
 
 
+def gpu_id(device: torch.device) -> str | None:
+    """The UUID of the GPU `device` is (None: not a GPU): NCCL joins two processes only on two GPUs, so a server on
+    the trainer's GPU gets the weights through gloo, staged in CPU memory."""
+    return str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
+
+
 def _address_towards(host: str, port: int) -> str:
     """This machine's address on the route to `host` (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -247,7 +254,7 @@ class GenerationServer:
     def __init__(self, engine: Any, kind: str, model: str, tokenizer: Any, device: torch.device, timeout_s: float):
         self.engine, self.tokenizer, self.device, self.timeout_s = engine, tokenizer, device, timeout_s
         self.about = {"engine": kind, "model": model, "logprobs": engine.logprobs, "vocab": len(tokenizer),
-                      "device": device.type}  # fmt: skip
+                      "gpu": gpu_id(device)}  # fmt: skip
         self.lock = threading.Condition()  # one request at a time uses the engine
         self.group: Any = None
         self.wire = torch.device("cpu")
