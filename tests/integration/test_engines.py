@@ -5,6 +5,10 @@ The real engine runs in tests/gpu/test_vllm.py."""
 
 import copy
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from threading import Condition
 from types import SimpleNamespace
@@ -218,9 +222,45 @@ def test_ray_engines_refusals():
     cfg = config.load("grpo", ["dist.ray_engines=2"])
     with pytest.raises(ConfigError, match="dist.ray_engines: the engines run in Ray actors; set dist.ray=true"):
         check_ray_engines(cfg, None, World())
-    cfg = config.load("grpo", ["dist.ray_engines=2", "dist.ray=true", "dist.ray_address=auto"])
-    with pytest.raises(ConfigError, match="each rank would start its own engines"):
+    shared = ["dist.ray_engines=2", "dist.ray=true", "dist.ray_address=auto"]
+    check_ray_engines(config.load("grpo", shared), None, World(0, 2))  # ranks in step share rank 0's actors
+    cfg = config.load("grpo", [*shared, "rollout.max_staleness=1"])
+    with pytest.raises(ConfigError, match="the ranks' producers would share the engine actors"):
         check_ray_engines(cfg, None, World(0, 2))
+
+
+def test_two_ranks_share_the_engine_actors_of_one_cluster(tiny_model_dir, tmp_path):
+    """A Ray cluster started as a user does (`ray start --head`), 2 torchrun ranks on it: rank 0's two engine actors
+    sample every rank's prompts, loaded with the weights after every update; the run is one process's."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert _grpo(tiny_model_dir, here) == 0
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    ray = str(Path(sys.executable).with_name("ray"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        args = ["train", "grpo", f"model.path={tiny_model_dir}", "task=lucky7", f"output_dir={there}",
+                "model.autocast=off", "rollout.max_new_tokens=8", "rollout.group_size=4", "eval.num_problems=0",
+                "train.prompts_per_step=4", "train.lr=1e-2", "train.max_steps=3", "log.progress=false",
+                "log.completions_per_step=16", "dist.ray=true", "dist.ray_engines=2", "reward.workers=1",
+                f"dist.ray_address=127.0.0.1:{port}",
+                "rewards=[{_component_: tests.integration.rewards_for_tests.reply_length}]"]  # fmt: skip
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "unipo"]
+        proc = subprocess.run([*cmd, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    mine = _completions(there)  # rank 0 logs its own share: half the prompts
+    assert len(mine) == 3 * 8 and set(mine) <= set(_completions(here))
+    a, b = (_steps(run) for run in (here, there))
+    for step in (1, 2, 3):
+        for key in ("reward/mean", "loss", "grad_norm", "entropy"):
+            # float sums in another order (two ranks' gradients added)
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
 
 
 def test_multi_turn_episodes_are_sampled_by_the_engines_model(tiny, monkeypatch):

@@ -217,11 +217,11 @@ def _same(run, other):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
 
 
-@pytest.mark.parametrize("staleness", [None, 1], ids=["sync", "async"])
-def test_a_run_through_the_server_samples_what_the_trainers_process_does(served, tiny_model_dir, tmp_path, staleness):
-    """The weights go to the server after every update (without them steps 2 and 3 differ); the runs attach to the
-    same server one after another."""
-    extra = [] if staleness is None else [f"rollout.max_staleness={staleness}"]
+@pytest.mark.parametrize("extra", [[], ["rollout.max_staleness=1"], ["model.lora.r=4", "train.lr=5e-2"]],
+                         ids=["sync", "async", "lora"])  # fmt: skip
+def test_a_run_through_the_server_samples_what_the_trainers_process_does(served, tiny_model_dir, tmp_path, extra):
+    """The weights go to the server after every update (without them steps 2 and 3 differ; with LoRA, merged into
+    the server's plain model under its checkpoint names); the runs attach to the same server one after another."""
     here, there = tmp_path / "here", tmp_path / "there"
     assert main(_grpo(tiny_model_dir, here, *extra)) == 0
     assert main(_grpo(tiny_model_dir, there, "rollout.engine=server", f"rollout.server.url={served}", *extra)) == 0

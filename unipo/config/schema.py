@@ -113,6 +113,8 @@ class ServerConfig(_Strict):
     """Where `unipo serve` listens (its own config's value) and where the trainer finds it."""
     timeout_s: float = Field(600.0, gt=0)
     """The longest one request (a generation, a weight transfer) may take before the run fails."""
+    wait_s: float = Field(300.0, ge=0)
+    """How long the trainer waits for a server that does not answer yet (one starting beside it) before it fails."""
     bucket_mb: float = Field(256.0, gt=0)
     """The weights go in broadcasts of about this many MB (each its tensors' bytes packed together)."""
     weight_host: str | None = None

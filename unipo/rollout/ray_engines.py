@@ -8,11 +8,15 @@ the trainer's process, so the run is the in-process one; a batch drawn from one 
 the first actor alone, from the generator's state, which then comes back to the trainer. After every update the
 trainer's weights (what the actors' engines load: `Engine.weights`) are put in the object store once and every actor
 loads them before the next batch. The actors stop when the run ends (and the local Ray the run started, if it did).
+On several torchrun ranks (a shared cluster, `dist.ray_address`), rank 0 starts the actors under names every rank
+looks up, each rank splits its own prompts across all of them, and rank 0 sends the weights while the others wait
+(a barrier after every update: no rank samples with the old weights).
 `../shared/notes/scale.md` §5.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import fields, replace
 from typing import Any
 
@@ -22,6 +26,10 @@ from unipo.config import Config
 from unipo.rollout.batch import Rollouts, cat
 from unipo.rollout.engine import HFEngine, Weights
 from unipo.rollout.vllm import VLLMEngine
+from unipo.trainers.dist import World
+
+NAMESPACE = "unipo"
+"""The Ray namespace of the engine actors (named, so that the other ranks' drivers find rank 0's)."""
 
 
 class _EngineActor:
@@ -52,21 +60,31 @@ class _EngineActor:
 
 
 class RayEngines:
-    """The run's engines in `count` Ray actors, behind the engine interface (module docstring)."""
+    """The run's engines in `count` Ray actors, behind the engine interface (module docstring); on several ranks,
+    rank 0's actors, which every rank finds by name."""
 
-    def __init__(self, cfg: Config, model: Any, tokenizer: Any, count: int):
+    def __init__(self, cfg: Config, model: Any, tokenizer: Any, count: int, world: World | None = None):
         import ray
 
         from unipo.rewards.ray_actors import start_ray
 
         self.ray, self.tokenizer, self.device = ray, tokenizer, next(model.parameters()).device
+        self.world = world or World()
         self.kind = VLLMEngine if cfg.rollout.engine == "vllm" else HFEngine
         self.logprobs = self.kind.logprobs
         self.started = start_ray(cfg.dist.ray_address, count)
-        gpus = 1 if torch.cuda.is_available() else 0
-        remote = ray.remote(num_cpus=0, num_gpus=gpus)(_EngineActor)  # 0 CPUs: beside the reward actors
-        payload = ray.put((cfg, tokenizer) if cfg.rollout.engine == "vllm" else (model, tokenizer))
-        self.actors = [remote.remote(cfg.rollout.engine, payload) for _ in range(count)]
+        key = self.world.broadcast(uuid.uuid4().hex)  # this run's
+        names = [f"unipo-engine-{key}-{i}" for i in range(count)]
+        if self.world.main:
+            gpus = 1 if torch.cuda.is_available() else 0
+            remote = ray.remote(num_cpus=0, num_gpus=gpus)(_EngineActor)  # 0 CPUs: beside the reward actors
+            payload = ray.put((cfg, tokenizer) if cfg.rollout.engine == "vllm" else (model, tokenizer))
+            self.actors = [remote.options(name=name, namespace=NAMESPACE).remote(cfg.rollout.engine, payload)
+                           for name in names]  # fmt: skip
+            ray.get([actor.__ray_ready__.remote() for actor in self.actors])  # started: the others find them
+        self.world.barrier()
+        if not self.world.main:
+            self.actors = [ray.get_actor(name, namespace=NAMESPACE) for name in names]
         if cfg.rollout.engine == "vllm":
             self.load_weights(self.weights(model))  # a resumed or LoRA run's weights, not only `model.path`'s
 
@@ -74,8 +92,14 @@ class RayEngines:
         return self.kind.weights(model)
 
     def load_weights(self, weights: Weights) -> None:
-        shared = self.ray.put(list(weights))
-        self.ray.get([actor.load_weights.remote(shared) for actor in self.actors])
+        """Rank 0 puts `weights` in the object store once and every actor loads them; no rank samples before."""
+        if self.world.main:
+            shared = self.ray.put(list(weights))
+            self.ray.get([actor.load_weights.remote(shared) for actor in self.actors])
+        else:
+            for _ in weights:  # the gathers of a sharded model are collectives
+                pass
+        self.world.barrier()
 
     def generate(self, rows: list[dict[str, Any]], *, n: int | list[int], generator: Any = None,
                  forced: list[list[int]] | None = None, **sampling: Any) -> Rollouts:  # fmt: skip
@@ -98,7 +122,7 @@ class RayEngines:
         return on(batches[0] if len(batches) == 1 else cat(batches, self.tokenizer.pad_token_id), self.device)
 
     def close(self) -> None:
-        for actor in self.actors if self.ray.is_initialized() else ():  # a shutdown stopped them
+        for actor in self.actors if self.ray.is_initialized() and self.world.main else ():  # a shutdown stopped them
             self.ray.kill(actor, no_restart=True)
         self.actors = []
         if self.started:

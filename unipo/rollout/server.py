@@ -28,6 +28,7 @@ import logging
 import math
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -96,22 +97,33 @@ class ServerEngine:
     """The trainer's side of a generation server, behind the engine interface (module docstring)."""
 
     def __init__(self, url: str, tokenizer: Any, device: torch.device | str, timeout_s: float = 600.0,
-                 bucket_bytes: int = 2**28, rank: int = 0):  # fmt: skip
+                 bucket_bytes: int = 2**28, rank: int = 0, wait_s: float = 0.0):  # fmt: skip
         self.url, self.tokenizer, self.device = url.rstrip("/"), tokenizer, torch.device(device)
         self.timeout_s, self.bucket_bytes, self.rank = timeout_s, bucket_bytes, rank
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a proxy never reaches it
         self.version = 0  # the policy versions loaded so far (every rank counts them)
         self.group: Any = None
-        try:
-            info = self._call("info", timeout=min(timeout_s, 30.0))
-        except ServerError:
-            raise ConfigError(f"rollout.server.url: no unipo server answers at {self.url}; start one with `unipo "
-                              f"serve model.path=... rollout.server.url={self.url}`") from None  # fmt: skip
+        self.wire = torch.device("cpu")  # where the weights are broadcast from: the GPU with NCCL
+        info = self._info(wait_s)
         if info["vocab"] != len(tokenizer):
             raise ConfigError(f"rollout.server.url: the server at {self.url} serves {info['model']} with a vocabulary "
                               f"of {info['vocab']} tokens; the policy's has {len(tokenizer)}")  # fmt: skip
         self.logprobs, self.server_gpu = info["logprobs"], info["gpu"]
         log.info("sampling with the %s engine of the server at %s (%s)", info["engine"], self.url, info["model"])
+
+    def _info(self, wait_s: float) -> dict[str, Any]:
+        """What the server hosts, asked until it answers or `wait_s` seconds have passed (a server starting beside
+        the trainer loads its model first)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._call("info", timeout=min(self.timeout_s, 30.0))
+            except ServerError:
+                if time.monotonic() >= deadline:
+                    start = f"`unipo serve model.path=... rollout.server.url={self.url}`"
+                    raise ConfigError(f"rollout.server.url: no unipo server answers at {self.url}; start one with "
+                                      f"{start}") from None  # fmt: skip
+                time.sleep(1.0)
 
     @classmethod
     def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> ServerEngine:
@@ -120,7 +132,7 @@ class ServerEngine:
         s = cfg.rollout.server
         rank = dist.get_rank() if dist.is_initialized() else 0
         device = next(model.parameters()).device
-        engine = cls(s.url, tokenizer, device, s.timeout_s, int(s.bucket_mb * 2**20), rank)
+        engine = cls(s.url, tokenizer, device, s.timeout_s, int(s.bucket_mb * 2**20), rank, s.wait_s)
         if rank == 0:
             engine.attach(s.weight_host)
         engine.load_weights(engine.weights(model))

@@ -37,15 +37,16 @@ def check_setup(cfg: Config, algo: Algo, task: Any, world: World) -> tuple[Any, 
 
 
 def check_ray_engines(cfg: Config, env: Any, world: World) -> None:
-    """Engines in Ray actors (rollout/ray_engines.py) sample single-turn completions for one trainer process."""
+    """Engines in Ray actors (rollout/ray_engines.py) sample single-turn completions (on several ranks, in step: the
+    ranks' producers of asynchronous rollouts would ask for different policy versions)."""
     if not cfg.dist.ray:
         raise ConfigError("dist.ray_engines: the engines run in Ray actors; set dist.ray=true")
     if env is not None:
         raise ConfigError("dist.ray_engines: a multi-turn environment's episodes are sampled turn by turn by the "
                           "policy itself; set dist.ray_engines=0")  # fmt: skip
-    if world.size > 1:
-        raise ConfigError("dist.ray_engines: each rank would start its own engines; run one process (torchrun "
-                          "--nproc_per_node 1) or set dist.ray_engines=0")  # fmt: skip
+    if world.size > 1 and cfg.rollout.max_staleness is not None:
+        raise ConfigError("rollout.max_staleness: the ranks' producers would share the engine actors at different "
+                          "policy versions; with dist.ray_engines, train on one process or synchronously")  # fmt: skip
 
 
 def check_engine(cfg: Config, algo: Algo, env: Any, world: World) -> None:

@@ -61,7 +61,7 @@ def generate(
     return batch
 
 
-def build_engine(cfg: Config, model: Any, tokenizer: Any) -> Engine | None:
+def build_engine(cfg: Config, model: Any, tokenizer: Any, world: World) -> Engine | None:
     """The run's generation engine (`rollout.engine`), made from the loaded policy before it is sharded: engines in
     Ray actors (`dist.ray_engines`); a generation server's (`unipo serve`) or vLLM, loaded with the policy's weights
     (a resumed or LoRA run's, not only `model.path`'s), vLLM asleep between batches unless it samples ahead; an HF
@@ -69,7 +69,7 @@ def build_engine(cfg: Config, model: Any, tokenizer: Any) -> Engine | None:
     if cfg.dist.ray_engines:
         from unipo.rollout.ray_engines import RayEngines
 
-        return RayEngines(cfg, model, tokenizer, cfg.dist.ray_engines)
+        return RayEngines(cfg, model, tokenizer, cfg.dist.ray_engines, world)
     if cfg.rollout.engine == "server":
         from unipo.rollout.server import ServerEngine
 

@@ -78,7 +78,7 @@ def train(cfg: Config) -> Path:
                           "> 0, or remove algo.ref_sync)")  # fmt: skip
     resume, saved = checkpoint.latest(run.checkpoints)  # verified before anything is loaded from it
     model, tokenizer = load_policy(cfg.model, resume, device_for(cfg))
-    engine = build_engine(cfg, model, tokenizer)  # from the whole policy, before sharding
+    engine = build_engine(cfg, model, tokenizer, world)  # from the whole policy, before sharding
     model = world.shard(model)  # dist.strategy=fsdp2: this rank keeps a shard of each parameter
     model.eval()  # no dropout: the first pass reproduces the sampling policy exactly
     ref = load_reference(cfg, algo, model, resume, world) if algo.needs_ref else None
