@@ -228,12 +228,15 @@ def test_a_run_through_the_server_samples_what_the_trainers_process_does(served,
     _same(here, there)
 
 
-def test_two_ranks_share_one_server(served, tiny_model_dir, tmp_path):
-    """2 gloo ranks, each sampling its prompts through the server, rank 0 sending the weights: one process's run."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_ranks_share_one_server(served, tiny_model_dir, tmp_path, strategy):
+    """2 gloo ranks, each sampling its prompts through the server, rank 0 sending the weights (under fsdp2 gathered
+    from both ranks' shards first): one process's run."""
     here, there = tmp_path / "here", tmp_path / "there"
     assert main(_grpo(tiny_model_dir, here)) == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    args = _grpo(tiny_model_dir, there, "rollout.engine=server", f"rollout.server.url={served}")
+    args = _grpo(tiny_model_dir, there, "rollout.engine=server", f"rollout.server.url={served}",
+                 f"dist.strategy={strategy}")  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "unipo", *args]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -181,11 +181,12 @@ class ServerEngine:
         return checkpoint_weights(model)
 
     def load_weights(self, weights: Weights) -> None:
-        """Rank 0 sends `weights` in buckets; every rank counts the new version (its next requests wait for it)."""
+        """Rank 0 sends `weights` in buckets (on several ranks, once every rank has read them all); every rank counts
+        the new version (its next requests wait for it)."""
         self.version += 1
-        if self.rank != 0:
-            for _ in weights:  # the gathers of a sharded model are collectives
-                pass
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            weights = list(weights)  # every rank gathers first (collectives), then rank 0 sends: never interleaved
+        if self.rank != 0:  # (trl#7103: a send between a sharded model's gathers can hang)
             return
         bucket: list[tuple[str, torch.Tensor]] = []
         size = 0
