@@ -84,13 +84,16 @@ def build_engine(cfg: Config, model: Any, tokenizer: Any, world: World) -> Engin
     return HFEngine.copy_of(model, tokenizer) if cfg.rollout.max_staleness is not None else None
 
 
-def publish(s: RLState) -> None:
+def publish(s: RLState, timer: Timer) -> None:
     """After an update: the policy's new weights for the engine that samples the next batches (the producer's loads
-    them before its next batch; a synchronous vLLM engine at once)."""
-    if s.pipeline is not None:
-        s.pipeline.publish(s.model, s.step)
-    elif s.engine is not None:
-        s.engine.load_weights(s.engine.weights(s.model))
+    them before its next batch; a synchronous engine at once), timed as `sync`."""
+    if s.pipeline is None and s.engine is None:
+        return
+    with timer("sync"):
+        if s.pipeline is not None:
+            s.pipeline.publish(s.model, s.step)
+        else:
+            s.engine.load_weights(s.engine.weights(s.model))
 
 
 def close_engines(s: RLState) -> None:

@@ -247,7 +247,7 @@ def rl_step(s: RLState) -> dict[str, float]:
     if algo.ref_sync is not None:  # TR-DPO: the reference moves towards the policy
         w.reshard(s.ref)  # FSDP2: the reference's root keeps its gathered weights after a forward; mix shard by shard
         ctrl_metrics["ref/synced"] = float(algo.ref_sync(s.ref.parameters(), s.model.parameters(), s.step))
-    publish(s)  # the engine loads the update before its next batch
+    publish(s, timer)  # the engine loads the update before its next batch
     if "entropy" in stats and algo.has_fact("sampler", "entropy_switch"):  # the next step's temperature depends on it
         s.sampler_state = {"entropy": stats["entropy"]}
     lengths = w.gather_rows(batch.completion_mask.sum(1).float())
