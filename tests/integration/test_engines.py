@@ -21,11 +21,12 @@ from tests.integration import fake_vllm
 from unipo import config
 from unipo.cli import main
 from unipo.config import ConfigError
-from unipo.models.loading import load_model_and_tokenizer
+from unipo.models.loading import autocast_context, load_model_and_tokenizer
 from unipo.models.lora import with_lora
 from unipo.rollout.batch import tokenize_prompts
 from unipo.rollout.engine import HFEngine, checkpoint_weights
 from unipo.rollout.hf import sample_tokens
+from unipo.rollout.ray_engines import _EngineActor
 from unipo.rollout.vllm import VLLMEngine
 from unipo.trainers import checkpoint, generation
 from unipo.trainers.checks import check_engine, check_ray_engines
@@ -199,11 +200,10 @@ def _completions(run):
     return [(r["step"], r["prompt"], r["completion"]) for r in map(json.loads, (run / "completions.jsonl").open())]
 
 
-@pytest.mark.parametrize("staleness", [None, 1], ids=["sync", "async"])
-def test_two_ray_engines_sample_what_the_trainers_process_does(tiny_model_dir, tmp_path, staleness):
+@pytest.mark.parametrize("extra", [[], ["rollout.max_staleness=1"]], ids=["sync", "async"])
+def test_two_ray_engines_sample_what_the_trainers_process_does(tiny_model_dir, tmp_path, extra):
     """The prompts split over two engine actors, each completion keyed by its prompt, weights loaded after every update:
     every step's completions and metrics are the in-process run's (without the loads, steps 2 and 3 differ)."""
-    extra = [] if staleness is None else [f"rollout.max_staleness={staleness}"]
     here, actors = tmp_path / "here", tmp_path / "actors"
     assert _grpo(tiny_model_dir, here, *extra) == 0
     assert _grpo(tiny_model_dir, actors, "dist.ray=true", "dist.ray_engines=2", "reward.workers=1", *extra) == 0
@@ -216,6 +216,21 @@ def test_two_ray_engines_sample_what_the_trainers_process_does(tiny_model_dir, t
 
 def _steps(run):
     return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").open()) if "loss" in r}
+
+
+def test_an_engine_actor_samples_under_the_trainers_autocast(tiny):
+    """The behaviour log-probs of an HF engine actor are those the trainer's process samples under `model.autocast`
+    (bf16 and float32 ones differ by 100 times the tolerance and more)."""
+    model, tokenizer = tiny
+    actor = _EngineActor("hf", (copy.deepcopy(model), tokenizer, "bf16"))
+    sampling = {"n": 2, "max_new_tokens": 6, "temperature": 1.0}
+    got, _ = actor.generate(ROWS, dict(sampling), [g.get_state() for g in sample_generators(0, [1, 2], [2, 2])])
+    with autocast_context(model, "bf16"):
+        want = HFEngine(model, tokenizer).generate(ROWS, generator=sample_generators(0, [1, 2], [2, 2]), **sampling)
+    plain = HFEngine(model, tokenizer).generate(ROWS, generator=sample_generators(0, [1, 2], [2, 2]), **sampling)
+    assert torch.equal(got.completion_ids, want.completion_ids)
+    torch.testing.assert_close(got.rollout_logp, want.rollout_logp, rtol=0, atol=1e-6)
+    assert (plain.rollout_logp - want.rollout_logp).abs().max() > 1e-4
 
 
 def test_ray_engines_refusals():

@@ -213,15 +213,19 @@ def _same(run, other):
     assert _completions(run) == _completions(other) and len({c[0] for c in _completions(run)}) == 3
     a, b = _steps(run), _steps(other)
     for step in (1, 2, 3):
-        for key in ("reward/mean", "loss", "grad_norm", "entropy"):
-            assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
+        for key in ("reward/mean", "loss", "grad_norm", "entropy", "rollout_is/weight"):  # the last with rollout_is
+            if key in a[step] or key in b[step]:
+                assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key)
 
 
-@pytest.mark.parametrize("extra", [[], ["rollout.max_staleness=1"], ["model.lora.r=4", "train.lr=5e-2"]],
-                         ids=["sync", "async", "lora"])  # fmt: skip
+@pytest.mark.parametrize("extra", [[], ["rollout.max_staleness=1"], ["model.lora.r=4", "train.lr=5e-2"],
+                                   ["model.autocast=bf16", "algo.policy_loss.name=rollout_is"]],
+                         ids=["sync", "async", "lora", "autocast"])  # fmt: skip
 def test_a_run_through_the_server_samples_what_the_trainers_process_does(served, tiny_model_dir, tmp_path, extra):
     """The weights go to the server after every update (without them steps 2 and 3 differ; with LoRA, merged into
-    the server's plain model under its checkpoint names); the runs attach to the same server one after another."""
+    the server's plain model under its checkpoint names), and it samples under the trainer's autocast (its log-probs
+    are the behaviour ones `rollout_is` weighs with); the runs
+    attach to the same server one after another."""
     here, there = tmp_path / "here", tmp_path / "there"
     assert main(_grpo(tiny_model_dir, here, *extra)) == 0
     assert main(_grpo(tiny_model_dir, there, "rollout.engine=server", f"rollout.server.url={served}", *extra)) == 0

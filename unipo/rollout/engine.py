@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
+from unipo.models.loading import autocast_context
 from unipo.rollout.batch import Rollouts, right_pad
 from unipo.rollout.hf import sample, sample_tokens
 
@@ -56,8 +57,10 @@ class HFEngine:
 
     logprobs = "tempered"
 
-    def __init__(self, model: Any, tokenizer: Any):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model: Any, tokenizer: Any, autocast: str = "off"):
+        """`autocast`: `model.autocast`, for an engine that samples outside the trainer's autocast context (in a Ray
+        actor, in a server), so that it samples as the trainer's process does."""
+        self.model, self.tokenizer, self.autocast = model, tokenizer, autocast
 
     @classmethod
     def copy_of(cls, model: Any, tokenizer: Any) -> HFEngine:
@@ -66,14 +69,16 @@ class HFEngine:
         return cls(copy.deepcopy(model).eval().requires_grad_(False), tokenizer)
 
     def generate(self, rows: list[dict[str, Any]], **sampling: Any) -> Rollouts:
-        return sample(self.model, self.tokenizer, rows, **sampling)
+        with autocast_context(self.model, self.autocast):
+            return sample(self.model, self.tokenizer, rows, **sampling)
 
     def generate_tokens(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: list[dict[str, Any]],
                         **sampling: Any) -> Rollouts:  # fmt: skip
         """`generate` on prompts given as left-padded token ids and their mask (a generation server's requests)."""
         device = next(self.model.parameters()).device
-        return sample_tokens(self.model, self.tokenizer, prompt_ids.to(device), prompt_mask.to(device), rows,
-                             **sampling)  # fmt: skip
+        with autocast_context(self.model, self.autocast):
+            return sample_tokens(self.model, self.tokenizer, prompt_ids.to(device), prompt_mask.to(device), rows,
+                                 **sampling)  # fmt: skip
 
     @staticmethod
     def weights(model: Any) -> Weights:

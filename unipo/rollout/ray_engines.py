@@ -33,7 +33,8 @@ NAMESPACE = "unipo"
 
 
 class _EngineActor:
-    """One engine (`kind`: "hf" with `payload` = (model, tokenizer); "vllm" with `payload` = (config, tokenizer))."""
+    """One engine (`kind`: "hf" with `payload` = (model, tokenizer, `model.autocast`); "vllm" with `payload` =
+    (config, tokenizer))."""
 
     def __init__(self, kind: str, payload: tuple[Any, Any]):
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -41,8 +42,8 @@ class _EngineActor:
             cfg, tokenizer = payload
             self.engine: Any = VLLMEngine.from_config(cfg, tokenizer, device, sleeps=False)
         else:
-            model, tokenizer = payload
-            self.engine = HFEngine(model.to(device).eval().requires_grad_(False), tokenizer)
+            model, tokenizer, autocast = payload
+            self.engine = HFEngine(model.to(device).eval().requires_grad_(False), tokenizer, autocast)
 
     def generate(self, rows: list[dict], sampling: dict[str, Any], states: Any) -> tuple[Rollouts, Any]:
         """The engine's batch (on the CPU) and, for one generator given by its state, that generator's state after."""
@@ -78,7 +79,8 @@ class RayEngines:
         if self.world.main:
             gpus = 1 if torch.cuda.is_available() else 0
             remote = ray.remote(num_cpus=0, num_gpus=gpus)(_EngineActor)  # 0 CPUs: beside the reward actors
-            payload = ray.put((cfg, tokenizer) if cfg.rollout.engine == "vllm" else (model, tokenizer))
+            hf = (model, tokenizer, cfg.model.autocast)
+            payload = ray.put((cfg, tokenizer) if cfg.rollout.engine == "vllm" else hf)
             self.actors = [remote.options(name=name, namespace=NAMESPACE).remote(cfg.rollout.engine, payload)
                            for name in names]  # fmt: skip
             ray.get([actor.__ray_ready__.remote() for actor in self.actors])  # started: the others find them

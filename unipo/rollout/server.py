@@ -10,10 +10,11 @@ weights under their checkpoint names (`engine.checkpoint_weights`: LoRA merged, 
 at a time on every rank) in buckets of about `rollout.server.bucket_mb`, each one broadcast of its tensors' bytes
 packed together (TRL's packed transfer, trl#6765) announced by a request naming them, their dtypes and shapes; the
 last request of an update gives the server the policy version it now holds. A generation request sends the prompts
-as token ids (never re-tokenised text: trl#5238), the sampling settings, the generators' states and the policy
-version the trainer holds; the server samples once it holds that version (so no rank samples before rank 0 has sent
-its step's weights) and sends back the batch's tensors and the run's generator's state after it. A run through an
-HF server therefore samples what the in-process engine samples (tested on CPU, on one process and on 2 ranks).
+as token ids (never re-tokenised text: trl#5238), the sampling settings, the generators' states, the trainer's
+`model.autocast` (under which an HF engine samples) and the policy version the trainer holds; the server samples once
+it holds that version (so no rank samples before rank 0 has sent its step's weights) and sends back the batch's
+tensors and the run's generator's state after it. A run through an HF server therefore samples what the in-process
+engine samples (tested on CPU, on one process and on 2 ranks).
 
 Bodies are `torch.save`d dicts of tensors, lists, strings and numbers, read back with `weights_only=True` (nothing
 pickled runs). Every request has `rollout.server.timeout_s`: a server that stops answering fails the run with a
@@ -97,9 +98,9 @@ class ServerEngine:
     """The trainer's side of a generation server, behind the engine interface (module docstring)."""
 
     def __init__(self, url: str, tokenizer: Any, device: torch.device | str, timeout_s: float = 600.0,
-                 bucket_bytes: int = 2**28, rank: int = 0, wait_s: float = 0.0):  # fmt: skip
+                 bucket_bytes: int = 2**28, rank: int = 0, wait_s: float = 0.0, autocast: str = "off"):  # fmt: skip
         self.url, self.tokenizer, self.device = url.rstrip("/"), tokenizer, torch.device(device)
-        self.timeout_s, self.bucket_bytes, self.rank = timeout_s, bucket_bytes, rank
+        self.timeout_s, self.bucket_bytes, self.rank, self.autocast = timeout_s, bucket_bytes, rank, autocast
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a proxy never reaches it
         self.version = 0  # the policy versions loaded so far (every rank counts them)
         self.group: Any = None
@@ -132,7 +133,8 @@ class ServerEngine:
         s = cfg.rollout.server
         rank = dist.get_rank() if dist.is_initialized() else 0
         device = next(model.parameters()).device
-        engine = cls(s.url, tokenizer, device, s.timeout_s, int(s.bucket_mb * 2**20), rank, s.wait_s)
+        engine = cls(s.url, tokenizer, device, s.timeout_s, int(s.bucket_mb * 2**20), rank, s.wait_s,
+                     cfg.model.autocast)  # fmt: skip
         if rank == 0:
             engine.attach(s.weight_host)
         engine.load_weights(engine.weights(model))
@@ -167,7 +169,7 @@ class ServerEngine:
         else:
             states = None if generator is None else [g.get_state() for g in generator]
         body = {"version": self.version, "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "n": n,
-                "forced": forced, "sampling": sampling, "generators": states}  # fmt: skip
+                "forced": forced, "sampling": sampling, "generators": states, "autocast": self.autocast}  # fmt: skip
         out = self._call("generate", body)
         if one:
             generator.set_state(out.pop("generator"))
@@ -320,6 +322,8 @@ class GenerationServer:
                 generator = torch.Generator(states[0]).set_state(states[1])
             elif states is not None:
                 generator = [torch.Generator().set_state(s) for s in states]
+            if hasattr(self.engine, "autocast"):  # an HF engine samples as the trainer's process would
+                self.engine.autocast = body["autocast"]
             prompts, mask = body["prompt_ids"], body["prompt_mask"]
             batch = self.engine.generate_tokens(prompts, mask, [{}] * len(prompts), n=body["n"], generator=generator,
                                                 forced=body["forced"], **body["sampling"])  # fmt: skip
@@ -347,7 +351,7 @@ def serve(cfg: Config) -> None:
         engine: Any = VLLMEngine.from_config(cfg, tokenizer, device, sleeps=False)
     else:
         model, tokenizer = load_model_and_tokenizer(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype)
-        engine = HFEngine(model.eval().requires_grad_(False), tokenizer)
+        engine = HFEngine(model.eval().requires_grad_(False), tokenizer)  # under the trainer's autocast: `generate`
         device = next(model.parameters()).device
     server = GenerationServer(engine, kind, cfg.model.path, tokenizer, device, cfg.rollout.server.timeout_s)
     httpd = ThreadingHTTPServer((url.hostname, url.port), _handler(server))
