@@ -76,25 +76,11 @@ class VLLMEngine:
         llm = vllm.LLM(**kwargs)
         return cls(llm, vllm, tokenizer, device, settings.sleep_level if sleeps else None)
 
-    def generate(
-        self,
-        rows: list[dict[str, Any]],
-        *,
-        n: int | list[int],
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        greedy: bool = False,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        forced: list[list[int]] | None = None,
-    ) -> Rollouts:
-        """`hf.sample`'s completions, drawn by vLLM (forced tokens are not supported: the collect stage's samplers
-        that force them run with `rollout.engine=hf`)."""
+    def generate(self, rows: list[dict[str, Any]], **sampling: Any) -> Rollouts:
+        """`hf.sample`'s completions (its keywords), drawn by vLLM (forced tokens are not supported: the collect
+        stage's samplers that force them run with `rollout.engine=hf`)."""
         prompt_ids, prompt_mask = tokenize_prompts([r["prompt"] for r in rows], self.tokenizer, self.device)
-        return self.generate_tokens(prompt_ids, prompt_mask, rows, n=n, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                                    generator=generator, forced=forced)  # fmt: skip
+        return self.generate_tokens(prompt_ids, prompt_mask, rows, **sampling)
 
     def generate_tokens(
         self,
