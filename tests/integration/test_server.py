@@ -110,7 +110,10 @@ def test_a_rank_samples_only_once_the_server_holds_its_version(tiny, in_thread):
     """Rank 1 asks for version 2 before rank 0 has sent it: the request waits, then samples with version 2."""
     model, tokenizer = tiny
     server, url = in_thread
-    first, second = ServerEngine(url, tokenizer, "cpu", timeout_s=30.0), ServerEngine(url, tokenizer, "cpu", rank=1)
+    first, second = (
+        ServerEngine(url, tokenizer, "cpu", timeout_s=30.0),
+        ServerEngine(url, tokenizer, "cpu", world=World(1, 2)),
+    )
     first.attach()
     first.load_weights(first.weights(model))
     second.version = 1

@@ -44,6 +44,7 @@ import torch.distributed as dist
 from unipo.config import Config, ConfigError
 from unipo.rollout.batch import Rollouts, tokenize_prompts
 from unipo.rollout.engine import Weights, checkpoint_weights
+from unipo.trainers.dist import World
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,15 @@ def unpacked(buffer: torch.Tensor, meta: list[tuple[str, str, list[int]]]) -> li
     out, start = [], 0
     for name, dtype_name, shape in meta:
         dtype = getattr(torch, dtype_name)
-        size = math.prod(shape) * dtype.itemsize
+        size = nbytes(dtype_name, shape)
         out.append((name, buffer[start : start + size].clone().view(dtype).reshape(shape)))  # clone: aligned
         start += size
     return out
+
+
+def nbytes(dtype_name: str, shape: list[int]) -> int:
+    """The bytes of a tensor of this dtype (its name in `torch`) and shape."""
+    return math.prod(shape) * getattr(torch, dtype_name).itemsize
 
 
 def _meta(bucket: list[tuple[str, torch.Tensor]]) -> list[tuple[str, str, list[int]]]:
@@ -98,9 +104,11 @@ class ServerEngine:
     """The trainer's side of a generation server, behind the engine interface (module docstring)."""
 
     def __init__(self, url: str, tokenizer: Any, device: torch.device | str, timeout_s: float = 600.0,
-                 bucket_bytes: int = 2**28, rank: int = 0, wait_s: float = 0.0, autocast: str = "off"):  # fmt: skip
+                 bucket_bytes: int = 2**28, world: World | None = None, wait_s: float = 0.0,
+                 autocast: str = "off"):  # fmt: skip
         self.url, self.tokenizer, self.device = url.rstrip("/"), tokenizer, torch.device(device)
-        self.timeout_s, self.bucket_bytes, self.rank, self.autocast = timeout_s, bucket_bytes, rank, autocast
+        self.timeout_s, self.bucket_bytes, self.autocast = timeout_s, bucket_bytes, autocast
+        self.world = world or World()
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a proxy never reaches it
         self.version = 0  # the policy versions loaded so far (every rank counts them)
         self.group: Any = None
@@ -127,19 +135,17 @@ class ServerEngine:
                 time.sleep(1.0)
 
     @classmethod
-    def from_config(cls, cfg: Config, model: Any, tokenizer: Any) -> ServerEngine:
+    def from_config(cls, cfg: Config, model: Any, tokenizer: Any, world: World) -> ServerEngine:
         """The engine of `cfg.rollout.server`, attached (rank 0) and loaded with `model`'s weights (a resumed or LoRA
         run's, not only `model.path`'s) before any rank samples."""
         s = cfg.rollout.server
-        rank = dist.get_rank() if dist.is_initialized() else 0
         device = next(model.parameters()).device
-        engine = cls(s.url, tokenizer, device, s.timeout_s, int(s.bucket_mb * 2**20), rank, s.wait_s,
+        engine = cls(s.url, tokenizer, device, s.timeout_s, int(s.bucket_mb * 2**20), world, s.wait_s,
                      cfg.model.autocast)  # fmt: skip
-        if rank == 0:
+        if world.main:
             engine.attach(s.weight_host)
         engine.load_weights(engine.weights(model))
-        if dist.is_initialized():
-            dist.barrier()  # a server another run attached before answers no rank before this run's weights
+        world.barrier()  # a server another run attached before answers no rank before this run's weights
         return engine
 
     def attach(self, host: str | None = None) -> None:
@@ -186,9 +192,9 @@ class ServerEngine:
         """Rank 0 sends `weights` in buckets (on several ranks, once every rank has read them all); every rank counts
         the new version (its next requests wait for it)."""
         self.version += 1
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        if self.world.size > 1:
             weights = list(weights)  # every rank gathers first (collectives), then rank 0 sends: never interleaved
-        if self.rank != 0:  # (trl#7103: a send between a sharded model's gathers can hang)
+        if not self.world.main:  # (trl#7103: a send between a sharded model's gathers can hang)
             return
         bucket: list[tuple[str, torch.Tensor]] = []
         size = 0
@@ -300,7 +306,7 @@ class GenerationServer:
                 raise RuntimeError("no trainer is attached")
             meta = body["params"]
             if meta:
-                size = sum(math.prod(shape) * getattr(torch, dtype).itemsize for _, dtype, shape in meta)
+                size = sum(nbytes(dtype, shape) for _, dtype, shape in meta)
                 buffer = torch.empty(size, dtype=torch.uint8, device=self.wire)
                 self.group.broadcast(buffer, 0).wait()
                 self.engine.load_weights(unpacked(buffer, meta))

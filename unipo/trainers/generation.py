@@ -73,7 +73,7 @@ def build_engine(cfg: Config, model: Any, tokenizer: Any, world: World) -> Engin
     if cfg.rollout.engine == "server":
         from unipo.rollout.server import ServerEngine
 
-        return ServerEngine.from_config(cfg, model, tokenizer)
+        return ServerEngine.from_config(cfg, model, tokenizer, world)
     if cfg.rollout.engine == "vllm":
         from unipo.rollout.vllm import VLLMEngine
 
